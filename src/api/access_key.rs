@@ -1,0 +1,283 @@
+//! `AccessKey`: one cloud API key, written to one Secret, revoked when the AccessKey goes.
+// kube's `printcolumn(...)` repeats `type_ = "string"` by design; clippy reads it as a duplicate.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::schema;
+use super::validation::{EXOSCALE_RESOURCE_PATTERN, SECRET_DATA_KEY_PATTERN};
+
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "cloudkeys.io",
+    version = "v1alpha1",
+    kind = "AccessKey",
+    namespaced,
+    shortname = "ak",
+    category = "cloudkeys",
+    status = "AccessKeyStatus",
+    derive = "PartialEq",
+    doc = "A cloud API key, issued by an issuer into a Secret of this namespace and revoked when the AccessKey is deleted.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Issuer", type_ = "string", json_path = ".spec.issuerRef.name"),
+    printcolumn(name = "Secret", type_ = "string", json_path = ".spec.secretName"),
+    printcolumn(name = "Key ID", type_ = "string", json_path = ".status.accessKeyId"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    cel
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessKeySpec {
+    /// The issuer that mints the key.
+    pub issuer_ref: IssuerRef,
+    /// Name of the Secret the key is written to, in this namespace (a DNS-1123 subdomain).
+    #[schemars(schema_with = "schema::secret_name")]
+    pub secret_name: String,
+    /// Labels, annotations and data layout of the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_template: Option<SecretTemplate>,
+    /// What happens to the provider key when the AccessKey is deleted.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+    /// Exactly one provider block, matching the issuer's provider.
+    #[serde(flatten)]
+    pub provider: KeyProvider,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// Name of the KeyIssuer (in this namespace) or ClusterKeyIssuer.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// `KeyIssuer` (default) or `ClusterKeyIssuer`.
+    #[serde(default)]
+    pub kind: IssuerKind,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum IssuerKind {
+    #[default]
+    KeyIssuer,
+    ClusterKeyIssuer,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Revoke the key at the provider; the Secret goes with the AccessKey.
+    #[default]
+    Delete,
+    /// Leave the key at the provider and keep the Secret.
+    Retain,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretTemplate {
+    /// Extra labels on the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Extra annotations on the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Secret data as templates (`{{ accessKeyId }}`, `{{ secretAccessKey }}`, `{{ provider }}`,
+    /// `{{ zone }}`, `{{ region }}`, `{{ endpoint }}`); replaces the provider's default keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new(format!("self.all(k, k.matches('{}'))", SECRET_DATA_KEY_PATTERN)).message("secretTemplate.data keys must be valid Secret keys: letters, digits, '-', '_' and '.'"))]
+    pub data: Option<BTreeMap<String, String>>,
+}
+
+/// Exactly one provider block; the variant name is the key in YAML (`exoscale: {...}`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum KeyProvider {
+    /// An Exoscale IAM API key (modes a and b) or legacy access key (mode c).
+    Exoscale(ExoscaleKey),
+    /// A Yandex Cloud static access key of a service account.
+    Yandex(YandexKey),
+    /// An OUTSCALE access key of the issuer's account or of an EIM user.
+    Outscale(OutscaleKey),
+    /// A random key from the built-in provider.
+    Local(LocalKey),
+}
+
+impl KeyProvider {
+    /// The provider's name as it appears in YAML.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Exoscale(_) => "exoscale",
+            Self::Yandex(_) => "yandex",
+            Self::Outscale(_) => "outscale",
+            Self::Local(_) => "local",
+        }
+    }
+}
+
+/// Exactly one mode: `roleId` (a), `role` (b), or `operations`/`tags`/`resources` (c).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new(
+    "[has(self.roleId), has(self.role), has(self.operations) || has(self.tags) || has(self.resources)].filter(m, m).size() == 1"
+).message("exactly one of roleId, role, or operations/tags/resources (legacy access key) must be set"))]
+#[schemars(extend("oneOf" = [
+    {"required": ["roleId"]},
+    {"required": ["role"]},
+    {"anyOf": [{"required": ["operations"]}, {"required": ["tags"]}, {"required": ["resources"]}]},
+]))]
+pub struct ExoscaleKey {
+    /// Key name; default `<namespace>-<name>`. The operator appends its ownership marker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub name: Option<String>,
+    /// (a) An IAM API key bound to this existing role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    ))]
+    pub role_id: Option<String>,
+    /// (b) An IAM API key bound to a role created for this key alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<ExoscaleRole>,
+    /// (c) Legacy access key: allowed API operations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub operations: Option<Vec<String>>,
+    /// (c) Legacy access key: allowed operation tags (e.g. `compute`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub tags: Option<Vec<String>>,
+    /// (c) Legacy access key: resources as `domain/resource-type:resource-name`, e.g. `sos/bucket:backups`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1), inner(regex(pattern = EXOSCALE_RESOURCE_PATTERN)))]
+    pub resources: Option<Vec<String>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExoscaleRole {
+    /// Role description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub description: Option<String>,
+    /// The role's IAM policy.
+    pub policy: ExoscalePolicy,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExoscalePolicy {
+    /// What services not listed in `services` may do.
+    pub default_service_strategy: PolicyStrategy,
+    /// Per-service policy, keyed by service class (`sos`, `compute`, ...).
+    #[serde(default)]
+    pub services: BTreeMap<String, ExoscaleServicePolicy>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyStrategy {
+    Allow,
+    Deny,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExoscaleServicePolicy {
+    /// `allow`, `deny`, or `rules` (evaluate `rules` in order).
+    #[serde(rename = "type")]
+    pub kind: ServicePolicyType,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<ExoscalePolicyRule>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ServicePolicyType {
+    Allow,
+    Deny,
+    Rules,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExoscalePolicyRule {
+    pub action: PolicyStrategy,
+    /// A policy expression, e.g. `resources.bucket == 'backups'`.
+    #[schemars(length(min = 1))]
+    pub expression: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Vec<String>>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct YandexKey {
+    /// Service account the key belongs to; default the issuer's `serviceAccountId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 50))]
+    pub service_account_id: Option<String>,
+    /// Key description; the operator appends its marker, 256 characters in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub description: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutscaleKey {
+    /// EIM user that owns the key; default the issuer's own identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9+=,.@_-]+$"))]
+    pub user_name: Option<String>,
+    /// Key lifetime, e.g. `2160h`: the provider expires the key this long after creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::duration")]
+    pub expires_after: Option<String>,
+}
+
+/// The built-in provider has no settings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct LocalKey {}
+
+/// Observed state of an AccessKey. Never holds a secret.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessKeyStatus {
+    /// The generation the conditions were computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Public id of the current key (never the secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    /// Provider-side id used to revoke the current key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_ref: Option<String>,
+    /// When the current key was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<Time>,
+    /// When the current key expires at the provider, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+    /// When the operator will replace the current key ahead of its expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_time: Option<Time>,
+    /// The Secret the current key is written to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+}

@@ -1,0 +1,234 @@
+//! `KeyIssuer` (namespaced) and `ClusterKeyIssuer` (cluster-wide): provider settings and the
+//! Secret holding the admin credentials the operator uses to mint keys.
+// kube's `printcolumn(...)` repeats `type_ = "string"` by design; clippy reads it as a duplicate.
+#![allow(clippy::duplicated_attributes)]
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::schema;
+
+/// Settings shared by `KeyIssuer` and `ClusterKeyIssuer`: exactly one provider block.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "cloudkeys.io",
+    version = "v1alpha1",
+    kind = "KeyIssuer",
+    namespaced,
+    shortname = "ki",
+    category = "cloudkeys",
+    status = "IssuerStatus",
+    derive = "PartialEq",
+    doc = "A provider account, in this namespace, that AccessKeys of this namespace can mint keys from.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Provider", type_ = "string", json_path = ".status.provider"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    cel
+)]
+pub struct KeyIssuerSpec {
+    #[serde(flatten)]
+    pub provider: IssuerProvider,
+}
+
+/// The same settings as a `KeyIssuer`, usable from every namespace; its Secrets live in the
+/// operator's cluster resource namespace.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "cloudkeys.io",
+    version = "v1alpha1",
+    kind = "ClusterKeyIssuer",
+    shortname = "cki",
+    category = "cloudkeys",
+    status = "IssuerStatus",
+    derive = "PartialEq",
+    doc = "A provider account that AccessKeys of every namespace can mint keys from.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Provider", type_ = "string", json_path = ".status.provider"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    cel
+)]
+pub struct ClusterKeyIssuerSpec {
+    #[serde(flatten)]
+    pub provider: IssuerProvider,
+}
+
+/// Exactly one provider block; the variant name is the key in YAML (`exoscale: {...}`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum IssuerProvider {
+    /// Exoscale IAM (API keys bound to roles, and legacy access keys).
+    Exoscale(ExoscaleIssuer),
+    /// Yandex Cloud IAM (static AWS-compatible access keys of service accounts).
+    Yandex(YandexIssuer),
+    /// 3DS OUTSCALE (access keys of the account or of an EIM user).
+    Outscale(OutscaleIssuer),
+    /// The built-in provider: mints random keys, talks to no cloud.
+    Local(LocalIssuer),
+}
+
+impl IssuerProvider {
+    /// The provider's name as it appears in YAML and in `status.provider`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Exoscale(_) => "exoscale",
+            Self::Yandex(_) => "yandex",
+            Self::Outscale(_) => "outscale",
+            Self::Local(_) => "local",
+        }
+    }
+}
+
+/// A Secret in the issuer's Secret namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct SecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// A key of a Secret in the issuer's Secret namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret's data.
+    #[serde(default = "default_yandex_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_yandex_key() -> String {
+    "key.json".into()
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExoscaleIssuer {
+    /// Exoscale zone whose API endpoint is used (IAM is global; any zone serves it).
+    #[serde(default = "default_exoscale_zone")]
+    #[schemars(regex(pattern = r"^[a-z]{2}-[a-z]{3}-[0-9]+$"))]
+    pub zone: String,
+    /// API base URL; default `https://api-{zone}.exoscale.com/v2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::api_endpoint")]
+    pub endpoint: Option<String>,
+    /// Secret with the data keys `EXOSCALE_API_KEY` and `EXOSCALE_API_SECRET`.
+    pub credentials_secret_ref: SecretRef,
+}
+
+pub fn default_exoscale_zone() -> String {
+    "ch-gva-2".into()
+}
+
+/// How the operator authenticates to Yandex Cloud: exactly one of the two.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("oneOf" = [
+    {"required": ["serviceAccountKeySecretRef"]},
+    {"required": ["metadataService"]},
+]))]
+pub struct YandexIssuer {
+    /// Secret holding a service account authorized key (JSON with `id`, `service_account_id`,
+    /// `private_key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_key_secret_ref: Option<SecretKeyRef>,
+    /// Take IAM tokens from the instance metadata service instead (the node's service account, or
+    /// workload identity federation): no admin key stored in the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_service: Option<MetadataService>,
+    /// Default service account for AccessKeys of this issuer that name none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 50))]
+    pub service_account_id: Option<String>,
+    /// IAM API base URL (also serves `/iam/v1/tokens`); default `https://iam.api.cloud.yandex.net`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::api_endpoint")]
+    pub endpoint: Option<String>,
+    /// Operation API base URL; default `https://operation.api.cloud.yandex.net`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::api_endpoint")]
+    pub operation_endpoint: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetadataService {
+    /// Metadata service base URL.
+    #[serde(default = "default_metadata_endpoint")]
+    #[schemars(schema_with = "schema::metadata_endpoint")]
+    pub endpoint: String,
+}
+
+fn default_metadata_endpoint() -> String {
+    "http://169.254.169.254".into()
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutscaleIssuer {
+    /// Outscale region, e.g. `eu-west-2`.
+    #[schemars(regex(pattern = r"^[a-z]+(-[a-z]+)+-[0-9]+$"), length(max = 63))]
+    pub region: String,
+    /// API base URL; default `https://api.{region}.outscale.com/api/v1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::api_endpoint")]
+    pub endpoint: Option<String>,
+    /// Secret with the data keys `OSC_ACCESS_KEY` and `OSC_SECRET_KEY`.
+    pub credentials_secret_ref: SecretRef,
+}
+
+/// The built-in provider has no settings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct LocalIssuer {}
+
+/// Observed state of an issuer.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerStatus {
+    /// The generation the conditions were computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`: the credentials Secret is readable and a read-only provider call succeeded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Which provider block the spec holds (shown by `kubectl get`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+}
+
+/// What the controller needs from either issuer kind.
+pub trait Issuer {
+    fn provider(&self) -> &IssuerProvider;
+}
+
+impl Issuer for KeyIssuer {
+    fn provider(&self) -> &IssuerProvider {
+        &self.spec.provider
+    }
+}
+
+impl Issuer for ClusterKeyIssuer {
+    fn provider(&self) -> &IssuerProvider {
+        &self.spec.provider
+    }
+}

@@ -1,0 +1,58 @@
+//! Schema fragments shared by several fields: patterns and CEL rules that the apiserver enforces
+//! at admission. `validation.rs` checks the same rules again in the controller, for clusters
+//! older than 1.25 where `x-kubernetes-validations` is ignored.
+
+use schemars::{json_schema, Schema, SchemaGenerator};
+
+use super::validation::{
+    API_ENDPOINT_PATTERN, DNS1123_SUBDOMAIN_PATTERN, DURATION_PATTERN, METADATA_ENDPOINT_PATTERN,
+};
+
+pub(crate) const API_ENDPOINT_MESSAGE: &str =
+    "endpoint must be an https:// URL; http:// is allowed only for loopback hosts (127.0.0.0/8, ::1, localhost)";
+pub(crate) const METADATA_ENDPOINT_MESSAGE: &str = "endpoint must be an https:// URL; http:// is allowed only for loopback hosts and the metadata service 169.254.169.254";
+
+fn endpoint(pattern: &str, message: &str, description: &str) -> Schema {
+    let rule = format!("self.matches('{}')", pattern.replace('\\', "\\\\"));
+    json_schema!({
+        "type": "string",
+        "description": description,
+        "maxLength": 2048,
+        "pattern": pattern,
+        "x-kubernetes-validations": [{"rule": rule, "message": message}],
+    })
+}
+
+pub(crate) fn api_endpoint(_: &mut SchemaGenerator) -> Schema {
+    endpoint(
+        API_ENDPOINT_PATTERN,
+        API_ENDPOINT_MESSAGE,
+        "Base URL of the provider's API; default derived from the zone or region.",
+    )
+}
+
+pub(crate) fn metadata_endpoint(_: &mut SchemaGenerator) -> Schema {
+    endpoint(
+        METADATA_ENDPOINT_PATTERN,
+        METADATA_ENDPOINT_MESSAGE,
+        "Base URL of the instance metadata service.",
+    )
+}
+
+pub(crate) fn secret_name(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "description": "Name of the Secret the key is written to, in the AccessKey's namespace (a DNS-1123 subdomain).",
+        "minLength": 1,
+        "maxLength": 253,
+        "pattern": DNS1123_SUBDOMAIN_PATTERN,
+    })
+}
+
+pub(crate) fn duration(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "description": "A duration such as 2160h or 90m (units h, m, s).",
+        "pattern": DURATION_PATTERN,
+    })
+}

@@ -1,0 +1,57 @@
+//! Command-line interface.
+
+use clap::{Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cloudkeys",
+    version,
+    about = "Issues cloud API keys into Kubernetes Secrets and revokes them"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controllers (uses KUBECONFIG or the in-cluster configuration).
+    Run(RunArgs),
+    /// Print every CRD as one multi-document YAML stream.
+    Crds,
+    /// Print the version.
+    Version,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Namespace whose Secrets ClusterKeyIssuers read; default the namespace the operator runs in
+    /// (POD_NAMESPACE), else `cloudkeys`.
+    #[arg(long, env = "CLOUDKEYS_CLUSTER_RESOURCE_NAMESPACE")]
+    pub cluster_resource_namespace: Option<String>,
+    /// Watch this namespace only (default: all namespaces).
+    #[arg(long, env = "CLOUDKEYS_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// How many AccessKeys are reconciled at once.
+    #[arg(long, env = "CLOUDKEYS_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: u16,
+    /// Log format.
+    #[arg(long, env = "CLOUDKEYS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl RunArgs {
+    /// The cluster resource namespace after applying the documented defaults.
+    pub fn cluster_resource_namespace(&self) -> String {
+        self.cluster_resource_namespace
+            .clone()
+            .or_else(|| {
+                std::env::var("POD_NAMESPACE")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
+            .unwrap_or_else(|| "cloudkeys".to_string())
+    }
+}

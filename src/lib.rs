@@ -1,0 +1,6 @@
+//! cloudkeys: a Kubernetes operator that issues least-privilege cloud API keys into Secrets and
+//! revokes them when their `AccessKey` is deleted.
+
+pub mod api;
+pub mod cli;
+pub mod telemetry;
