@@ -1,0 +1,245 @@
+//! The one HTTP layer every provider uses: rustls, timeouts, a per-issuer rate limit, and
+//! retries with jittered exponential backoff that honour `Retry-After`.
+//!
+//! Requests are rebuilt (and so re-signed) for every attempt, because signatures carry
+//! timestamps. A request that may create something is retried only when the provider cannot
+//! have acted on it (connection refused, 429); otherwise the error goes back to the controller,
+//! which finds what was created by its ownership marker.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use bytes::Bytes;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use rand::Rng;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+
+use super::error::{ErrorKind, ProviderError};
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Sustained requests per second to one issuer's account.
+    pub requests_per_second: u32,
+    /// Retries after the first attempt, for retryable failures.
+    pub max_retries: u32,
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Whole-request timeout.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 5,
+            max_retries: 3,
+            base_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(10),
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Whether repeating a request can create a second resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idempotency {
+    Idempotent,
+    /// Creates something: repeated only when the provider surely did not act on it.
+    Creates,
+}
+
+/// A response with a 2xx status (other statuses become `ProviderError`s).
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Response {
+    pub fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        operation: &str,
+    ) -> Result<T, ProviderError> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            // The body may hold a secret; the serde error only names the position and field.
+            ProviderError::retryable(operation, format!("unexpected response body: {e}"))
+                .with_status(self.status)
+        })
+    }
+}
+
+/// A non-2xx answer, handed to the provider's classifier.
+pub struct ErrorResponse<'a> {
+    pub status: u16,
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+}
+
+pub struct Http {
+    client: reqwest::Client,
+    limiter: DefaultDirectRateLimiter,
+    config: HttpConfig,
+}
+
+impl Http {
+    pub fn new(config: HttpConfig) -> Result<Self, ProviderError> {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("cloudkeys/", env!("CARGO_PKG_VERSION")))
+            .timeout(config.timeout)
+            .connect_timeout(config.connect_timeout)
+            // A redirect would carry signed headers to another host.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| {
+                ProviderError::permanent("http-client", format!("cannot build HTTP client: {e}"))
+            })?;
+        let rps = NonZeroU32::new(config.requests_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+        let limiter = RateLimiter::direct(Quota::per_second(rps).allow_burst(rps));
+        Ok(Self {
+            client,
+            limiter,
+            config,
+        })
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// Sends a request built by `build` (called again for each attempt), mapping non-2xx
+    /// answers through `classify`.
+    pub async fn send<B, C>(
+        &self,
+        operation: &str,
+        idempotency: Idempotency,
+        build: B,
+        classify: C,
+    ) -> Result<Response, ProviderError>
+    where
+        B: Fn(&reqwest::Client) -> Result<reqwest::Request, ProviderError>,
+        C: Fn(ErrorResponse<'_>) -> ProviderError,
+    {
+        let mut attempt = 0u32;
+        loop {
+            self.limiter.until_ready().await;
+            let request = build(&self.client)?;
+            let (error, provider_did_not_act) = match self.client.execute(request).await {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let headers = resp.headers().clone();
+                    let body = resp
+                        .bytes()
+                        .await
+                        .map_err(|e| transport_error(operation, &e))?;
+                    if (200..300).contains(&status) {
+                        return Ok(Response {
+                            status,
+                            headers,
+                            body,
+                        });
+                    }
+                    let retry_after = retry_after(&headers);
+                    let err = classify(ErrorResponse {
+                        status,
+                        headers: &headers,
+                        body: &body,
+                    });
+                    let err = if err.retry_after.is_none() {
+                        err.with_retry_after(retry_after)
+                    } else {
+                        err
+                    };
+                    (err, status == 429)
+                }
+                Err(e) => (transport_error(operation, &e), e.is_connect()),
+            };
+            let may_retry = error.kind == ErrorKind::Retryable
+                && attempt < self.config.max_retries
+                && (idempotency == Idempotency::Idempotent || provider_did_not_act);
+            let wait = self
+                .backoff(attempt)
+                .max(error.retry_after.unwrap_or_default());
+            if !may_retry || wait > self.config.max_backoff {
+                return Err(error);
+            }
+            tracing::debug!(operation, attempt, wait_ms = wait.as_millis() as u64, error = %error, "retrying provider call");
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    /// Full jitter: uniform in [0, min(max, base · 2^attempt)].
+    fn backoff(&self, attempt: u32) -> Duration {
+        let cap = self
+            .config
+            .base_backoff
+            .saturating_mul(1u32.checked_shl(attempt).unwrap_or(u32::MAX))
+            .min(self.config.max_backoff);
+        let millis = cap.as_millis().min(u64::MAX as u128) as u64;
+        Duration::from_millis(rand::rng().random_range(0..=millis))
+    }
+}
+
+fn transport_error(operation: &str, e: &reqwest::Error) -> ProviderError {
+    // reqwest's Display includes the URL, never headers or bodies.
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "transport error"
+    };
+    ProviderError::retryable(operation, format!("{what}: {}", error_chain(e)))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare for APIs and ignored).
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?;
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_stays_within_the_cap() {
+        let http = Http::new(HttpConfig::default()).expect("client builds");
+        for attempt in 0..40 {
+            assert!(http.backoff(attempt) <= HttpConfig::default().max_backoff);
+        }
+    }
+
+    #[test]
+    fn retry_after_reads_seconds() {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, "2".parse().expect("header value"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        h.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT"
+                .parse()
+                .expect("header value"),
+        );
+        assert_eq!(retry_after(&h), None);
+    }
+}

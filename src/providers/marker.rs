@@ -1,0 +1,104 @@
+//! Ownership markers: what a provider-side key carries so that the operator can find it again
+//! by listing, even when it was created just before a crash and never recorded.
+//!
+//! A marker names the owning AccessKey (by UID, stable across renames and unique across
+//! re-creations) and the creation attempt. `ck-<uid>-<attempt>`, 50 characters, fits every
+//! provider's name, description or tag.
+
+use std::fmt;
+
+use rand::Rng;
+
+const PREFIX: &str = "ck-";
+const UID_LEN: usize = 36;
+const ATTEMPT_LEN: usize = 10;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Marker {
+    owner: String,
+    attempt: String,
+}
+
+impl Marker {
+    /// A marker for a new creation attempt by the AccessKey with this UID.
+    pub fn new_attempt(owner_uid: &str) -> Self {
+        const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+        let mut rng = rand::rng();
+        let attempt = (0..ATTEMPT_LEN)
+            .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+            .collect();
+        Self {
+            owner: owner_uid.to_string(),
+            attempt,
+        }
+    }
+
+    /// Rebuilds the marker of a recorded attempt.
+    pub fn of(owner_uid: &str, attempt: &str) -> Self {
+        Self {
+            owner: owner_uid.to_string(),
+            attempt: attempt.to_string(),
+        }
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    pub fn attempt(&self) -> &str {
+        &self.attempt
+    }
+
+    /// The text every marker of this owner starts with; providers search for it.
+    pub fn owner_prefix(owner_uid: &str) -> String {
+        format!("{PREFIX}{owner_uid}-")
+    }
+
+    /// Finds a marker inside a provider-side string (a name, description or tag value).
+    pub fn find_in(text: &str) -> Option<Self> {
+        let start = text.find(PREFIX)?;
+        let rest = &text[start + PREFIX.len()..];
+        let owner = rest.get(..UID_LEN)?;
+        let attempt = rest.get(UID_LEN + 1..UID_LEN + 1 + ATTEMPT_LEN)?;
+        let well_formed = rest.as_bytes().get(UID_LEN) == Some(&b'-')
+            && owner.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+            && attempt
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        well_formed.then(|| Self::of(owner, attempt))
+    }
+}
+
+impl fmt::Display for Marker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{PREFIX}{}-{}", self.owner, self.attempt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UID: &str = "0f8c2d7e-1b2a-4c3d-9e8f-0123456789ab";
+
+    #[test]
+    fn marker_round_trips_through_a_name() {
+        let m = Marker::new_attempt(UID);
+        let name = format!("team-a-backups.{m}");
+        assert_eq!(Marker::find_in(&name), Some(m.clone()));
+        assert!(name.contains(&Marker::owner_prefix(UID)));
+        assert_eq!(m.to_string().len(), 3 + UID_LEN + 1 + ATTEMPT_LEN);
+    }
+
+    #[test]
+    fn attempts_differ() {
+        assert_ne!(Marker::new_attempt(UID), Marker::new_attempt(UID));
+    }
+
+    #[test]
+    fn text_without_a_marker_has_none() {
+        assert_eq!(Marker::find_in("backups"), None);
+        assert_eq!(Marker::find_in("ck-short-abc"), None);
+        assert_eq!(Marker::find_in(&format!("ck-{UID}-ABC")), None);
+    }
+}
