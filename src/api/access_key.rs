@@ -56,7 +56,7 @@ pub struct AccessKeySpec {
     pub provider: KeyProvider,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IssuerRef {
     /// Name of the KeyIssuer (in this namespace) or ClusterKeyIssuer.
@@ -67,7 +67,7 @@ pub struct IssuerRef {
     pub kind: IssuerKind,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 pub enum IssuerKind {
     #[default]
     KeyIssuer,
@@ -280,4 +280,36 @@ pub struct AccessKeyStatus {
     /// The Secret the current key is written to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
+    /// The issuer that minted the current key (it revokes it, even after `issuerRef` changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_by: Option<IssuerRef>,
+    /// Fingerprint of the spec fields the current key was issued for (issuer, provider block,
+    /// Secret name, data template): a change to any of them replaces the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_spec_hash: Option<String>,
+    /// A key creation in progress, recorded before the provider is called: after a crash, keys
+    /// carrying this attempt's marker are adopted or revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingKey>,
+    /// Replaced keys still to be revoked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<RetiredKey>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingKey {
+    /// The attempt part of the ownership marker the new key carries.
+    pub attempt: String,
+    /// The issuer asked to create the key.
+    pub issuer: IssuerRef,
+    pub started_at: Time,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetiredKey {
+    pub access_key_id: String,
+    pub key_ref: String,
+    pub issuer: IssuerRef,
 }

@@ -1,0 +1,491 @@
+//! What to do next with an AccessKey, decided from observed state alone: no I/O here, so every
+//! branch is covered by fast unit tests. `access_key.rs` observes, calls `decide`, acts, and
+//! observes again until the answer is `Ready` or `NotReady`.
+
+use crate::api::{AccessKeyStatus, IssuerRef};
+use crate::providers::OwnedKey;
+
+use super::conditions::Reason;
+use super::secret::SecretState;
+
+/// The issuer as the AccessKey sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IssuerState {
+    NotFound(String),
+    NotReady(String),
+    Ready,
+}
+
+#[derive(Debug, Clone)]
+pub struct Observed<'a> {
+    pub status: &'a AccessKeyStatus,
+    /// Why the spec cannot be acted on (schema rules, provider mismatch, templates), if it can't.
+    pub spec_problem: Option<String>,
+    pub issuer: IssuerState,
+    /// The issuer the spec names now.
+    pub issuer_ref: &'a IssuerRef,
+    /// Fingerprint of the spec fields a key is issued for.
+    pub spec_hash: &'a str,
+    pub secret: &'a SecretState,
+    /// Keys carrying this AccessKey's markers, when they were listed in this pass.
+    pub owned_keys: Option<&'a [OwnedKey]>,
+    /// Revocation of `status.retired` was already tried in this pass.
+    pub retired_tried: bool,
+    /// The current key is due for replacement ahead of its expiry.
+    pub renewal_due: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// A creation was interrupted: list the keys carrying this AccessKey's markers.
+    ListOwnedKeys,
+    /// The interrupted creation's key is in the Secret already: record it as the current key.
+    Adopt(OwnedKey),
+    /// Revoke what the interrupted creation left behind, then forget the attempt.
+    ResolvePending {
+        revoke: Vec<OwnedKey>,
+    },
+    /// Revoke keys that were replaced.
+    RevokeRetired,
+    /// Create a key, write the Secret, record the key (the old one, if any, is retired).
+    Issue {
+        reason: IssueReason,
+    },
+    /// Labels, annotations or owner reference of the Secret drifted: fix them in place.
+    UpdateSecretMetadata,
+    Ready,
+    NotReady(Reason, String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssueReason {
+    FirstKey,
+    SpecChanged,
+    SecretDeleted,
+    SecretModified,
+    ExpiresSoon,
+}
+
+impl IssueReason {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::FirstKey => "first key",
+            Self::SpecChanged => "the spec changed",
+            Self::SecretDeleted => "the Secret was deleted",
+            Self::SecretModified => "the Secret's data was modified",
+            Self::ExpiresSoon => "the key expires soon",
+        }
+    }
+}
+
+pub fn decide(o: &Observed<'_>) -> Step {
+    if let Some(pending) = &o.status.pending {
+        let Some(keys) = o.owned_keys else {
+            return Step::ListOwnedKeys;
+        };
+        let in_secret = match o.secret {
+            SecretState::Ours {
+                key_id: Some(id),
+                data_intact: true,
+                ..
+            } => Some(id.as_str()),
+            _ => None,
+        };
+        let adoptable = keys.iter().find(|k| {
+            k.marker.attempt() == pending.attempt
+                && k.access_key_id.is_some()
+                && k.access_key_id.as_deref() == in_secret
+                && k.access_key_id != o.status.access_key_id
+        });
+        if let Some(key) = adoptable {
+            return Step::Adopt(key.clone());
+        }
+        let keep = |k: &&OwnedKey| {
+            Some(&k.key_ref) == o.status.key_ref.as_ref()
+                || o.status.retired.iter().any(|r| r.key_ref == k.key_ref)
+        };
+        let revoke = keys.iter().filter(|k| !keep(k)).cloned().collect();
+        return Step::ResolvePending { revoke };
+    }
+    if !o.status.retired.is_empty() && !o.retired_tried {
+        return Step::RevokeRetired;
+    }
+    if let Some(problem) = &o.spec_problem {
+        return Step::NotReady(Reason::InvalidSpec, problem.clone());
+    }
+    match &o.issuer {
+        IssuerState::NotFound(m) => return Step::NotReady(Reason::IssuerNotFound, m.clone()),
+        IssuerState::NotReady(m) => return Step::NotReady(Reason::IssuerNotReady, m.clone()),
+        IssuerState::Ready => {}
+    }
+    let (secret_key_id, data_intact, metadata_current) = match o.secret {
+        SecretState::Foreign => {
+            return Step::NotReady(
+                Reason::SecretConflict,
+                "a Secret of this name exists and is not controlled by this AccessKey; delete it or choose another secretName"
+                    .to_string(),
+            )
+        }
+        SecretState::Absent => (None, false, false),
+        SecretState::Ours { key_id, data_intact, metadata_current } => (key_id.as_deref(), *data_intact, *metadata_current),
+    };
+    let Some(current) = o.status.access_key_id.as_deref() else {
+        return Step::Issue {
+            reason: IssueReason::FirstKey,
+        };
+    };
+    let reason = if o.status.key_spec_hash.as_deref() != Some(o.spec_hash) {
+        Some(IssueReason::SpecChanged)
+    } else if matches!(o.secret, SecretState::Absent) {
+        Some(IssueReason::SecretDeleted)
+    } else if secret_key_id != Some(current) || !data_intact {
+        Some(IssueReason::SecretModified)
+    } else if o.renewal_due {
+        Some(IssueReason::ExpiresSoon)
+    } else {
+        None
+    };
+    if let Some(reason) = reason {
+        return Step::Issue { reason };
+    }
+    if !metadata_current {
+        return Step::UpdateSecretMetadata;
+    }
+    Step::Ready
+}
+
+#[cfg(test)]
+mod tests {
+    //! Named scenarios: observed state in, next step out.
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+    use crate::api::{IssuerKind, PendingKey, RetiredKey};
+    use crate::providers::Marker;
+
+    const UID: &str = "0f8c2d7e-1b2a-4c3d-9e8f-0123456789ab";
+
+    fn issuer() -> IssuerRef {
+        IssuerRef {
+            name: "local".into(),
+            kind: IssuerKind::KeyIssuer,
+        }
+    }
+
+    fn issued(id: &str) -> AccessKeyStatus {
+        AccessKeyStatus {
+            access_key_id: Some(id.into()),
+            key_ref: Some(format!("ref-{id}")),
+            key_spec_hash: Some("h1".into()),
+            issued_by: Some(issuer()),
+            ..AccessKeyStatus::default()
+        }
+    }
+
+    fn ours(id: &str) -> SecretState {
+        SecretState::Ours {
+            key_id: Some(id.into()),
+            data_intact: true,
+            metadata_current: true,
+        }
+    }
+
+    fn owned(id: &str, attempt: &str) -> OwnedKey {
+        OwnedKey {
+            access_key_id: Some(id.into()),
+            key_ref: format!("ref-{id}"),
+            marker: Marker::of(UID, attempt),
+        }
+    }
+
+    fn pending(status: &mut AccessKeyStatus, attempt: &str) {
+        status.pending = Some(PendingKey {
+            attempt: attempt.into(),
+            issuer: issuer(),
+            started_at: Time("2026-11-23T12:00:00Z".parse().expect("time")),
+        });
+    }
+
+    struct Scenario {
+        status: AccessKeyStatus,
+        secret: SecretState,
+        issuer: IssuerState,
+        spec_problem: Option<String>,
+        spec_hash: &'static str,
+        owned: Option<Vec<OwnedKey>>,
+        retired_tried: bool,
+        renewal_due: bool,
+    }
+
+    impl Scenario {
+        fn new(status: AccessKeyStatus, secret: SecretState) -> Self {
+            Self {
+                status,
+                secret,
+                issuer: IssuerState::Ready,
+                spec_problem: None,
+                spec_hash: "h1",
+                owned: None,
+                retired_tried: false,
+                renewal_due: false,
+            }
+        }
+
+        fn decide(&self) -> Step {
+            let issuer_ref = issuer();
+            decide(&Observed {
+                status: &self.status,
+                spec_problem: self.spec_problem.clone(),
+                issuer: self.issuer.clone(),
+                issuer_ref: &issuer_ref,
+                spec_hash: self.spec_hash,
+                secret: &self.secret,
+                owned_keys: self.owned.as_deref(),
+                retired_tried: self.retired_tried,
+                renewal_due: self.renewal_due,
+            })
+        }
+    }
+
+    #[test]
+    fn new_access_key_issues_its_first_key() {
+        let s = Scenario::new(AccessKeyStatus::default(), SecretState::Absent);
+        assert_eq!(
+            s.decide(),
+            Step::Issue {
+                reason: IssueReason::FirstKey
+            }
+        );
+    }
+
+    #[test]
+    fn issued_key_with_intact_secret_is_ready() {
+        assert_eq!(
+            Scenario::new(issued("K1"), ours("K1")).decide(),
+            Step::Ready
+        );
+    }
+
+    #[test]
+    fn invalid_spec_is_reported_before_anything_is_created() {
+        let mut s = Scenario::new(AccessKeyStatus::default(), SecretState::Absent);
+        s.spec_problem = Some("spec.exoscale: bad".into());
+        assert_eq!(
+            s.decide(),
+            Step::NotReady(Reason::InvalidSpec, "spec.exoscale: bad".into())
+        );
+    }
+
+    #[test]
+    fn missing_or_unready_issuer_blocks_issuance() {
+        let mut s = Scenario::new(AccessKeyStatus::default(), SecretState::Absent);
+        s.issuer = IssuerState::NotFound("KeyIssuer team-a/x not found".into());
+        assert!(matches!(
+            s.decide(),
+            Step::NotReady(Reason::IssuerNotFound, _)
+        ));
+        s.issuer = IssuerState::NotReady("credentials refused".into());
+        assert!(matches!(
+            s.decide(),
+            Step::NotReady(Reason::IssuerNotReady, _)
+        ));
+    }
+
+    #[test]
+    fn foreign_secret_is_a_conflict_and_creates_nothing() {
+        let s = Scenario::new(AccessKeyStatus::default(), SecretState::Foreign);
+        assert!(matches!(
+            s.decide(),
+            Step::NotReady(Reason::SecretConflict, _)
+        ));
+        let s = Scenario::new(issued("K1"), SecretState::Foreign);
+        assert!(matches!(
+            s.decide(),
+            Step::NotReady(Reason::SecretConflict, _)
+        ));
+    }
+
+    #[test]
+    fn spec_change_replaces_the_key() {
+        let mut s = Scenario::new(issued("K1"), ours("K1"));
+        s.spec_hash = "h2";
+        assert_eq!(
+            s.decide(),
+            Step::Issue {
+                reason: IssueReason::SpecChanged
+            }
+        );
+    }
+
+    #[test]
+    fn secret_deleted_by_hand_issues_new_key() {
+        let s = Scenario::new(issued("K1"), SecretState::Absent);
+        assert_eq!(
+            s.decide(),
+            Step::Issue {
+                reason: IssueReason::SecretDeleted
+            }
+        );
+    }
+
+    #[test]
+    fn secret_edited_by_hand_issues_new_key() {
+        let s = Scenario::new(
+            issued("K1"),
+            SecretState::Ours {
+                key_id: Some("K1".into()),
+                data_intact: false,
+                metadata_current: true,
+            },
+        );
+        assert_eq!(
+            s.decide(),
+            Step::Issue {
+                reason: IssueReason::SecretModified
+            }
+        );
+        let s = Scenario::new(issued("K1"), ours("K0"));
+        assert_eq!(
+            s.decide(),
+            Step::Issue {
+                reason: IssueReason::SecretModified
+            }
+        );
+    }
+
+    #[test]
+    fn key_near_expiry_is_replaced() {
+        let mut s = Scenario::new(issued("K1"), ours("K1"));
+        s.renewal_due = true;
+        assert_eq!(
+            s.decide(),
+            Step::Issue {
+                reason: IssueReason::ExpiresSoon
+            }
+        );
+    }
+
+    #[test]
+    fn label_drift_is_fixed_in_place() {
+        let s = Scenario::new(
+            issued("K1"),
+            SecretState::Ours {
+                key_id: Some("K1".into()),
+                data_intact: true,
+                metadata_current: false,
+            },
+        );
+        assert_eq!(s.decide(), Step::UpdateSecretMetadata);
+    }
+
+    #[test]
+    fn interrupted_creation_first_lists_owned_keys() {
+        let mut status = AccessKeyStatus::default();
+        pending(&mut status, "attempt001");
+        assert_eq!(
+            Scenario::new(status, SecretState::Absent).decide(),
+            Step::ListOwnedKeys
+        );
+    }
+
+    #[test]
+    fn crash_after_secret_write_adopts_the_key_in_the_secret() {
+        let mut status = AccessKeyStatus::default();
+        pending(&mut status, "attempt001");
+        let mut s = Scenario::new(status, ours("K2"));
+        s.owned = Some(vec![owned("K2", "attempt001")]);
+        assert_eq!(s.decide(), Step::Adopt(owned("K2", "attempt001")));
+    }
+
+    #[test]
+    fn crash_before_secret_write_revokes_the_orphan() {
+        let mut status = issued("K1");
+        pending(&mut status, "attempt002");
+        let mut s = Scenario::new(status, ours("K1"));
+        s.owned = Some(vec![owned("K1", "attempt001"), owned("K2", "attempt002")]);
+        assert_eq!(
+            s.decide(),
+            Step::ResolvePending {
+                revoke: vec![owned("K2", "attempt002")]
+            }
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_of_one_attempt_keep_only_the_one_in_the_secret() {
+        let mut status = AccessKeyStatus::default();
+        pending(&mut status, "attempt001");
+        let mut s = Scenario::new(status.clone(), ours("K3"));
+        s.owned = Some(vec![owned("K2", "attempt001"), owned("K3", "attempt001")]);
+        assert_eq!(s.decide(), Step::Adopt(owned("K3", "attempt001")));
+        // After adoption K3 is current; the duplicate goes when the attempt is resolved.
+        let mut status = issued("K3");
+        pending(&mut status, "attempt001");
+        let mut s = Scenario::new(status, ours("K3"));
+        s.owned = Some(vec![owned("K2", "attempt001"), owned("K3", "attempt001")]);
+        assert_eq!(
+            s.decide(),
+            Step::ResolvePending {
+                revoke: vec![owned("K2", "attempt001")]
+            }
+        );
+    }
+
+    #[test]
+    fn crash_before_create_resolves_with_nothing_to_revoke() {
+        let mut status = AccessKeyStatus::default();
+        pending(&mut status, "attempt001");
+        let mut s = Scenario::new(status, SecretState::Absent);
+        s.owned = Some(vec![]);
+        assert_eq!(s.decide(), Step::ResolvePending { revoke: vec![] });
+    }
+
+    #[test]
+    fn a_tampered_secret_is_never_adopted() {
+        let mut status = AccessKeyStatus::default();
+        pending(&mut status, "attempt001");
+        let mut s = Scenario::new(
+            status,
+            SecretState::Ours {
+                key_id: Some("K2".into()),
+                data_intact: false,
+                metadata_current: true,
+            },
+        );
+        s.owned = Some(vec![owned("K2", "attempt001")]);
+        assert_eq!(
+            s.decide(),
+            Step::ResolvePending {
+                revoke: vec![owned("K2", "attempt001")]
+            }
+        );
+    }
+
+    #[test]
+    fn retired_keys_are_revoked_once_per_pass() {
+        let mut status = issued("K2");
+        status.retired.push(RetiredKey {
+            access_key_id: "K1".into(),
+            key_ref: "ref-K1".into(),
+            issuer: issuer(),
+        });
+        let mut s = Scenario::new(status, ours("K2"));
+        assert_eq!(s.decide(), Step::RevokeRetired);
+        s.retired_tried = true;
+        assert_eq!(s.decide(), Step::Ready);
+    }
+
+    #[test]
+    fn retired_keys_are_not_revoked_again_by_pending_resolution() {
+        let mut status = issued("K2");
+        status.retired.push(RetiredKey {
+            access_key_id: "K1".into(),
+            key_ref: "ref-K1".into(),
+            issuer: issuer(),
+        });
+        pending(&mut status, "attempt003");
+        let mut s = Scenario::new(status, ours("K2"));
+        s.owned = Some(vec![owned("K1", "attempt001"), owned("K2", "attempt002")]);
+        assert_eq!(s.decide(), Step::ResolvePending { revoke: vec![] });
+    }
+}

@@ -1,0 +1,397 @@
+//! The Secret an AccessKey writes: its data rendered from templates, its labels, annotations
+//! and owner reference, and what an observed Secret says about the key in it. Pure functions.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::ByteString;
+use kube::{Resource, ResourceExt};
+use minijinja::{Environment, UndefinedBehavior};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+
+use crate::api::AccessKey;
+use crate::providers::{default_secret_data, TemplateVars};
+
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "cloudkeys";
+pub const ACCESS_KEY_LABEL: &str = "cloudkeys.io/access-key";
+pub const KEY_ID_ANNOTATION: &str = "cloudkeys.io/access-key-id";
+/// SHA-256 over the data the operator wrote: an edited Secret no longer matches it.
+pub const DATA_HASH_ANNOTATION: &str = "cloudkeys.io/data-hash";
+
+/// A `secretTemplate.data` entry that cannot be rendered. Never contains a rendered value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("secretTemplate.data[{key}]: {message}")]
+pub struct TemplateError {
+    pub key: String,
+    pub message: String,
+}
+
+/// The rendered Secret data. Holds the secret: no `Debug`, never logged.
+pub struct SecretData(BTreeMap<String, String>);
+
+impl SecretData {
+    pub fn hash(&self) -> String {
+        data_hash(self.0.iter().map(|(k, v)| (k.as_str(), v.as_bytes())))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+}
+
+fn data_hash<'a>(entries: impl Iterator<Item = (&'a str, &'a [u8])>) -> String {
+    let mut h = Sha256::new();
+    for (k, v) in entries {
+        h.update((k.len() as u64).to_be_bytes());
+        h.update(k.as_bytes());
+        h.update((v.len() as u64).to_be_bytes());
+        h.update(v);
+    }
+    hex::encode(h.finalize())
+}
+
+fn templates<'a>(ak: &'a AccessKey, provider: &str) -> Vec<(&'a str, &'a str)> {
+    match ak
+        .spec
+        .secret_template
+        .as_ref()
+        .and_then(|t| t.data.as_ref())
+    {
+        Some(data) => data.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+        None => default_secret_data(provider).to_vec(),
+    }
+}
+
+fn render(
+    ak: &AccessKey,
+    provider: &str,
+    vars: &TemplateVars,
+    access_key_id: &str,
+    secret: &str,
+) -> Result<BTreeMap<String, String>, TemplateError> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_keep_trailing_newline(true);
+    let mut ctx: BTreeMap<&str, &str> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    ctx.insert("accessKeyId", access_key_id);
+    ctx.insert("secretAccessKey", secret);
+    ctx.insert("provider", provider);
+    templates(ak, provider)
+        .into_iter()
+        .map(|(key, template)| {
+            // minijinja's messages name the template and the undefined variable, never values.
+            let fail = |e: minijinja::Error| TemplateError {
+                key: key.to_string(),
+                message: template_message(&e),
+            };
+            let rendered = env.render_str(template, &ctx).map_err(fail)?;
+            Ok((key.to_string(), rendered))
+        })
+        .collect()
+}
+
+fn template_message(e: &minijinja::Error) -> String {
+    match e.kind() {
+        minijinja::ErrorKind::UndefinedError => {
+            "uses an unknown variable; available: accessKeyId, secretAccessKey, provider, endpoint, and zone (exoscale) or region (outscale)".to_string()
+        }
+        _ => format!("invalid template: {}", e.detail().unwrap_or("syntax error")),
+    }
+}
+
+/// Renders with placeholder values: catches unknown variables and syntax errors before a key is
+/// created, so that a bad template never costs a key.
+pub fn check_templates(
+    ak: &AccessKey,
+    provider: &str,
+    vars: &TemplateVars,
+) -> Result<(), TemplateError> {
+    render(ak, provider, vars, "AKIDPLACEHOLDER", "placeholder").map(|_| ())
+}
+
+/// Renders the Secret data for a fresh key.
+pub fn render_data(
+    ak: &AccessKey,
+    provider: &str,
+    vars: &TemplateVars,
+    access_key_id: &str,
+    secret: &SecretString,
+) -> Result<SecretData, TemplateError> {
+    render(ak, provider, vars, access_key_id, secret.expose_secret()).map(SecretData)
+}
+
+/// Labels and annotations the Secret must carry besides the data.
+pub fn desired_metadata(
+    ak: &AccessKey,
+    access_key_id: &str,
+    data_hash: &str,
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let template = ak.spec.secret_template.clone().unwrap_or_default();
+    let mut labels = template.labels;
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
+    labels.insert(ACCESS_KEY_LABEL.into(), ak.name_any());
+    let mut annotations = template.annotations;
+    annotations.insert(KEY_ID_ANNOTATION.into(), access_key_id.into());
+    annotations.insert(DATA_HASH_ANNOTATION.into(), data_hash.into());
+    (labels, annotations)
+}
+
+fn controller_ref(ak: &AccessKey) -> Option<OwnerReference> {
+    ak.controller_owner_ref(&())
+}
+
+/// The whole Secret for a fresh key.
+pub fn desired_secret(ak: &AccessKey, access_key_id: &str, data: &SecretData) -> Secret {
+    let (labels, annotations) = desired_metadata(ak, access_key_id, &data.hash());
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(ak.spec.secret_name.clone()),
+            namespace: ak.namespace(),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: controller_ref(ak).map(|r| vec![r]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(
+            data.0
+                .iter()
+                .map(|(k, v)| (k.clone(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
+/// The Secret with only the metadata the operator manages, for an in-place update.
+pub fn desired_secret_metadata(ak: &AccessKey, access_key_id: &str, data_hash: &str) -> Secret {
+    let (labels, annotations) = desired_metadata(ak, access_key_id, data_hash);
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(ak.spec.secret_name.clone()),
+            namespace: ak.namespace(),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: controller_ref(ak).map(|r| vec![r]),
+            ..ObjectMeta::default()
+        },
+        ..Secret::default()
+    }
+}
+
+/// What the Secret named by the AccessKey says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretState {
+    Absent,
+    /// Exists and is not controlled by this AccessKey: never touched.
+    Foreign,
+    Ours {
+        /// The key id annotation.
+        key_id: Option<String>,
+        /// The data is what the operator wrote (its hash matches the annotation).
+        data_intact: bool,
+        /// Labels, annotations and owner reference are as the spec wants them.
+        metadata_current: bool,
+    },
+}
+
+pub fn observe_secret(ak: &AccessKey, secret: Option<&Secret>) -> SecretState {
+    let Some(secret) = secret else {
+        return SecretState::Absent;
+    };
+    let uid = ak.uid();
+    let controlled = secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && Some(&r.uid) == uid.as_ref());
+    if !controlled {
+        return SecretState::Foreign;
+    }
+    let annotations = secret.metadata.annotations.clone().unwrap_or_default();
+    let key_id = annotations.get(KEY_ID_ANNOTATION).cloned();
+    let stored_hash = annotations
+        .get(DATA_HASH_ANNOTATION)
+        .cloned()
+        .unwrap_or_default();
+    let empty = BTreeMap::new();
+    let data = secret.data.as_ref().unwrap_or(&empty);
+    let actual_hash = data_hash(data.iter().map(|(k, v)| (k.as_str(), v.0.as_slice())));
+    let data_intact = !data.is_empty() && actual_hash == stored_hash;
+    let (labels, want_annotations) =
+        desired_metadata(ak, key_id.as_deref().unwrap_or_default(), &stored_hash);
+    let have_labels = secret.metadata.labels.clone().unwrap_or_default();
+    let metadata_current = labels.iter().all(|(k, v)| have_labels.get(k) == Some(v))
+        && want_annotations
+            .iter()
+            .all(|(k, v)| annotations.get(k) == Some(v));
+    SecretState::Ours {
+        key_id,
+        data_intact,
+        metadata_current,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    pub(crate) fn access_key(spec: serde_json::Value) -> AccessKey {
+        serde_json::from_value(json!({
+            "apiVersion": "cloudkeys.io/v1alpha1", "kind": "AccessKey",
+            "metadata": {"name": "backups", "namespace": "team-a", "uid": "0f8c2d7e-1b2a-4c3d-9e8f-0123456789ab"},
+            "spec": spec,
+        }))
+        .expect("test AccessKey")
+    }
+
+    fn exo_vars() -> TemplateVars {
+        TemplateVars::from([
+            ("zone", "ch-gva-2".to_string()),
+            (
+                "endpoint",
+                "https://api-ch-gva-2.exoscale.com/v2".to_string(),
+            ),
+        ])
+    }
+
+    #[test]
+    fn default_data_keys_follow_the_provider() {
+        let ak = access_key(json!({"issuerRef": {"name": "i"}, "secretName": "s", "local": {}}));
+        let secret = SecretString::from("s3cr3t");
+        let data = render_data(&ak, "exoscale", &exo_vars(), "EXO1", &secret).expect("renders");
+        assert_eq!(
+            data.keys().collect::<Vec<_>>(),
+            ["EXOSCALE_API_KEY", "EXOSCALE_API_SECRET"]
+        );
+        let data =
+            render_data(&ak, "local", &TemplateVars::new(), "LK1", &secret).expect("renders");
+        assert_eq!(
+            data.0.get("SECRET_ACCESS_KEY").map(String::as_str),
+            Some("s3cr3t")
+        );
+        let data = render_data(
+            &ak,
+            "outscale",
+            &TemplateVars::from([("region", "eu-west-2".into())]),
+            "AK",
+            &secret,
+        )
+        .expect("renders");
+        assert_eq!(
+            data.0.get("OSC_REGION").map(String::as_str),
+            Some("eu-west-2")
+        );
+    }
+
+    #[test]
+    fn templates_render_every_variable_and_keep_newlines() {
+        let ak = access_key(
+            json!({"issuerRef": {"name": "i"}, "secretName": "s", "exoscale": {"roleId": "x"},
+            "secretTemplate": {"data": {"credentials": "[default]\nid = {{ accessKeyId }}\nsecret = {{ secretAccessKey }}\n",
+                "where": "{{ provider }} {{ zone }} {{ endpoint }}"}}}),
+        );
+        let data = render_data(
+            &ak,
+            "exoscale",
+            &exo_vars(),
+            "EXO1",
+            &SecretString::from("sec"),
+        )
+        .expect("renders");
+        assert_eq!(
+            data.0["credentials"],
+            "[default]\nid = EXO1\nsecret = sec\n"
+        );
+        assert_eq!(
+            data.0["where"],
+            "exoscale ch-gva-2 https://api-ch-gva-2.exoscale.com/v2"
+        );
+    }
+
+    #[test]
+    fn unknown_variables_are_errors_that_name_the_key_not_the_value() {
+        let ak = access_key(
+            json!({"issuerRef": {"name": "i"}, "secretName": "s", "local": {},
+            "secretTemplate": {"data": {"REGION": "{{ region }}"}}}),
+        );
+        let err = check_templates(&ak, "local", &TemplateVars::new())
+            .expect_err("region is not a local variable");
+        assert_eq!(err.key, "REGION");
+        assert!(err.message.contains("unknown variable"), "{err}");
+        let err = render_data(
+            &ak,
+            "local",
+            &TemplateVars::new(),
+            "LK",
+            &SecretString::from("topsecret"),
+        )
+        .err()
+        .expect("fails");
+        assert!(!err.to_string().contains("topsecret"));
+        let ak = access_key(
+            json!({"issuerRef": {"name": "i"}, "secretName": "s", "local": {},
+            "secretTemplate": {"data": {"X": "{{ accessKeyId "}}}),
+        );
+        assert!(check_templates(&ak, "local", &TemplateVars::new()).is_err());
+    }
+
+    #[test]
+    fn observed_secret_states() {
+        let ak = access_key(
+            json!({"issuerRef": {"name": "i"}, "secretName": "s", "local": {},
+            "secretTemplate": {"labels": {"team": "a"}}}),
+        );
+        assert_eq!(observe_secret(&ak, None), SecretState::Absent);
+        let data = render_data(
+            &ak,
+            "local",
+            &TemplateVars::new(),
+            "LK1",
+            &SecretString::from("x"),
+        )
+        .expect("renders");
+        let mut ours = desired_secret(&ak, "LK1", &data);
+        assert_eq!(
+            observe_secret(&ak, Some(&ours)),
+            SecretState::Ours {
+                key_id: Some("LK1".into()),
+                data_intact: true,
+                metadata_current: true
+            }
+        );
+        let mut foreign = ours.clone();
+        foreign.metadata.owner_references = None;
+        assert_eq!(observe_secret(&ak, Some(&foreign)), SecretState::Foreign);
+        ours.metadata
+            .labels
+            .as_mut()
+            .expect("labels")
+            .remove("team");
+        assert!(matches!(
+            observe_secret(&ak, Some(&ours)),
+            SecretState::Ours {
+                metadata_current: false,
+                data_intact: true,
+                ..
+            }
+        ));
+        ours.data
+            .as_mut()
+            .expect("data")
+            .insert("SECRET_ACCESS_KEY".into(), ByteString(b"edited".to_vec()));
+        assert!(matches!(
+            observe_secret(&ak, Some(&ours)),
+            SecretState::Ours {
+                data_intact: false,
+                ..
+            }
+        ));
+    }
+}
