@@ -23,8 +23,20 @@ async fn main() -> ExitCode {
         }
         Command::Run(args) => {
             cloudkeys::telemetry::init(args.log_format);
-            tracing::error!("the controllers are not implemented yet");
-            ExitCode::FAILURE
+            let client = match kube::Client::try_default().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot configure the Kubernetes client (KUBECONFIG or in-cluster)");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match cloudkeys::controller::run::run(client, args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "controller failed");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

@@ -1,6 +1,11 @@
 //! Reconcile logic: pure decisions (`decide`, `secret`, `conditions`) and the I/O that acts on
-//! them.
+//! them (`access_key`, `issuer`), wired together in `run`.
 
+pub mod access_key;
 pub mod conditions;
+pub mod context;
 pub mod decide;
+pub mod error;
+pub mod issuer;
+pub mod run;
 pub mod secret;

@@ -54,17 +54,18 @@ impl Marker {
         format!("{PREFIX}{owner_uid}-")
     }
 
-    /// Finds a marker inside a provider-side string (a name, description or tag value).
+    /// Finds a marker inside a provider-side string (a name, description or tag value). Every
+    /// `ck-` is tried: a user's part of the name may contain one (`rack-backups`).
     pub fn find_in(text: &str) -> Option<Self> {
-        let start = text.find(PREFIX)?;
-        let rest = &text[start + PREFIX.len()..];
+        text.match_indices(PREFIX).find_map(|(start, _)| Self::parse_at(&text[start + PREFIX.len()..]))
+    }
+
+    fn parse_at(rest: &str) -> Option<Self> {
         let owner = rest.get(..UID_LEN)?;
         let attempt = rest.get(UID_LEN + 1..UID_LEN + 1 + ATTEMPT_LEN)?;
         let well_formed = rest.as_bytes().get(UID_LEN) == Some(&b'-')
             && owner.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
-            && attempt
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+            && attempt.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
         well_formed.then(|| Self::of(owner, attempt))
     }
 }
@@ -88,6 +89,12 @@ mod tests {
         assert_eq!(Marker::find_in(&name), Some(m.clone()));
         assert!(name.contains(&Marker::owner_prefix(UID)));
         assert_eq!(m.to_string().len(), 3 + UID_LEN + 1 + ATTEMPT_LEN);
+    }
+
+    #[test]
+    fn a_ck_in_the_users_part_of_the_name_does_not_hide_the_marker() {
+        let m = Marker::new_attempt(UID);
+        assert_eq!(Marker::find_in(&format!("rack-backups.{m}")), Some(m));
     }
 
     #[test]

@@ -7,12 +7,13 @@ pub mod local;
 pub mod marker;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
-use crate::api::KeyProvider;
+use crate::api::{IssuerProvider, KeyProvider};
 pub use error::{ErrorKind, ProviderError};
 pub use marker::Marker;
 
@@ -74,6 +75,50 @@ pub trait Provider: Send + Sync {
 
     /// `zone`, `region`, `endpoint`: what `secretTemplate.data` may use besides the key.
     fn template_vars(&self) -> TemplateVars;
+}
+
+/// The Secret in the issuer's Secret namespace holding its admin credentials, if the provider
+/// needs one (`local` and Yandex's metadata service do not).
+pub fn credentials_secret(settings: &IssuerProvider) -> Option<&str> {
+    match settings {
+        IssuerProvider::Exoscale(e) => Some(&e.credentials_secret_ref.name),
+        IssuerProvider::Outscale(o) => Some(&o.credentials_secret_ref.name),
+        IssuerProvider::Yandex(y) => y.service_account_key_secret_ref.as_ref().map(|r| r.name.as_str()),
+        IssuerProvider::Local(_) => None,
+    }
+}
+
+/// Admin credentials read from the issuer's Secret, by data key.
+pub type Credentials = BTreeMap<String, SecretString>;
+
+fn credential(credentials: &Credentials, secret: &str, key: &str) -> Result<SecretString, String> {
+    credentials
+        .get(key)
+        .cloned()
+        .ok_or_else(|| format!("Secret {secret} has no data key {key}"))
+}
+
+/// Builds the provider client an issuer describes. The error says what the user must fix.
+pub fn build(
+    settings: &IssuerProvider,
+    credentials: &Credentials,
+    local: &local::LocalStore,
+    http: &http::HttpConfig,
+) -> Result<Arc<dyn Provider>, String> {
+    let secret = credentials_secret(settings).unwrap_or_default();
+    match settings {
+        IssuerProvider::Local(_) => Ok(Arc::new(local::LocalProvider::new(local.clone()))),
+        IssuerProvider::Exoscale(e) => {
+            let key = credential(credentials, secret, "EXOSCALE_API_KEY")?;
+            let api_secret = credential(credentials, secret, "EXOSCALE_API_SECRET")?;
+            let provider = exoscale::ExoscaleProvider::new(e, key.expose_secret().trim().to_string(), api_secret, http.clone())
+                .map_err(|e| e.to_string())?;
+            Ok(Arc::new(provider))
+        }
+        IssuerProvider::Yandex(_) | IssuerProvider::Outscale(_) => {
+            Err(format!("the {} provider is not available in this version of cloudkeys", settings.name()))
+        }
+    }
 }
 
 /// The Secret data keys and templates used when `secretTemplate.data` is absent (API.md).

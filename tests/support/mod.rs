@@ -150,3 +150,43 @@ pub async fn namespace(client: &Client, test: &str) -> String {
         .expect("namespace created");
     name
 }
+
+pub mod keys;
+pub mod operator;
+
+/// Polls `probe` until it returns `Some`, for at most `timeout`; panics with `what` otherwise.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Applies a manifest (server-side, as the tests' field manager) into `ns`.
+pub async fn apply_json(client: &Client, ns: &str, manifest: serde_json::Value) {
+    use kube::api::{DynamicObject, Patch, PatchParams};
+    use kube::core::{ApiResource, GroupVersionKind};
+    let api_version = manifest["apiVersion"].as_str().expect("apiVersion");
+    let kind = manifest["kind"].as_str().expect("kind");
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
+    let api: Api<DynamicObject> = if kind == "ClusterKeyIssuer" {
+        Api::all_with(client.clone(), &resource)
+    } else {
+        Api::namespaced_with(client.clone(), ns, &resource)
+    };
+    let name = manifest["metadata"]["name"].as_str().expect("name");
+    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&manifest))
+        .await
+        .unwrap_or_else(|e| panic!("cannot apply {kind} {name}: {e}"));
+}

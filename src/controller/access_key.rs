@@ -1,0 +1,590 @@
+//! AccessKey reconciliation: observe, `decide`, act, until Ready or NotReady; and `cleanup`,
+//! everything that happens when an AccessKey is deleted.
+//!
+//! Creating a key is the one step that cannot be repeated safely, so it is done in an order
+//! that survives a crash at any point: (1) record the attempt in status, (2) create the key
+//! carrying the attempt's marker, (3) write the Secret, (4) record the key in status. After a
+//! crash the next reconcile sees the recorded attempt, lists the keys carrying this AccessKey's
+//! markers, adopts the one whose secret is in the Secret and revokes the others.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+
+use crate::api::{validation, AccessKey, AccessKeyStatus, DeletionPolicy, IssuerRef, PendingKey, RetiredKey};
+use crate::providers::{IssuedKey, KeyRequest, Marker, OwnedKey, Provider, ProviderError};
+
+use super::conditions::{ready_condition, Reason};
+use super::context::{display_name, Context, LoadedIssuer, FIELD_MANAGER};
+use super::decide::{decide, IssueReason, IssuerState, Observed, Step};
+use super::error::Error;
+use super::secret::{self, SecretState};
+
+pub const FINALIZER: &str = "cloudkeys.io/revoke";
+/// Upper bound on act-observe rounds in one reconcile; the loop normally ends in 2–4.
+const MAX_STEPS: usize = 12;
+/// Periodic re-check of a Ready AccessKey (its Secret is also watched).
+const RESYNC: Duration = Duration::from_secs(3600);
+
+pub async fn reconcile(ak: Arc<AccessKey>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = ak.namespace().unwrap_or_default();
+    let api: Api<AccessKey> = Api::namespaced(ctx.client.clone(), &ns);
+    let key = display_name(&*ak);
+    let result = finalizer(&api, FINALIZER, ak, |event| async {
+        match event {
+            FinalizerEvent::Apply(ak) => apply(ak, &ctx).await,
+            FinalizerEvent::Cleanup(ak) => cleanup(ak, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    });
+    if result.is_ok() {
+        ctx.record_success(&key);
+    }
+    result
+}
+
+pub fn error_policy(ak: Arc<AccessKey>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx.record_failure(&display_name(&*ak));
+    let wait = error.backoff(failures);
+    tracing::warn!(access_key = %display_name(&*ak), error = %error, kind = error.label(), retry_in_s = wait.as_secs(), "reconcile failed");
+    Action::requeue(wait)
+}
+
+/// The part of the spec a key is issued for; a change replaces the key.
+pub fn spec_hash(ak: &AccessKey) -> String {
+    let relevant = serde_json::json!({
+        "issuerRef": ak.spec.issuer_ref,
+        "provider": ak.spec.provider,
+        "secretName": ak.spec.secret_name,
+        "data": ak.spec.secret_template.as_ref().and_then(|t| t.data.as_ref()),
+    });
+    let digest = Sha256::digest(relevant.to_string().as_bytes());
+    hex::encode(&digest[..12])
+}
+
+/// Everything one reconcile reads from the cluster about an AccessKey.
+struct Cluster<'a> {
+    ctx: &'a Context,
+    ak: &'a AccessKey,
+    ns: String,
+    uid: String,
+}
+
+impl Cluster<'_> {
+    fn api(&self) -> Api<AccessKey> {
+        Api::namespaced(self.ctx.client.clone(), &self.ns)
+    }
+
+    fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.ctx.client.clone(), &self.ns)
+    }
+
+    async fn issuer(&self, r: &IssuerRef) -> Result<Option<LoadedIssuer>, Error> {
+        Ok(self.ctx.registry.load(&self.ctx.client, &self.ns, r, &self.ctx.cluster_resource_namespace).await?)
+    }
+
+    /// A provider client for revoking or listing through `r`, whatever its Ready condition says.
+    async fn provider_of(&self, r: &IssuerRef) -> Result<Arc<dyn Provider>, Error> {
+        match self.issuer(r).await? {
+            Some(loaded) => loaded.provider.map_err(|m| Error::Issuer(format!("{}: {m}", loaded.display))),
+            None => Err(Error::Issuer(format!("{} {} not found", kind_name(r), r.name))),
+        }
+    }
+
+    async fn write_status(&self, status: &AccessKeyStatus) -> Result<(), Error> {
+        let patch = serde_json::json!({ "status": status_merge_patch(status) });
+        self.api().patch_status(&self.ak.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        Ok(())
+    }
+
+    async fn set_condition(&self, status: &mut AccessKeyStatus, reason: Reason, message: String) -> Result<(), Error> {
+        let generation = self.ak.meta().generation;
+        let condition = ready_condition(&status.conditions, reason, message.clone(), generation, now());
+        let unchanged = status.observed_generation == generation
+            && status.conditions.iter().any(|c| c.reason == condition.reason && c.message == condition.message && c.status == condition.status);
+        if unchanged {
+            return Ok(());
+        }
+        status.conditions = vec![condition];
+        status.observed_generation = generation;
+        self.write_status(status).await?;
+        if !reason.is_ready() {
+            self.ctx.event(self.ak, EventType::Warning, reason.as_str(), message.clone()).await;
+        }
+        tracing::info!(access_key = %display_name(self.ak), reason = reason.as_str(), %message, "condition");
+        Ok(())
+    }
+}
+
+fn kind_name(r: &IssuerRef) -> &'static str {
+    match r.kind {
+        crate::api::IssuerKind::KeyIssuer => "KeyIssuer",
+        crate::api::IssuerKind::ClusterKeyIssuer => "ClusterKeyIssuer",
+    }
+}
+
+fn now() -> Time {
+    Time(jiff::Timestamp::now())
+}
+
+/// Name users see at the provider before the marker.
+fn display_name_at_provider(ak: &AccessKey) -> String {
+    if let crate::api::KeyProvider::Exoscale(e) = &ak.spec.provider {
+        if let Some(name) = &e.name {
+            return name.clone();
+        }
+    }
+    format!("{}-{}", ak.namespace().unwrap_or_default(), ak.name_any())
+}
+
+/// Why the spec cannot be acted on with this issuer, if it cannot.
+fn spec_problem(ak: &AccessKey, issuer: Option<&LoadedIssuer>) -> Option<String> {
+    if let Err(e) = validation::validate_access_key(&ak.spec) {
+        return Some(e.to_string());
+    }
+    let issuer = issuer?;
+    let (wanted, has) = (ak.spec.provider.name(), issuer.settings.name());
+    if wanted != has {
+        return Some(format!("spec.{wanted} does not match {}, which is a {has} issuer", issuer.display));
+    }
+    if let Ok(p) = &issuer.provider {
+        if let Err(e) = secret::check_templates(ak, p.name(), &p.template_vars()) {
+            return Some(format!("spec.{e}"));
+        }
+    }
+    None
+}
+
+async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
+    let cluster = Cluster { ctx, ak: &ak, ns: ak.namespace().unwrap_or_default(), uid: ak.uid().unwrap_or_default() };
+    let mut status = ak.status.clone().unwrap_or_default();
+    let hash = spec_hash(&ak);
+    let issuer_ref = ak.spec.issuer_ref.clone();
+    let issuer = cluster.issuer(&issuer_ref).await?;
+    let issuer_state = match &issuer {
+        None => IssuerState::NotFound(format!("{} {} not found", kind_name(&issuer_ref), issuer_ref.name)),
+        Some(i) if !i.is_ready() || i.provider.is_err() => IssuerState::NotReady(i.not_ready_message()),
+        Some(_) => IssuerState::Ready,
+    };
+    let problem = spec_problem(&ak, issuer.as_ref());
+    let mut owned: Option<Vec<OwnedKey>> = None;
+    let mut retired_tried = false;
+
+    for _ in 0..MAX_STEPS {
+        let observed_secret = cluster.secrets().get_opt(&ak.spec.secret_name).await?;
+        let secret_state = secret::observe_secret(&ak, observed_secret.as_ref());
+        let renewal_due = status.renewal_time.as_ref().is_some_and(|t| t.0 <= jiff::Timestamp::now());
+        let step = decide(&Observed {
+            status: &status,
+            spec_problem: problem.clone(),
+            issuer: issuer_state.clone(),
+            issuer_ref: &issuer_ref,
+            spec_hash: &hash,
+            secret: &secret_state,
+            owned_keys: owned.as_deref(),
+            retired_tried,
+            renewal_due,
+        });
+        tracing::debug!(access_key = %display_name(&*ak), ?step, "step");
+        let outcome = act(&cluster, &mut status, step, issuer.as_ref(), &hash, &mut owned, &mut retired_tried).await;
+        match outcome {
+            Ok(Some(action)) => return Ok(action),
+            Ok(None) => continue,
+            Err(e) => {
+                if let Error::Provider(pe) = &e {
+                    let message = provider_message(pe);
+                    cluster.set_condition(&mut status, Reason::ProviderError, message).await?;
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(Action::requeue(Duration::from_secs(1)))
+}
+
+fn provider_message(e: &ProviderError) -> String {
+    match e.kind {
+        crate::providers::ErrorKind::Auth => format!("the issuer's credentials were refused: {e}"),
+        crate::providers::ErrorKind::Permanent => format!("the provider refused the request: {e}"),
+        crate::providers::ErrorKind::Retryable => format!("provider call failed, will retry: {e}"),
+    }
+}
+
+/// Carries out one step. `Ok(Some(_))` ends the reconcile; `Ok(None)` observes again.
+async fn act(
+    c: &Cluster<'_>,
+    status: &mut AccessKeyStatus,
+    step: Step,
+    issuer: Option<&LoadedIssuer>,
+    hash: &str,
+    owned: &mut Option<Vec<OwnedKey>>,
+    retired_tried: &mut bool,
+) -> Result<Option<Action>, Error> {
+    match step {
+        Step::ListOwnedKeys => {
+            let pending = status.pending.clone().ok_or_else(|| Error::Finalizer("no pending attempt".into()))?;
+            let provider = c.provider_of(&pending.issuer).await?;
+            *owned = Some(provider.find_keys(&c.uid, &c.ak.spec.provider).await?);
+            Ok(None)
+        }
+        Step::Adopt(key) => {
+            let pending = status.pending.take().ok_or_else(|| Error::Finalizer("no pending attempt".into()))?;
+            retire_current(status);
+            status.access_key_id = key.access_key_id.clone();
+            status.key_ref = Some(key.key_ref.clone());
+            status.issued_by = Some(pending.issuer);
+            status.issued_at = Some(pending.started_at);
+            status.key_spec_hash = Some(hash.to_string());
+            status.secret_name = Some(c.ak.spec.secret_name.clone());
+            c.write_status(status).await?;
+            let note = format!("adopted key {} created before an interruption", key.access_key_id.unwrap_or_default());
+            c.ctx.event(c.ak, EventType::Normal, "Issued", note).await;
+            Ok(None)
+        }
+        Step::ResolvePending { revoke } => {
+            let pending = status.pending.clone().ok_or_else(|| Error::Finalizer("no pending attempt".into()))?;
+            if !revoke.is_empty() {
+                let provider = c.provider_of(&pending.issuer).await?;
+                for k in &revoke {
+                    provider.revoke_key(&k.key_ref).await?;
+                    let id = k.access_key_id.clone().unwrap_or_else(|| k.key_ref.clone());
+                    let note = format!("revoked key {id} left by an interrupted creation");
+                    c.ctx.event(c.ak, EventType::Normal, "Revoked", note).await;
+                }
+            }
+            status.pending = None;
+            c.write_status(status).await?;
+            *owned = None;
+            Ok(None)
+        }
+        Step::RevokeRetired => {
+            *retired_tried = true;
+            let mut kept = Vec::new();
+            for r in std::mem::take(&mut status.retired) {
+                let revoked = match c.provider_of(&r.issuer).await {
+                    Ok(p) => p.revoke_key(&r.key_ref).await.map_err(Error::from),
+                    Err(e) => Err(e),
+                };
+                match revoked {
+                    Ok(()) => {
+                        c.ctx.event(c.ak, EventType::Normal, "Revoked", format!("revoked replaced key {}", r.access_key_id)).await
+                    }
+                    Err(e) => {
+                        let note = format!("cannot revoke replaced key {} yet: {e}", r.access_key_id);
+                        c.ctx.event(c.ak, EventType::Warning, "RevocationFailed", note).await;
+                        kept.push(r);
+                    }
+                }
+            }
+            status.retired = kept;
+            c.write_status(status).await?;
+            Ok(None)
+        }
+        Step::Issue { reason } => {
+            let issuer = issuer.ok_or_else(|| Error::Issuer("issuer vanished".into()))?;
+            let provider = issuer.provider.clone().map_err(Error::Issuer)?;
+            issue(c, status, provider, hash, reason).await?;
+            Ok(None)
+        }
+        Step::UpdateSecretMetadata => {
+            let key_id = status.access_key_id.clone().unwrap_or_default();
+            let observed = c.secrets().get_opt(&c.ak.spec.secret_name).await?;
+            let stored_hash = observed
+                .and_then(|s| s.metadata.annotations)
+                .and_then(|a| a.get(secret::DATA_HASH_ANNOTATION).cloned())
+                .unwrap_or_default();
+            let desired = secret::desired_secret_metadata(c.ak, &key_id, &stored_hash);
+            c.secrets()
+                .patch(&c.ak.spec.secret_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired))
+                .await?;
+            Ok(None)
+        }
+        Step::Ready => {
+            let id = status.access_key_id.clone().unwrap_or_default();
+            let message = format!("key {id} is in Secret {}", c.ak.spec.secret_name);
+            c.set_condition(status, Reason::Issued, message).await?;
+            let requeue = status
+                .renewal_time
+                .as_ref()
+                .map(|t| {
+                    let secs = t.0.duration_since(jiff::Timestamp::now()).as_secs().max(1);
+                    Duration::from_secs(u64::try_from(secs).unwrap_or(1)).min(RESYNC)
+                })
+                .unwrap_or(RESYNC);
+            Ok(Some(Action::requeue(requeue)))
+        }
+        Step::NotReady(reason, message) => {
+            c.set_condition(status, reason, message).await?;
+            let wait = match reason {
+                Reason::InvalidSpec | Reason::SecretConflict => RESYNC,
+                _ => Duration::from_secs(60),
+            };
+            Ok(Some(Action::requeue(wait)))
+        }
+    }
+}
+
+/// The status as a JSON merge patch that also clears every field the status no longer has.
+///
+/// A merge patch rather than server-side apply: the 1.20 apiserver leaves an empty `pending: {}`
+/// behind when an applied configuration drops an object's fields, which the schema rejects.
+pub fn status_merge_patch(status: &AccessKeyStatus) -> serde_json::Value {
+    let mut value = serde_json::to_value(status).unwrap_or_else(|_| serde_json::json!({}));
+    if let Some(map) = value.as_object_mut() {
+        let schema = schemars::schema_for!(AccessKeyStatus);
+        let fields = schema.get("properties").and_then(|p| p.as_object()).map(|p| p.keys().cloned().collect::<Vec<_>>());
+        for field in fields.unwrap_or_default() {
+            map.entry(field).or_insert(serde_json::Value::Null);
+        }
+    }
+    value
+}
+
+/// Moves the current key, if any, to the keys awaiting revocation.
+fn retire_current(status: &mut AccessKeyStatus) {
+    if let (Some(id), Some(key_ref), Some(issuer)) =
+        (status.access_key_id.take(), status.key_ref.take(), status.issued_by.take())
+    {
+        if !status.retired.iter().any(|r| r.key_ref == key_ref) {
+            status.retired.push(RetiredKey { access_key_id: id, key_ref, issuer });
+        }
+    }
+    status.expires_at = None;
+    status.renewal_time = None;
+}
+
+/// Creates a key and writes it to the Secret, in the crash-safe order described above.
+async fn issue(
+    c: &Cluster<'_>,
+    status: &mut AccessKeyStatus,
+    provider: Arc<dyn Provider>,
+    hash: &str,
+    reason: IssueReason,
+) -> Result<(), Error> {
+    let ak = c.ak;
+    let marker = Marker::new_attempt(&c.uid);
+    // (1) The intent is durable before the provider is asked for anything.
+    status.pending = Some(PendingKey {
+        attempt: marker.attempt().to_string(),
+        issuer: ak.spec.issuer_ref.clone(),
+        started_at: now(),
+    });
+    c.write_status(status).await?;
+
+    // (2) Create. If this fails or never answers, the recorded attempt leads the next
+    // reconcile to whatever the provider did create.
+    let started = jiff::Timestamp::now();
+    let request = KeyRequest {
+        marker: &marker,
+        display_name: display_name_at_provider(ak),
+        spec: &ak.spec.provider,
+        now: started,
+    };
+    let key = provider.create_key(&request).await?;
+
+    // (3) The only copy of the secret goes into the Secret; if that fails, the key goes at once.
+    if let Err(e) = write_secret(c, &provider, &key).await {
+        match provider.revoke_key(&key.key_ref).await {
+            Ok(()) => {
+                status.pending = None;
+                let _ = c.write_status(status).await;
+            }
+            Err(re) => tracing::warn!(access_key = %display_name(ak), error = %re, "cannot revoke the unwritten key; it will be found by its marker"),
+        }
+        return Err(e);
+    }
+
+    // (4) Record the key; the replaced one is revoked in the next step.
+    let replaced = status.access_key_id.clone();
+    retire_current(status);
+    status.pending = None;
+    status.access_key_id = Some(key.access_key_id.clone());
+    status.key_ref = Some(key.key_ref.clone());
+    status.issued_by = Some(ak.spec.issuer_ref.clone());
+    status.issued_at = Some(Time(started));
+    status.expires_at = key.expires_at.map(Time);
+    status.renewal_time = key.expires_at.map(|exp| Time(renewal_time(started, exp)));
+    status.key_spec_hash = Some(hash.to_string());
+    status.secret_name = Some(ak.spec.secret_name.clone());
+    c.write_status(status).await?;
+    let (event, note) = match replaced {
+        Some(old) => ("Replaced", format!("issued key {} replacing {old}: {}", key.access_key_id, reason.describe())),
+        None => ("Issued", format!("issued key {} into Secret {}", key.access_key_id, ak.spec.secret_name)),
+    };
+    tracing::info!(access_key = %display_name(ak), key_id = %key.access_key_id, reason = reason.describe(), "{event}");
+    c.ctx.event(ak, EventType::Normal, event, note).await;
+    Ok(())
+}
+
+/// When a third of the key's lifetime remains.
+pub fn renewal_time(issued: jiff::Timestamp, expires: jiff::Timestamp) -> jiff::Timestamp {
+    let lifetime = expires.duration_since(issued);
+    issued.checked_add(lifetime * 2 / 3).unwrap_or(expires)
+}
+
+async fn write_secret(c: &Cluster<'_>, provider: &Arc<dyn Provider>, key: &IssuedKey) -> Result<(), Error> {
+    let data = secret::render_data(c.ak, provider.name(), &provider.template_vars(), &key.access_key_id, &key.secret)
+        .map_err(|e| Error::Issuer(format!("spec.{e}")))?;
+    let desired = secret::desired_secret(c.ak, &key.access_key_id, &data);
+    let api = c.secrets();
+    match api.get_opt(&c.ak.spec.secret_name).await? {
+        // Create, not apply: if someone else creates it meanwhile, the create fails with a
+        // conflict instead of taking their Secret over.
+        None => {
+            api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() }, &desired)
+                .await?;
+        }
+        Some(existing) => {
+            if secret::observe_secret(c.ak, Some(&existing)) == SecretState::Foreign {
+                return Err(Error::Issuer(format!("Secret {} is not controlled by this AccessKey", c.ak.spec.secret_name)));
+            }
+            api.patch(&c.ak.spec.secret_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Everything that happens when an AccessKey is deleted.
+///
+/// `Delete`: every key this AccessKey created — the current one, replaced ones, and any left by an
+/// interrupted creation (found by marker) — is revoked; then the finalizer goes and the Secret
+/// follows by garbage collection. If revocation fails the finalizer stays and the condition says
+/// why. `Retain`: the Secret is released (owner reference removed) and the current key kept.
+async fn cleanup(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
+    let c = Cluster { ctx, ak: &ak, ns: ak.namespace().unwrap_or_default(), uid: ak.uid().unwrap_or_default() };
+    let mut status = ak.status.clone().unwrap_or_default();
+    match ak.spec.deletion_policy {
+        DeletionPolicy::Retain => {
+            release_secret(&c).await?;
+            // Leftovers of an interrupted creation are not the retained key: revoke them if the
+            // issuer allows, without holding the deletion.
+            if let Err(e) = revoke_all(&c, &status, false).await {
+                let note = format!("could not revoke keys left by an interrupted creation: {e}");
+                ctx.event(&*ak, EventType::Warning, "RevocationFailed", note).await;
+            }
+            let kept = status.access_key_id.clone().unwrap_or_else(|| "no key".into());
+            ctx.event(&*ak, EventType::Normal, "Retained", format!("kept {kept} and Secret {}", ak.spec.secret_name)).await;
+            Ok(Action::await_change())
+        }
+        DeletionPolicy::Delete => {
+            if status.access_key_id.is_some() || status.pending.is_some() || !status.retired.is_empty() {
+                c.set_condition(&mut status, Reason::Revoking, "revoking the key at the provider".into()).await?;
+            }
+            match revoke_all(&c, &status, true).await {
+                Ok(revoked) => {
+                    for id in revoked {
+                        ctx.event(&*ak, EventType::Normal, "Revoked", format!("revoked key {id}")).await;
+                    }
+                    Ok(Action::await_change())
+                }
+                Err(e) => {
+                    let message = format!(
+                        "cannot revoke the key: {e}; fix the issuer, or set deletionPolicy: Retain to delete the AccessKey and keep the key"
+                    );
+                    c.set_condition(&mut status, Reason::RevocationFailed, message).await?;
+                    Err(e)
+                }
+            }
+        }
+    }
+}
+
+/// Revokes the keys of this AccessKey: with `include_current`, all of them; without, only those
+/// left by an interrupted creation. Returns the ids revoked.
+async fn revoke_all(c: &Cluster<'_>, status: &AccessKeyStatus, include_current: bool) -> Result<Vec<String>, Error> {
+    let mut targets: Vec<(IssuerRef, String, String)> = Vec::new();
+    if include_current {
+        if let (Some(id), Some(key_ref), Some(issuer)) = (&status.access_key_id, &status.key_ref, &status.issued_by) {
+            targets.push((issuer.clone(), key_ref.clone(), id.clone()));
+        }
+        for r in &status.retired {
+            targets.push((r.issuer.clone(), r.key_ref.clone(), r.access_key_id.clone()));
+        }
+    }
+    if let Some(pending) = &status.pending {
+        let provider = c.provider_of(&pending.issuer).await?;
+        for k in provider.find_keys(&c.uid, &c.ak.spec.provider).await? {
+            let is_current = Some(&k.key_ref) == status.key_ref.as_ref();
+            if (include_current || !is_current) && !targets.iter().any(|t| t.1 == k.key_ref) {
+                targets.push((pending.issuer.clone(), k.key_ref.clone(), k.access_key_id.unwrap_or(k.key_ref)));
+            }
+        }
+    }
+    let mut revoked = Vec::new();
+    for (issuer, key_ref, id) in targets {
+        c.provider_of(&issuer).await?.revoke_key(&key_ref).await?;
+        revoked.push(id);
+    }
+    Ok(revoked)
+}
+
+/// Removes this AccessKey's owner reference from its Secret so that garbage collection keeps it.
+async fn release_secret(c: &Cluster<'_>) -> Result<(), Error> {
+    let api = c.secrets();
+    let Some(secret) = api.get_opt(&c.ak.spec.secret_name).await? else { return Ok(()) };
+    let refs = secret.metadata.owner_references.clone().unwrap_or_default();
+    if !refs.iter().any(|r| r.uid == c.uid) {
+        return Ok(());
+    }
+    let remaining: Vec<_> = refs.into_iter().filter(|r| r.uid != c.uid).collect();
+    // A JSON patch guarded by resourceVersion: never drops someone else's concurrent change.
+    let patch = serde_json::json!([
+        {"op": "test", "path": "/metadata/resourceVersion", "value": secret.resource_version()},
+        {"op": "replace", "path": "/metadata/ownerReferences", "value": remaining},
+    ]);
+    let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| Error::Finalizer(e.to_string()))?;
+    api.patch(&c.ak.spec.secret_name, &PatchParams::default(), &Patch::<()>::Json(patch)).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_patch_clears_fields_that_are_gone() {
+        let patch = status_merge_patch(&AccessKeyStatus { access_key_id: Some("K".into()), ..AccessKeyStatus::default() });
+        assert_eq!(patch["accessKeyId"], "K");
+        assert!(patch["pending"].is_null() && patch.get("pending").is_some());
+        assert!(patch["keyRef"].is_null() && patch["retired"].is_null());
+    }
+
+    #[test]
+    fn renewal_happens_when_a_third_of_the_lifetime_remains() {
+        let issued: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().expect("ts");
+        let expires: jiff::Timestamp = "2026-01-01T03:00:00Z".parse().expect("ts");
+        assert_eq!(renewal_time(issued, expires), "2026-01-01T02:00:00Z".parse::<jiff::Timestamp>().expect("ts"));
+    }
+
+    #[test]
+    fn spec_hash_ignores_labels_but_not_data_templates() {
+        let base = serde_json::json!({"issuerRef": {"name": "i"}, "secretName": "s", "local": {}});
+        let ak = |spec: serde_json::Value| -> AccessKey {
+            serde_json::from_value(serde_json::json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "AccessKey",
+                "metadata": {"name": "k", "namespace": "n"}, "spec": spec}))
+            .expect("AccessKey")
+        };
+        let mut labels = base.clone();
+        labels["secretTemplate"] = serde_json::json!({"labels": {"a": "b"}});
+        let mut data = base.clone();
+        data["secretTemplate"] = serde_json::json!({"data": {"K": "{{ accessKeyId }}"}});
+        let mut renamed = base.clone();
+        renamed["secretName"] = serde_json::json!("t");
+        assert_eq!(spec_hash(&ak(base.clone())), spec_hash(&ak(labels)));
+        assert_ne!(spec_hash(&ak(base.clone())), spec_hash(&ak(data)));
+        assert_ne!(spec_hash(&ak(base)), spec_hash(&ak(renamed)));
+    }
+}

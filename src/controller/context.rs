@@ -1,0 +1,234 @@
+//! What every reconcile shares: the client, the provider clients of each issuer, and the
+//! failure counters that drive backoff.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
+use secrecy::SecretString;
+
+use crate::api::{ClusterKeyIssuer, IssuerKind, IssuerProvider, IssuerRef, IssuerStatus, KeyIssuer};
+use crate::providers::{self, http::HttpConfig, local::LocalStore, Credentials, Provider};
+
+use super::conditions;
+
+pub const FIELD_MANAGER: &str = "cloudkeys";
+
+pub struct Context {
+    pub client: Client,
+    pub reporter: Reporter,
+    /// Where ClusterKeyIssuers' Secrets live.
+    pub cluster_resource_namespace: String,
+    pub registry: Registry,
+    failures: Mutex<HashMap<String, u32>>,
+    checks: Mutex<HashMap<String, CheckState>>,
+}
+
+impl Context {
+    pub fn new(client: Client, cluster_resource_namespace: String, http: HttpConfig) -> Self {
+        Self {
+            client,
+            reporter: Reporter { controller: "cloudkeys".into(), instance: std::env::var("POD_NAME").ok() },
+            cluster_resource_namespace,
+            registry: Registry::new(http),
+            failures: Mutex::new(HashMap::new()),
+            checks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records a failure of `key` and returns how many happened in a row.
+    pub fn record_failure(&self, key: &str) -> u32 {
+        let mut f = lock(&self.failures);
+        let n = f.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n - 1
+    }
+
+    pub fn record_success(&self, key: &str) {
+        lock(&self.failures).remove(key);
+    }
+
+    /// Emits a Kubernetes Event on `obj`. Failing to record an event never fails a reconcile.
+    pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, type_: EventType, reason: &str, note: String) {
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        let ev = Event { type_, reason: reason.into(), note: Some(note), action: reason.into(), secondary: None };
+        if let Err(e) = recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "cannot record event");
+        }
+    }
+
+    /// When the credentials of this issuer may be checked at the provider again. Keeps a broken
+    /// issuer from hammering the provider however often it is reconciled.
+    pub fn next_check(&self, issuer: &str, fingerprint: &str) -> Option<Instant> {
+        let checks = lock(&self.checks);
+        let state = checks.get(issuer)?;
+        (state.fingerprint == fingerprint).then_some(state.not_before)
+    }
+
+    pub fn record_check(&self, issuer: &str, fingerprint: &str, ok: bool, backoff: Duration) {
+        let mut checks = lock(&self.checks);
+        let failures = match checks.get(issuer) {
+            Some(s) if !ok && s.fingerprint == fingerprint => s.failures.saturating_add(1),
+            _ if ok => 0,
+            _ => 1,
+        };
+        checks.insert(
+            issuer.to_string(),
+            CheckState { fingerprint: fingerprint.to_string(), not_before: Instant::now() + backoff, failures },
+        );
+    }
+
+    pub fn check_failures(&self, issuer: &str) -> u32 {
+        lock(&self.checks).get(issuer).map(|s| s.failures).unwrap_or(0)
+    }
+}
+
+struct CheckState {
+    fingerprint: String,
+    not_before: Instant,
+    failures: u32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An issuer as read from the cluster, with its provider client when it can have one.
+pub struct LoadedIssuer {
+    pub display: String,
+    pub settings: IssuerProvider,
+    pub status: IssuerStatus,
+    pub generation: Option<i64>,
+    /// Changes when the issuer's spec or its credentials Secret change.
+    pub fingerprint: String,
+    pub provider: Result<Arc<dyn Provider>, String>,
+}
+
+impl LoadedIssuer {
+    pub fn is_ready(&self) -> bool {
+        conditions::is_ready(&self.status.conditions, self.generation)
+    }
+
+    pub fn not_ready_message(&self) -> String {
+        match conditions::ready_message(&self.status.conditions) {
+            Some(m) if !m.is_empty() => format!("{} is not ready: {m}", self.display),
+            _ => format!("{} has not been checked yet", self.display),
+        }
+    }
+}
+
+/// Provider clients by issuer, rebuilt when the issuer or its credentials change, so that rate
+/// limits and token caches live as long as the issuer does.
+pub struct Registry {
+    http: HttpConfig,
+    local: LocalStore,
+    cache: Mutex<HashMap<String, (String, Arc<dyn Provider>)>>,
+}
+
+impl Registry {
+    pub fn new(http: HttpConfig) -> Self {
+        Self { http, local: LocalStore::default(), cache: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn local_store(&self) -> &LocalStore {
+        &self.local
+    }
+
+    /// Reads the issuer `r` (a KeyIssuer in `namespace`, or a ClusterKeyIssuer); `Ok(None)` when
+    /// it does not exist.
+    pub async fn load(
+        &self,
+        client: &Client,
+        namespace: &str,
+        r: &IssuerRef,
+        cluster_resource_namespace: &str,
+    ) -> Result<Option<LoadedIssuer>, kube::Error> {
+        let (display, secret_ns, meta, settings, status) = match r.kind {
+            IssuerKind::KeyIssuer => {
+                let Some(i) = Api::<KeyIssuer>::namespaced(client.clone(), namespace).get_opt(&r.name).await? else {
+                    return Ok(None);
+                };
+                (format!("KeyIssuer {namespace}/{}", r.name), namespace.to_string(), i.metadata, i.spec.provider, i.status)
+            }
+            IssuerKind::ClusterKeyIssuer => {
+                let Some(i) = Api::<ClusterKeyIssuer>::all(client.clone()).get_opt(&r.name).await? else {
+                    return Ok(None);
+                };
+                (
+                    format!("ClusterKeyIssuer {}", r.name),
+                    cluster_resource_namespace.to_string(),
+                    i.metadata,
+                    i.spec.provider,
+                    i.status,
+                )
+            }
+        };
+        self.load_settings(client, display, &secret_ns, &meta, settings, status.unwrap_or_default()).await.map(Some)
+    }
+
+    /// Builds (or reuses) the provider client of an issuer object already read.
+    pub async fn load_settings(
+        &self,
+        client: &Client,
+        display: String,
+        secret_ns: &str,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        settings: IssuerProvider,
+        status: IssuerStatus,
+    ) -> Result<LoadedIssuer, kube::Error> {
+        let cache_key = format!("{display}@{}", meta.uid.clone().unwrap_or_default());
+        let mut fingerprint = format!("{}/{}", meta.uid.clone().unwrap_or_default(), meta.generation.unwrap_or_default());
+        let mut credentials = Credentials::new();
+        let mut missing = None;
+        if let Some(secret_name) = providers::credentials_secret(&settings) {
+            match Api::<Secret>::namespaced(client.clone(), secret_ns).get_opt(secret_name).await? {
+                Some(secret) => {
+                    fingerprint.push('/');
+                    fingerprint.push_str(&secret.resource_version().unwrap_or_default());
+                    for (k, v) in secret.data.unwrap_or_default() {
+                        // Credentials go straight into SecretString; invalid UTF-8 is left out and
+                        // reported as a missing key by the provider builder.
+                        if let Ok(text) = String::from_utf8(v.0) {
+                            credentials.insert(k, SecretString::from(text));
+                        }
+                    }
+                }
+                None => missing = Some(format!("credentials Secret {secret_ns}/{secret_name} not found")),
+            }
+        }
+        let provider = match missing {
+            Some(m) => Err(m),
+            None => self.provider(&cache_key, &fingerprint, &settings, &credentials),
+        };
+        Ok(LoadedIssuer { display, settings, status, generation: meta.generation, fingerprint, provider })
+    }
+
+    fn provider(
+        &self,
+        cache_key: &str,
+        fingerprint: &str,
+        settings: &IssuerProvider,
+        credentials: &Credentials,
+    ) -> Result<Arc<dyn Provider>, String> {
+        if let Some((fp, p)) = lock(&self.cache).get(cache_key) {
+            if fp == fingerprint {
+                return Ok(p.clone());
+            }
+        }
+        let p = providers::build(settings, credentials, &self.local, &self.http)?;
+        lock(&self.cache).insert(cache_key.to_string(), (fingerprint.to_string(), p.clone()));
+        Ok(p)
+    }
+}
+
+/// Name of an object for messages: `namespace/name` or `name`.
+pub fn display_name<K: ResourceExt>(obj: &K) -> String {
+    match obj.namespace() {
+        Some(ns) => format!("{ns}/{}", obj.name_any()),
+        None => obj.name_any(),
+    }
+}

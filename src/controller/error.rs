@@ -1,0 +1,66 @@
+//! Controller errors, and the requeue each one earns.
+
+use std::time::Duration;
+
+use crate::providers::{ErrorKind, ProviderError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Provider(#[from] ProviderError),
+    #[error("{0}")]
+    Issuer(String),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl Error {
+    /// A short stable label (for logs and metrics).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kube",
+            Self::Provider(e) => match e.kind {
+                ErrorKind::Retryable => "provider_retryable",
+                ErrorKind::Permanent => "provider_permanent",
+                ErrorKind::Auth => "provider_auth",
+            },
+            Self::Issuer(_) => "issuer",
+            Self::Finalizer(_) => "finalizer",
+        }
+    }
+
+    /// How long to wait before trying again after `failures` consecutive failures.
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let exp = |base: u64, cap: u64| {
+            let secs = base.saturating_mul(1u64 << failures.min(16)).min(cap);
+            Duration::from_secs(secs)
+        };
+        match self {
+            // Refused credentials never get better by asking again soon.
+            Self::Provider(e) if e.kind == ErrorKind::Auth => exp(60, 600),
+            Self::Provider(e) if e.kind == ErrorKind::Permanent => exp(30, 600),
+            Self::Provider(e) => exp(2, 300).max(e.retry_after.unwrap_or_default()),
+            Self::Issuer(_) => exp(10, 300),
+            Self::Kube(_) | Self::Finalizer(_) => exp(1, 60),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_failures_back_off_hard_and_everything_is_capped() {
+        let auth = Error::Provider(ProviderError::auth("op", "refused"));
+        assert!(auth.backoff(0) >= Duration::from_secs(60));
+        assert_eq!(auth.backoff(30), Duration::from_secs(600));
+        let retry = Error::Provider(ProviderError::retryable("op", "503"));
+        assert_eq!(retry.backoff(0), Duration::from_secs(2));
+        assert_eq!(retry.backoff(40), Duration::from_secs(300));
+        let throttled = Error::Provider(ProviderError::retryable("op", "429").with_retry_after(Some(Duration::from_secs(20))));
+        assert_eq!(throttled.backoff(0), Duration::from_secs(20));
+    }
+}

@@ -1,0 +1,160 @@
+//! KeyIssuer and ClusterKeyIssuer readiness: the credentials Secret is readable and one
+//! read-only provider call with those credentials succeeds.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::api::{validation, ClusterKeyIssuer, Issuer, IssuerStatus, KeyIssuer};
+use crate::providers::ErrorKind;
+
+use super::conditions::{ready_condition, Reason};
+use super::context::{display_name, Context, FIELD_MANAGER};
+use super::error::Error;
+
+/// How often a Ready issuer's credentials are checked again.
+const RECHECK: Duration = Duration::from_secs(300);
+
+/// What the issuer controller needs from either kind.
+pub trait IssuerObject:
+    Issuer + Resource<DynamicType = ()> + ResourceExt + Clone + Serialize + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
+{
+    fn api(ctx: &Context, namespace: Option<&str>) -> Api<Self>;
+    /// Namespace of the Secrets this issuer reads.
+    fn secret_namespace(&self, ctx: &Context) -> String;
+    fn status(&self) -> Option<&IssuerStatus>;
+    fn describe(&self) -> String;
+}
+
+impl IssuerObject for KeyIssuer {
+    fn api(ctx: &Context, namespace: Option<&str>) -> Api<Self> {
+        Api::namespaced(ctx.client.clone(), namespace.unwrap_or_default())
+    }
+    fn secret_namespace(&self, _: &Context) -> String {
+        self.namespace().unwrap_or_default()
+    }
+    fn status(&self) -> Option<&IssuerStatus> {
+        self.status.as_ref()
+    }
+    fn describe(&self) -> String {
+        format!("KeyIssuer {}", display_name(self))
+    }
+}
+
+impl IssuerObject for ClusterKeyIssuer {
+    fn api(ctx: &Context, _: Option<&str>) -> Api<Self> {
+        Api::all(ctx.client.clone())
+    }
+    fn secret_namespace(&self, ctx: &Context) -> String {
+        ctx.cluster_resource_namespace.clone()
+    }
+    fn status(&self) -> Option<&IssuerStatus> {
+        self.status.as_ref()
+    }
+    fn describe(&self) -> String {
+        format!("ClusterKeyIssuer {}", self.name_any())
+    }
+}
+
+pub async fn reconcile<K: IssuerObject>(issuer: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let described = issuer.describe();
+    let previous = issuer.status().cloned().unwrap_or_default();
+    let (reason, message, requeue) = check(&*issuer, &ctx).await?;
+    let generation = issuer.meta().generation;
+    let condition = ready_condition(&previous.conditions, reason, message.clone(), generation, Time(jiff::Timestamp::now()));
+    let changed = previous.conditions.iter().all(|c| c.reason != condition.reason || c.message != condition.message)
+        || previous.observed_generation != generation;
+    let status = IssuerStatus {
+        observed_generation: generation,
+        conditions: vec![condition],
+        provider: Some(issuer.provider().name().to_string()),
+    };
+    if changed || previous.provider.is_none() {
+        let api = K::api(&ctx, issuer.namespace().as_deref());
+        let patch = serde_json::json!({
+            "apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status,
+        });
+        api.patch_status(&issuer.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+        if !reason.is_ready() {
+            ctx.event(&*issuer, EventType::Warning, reason.as_str(), message.clone()).await;
+        }
+        tracing::info!(issuer = %described, reason = reason.as_str(), %message, "issuer status");
+    }
+    Ok(Action::requeue(requeue))
+}
+
+/// Decides the issuer's Ready condition; calls the provider at most as often as the backoff allows.
+async fn check<K: IssuerObject>(issuer: &K, ctx: &Context) -> Result<(Reason, String, Duration), Error> {
+    if let Err(e) = validation::validate_issuer(issuer.provider()) {
+        return Ok((Reason::InvalidSpec, e.to_string(), Duration::from_secs(3600)));
+    }
+    let loaded = ctx
+        .registry
+        .load_settings(
+            &ctx.client,
+            issuer.describe(),
+            &issuer.secret_namespace(ctx),
+            issuer.meta(),
+            issuer.provider().clone(),
+            issuer.status().cloned().unwrap_or_default(),
+        )
+        .await?;
+    let provider = match loaded.provider {
+        Ok(p) => p,
+        Err(message) => {
+            let reason = if message.contains("not found") {
+                Reason::SecretNotFound
+            } else if message.contains("not available") {
+                Reason::InvalidSpec
+            } else {
+                Reason::InvalidCredentials
+            };
+            return Ok((reason, message, Duration::from_secs(60)));
+        }
+    };
+    let key = issuer.describe();
+    if let Some(not_before) = ctx.next_check(&key, &loaded.fingerprint) {
+        let now = Instant::now();
+        if not_before > now {
+            // Checked recently with these very credentials: keep the verdict, wait.
+            let previous = issuer.status().and_then(|s| s.conditions.first()).cloned();
+            if let Some(c) = previous {
+                let reason = reason_from_str(&c.reason);
+                return Ok((reason, c.message, not_before - now));
+            }
+        }
+    }
+    match provider.check_credentials().await {
+        Ok(()) => {
+            ctx.record_check(&key, &loaded.fingerprint, true, RECHECK);
+            Ok((Reason::Ready, format!("credentials accepted by {}", provider.name()), RECHECK))
+        }
+        Err(e) => {
+            let failures = ctx.check_failures(&key);
+            let backoff = Error::Provider(e.clone()).backoff(failures);
+            ctx.record_check(&key, &loaded.fingerprint, false, backoff);
+            let reason = match e.kind {
+                ErrorKind::Auth => Reason::InvalidCredentials,
+                ErrorKind::Retryable | ErrorKind::Permanent => Reason::ProviderUnreachable,
+            };
+            Ok((reason, e.to_string(), backoff))
+        }
+    }
+}
+
+fn reason_from_str(s: &str) -> Reason {
+    match s {
+        "Ready" => Reason::Ready,
+        "SecretNotFound" => Reason::SecretNotFound,
+        "InvalidCredentials" => Reason::InvalidCredentials,
+        "InvalidSpec" => Reason::InvalidSpec,
+        _ => Reason::ProviderUnreachable,
+    }
+}

@@ -1,0 +1,68 @@
+//! Reading AccessKeys and their Secrets back in end-to-end tests.
+
+use std::time::Duration;
+
+use cloudkeys::api::AccessKey;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams};
+use kube::Client;
+
+use super::eventually;
+
+pub const WAIT: Duration = Duration::from_secs(60);
+
+pub fn ready_condition(ak: &AccessKey) -> Option<(String, String, String)> {
+    let c = ak.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Waits until the AccessKey's Ready condition has this reason (for its current generation).
+pub async fn wait_reason(client: &Client, ns: &str, name: &str, reason: &str) -> AccessKey {
+    let api: Api<AccessKey> = Api::namespaced(client.clone(), ns);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut last = None;
+    loop {
+        if let Ok(Some(ak)) = api.get_opt(name).await {
+            last = ready_condition(&ak);
+            let current = ak.status.as_ref().and_then(|s| s.observed_generation) == ak.metadata.generation;
+            if current && last.as_ref().is_some_and(|(_, r, _)| r == reason) {
+                return ak;
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for AccessKey {ns}/{name} to have reason {reason}; last condition {last:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn wait_issued(client: &Client, ns: &str, name: &str) -> AccessKey {
+    wait_reason(client, ns, name, "Issued").await
+}
+
+pub async fn secret(client: &Client, ns: &str, name: &str) -> Option<Secret> {
+    Api::<Secret>::namespaced(client.clone(), ns).get_opt(name).await.expect("Secret readable")
+}
+
+pub fn secret_value(secret: &Secret, key: &str) -> String {
+    let data = secret.data.as_ref().expect("Secret has data");
+    let bytes = &data.get(key).unwrap_or_else(|| panic!("Secret lacks {key}")).0;
+    String::from_utf8(bytes.clone()).expect("UTF-8 value")
+}
+
+pub async fn delete_access_key(client: &Client, ns: &str, name: &str) {
+    Api::<AccessKey>::namespaced(client.clone(), ns)
+        .delete(name, &DeleteParams::default())
+        .await
+        .expect("AccessKey delete accepted");
+}
+
+/// Waits until the AccessKey is gone (its finalizer released).
+pub async fn wait_gone(client: &Client, ns: &str, name: &str) {
+    let api: Api<AccessKey> = Api::namespaced(client.clone(), ns);
+    eventually(&format!("AccessKey {ns}/{name} to be gone"), WAIT, || {
+        let api = api.clone();
+        async move { api.get_opt(name).await.ok().and_then(|o| o.is_none().then_some(())) }
+    })
+    .await
+}

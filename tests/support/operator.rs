@@ -1,0 +1,74 @@
+//! The operator binary as a separate process, the way it runs in a cluster: it can be killed
+//! at any moment and started again.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use super::control_plane;
+
+pub struct Operator {
+    child: Option<Child>,
+    log: PathBuf,
+    namespace: String,
+    env: Vec<(String, String)>,
+}
+
+impl Operator {
+    /// Starts `cloudkeys run` watching one namespace, logging to a file of its own.
+    pub fn start(namespace: &str) -> Self {
+        Self::start_with(namespace, &[])
+    }
+
+    pub fn start_with(namespace: &str, env: &[(&str, &str)]) -> Self {
+        let log = control_plane().dir.join(format!("operator-{namespace}.log"));
+        let mut op = Self {
+            child: None,
+            log,
+            namespace: namespace.to_string(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        op.spawn();
+        op
+    }
+
+    fn spawn(&mut self) {
+        let out = File::options().create(true).append(true).open(&self.log).expect("operator log file");
+        let err = out.try_clone().expect("log file handle");
+        let child = Command::new(env!("CARGO_BIN_EXE_cloudkeys"))
+            .args(["run", "--namespace", &self.namespace, "--cluster-resource-namespace", &self.namespace])
+            .env("KUBECONFIG", &control_plane().kubeconfig)
+            .env("RUST_LOG", "info,cloudkeys=debug")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("operator starts");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no chance to finish anything, as in a node crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Everything the operator logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
