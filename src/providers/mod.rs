@@ -2,6 +2,7 @@
 //! shared HTTP layer (`http`); the controller never sees a provider's wire format.
 
 pub mod error;
+pub mod exoscale;
 pub mod http;
 pub mod local;
 pub mod marker;
