@@ -105,7 +105,7 @@ mod tests {
             t("2026-01-01T00:00:00Z"),
         );
         let same = ready_condition(
-            &[first.clone()],
+            std::slice::from_ref(&first),
             Reason::Issued,
             "still ok",
             Some(2),

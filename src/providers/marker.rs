@@ -57,7 +57,8 @@ impl Marker {
     /// Finds a marker inside a provider-side string (a name, description or tag value). Every
     /// `ck-` is tried: a user's part of the name may contain one (`rack-backups`).
     pub fn find_in(text: &str) -> Option<Self> {
-        text.match_indices(PREFIX).find_map(|(start, _)| Self::parse_at(&text[start + PREFIX.len()..]))
+        text.match_indices(PREFIX)
+            .find_map(|(start, _)| Self::parse_at(&text[start + PREFIX.len()..]))
     }
 
     fn parse_at(rest: &str) -> Option<Self> {
@@ -65,7 +66,9 @@ impl Marker {
         let attempt = rest.get(UID_LEN + 1..UID_LEN + 1 + ATTEMPT_LEN)?;
         let well_formed = rest.as_bytes().get(UID_LEN) == Some(&b'-')
             && owner.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
-            && attempt.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+            && attempt
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
         well_formed.then(|| Self::of(owner, attempt))
     }
 }

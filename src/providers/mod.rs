@@ -84,7 +84,10 @@ pub fn credentials_secret(settings: &IssuerProvider) -> Option<&str> {
     match settings {
         IssuerProvider::Exoscale(e) => Some(&e.credentials_secret_ref.name),
         IssuerProvider::Outscale(o) => Some(&o.credentials_secret_ref.name),
-        IssuerProvider::Yandex(y) => y.service_account_key_secret_ref.as_ref().map(|r| r.name.as_str()),
+        IssuerProvider::Yandex(y) => y
+            .service_account_key_secret_ref
+            .as_ref()
+            .map(|r| r.name.as_str()),
         IssuerProvider::Local(_) => None,
     }
 }
@@ -112,13 +115,19 @@ pub fn build(
         IssuerProvider::Exoscale(e) => {
             let key = credential(credentials, secret, "EXOSCALE_API_KEY")?;
             let api_secret = credential(credentials, secret, "EXOSCALE_API_SECRET")?;
-            let provider = exoscale::ExoscaleProvider::new(e, key.expose_secret().trim().to_string(), api_secret, http.clone())
-                .map_err(|e| e.to_string())?;
+            let provider = exoscale::ExoscaleProvider::new(
+                e,
+                key.expose_secret().trim().to_string(),
+                api_secret,
+                http.clone(),
+            )
+            .map_err(|e| e.to_string())?;
             Ok(Arc::new(provider))
         }
-        IssuerProvider::Yandex(_) | IssuerProvider::Outscale(_) => {
-            Err(format!("the {} provider is not available in this version of cloudkeys", settings.name()))
-        }
+        IssuerProvider::Yandex(_) | IssuerProvider::Outscale(_) => Err(format!(
+            "the {} provider is not available in this version of cloudkeys",
+            settings.name()
+        )),
     }
 }
 

@@ -12,7 +12,12 @@ use super::eventually;
 pub const WAIT: Duration = Duration::from_secs(60);
 
 pub fn ready_condition(ak: &AccessKey) -> Option<(String, String, String)> {
-    let c = ak.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")?;
+    let c = ak
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")?;
     Some((c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
@@ -24,7 +29,8 @@ pub async fn wait_reason(client: &Client, ns: &str, name: &str, reason: &str) ->
     loop {
         if let Ok(Some(ak)) = api.get_opt(name).await {
             last = ready_condition(&ak);
-            let current = ak.status.as_ref().and_then(|s| s.observed_generation) == ak.metadata.generation;
+            let current =
+                ak.status.as_ref().and_then(|s| s.observed_generation) == ak.metadata.generation;
             if current && last.as_ref().is_some_and(|(_, r, _)| r == reason) {
                 return ak;
             }
@@ -41,12 +47,18 @@ pub async fn wait_issued(client: &Client, ns: &str, name: &str) -> AccessKey {
 }
 
 pub async fn secret(client: &Client, ns: &str, name: &str) -> Option<Secret> {
-    Api::<Secret>::namespaced(client.clone(), ns).get_opt(name).await.expect("Secret readable")
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .expect("Secret readable")
 }
 
 pub fn secret_value(secret: &Secret, key: &str) -> String {
     let data = secret.data.as_ref().expect("Secret has data");
-    let bytes = &data.get(key).unwrap_or_else(|| panic!("Secret lacks {key}")).0;
+    let bytes = &data
+        .get(key)
+        .unwrap_or_else(|| panic!("Secret lacks {key}"))
+        .0;
     String::from_utf8(bytes.clone()).expect("UTF-8 value")
 }
 
@@ -62,7 +74,12 @@ pub async fn wait_gone(client: &Client, ns: &str, name: &str) {
     let api: Api<AccessKey> = Api::namespaced(client.clone(), ns);
     eventually(&format!("AccessKey {ns}/{name} to be gone"), WAIT, || {
         let api = api.clone();
-        async move { api.get_opt(name).await.ok().and_then(|o| o.is_none().then_some(())) }
+        async move {
+            api.get_opt(name)
+                .await
+                .ok()
+                .and_then(|o| o.is_none().then_some(()))
+        }
     })
     .await
 }

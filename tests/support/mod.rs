@@ -186,7 +186,11 @@ pub async fn apply_json(client: &Client, ns: &str, manifest: serde_json::Value) 
         Api::namespaced_with(client.clone(), ns, &resource)
     };
     let name = manifest["metadata"]["name"].as_str().expect("name");
-    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&manifest))
-        .await
-        .unwrap_or_else(|e| panic!("cannot apply {kind} {name}: {e}"));
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&manifest),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("cannot apply {kind} {name}: {e}"));
 }

@@ -21,22 +21,37 @@ impl Operator {
     }
 
     pub fn start_with(namespace: &str, env: &[(&str, &str)]) -> Self {
-        let log = control_plane().dir.join(format!("operator-{namespace}.log"));
+        let log = control_plane()
+            .dir
+            .join(format!("operator-{namespace}.log"));
         let mut op = Self {
             child: None,
             log,
             namespace: namespace.to_string(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         op.spawn();
         op
     }
 
     fn spawn(&mut self) {
-        let out = File::options().create(true).append(true).open(&self.log).expect("operator log file");
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("operator log file");
         let err = out.try_clone().expect("log file handle");
         let child = Command::new(env!("CARGO_BIN_EXE_cloudkeys"))
-            .args(["run", "--namespace", &self.namespace, "--cluster-resource-namespace", &self.namespace])
+            .args([
+                "run",
+                "--namespace",
+                &self.namespace,
+                "--cluster-resource-namespace",
+                &self.namespace,
+            ])
             .env("KUBECONFIG", &control_plane().kubeconfig)
             .env("RUST_LOG", "info,cloudkeys=debug")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
