@@ -520,8 +520,7 @@ impl fmt::Display for KeyRef {
     }
 }
 
-/// This owner's marker in a name. Searching from the owner's prefix, not from the first `ck-`,
-/// keeps display names like `rack-backups` from hiding the marker behind them.
+/// This owner's marker in a name.
 fn marker_in(name: &str, owner_uid: &str) -> Option<Marker> {
     Marker::find_in(name).filter(|m| m.owner() == owner_uid)
 }
