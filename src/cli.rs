@@ -5,11 +5,7 @@ use clap::{Parser, Subcommand};
 use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "cloudkeys",
-    version,
-    about = "Issues cloud API keys into Kubernetes Secrets and revokes them"
-)]
+#[command(name = "cloudkeys", version, about = "Issues cloud API keys into Kubernetes Secrets and revokes them")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -47,11 +43,7 @@ impl RunArgs {
     pub fn cluster_resource_namespace(&self) -> String {
         self.cluster_resource_namespace
             .clone()
-            .or_else(|| {
-                std::env::var("POD_NAMESPACE")
-                    .ok()
-                    .filter(|s| !s.is_empty())
-            })
+            .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()))
             .unwrap_or_else(|| "cloudkeys".to_string())
     }
 }

@@ -13,9 +13,7 @@ pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Json => registry
-            .with(fmt::layer().json().with_current_span(false))
-            .init(),
+        LogFormat::Json => registry.with(fmt::layer().json().with_current_span(false)).init(),
         LogFormat::Text => registry.with(fmt::layer().with_target(false)).init(),
     }
 }

@@ -27,9 +27,7 @@ async fn apply(client: &Client, ns: &str, manifest: &Value) -> Result<(), String
     } else {
         Api::namespaced_with(client.clone(), ns, &resource)
     };
-    let name = manifest["metadata"]["name"]
-        .as_str()
-        .expect("manifest has a name");
+    let name = manifest["metadata"]["name"].as_str().expect("manifest has a name");
     let params = PatchParams::apply(support::FIELD_MANAGER).force();
     match api.patch(name, &params, &Patch::Apply(manifest)).await {
         Ok(_) => Ok(()),
@@ -57,14 +55,11 @@ fn key_issuer(spec: Value) -> Value {
 }
 
 async fn assert_refused(client: &Client, ns: &str, manifest: Value, must_mention: &[&str]) {
-    let message = apply(client, ns, &manifest).await.expect_err(&format!(
-        "the apiserver accepted an invalid manifest: {manifest}"
-    ));
+    let message = apply(client, ns, &manifest)
+        .await
+        .expect_err(&format!("the apiserver accepted an invalid manifest: {manifest}"));
     for needle in must_mention {
-        assert!(
-            message.contains(needle),
-            "refusal of {manifest} does not mention {needle:?}: {message}"
-        );
+        assert!(message.contains(needle), "refusal of {manifest} does not mention {needle:?}: {message}");
     }
 }
 
@@ -90,11 +85,8 @@ async fn crds_install_and_kubectl_get_cloudkeys_lists_every_kind() {
     let (client, ns) = setup("kubectl-get-cloudkeys").await;
     let local_issuer = json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "KeyIssuer",
         "metadata": {"name": "local"}, "spec": {"local": {}}});
-    let key =
-        access_key(json!({"issuerRef": {"name": "local"}, "secretName": "demo", "local": {}}));
-    apply(&client, &ns, &local_issuer)
-        .await
-        .expect("KeyIssuer accepted");
+    let key = access_key(json!({"issuerRef": {"name": "local"}, "secretName": "demo", "local": {}}));
+    apply(&client, &ns, &local_issuer).await.expect("KeyIssuer accepted");
     apply(&client, &ns, &key).await.expect("AccessKey accepted");
 
     let (ok, out, err) = support::run_kubectl(&["get", "cloudkeys", "-n", &ns]);
@@ -105,27 +97,14 @@ async fn crds_install_and_kubectl_get_cloudkeys_lists_every_kind() {
     // Short names and printer columns as API.md lists them.
     let (ok, out, err) = support::run_kubectl(&["get", "ak", "-n", &ns]);
     assert!(ok, "{err}");
-    let header: Vec<&str> = out
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    assert_eq!(
-        header,
-        ["NAME", "READY", "ISSUER", "SECRET", "KEY", "ID", "AGE"]
-    );
+    let header: Vec<&str> = out.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "ISSUER", "SECRET", "KEY", "ID", "AGE"]);
     for short in ["ki", "cki"] {
         let (ok, _, err) = support::run_kubectl(&["get", short, "-A"]);
         assert!(ok, "kubectl get {short}: {err}");
     }
     let (_, out, _) = support::run_kubectl(&["get", "ki", "-n", &ns]);
-    let header: Vec<&str> = out
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
+    let header: Vec<&str> = out.lines().next().unwrap_or_default().split_whitespace().collect();
     assert_eq!(header, ["NAME", "READY", "PROVIDER", "AGE"]);
 }
 
@@ -133,17 +112,12 @@ async fn crds_install_and_kubectl_get_cloudkeys_lists_every_kind() {
 async fn every_example_manifest_is_accepted() {
     let (client, ns) = setup("examples-accepted").await;
     let files = example_files();
-    assert!(
-        files.len() >= 10,
-        "expected the examples of every provider, found {files:?}"
-    );
+    assert!(files.len() >= 10, "expected the examples of every provider, found {files:?}");
     for file in files {
         let text = std::fs::read_to_string(&file).expect("example readable");
         for doc in serde_yaml::Deserializer::from_str(&text) {
             let manifest: Value = serde::Deserialize::deserialize(doc).expect("example is YAML");
-            apply(&client, &ns, &manifest)
-                .await
-                .unwrap_or_else(|e| panic!("{} was refused: {e}", file.display()));
+            apply(&client, &ns, &manifest).await.unwrap_or_else(|e| panic!("{} was refused: {e}", file.display()));
         }
     }
 }
@@ -170,9 +144,7 @@ async fn invalid_access_keys_are_refused_naming_the_field() {
     assert_refused(
         c,
         ns,
-        access_key(
-            json!({"issuerRef": {"name": "x"}, "secretName": &"a".repeat(254), "local": {}}),
-        ),
+        access_key(json!({"issuerRef": {"name": "x"}, "secretName": &"a".repeat(254), "local": {}})),
         &["spec.secretName"],
     )
     .await;
@@ -186,9 +158,7 @@ async fn invalid_access_keys_are_refused_naming_the_field() {
     assert_refused(
         c,
         ns,
-        access_key(
-            json!({"issuerRef": {"name": "x", "kind": "Issuer"}, "secretName": "s", "local": {}}),
-        ),
+        access_key(json!({"issuerRef": {"name": "x", "kind": "Issuer"}, "secretName": "s", "local": {}})),
         &["spec.issuerRef.kind", "KeyIssuer", "ClusterKeyIssuer"],
     )
     .await;
@@ -199,56 +169,27 @@ async fn invalid_access_keys_are_refused_naming_the_field() {
         &["spec.deletionPolicy", "Delete", "Retain"],
     )
     .await;
+    assert_refused(c, ns, access_key(json!({"issuerRef": {"name": "x"}, "secretName": "s"})), &["\"spec\"", "oneOf"])
+        .await;
     assert_refused(
         c,
         ns,
-        access_key(json!({"issuerRef": {"name": "x"}, "secretName": "s"})),
-        &["\"spec\"", "oneOf"],
-    )
-    .await;
-    assert_refused(
-        c,
-        ns,
-        access_key(
-            json!({"issuerRef": {"name": "x"}, "secretName": "s", "local": {}, "yandex": {}}),
-        ),
+        access_key(json!({"issuerRef": {"name": "x"}, "secretName": "s", "local": {}, "yandex": {}})),
         &["\"spec\"", "oneOf"],
     )
     .await;
     // Exoscale: exactly one of the three modes.
-    let exo = |block: Value| {
-        access_key(json!({"issuerRef": {"name": "x"}, "secretName": "s", "exoscale": block}))
-    };
+    let exo = |block: Value| access_key(json!({"issuerRef": {"name": "x"}, "secretName": "s", "exoscale": block}));
+    assert_refused(c, ns, exo(json!({"name": "k"})), &["spec.exoscale", "oneOf"]).await;
     assert_refused(
         c,
         ns,
-        exo(json!({"name": "k"})),
+        exo(json!({"roleId": "7b1e0000-0000-4000-8000-000000000001", "operations": ["list-zones"]})),
         &["spec.exoscale", "oneOf"],
     )
     .await;
-    assert_refused(
-        c,
-        ns,
-        exo(
-            json!({"roleId": "7b1e0000-0000-4000-8000-000000000001", "operations": ["list-zones"]}),
-        ),
-        &["spec.exoscale", "oneOf"],
-    )
-    .await;
-    assert_refused(
-        c,
-        ns,
-        exo(json!({"roleId": "not-a-uuid"})),
-        &["spec.exoscale.roleId"],
-    )
-    .await;
-    assert_refused(
-        c,
-        ns,
-        exo(json!({"resources": ["sos-bucket-my-bucket"]})),
-        &["spec.exoscale.resources"],
-    )
-    .await;
+    assert_refused(c, ns, exo(json!({"roleId": "not-a-uuid"})), &["spec.exoscale.roleId"]).await;
+    assert_refused(c, ns, exo(json!({"resources": ["sos-bucket-my-bucket"]})), &["spec.exoscale.resources"]).await;
     assert_refused(
         c,
         ns,
@@ -278,17 +219,14 @@ async fn invalid_issuers_are_refused_naming_the_field() {
         &["\"spec\"", "oneOf"],
     )
     .await;
+    assert_refused(c, ns, key_issuer(json!({"exoscale": {}})), &["spec.exoscale.credentialsSecretRef", "Required"])
+        .await;
     assert_refused(
         c,
         ns,
-        key_issuer(json!({"exoscale": {}})),
-        &["spec.exoscale.credentialsSecretRef", "Required"],
-    )
-    .await;
-    assert_refused(
-        c,
-        ns,
-        key_issuer(json!({"exoscale": {"endpoint": "http://api.example.com/v2", "credentialsSecretRef": {"name": "a"}}})),
+        key_issuer(
+            json!({"exoscale": {"endpoint": "http://api.example.com/v2", "credentialsSecretRef": {"name": "a"}}}),
+        ),
         &["spec.exoscale.endpoint"],
     )
     .await;
@@ -302,42 +240,22 @@ async fn invalid_issuers_are_refused_naming_the_field() {
     assert_refused(
         c,
         ns,
-        key_issuer(
-            json!({"outscale": {"region": "eu-west-", "credentialsSecretRef": {"name": "a"}}}),
-        ),
+        key_issuer(json!({"outscale": {"region": "eu-west-", "credentialsSecretRef": {"name": "a"}}})),
         &["spec.outscale.region"],
     )
     .await;
+    assert_refused(c, ns, key_issuer(json!({"yandex": {}})), &["spec.yandex", "oneOf"]).await;
     assert_refused(
         c,
         ns,
-        key_issuer(json!({"yandex": {}})),
-        &["spec.yandex", "oneOf"],
-    )
-    .await;
-    assert_refused(
-        c,
-        ns,
-        key_issuer(
-            json!({"yandex": {"serviceAccountKeySecretRef": {"name": "a"}, "metadataService": {}}}),
-        ),
+        key_issuer(json!({"yandex": {"serviceAccountKeySecretRef": {"name": "a"}, "metadataService": {}}})),
         &["spec.yandex", "oneOf"],
     )
     .await;
 
     // Defaults the apiserver fills in.
     let ok = key_issuer(json!({"exoscale": {"credentialsSecretRef": {"name": "a"}}}));
-    apply(c, ns, &ok)
-        .await
-        .expect("minimal Exoscale issuer accepted");
-    let (_, out, _) = support::run_kubectl(&[
-        "get",
-        "ki",
-        "invalid",
-        "-n",
-        ns,
-        "-o",
-        "jsonpath={.spec.exoscale.zone}",
-    ]);
+    apply(c, ns, &ok).await.expect("minimal Exoscale issuer accepted");
+    let (_, out, _) = support::run_kubectl(&["get", "ki", "invalid", "-n", ns, "-o", "jsonpath={.spec.exoscale.zone}"]);
     assert_eq!(out, "ch-gva-2");
 }

@@ -4,15 +4,8 @@ use std::process::Command;
 
 #[test]
 fn crds_directory_matches_what_cloudkeys_crds_prints() {
-    let out = Command::new(env!("CARGO_BIN_EXE_cloudkeys"))
-        .arg("crds")
-        .output()
-        .expect("cloudkeys runs");
-    assert!(
-        out.status.success(),
-        "cloudkeys crds failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(env!("CARGO_BIN_EXE_cloudkeys")).arg("crds").output().expect("cloudkeys runs");
+    assert!(out.status.success(), "cloudkeys crds failed: {}", String::from_utf8_lossy(&out.stderr));
     let printed = String::from_utf8(out.stdout).expect("UTF-8 YAML");
     assert_eq!(printed, cloudkeys::api::crds_yaml().expect("CRDs render"));
 

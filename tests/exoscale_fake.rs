@@ -7,9 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use fakes::exoscale::{
-    verify_exo2, ExoscaleFake, Faults, LEGACY_DISABLED_MESSAGE, PREEXISTING_ROLE_ID,
-};
+use fakes::exoscale::{verify_exo2, ExoscaleFake, Faults, LEGACY_DISABLED_MESSAGE, PREEXISTING_ROLE_ID};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -53,22 +51,14 @@ fn sign(
         let names: Vec<&str> = query.iter().map(|(n, _)| *n).collect();
         format!(",signed-query-args={}", names.join(";"))
     };
-    format!(
-        "EXO2-HMAC-SHA256 credential={key}{signed_args},expires={expires},signature={signature}"
-    )
+    format!("EXO2-HMAC-SHA256 credential={key}{signed_args},expires={expires},signature={signature}")
 }
 
 fn vheader(signature: &str) -> String {
     format!("EXO2-HMAC-SHA256 credential={VKEY},expires={VEXPIRES},signature={signature}")
 }
 
-fn verify_v(
-    method: &str,
-    path: &str,
-    query: &str,
-    body: &[u8],
-    header: &str,
-) -> Result<(), String> {
+fn verify_v(method: &str, path: &str, query: &str, body: &[u8], header: &str) -> Result<(), String> {
     verify_exo2(method, path, query, body, header, VKEY, VSECRET, VNOW)
 }
 
@@ -80,79 +70,31 @@ fn verify_v(
 fn upstream_vector_get_zone() {
     let expected = "EXO2-HMAC-SHA256 credential=EXOxxxxxxxxxxxxxxxxxxxxxxxx,expires=3376684800,\
                     signature=Ntbq/p0HVmA3Zg1HHY+Lq1vjFGi7HeMrrgXDS5jRNlY=";
-    assert_eq!(
-        sign("GET", "/v2/zone", &[], b"", VKEY, VSECRET, VEXPIRES),
-        expected
-    );
+    assert_eq!(sign("GET", "/v2/zone", &[], b"", VKEY, VSECRET, VEXPIRES), expected);
     assert_eq!(verify_v("GET", "/v2/zone", "", b"", expected), Ok(()));
 }
 
 #[test]
 fn upstream_vector_get_zone_with_query() {
-    let expected =
-        "EXO2-HMAC-SHA256 credential=EXOxxxxxxxxxxxxxxxxxxxxxxxx,signed-query-args=k1;k2,\
+    let expected = "EXO2-HMAC-SHA256 credential=EXOxxxxxxxxxxxxxxxxxxxxxxxx,signed-query-args=k1;k2,\
                     expires=3376684800,signature=iqOBz13+44L5j0uJclE8hmUhQQcvtCSoPEOXYK6liqY=";
-    let header = sign(
-        "GET",
-        "/v2/zone",
-        &[("k2", "v2"), ("k1", "v1")],
-        b"",
-        VKEY,
-        VSECRET,
-        VEXPIRES,
-    );
+    let header = sign("GET", "/v2/zone", &[("k2", "v2"), ("k1", "v1")], b"", VKEY, VSECRET, VEXPIRES);
     assert_eq!(header, expected);
-    assert_eq!(
-        verify_v("GET", "/v2/zone", "k1=v1&k2=v2", b"", expected),
-        Ok(())
-    );
+    assert_eq!(verify_v("GET", "/v2/zone", "k1=v1&k2=v2", b"", expected), Ok(()));
     // The order of the parameters in the URL does not matter; the signed names are sorted.
-    assert_eq!(
-        verify_v("GET", "/v2/zone", "k2=v2&k1=v1", b"", expected),
-        Ok(())
-    );
+    assert_eq!(verify_v("GET", "/v2/zone", "k2=v2&k1=v1", b"", expected), Ok(()));
 }
 
 #[test]
 fn upstream_vector_post_load_balancer() {
     let body = br#"{"name": "foo"}"#;
     let header = vheader("duldkM0+pgWRtUznj0rMrZauzsYOtSVLn1LCGcs7CcE=");
-    assert_eq!(
-        sign(
-            "POST",
-            "/v2/load-balancer",
-            &[],
-            body,
-            VKEY,
-            VSECRET,
-            VEXPIRES
-        ),
-        header
-    );
-    assert_eq!(
-        verify_v("POST", "/v2/load-balancer", "", body, &header),
-        Ok(())
-    );
+    assert_eq!(sign("POST", "/v2/load-balancer", &[], body, VKEY, VSECRET, VEXPIRES), header);
+    assert_eq!(verify_v("POST", "/v2/load-balancer", "", body, &header), Ok(()));
     // The compact body is another message (body bytes matter).
     let compact = vheader("y2xzRvQuzxGRld/2l3B9bGMUeB3rkZHxM+2r1FAJdxA=");
-    assert_eq!(
-        verify_v(
-            "POST",
-            "/v2/load-balancer",
-            "",
-            br#"{"name":"foo"}"#,
-            &compact
-        ),
-        Ok(())
-    );
-    assert!(verify_v(
-        "POST",
-        "/v2/load-balancer",
-        "",
-        br#"{"name":"foo"}"#,
-        &header
-    )
-    .is_err());
+    assert_eq!(verify_v("POST", "/v2/load-balancer", "", br#"{"name":"foo"}"#, &compact), Ok(()));
+    assert!(verify_v("POST", "/v2/load-balancer", "", br#"{"name":"foo"}"#, &header).is_err());
 }
 
 #[test]
@@ -164,12 +106,7 @@ fn derived_vectors() {
             br#"{"name":"team-a-backups","role-id":"7b1e0000-0000-4000-8000-000000000001"}"#,
             "6I411j0txKAvolGx5BmyKVZH4gGrmXBPbIbr8R7z3zY=",
         ),
-        (
-            "DELETE",
-            "/v2/api-key/EXO19c207e5f483f2d85f99b709",
-            b"",
-            "HgoqGGVVZaw10AtmhPWP3xOfHcOBT8GFtt+tK2sMgzk=",
-        ),
+        ("DELETE", "/v2/api-key/EXO19c207e5f483f2d85f99b709", b"", "HgoqGGVVZaw10AtmhPWP3xOfHcOBT8GFtt+tK2sMgzk="),
         (
             "GET",
             "/v2/operation/e2047130-b86e-11ef-83b3-0d8312b2c2d7",
@@ -179,16 +116,8 @@ fn derived_vectors() {
     ];
     for (method, path, body, signature) in cases {
         let header = vheader(signature);
-        assert_eq!(
-            sign(method, path, &[], body, VKEY, VSECRET, VEXPIRES),
-            header,
-            "{method} {path}"
-        );
-        assert_eq!(
-            verify_v(method, path, "", body, &header),
-            Ok(()),
-            "{method} {path}"
-        );
+        assert_eq!(sign(method, path, &[], body, VKEY, VSECRET, VEXPIRES), header, "{method} {path}");
+        assert_eq!(verify_v(method, path, "", body, &header), Ok(()), "{method} {path}");
     }
 }
 
@@ -202,70 +131,20 @@ fn verifier_rejects_tampering() {
     };
 
     // One byte of the body changed.
-    signature_error(verify_v(
-        "POST",
-        "/v2/load-balancer",
-        "",
-        br#"{"name": "fop"}"#,
-        &good,
-    ));
+    signature_error(verify_v("POST", "/v2/load-balancer", "", br#"{"name": "fop"}"#, &good));
     // Wrong secret.
-    signature_error(verify_exo2(
-        "POST",
-        "/v2/load-balancer",
-        "",
-        body,
-        &good,
-        VKEY,
-        "wrong-secret",
-        VNOW,
-    ));
+    signature_error(verify_exo2("POST", "/v2/load-balancer", "", body, &good, VKEY, "wrong-secret", VNOW));
     // Wrong path, wrong method.
     signature_error(verify_v("POST", "/v2/load-balancers", "", body, &good));
     signature_error(verify_v("PUT", "/v2/load-balancer", "", body, &good));
     // Expired: now at and after `expires`.
-    signature_error(verify_exo2(
-        "POST",
-        "/v2/load-balancer",
-        "",
-        body,
-        &good,
-        VKEY,
-        VSECRET,
-        VEXPIRES,
-    ));
-    signature_error(verify_exo2(
-        "POST",
-        "/v2/load-balancer",
-        "",
-        body,
-        &good,
-        VKEY,
-        VSECRET,
-        VEXPIRES + 1,
-    ));
+    signature_error(verify_exo2("POST", "/v2/load-balancer", "", body, &good, VKEY, VSECRET, VEXPIRES));
+    signature_error(verify_exo2("POST", "/v2/load-balancer", "", body, &good, VKEY, VSECRET, VEXPIRES + 1));
     // More than an hour ahead.
-    signature_error(verify_exo2(
-        "POST",
-        "/v2/load-balancer",
-        "",
-        body,
-        &good,
-        VKEY,
-        VSECRET,
-        VEXPIRES - 3601,
-    ));
+    signature_error(verify_exo2("POST", "/v2/load-balancer", "", body, &good, VKEY, VSECRET, VEXPIRES - 3601));
     // Unsigned or partly signed query parameters; signed ones missing.
     signature_error(verify_v("POST", "/v2/load-balancer", "a=1", body, &good));
-    let k1 = sign(
-        "GET",
-        "/v2/zone",
-        &[("k1", "v1")],
-        b"",
-        VKEY,
-        VSECRET,
-        VEXPIRES,
-    );
+    let k1 = sign("GET", "/v2/zone", &[("k1", "v1")], b"", VKEY, VSECRET, VEXPIRES);
     signature_error(verify_v("GET", "/v2/zone", "k1=v1&k2=v2", b"", &k1));
     signature_error(verify_v("GET", "/v2/zone", "", b"", &k1));
     // Malformed headers.
@@ -300,19 +179,8 @@ fn verifier_names_an_unknown_credential() {
 #[test]
 fn verifier_decodes_query_values_and_ignores_multi_valued_ones() {
     // Values are percent-decoded before signing; a repeated parameter is not signed.
-    let header = sign(
-        "GET",
-        "/v2/zone",
-        &[("a", "x y/z")],
-        b"",
-        VKEY,
-        VSECRET,
-        VEXPIRES,
-    );
-    assert_eq!(
-        verify_v("GET", "/v2/zone", "a=x%20y%2Fz&m=1&m=2", b"", &header),
-        Ok(())
-    );
+    let header = sign("GET", "/v2/zone", &[("a", "x y/z")], b"", VKEY, VSECRET, VEXPIRES);
+    assert_eq!(verify_v("GET", "/v2/zone", "a=x%20y%2Fz&m=1&m=2", b"", &header), Ok(()));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -333,10 +201,7 @@ struct Reply {
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs()
 }
 
 impl Api {
@@ -346,62 +211,33 @@ impl Api {
 
     fn with(fake: &ExoscaleFake, key: &str, secret: &str, http: reqwest::Client) -> Self {
         let endpoint = fake.endpoint();
-        let base = endpoint
-            .strip_suffix("/v2")
-            .expect("endpoint ends in /v2")
-            .to_owned();
-        Self {
-            base,
-            key: key.to_owned(),
-            secret: secret.to_owned(),
-            http,
-        }
+        let base = endpoint.strip_suffix("/v2").expect("endpoint ends in /v2").to_owned();
+        Self { base, key: key.to_owned(), secret: secret.to_owned(), http }
     }
 
     /// `path` includes `/v2`; the request is signed unless `signed` is false.
-    async fn raw(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-        signed: bool,
-    ) -> Result<Reply, reqwest::Error> {
+    async fn raw(&self, method: &str, path: &str, body: Option<&Value>, signed: bool) -> Result<Reply, reqwest::Error> {
         let body = body.map(|b| serde_json::to_vec(b).expect("json"));
         let method_ = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut request = self.http.request(method_, format!("{}{path}", self.base));
         if signed {
-            let header = sign(
-                method,
-                path,
-                &[],
-                body.as_deref().unwrap_or_default(),
-                &self.key,
-                &self.secret,
-                now_unix() + 600,
-            );
+            let header =
+                sign(method, path, &[], body.as_deref().unwrap_or_default(), &self.key, &self.secret, now_unix() + 600);
             request = request.header("Authorization", header);
         }
         if let Some(body) = body {
-            request = request
-                .header("Content-Type", "application/json")
-                .body(body);
+            request = request.header("Content-Type", "application/json").body(body);
         }
         let response = request.send().await?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let bytes = response.bytes().await?;
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok(Reply {
-            status,
-            headers,
-            body,
-        })
+        Ok(Reply { status, headers, body })
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
-        self.raw(method, path, body.as_ref(), true)
-            .await
-            .expect("request answered")
+        self.raw(method, path, body.as_ref(), true).await.expect("request answered")
     }
 
     /// Polls an operation until it leaves `pending`; returns the final operation and poll count.
@@ -434,18 +270,10 @@ async fn unsigned_and_badly_signed_requests_are_refused() {
     // Also on paths the fake does not serve, and before validating bodies.
     let reply = api.raw("GET", "/v2/nowhere", None, false).await.unwrap();
     assert_eq!(reply.status, 403);
-    let reply = api
-        .raw("POST", "/v2/api-key", Some(&json!({"bogus": true})), false)
-        .await
-        .unwrap();
+    let reply = api.raw("POST", "/v2/api-key", Some(&json!({"bogus": true})), false).await.unwrap();
     assert_eq!(reply.status, 403);
 
-    let other_key = Api::with(
-        &fake,
-        "EXOnotadmin0000000000000000",
-        ADMIN_SECRET,
-        reqwest::Client::new(),
-    );
+    let other_key = Api::with(&fake, "EXOnotadmin0000000000000000", ADMIN_SECRET, reqwest::Client::new());
     let reply = other_key.call("GET", "/v2/api-key", None).await;
     assert_eq!(reply.status, 403);
     assert_eq!(reply.body, json!({"message": "Invalid API key"}));
@@ -457,48 +285,18 @@ async fn unsigned_and_badly_signed_requests_are_refused() {
 
     // Expired signature.
     let path = "/v2/api-key";
-    let header = sign(
-        "GET",
-        path,
-        &[],
-        b"",
-        ADMIN_KEY,
-        ADMIN_SECRET,
-        now_unix() - 1,
-    );
-    let response = reqwest::Client::new()
-        .get(format!("{}{path}", api.base))
-        .header("Authorization", header)
-        .send()
-        .await
-        .unwrap();
+    let header = sign("GET", path, &[], b"", ADMIN_KEY, ADMIN_SECRET, now_unix() - 1);
+    let response =
+        reqwest::Client::new().get(format!("{}{path}", api.base)).header("Authorization", header).send().await.unwrap();
     assert_eq!(response.status(), 403);
 
     // Signed query parameters are accepted, unsigned ones are not.
-    let header = sign(
-        "GET",
-        path,
-        &[("x", "1")],
-        b"",
-        ADMIN_KEY,
-        ADMIN_SECRET,
-        now_unix() + 600,
-    );
+    let header = sign("GET", path, &[("x", "1")], b"", ADMIN_KEY, ADMIN_SECRET, now_unix() + 600);
     let url = format!("{}{path}?x=1", api.base);
-    let response = reqwest::Client::new()
-        .get(&url)
-        .header("Authorization", &header)
-        .send()
-        .await
-        .unwrap();
+    let response = reqwest::Client::new().get(&url).header("Authorization", &header).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let url = format!("{}{path}?x=1&y=2", api.base);
-    let response = reqwest::Client::new()
-        .get(&url)
-        .header("Authorization", &header)
-        .send()
-        .await
-        .unwrap();
+    let response = reqwest::Client::new().get(&url).header("Authorization", &header).send().await.unwrap();
     assert_eq!(response.status(), 403);
 
     let records = fake.requests();
@@ -516,13 +314,7 @@ async fn api_key_lifecycle() {
     let fake = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
     let api = Api::new(&fake);
 
-    let reply = api
-        .call(
-            "POST",
-            "/v2/api-key",
-            Some(json!({"name": "team-a", "role-id": PREEXISTING_ROLE_ID})),
-        )
-        .await;
+    let reply = api.call("POST", "/v2/api-key", Some(json!({"name": "team-a", "role-id": PREEXISTING_ROLE_ID}))).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let key = reply.body["key"].as_str().unwrap().to_owned();
     let secret = reply.body["secret"].as_str().unwrap().to_owned();
@@ -534,58 +326,36 @@ async fn api_key_lifecycle() {
 
     let live = fake.live_api_keys();
     assert_eq!(live.len(), 1);
-    assert_eq!(
-        (live[0].name.as_str(), live[0].key.as_str()),
-        ("team-a", key.as_str())
-    );
+    assert_eq!((live[0].name.as_str(), live[0].key.as_str()), ("team-a", key.as_str()));
     assert_eq!(live[0].role_id, PREEXISTING_ROLE_ID);
     assert_eq!(fake.issued_secrets(), vec![secret.clone()]);
 
     // Listing and reading never show the secret.
     let reply = api.call("GET", "/v2/api-key", None).await;
     assert_eq!(reply.status, 200);
-    assert_eq!(
-        reply.body,
-        json!({"api-keys": [{"name": "team-a", "key": key, "role-id": PREEXISTING_ROLE_ID}]})
-    );
+    assert_eq!(reply.body, json!({"api-keys": [{"name": "team-a", "key": key, "role-id": PREEXISTING_ROLE_ID}]}));
     let reply = api.call("GET", &format!("/v2/api-key/{key}"), None).await;
-    assert_eq!(
-        reply.body,
-        json!({"name": "team-a", "key": key, "role-id": PREEXISTING_ROLE_ID})
-    );
+    assert_eq!(reply.body, json!({"name": "team-a", "key": key, "role-id": PREEXISTING_ROLE_ID}));
     assert!(!reply.body.to_string().contains(&secret));
 
-    let reply = api
-        .call("DELETE", &format!("/v2/api-key/{key}"), None)
-        .await;
+    let reply = api.call("DELETE", &format!("/v2/api-key/{key}"), None).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.body["state"], "pending");
-    assert_eq!(
-        reply.body["reference"]["link"],
-        format!("/v2/api-key/{key}")
-    );
+    assert_eq!(reply.body["reference"]["link"], format!("/v2/api-key/{key}"));
     let op = reply.body;
     assert!(fake.live_api_keys().is_empty());
 
     let reply = api.call("GET", &format!("/v2/api-key/{key}"), None).await;
     assert_eq!(reply.status, 404);
     assert_eq!(reply.body, json!({"message": "API key not found"}));
-    let reply = api
-        .call("DELETE", &format!("/v2/api-key/{key}"), None)
-        .await;
+    let reply = api.call("DELETE", &format!("/v2/api-key/{key}"), None).await;
     assert_eq!(reply.status, 404);
 
     let (done, polls) = api.wait(&op).await;
     assert_eq!((done["state"].as_str(), polls), (Some("success"), 1));
     assert_eq!(done["id"], op["id"]);
 
-    let reply = api
-        .call(
-            "GET",
-            "/v2/operation/00000000-0000-4000-8000-000000000000",
-            None,
-        )
-        .await;
+    let reply = api.call("GET", "/v2/operation/00000000-0000-4000-8000-000000000000", None).await;
     assert_eq!(reply.status, 404);
 }
 
@@ -609,28 +379,13 @@ async fn api_key_create_rejects_bad_input() {
     for body in bad {
         let reply = api.call("POST", "/v2/api-key", Some(body.clone())).await;
         assert_eq!(reply.status, 400, "{body} -> {}", reply.body);
-        assert!(
-            reply.body["message"]
-                .as_str()
-                .unwrap()
-                .starts_with("invalid request: "),
-            "{}",
-            reply.body
-        );
+        assert!(reply.body["message"].as_str().unwrap().starts_with("invalid request: "), "{}", reply.body);
     }
 
     // Malformed JSON, signed correctly.
     let path = "/v2/api-key";
     for raw in [&b"{\"name\": "[..], b"", b"\xff\xfe"] {
-        let header = sign(
-            "POST",
-            path,
-            &[],
-            raw,
-            ADMIN_KEY,
-            ADMIN_SECRET,
-            now_unix() + 600,
-        );
+        let header = sign("POST", path, &[], raw, ADMIN_KEY, ADMIN_SECRET, now_unix() + 600);
         let response = reqwest::Client::new()
             .post(format!("{}{path}", api.base))
             .header("Authorization", header)
@@ -641,26 +396,12 @@ async fn api_key_create_rejects_bad_input() {
             .unwrap();
         assert_eq!(response.status(), 400);
         let body: Value = response.json().await.unwrap();
-        assert!(
-            body["message"]
-                .as_str()
-                .unwrap()
-                .starts_with("invalid request: "),
-            "{body}"
-        );
+        assert!(body["message"].as_str().unwrap().starts_with("invalid request: "), "{body}");
     }
 
     // A JSON body must say so.
     let raw = br#"{"name":"x","role-id":"7b1e0000-0000-4000-8000-000000000001"}"#;
-    let header = sign(
-        "POST",
-        path,
-        &[],
-        raw,
-        ADMIN_KEY,
-        ADMIN_SECRET,
-        now_unix() + 600,
-    );
+    let header = sign("POST", path, &[], raw, ADMIN_KEY, ADMIN_SECRET, now_unix() + 600);
     let response = reqwest::Client::new()
         .post(format!("{}{path}", api.base))
         .header("Authorization", header)
@@ -672,15 +413,9 @@ async fn api_key_create_rejects_bad_input() {
 
     // Unknown paths and methods answer in the API's error format.
     let reply = api.call("GET", "/v2/nowhere", None).await;
-    assert_eq!(
-        (reply.status, reply.body["message"].is_string()),
-        (404, true)
-    );
+    assert_eq!((reply.status, reply.body["message"].is_string()), (404, true));
     let reply = api.call("PATCH", "/v2/api-key", None).await;
-    assert_eq!(
-        (reply.status, reply.body["message"].is_string()),
-        (405, true)
-    );
+    assert_eq!((reply.status, reply.body["message"].is_string()), (405, true));
 
     assert!(fake.live_api_keys().is_empty());
     assert!(fake.issued_secrets().is_empty());
@@ -690,10 +425,7 @@ async fn api_key_create_rejects_bad_input() {
 async fn role_lifecycle_and_in_use_refusal() {
     let fake = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
     let api = Api::new(&fake);
-    fake.set_faults(Faults {
-        operations_pending_polls: 2,
-        ..Faults::default()
-    });
+    fake.set_faults(Faults { operations_pending_polls: 2, ..Faults::default() });
 
     let policy = json!({
         "default-service-strategy": "deny",
@@ -727,76 +459,46 @@ async fn role_lifecycle_and_in_use_refusal() {
     let reply = api.call("GET", "/v2/iam-role", None).await;
     let listed = reply.body["iam-roles"].as_array().unwrap();
     assert_eq!(listed.len(), 2);
-    let role = listed
-        .iter()
-        .find(|r| r["id"] == role_id.as_str())
-        .expect("role listed");
+    let role = listed.iter().find(|r| r["id"] == role_id.as_str()).expect("role listed");
     assert_eq!(role["name"], "cloudkeys-team-a");
     assert_eq!(role["description"], "issued by cloudkeys");
     assert_eq!(role["labels"], json!({"cloudkeys.io/owner": "uid-1"}));
     assert_eq!(role["policy"], policy);
     assert_eq!(role["editable"], false);
     assert_eq!(role["permissions"], json!([]));
-    let reply = api
-        .call("GET", &format!("/v2/iam-role/{role_id}"), None)
-        .await;
+    let reply = api.call("GET", &format!("/v2/iam-role/{role_id}"), None).await;
     assert_eq!(&reply.body, role);
 
     let roles = fake.roles();
     let fake_role = roles.iter().find(|r| r.id == role_id).unwrap();
-    assert_eq!(
-        fake_role
-            .labels
-            .get("cloudkeys.io/owner")
-            .map(String::as_str),
-        Some("uid-1")
-    );
+    assert_eq!(fake_role.labels.get("cloudkeys.io/owner").map(String::as_str), Some("uid-1"));
     assert_eq!(fake_role.policy, policy);
 
-    let reply = api
-        .call(
-            "POST",
-            "/v2/api-key",
-            Some(json!({"name": "team-a", "role-id": role_id})),
-        )
-        .await;
+    let reply = api.call("POST", "/v2/api-key", Some(json!({"name": "team-a", "role-id": role_id}))).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let key = reply.body["key"].as_str().unwrap().to_owned();
 
-    let reply = api
-        .call("DELETE", &format!("/v2/iam-role/{role_id}"), None)
-        .await;
+    let reply = api.call("DELETE", &format!("/v2/iam-role/{role_id}"), None).await;
     assert_eq!(reply.status, 409);
     assert_eq!(reply.body, json!({"message": "role is in use"}));
     assert!(fake.roles().iter().any(|r| r.id == role_id));
 
-    api.call("DELETE", &format!("/v2/api-key/{key}"), None)
-        .await;
-    let reply = api
-        .call("DELETE", &format!("/v2/iam-role/{role_id}"), None)
-        .await;
+    api.call("DELETE", &format!("/v2/api-key/{key}"), None).await;
+    let reply = api.call("DELETE", &format!("/v2/iam-role/{role_id}"), None).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.body["state"], "pending");
     let (done, _) = api.wait(&reply.body).await;
     assert_eq!(done["state"], "success");
     assert!(!fake.roles().iter().any(|r| r.id == role_id));
-    let reply = api
-        .call("GET", &format!("/v2/iam-role/{role_id}"), None)
-        .await;
+    let reply = api.call("GET", &format!("/v2/iam-role/{role_id}"), None).await;
     assert_eq!(reply.status, 404);
-    let reply = api
-        .call("DELETE", &format!("/v2/iam-role/{role_id}"), None)
-        .await;
+    let reply = api.call("DELETE", &format!("/v2/iam-role/{role_id}"), None).await;
     assert_eq!(reply.status, 404);
 
     // A role created without a policy allows everything.
-    let reply = api
-        .call("POST", "/v2/iam-role", Some(json!({"name": "plain"})))
-        .await;
+    let reply = api.call("POST", "/v2/iam-role", Some(json!({"name": "plain"}))).await;
     let role_id = reply.body["reference"]["id"].as_str().unwrap();
-    let reply = api
-        .call("GET", &format!("/v2/iam-role/{role_id}"), None)
-        .await;
+    let reply = api.call("GET", &format!("/v2/iam-role/{role_id}"), None).await;
     assert_eq!(reply.body["policy"]["default-service-strategy"], "allow");
     assert_eq!(reply.body["editable"], true);
 }
@@ -819,33 +521,20 @@ async fn role_create_validates_the_policy() {
         with_policy(json!({"default-service-strategy": "maybe", "services": {}})),
         with_policy(json!({"services": {}})),
         with_policy(json!({"default-service-strategy": "deny"})),
-        with_policy(
-            json!({"default-service-strategy": "deny", "services": {"sos": {"type": "some"}}}),
-        ),
-        with_policy(
-            json!({"default-service-strategy": "deny", "services": {"sos": {"type": "rules"}}}),
-        ),
-        with_policy(
-            json!({"default-service-strategy": "deny", "services": {"sos": {"type": "rules",
-            "rules": [{"action": "permit", "expression": "true"}]}}}),
-        ),
-        with_policy(
-            json!({"default-service-strategy": "deny", "services": {"sos": {"type": "rules",
-            "rules": [{"action": "allow"}]}}}),
-        ),
-        with_policy(
-            json!({"default-service-strategy": "deny", "services": {"sos": {"type": "rules",
-            "rules": [{"action": "allow", "expression": "true", "note": "x"}]}}}),
-        ),
+        with_policy(json!({"default-service-strategy": "deny", "services": {"sos": {"type": "some"}}})),
+        with_policy(json!({"default-service-strategy": "deny", "services": {"sos": {"type": "rules"}}})),
+        with_policy(json!({"default-service-strategy": "deny", "services": {"sos": {"type": "rules",
+            "rules": [{"action": "permit", "expression": "true"}]}}})),
+        with_policy(json!({"default-service-strategy": "deny", "services": {"sos": {"type": "rules",
+            "rules": [{"action": "allow"}]}}})),
+        with_policy(json!({"default-service-strategy": "deny", "services": {"sos": {"type": "rules",
+            "rules": [{"action": "allow", "expression": "true", "note": "x"}]}}})),
         with_policy(json!({"defaultServiceStrategy": "deny", "services": {}})),
     ];
     for body in bad {
         let reply = api.call("POST", "/v2/iam-role", Some(body.clone())).await;
         assert_eq!(reply.status, 400, "{body} -> {}", reply.body);
-        assert!(reply.body["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("invalid request: "));
+        assert!(reply.body["message"].as_str().unwrap().starts_with("invalid request: "));
     }
     assert_eq!(fake.roles().len(), 1);
 
@@ -854,9 +543,7 @@ async fn role_create_validates_the_policy() {
     let reply = api.call("POST", "/v2/iam-role", Some(good)).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let name = "r".repeat(191);
-    let reply = api
-        .call("POST", "/v2/iam-role", Some(json!({"name": name})))
-        .await;
+    let reply = api.call("POST", "/v2/iam-role", Some(json!({"name": name}))).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(fake.roles().len(), 3);
 }
@@ -865,27 +552,15 @@ async fn role_create_validates_the_policy() {
 async fn error_rate_answers_5xx_without_acting() {
     let fake = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
     let api = Api::new(&fake);
-    fake.set_faults(Faults {
-        error_rate: 1.0,
-        ..Faults::default()
-    });
+    fake.set_faults(Faults { error_rate: 1.0, ..Faults::default() });
     for _ in 0..10 {
-        let reply = api
-            .call(
-                "POST",
-                "/v2/api-key",
-                Some(json!({"name": "x", "role-id": PREEXISTING_ROLE_ID})),
-            )
-            .await;
+        let reply = api.call("POST", "/v2/api-key", Some(json!({"name": "x", "role-id": PREEXISTING_ROLE_ID}))).await;
         assert!([500, 502, 503].contains(&reply.status), "{}", reply.status);
         assert!(reply.body["message"].is_string(), "{}", reply.body);
     }
     assert!(fake.live_api_keys().is_empty());
     assert!(fake.issued_secrets().is_empty());
-    assert!(fake
-        .requests()
-        .iter()
-        .all(|r| r.signature_ok && r.status >= 500));
+    assert!(fake.requests().iter().all(|r| r.signature_ok && r.status >= 500));
 
     // Signatures are still checked first.
     let reply = api.raw("GET", "/v2/api-key", None, false).await.unwrap();
@@ -900,36 +575,15 @@ async fn error_rate_answers_5xx_without_acting() {
 async fn throttle_rate_answers_429_with_retry_after() {
     let fake = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
     let api = Api::new(&fake);
-    fake.set_faults(Faults {
-        throttle_rate: 1.0,
-        ..Faults::default()
-    });
-    let reply = api
-        .call(
-            "POST",
-            "/v2/api-key",
-            Some(json!({"name": "x", "role-id": PREEXISTING_ROLE_ID})),
-        )
-        .await;
+    fake.set_faults(Faults { throttle_rate: 1.0, ..Faults::default() });
+    let reply = api.call("POST", "/v2/api-key", Some(json!({"name": "x", "role-id": PREEXISTING_ROLE_ID}))).await;
     assert_eq!(reply.status, 429);
-    assert_eq!(
-        reply
-            .headers
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok()),
-        Some("1")
-    );
-    assert_eq!(
-        reply.body,
-        json!({"error": "rate limited", "retry_after": 1})
-    );
+    assert_eq!(reply.headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    assert_eq!(reply.body, json!({"error": "rate limited", "retry_after": 1}));
     assert!(fake.live_api_keys().is_empty());
 
     // Half the requests, roughly.
-    fake.set_faults(Faults {
-        throttle_rate: 0.5,
-        ..Faults::default()
-    });
+    fake.set_faults(Faults { throttle_rate: 0.5, ..Faults::default() });
     let mut throttled = 0;
     for _ in 0..100 {
         if api.call("GET", "/v2/api-key", None).await.status == 429 {
@@ -943,10 +597,7 @@ async fn throttle_rate_answers_429_with_retry_after() {
 async fn latency_delays_answers() {
     let fake = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
     let api = Api::new(&fake);
-    fake.set_faults(Faults {
-        latency: Duration::from_millis(300),
-        ..Faults::default()
-    });
+    fake.set_faults(Faults { latency: Duration::from_millis(300), ..Faults::default() });
     let started = Instant::now();
     let reply = api.call("GET", "/v2/iam-role", None).await;
     assert_eq!(reply.status, 200);
@@ -956,23 +607,13 @@ async fn latency_delays_answers() {
 #[tokio::test]
 async fn hang_creates_creates_the_key_but_never_answers() {
     let fake = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
-    fake.set_faults(Faults {
-        hang_creates: true,
-        ..Faults::default()
-    });
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_secs(1))
-        .build()
-        .unwrap();
+    fake.set_faults(Faults { hang_creates: true, ..Faults::default() });
+    let impatient = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().unwrap();
     let api = Api::with(&fake, ADMIN_KEY, ADMIN_SECRET, impatient);
 
     let body = json!({"name": "lost", "role-id": PREEXISTING_ROLE_ID});
     let started = Instant::now();
-    let error = api
-        .raw("POST", "/v2/api-key", Some(&body), true)
-        .await
-        .err()
-        .expect("no answer");
+    let error = api.raw("POST", "/v2/api-key", Some(&body), true).await.err().expect("no answer");
     assert!(error.is_timeout(), "{error}");
     assert!(started.elapsed() >= Duration::from_secs(1));
 
@@ -980,11 +621,7 @@ async fn hang_creates_creates_the_key_but_never_answers() {
     assert_eq!(live.len(), 1);
     assert_eq!(live[0].name, "lost");
     assert_eq!(fake.issued_secrets().len(), 1);
-    let record = fake
-        .requests()
-        .into_iter()
-        .find(|r| r.method == "POST")
-        .unwrap();
+    let record = fake.requests().into_iter().find(|r| r.method == "POST").unwrap();
     assert_eq!((record.status, record.signature_ok), (0, true));
 
     // Other requests are still answered, and the key is found by listing.
@@ -993,11 +630,7 @@ async fn hang_creates_creates_the_key_but_never_answers() {
 
     // Legacy creates hang too.
     let body = json!({"name": "lost-legacy"});
-    let error = api
-        .raw("POST", "/v2/access-key", Some(&body), true)
-        .await
-        .err()
-        .expect("no answer");
+    let error = api.raw("POST", "/v2/access-key", Some(&body), true).await.err().expect("no answer");
     assert!(error.is_timeout(), "{error}");
     assert_eq!(fake.live_access_keys().len(), 1);
 }
@@ -1035,9 +668,7 @@ async fn legacy_access_keys() {
     let reply = api.call("GET", "/v2/access-key", None).await;
     assert_eq!(reply.body["access-keys"][0]["key"], key.as_str());
     assert!(!reply.body.to_string().contains(&secret));
-    let reply = api
-        .call("GET", &format!("/v2/access-key/{key}"), None)
-        .await;
+    let reply = api.call("GET", &format!("/v2/access-key/{key}"), None).await;
     assert_eq!(reply.status, 200);
     assert!(reply.body.get("secret").is_none());
 
@@ -1052,34 +683,20 @@ async fn legacy_access_keys() {
         let reply = api.call("POST", "/v2/access-key", Some(body)).await;
         assert_eq!(reply.status, 400, "{resources} -> {}", reply.body);
     }
-    let reply = api
-        .call(
-            "POST",
-            "/v2/access-key",
-            Some(json!({"name": "bad", "tags": "sos"})),
-        )
-        .await;
+    let reply = api.call("POST", "/v2/access-key", Some(json!({"name": "bad", "tags": "sos"}))).await;
     assert_eq!(reply.status, 400);
 
-    let reply = api
-        .call("DELETE", &format!("/v2/access-key/{key}"), None)
-        .await;
+    let reply = api.call("DELETE", &format!("/v2/access-key/{key}"), None).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.body["state"], "pending");
     assert_eq!(api.wait(&reply.body).await.0["state"], "success");
     assert!(fake.live_access_keys().is_empty());
-    let reply = api
-        .call("DELETE", &format!("/v2/access-key/{key}"), None)
-        .await;
+    let reply = api.call("DELETE", &format!("/v2/access-key/{key}"), None).await;
     assert_eq!(reply.status, 404);
 
     fake.set_legacy_enabled(false);
     for (method, path, body) in [
-        (
-            "POST",
-            "/v2/access-key".to_owned(),
-            Some(json!({"name": "x"})),
-        ),
+        ("POST", "/v2/access-key".to_owned(), Some(json!({"name": "x"}))),
         ("GET", "/v2/access-key".to_owned(), None),
         ("DELETE", format!("/v2/access-key/{key}"), None),
     ] {
@@ -1087,10 +704,7 @@ async fn legacy_access_keys() {
         assert_eq!(reply.status, 400, "{method} {path}");
         assert_eq!(reply.body, json!({"message": LEGACY_DISABLED_MESSAGE}));
     }
-    assert_eq!(
-        LEGACY_DISABLED_MESSAGE,
-        "invalid request: Cannot generate IAMv2 `Access Key` using a IAMv3 `Api Key`"
-    );
+    assert_eq!(LEGACY_DISABLED_MESSAGE, "invalid request: Cannot generate IAMv2 `Access Key` using a IAMv3 `Api Key`");
     assert!(fake.live_access_keys().is_empty());
 }
 
@@ -1100,28 +714,14 @@ async fn preseeded_keys_are_listed() {
     let api = Api::new(&fake);
     let seeded = fake.add_api_key("not-ours", PREEXISTING_ROLE_ID);
     assert!(seeded.key.starts_with("EXO") && seeded.key.len() == 27);
-    let reply = api
-        .call("GET", &format!("/v2/api-key/{}", seeded.key), None)
-        .await;
-    assert_eq!(
-        reply.body,
-        json!({"name": "not-ours", "key": seeded.key, "role-id": PREEXISTING_ROLE_ID})
-    );
+    let reply = api.call("GET", &format!("/v2/api-key/{}", seeded.key), None).await;
+    assert_eq!(reply.body, json!({"name": "not-ours", "key": seeded.key, "role-id": PREEXISTING_ROLE_ID}));
     assert_eq!(fake.live_api_keys(), vec![seeded]);
     let roles = fake.roles();
     assert_eq!(roles.len(), 1);
-    assert_eq!(
-        (roles[0].id.as_str(), roles[0].name.as_str()),
-        (PREEXISTING_ROLE_ID, "preexisting")
-    );
+    assert_eq!((roles[0].id.as_str(), roles[0].name.as_str()), (PREEXISTING_ROLE_ID, "preexisting"));
     // The preexisting role cannot go while the seeded key uses it.
-    let reply = api
-        .call(
-            "DELETE",
-            &format!("/v2/iam-role/{PREEXISTING_ROLE_ID}"),
-            None,
-        )
-        .await;
+    let reply = api.call("DELETE", &format!("/v2/iam-role/{PREEXISTING_ROLE_ID}"), None).await;
     assert_eq!(reply.status, 409);
 }
 
@@ -1140,18 +740,11 @@ fn the_fake_outlives_test_runtimes_and_stops_when_dropped() {
     }
     assert_eq!(fake.live_api_keys().len(), 3);
 
-    let address = fake
-        .endpoint()
-        .trim_start_matches("http://")
-        .trim_end_matches("/v2")
-        .to_owned();
+    let address = fake.endpoint().trim_start_matches("http://").trim_end_matches("/v2").to_owned();
     drop(fake);
     let deadline = Instant::now() + Duration::from_secs(5);
     while std::net::TcpStream::connect(&address).is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "the fake still accepts connections after drop"
-        );
+        assert!(Instant::now() < deadline, "the fake still accepts connections after drop");
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -36,73 +36,39 @@ fn access_key(name: &str, extra: serde_json::Value) -> serde_json::Value {
 #[tokio::test]
 async fn local_key_is_issued_into_the_secret_and_the_finalizer_released_on_delete() {
     let (client, ns, op) = setup("local-issue-delete").await;
-    support::apply_json(
-        &client,
-        &ns,
-        access_key("demo", json!({"secretTemplate": {"labels": {"team": "a"}}})),
-    )
-    .await;
+    support::apply_json(&client, &ns, access_key("demo", json!({"secretTemplate": {"labels": {"team": "a"}}}))).await;
     let ak = keys::wait_issued(&client, &ns, "demo").await;
     let status = ak.status.clone().expect("status");
     let key_id = status.access_key_id.clone().expect("accessKeyId");
     assert_eq!(status.secret_name.as_deref(), Some("demo-credentials"));
-    assert!(ak
-        .metadata
-        .finalizers
-        .clone()
-        .unwrap_or_default()
-        .contains(&"cloudkeys.io/revoke".to_string()));
+    assert!(ak.metadata.finalizers.clone().unwrap_or_default().contains(&"cloudkeys.io/revoke".to_string()));
 
-    let secret = keys::secret(&client, &ns, "demo-credentials")
-        .await
-        .expect("Secret written");
+    let secret = keys::secret(&client, &ns, "demo-credentials").await.expect("Secret written");
     assert_eq!(secret.type_.as_deref(), Some("Opaque"));
     assert_eq!(secret_value(&secret, "ACCESS_KEY_ID"), key_id);
     let secret_value_text = secret_value(&secret, "SECRET_ACCESS_KEY");
     assert!(secret_value_text.len() >= 32);
     let labels = secret.metadata.labels.clone().unwrap_or_default();
-    assert_eq!(
-        labels
-            .get("app.kubernetes.io/managed-by")
-            .map(String::as_str),
-        Some("cloudkeys")
-    );
-    assert_eq!(
-        labels.get("cloudkeys.io/access-key").map(String::as_str),
-        Some("demo")
-    );
+    assert_eq!(labels.get("app.kubernetes.io/managed-by").map(String::as_str), Some("cloudkeys"));
+    assert_eq!(labels.get("cloudkeys.io/access-key").map(String::as_str), Some("demo"));
     assert_eq!(labels.get("team").map(String::as_str), Some("a"));
     let annotations = secret.metadata.annotations.clone().unwrap_or_default();
     assert_eq!(annotations.get("cloudkeys.io/access-key-id"), Some(&key_id));
     let owner = secret.metadata.owner_references.clone().unwrap_or_default();
-    assert!(owner
-        .iter()
-        .any(|o| o.controller == Some(true) && Some(&o.uid) == ak.metadata.uid.as_ref()));
+    assert!(owner.iter().any(|o| o.controller == Some(true) && Some(&o.uid) == ak.metadata.uid.as_ref()));
 
     // The secret appears nowhere but the Secret.
     let ak_json = serde_json::to_string(&ak).expect("json");
     assert!(!ak_json.contains(&secret_value_text));
-    assert!(
-        !op.logs().contains(&secret_value_text),
-        "the operator logged a secret"
-    );
+    assert!(!op.logs().contains(&secret_value_text), "the operator logged a secret");
 
     keys::delete_access_key(&client, &ns, "demo").await;
     keys::wait_gone(&client, &ns, "demo").await;
-    support::eventually(
-        "the Secret to be garbage-collected",
-        Duration::from_secs(60),
-        || {
-            let client = client.clone();
-            let ns = ns.clone();
-            async move {
-                keys::secret(&client, &ns, "demo-credentials")
-                    .await
-                    .is_none()
-                    .then_some(())
-            }
-        },
-    )
+    support::eventually("the Secret to be garbage-collected", Duration::from_secs(60), || {
+        let client = client.clone();
+        let ns = ns.clone();
+        async move { keys::secret(&client, &ns, "demo-credentials").await.is_none().then_some(()) }
+    })
     .await;
     assert!(!op.logs().contains(&secret_value_text));
 }
@@ -113,22 +79,11 @@ async fn secret_of_someone_else_is_a_conflict_and_never_touched() {
     let theirs: Secret = serde_json::from_value(json!({"metadata": {"name": "taken-credentials"},
         "stringData": {"mine": "do not touch"}}))
     .expect("Secret");
-    Api::<Secret>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &theirs)
-        .await
-        .expect("created");
+    Api::<Secret>::namespaced(client.clone(), &ns).create(&PostParams::default(), &theirs).await.expect("created");
     support::apply_json(&client, &ns, access_key("taken", json!({}))).await;
     let ak = keys::wait_reason(&client, &ns, "taken", "SecretConflict").await;
-    assert!(
-        ak.status
-            .as_ref()
-            .and_then(|s| s.access_key_id.clone())
-            .is_none(),
-        "a key was created"
-    );
-    let secret = keys::secret(&client, &ns, "taken-credentials")
-        .await
-        .expect("still there");
+    assert!(ak.status.as_ref().and_then(|s| s.access_key_id.clone()).is_none(), "a key was created");
+    let secret = keys::secret(&client, &ns, "taken-credentials").await.expect("still there");
     assert_eq!(secret_value(&secret, "mine"), "do not touch");
     assert!(secret.metadata.owner_references.is_none());
 
@@ -137,15 +92,7 @@ async fn secret_of_someone_else_is_a_conflict_and_never_touched() {
         .delete("taken-credentials", &DeleteParams::default())
         .await
         .expect("deleted");
-    support::apply_json(
-        &client,
-        &ns,
-        access_key(
-            "taken",
-            json!({"secretTemplate": {"labels": {"retry": "1"}}}),
-        ),
-    )
-    .await;
+    support::apply_json(&client, &ns, access_key("taken", json!({"secretTemplate": {"labels": {"retry": "1"}}}))).await;
     keys::wait_issued(&client, &ns, "taken").await;
 }
 
@@ -153,11 +100,7 @@ async fn secret_of_someone_else_is_a_conflict_and_never_touched() {
 async fn secret_deleted_by_hand_issues_new_key() {
     let (client, ns, _op) = setup("local-secret-deleted").await;
     support::apply_json(&client, &ns, access_key("k", json!({}))).await;
-    let first = keys::wait_issued(&client, &ns, "k")
-        .await
-        .status
-        .and_then(|s| s.access_key_id)
-        .expect("id");
+    let first = keys::wait_issued(&client, &ns, "k").await.status.and_then(|s| s.access_key_id).expect("id");
     Api::<Secret>::namespaced(client.clone(), &ns)
         .delete("k-credentials", &DeleteParams::default())
         .await
@@ -176,31 +119,17 @@ async fn secret_deleted_by_hand_issues_new_key() {
     let ak = keys::wait_issued(&client, &ns, "k").await;
     let status = ak.status.expect("status");
     assert_eq!(status.access_key_id.as_deref(), Some(second.as_str()));
-    assert!(
-        status.retired.is_empty(),
-        "the old key was not revoked: {:?}",
-        status.retired
-    );
+    assert!(status.retired.is_empty(), "the old key was not revoked: {:?}", status.retired);
 }
 
 #[tokio::test]
 async fn unknown_template_variable_is_invalid_spec_and_creates_nothing() {
     let (client, ns, _op) = setup("local-bad-template").await;
-    support::apply_json(
-        &client,
-        &ns,
-        access_key(
-            "t",
-            json!({"secretTemplate": {"data": {"REGION": "{{ region }}"}}}),
-        ),
-    )
-    .await;
+    support::apply_json(&client, &ns, access_key("t", json!({"secretTemplate": {"data": {"REGION": "{{ region }}"}}})))
+        .await;
     let ak = keys::wait_reason(&client, &ns, "t", "InvalidSpec").await;
     let (_, _, message) = keys::ready_condition(&ak).expect("condition");
-    assert!(
-        message.contains("REGION") && message.contains("unknown variable"),
-        "{message}"
-    );
+    assert!(message.contains("REGION") && message.contains("unknown variable"), "{message}");
     assert!(keys::secret(&client, &ns, "t-credentials").await.is_none());
     assert!(ak.status.and_then(|s| s.access_key_id).is_none());
 }
@@ -208,24 +137,13 @@ async fn unknown_template_variable_is_invalid_spec_and_creates_nothing() {
 #[tokio::test]
 async fn retain_keeps_the_secret_after_the_access_key_is_deleted() {
     let (client, ns, _op) = setup("local-retain").await;
-    support::apply_json(
-        &client,
-        &ns,
-        access_key("kept", json!({"deletionPolicy": "Retain"})),
-    )
-    .await;
+    support::apply_json(&client, &ns, access_key("kept", json!({"deletionPolicy": "Retain"}))).await;
     keys::wait_issued(&client, &ns, "kept").await;
     keys::delete_access_key(&client, &ns, "kept").await;
     keys::wait_gone(&client, &ns, "kept").await;
     tokio::time::sleep(Duration::from_secs(3)).await; // give the garbage collector its chance
-    let secret = keys::secret(&client, &ns, "kept-credentials")
-        .await
-        .expect("Secret survives");
-    assert!(secret
-        .metadata
-        .owner_references
-        .unwrap_or_default()
-        .is_empty());
+    let secret = keys::secret(&client, &ns, "kept-credentials").await.expect("Secret survives");
+    assert!(secret.metadata.owner_references.unwrap_or_default().is_empty());
 }
 
 #[tokio::test]
@@ -236,10 +154,7 @@ async fn missing_issuer_is_reported_and_the_key_follows_once_it_exists() {
     let _op = Operator::start(&ns);
     support::apply_json(&client, &ns, access_key("late", json!({}))).await;
     let ak = keys::wait_reason(&client, &ns, "late", "IssuerNotFound").await;
-    assert!(keys::ready_condition(&ak)
-        .expect("condition")
-        .2
-        .contains("KeyIssuer local not found"));
+    assert!(keys::ready_condition(&ak).expect("condition").2.contains("KeyIssuer local not found"));
     support::apply_json(
         &client,
         &ns,

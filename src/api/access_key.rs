@@ -23,19 +23,11 @@ use super::validation::{EXOSCALE_RESOURCE_PATTERN, SECRET_DATA_KEY_PATTERN};
     status = "AccessKeyStatus",
     derive = "PartialEq",
     doc = "A cloud API key, issued by an issuer into a Secret of this namespace and revoked when the AccessKey is deleted.",
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Issuer", type_ = "string", json_path = ".spec.issuerRef.name"),
     printcolumn(name = "Secret", type_ = "string", json_path = ".spec.secretName"),
     printcolumn(name = "Key ID", type_ = "string", json_path = ".status.accessKeyId"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     cel
 )]
 #[serde(rename_all = "camelCase")]
@@ -143,9 +135,7 @@ pub struct ExoscaleKey {
     pub name: Option<String>,
     /// (a) An IAM API key bound to this existing role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(
-        pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-    ))]
+    #[schemars(regex(pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"))]
     pub role_id: Option<String>,
     /// (b) An IAM API key bound to a role created for this key alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -22,17 +22,9 @@ use super::schema;
     status = "IssuerStatus",
     derive = "PartialEq",
     doc = "A provider account, in this namespace, that AccessKeys of this namespace can mint keys from.",
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Provider", type_ = "string", json_path = ".status.provider"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     cel
 )]
 pub struct KeyIssuerSpec {
@@ -52,17 +44,9 @@ pub struct KeyIssuerSpec {
     status = "IssuerStatus",
     derive = "PartialEq",
     doc = "A provider account that AccessKeys of every namespace can mint keys from.",
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Provider", type_ = "string", json_path = ".status.provider"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     cel
 )]
 pub struct ClusterKeyIssuerSpec {

@@ -17,9 +17,7 @@ pub const VERSION: &str = "v1alpha1";
 pub const CATEGORY: &str = "cloudkeys";
 
 /// Every CRD this operator serves, in the order `cloudkeys crds` prints them.
-pub fn crds(
-) -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
-{
+pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
     vec![AccessKey::crd(), KeyIssuer::crd(), ClusterKeyIssuer::crd()]
 }
 

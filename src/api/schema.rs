@@ -4,9 +4,7 @@
 
 use schemars::{json_schema, Schema, SchemaGenerator};
 
-use super::validation::{
-    API_ENDPOINT_PATTERN, DNS1123_SUBDOMAIN_PATTERN, DURATION_PATTERN, METADATA_ENDPOINT_PATTERN,
-};
+use super::validation::{API_ENDPOINT_PATTERN, DNS1123_SUBDOMAIN_PATTERN, DURATION_PATTERN, METADATA_ENDPOINT_PATTERN};
 
 pub(crate) const API_ENDPOINT_MESSAGE: &str =
     "endpoint must be an https:// URL; http:// is allowed only for loopback hosts (127.0.0.0/8, ::1, localhost)";
@@ -32,11 +30,7 @@ pub(crate) fn api_endpoint(_: &mut SchemaGenerator) -> Schema {
 }
 
 pub(crate) fn metadata_endpoint(_: &mut SchemaGenerator) -> Schema {
-    endpoint(
-        METADATA_ENDPOINT_PATTERN,
-        METADATA_ENDPOINT_MESSAGE,
-        "Base URL of the instance metadata service.",
-    )
+    endpoint(METADATA_ENDPOINT_PATTERN, METADATA_ENDPOINT_MESSAGE, "Base URL of the instance metadata service.")
 }
 
 pub(crate) fn secret_name(_: &mut SchemaGenerator) -> Schema {

@@ -10,9 +10,9 @@ use regex::Regex;
 
 use super::{AccessKeySpec, ExoscaleKey, IssuerProvider, KeyProvider};
 
-pub const DNS1123_SUBDOMAIN_PATTERN: &str =
-    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
-pub const API_ENDPOINT_PATTERN: &str = r"^(https://[^\s/?#@]+|http://(localhost|127(\.[0-9]{1,3}){3}|\[::1\])(:[0-9]{1,5})?)(/[^\s?#]*)?$";
+pub const DNS1123_SUBDOMAIN_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+pub const API_ENDPOINT_PATTERN: &str =
+    r"^(https://[^\s/?#@]+|http://(localhost|127(\.[0-9]{1,3}){3}|\[::1\])(:[0-9]{1,5})?)(/[^\s?#]*)?$";
 pub const METADATA_ENDPOINT_PATTERN: &str = r"^(https://[^\s/?#@]+|http://(localhost|127(\.[0-9]{1,3}){3}|\[::1\]|169\.254\.169\.254)(:[0-9]{1,5})?)(/[^\s?#]*)?$";
 pub const DURATION_PATTERN: &str = r"^([0-9]+(h|m|s))+$";
 pub const EXOSCALE_RESOURCE_PATTERN: &str = r"^[^/:\s]+/[^/:\s]+:\S+$";
@@ -28,10 +28,7 @@ pub struct InvalidSpec {
 
 impl InvalidSpec {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
+        Self { field: field.into(), message: message.into() }
     }
 }
 
@@ -47,10 +44,9 @@ static SECRET_DATA_KEY: LazyLock<Regex> = LazyLock::new(|| regex(SECRET_DATA_KEY
 
 fn check_endpoint(field: &str, value: Option<&str>) -> Result<(), InvalidSpec> {
     match value {
-        Some(v) if !API_ENDPOINT.is_match(v) => Err(InvalidSpec::new(
-            field,
-            format!("{} (got {v:?})", super::schema::API_ENDPOINT_MESSAGE),
-        )),
+        Some(v) if !API_ENDPOINT.is_match(v) => {
+            Err(InvalidSpec::new(field, format!("{} (got {v:?})", super::schema::API_ENDPOINT_MESSAGE)))
+        }
         _ => Ok(()),
     }
 }
@@ -66,11 +62,7 @@ pub fn validate_issuer(provider: &IssuerProvider) -> Result<(), InvalidSpec> {
                     if !METADATA_ENDPOINT.is_match(&m.endpoint) {
                         return Err(InvalidSpec::new(
                             "yandex.metadataService.endpoint",
-                            format!(
-                                "{} (got {:?})",
-                                super::schema::METADATA_ENDPOINT_MESSAGE,
-                                m.endpoint
-                            ),
+                            format!("{} (got {:?})", super::schema::METADATA_ENDPOINT_MESSAGE, m.endpoint),
                         ));
                     }
                 }
@@ -97,11 +89,7 @@ pub enum ExoscaleMode<'a> {
     /// (b) An API key bound to a role created for it.
     OwnRole(&'a super::ExoscaleRole),
     /// (c) A legacy access key.
-    Legacy {
-        operations: &'a [String],
-        tags: &'a [String],
-        resources: Vec<ExoscaleResource>,
-    },
+    Legacy { operations: &'a [String], tags: &'a [String], resources: Vec<ExoscaleResource> },
 }
 
 /// A legacy access key resource, `domain/resource-type:resource-name`.
@@ -115,9 +103,8 @@ pub struct ExoscaleResource {
 /// Parses `domain/resource-type:resource-name` as the exo CLI does: split once on `:`, then the
 /// left part once on `/`; all three parts must be non-empty.
 pub fn parse_exoscale_resource(s: &str) -> Result<ExoscaleResource, String> {
-    let invalid = || {
-        format!("invalid resource {s:?}: expected domain/resource-type:resource-name, e.g. sos/bucket:my-bucket")
-    };
+    let invalid =
+        || format!("invalid resource {s:?}: expected domain/resource-type:resource-name, e.g. sos/bucket:my-bucket");
     let (left, name) = s.split_once(':').ok_or_else(invalid)?;
     let (domain, resource_type) = left.split_once('/').ok_or_else(invalid)?;
     let bad = |p: &str| p.is_empty() || p.chars().any(char::is_whitespace);
@@ -167,7 +154,10 @@ pub fn validate_access_key(spec: &AccessKeySpec) -> Result<(), InvalidSpec> {
     if spec.secret_name.len() > 253 || !DNS1123_SUBDOMAIN.is_match(&spec.secret_name) {
         return Err(InvalidSpec::new(
             "secretName",
-            format!("{:?} is not a valid Secret name (a DNS-1123 subdomain: lower-case letters, digits, '-' and '.')", spec.secret_name),
+            format!(
+                "{:?} is not a valid Secret name (a DNS-1123 subdomain: lower-case letters, digits, '-' and '.')",
+                spec.secret_name
+            ),
         ));
     }
     if let Some(data) = spec.secret_template.as_ref().and_then(|t| t.data.as_ref()) {
@@ -243,28 +233,12 @@ mod tests {
 
     #[test]
     fn exoscale_key_accepts_each_mode_alone() {
-        check_key(
-            &exoscale(json!({"roleId": "7b1e0000-0000-4000-8000-000000000001"})),
-            true,
-            "",
-        );
-        check_key(
-            &exoscale(
-                json!({"role": {"policy": {"defaultServiceStrategy": "deny", "services": {}}}}),
-            ),
-            true,
-            "",
-        );
-        check_key(
-            &exoscale(json!({"operations": ["get-sos-object"]})),
-            true,
-            "",
-        );
+        check_key(&exoscale(json!({"roleId": "7b1e0000-0000-4000-8000-000000000001"})), true, "");
+        check_key(&exoscale(json!({"role": {"policy": {"defaultServiceStrategy": "deny", "services": {}}}})), true, "");
+        check_key(&exoscale(json!({"operations": ["get-sos-object"]})), true, "");
         check_key(&exoscale(json!({"tags": ["compute"]})), true, "");
         check_key(
-            &exoscale(
-                json!({"operations": ["get-sos-object"], "tags": ["sos"], "resources": ["sos/bucket:b"]}),
-            ),
+            &exoscale(json!({"operations": ["get-sos-object"], "tags": ["sos"], "resources": ["sos/bucket:b"]})),
             true,
             "",
         );
@@ -274,9 +248,7 @@ mod tests {
     fn exoscale_key_refuses_no_mode_or_two_modes() {
         check_key(&exoscale(json!({"name": "only-a-name"})), false, ONE_MODE);
         check_key(
-            &exoscale(
-                json!({"roleId": "7b1e0000-0000-4000-8000-000000000001", "operations": ["list-zones"]}),
-            ),
+            &exoscale(json!({"roleId": "7b1e0000-0000-4000-8000-000000000001", "operations": ["list-zones"]})),
             false,
             ONE_MODE,
         );
@@ -287,9 +259,7 @@ mod tests {
             ONE_MODE,
         );
         check_key(
-            &exoscale(
-                json!({"role": {"policy": {"defaultServiceStrategy": "allow"}}, "resources": ["sos/bucket:b"]}),
-            ),
+            &exoscale(json!({"role": {"policy": {"defaultServiceStrategy": "allow"}}, "resources": ["sos/bucket:b"]})),
             false,
             ONE_MODE,
         );
@@ -298,21 +268,11 @@ mod tests {
     #[test]
     fn secret_template_data_keys_must_be_secret_keys() {
         let with_data = |data: Value| {
-            access_key(
-                json!({"issuerRef": {"name": "i"}, "secretName": "s", "local": {},
-                "secretTemplate": {"data": data}}),
-            )
+            access_key(json!({"issuerRef": {"name": "i"}, "secretName": "s", "local": {},
+                "secretTemplate": {"data": data}}))
         };
-        check_key(
-            &with_data(json!({"AWS_ACCESS_KEY_ID": "{{ accessKeyId }}", "config.ini": "x"})),
-            true,
-            "",
-        );
-        check_key(
-            &with_data(json!({"bad key": "x"})),
-            false,
-            "valid Secret key",
-        );
+        check_key(&with_data(json!({"AWS_ACCESS_KEY_ID": "{{ accessKeyId }}", "config.ini": "x"})), true, "");
+        check_key(&with_data(json!({"bad key": "x"})), false, "valid Secret key");
         check_key(&with_data(json!({"a/b": "x"})), false, "valid Secret key");
     }
 
@@ -349,11 +309,7 @@ mod tests {
             spec
         };
         check_issuer(yc("endpoint", "http://127.0.0.1:1"), true, "");
-        check_issuer(
-            yc("endpoint", "http://iam.example.com"),
-            false,
-            "endpoint must be an https:// URL",
-        );
+        check_issuer(yc("endpoint", "http://iam.example.com"), false, "endpoint must be an https:// URL");
         check_issuer(
             yc("operationEndpoint", "http://operation.example.com"),
             false,
@@ -366,16 +322,8 @@ mod tests {
         let md = |endpoint: &str| json!({"yandex": {"metadataService": {"endpoint": endpoint}}});
         check_issuer(md("http://169.254.169.254"), true, "");
         check_issuer(md("http://127.0.0.1:8080"), true, "");
-        check_issuer(
-            md("http://169.254.169.253"),
-            false,
-            "metadata service 169.254.169.254",
-        );
-        check_issuer(
-            md("http://metadata.example.com"),
-            false,
-            "metadata service 169.254.169.254",
-        );
+        check_issuer(md("http://169.254.169.253"), false, "metadata service 169.254.169.254");
+        check_issuer(md("http://metadata.example.com"), false, "metadata service 169.254.169.254");
     }
 
     #[test]
@@ -388,34 +336,20 @@ mod tests {
                 resource_name: "my-bucket".into()
             })
         );
-        assert_eq!(
-            parse_exoscale_resource("sos/bucket:a:b").map(|r| r.resource_name),
-            Ok("a:b".into())
-        );
-        for bad in [
-            "sos-bucket",
-            "sos/bucket:",
-            "/bucket:b",
-            "sos/:b",
-            "sos:bucket/b",
-            "sos/bu/cket:b",
-            "sos/bucket: b",
-        ] {
+        assert_eq!(parse_exoscale_resource("sos/bucket:a:b").map(|r| r.resource_name), Ok("a:b".into()));
+        for bad in
+            ["sos-bucket", "sos/bucket:", "/bucket:b", "sos/:b", "sos:bucket/b", "sos/bu/cket:b", "sos/bucket: b"]
+        {
             let err = parse_exoscale_resource(bad).expect_err(bad);
             assert!(err.contains("domain/resource-type:resource-name"), "{err}");
             let schema = regex(EXOSCALE_RESOURCE_PATTERN);
-            assert!(
-                !schema.is_match(bad) || bad == "sos/bucket:a",
-                "schema pattern accepts {bad:?}"
-            );
+            assert!(!schema.is_match(bad) || bad == "sos/bucket:a", "schema pattern accepts {bad:?}");
         }
     }
 
     #[test]
     fn secret_names_are_dns1123_subdomains() {
-        let named = |name: &str| {
-            access_key(json!({"issuerRef": {"name": "i"}, "secretName": name, "local": {}}))
-        };
+        let named = |name: &str| access_key(json!({"issuerRef": {"name": "i"}, "secretName": name, "local": {}}));
         assert!(validate_access_key(&named("backups-credentials").spec).is_ok());
         assert!(validate_access_key(&named("a.b-c").spec).is_ok());
         for bad in ["Backups", "a_b", "-a", "a-", &"a".repeat(254)] {

@@ -19,9 +19,7 @@ use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
-use crate::api::{
-    validation, AccessKey, AccessKeyStatus, DeletionPolicy, IssuerRef, PendingKey, RetiredKey,
-};
+use crate::api::{validation, AccessKey, AccessKeyStatus, DeletionPolicy, IssuerRef, PendingKey, RetiredKey};
 use crate::providers::{IssuedKey, KeyRequest, Marker, OwnedKey, Provider, ProviderError};
 
 use super::conditions::{ready_condition, Reason};
@@ -35,6 +33,9 @@ pub const FINALIZER: &str = "cloudkeys.io/revoke";
 const MAX_STEPS: usize = 12;
 /// Periodic re-check of a Ready AccessKey (its Secret is also watched).
 const RESYNC: Duration = Duration::from_secs(3600);
+/// A key younger than this is not replaced for a Secret edit or deletion yet (see
+/// `Step::WaitBeforeReplacing`).
+const REPLACE_AFTER: Duration = Duration::from_secs(10);
 
 pub async fn reconcile(ak: Arc<AccessKey>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = ak.namespace().unwrap_or_default();
@@ -48,8 +49,7 @@ pub async fn reconcile(ak: Arc<AccessKey>, ctx: Arc<Context>) -> Result<Action, 
     })
     .await
     .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
         other => Error::Finalizer(other.to_string()),
     });
     if result.is_ok() {
@@ -95,63 +95,29 @@ impl Cluster<'_> {
     }
 
     async fn issuer(&self, r: &IssuerRef) -> Result<Option<LoadedIssuer>, Error> {
-        Ok(self
-            .ctx
-            .registry
-            .load(
-                &self.ctx.client,
-                &self.ns,
-                r,
-                &self.ctx.cluster_resource_namespace,
-            )
-            .await?)
+        Ok(self.ctx.registry.load(&self.ctx.client, &self.ns, r, &self.ctx.cluster_resource_namespace).await?)
     }
 
     /// A provider client for revoking or listing through `r`, whatever its Ready condition says.
     async fn provider_of(&self, r: &IssuerRef) -> Result<Arc<dyn Provider>, Error> {
         match self.issuer(r).await? {
-            Some(loaded) => loaded
-                .provider
-                .map_err(|m| Error::Issuer(format!("{}: {m}", loaded.display))),
-            None => Err(Error::Issuer(format!(
-                "{} {} not found",
-                kind_name(r),
-                r.name
-            ))),
+            Some(loaded) => loaded.provider.map_err(|m| Error::Issuer(format!("{}: {m}", loaded.display))),
+            None => Err(Error::Issuer(format!("{} {} not found", kind_name(r), r.name))),
         }
     }
 
     async fn write_status(&self, status: &AccessKeyStatus) -> Result<(), Error> {
         let patch = serde_json::json!({ "status": status_merge_patch(status) });
-        self.api()
-            .patch_status(
-                &self.ak.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await?;
+        self.api().patch_status(&self.ak.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
         Ok(())
     }
 
-    async fn set_condition(
-        &self,
-        status: &mut AccessKeyStatus,
-        reason: Reason,
-        message: String,
-    ) -> Result<(), Error> {
+    async fn set_condition(&self, status: &mut AccessKeyStatus, reason: Reason, message: String) -> Result<(), Error> {
         let generation = self.ak.meta().generation;
-        let condition = ready_condition(
-            &status.conditions,
-            reason,
-            message.clone(),
-            generation,
-            now(),
-        );
+        let condition = ready_condition(&status.conditions, reason, message.clone(), generation, now());
         let unchanged = status.observed_generation == generation
             && status.conditions.iter().any(|c| {
-                c.reason == condition.reason
-                    && c.message == condition.message
-                    && c.status == condition.status
+                c.reason == condition.reason && c.message == condition.message && c.status == condition.status
             });
         if unchanged {
             return Ok(());
@@ -160,14 +126,7 @@ impl Cluster<'_> {
         status.observed_generation = generation;
         self.write_status(status).await?;
         if !reason.is_ready() {
-            self.ctx
-                .event(
-                    self.ak,
-                    EventType::Warning,
-                    reason.as_str(),
-                    message.clone(),
-                )
-                .await;
+            self.ctx.event(self.ak, EventType::Warning, reason.as_str(), message.clone()).await;
         }
         tracing::info!(access_key = %display_name(self.ak), reason = reason.as_str(), %message, "condition");
         Ok(())
@@ -203,10 +162,7 @@ fn spec_problem(ak: &AccessKey, issuer: Option<&LoadedIssuer>) -> Option<String>
     let issuer = issuer?;
     let (wanted, has) = (ak.spec.provider.name(), issuer.settings.name());
     if wanted != has {
-        return Some(format!(
-            "spec.{wanted} does not match {}, which is a {has} issuer",
-            issuer.display
-        ));
+        return Some(format!("spec.{wanted} does not match {}, which is a {has} issuer", issuer.display));
     }
     if let Ok(p) = &issuer.provider {
         if let Err(e) = secret::check_templates(ak, p.name(), &p.template_vars()) {
@@ -217,25 +173,14 @@ fn spec_problem(ak: &AccessKey, issuer: Option<&LoadedIssuer>) -> Option<String>
 }
 
 async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
-    let cluster = Cluster {
-        ctx,
-        ak: &ak,
-        ns: ak.namespace().unwrap_or_default(),
-        uid: ak.uid().unwrap_or_default(),
-    };
+    let cluster = Cluster { ctx, ak: &ak, ns: ak.namespace().unwrap_or_default(), uid: ak.uid().unwrap_or_default() };
     let mut status = ak.status.clone().unwrap_or_default();
     let hash = spec_hash(&ak);
     let issuer_ref = ak.spec.issuer_ref.clone();
     let issuer = cluster.issuer(&issuer_ref).await?;
     let issuer_state = match &issuer {
-        None => IssuerState::NotFound(format!(
-            "{} {} not found",
-            kind_name(&issuer_ref),
-            issuer_ref.name
-        )),
-        Some(i) if !i.is_ready() || i.provider.is_err() => {
-            IssuerState::NotReady(i.not_ready_message())
-        }
+        None => IssuerState::NotFound(format!("{} {} not found", kind_name(&issuer_ref), issuer_ref.name)),
+        Some(i) if !i.is_ready() || i.provider.is_err() => IssuerState::NotReady(i.not_ready_message()),
         Some(_) => IssuerState::Ready,
     };
     let problem = spec_problem(&ak, issuer.as_ref());
@@ -245,10 +190,11 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
     for _ in 0..MAX_STEPS {
         let observed_secret = cluster.secrets().get_opt(&ak.spec.secret_name).await?;
         let secret_state = secret::observe_secret(&ak, observed_secret.as_ref());
-        let renewal_due = status
-            .renewal_time
-            .as_ref()
-            .is_some_and(|t| t.0 <= jiff::Timestamp::now());
+        let renewal_due = status.renewal_time.as_ref().is_some_and(|t| t.0 <= jiff::Timestamp::now());
+        let issued_recently = status.issued_at.as_ref().is_some_and(|t| {
+            jiff::Timestamp::now().duration_since(t.0)
+                < jiff::SignedDuration::try_from(REPLACE_AFTER).unwrap_or(jiff::SignedDuration::ZERO)
+        });
         let step = decide(&Observed {
             status: &status,
             spec_problem: problem.clone(),
@@ -259,27 +205,17 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
             owned_keys: owned.as_deref(),
             retired_tried,
             renewal_due,
+            issued_recently,
         });
         tracing::debug!(access_key = %display_name(&*ak), ?step, "step");
-        let outcome = act(
-            &cluster,
-            &mut status,
-            step,
-            issuer.as_ref(),
-            &hash,
-            &mut owned,
-            &mut retired_tried,
-        )
-        .await;
+        let outcome = act(&cluster, &mut status, step, issuer.as_ref(), &hash, &mut owned, &mut retired_tried).await;
         match outcome {
             Ok(Some(action)) => return Ok(action),
             Ok(None) => continue,
             Err(e) => {
                 if let Error::Provider(pe) = &e {
                     let message = provider_message(pe);
-                    cluster
-                        .set_condition(&mut status, Reason::ProviderError, message)
-                        .await?;
+                    cluster.set_condition(&mut status, Reason::ProviderError, message).await?;
                 }
                 return Err(e);
             }
@@ -308,19 +244,13 @@ async fn act(
 ) -> Result<Option<Action>, Error> {
     match step {
         Step::ListOwnedKeys => {
-            let pending = status
-                .pending
-                .clone()
-                .ok_or_else(|| Error::Finalizer("no pending attempt".into()))?;
+            let pending = status.pending.clone().ok_or_else(|| Error::Finalizer("no pending attempt".into()))?;
             let provider = c.provider_of(&pending.issuer).await?;
             *owned = Some(provider.find_keys(&c.uid, &c.ak.spec.provider).await?);
             Ok(None)
         }
         Step::Adopt(key) => {
-            let pending = status
-                .pending
-                .take()
-                .ok_or_else(|| Error::Finalizer("no pending attempt".into()))?;
+            let pending = status.pending.take().ok_or_else(|| Error::Finalizer("no pending attempt".into()))?;
             retire_current(status);
             status.access_key_id = key.access_key_id.clone();
             status.key_ref = Some(key.key_ref.clone());
@@ -329,18 +259,12 @@ async fn act(
             status.key_spec_hash = Some(hash.to_string());
             status.secret_name = Some(c.ak.spec.secret_name.clone());
             c.write_status(status).await?;
-            let note = format!(
-                "adopted key {} created before an interruption",
-                key.access_key_id.unwrap_or_default()
-            );
+            let note = format!("adopted key {} created before an interruption", key.access_key_id.unwrap_or_default());
             c.ctx.event(c.ak, EventType::Normal, "Issued", note).await;
             Ok(None)
         }
         Step::ResolvePending { revoke } => {
-            let pending = status
-                .pending
-                .clone()
-                .ok_or_else(|| Error::Finalizer("no pending attempt".into()))?;
+            let pending = status.pending.clone().ok_or_else(|| Error::Finalizer("no pending attempt".into()))?;
             if !revoke.is_empty() {
                 let provider = c.provider_of(&pending.issuer).await?;
                 for k in &revoke {
@@ -375,11 +299,8 @@ async fn act(
                             .await
                     }
                     Err(e) => {
-                        let note =
-                            format!("cannot revoke replaced key {} yet: {e}", r.access_key_id);
-                        c.ctx
-                            .event(c.ak, EventType::Warning, "RevocationFailed", note)
-                            .await;
+                        let note = format!("cannot revoke replaced key {} yet: {e}", r.access_key_id);
+                        c.ctx.event(c.ak, EventType::Warning, "RevocationFailed", note).await;
                         kept.push(r);
                     }
                 }
@@ -394,6 +315,10 @@ async fn act(
             issue(c, status, provider, hash, reason).await?;
             Ok(None)
         }
+        Step::WaitBeforeReplacing(reason) => {
+            tracing::info!(access_key = %display_name(c.ak), reason = reason.describe(), "replacing the key shortly");
+            Ok(Some(Action::requeue(REPLACE_AFTER)))
+        }
         Step::UpdateSecretMetadata => {
             let key_id = status.access_key_id.clone().unwrap_or_default();
             let observed = c.secrets().get_opt(&c.ak.spec.secret_name).await?;
@@ -403,11 +328,7 @@ async fn act(
                 .unwrap_or_default();
             let desired = secret::desired_secret_metadata(c.ak, &key_id, &stored_hash);
             c.secrets()
-                .patch(
-                    &c.ak.spec.secret_name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(&desired),
-                )
+                .patch(&c.ak.spec.secret_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired))
                 .await?;
             Ok(None)
         }
@@ -444,10 +365,8 @@ pub fn status_merge_patch(status: &AccessKeyStatus) -> serde_json::Value {
     let mut value = serde_json::to_value(status).unwrap_or_else(|_| serde_json::json!({}));
     if let Some(map) = value.as_object_mut() {
         let schema = schemars::schema_for!(AccessKeyStatus);
-        let fields = schema
-            .get("properties")
-            .and_then(|p| p.as_object())
-            .map(|p| p.keys().cloned().collect::<Vec<_>>());
+        let fields =
+            schema.get("properties").and_then(|p| p.as_object()).map(|p| p.keys().cloned().collect::<Vec<_>>());
         for field in fields.unwrap_or_default() {
             map.entry(field).or_insert(serde_json::Value::Null);
         }
@@ -457,17 +376,11 @@ pub fn status_merge_patch(status: &AccessKeyStatus) -> serde_json::Value {
 
 /// Moves the current key, if any, to the keys awaiting revocation.
 fn retire_current(status: &mut AccessKeyStatus) {
-    if let (Some(id), Some(key_ref), Some(issuer)) = (
-        status.access_key_id.take(),
-        status.key_ref.take(),
-        status.issued_by.take(),
-    ) {
+    if let (Some(id), Some(key_ref), Some(issuer)) =
+        (status.access_key_id.take(), status.key_ref.take(), status.issued_by.take())
+    {
         if !status.retired.iter().any(|r| r.key_ref == key_ref) {
-            status.retired.push(RetiredKey {
-                access_key_id: id,
-                key_ref,
-                issuer,
-            });
+            status.retired.push(RetiredKey { access_key_id: id, key_ref, issuer });
         }
     }
     status.expires_at = None;
@@ -491,6 +404,7 @@ async fn issue(
         started_at: now(),
     });
     c.write_status(status).await?;
+    crashpoint("after-intent");
 
     // (2) Create. If this fails or never answers, the recorded attempt leads the next
     // reconcile to whatever the provider did create.
@@ -502,6 +416,7 @@ async fn issue(
         now: started,
     };
     let key = provider.create_key(&request).await?;
+    crashpoint("after-create");
 
     // (3) The only copy of the secret goes into the Secret; if that fails, the key goes at once.
     if let Err(e) = write_secret(c, &provider, &key).await {
@@ -517,6 +432,8 @@ async fn issue(
         return Err(e);
     }
 
+    crashpoint("after-secret-write");
+
     // (4) Record the key; the replaced one is revoked in the next step.
     let replaced = status.access_key_id.clone();
     retire_current(status);
@@ -531,25 +448,21 @@ async fn issue(
     status.secret_name = Some(ak.spec.secret_name.clone());
     c.write_status(status).await?;
     let (event, note) = match replaced {
-        Some(old) => (
-            "Replaced",
-            format!(
-                "issued key {} replacing {old}: {}",
-                key.access_key_id,
-                reason.describe()
-            ),
-        ),
-        None => (
-            "Issued",
-            format!(
-                "issued key {} into Secret {}",
-                key.access_key_id, ak.spec.secret_name
-            ),
-        ),
+        Some(old) => ("Replaced", format!("issued key {} replacing {old}: {}", key.access_key_id, reason.describe())),
+        None => ("Issued", format!("issued key {} into Secret {}", key.access_key_id, ak.spec.secret_name)),
     };
     tracing::info!(access_key = %display_name(ak), key_id = %key.access_key_id, reason = reason.describe(), "{event}");
     c.ctx.event(ak, EventType::Normal, event, note).await;
     Ok(())
+}
+
+/// Dies on the spot when `CLOUDKEYS_CRASH_AT` names this point: the crash-safety tests kill the
+/// operator between the steps of a creation. Unset in production; reading it costs nothing.
+fn crashpoint(name: &str) {
+    if std::env::var("CLOUDKEYS_CRASH_AT").is_ok_and(|v| v == name) {
+        tracing::error!(crashpoint = name, "CLOUDKEYS_CRASH_AT reached: aborting");
+        std::process::abort();
+    }
 }
 
 /// When a third of the key's lifetime remains.
@@ -558,34 +471,19 @@ pub fn renewal_time(issued: jiff::Timestamp, expires: jiff::Timestamp) -> jiff::
     issued.checked_add(lifetime * 2 / 3).unwrap_or(expires)
 }
 
-async fn write_secret(
-    c: &Cluster<'_>,
-    provider: &Arc<dyn Provider>,
-    key: &IssuedKey,
-) -> Result<(), Error> {
-    let data = secret::render_data(
-        c.ak,
-        provider.name(),
-        &provider.template_vars(),
-        &key.access_key_id,
-        &key.secret,
-    )
-    .map_err(|e| Error::Issuer(format!("spec.{e}")))?;
-    let desired = secret::desired_secret(c.ak, &key.access_key_id, &data);
+async fn write_secret(c: &Cluster<'_>, provider: &Arc<dyn Provider>, key: &IssuedKey) -> Result<(), Error> {
+    let data = secret::render_data(c.ak, provider.name(), &provider.template_vars(), &key.access_key_id, &key.secret)
+        .map_err(|e| Error::Issuer(format!("spec.{e}")))?;
     let api = c.secrets();
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
     match api.get_opt(&c.ak.spec.secret_name).await? {
         // Create, not apply: if someone else creates it meanwhile, the create fails with a
         // conflict instead of taking their Secret over.
         None => {
-            api.create(
-                &PostParams {
-                    field_manager: Some(FIELD_MANAGER.into()),
-                    ..PostParams::default()
-                },
-                &desired,
-            )
-            .await?;
+            api.create(&params, &secret::desired_secret(c.ak, &key.access_key_id, &data)).await?;
         }
+        // Replace, guarded by the observed resourceVersion: the data becomes exactly the
+        // rendered data (keys of an old template go), and nobody's concurrent change is lost.
         Some(existing) => {
             if secret::observe_secret(c.ak, Some(&existing)) == SecretState::Foreign {
                 return Err(Error::Issuer(format!(
@@ -593,12 +491,8 @@ async fn write_secret(
                     c.ak.spec.secret_name
                 )));
             }
-            api.patch(
-                &c.ak.spec.secret_name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&desired),
-            )
-            .await?;
+            let desired = secret::replaced_secret(c.ak, &key.access_key_id, &data, existing);
+            api.replace(&c.ak.spec.secret_name, &params, &desired).await?;
         }
     }
     Ok(())
@@ -611,12 +505,7 @@ async fn write_secret(
 /// follows by garbage collection. If revocation fails the finalizer stays and the condition says
 /// why. `Retain`: the Secret is released (owner reference removed) and the current key kept.
 async fn cleanup(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
-    let c = Cluster {
-        ctx,
-        ak: &ak,
-        ns: ak.namespace().unwrap_or_default(),
-        uid: ak.uid().unwrap_or_default(),
-    };
+    let c = Cluster { ctx, ak: &ak, ns: ak.namespace().unwrap_or_default(), uid: ak.uid().unwrap_or_default() };
     let mut status = ak.status.clone().unwrap_or_default();
     match ak.spec.deletion_policy {
         DeletionPolicy::Retain => {
@@ -625,44 +514,21 @@ async fn cleanup(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
             // issuer allows, without holding the deletion.
             if let Err(e) = revoke_all(&c, &status, false).await {
                 let note = format!("could not revoke keys left by an interrupted creation: {e}");
-                ctx.event(&*ak, EventType::Warning, "RevocationFailed", note)
-                    .await;
+                ctx.event(&*ak, EventType::Warning, "RevocationFailed", note).await;
             }
-            let kept = status
-                .access_key_id
-                .clone()
-                .unwrap_or_else(|| "no key".into());
-            ctx.event(
-                &*ak,
-                EventType::Normal,
-                "Retained",
-                format!("kept {kept} and Secret {}", ak.spec.secret_name),
-            )
-            .await;
+            let kept = status.access_key_id.clone().unwrap_or_else(|| "no key".into());
+            ctx.event(&*ak, EventType::Normal, "Retained", format!("kept {kept} and Secret {}", ak.spec.secret_name))
+                .await;
             Ok(Action::await_change())
         }
         DeletionPolicy::Delete => {
-            if status.access_key_id.is_some()
-                || status.pending.is_some()
-                || !status.retired.is_empty()
-            {
-                c.set_condition(
-                    &mut status,
-                    Reason::Revoking,
-                    "revoking the key at the provider".into(),
-                )
-                .await?;
+            if status.access_key_id.is_some() || status.pending.is_some() || !status.retired.is_empty() {
+                c.set_condition(&mut status, Reason::Revoking, "revoking the key at the provider".into()).await?;
             }
             match revoke_all(&c, &status, true).await {
                 Ok(revoked) => {
                     for id in revoked {
-                        ctx.event(
-                            &*ak,
-                            EventType::Normal,
-                            "Revoked",
-                            format!("revoked key {id}"),
-                        )
-                        .await;
+                        ctx.event(&*ak, EventType::Normal, "Revoked", format!("revoked key {id}")).await;
                     }
                     Ok(Action::await_change())
                 }
@@ -670,8 +536,7 @@ async fn cleanup(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
                     let message = format!(
                         "cannot revoke the key: {e}; fix the issuer, or set deletionPolicy: Retain to delete the AccessKey and keep the key"
                     );
-                    c.set_condition(&mut status, Reason::RevocationFailed, message)
-                        .await?;
+                    c.set_condition(&mut status, Reason::RevocationFailed, message).await?;
                     Err(e)
                 }
             }
@@ -681,16 +546,10 @@ async fn cleanup(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
 
 /// Revokes the keys of this AccessKey: with `include_current`, all of them; without, only those
 /// left by an interrupted creation. Returns the ids revoked.
-async fn revoke_all(
-    c: &Cluster<'_>,
-    status: &AccessKeyStatus,
-    include_current: bool,
-) -> Result<Vec<String>, Error> {
+async fn revoke_all(c: &Cluster<'_>, status: &AccessKeyStatus, include_current: bool) -> Result<Vec<String>, Error> {
     let mut targets: Vec<(IssuerRef, String, String)> = Vec::new();
     if include_current {
-        if let (Some(id), Some(key_ref), Some(issuer)) =
-            (&status.access_key_id, &status.key_ref, &status.issued_by)
-        {
+        if let (Some(id), Some(key_ref), Some(issuer)) = (&status.access_key_id, &status.key_ref, &status.issued_by) {
             targets.push((issuer.clone(), key_ref.clone(), id.clone()));
         }
         for r in &status.retired {
@@ -702,11 +561,7 @@ async fn revoke_all(
         for k in provider.find_keys(&c.uid, &c.ak.spec.provider).await? {
             let is_current = Some(&k.key_ref) == status.key_ref.as_ref();
             if (include_current || !is_current) && !targets.iter().any(|t| t.1 == k.key_ref) {
-                targets.push((
-                    pending.issuer.clone(),
-                    k.key_ref.clone(),
-                    k.access_key_id.unwrap_or(k.key_ref),
-                ));
+                targets.push((pending.issuer.clone(), k.key_ref.clone(), k.access_key_id.unwrap_or(k.key_ref)));
             }
         }
     }
@@ -734,14 +589,8 @@ async fn release_secret(c: &Cluster<'_>) -> Result<(), Error> {
         {"op": "test", "path": "/metadata/resourceVersion", "value": secret.resource_version()},
         {"op": "replace", "path": "/metadata/ownerReferences", "value": remaining},
     ]);
-    let patch: json_patch::Patch =
-        serde_json::from_value(patch).map_err(|e| Error::Finalizer(e.to_string()))?;
-    api.patch(
-        &c.ak.spec.secret_name,
-        &PatchParams::default(),
-        &Patch::<()>::Json(patch),
-    )
-    .await?;
+    let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| Error::Finalizer(e.to_string()))?;
+    api.patch(&c.ak.spec.secret_name, &PatchParams::default(), &Patch::<()>::Json(patch)).await?;
     Ok(())
 }
 
@@ -751,10 +600,8 @@ mod tests {
 
     #[test]
     fn status_patch_clears_fields_that_are_gone() {
-        let patch = status_merge_patch(&AccessKeyStatus {
-            access_key_id: Some("K".into()),
-            ..AccessKeyStatus::default()
-        });
+        let patch =
+            status_merge_patch(&AccessKeyStatus { access_key_id: Some("K".into()), ..AccessKeyStatus::default() });
         assert_eq!(patch["accessKeyId"], "K");
         assert!(patch["pending"].is_null() && patch.get("pending").is_some());
         assert!(patch["keyRef"].is_null() && patch["retired"].is_null());
@@ -764,22 +611,15 @@ mod tests {
     fn renewal_happens_when_a_third_of_the_lifetime_remains() {
         let issued: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().expect("ts");
         let expires: jiff::Timestamp = "2026-01-01T03:00:00Z".parse().expect("ts");
-        assert_eq!(
-            renewal_time(issued, expires),
-            "2026-01-01T02:00:00Z"
-                .parse::<jiff::Timestamp>()
-                .expect("ts")
-        );
+        assert_eq!(renewal_time(issued, expires), "2026-01-01T02:00:00Z".parse::<jiff::Timestamp>().expect("ts"));
     }
 
     #[test]
     fn spec_hash_ignores_labels_but_not_data_templates() {
         let base = serde_json::json!({"issuerRef": {"name": "i"}, "secretName": "s", "local": {}});
         let ak = |spec: serde_json::Value| -> AccessKey {
-            serde_json::from_value(
-                serde_json::json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "AccessKey",
-                "metadata": {"name": "k", "namespace": "n"}, "spec": spec}),
-            )
+            serde_json::from_value(serde_json::json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "AccessKey",
+                "metadata": {"name": "k", "namespace": "n"}, "spec": spec}))
             .expect("AccessKey")
         };
         let mut labels = base.clone();

@@ -73,18 +73,13 @@ pub fn ready_condition(
 /// Whether the conditions say Ready=True for this generation.
 pub fn is_ready(conditions: &[Condition], generation: Option<i64>) -> bool {
     conditions.iter().any(|c| {
-        c.type_ == READY
-            && c.status == "True"
-            && (generation.is_none() || c.observed_generation == generation)
+        c.type_ == READY && c.status == "True" && (generation.is_none() || c.observed_generation == generation)
     })
 }
 
 /// The message of the Ready condition, if any.
 pub fn ready_message(conditions: &[Condition]) -> Option<&str> {
-    conditions
-        .iter()
-        .find(|c| c.type_ == READY)
-        .map(|c| c.message.as_str())
+    conditions.iter().find(|c| c.type_ == READY).map(|c| c.message.as_str())
 }
 
 #[cfg(test)]
@@ -97,13 +92,7 @@ mod tests {
 
     #[test]
     fn transition_time_moves_only_when_status_flips() {
-        let first = ready_condition(
-            &[],
-            Reason::Issued,
-            "ok",
-            Some(1),
-            t("2026-01-01T00:00:00Z"),
-        );
+        let first = ready_condition(&[], Reason::Issued, "ok", Some(1), t("2026-01-01T00:00:00Z"));
         let same = ready_condition(
             std::slice::from_ref(&first),
             Reason::Issued,
@@ -112,13 +101,7 @@ mod tests {
             t("2026-01-02T00:00:00Z"),
         );
         assert_eq!(same.last_transition_time, first.last_transition_time);
-        let flipped = ready_condition(
-            &[same],
-            Reason::ProviderError,
-            "boom",
-            Some(2),
-            t("2026-01-03T00:00:00Z"),
-        );
+        let flipped = ready_condition(&[same], Reason::ProviderError, "boom", Some(2), t("2026-01-03T00:00:00Z"));
         assert_eq!(flipped.last_transition_time, t("2026-01-03T00:00:00Z"));
         assert_eq!(flipped.status, "False");
     }

@@ -11,9 +11,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use secrecy::SecretString;
 
-use crate::api::{
-    ClusterKeyIssuer, IssuerKind, IssuerProvider, IssuerRef, IssuerStatus, KeyIssuer,
-};
+use crate::api::{ClusterKeyIssuer, IssuerKind, IssuerProvider, IssuerRef, IssuerStatus, KeyIssuer};
 use crate::providers::{self, http::HttpConfig, local::LocalStore, Credentials, Provider};
 
 use super::conditions;
@@ -34,10 +32,7 @@ impl Context {
     pub fn new(client: Client, cluster_resource_namespace: String, http: HttpConfig) -> Self {
         Self {
             client,
-            reporter: Reporter {
-                controller: "cloudkeys".into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
+            reporter: Reporter { controller: "cloudkeys".into(), instance: std::env::var("POD_NAME").ok() },
             cluster_resource_namespace,
             registry: Registry::new(http),
             failures: Mutex::new(HashMap::new()),
@@ -58,21 +53,9 @@ impl Context {
     }
 
     /// Emits a Kubernetes Event on `obj`. Failing to record an event never fails a reconcile.
-    pub async fn event<K: Resource<DynamicType = ()>>(
-        &self,
-        obj: &K,
-        type_: EventType,
-        reason: &str,
-        note: String,
-    ) {
+    pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, type_: EventType, reason: &str, note: String) {
         let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: reason.into(),
-            secondary: None,
-        };
+        let ev = Event { type_, reason: reason.into(), note: Some(note), action: reason.into(), secondary: None };
         if let Err(e) = recorder.publish(&ev, &obj.object_ref(&())).await {
             tracing::warn!(error = %e, reason, "cannot record event");
         }
@@ -95,19 +78,12 @@ impl Context {
         };
         checks.insert(
             issuer.to_string(),
-            CheckState {
-                fingerprint: fingerprint.to_string(),
-                not_before: Instant::now() + backoff,
-                failures,
-            },
+            CheckState { fingerprint: fingerprint.to_string(), not_before: Instant::now() + backoff, failures },
         );
     }
 
     pub fn check_failures(&self, issuer: &str) -> u32 {
-        lock(&self.checks)
-            .get(issuer)
-            .map(|s| s.failures)
-            .unwrap_or(0)
+        lock(&self.checks).get(issuer).map(|s| s.failures).unwrap_or(0)
     }
 }
 
@@ -158,11 +134,7 @@ type CachedProvider = (String, Arc<dyn Provider>);
 
 impl Registry {
     pub fn new(http: HttpConfig) -> Self {
-        Self {
-            http,
-            local: LocalStore::default(),
-            cache: Mutex::new(HashMap::new()),
-        }
+        Self { http, local: LocalStore::default(), cache: Mutex::new(HashMap::new()) }
     }
 
     pub fn local_store(&self) -> &LocalStore {
@@ -180,10 +152,7 @@ impl Registry {
     ) -> Result<Option<LoadedIssuer>, kube::Error> {
         let (display, secret_ns, meta, settings, status) = match r.kind {
             IssuerKind::KeyIssuer => {
-                let Some(i) = Api::<KeyIssuer>::namespaced(client.clone(), namespace)
-                    .get_opt(&r.name)
-                    .await?
-                else {
+                let Some(i) = Api::<KeyIssuer>::namespaced(client.clone(), namespace).get_opt(&r.name).await? else {
                     return Ok(None);
                 };
                 (
@@ -195,10 +164,7 @@ impl Registry {
                 )
             }
             IssuerKind::ClusterKeyIssuer => {
-                let Some(i) = Api::<ClusterKeyIssuer>::all(client.clone())
-                    .get_opt(&r.name)
-                    .await?
-                else {
+                let Some(i) = Api::<ClusterKeyIssuer>::all(client.clone()).get_opt(&r.name).await? else {
                     return Ok(None);
                 };
                 (
@@ -210,16 +176,7 @@ impl Registry {
                 )
             }
         };
-        self.load_settings(
-            client,
-            display,
-            &secret_ns,
-            &meta,
-            settings,
-            status.unwrap_or_default(),
-        )
-        .await
-        .map(Some)
+        self.load_settings(client, display, &secret_ns, &meta, settings, status.unwrap_or_default()).await.map(Some)
     }
 
     /// Builds (or reuses) the provider client of an issuer object already read.
@@ -233,18 +190,12 @@ impl Registry {
         status: IssuerStatus,
     ) -> Result<LoadedIssuer, kube::Error> {
         let cache_key = format!("{display}@{}", meta.uid.clone().unwrap_or_default());
-        let mut fingerprint = format!(
-            "{}/{}",
-            meta.uid.clone().unwrap_or_default(),
-            meta.generation.unwrap_or_default()
-        );
+        let mut fingerprint =
+            format!("{}/{}", meta.uid.clone().unwrap_or_default(), meta.generation.unwrap_or_default());
         let mut credentials = Credentials::new();
         let mut missing = None;
         if let Some(secret_name) = providers::credentials_secret(&settings) {
-            match Api::<Secret>::namespaced(client.clone(), secret_ns)
-                .get_opt(secret_name)
-                .await?
-            {
+            match Api::<Secret>::namespaced(client.clone(), secret_ns).get_opt(secret_name).await? {
                 Some(secret) => {
                     fingerprint.push('/');
                     fingerprint.push_str(&secret.resource_version().unwrap_or_default());
@@ -256,25 +207,14 @@ impl Registry {
                         }
                     }
                 }
-                None => {
-                    missing = Some(format!(
-                        "credentials Secret {secret_ns}/{secret_name} not found"
-                    ))
-                }
+                None => missing = Some(format!("credentials Secret {secret_ns}/{secret_name} not found")),
             }
         }
         let provider = match missing {
             Some(m) => Err(m),
             None => self.provider(&cache_key, &fingerprint, &settings, &credentials),
         };
-        Ok(LoadedIssuer {
-            display,
-            settings,
-            status,
-            generation: meta.generation,
-            fingerprint,
-            provider,
-        })
+        Ok(LoadedIssuer { display, settings, status, generation: meta.generation, fingerprint, provider })
     }
 
     fn provider(

@@ -33,6 +33,8 @@ pub struct Observed<'a> {
     pub retired_tried: bool,
     /// The current key is due for replacement ahead of its expiry.
     pub renewal_due: bool,
+    /// The current key was issued moments ago.
+    pub issued_recently: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +53,10 @@ pub enum Step {
     Issue {
         reason: IssueReason,
     },
+    /// A replacement forced by the Secret or the clock is due, but the current key is brand
+    /// new: wait a little, so that whatever keeps changing the Secret cannot make the operator
+    /// mint keys in a loop.
+    WaitBeforeReplacing(IssueReason),
     /// Labels, annotations or owner reference of the Secret drifted: fix them in place.
     UpdateSecretMetadata,
     Ready,
@@ -84,11 +90,7 @@ pub fn decide(o: &Observed<'_>) -> Step {
             return Step::ListOwnedKeys;
         };
         let in_secret = match o.secret {
-            SecretState::Ours {
-                key_id: Some(id),
-                data_intact: true,
-                ..
-            } => Some(id.as_str()),
+            SecretState::Ours { key_id: Some(id), data_intact: true, .. } => Some(id.as_str()),
             _ => None,
         };
         let adoptable = keys.iter().find(|k| {
@@ -101,8 +103,7 @@ pub fn decide(o: &Observed<'_>) -> Step {
             return Step::Adopt(key.clone());
         }
         let keep = |k: &&OwnedKey| {
-            Some(&k.key_ref) == o.status.key_ref.as_ref()
-                || o.status.retired.iter().any(|r| r.key_ref == k.key_ref)
+            Some(&k.key_ref) == o.status.key_ref.as_ref() || o.status.retired.iter().any(|r| r.key_ref == k.key_ref)
         };
         let revoke = keys.iter().filter(|k| !keep(k)).cloned().collect();
         return Step::ResolvePending { revoke };
@@ -130,9 +131,7 @@ pub fn decide(o: &Observed<'_>) -> Step {
         SecretState::Ours { key_id, data_intact, metadata_current } => (key_id.as_deref(), *data_intact, *metadata_current),
     };
     let Some(current) = o.status.access_key_id.as_deref() else {
-        return Step::Issue {
-            reason: IssueReason::FirstKey,
-        };
+        return Step::Issue { reason: IssueReason::FirstKey };
     };
     let reason = if o.status.key_spec_hash.as_deref() != Some(o.spec_hash) {
         Some(IssueReason::SpecChanged)
@@ -146,6 +145,9 @@ pub fn decide(o: &Observed<'_>) -> Step {
         None
     };
     if let Some(reason) = reason {
+        if o.issued_recently && reason != IssueReason::SpecChanged {
+            return Step::WaitBeforeReplacing(reason);
+        }
         return Step::Issue { reason };
     }
     if !metadata_current {
@@ -166,10 +168,7 @@ mod tests {
     const UID: &str = "0f8c2d7e-1b2a-4c3d-9e8f-0123456789ab";
 
     fn issuer() -> IssuerRef {
-        IssuerRef {
-            name: "local".into(),
-            kind: IssuerKind::KeyIssuer,
-        }
+        IssuerRef { name: "local".into(), kind: IssuerKind::KeyIssuer }
     }
 
     fn issued(id: &str) -> AccessKeyStatus {
@@ -183,19 +182,11 @@ mod tests {
     }
 
     fn ours(id: &str) -> SecretState {
-        SecretState::Ours {
-            key_id: Some(id.into()),
-            data_intact: true,
-            metadata_current: true,
-        }
+        SecretState::Ours { key_id: Some(id.into()), data_intact: true, metadata_current: true }
     }
 
     fn owned(id: &str, attempt: &str) -> OwnedKey {
-        OwnedKey {
-            access_key_id: Some(id.into()),
-            key_ref: format!("ref-{id}"),
-            marker: Marker::of(UID, attempt),
-        }
+        OwnedKey { access_key_id: Some(id.into()), key_ref: format!("ref-{id}"), marker: Marker::of(UID, attempt) }
     }
 
     fn pending(status: &mut AccessKeyStatus, attempt: &str) {
@@ -215,6 +206,7 @@ mod tests {
         owned: Option<Vec<OwnedKey>>,
         retired_tried: bool,
         renewal_due: bool,
+        issued_recently: bool,
     }
 
     impl Scenario {
@@ -228,6 +220,7 @@ mod tests {
                 owned: None,
                 retired_tried: false,
                 renewal_due: false,
+                issued_recently: false,
             }
         }
 
@@ -243,6 +236,7 @@ mod tests {
                 owned_keys: self.owned.as_deref(),
                 retired_tried: self.retired_tried,
                 renewal_due: self.renewal_due,
+                issued_recently: self.issued_recently,
             })
         }
     }
@@ -250,130 +244,87 @@ mod tests {
     #[test]
     fn new_access_key_issues_its_first_key() {
         let s = Scenario::new(AccessKeyStatus::default(), SecretState::Absent);
-        assert_eq!(
-            s.decide(),
-            Step::Issue {
-                reason: IssueReason::FirstKey
-            }
-        );
+        assert_eq!(s.decide(), Step::Issue { reason: IssueReason::FirstKey });
     }
 
     #[test]
     fn issued_key_with_intact_secret_is_ready() {
-        assert_eq!(
-            Scenario::new(issued("K1"), ours("K1")).decide(),
-            Step::Ready
-        );
+        assert_eq!(Scenario::new(issued("K1"), ours("K1")).decide(), Step::Ready);
     }
 
     #[test]
     fn invalid_spec_is_reported_before_anything_is_created() {
         let mut s = Scenario::new(AccessKeyStatus::default(), SecretState::Absent);
         s.spec_problem = Some("spec.exoscale: bad".into());
-        assert_eq!(
-            s.decide(),
-            Step::NotReady(Reason::InvalidSpec, "spec.exoscale: bad".into())
-        );
+        assert_eq!(s.decide(), Step::NotReady(Reason::InvalidSpec, "spec.exoscale: bad".into()));
     }
 
     #[test]
     fn missing_or_unready_issuer_blocks_issuance() {
         let mut s = Scenario::new(AccessKeyStatus::default(), SecretState::Absent);
         s.issuer = IssuerState::NotFound("KeyIssuer team-a/x not found".into());
-        assert!(matches!(
-            s.decide(),
-            Step::NotReady(Reason::IssuerNotFound, _)
-        ));
+        assert!(matches!(s.decide(), Step::NotReady(Reason::IssuerNotFound, _)));
         s.issuer = IssuerState::NotReady("credentials refused".into());
-        assert!(matches!(
-            s.decide(),
-            Step::NotReady(Reason::IssuerNotReady, _)
-        ));
+        assert!(matches!(s.decide(), Step::NotReady(Reason::IssuerNotReady, _)));
     }
 
     #[test]
     fn foreign_secret_is_a_conflict_and_creates_nothing() {
         let s = Scenario::new(AccessKeyStatus::default(), SecretState::Foreign);
-        assert!(matches!(
-            s.decide(),
-            Step::NotReady(Reason::SecretConflict, _)
-        ));
+        assert!(matches!(s.decide(), Step::NotReady(Reason::SecretConflict, _)));
         let s = Scenario::new(issued("K1"), SecretState::Foreign);
-        assert!(matches!(
-            s.decide(),
-            Step::NotReady(Reason::SecretConflict, _)
-        ));
+        assert!(matches!(s.decide(), Step::NotReady(Reason::SecretConflict, _)));
     }
 
     #[test]
     fn spec_change_replaces_the_key() {
         let mut s = Scenario::new(issued("K1"), ours("K1"));
         s.spec_hash = "h2";
-        assert_eq!(
-            s.decide(),
-            Step::Issue {
-                reason: IssueReason::SpecChanged
-            }
-        );
+        assert_eq!(s.decide(), Step::Issue { reason: IssueReason::SpecChanged });
     }
 
     #[test]
     fn secret_deleted_by_hand_issues_new_key() {
         let s = Scenario::new(issued("K1"), SecretState::Absent);
-        assert_eq!(
-            s.decide(),
-            Step::Issue {
-                reason: IssueReason::SecretDeleted
-            }
-        );
+        assert_eq!(s.decide(), Step::Issue { reason: IssueReason::SecretDeleted });
     }
 
     #[test]
     fn secret_edited_by_hand_issues_new_key() {
         let s = Scenario::new(
             issued("K1"),
-            SecretState::Ours {
-                key_id: Some("K1".into()),
-                data_intact: false,
-                metadata_current: true,
-            },
+            SecretState::Ours { key_id: Some("K1".into()), data_intact: false, metadata_current: true },
         );
-        assert_eq!(
-            s.decide(),
-            Step::Issue {
-                reason: IssueReason::SecretModified
-            }
-        );
+        assert_eq!(s.decide(), Step::Issue { reason: IssueReason::SecretModified });
         let s = Scenario::new(issued("K1"), ours("K0"));
-        assert_eq!(
-            s.decide(),
-            Step::Issue {
-                reason: IssueReason::SecretModified
-            }
-        );
+        assert_eq!(s.decide(), Step::Issue { reason: IssueReason::SecretModified });
+    }
+
+    #[test]
+    fn a_secret_that_keeps_changing_cannot_make_keys_in_a_loop() {
+        let modified = SecretState::Ours { key_id: Some("K1".into()), data_intact: false, metadata_current: true };
+        let mut s = Scenario::new(issued("K1"), modified);
+        s.issued_recently = true;
+        assert_eq!(s.decide(), Step::WaitBeforeReplacing(IssueReason::SecretModified));
+        s.secret = SecretState::Absent;
+        assert_eq!(s.decide(), Step::WaitBeforeReplacing(IssueReason::SecretDeleted));
+        // A spec change is the user's explicit wish: no wait.
+        s.spec_hash = "h2";
+        assert_eq!(s.decide(), Step::Issue { reason: IssueReason::SpecChanged });
     }
 
     #[test]
     fn key_near_expiry_is_replaced() {
         let mut s = Scenario::new(issued("K1"), ours("K1"));
         s.renewal_due = true;
-        assert_eq!(
-            s.decide(),
-            Step::Issue {
-                reason: IssueReason::ExpiresSoon
-            }
-        );
+        assert_eq!(s.decide(), Step::Issue { reason: IssueReason::ExpiresSoon });
     }
 
     #[test]
     fn label_drift_is_fixed_in_place() {
         let s = Scenario::new(
             issued("K1"),
-            SecretState::Ours {
-                key_id: Some("K1".into()),
-                data_intact: true,
-                metadata_current: false,
-            },
+            SecretState::Ours { key_id: Some("K1".into()), data_intact: true, metadata_current: false },
         );
         assert_eq!(s.decide(), Step::UpdateSecretMetadata);
     }
@@ -382,10 +333,7 @@ mod tests {
     fn interrupted_creation_first_lists_owned_keys() {
         let mut status = AccessKeyStatus::default();
         pending(&mut status, "attempt001");
-        assert_eq!(
-            Scenario::new(status, SecretState::Absent).decide(),
-            Step::ListOwnedKeys
-        );
+        assert_eq!(Scenario::new(status, SecretState::Absent).decide(), Step::ListOwnedKeys);
     }
 
     #[test]
@@ -403,12 +351,7 @@ mod tests {
         pending(&mut status, "attempt002");
         let mut s = Scenario::new(status, ours("K1"));
         s.owned = Some(vec![owned("K1", "attempt001"), owned("K2", "attempt002")]);
-        assert_eq!(
-            s.decide(),
-            Step::ResolvePending {
-                revoke: vec![owned("K2", "attempt002")]
-            }
-        );
+        assert_eq!(s.decide(), Step::ResolvePending { revoke: vec![owned("K2", "attempt002")] });
     }
 
     #[test]
@@ -423,12 +366,7 @@ mod tests {
         pending(&mut status, "attempt001");
         let mut s = Scenario::new(status, ours("K3"));
         s.owned = Some(vec![owned("K2", "attempt001"), owned("K3", "attempt001")]);
-        assert_eq!(
-            s.decide(),
-            Step::ResolvePending {
-                revoke: vec![owned("K2", "attempt001")]
-            }
-        );
+        assert_eq!(s.decide(), Step::ResolvePending { revoke: vec![owned("K2", "attempt001")] });
     }
 
     #[test]
@@ -446,29 +384,16 @@ mod tests {
         pending(&mut status, "attempt001");
         let mut s = Scenario::new(
             status,
-            SecretState::Ours {
-                key_id: Some("K2".into()),
-                data_intact: false,
-                metadata_current: true,
-            },
+            SecretState::Ours { key_id: Some("K2".into()), data_intact: false, metadata_current: true },
         );
         s.owned = Some(vec![owned("K2", "attempt001")]);
-        assert_eq!(
-            s.decide(),
-            Step::ResolvePending {
-                revoke: vec![owned("K2", "attempt001")]
-            }
-        );
+        assert_eq!(s.decide(), Step::ResolvePending { revoke: vec![owned("K2", "attempt001")] });
     }
 
     #[test]
     fn retired_keys_are_revoked_once_per_pass() {
         let mut status = issued("K2");
-        status.retired.push(RetiredKey {
-            access_key_id: "K1".into(),
-            key_ref: "ref-K1".into(),
-            issuer: issuer(),
-        });
+        status.retired.push(RetiredKey { access_key_id: "K1".into(), key_ref: "ref-K1".into(), issuer: issuer() });
         let mut s = Scenario::new(status, ours("K2"));
         assert_eq!(s.decide(), Step::RevokeRetired);
         s.retired_tried = true;
@@ -478,11 +403,7 @@ mod tests {
     #[test]
     fn retired_keys_are_not_revoked_again_by_pending_resolution() {
         let mut status = issued("K2");
-        status.retired.push(RetiredKey {
-            access_key_id: "K1".into(),
-            key_ref: "ref-K1".into(),
-            issuer: issuer(),
-        });
+        status.retired.push(RetiredKey { access_key_id: "K1".into(), key_ref: "ref-K1".into(), issuer: issuer() });
         pending(&mut status, "attempt003");
         let mut s = Scenario::new(status, ours("K2"));
         s.owned = Some(vec![owned("K1", "attempt001"), owned("K2", "attempt002")]);

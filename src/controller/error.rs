@@ -60,9 +60,8 @@ mod tests {
         let retry = Error::Provider(ProviderError::retryable("op", "503"));
         assert_eq!(retry.backoff(0), Duration::from_secs(2));
         assert_eq!(retry.backoff(40), Duration::from_secs(300));
-        let throttled = Error::Provider(
-            ProviderError::retryable("op", "429").with_retry_after(Some(Duration::from_secs(20))),
-        );
+        let throttled =
+            Error::Provider(ProviderError::retryable("op", "429").with_retry_after(Some(Duration::from_secs(20))));
         assert_eq!(throttled.backoff(0), Duration::from_secs(20));
     }
 }

@@ -72,25 +72,14 @@ impl IssuerObject for ClusterKeyIssuer {
     }
 }
 
-pub async fn reconcile<K: IssuerObject>(
-    issuer: Arc<K>,
-    ctx: Arc<Context>,
-) -> Result<Action, Error> {
+pub async fn reconcile<K: IssuerObject>(issuer: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
     let described = issuer.describe();
     let previous = issuer.status().cloned().unwrap_or_default();
     let (reason, message, requeue) = check(&*issuer, &ctx).await?;
     let generation = issuer.meta().generation;
-    let condition = ready_condition(
-        &previous.conditions,
-        reason,
-        message.clone(),
-        generation,
-        Time(jiff::Timestamp::now()),
-    );
-    let changed = previous
-        .conditions
-        .iter()
-        .all(|c| c.reason != condition.reason || c.message != condition.message)
+    let condition =
+        ready_condition(&previous.conditions, reason, message.clone(), generation, Time(jiff::Timestamp::now()));
+    let changed = previous.conditions.iter().all(|c| c.reason != condition.reason || c.message != condition.message)
         || previous.observed_generation != generation;
     let status = IssuerStatus {
         observed_generation: generation,
@@ -102,20 +91,9 @@ pub async fn reconcile<K: IssuerObject>(
         let patch = serde_json::json!({
             "apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status,
         });
-        api.patch_status(
-            &issuer.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
+        api.patch_status(&issuer.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
         if !reason.is_ready() {
-            ctx.event(
-                &*issuer,
-                EventType::Warning,
-                reason.as_str(),
-                message.clone(),
-            )
-            .await;
+            ctx.event(&*issuer, EventType::Warning, reason.as_str(), message.clone()).await;
         }
         tracing::info!(issuer = %described, reason = reason.as_str(), %message, "issuer status");
     }
@@ -123,16 +101,9 @@ pub async fn reconcile<K: IssuerObject>(
 }
 
 /// Decides the issuer's Ready condition; calls the provider at most as often as the backoff allows.
-async fn check<K: IssuerObject>(
-    issuer: &K,
-    ctx: &Context,
-) -> Result<(Reason, String, Duration), Error> {
+async fn check<K: IssuerObject>(issuer: &K, ctx: &Context) -> Result<(Reason, String, Duration), Error> {
     if let Err(e) = validation::validate_issuer(issuer.provider()) {
-        return Ok((
-            Reason::InvalidSpec,
-            e.to_string(),
-            Duration::from_secs(3600),
-        ));
+        return Ok((Reason::InvalidSpec, e.to_string(), Duration::from_secs(3600)));
     }
     let loaded = ctx
         .registry
@@ -173,11 +144,7 @@ async fn check<K: IssuerObject>(
     match provider.check_credentials().await {
         Ok(()) => {
             ctx.record_check(&key, &loaded.fingerprint, true, RECHECK);
-            Ok((
-                Reason::Ready,
-                format!("credentials accepted by {}", provider.name()),
-                RECHECK,
-            ))
+            Ok((Reason::Ready, format!("credentials accepted by {}", provider.name()), RECHECK))
         }
         Err(e) => {
             let failures = ctx.check_failures(&key);

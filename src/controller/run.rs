@@ -41,11 +41,7 @@ where
 }
 
 pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        args.cluster_resource_namespace(),
-        HttpConfig::default(),
-    ));
+    let ctx = Arc::new(Context::new(client.clone(), args.cluster_resource_namespace(), HttpConfig::default()));
     let ns = args.namespace.as_deref();
     tracing::info!(
         namespace = ns.unwrap_or("<all>"),
@@ -53,8 +49,7 @@ pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
         concurrency = args.concurrency,
         "starting controllers"
     );
-    let controller_config =
-        kube::runtime::controller::Config::default().concurrency(args.concurrency);
+    let controller_config = kube::runtime::controller::Config::default().concurrency(args.concurrency);
 
     // AccessKeys: their own changes, their Secrets, and their issuers.
     let access_keys: Api<AccessKey> = api_for(&client, ns);
@@ -71,30 +66,12 @@ pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
     let access_key_controller = Controller::for_stream(stream, reader)
         .with_config(controller_config.clone())
         .owns(secrets, managed)
-        .watches(
-            api_for::<KeyIssuer>(&client, ns),
-            Config::default(),
-            move |i| {
-                users_of(
-                    &by_key_issuer,
-                    IssuerKind::KeyIssuer,
-                    &i.name_any(),
-                    i.namespace().as_deref(),
-                )
-            },
-        )
-        .watches(
-            Api::<ClusterKeyIssuer>::all(client.clone()),
-            Config::default(),
-            move |i| {
-                users_of(
-                    &by_cluster_issuer,
-                    IssuerKind::ClusterKeyIssuer,
-                    &i.name_any(),
-                    None,
-                )
-            },
-        )
+        .watches(api_for::<KeyIssuer>(&client, ns), Config::default(), move |i| {
+            users_of(&by_key_issuer, IssuerKind::KeyIssuer, &i.name_any(), i.namespace().as_deref())
+        })
+        .watches(Api::<ClusterKeyIssuer>::all(client.clone()), Config::default(), move |i| {
+            users_of(&by_cluster_issuer, IssuerKind::ClusterKeyIssuer, &i.name_any(), None)
+        })
         .shutdown_on_signal()
         .run(access_key::reconcile, access_key::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
@@ -102,24 +79,13 @@ pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
     let key_issuers = Controller::new(api_for::<KeyIssuer>(&client, ns), Config::default())
         .with_config(controller_config.clone())
         .shutdown_on_signal()
-        .run(
-            issuer::reconcile::<KeyIssuer>,
-            issuer_error_policy,
-            ctx.clone(),
-        )
+        .run(issuer::reconcile::<KeyIssuer>, issuer_error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
-    let cluster_issuers = Controller::new(
-        Api::<ClusterKeyIssuer>::all(client.clone()),
-        Config::default(),
-    )
-    .with_config(controller_config)
-    .shutdown_on_signal()
-    .run(
-        issuer::reconcile::<ClusterKeyIssuer>,
-        issuer_error_policy,
-        ctx.clone(),
-    )
-    .for_each(|_| futures::future::ready(()));
+    let cluster_issuers = Controller::new(Api::<ClusterKeyIssuer>::all(client.clone()), Config::default())
+        .with_config(controller_config)
+        .shutdown_on_signal()
+        .run(issuer::reconcile::<ClusterKeyIssuer>, issuer_error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
 
     tokio::join!(access_key_controller, key_issuers, cluster_issuers);
     tracing::info!("controllers stopped");

@@ -54,12 +54,7 @@ fn data_hash<'a>(entries: impl Iterator<Item = (&'a str, &'a [u8])>) -> String {
 }
 
 fn templates<'a>(ak: &'a AccessKey, provider: &str) -> Vec<(&'a str, &'a str)> {
-    match ak
-        .spec
-        .secret_template
-        .as_ref()
-        .and_then(|t| t.data.as_ref())
-    {
+    match ak.spec.secret_template.as_ref().and_then(|t| t.data.as_ref()) {
         Some(data) => data.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
         None => default_secret_data(provider).to_vec(),
     }
@@ -83,10 +78,7 @@ fn render(
         .into_iter()
         .map(|(key, template)| {
             // minijinja's messages name the template and the undefined variable, never values.
-            let fail = |e: minijinja::Error| TemplateError {
-                key: key.to_string(),
-                message: template_message(&e),
-            };
+            let fail = |e: minijinja::Error| TemplateError { key: key.to_string(), message: template_message(&e) };
             let rendered = env.render_str(template, &ctx).map_err(fail)?;
             Ok((key.to_string(), rendered))
         })
@@ -104,11 +96,7 @@ fn template_message(e: &minijinja::Error) -> String {
 
 /// Renders with placeholder values: catches unknown variables and syntax errors before a key is
 /// created, so that a bad template never costs a key.
-pub fn check_templates(
-    ak: &AccessKey,
-    provider: &str,
-    vars: &TemplateVars,
-) -> Result<(), TemplateError> {
+pub fn check_templates(ak: &AccessKey, provider: &str, vars: &TemplateVars) -> Result<(), TemplateError> {
     render(ak, provider, vars, "AKIDPLACEHOLDER", "placeholder").map(|_| ())
 }
 
@@ -143,27 +131,29 @@ fn controller_ref(ak: &AccessKey) -> Option<OwnerReference> {
     ak.controller_owner_ref(&())
 }
 
-/// The whole Secret for a fresh key.
+/// The whole Secret for a fresh key, created from scratch.
 pub fn desired_secret(ak: &AccessKey, access_key_id: &str, data: &SecretData) -> Secret {
+    replaced_secret(ak, access_key_id, data, Secret::default())
+}
+
+/// `existing` with the data replaced by exactly `data` and the operator's labels, annotations
+/// and owner reference set; everything else others put there is kept.
+pub fn replaced_secret(ak: &AccessKey, access_key_id: &str, data: &SecretData, existing: Secret) -> Secret {
     let (labels, annotations) = desired_metadata(ak, access_key_id, &data.hash());
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(ak.spec.secret_name.clone()),
-            namespace: ak.namespace(),
-            labels: Some(labels),
-            annotations: Some(annotations),
-            owner_references: controller_ref(ak).map(|r| vec![r]),
-            ..ObjectMeta::default()
-        },
-        type_: Some("Opaque".into()),
-        data: Some(
-            data.0
-                .iter()
-                .map(|(k, v)| (k.clone(), ByteString(v.as_bytes().to_vec())))
-                .collect(),
-        ),
-        ..Secret::default()
+    let mut secret = existing;
+    secret.metadata.name = Some(ak.spec.secret_name.clone());
+    secret.metadata.namespace = ak.namespace();
+    secret.metadata.labels.get_or_insert_with(BTreeMap::new).extend(labels);
+    secret.metadata.annotations.get_or_insert_with(BTreeMap::new).extend(annotations);
+    if let Some(owner) = controller_ref(ak) {
+        let refs = secret.metadata.owner_references.get_or_insert_with(Vec::new);
+        refs.retain(|r| r.uid != owner.uid);
+        refs.push(owner);
     }
+    secret.type_ = Some("Opaque".into());
+    secret.string_data = None;
+    secret.data = Some(data.0.iter().map(|(k, v)| (k.clone(), ByteString(v.as_bytes().to_vec()))).collect());
+    secret
 }
 
 /// The Secret with only the metadata the operator manages, for an in-place update.
@@ -214,26 +204,21 @@ pub fn observe_secret(ak: &AccessKey, secret: Option<&Secret>) -> SecretState {
     }
     let annotations = secret.metadata.annotations.clone().unwrap_or_default();
     let key_id = annotations.get(KEY_ID_ANNOTATION).cloned();
-    let stored_hash = annotations
-        .get(DATA_HASH_ANNOTATION)
-        .cloned()
-        .unwrap_or_default();
+    let stored_hash = annotations.get(DATA_HASH_ANNOTATION).cloned().unwrap_or_default();
+    // Only the keys this AccessKey writes count: a key someone else added to the Secret is not a
+    // reason to replace the cloud key.
     let empty = BTreeMap::new();
     let data = secret.data.as_ref().unwrap_or(&empty);
-    let actual_hash = data_hash(data.iter().map(|(k, v)| (k.as_str(), v.0.as_slice())));
-    let data_intact = !data.is_empty() && actual_hash == stored_hash;
-    let (labels, want_annotations) =
-        desired_metadata(ak, key_id.as_deref().unwrap_or_default(), &stored_hash);
+    let wanted = templates(ak, ak.spec.provider.name());
+    let mut ours: Vec<(&str, &[u8])> =
+        wanted.iter().filter_map(|(k, _)| data.get(*k).map(|v| (*k, v.0.as_slice()))).collect();
+    ours.sort_by_key(|(k, _)| *k);
+    let data_intact = ours.len() == wanted.len() && data_hash(ours.into_iter()) == stored_hash;
+    let (labels, want_annotations) = desired_metadata(ak, key_id.as_deref().unwrap_or_default(), &stored_hash);
     let have_labels = secret.metadata.labels.clone().unwrap_or_default();
     let metadata_current = labels.iter().all(|(k, v)| have_labels.get(k) == Some(v))
-        && want_annotations
-            .iter()
-            .all(|(k, v)| annotations.get(k) == Some(v));
-    SecretState::Ours {
-        key_id,
-        data_intact,
-        metadata_current,
-    }
+        && want_annotations.iter().all(|(k, v)| annotations.get(k) == Some(v));
+    SecretState::Ours { key_id, data_intact, metadata_current }
 }
 
 #[cfg(test)]
@@ -254,10 +239,7 @@ mod tests {
     fn exo_vars() -> TemplateVars {
         TemplateVars::from([
             ("zone", "ch-gva-2".to_string()),
-            (
-                "endpoint",
-                "https://api-ch-gva-2.exoscale.com/v2".to_string(),
-            ),
+            ("endpoint", "https://api-ch-gva-2.exoscale.com/v2".to_string()),
         ])
     }
 
@@ -266,132 +248,69 @@ mod tests {
         let ak = access_key(json!({"issuerRef": {"name": "i"}, "secretName": "s", "local": {}}));
         let secret = SecretString::from("s3cr3t");
         let data = render_data(&ak, "exoscale", &exo_vars(), "EXO1", &secret).expect("renders");
-        assert_eq!(
-            data.keys().collect::<Vec<_>>(),
-            ["EXOSCALE_API_KEY", "EXOSCALE_API_SECRET"]
-        );
-        let data =
-            render_data(&ak, "local", &TemplateVars::new(), "LK1", &secret).expect("renders");
-        assert_eq!(
-            data.0.get("SECRET_ACCESS_KEY").map(String::as_str),
-            Some("s3cr3t")
-        );
-        let data = render_data(
-            &ak,
-            "outscale",
-            &TemplateVars::from([("region", "eu-west-2".into())]),
-            "AK",
-            &secret,
-        )
-        .expect("renders");
-        assert_eq!(
-            data.0.get("OSC_REGION").map(String::as_str),
-            Some("eu-west-2")
-        );
+        assert_eq!(data.keys().collect::<Vec<_>>(), ["EXOSCALE_API_KEY", "EXOSCALE_API_SECRET"]);
+        let data = render_data(&ak, "local", &TemplateVars::new(), "LK1", &secret).expect("renders");
+        assert_eq!(data.0.get("SECRET_ACCESS_KEY").map(String::as_str), Some("s3cr3t"));
+        let data = render_data(&ak, "outscale", &TemplateVars::from([("region", "eu-west-2".into())]), "AK", &secret)
+            .expect("renders");
+        assert_eq!(data.0.get("OSC_REGION").map(String::as_str), Some("eu-west-2"));
     }
 
     #[test]
     fn templates_render_every_variable_and_keep_newlines() {
-        let ak = access_key(
-            json!({"issuerRef": {"name": "i"}, "secretName": "s", "exoscale": {"roleId": "x"},
+        let ak = access_key(json!({"issuerRef": {"name": "i"}, "secretName": "s", "exoscale": {"roleId": "x"},
             "secretTemplate": {"data": {"credentials": "[default]\nid = {{ accessKeyId }}\nsecret = {{ secretAccessKey }}\n",
-                "where": "{{ provider }} {{ zone }} {{ endpoint }}"}}}),
-        );
-        let data = render_data(
-            &ak,
-            "exoscale",
-            &exo_vars(),
-            "EXO1",
-            &SecretString::from("sec"),
-        )
-        .expect("renders");
-        assert_eq!(
-            data.0["credentials"],
-            "[default]\nid = EXO1\nsecret = sec\n"
-        );
-        assert_eq!(
-            data.0["where"],
-            "exoscale ch-gva-2 https://api-ch-gva-2.exoscale.com/v2"
-        );
+                "where": "{{ provider }} {{ zone }} {{ endpoint }}"}}}));
+        let data = render_data(&ak, "exoscale", &exo_vars(), "EXO1", &SecretString::from("sec")).expect("renders");
+        assert_eq!(data.0["credentials"], "[default]\nid = EXO1\nsecret = sec\n");
+        assert_eq!(data.0["where"], "exoscale ch-gva-2 https://api-ch-gva-2.exoscale.com/v2");
     }
 
     #[test]
     fn unknown_variables_are_errors_that_name_the_key_not_the_value() {
-        let ak = access_key(
-            json!({"issuerRef": {"name": "i"}, "secretName": "s", "local": {},
-            "secretTemplate": {"data": {"REGION": "{{ region }}"}}}),
-        );
-        let err = check_templates(&ak, "local", &TemplateVars::new())
-            .expect_err("region is not a local variable");
+        let ak = access_key(json!({"issuerRef": {"name": "i"}, "secretName": "s", "local": {},
+            "secretTemplate": {"data": {"REGION": "{{ region }}"}}}));
+        let err = check_templates(&ak, "local", &TemplateVars::new()).expect_err("region is not a local variable");
         assert_eq!(err.key, "REGION");
         assert!(err.message.contains("unknown variable"), "{err}");
-        let err = render_data(
-            &ak,
-            "local",
-            &TemplateVars::new(),
-            "LK",
-            &SecretString::from("topsecret"),
-        )
-        .err()
-        .expect("fails");
+        let err = render_data(&ak, "local", &TemplateVars::new(), "LK", &SecretString::from("topsecret"))
+            .err()
+            .expect("fails");
         assert!(!err.to_string().contains("topsecret"));
-        let ak = access_key(
-            json!({"issuerRef": {"name": "i"}, "secretName": "s", "local": {},
-            "secretTemplate": {"data": {"X": "{{ accessKeyId "}}}),
-        );
+        let ak = access_key(json!({"issuerRef": {"name": "i"}, "secretName": "s", "local": {},
+            "secretTemplate": {"data": {"X": "{{ accessKeyId "}}}));
         assert!(check_templates(&ak, "local", &TemplateVars::new()).is_err());
     }
 
     #[test]
     fn observed_secret_states() {
-        let ak = access_key(
-            json!({"issuerRef": {"name": "i"}, "secretName": "s", "local": {},
-            "secretTemplate": {"labels": {"team": "a"}}}),
-        );
+        let ak = access_key(json!({"issuerRef": {"name": "i"}, "secretName": "s", "local": {},
+            "secretTemplate": {"labels": {"team": "a"}}}));
         assert_eq!(observe_secret(&ak, None), SecretState::Absent);
-        let data = render_data(
-            &ak,
-            "local",
-            &TemplateVars::new(),
-            "LK1",
-            &SecretString::from("x"),
-        )
-        .expect("renders");
+        let data = render_data(&ak, "local", &TemplateVars::new(), "LK1", &SecretString::from("x")).expect("renders");
         let mut ours = desired_secret(&ak, "LK1", &data);
         assert_eq!(
             observe_secret(&ak, Some(&ours)),
-            SecretState::Ours {
-                key_id: Some("LK1".into()),
-                data_intact: true,
-                metadata_current: true
-            }
+            SecretState::Ours { key_id: Some("LK1".into()), data_intact: true, metadata_current: true }
         );
         let mut foreign = ours.clone();
         foreign.metadata.owner_references = None;
         assert_eq!(observe_secret(&ak, Some(&foreign)), SecretState::Foreign);
-        ours.metadata
-            .labels
-            .as_mut()
-            .expect("labels")
-            .remove("team");
+        ours.metadata.labels.as_mut().expect("labels").remove("team");
         assert!(matches!(
             observe_secret(&ak, Some(&ours)),
-            SecretState::Ours {
-                metadata_current: false,
-                data_intact: true,
-                ..
-            }
+            SecretState::Ours { metadata_current: false, data_intact: true, .. }
         ));
-        ours.data
-            .as_mut()
-            .expect("data")
-            .insert("SECRET_ACCESS_KEY".into(), ByteString(b"edited".to_vec()));
-        assert!(matches!(
-            observe_secret(&ak, Some(&ours)),
-            SecretState::Ours {
-                data_intact: false,
-                ..
-            }
-        ));
+        let mut extra = ours.clone();
+        extra.data.as_mut().expect("data").insert("added-by-someone".into(), ByteString(b"x".to_vec()));
+        assert!(
+            matches!(observe_secret(&ak, Some(&extra)), SecretState::Ours { data_intact: true, .. }),
+            "a key the operator does not write is no reason to replace the cloud key"
+        );
+        let mut missing = ours.clone();
+        missing.data.as_mut().expect("data").remove("SECRET_ACCESS_KEY");
+        assert!(matches!(observe_secret(&ak, Some(&missing)), SecretState::Ours { data_intact: false, .. }));
+        ours.data.as_mut().expect("data").insert("SECRET_ACCESS_KEY".into(), ByteString(b"edited".to_vec()));
+        assert!(matches!(observe_secret(&ak, Some(&ours)), SecretState::Ours { data_intact: false, .. }));
     }
 }

@@ -72,11 +72,7 @@ impl ProviderError {
 
     /// The classification every provider starts from: 401/403 auth, 408/429/5xx retryable,
     /// other 4xx permanent. Providers refine it from their error codes.
-    pub fn from_status(
-        operation: impl Into<String>,
-        status: u16,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn from_status(operation: impl Into<String>, status: u16, message: impl Into<String>) -> Self {
         let kind = match status {
             401 | 403 => ErrorKind::Auth,
             408 | 425 | 429 => ErrorKind::Retryable,

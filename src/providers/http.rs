@@ -59,14 +59,10 @@ pub struct Response {
 }
 
 impl Response {
-    pub fn json<T: serde::de::DeserializeOwned>(
-        &self,
-        operation: &str,
-    ) -> Result<T, ProviderError> {
+    pub fn json<T: serde::de::DeserializeOwned>(&self, operation: &str) -> Result<T, ProviderError> {
         serde_json::from_slice(&self.body).map_err(|e| {
             // The body may hold a secret; the serde error only names the position and field.
-            ProviderError::retryable(operation, format!("unexpected response body: {e}"))
-                .with_status(self.status)
+            ProviderError::retryable(operation, format!("unexpected response body: {e}")).with_status(self.status)
         })
     }
 }
@@ -93,16 +89,10 @@ impl Http {
             // A redirect would carry signed headers to another host.
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| {
-                ProviderError::permanent("http-client", format!("cannot build HTTP client: {e}"))
-            })?;
+            .map_err(|e| ProviderError::permanent("http-client", format!("cannot build HTTP client: {e}")))?;
         let rps = NonZeroU32::new(config.requests_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
         let limiter = RateLimiter::direct(Quota::per_second(rps).allow_burst(rps));
-        Ok(Self {
-            client,
-            limiter,
-            config,
-        })
+        Ok(Self { client, limiter, config })
     }
 
     pub fn client(&self) -> &reqwest::Client {
@@ -130,28 +120,13 @@ impl Http {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
                     let headers = resp.headers().clone();
-                    let body = resp
-                        .bytes()
-                        .await
-                        .map_err(|e| transport_error(operation, &e))?;
+                    let body = resp.bytes().await.map_err(|e| transport_error(operation, &e))?;
                     if (200..300).contains(&status) {
-                        return Ok(Response {
-                            status,
-                            headers,
-                            body,
-                        });
+                        return Ok(Response { status, headers, body });
                     }
                     let retry_after = retry_after(&headers);
-                    let err = classify(ErrorResponse {
-                        status,
-                        headers: &headers,
-                        body: &body,
-                    });
-                    let err = if err.retry_after.is_none() {
-                        err.with_retry_after(retry_after)
-                    } else {
-                        err
-                    };
+                    let err = classify(ErrorResponse { status, headers: &headers, body: &body });
+                    let err = if err.retry_after.is_none() { err.with_retry_after(retry_after) } else { err };
                     (err, status == 429)
                 }
                 Err(e) => (transport_error(operation, &e), e.is_connect()),
@@ -159,9 +134,7 @@ impl Http {
             let may_retry = error.kind == ErrorKind::Retryable
                 && attempt < self.config.max_retries
                 && (idempotency == Idempotency::Idempotent || provider_did_not_act);
-            let wait = self
-                .backoff(attempt)
-                .max(error.retry_after.unwrap_or_default());
+            let wait = self.backoff(attempt).max(error.retry_after.unwrap_or_default());
             if !may_retry || wait > self.config.max_backoff {
                 return Err(error);
             }
@@ -209,12 +182,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// `Retry-After` in seconds (the HTTP-date form is rare for APIs and ignored).
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?;
-    value
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
+    value.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64)
 }
 
 #[cfg(test)]
@@ -234,12 +202,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(RETRY_AFTER, "2".parse().expect("header value"));
         assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
-        h.insert(
-            RETRY_AFTER,
-            "Wed, 21 Oct 2015 07:28:00 GMT"
-                .parse()
-                .expect("header value"),
-        );
+        h.insert(RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT".parse().expect("header value"));
         assert_eq!(retry_after(&h), None);
     }
 }

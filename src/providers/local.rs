@@ -27,18 +27,12 @@ pub struct LocalStore {
 impl LocalStore {
     /// Key ids not revoked yet (for tests and the demo).
     pub fn live_keys(&self) -> Vec<String> {
-        self.lock()
-            .iter()
-            .filter(|(_, k)| !k.revoked)
-            .map(|(id, _)| id.clone())
-            .collect()
+        self.lock().iter().filter(|(_, k)| !k.revoked).map(|(id, _)| id.clone()).collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, LocalKey>> {
         // A panic while holding the lock leaves plain data behind; keep using it.
-        self.keys
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -55,9 +49,9 @@ impl LocalProvider {
 fn random_alnum(len: usize) -> Result<String, ProviderError> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut bytes = vec![0u8; len];
-    OsRng.try_fill_bytes(&mut bytes).map_err(|e| {
-        ProviderError::retryable("create-key", format!("no randomness from the OS: {e}"))
-    })?;
+    OsRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(|e| ProviderError::retryable("create-key", format!("no randomness from the OS: {e}")))?;
     // 62 symbols from bytes: reject the top of the range to stay unbiased.
     let mut out = String::with_capacity(len);
     let mut pool = bytes.into_iter();
@@ -66,12 +60,9 @@ fn random_alnum(len: usize) -> Result<String, ProviderError> {
             Some(b) => b,
             None => {
                 let mut one = [0u8; 1];
-                OsRng.try_fill_bytes(&mut one).map_err(|e| {
-                    ProviderError::retryable(
-                        "create-key",
-                        format!("no randomness from the OS: {e}"),
-                    )
-                })?;
+                OsRng
+                    .try_fill_bytes(&mut one)
+                    .map_err(|e| ProviderError::retryable("create-key", format!("no randomness from the OS: {e}")))?;
                 one[0]
             }
         };
@@ -95,36 +86,17 @@ impl Provider for LocalProvider {
     async fn create_key(&self, request: &KeyRequest<'_>) -> Result<IssuedKey, ProviderError> {
         let id = format!("LK{}", random_alnum(18)?.to_uppercase());
         let secret = SecretString::from(random_alnum(40)?);
-        self.store.lock().insert(
-            id.clone(),
-            LocalKey {
-                marker: request.marker.clone(),
-                revoked: false,
-            },
-        );
-        Ok(IssuedKey {
-            access_key_id: id.clone(),
-            secret,
-            key_ref: id,
-            expires_at: None,
-        })
+        self.store.lock().insert(id.clone(), LocalKey { marker: request.marker.clone(), revoked: false });
+        Ok(IssuedKey { access_key_id: id.clone(), secret, key_ref: id, expires_at: None })
     }
 
-    async fn find_keys(
-        &self,
-        owner_uid: &str,
-        _spec: &KeyProvider,
-    ) -> Result<Vec<OwnedKey>, ProviderError> {
+    async fn find_keys(&self, owner_uid: &str, _spec: &KeyProvider) -> Result<Vec<OwnedKey>, ProviderError> {
         Ok(self
             .store
             .lock()
             .iter()
             .filter(|(_, k)| !k.revoked && k.marker.owner() == owner_uid)
-            .map(|(id, k)| OwnedKey {
-                access_key_id: Some(id.clone()),
-                key_ref: id.clone(),
-                marker: k.marker.clone(),
-            })
+            .map(|(id, k)| OwnedKey { access_key_id: Some(id.clone()), key_ref: id.clone(), marker: k.marker.clone() })
             .collect())
     }
 
@@ -151,37 +123,18 @@ mod tests {
         let p = LocalProvider::new(store.clone());
         let spec = KeyProvider::Local(LocalSpec {});
         let marker = Marker::new_attempt("0f8c2d7e-1b2a-4c3d-9e8f-0123456789ab");
-        let req = KeyRequest {
-            marker: &marker,
-            display_name: "ns-k".into(),
-            spec: &spec,
-            now: jiff::Timestamp::now(),
-        };
+        let req = KeyRequest { marker: &marker, display_name: "ns-k".into(), spec: &spec, now: jiff::Timestamp::now() };
         let a = p.create_key(&req).await.expect("created");
         let b = p.create_key(&req).await.expect("created");
         assert_ne!(a.access_key_id, b.access_key_id);
         use secrecy::ExposeSecret;
         assert_ne!(a.secret.expose_secret(), b.secret.expose_secret());
         assert_eq!(a.secret.expose_secret().len(), 40);
-        assert_eq!(
-            p.find_keys(marker.owner(), &spec)
-                .await
-                .expect("listed")
-                .len(),
-            2
-        );
-        assert!(p
-            .find_keys("other", &spec)
-            .await
-            .expect("listed")
-            .is_empty());
+        assert_eq!(p.find_keys(marker.owner(), &spec).await.expect("listed").len(), 2);
+        assert!(p.find_keys("other", &spec).await.expect("listed").is_empty());
         p.revoke_key(&a.key_ref).await.expect("revoked");
-        p.revoke_key(&a.key_ref)
-            .await
-            .expect("revoking twice is fine");
-        p.revoke_key("unknown")
-            .await
-            .expect("unknown counts as revoked");
+        p.revoke_key(&a.key_ref).await.expect("revoking twice is fine");
+        p.revoke_key("unknown").await.expect("unknown counts as revoked");
         assert_eq!(store.live_keys(), vec![b.access_key_id]);
     }
 }

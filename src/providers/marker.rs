@@ -24,21 +24,13 @@ impl Marker {
     pub fn new_attempt(owner_uid: &str) -> Self {
         const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
         let mut rng = rand::rng();
-        let attempt = (0..ATTEMPT_LEN)
-            .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
-            .collect();
-        Self {
-            owner: owner_uid.to_string(),
-            attempt,
-        }
+        let attempt = (0..ATTEMPT_LEN).map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())])).collect();
+        Self { owner: owner_uid.to_string(), attempt }
     }
 
     /// Rebuilds the marker of a recorded attempt.
     pub fn of(owner_uid: &str, attempt: &str) -> Self {
-        Self {
-            owner: owner_uid.to_string(),
-            attempt: attempt.to_string(),
-        }
+        Self { owner: owner_uid.to_string(), attempt: attempt.to_string() }
     }
 
     pub fn owner(&self) -> &str {
@@ -57,8 +49,7 @@ impl Marker {
     /// Finds a marker inside a provider-side string (a name, description or tag value). Every
     /// `ck-` is tried: a user's part of the name may contain one (`rack-backups`).
     pub fn find_in(text: &str) -> Option<Self> {
-        text.match_indices(PREFIX)
-            .find_map(|(start, _)| Self::parse_at(&text[start + PREFIX.len()..]))
+        text.match_indices(PREFIX).find_map(|(start, _)| Self::parse_at(&text[start + PREFIX.len()..]))
     }
 
     fn parse_at(rest: &str) -> Option<Self> {
@@ -66,9 +57,7 @@ impl Marker {
         let attempt = rest.get(UID_LEN + 1..UID_LEN + 1 + ATTEMPT_LEN)?;
         let well_formed = rest.as_bytes().get(UID_LEN) == Some(&b'-')
             && owner.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
-            && attempt
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+            && attempt.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
         well_formed.then(|| Self::of(owner, attempt))
     }
 }

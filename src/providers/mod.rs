@@ -65,11 +65,7 @@ pub trait Provider: Send + Sync {
     async fn create_key(&self, request: &KeyRequest<'_>) -> Result<IssuedKey, ProviderError>;
 
     /// Every key (and helper resource, like an Exoscale role) carrying a marker of this owner.
-    async fn find_keys(
-        &self,
-        owner_uid: &str,
-        spec: &KeyProvider,
-    ) -> Result<Vec<OwnedKey>, ProviderError>;
+    async fn find_keys(&self, owner_uid: &str, spec: &KeyProvider) -> Result<Vec<OwnedKey>, ProviderError>;
 
     /// Revokes a key by its `key_ref`. A key that is already gone counts as revoked.
     async fn revoke_key(&self, key_ref: &str) -> Result<(), ProviderError>;
@@ -84,10 +80,7 @@ pub fn credentials_secret(settings: &IssuerProvider) -> Option<&str> {
     match settings {
         IssuerProvider::Exoscale(e) => Some(&e.credentials_secret_ref.name),
         IssuerProvider::Outscale(o) => Some(&o.credentials_secret_ref.name),
-        IssuerProvider::Yandex(y) => y
-            .service_account_key_secret_ref
-            .as_ref()
-            .map(|r| r.name.as_str()),
+        IssuerProvider::Yandex(y) => y.service_account_key_secret_ref.as_ref().map(|r| r.name.as_str()),
         IssuerProvider::Local(_) => None,
     }
 }
@@ -96,10 +89,7 @@ pub fn credentials_secret(settings: &IssuerProvider) -> Option<&str> {
 pub type Credentials = BTreeMap<String, SecretString>;
 
 fn credential(credentials: &Credentials, secret: &str, key: &str) -> Result<SecretString, String> {
-    credentials
-        .get(key)
-        .cloned()
-        .ok_or_else(|| format!("Secret {secret} has no data key {key}"))
+    credentials.get(key).cloned().ok_or_else(|| format!("Secret {secret} has no data key {key}"))
 }
 
 /// Builds the provider client an issuer describes. The error says what the user must fix.
@@ -115,41 +105,27 @@ pub fn build(
         IssuerProvider::Exoscale(e) => {
             let key = credential(credentials, secret, "EXOSCALE_API_KEY")?;
             let api_secret = credential(credentials, secret, "EXOSCALE_API_SECRET")?;
-            let provider = exoscale::ExoscaleProvider::new(
-                e,
-                key.expose_secret().trim().to_string(),
-                api_secret,
-                http.clone(),
-            )
-            .map_err(|e| e.to_string())?;
+            let provider =
+                exoscale::ExoscaleProvider::new(e, key.expose_secret().trim().to_string(), api_secret, http.clone())
+                    .map_err(|e| e.to_string())?;
             Ok(Arc::new(provider))
         }
-        IssuerProvider::Yandex(_) | IssuerProvider::Outscale(_) => Err(format!(
-            "the {} provider is not available in this version of cloudkeys",
-            settings.name()
-        )),
+        IssuerProvider::Yandex(_) | IssuerProvider::Outscale(_) => {
+            Err(format!("the {} provider is not available in this version of cloudkeys", settings.name()))
+        }
     }
 }
 
 /// The Secret data keys and templates used when `secretTemplate.data` is absent (API.md).
 pub fn default_secret_data(provider: &str) -> &'static [(&'static str, &'static str)] {
     match provider {
-        "exoscale" => &[
-            ("EXOSCALE_API_KEY", "{{ accessKeyId }}"),
-            ("EXOSCALE_API_SECRET", "{{ secretAccessKey }}"),
-        ],
-        "yandex" => &[
-            ("AWS_ACCESS_KEY_ID", "{{ accessKeyId }}"),
-            ("AWS_SECRET_ACCESS_KEY", "{{ secretAccessKey }}"),
-        ],
+        "exoscale" => &[("EXOSCALE_API_KEY", "{{ accessKeyId }}"), ("EXOSCALE_API_SECRET", "{{ secretAccessKey }}")],
+        "yandex" => &[("AWS_ACCESS_KEY_ID", "{{ accessKeyId }}"), ("AWS_SECRET_ACCESS_KEY", "{{ secretAccessKey }}")],
         "outscale" => &[
             ("OSC_ACCESS_KEY", "{{ accessKeyId }}"),
             ("OSC_SECRET_KEY", "{{ secretAccessKey }}"),
             ("OSC_REGION", "{{ region }}"),
         ],
-        _ => &[
-            ("ACCESS_KEY_ID", "{{ accessKeyId }}"),
-            ("SECRET_ACCESS_KEY", "{{ secretAccessKey }}"),
-        ],
+        _ => &[("ACCESS_KEY_ID", "{{ accessKeyId }}"), ("SECRET_ACCESS_KEY", "{{ secretAccessKey }}")],
     }
 }

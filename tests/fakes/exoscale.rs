@@ -45,8 +45,7 @@ use sha2::Sha256;
 pub const PREEXISTING_ROLE_ID: &str = "7b1e0000-0000-4000-8000-000000000001";
 pub const PREEXISTING_ROLE_NAME: &str = "preexisting";
 /// The error the real API gives when an IAMv3 API key asks for a legacy access key.
-pub const LEGACY_DISABLED_MESSAGE: &str =
-    "invalid request: Cannot generate IAMv2 `Access Key` using a IAMv3 `Api Key`";
+pub const LEGACY_DISABLED_MESSAGE: &str = "invalid request: Cannot generate IAMv2 `Access Key` using a IAMv3 `Api Key`";
 /// How far ahead a signature's `expires` may lie (the real limit is not documented).
 pub const MAX_EXPIRY_AHEAD_SECS: u64 = 3600;
 
@@ -116,9 +115,7 @@ impl ExoscaleFake {
     /// Starts the fake on `127.0.0.1:<free port>`; it accepts only this admin key and secret.
     pub fn start(admin_key: &str, admin_secret: &str) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-        listener
-            .set_nonblocking(true)
-            .expect("non-blocking listener");
+        listener.set_nonblocking(true).expect("non-blocking listener");
         let addr = listener.local_addr().expect("listener address");
         let shared = Arc::new(Shared::new(admin_key, admin_secret));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -126,13 +123,9 @@ impl ExoscaleFake {
         std::thread::Builder::new()
             .name(format!("exoscale-fake-{}", addr.port()))
             .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("fake runtime");
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("fake runtime");
                 runtime.block_on(async move {
-                    let listener =
-                        tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
                     tokio::select! {
                         result = axum::serve(listener, app) => {
                             if let Err(e) = result {
@@ -146,11 +139,7 @@ impl ExoscaleFake {
                 runtime.shutdown_background();
             })
             .expect("spawn the fake's thread");
-        Self {
-            addr,
-            shared,
-            shutdown: Mutex::new(Some(tx)),
-        }
+        Self { addr, shared, shutdown: Mutex::new(Some(tx)) }
     }
 
     /// Base URL including `/v2`, e.g. `http://127.0.0.1:41234/v2`.
@@ -172,12 +161,7 @@ impl ExoscaleFake {
     }
 
     pub fn roles(&self) -> Vec<FakeRole> {
-        self.shared
-            .state()
-            .roles
-            .iter()
-            .map(|r| r.role.clone())
-            .collect()
+        self.shared.state().roles.iter().map(|r| r.role.clone()).collect()
     }
 
     pub fn live_access_keys(&self) -> Vec<FakeAccessKey> {
@@ -195,11 +179,7 @@ impl ExoscaleFake {
 
     /// Adds an API key directly (e.g. one the operator does not own); the role is not checked.
     pub fn add_api_key(&self, name: &str, role_id: &str) -> FakeApiKey {
-        let key = FakeApiKey {
-            name: name.to_owned(),
-            key: new_key(),
-            role_id: role_id.to_owned(),
-        };
+        let key = FakeApiKey { name: name.to_owned(), key: new_key(), role_id: role_id.to_owned() };
         self.shared.state().api_keys.push(key.clone());
         key
     }
@@ -240,18 +220,11 @@ pub fn verify_exo2(
     now_unix: u64,
 ) -> Result<(), String> {
     let bad = |why: &str| format!("{BAD_SIGNATURE}: {why}");
-    let rest = header
-        .strip_prefix("EXO2-HMAC-SHA256 ")
-        .ok_or_else(|| bad("the scheme is not EXO2-HMAC-SHA256"))?;
+    let rest = header.strip_prefix("EXO2-HMAC-SHA256 ").ok_or_else(|| bad("the scheme is not EXO2-HMAC-SHA256"))?;
     let mut parts = rest.split(',').peekable();
-    let credential = parts
-        .next()
-        .and_then(|p| p.strip_prefix("credential="))
-        .ok_or_else(|| bad("credential= must come first"))?;
-    let signed_args = match parts
-        .peek()
-        .and_then(|p| p.strip_prefix("signed-query-args="))
-    {
+    let credential =
+        parts.next().and_then(|p| p.strip_prefix("credential=")).ok_or_else(|| bad("credential= must come first"))?;
+    let signed_args = match parts.peek().and_then(|p| p.strip_prefix("signed-query-args=")) {
         Some(list) => {
             parts.next();
             let names: Vec<&str> = list.split(';').collect();
@@ -262,10 +235,8 @@ pub fn verify_exo2(
         }
         None => Vec::new(),
     };
-    let expires = parts
-        .next()
-        .and_then(|p| p.strip_prefix("expires="))
-        .ok_or_else(|| bad("expires= missing or out of order"))?;
+    let expires =
+        parts.next().and_then(|p| p.strip_prefix("expires=")).ok_or_else(|| bad("expires= missing or out of order"))?;
     let signature = parts
         .next()
         .and_then(|p| p.strip_prefix("signature="))
@@ -292,16 +263,10 @@ pub fn verify_exo2(
     // Query parameters: the single-valued ones, sorted by name, must be exactly the signed ones.
     let mut params: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
-        params
-            .entry(name.into_owned())
-            .or_default()
-            .push(value.into_owned());
+        params.entry(name.into_owned()).or_default().push(value.into_owned());
     }
-    let single: Vec<(&String, &String)> = params
-        .iter()
-        .filter(|(_, values)| values.len() == 1)
-        .map(|(name, values)| (name, &values[0]))
-        .collect();
+    let single: Vec<(&String, &String)> =
+        params.iter().filter(|(_, values)| values.len() == 1).map(|(name, values)| (name, &values[0])).collect();
     let single_names: Vec<&str> = single.iter().map(|(n, _)| n.as_str()).collect();
     if single_names != signed_args {
         return Err(bad(&format!(
@@ -311,11 +276,8 @@ pub fn verify_exo2(
     }
     let query_values: String = single.iter().map(|(_, v)| v.as_str()).collect();
 
-    let given = STANDARD
-        .decode(signature)
-        .map_err(|_| bad("signature is not base64"))?;
-    let mut mac =
-        HmacSha256::new_from_slice(secret.as_bytes()).map_err(|_| bad("unusable secret"))?;
+    let given = STANDARD.decode(signature).map_err(|_| bad("signature is not base64"))?;
+    let mut mac = HmacSha256::new_from_slice(secret.as_bytes()).map_err(|_| bad("unusable secret"))?;
     mac.update(method.as_bytes());
     mac.update(b" ");
     mac.update(path.as_bytes());
@@ -341,10 +303,7 @@ fn public_message(error: &str) -> &'static str {
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -479,10 +438,7 @@ struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
+        Self { status, message: message.into() }
     }
     fn invalid(why: impl std::fmt::Display) -> Self {
         Self::new(StatusCode::BAD_REQUEST, format!("invalid request: {why}"))
@@ -501,24 +457,16 @@ impl IntoResponse for ApiError {
 type ApiResult = Result<Json<Value>, ApiError>;
 
 /// A POST body: JSON object, declared as such, holding only `allowed` fields (nulls dropped).
-fn json_object(
-    headers: &HeaderMap,
-    body: &[u8],
-    allowed: &[&str],
-) -> Result<Map<String, Value>, ApiError> {
+fn json_object(headers: &HeaderMap, body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
     let is_json = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
     if !is_json {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Content-Type must be application/json",
-        ));
+        return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json"));
     }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("malformed JSON: {e}")))?;
     let Value::Object(mut object) = value else {
         return Err(ApiError::invalid("body must be a JSON object"));
     };
@@ -529,27 +477,18 @@ fn json_object(
 
 fn check_fields(object: &Map<String, Value>, allowed: &[&str], what: &str) -> Result<(), ApiError> {
     match object.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(unknown) => Err(ApiError::invalid(format!(
-            "unknown field `{unknown}` in {what}"
-        ))),
+        Some(unknown) => Err(ApiError::invalid(format!("unknown field `{unknown}` in {what}"))),
         None => Ok(()),
     }
 }
 
-fn string_field(
-    object: &Map<String, Value>,
-    field: &str,
-    min: usize,
-    max: usize,
-) -> Result<Option<String>, ApiError> {
+fn string_field(object: &Map<String, Value>, field: &str, min: usize, max: usize) -> Result<Option<String>, ApiError> {
     match object.get(field) {
         None => Ok(None),
         Some(Value::String(s)) => {
             let len = s.chars().count();
             if len < min || len > max {
-                Err(ApiError::invalid(format!(
-                    "`{field}` must be {min}..{max} characters long"
-                )))
+                Err(ApiError::invalid(format!("`{field}` must be {min}..{max} characters long")))
             } else {
                 Ok(Some(s.clone()))
             }
@@ -558,14 +497,8 @@ fn string_field(
     }
 }
 
-fn required_string(
-    object: &Map<String, Value>,
-    field: &str,
-    min: usize,
-    max: usize,
-) -> Result<String, ApiError> {
-    string_field(object, field, min, max)?
-        .ok_or_else(|| ApiError::invalid(format!("`{field}` is required")))
+fn required_string(object: &Map<String, Value>, field: &str, min: usize, max: usize) -> Result<String, ApiError> {
+    string_field(object, field, min, max)?.ok_or_else(|| ApiError::invalid(format!("`{field}` is required")))
 }
 
 fn string_array(value: Option<&Value>, field: &str) -> Result<Vec<String>, ApiError> {
@@ -584,67 +517,41 @@ fn string_array(value: Option<&Value>, field: &str) -> Result<Vec<String>, ApiEr
 fn one_of(value: Option<&Value>, what: &str, allowed: &[&str]) -> Result<(), ApiError> {
     match value.and_then(Value::as_str) {
         Some(v) if allowed.contains(&v) => Ok(()),
-        _ => Err(ApiError::invalid(format!(
-            "`{what}` must be one of {allowed:?}"
-        ))),
+        _ => Err(ApiError::invalid(format!("`{what}` must be one of {allowed:?}"))),
     }
 }
 
 /// `iam-policy`: `{"default-service-strategy": allow|deny, "services": {name: service}}`.
 fn validate_policy(policy: &Value) -> Result<(), ApiError> {
-    let policy = policy
-        .as_object()
-        .ok_or_else(|| ApiError::invalid("`policy` must be an object"))?;
+    let policy = policy.as_object().ok_or_else(|| ApiError::invalid("`policy` must be an object"))?;
     check_fields(policy, &["default-service-strategy", "services"], "policy")?;
-    one_of(
-        policy.get("default-service-strategy"),
-        "policy.default-service-strategy",
-        &["allow", "deny"],
-    )?;
+    one_of(policy.get("default-service-strategy"), "policy.default-service-strategy", &["allow", "deny"])?;
     let services = policy
         .get("services")
         .and_then(Value::as_object)
         .ok_or_else(|| ApiError::invalid("`policy.services` must be an object"))?;
     for (name, service) in services {
         let what = format!("policy.services.{name}");
-        let service = service
-            .as_object()
-            .ok_or_else(|| ApiError::invalid(format!("`{what}` must be an object")))?;
+        let service = service.as_object().ok_or_else(|| ApiError::invalid(format!("`{what}` must be an object")))?;
         check_fields(service, &["type", "rules"], &what)?;
-        one_of(
-            service.get("type"),
-            &format!("{what}.type"),
-            &["allow", "deny", "rules"],
-        )?;
+        one_of(service.get("type"), &format!("{what}.type"), &["allow", "deny", "rules"])?;
         let rules = match service.get("rules") {
             None if service.get("type").and_then(Value::as_str) == Some("rules") => {
-                return Err(ApiError::invalid(format!(
-                    "`{what}.rules` is required for type rules"
-                )))
+                return Err(ApiError::invalid(format!("`{what}.rules` is required for type rules")))
             }
             None => continue,
-            Some(rules) => rules
-                .as_array()
-                .ok_or_else(|| ApiError::invalid(format!("`{what}.rules` must be an array")))?,
+            Some(rules) => {
+                rules.as_array().ok_or_else(|| ApiError::invalid(format!("`{what}.rules` must be an array")))?
+            }
         };
         for (i, rule) in rules.iter().enumerate() {
             let what = format!("{what}.rules[{i}]");
-            let rule = rule
-                .as_object()
-                .ok_or_else(|| ApiError::invalid(format!("`{what}` must be an object")))?;
+            let rule = rule.as_object().ok_or_else(|| ApiError::invalid(format!("`{what}` must be an object")))?;
             check_fields(rule, &["action", "expression", "resources"], &what)?;
-            one_of(
-                rule.get("action"),
-                &format!("{what}.action"),
-                &["allow", "deny"],
-            )?;
+            one_of(rule.get("action"), &format!("{what}.action"), &["allow", "deny"])?;
             match rule.get("expression").and_then(Value::as_str) {
                 Some(e) if !e.trim().is_empty() => {}
-                _ => {
-                    return Err(ApiError::invalid(format!(
-                        "`{what}.expression` must be a non-empty string"
-                    )))
-                }
+                _ => return Err(ApiError::invalid(format!("`{what}.expression` must be a non-empty string"))),
             }
             string_array(rule.get("resources"), &format!("{what}.resources"))?;
         }
@@ -663,14 +570,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v2/iam-role", get(list_roles).post(create_role))
         .route("/v2/iam-role/{id}", get(get_role).delete(delete_role))
         .route("/v2/operation/{id}", get(get_operation))
-        .route(
-            "/v2/access-key",
-            get(list_access_keys).post(create_access_key),
-        )
-        .route(
-            "/v2/access-key/{key}",
-            get(get_access_key).delete(revoke_access_key),
-        )
+        .route("/v2/access-key", get(list_access_keys).post(create_access_key))
+        .route("/v2/access-key/{key}", get(get_access_key).delete(revoke_access_key))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(shared.clone(), gate))
@@ -714,16 +615,9 @@ async fn gate(State(s): State<Arc<Shared>>, request: Request, next: Next) -> Res
             let verdict = match header {
                 None => Err(format!("{BAD_SIGNATURE}: no Authorization header")),
                 Some(Err(_)) => Err(format!("{BAD_SIGNATURE}: Authorization is not ASCII")),
-                Some(Ok(header)) => verify_exo2(
-                    &method,
-                    &path,
-                    &query,
-                    &body,
-                    header,
-                    &s.admin_key,
-                    &s.admin_secret,
-                    now_unix(),
-                ),
+                Some(Ok(header)) => {
+                    verify_exo2(&method, &path, &query, &body, header, &s.admin_key, &s.admin_secret, now_unix())
+                }
             };
             match verdict {
                 Err(e) => ApiError::new(StatusCode::FORBIDDEN, public_message(&e)).into_response(),
@@ -796,11 +690,7 @@ async fn get_api_key(State(s): State<Arc<Shared>>, Path(key): Path<String>) -> A
         .ok_or_else(|| ApiError::not_found("API key"))
 }
 
-async fn create_api_key(
-    State(s): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult {
+async fn create_api_key(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> ApiResult {
     let body = json_object(&headers, &body, &["name", "role-id"])?;
     let name = required_string(&body, "name", 1, 255)?;
     let role_id = required_string(&body, "role-id", 1, 255)?;
@@ -809,11 +699,7 @@ async fn create_api_key(
         if st.role(&role_id).is_none() {
             return Err(ApiError::invalid(format!("IAM Role {role_id} not found")));
         }
-        let key = FakeApiKey {
-            name,
-            key: new_key(),
-            role_id,
-        };
+        let key = FakeApiKey { name, key: new_key(), role_id };
         let secret = new_secret();
         st.api_keys.push(key.clone());
         st.issued_secrets.push(secret.clone());
@@ -825,17 +711,9 @@ async fn create_api_key(
 
 async fn delete_api_key(State(s): State<Arc<Shared>>, Path(key): Path<String>) -> ApiResult {
     let mut st = s.state();
-    let index = st
-        .api_keys
-        .iter()
-        .position(|k| k.key == key)
-        .ok_or_else(|| ApiError::not_found("API key"))?;
+    let index = st.api_keys.iter().position(|k| k.key == key).ok_or_else(|| ApiError::not_found("API key"))?;
     st.api_keys.remove(index);
-    Ok(Json(st.new_operation(
-        &key,
-        format!("/v2/api-key/{key}"),
-        "get-api-key",
-    )))
+    Ok(Json(st.new_operation(&key, format!("/v2/api-key/{key}"), "get-api-key")))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -871,9 +749,7 @@ async fn list_roles(State(s): State<Arc<Shared>>) -> ApiResult {
 
 async fn get_role(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult {
     let st = s.state();
-    st.role(&id)
-        .map(|r| Json(role_json(r)))
-        .ok_or_else(|| ApiError::not_found("IAM Role"))
+    st.role(&id).map(|r| Json(role_json(r))).ok_or_else(|| ApiError::not_found("IAM Role"))
 }
 
 async fn create_role(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> ApiResult {
@@ -895,12 +771,7 @@ async fn create_role(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Byt
     let description = string_field(&body, "description", 1, 255)?;
     let permissions = string_array(body.get("permissions"), "permissions")?;
     for p in &permissions {
-        if ![
-            "bypass-governance-retention",
-            "reset-iam-organization-policy",
-        ]
-        .contains(&p.as_str())
-        {
+        if !["bypass-governance-retention", "reset-iam-organization-policy"].contains(&p.as_str()) {
             return Err(ApiError::invalid(format!("unknown permission `{p}`")));
         }
     }
@@ -911,13 +782,9 @@ async fn create_role(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Byt
     };
     let mut labels = BTreeMap::new();
     if let Some(value) = body.get("labels") {
-        let object = value
-            .as_object()
-            .ok_or_else(|| ApiError::invalid("`labels` must be an object"))?;
+        let object = value.as_object().ok_or_else(|| ApiError::invalid("`labels` must be an object"))?;
         for (k, v) in object {
-            let v = v
-                .as_str()
-                .ok_or_else(|| ApiError::invalid(format!("label `{k}` must be a string")))?;
+            let v = v.as_str().ok_or_else(|| ApiError::invalid(format!("label `{k}` must be a string")))?;
             labels.insert(k.clone(), v.to_owned());
         }
     }
@@ -936,52 +803,30 @@ async fn create_role(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         None => None,
         Some(v) => match v.as_i64() {
             Some(ttl) if ttl > 0 => Some(ttl),
-            _ => {
-                return Err(ApiError::invalid(
-                    "`max-session-ttl` must be a positive integer",
-                ))
-            }
+            _ => return Err(ApiError::invalid("`max-session-ttl` must be a positive integer")),
         },
     };
 
     let id = uuid::Uuid::new_v4().to_string();
     let mut st = s.state();
     st.roles.push(RoleEntry {
-        role: FakeRole {
-            id: id.clone(),
-            name,
-            description,
-            labels,
-            policy,
-        },
+        role: FakeRole { id: id.clone(), name, description, labels, policy },
         editable,
         permissions,
         assume_role_policy,
         max_session_ttl,
     });
-    Ok(Json(st.new_operation(
-        &id,
-        format!("/v2/iam-role/{id}"),
-        "get-iam-role",
-    )))
+    Ok(Json(st.new_operation(&id, format!("/v2/iam-role/{id}"), "get-iam-role")))
 }
 
 async fn delete_role(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult {
     let mut st = s.state();
-    let index = st
-        .roles
-        .iter()
-        .position(|r| r.role.id == id)
-        .ok_or_else(|| ApiError::not_found("IAM Role"))?;
+    let index = st.roles.iter().position(|r| r.role.id == id).ok_or_else(|| ApiError::not_found("IAM Role"))?;
     if st.api_keys.iter().any(|k| k.role_id == id) {
         return Err(ApiError::new(StatusCode::CONFLICT, "role is in use"));
     }
     st.roles.remove(index);
-    Ok(Json(st.new_operation(
-        &id,
-        format!("/v2/iam-role/{id}"),
-        "get-iam-role",
-    )))
+    Ok(Json(st.new_operation(&id, format!("/v2/iam-role/{id}"), "get-iam-role")))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -990,10 +835,7 @@ async fn delete_role(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Ap
 
 async fn get_operation(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> ApiResult {
     let mut st = s.state();
-    let op = st
-        .operations
-        .get_mut(&id)
-        .ok_or_else(|| ApiError::not_found("Operation"))?;
+    let op = st.operations.get_mut(&id).ok_or_else(|| ApiError::not_found("Operation"))?;
     let state = if op.pending_polls_left > 0 {
         op.pending_polls_left -= 1;
         "pending"
@@ -1011,10 +853,7 @@ fn legacy_gate(s: &Shared) -> Result<(), ApiError> {
     if s.state().legacy_enabled {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            LEGACY_DISABLED_MESSAGE,
-        ))
+        Err(ApiError::new(StatusCode::BAD_REQUEST, LEGACY_DISABLED_MESSAGE))
     }
 }
 
@@ -1034,32 +873,16 @@ fn validate_resources(value: Option<&Value>) -> Result<Value, ApiError> {
     let Some(value) = value else {
         return Ok(json!([]));
     };
-    let resources = value
-        .as_array()
-        .ok_or_else(|| ApiError::invalid("`resources` must be an array"))?;
+    let resources = value.as_array().ok_or_else(|| ApiError::invalid("`resources` must be an array"))?;
     for (i, resource) in resources.iter().enumerate() {
         let what = format!("resources[{i}]");
-        let object = resource
-            .as_object()
-            .ok_or_else(|| ApiError::invalid(format!("`{what}` must be an object")))?;
+        let object = resource.as_object().ok_or_else(|| ApiError::invalid(format!("`{what}` must be an object")))?;
         check_fields(object, &["domain", "resource-type", "resource-name"], &what)?;
-        one_of(
-            object.get("domain"),
-            &format!("{what}.domain"),
-            &["partner", "sos"],
-        )?;
-        one_of(
-            object.get("resource-type"),
-            &format!("{what}.resource-type"),
-            &["bucket", "product"],
-        )?;
+        one_of(object.get("domain"), &format!("{what}.domain"), &["partner", "sos"])?;
+        one_of(object.get("resource-type"), &format!("{what}.resource-type"), &["bucket", "product"])?;
         match object.get("resource-name").and_then(Value::as_str) {
             Some(n) if !n.is_empty() => {}
-            _ => {
-                return Err(ApiError::invalid(format!(
-                    "`{what}.resource-name` must be a non-empty string"
-                )))
-            }
+            _ => return Err(ApiError::invalid(format!("`{what}.resource-name` must be a non-empty string"))),
         }
     }
     Ok(value.clone())
@@ -1082,30 +905,16 @@ async fn get_access_key(State(s): State<Arc<Shared>>, Path(key): Path<String>) -
         .ok_or_else(|| ApiError::not_found("Access key"))
 }
 
-async fn create_access_key(
-    State(s): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult {
+async fn create_access_key(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> ApiResult {
     legacy_gate(&s)?;
-    let body = json_object(
-        &headers,
-        &body,
-        &["name", "tags", "operations", "resources"],
-    )?;
+    let body = json_object(&headers, &body, &["name", "tags", "operations", "resources"])?;
     let name = required_string(&body, "name", 1, 255)?;
     let tags = string_array(body.get("tags"), "tags")?;
     let operations = string_array(body.get("operations"), "operations")?;
     let resources = validate_resources(body.get("resources"))?;
     let created = {
         let mut st = s.state();
-        let key = FakeAccessKey {
-            name,
-            key: new_key(),
-            operations,
-            tags,
-            resources,
-        };
+        let key = FakeAccessKey { name, key: new_key(), operations, tags, resources };
         let secret = new_secret();
         st.access_keys.push(key.clone());
         st.issued_secrets.push(secret.clone());
@@ -1120,15 +929,7 @@ async fn create_access_key(
 async fn revoke_access_key(State(s): State<Arc<Shared>>, Path(key): Path<String>) -> ApiResult {
     legacy_gate(&s)?;
     let mut st = s.state();
-    let index = st
-        .access_keys
-        .iter()
-        .position(|k| k.key == key)
-        .ok_or_else(|| ApiError::not_found("Access key"))?;
+    let index = st.access_keys.iter().position(|k| k.key == key).ok_or_else(|| ApiError::not_found("Access key"))?;
     st.access_keys.remove(index);
-    Ok(Json(st.new_operation(
-        &key,
-        format!("/v2/access-key/{key}"),
-        "get-access-key",
-    )))
+    Ok(Json(st.new_operation(&key, format!("/v2/access-key/{key}"), "get-access-key")))
 }

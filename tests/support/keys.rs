@@ -12,12 +12,7 @@ use super::eventually;
 pub const WAIT: Duration = Duration::from_secs(60);
 
 pub fn ready_condition(ak: &AccessKey) -> Option<(String, String, String)> {
-    let c = ak
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")?;
+    let c = ak.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")?;
     Some((c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
@@ -29,14 +24,19 @@ pub async fn wait_reason(client: &Client, ns: &str, name: &str, reason: &str) ->
     loop {
         if let Ok(Some(ak)) = api.get_opt(name).await {
             last = ready_condition(&ak);
-            let current =
-                ak.status.as_ref().and_then(|s| s.observed_generation) == ak.metadata.generation;
+            let current = ak.status.as_ref().and_then(|s| s.observed_generation) == ak.metadata.generation;
             if current && last.as_ref().is_some_and(|(_, r, _)| r == reason) {
                 return ak;
             }
         }
         if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting for AccessKey {ns}/{name} to have reason {reason}; last condition {last:?}");
+            let now = api
+                .get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .map(|a| (a.metadata.generation, a.status.and_then(|s| s.observed_generation)));
+            panic!("timed out waiting for AccessKey {ns}/{name} to have reason {reason}; last condition {last:?}, (generation, observedGeneration) {now:?}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -47,18 +47,12 @@ pub async fn wait_issued(client: &Client, ns: &str, name: &str) -> AccessKey {
 }
 
 pub async fn secret(client: &Client, ns: &str, name: &str) -> Option<Secret> {
-    Api::<Secret>::namespaced(client.clone(), ns)
-        .get_opt(name)
-        .await
-        .expect("Secret readable")
+    Api::<Secret>::namespaced(client.clone(), ns).get_opt(name).await.expect("Secret readable")
 }
 
 pub fn secret_value(secret: &Secret, key: &str) -> String {
     let data = secret.data.as_ref().expect("Secret has data");
-    let bytes = &data
-        .get(key)
-        .unwrap_or_else(|| panic!("Secret lacks {key}"))
-        .0;
+    let bytes = &data.get(key).unwrap_or_else(|| panic!("Secret lacks {key}")).0;
     String::from_utf8(bytes.clone()).expect("UTF-8 value")
 }
 
@@ -74,12 +68,7 @@ pub async fn wait_gone(client: &Client, ns: &str, name: &str) {
     let api: Api<AccessKey> = Api::namespaced(client.clone(), ns);
     eventually(&format!("AccessKey {ns}/{name} to be gone"), WAIT, || {
         let api = api.clone();
-        async move {
-            api.get_opt(name)
-                .await
-                .ok()
-                .and_then(|o| o.is_none().then_some(()))
-        }
+        async move { api.get_opt(name).await.ok().and_then(|o| o.is_none().then_some(())) }
     })
     .await
 }

@@ -52,19 +52,13 @@ pub fn control_plane() -> &'static ControlPlane {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        ControlPlane {
-            kubeconfig: dir.join("kubeconfig"),
-            dir,
-        }
+        ControlPlane { kubeconfig: dir.join("kubeconfig"), dir }
     })
 }
 
 /// Path of the kubectl built together with the control plane.
 pub fn kubectl() -> PathBuf {
-    let out = Command::new(script())
-        .arg("bin-dir")
-        .output()
-        .expect("cannot run scripts/control-plane.sh");
+    let out = Command::new(script()).arg("bin-dir").output().expect("cannot run scripts/control-plane.sh");
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("kubectl")
 }
 
@@ -92,9 +86,8 @@ pub fn run_kubectl(args: &[&str]) -> (bool, String, String) {
 pub async fn client() -> Client {
     let cp = control_plane();
     let kubeconfig = Kubeconfig::read_from(&cp.kubeconfig).expect("kubeconfig readable");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .expect("kubeconfig valid");
+    let config =
+        Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("kubeconfig valid");
     Client::try_from(config).expect("client builds")
 }
 
@@ -126,32 +119,17 @@ pub async fn install_crds(client: &Client) {
 /// A fresh namespace for one test, named after it.
 pub async fn namespace(client: &Client, test: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    let slug: String = test
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .take(40)
-        .collect();
-    let name = format!(
-        "{}-{}",
-        slug.trim_matches('-'),
-        N.fetch_add(1, Ordering::Relaxed)
-    );
-    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))
-        .expect("namespace literal");
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("namespace created");
+    let slug: String =
+        test.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).take(40).collect();
+    let name = format!("{}-{}", slug.trim_matches('-'), N.fetch_add(1, Ordering::Relaxed));
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("namespace literal");
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("namespace created");
     name
 }
 
 pub mod keys;
+pub mod leaks;
 pub mod operator;
 
 /// Polls `probe` until it returns `Some`, for at most `timeout`; panics with `what` otherwise.
@@ -186,11 +164,7 @@ pub async fn apply_json(client: &Client, ns: &str, manifest: serde_json::Value) 
         Api::namespaced_with(client.clone(), ns, &resource)
     };
     let name = manifest["metadata"]["name"].as_str().expect("name");
-    api.patch(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&manifest),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("cannot apply {kind} {name}: {e}"));
+    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&manifest))
+        .await
+        .unwrap_or_else(|e| panic!("cannot apply {kind} {name}: {e}"));
 }

@@ -21,37 +21,22 @@ impl Operator {
     }
 
     pub fn start_with(namespace: &str, env: &[(&str, &str)]) -> Self {
-        let log = control_plane()
-            .dir
-            .join(format!("operator-{namespace}.log"));
+        let log = control_plane().dir.join(format!("operator-{namespace}.log"));
         let mut op = Self {
             child: None,
             log,
             namespace: namespace.to_string(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         op.spawn();
         op
     }
 
     fn spawn(&mut self) {
-        let out = File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("operator log file");
+        let out = File::options().create(true).append(true).open(&self.log).expect("operator log file");
         let err = out.try_clone().expect("log file handle");
         let child = Command::new(env!("CARGO_BIN_EXE_cloudkeys"))
-            .args([
-                "run",
-                "--namespace",
-                &self.namespace,
-                "--cluster-resource-namespace",
-                &self.namespace,
-            ])
+            .args(["run", "--namespace", &self.namespace, "--cluster-resource-namespace", &self.namespace])
             .env("KUBECONFIG", &control_plane().kubeconfig)
             .env("RUST_LOG", "info,cloudkeys=debug")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -71,6 +56,28 @@ impl Operator {
         }
     }
 
+    /// Waits for the process to exit by itself (a crash point); true if it did in time.
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(_)) = child.try_wait() {
+                    self.child = None;
+                    return true;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        false
+    }
+
+    /// Starts the process again with other extra environment variables.
+    pub fn restart_with(&mut self, env: &[(&str, &str)]) {
+        self.kill();
+        self.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.spawn();
+    }
+
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
@@ -85,5 +92,13 @@ impl Operator {
 impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            let logs = self.logs();
+            let tail: Vec<&str> = logs.lines().rev().take(60).collect();
+            eprintln!("--- last operator log lines ({}) ---", self.log.display());
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }

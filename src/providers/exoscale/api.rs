@@ -7,9 +7,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::api::validation::ExoscaleResource;
-use crate::api::{
-    ExoscalePolicy, ExoscalePolicyRule, ExoscaleServicePolicy, PolicyStrategy, ServicePolicyType,
-};
+use crate::api::{ExoscalePolicy, ExoscalePolicyRule, ExoscaleServicePolicy, PolicyStrategy, ServicePolicyType};
 
 pub const LABEL_OWNER: &str = "cloudkeys.io/owner";
 pub const LABEL_ATTEMPT: &str = "cloudkeys.io/attempt";
@@ -85,31 +83,20 @@ impl<'a> From<&'a ExoscalePolicy> for Policy<'a> {
     fn from(p: &'a ExoscalePolicy) -> Self {
         Self {
             default_service_strategy: p.default_service_strategy,
-            services: p
-                .services
-                .iter()
-                .map(|(name, service)| (name.as_str(), ServicePolicy::from(service)))
-                .collect(),
+            services: p.services.iter().map(|(name, service)| (name.as_str(), ServicePolicy::from(service))).collect(),
         }
     }
 }
 
 impl<'a> From<&'a ExoscaleServicePolicy> for ServicePolicy<'a> {
     fn from(s: &'a ExoscaleServicePolicy) -> Self {
-        Self {
-            kind: s.kind,
-            rules: s.rules.iter().map(PolicyRule::from).collect(),
-        }
+        Self { kind: s.kind, rules: s.rules.iter().map(PolicyRule::from).collect() }
     }
 }
 
 impl<'a> From<&'a ExoscalePolicyRule> for PolicyRule<'a> {
     fn from(r: &'a ExoscalePolicyRule) -> Self {
-        Self {
-            action: r.action,
-            expression: &r.expression,
-            resources: r.resources.as_deref(),
-        }
+        Self { action: r.action, expression: &r.expression, resources: r.resources.as_deref() }
     }
 }
 
@@ -151,11 +138,7 @@ pub struct AccessKeyResource<'a> {
 
 impl<'a> From<&'a ExoscaleResource> for AccessKeyResource<'a> {
     fn from(r: &'a ExoscaleResource) -> Self {
-        Self {
-            domain: &r.domain,
-            resource_type: &r.resource_type,
-            resource_name: &r.resource_name,
-        }
+        Self { domain: &r.domain, resource_type: &r.resource_type, resource_name: &r.resource_name }
     }
 }
 
@@ -239,10 +222,7 @@ mod tests {
 
     #[test]
     fn api_key_body_is_name_and_role_id() {
-        let body = CreateApiKey {
-            name: "team-a-backups",
-            role_id: "7b1e0000-0000-4000-8000-000000000001",
-        };
+        let body = CreateApiKey { name: "team-a-backups", role_id: "7b1e0000-0000-4000-8000-000000000001" };
         assert_eq!(
             serde_json::to_string(&body).expect("serializes"),
             r#"{"name":"team-a-backups","role-id":"7b1e0000-0000-4000-8000-000000000001"}"#
@@ -266,11 +246,7 @@ mod tests {
             name: "team-a-backups.ck-x",
             description: Some("backups of team a"),
             editable: true,
-            labels: BTreeMap::from([
-                (LABEL_OWNER, "uid"),
-                (LABEL_ATTEMPT, "abc"),
-                (LABEL_MANAGED_BY, "cloudkeys"),
-            ]),
+            labels: BTreeMap::from([(LABEL_OWNER, "uid"), (LABEL_ATTEMPT, "abc"), (LABEL_MANAGED_BY, "cloudkeys")]),
             policy: Policy::from(&policy),
         };
         assert_eq!(
@@ -300,10 +276,7 @@ mod tests {
 
     #[test]
     fn role_body_without_description_leaves_it_out() {
-        let policy = ExoscalePolicy {
-            default_service_strategy: PolicyStrategy::Allow,
-            services: BTreeMap::new(),
-        };
+        let policy = ExoscalePolicy { default_service_strategy: PolicyStrategy::Allow, services: BTreeMap::new() };
         let body = CreateRole {
             name: "n",
             description: None,
@@ -332,35 +305,22 @@ mod tests {
     fn access_key_body_sends_only_the_lists_the_user_set() {
         let ops = vec!["get-sos-object".to_string(), "list-sos-bucket".to_string()];
         let r = parse_exoscale_resource("sos/bucket:my-bucket").expect("valid resource");
-        let body = CreateAccessKey {
-            name: "k",
-            tags: &[],
-            operations: &ops,
-            resources: vec![AccessKeyResource::from(&r)],
-        };
+        let body =
+            CreateAccessKey { name: "k", tags: &[], operations: &ops, resources: vec![AccessKeyResource::from(&r)] };
         assert_eq!(
             serde_json::to_string(&body).expect("serializes"),
             r#"{"name":"k","operations":["get-sos-object","list-sos-bucket"],"resources":[{"domain":"sos","resource-type":"bucket","resource-name":"my-bucket"}]}"#
         );
         let tags = vec!["compute".to_string()];
-        let body = CreateAccessKey {
-            name: "k",
-            tags: &tags,
-            operations: &[],
-            resources: vec![],
-        };
-        assert_eq!(
-            serde_json::to_string(&body).expect("serializes"),
-            r#"{"name":"k","tags":["compute"]}"#
-        );
+        let body = CreateAccessKey { name: "k", tags: &tags, operations: &[], resources: vec![] };
+        assert_eq!(serde_json::to_string(&body).expect("serializes"), r#"{"name":"k","tags":["compute"]}"#);
     }
 
     #[test]
     fn created_key_secret_lands_in_a_secret_string() {
-        let created: ApiKeyCreated = serde_json::from_str(
-            r#"{"name":"n","key":"EXO19c207e5f483f2d85f99b709","secret":"s3cr3t","role-id":"r"}"#,
-        )
-        .expect("deserializes");
+        let created: ApiKeyCreated =
+            serde_json::from_str(r#"{"name":"n","key":"EXO19c207e5f483f2d85f99b709","secret":"s3cr3t","role-id":"r"}"#)
+                .expect("deserializes");
         assert_eq!(created.key, "EXO19c207e5f483f2d85f99b709");
         assert_eq!(created.secret.expose_secret(), "s3cr3t");
         let legacy: AccessKeyCreated = serde_json::from_str(
@@ -385,8 +345,7 @@ mod tests {
     #[test]
     fn lists_parse_with_null_labels_and_missing_arrays() {
         let roles: RoleList =
-            serde_json::from_str(r#"{"iam-roles":[{"id":"r","name":"n","labels":null}]}"#)
-                .expect("deserializes");
+            serde_json::from_str(r#"{"iam-roles":[{"id":"r","name":"n","labels":null}]}"#).expect("deserializes");
         assert_eq!(roles.iam_roles[0].labels, None);
         let keys: ApiKeyList = serde_json::from_str("{}").expect("deserializes");
         assert!(keys.api_keys.is_empty());

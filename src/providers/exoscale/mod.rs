@@ -20,14 +20,11 @@ use serde::Serialize;
 use url::Url;
 
 use self::api::{
-    AccessKeyCreated, AccessKeyList, AccessKeyResource, ApiKeyCreated, ApiKeyList, CreateAccessKey,
-    CreateApiKey, CreateRole, ErrorBody, Operation, OperationState, Policy, RoleList,
-    LABEL_ATTEMPT, LABEL_MANAGED_BY, LABEL_OWNER,
+    AccessKeyCreated, AccessKeyList, AccessKeyResource, ApiKeyCreated, ApiKeyList, CreateAccessKey, CreateApiKey,
+    CreateRole, ErrorBody, Operation, OperationState, Policy, RoleList, LABEL_ATTEMPT, LABEL_MANAGED_BY, LABEL_OWNER,
 };
 use super::http::{ErrorResponse, Http, HttpConfig, Idempotency, Response};
-use super::{
-    ErrorKind, IssuedKey, KeyRequest, Marker, OwnedKey, Provider, ProviderError, TemplateVars,
-};
+use super::{ErrorKind, IssuedKey, KeyRequest, Marker, OwnedKey, Provider, ProviderError, TemplateVars};
 use crate::api::validation::{ExoscaleMode, ExoscaleResource};
 use crate::api::{ExoscaleIssuer, ExoscaleKey, ExoscaleRole, KeyProvider};
 
@@ -66,10 +63,7 @@ impl ExoscaleProvider {
             .ok()
             .filter(|u| !u.cannot_be_a_base() && u.query().is_none() && u.fragment().is_none())
             .ok_or_else(|| {
-                ProviderError::permanent(
-                    "configure",
-                    format!("invalid Exoscale API endpoint {endpoint:?}"),
-                )
+                ProviderError::permanent("configure", format!("invalid Exoscale API endpoint {endpoint:?}"))
             })?;
         // The key goes into a header verbatim; a stray newline from `echo` would otherwise
         // surface as an opaque transport error on every call.
@@ -79,27 +73,14 @@ impl ExoscaleProvider {
                 "EXOSCALE_API_KEY is empty or holds whitespace or non-ASCII characters",
             ));
         }
-        Ok(Self {
-            http: Http::new(http)?,
-            base,
-            endpoint,
-            zone: settings.zone.clone(),
-            api_key,
-            api_secret,
-        })
+        Ok(Self { http: Http::new(http)?, base, endpoint, zone: settings.zone.clone(), api_key, api_secret })
     }
 
     /// The endpoint with `segments` appended, each percent-encoded so that an id can never
     /// change the path (`/` becomes `%2F`; `.` and `..` are refused since `Url` would drop them).
     fn url(&self, operation: &str, segments: &[&str]) -> Result<Url, ProviderError> {
-        if let Some(bad) = segments
-            .iter()
-            .find(|s| s.is_empty() || **s == "." || **s == "..")
-        {
-            return Err(ProviderError::permanent(
-                operation,
-                format!("invalid path segment {bad:?}"),
-            ));
+        if let Some(bad) = segments.iter().find(|s| s.is_empty() || **s == "." || **s == "..") {
+            return Err(ProviderError::permanent(operation, format!("invalid path segment {bad:?}")));
         }
         let mut url = self.base.clone();
         url.path_segments_mut()
@@ -129,14 +110,7 @@ impl ExoscaleProvider {
     }
 
     async fn get(&self, operation: &str, segments: &[&str]) -> Result<Response, ProviderError> {
-        self.call(
-            operation,
-            Method::GET,
-            segments,
-            None,
-            Idempotency::Idempotent,
-        )
-        .await
+        self.call(operation, Method::GET, segments, None, Idempotency::Idempotent).await
     }
 
     async fn post<T: Serialize>(
@@ -146,17 +120,9 @@ impl ExoscaleProvider {
         body: &T,
     ) -> Result<Response, ProviderError> {
         // Serialized once: the signature covers these exact bytes on every attempt.
-        let body = serde_json::to_vec(body).map_err(|e| {
-            ProviderError::permanent(operation, format!("cannot encode the request: {e}"))
-        })?;
-        self.call(
-            operation,
-            Method::POST,
-            segments,
-            Some(Bytes::from(body)),
-            Idempotency::Creates,
-        )
-        .await
+        let body = serde_json::to_vec(body)
+            .map_err(|e| ProviderError::permanent(operation, format!("cannot encode the request: {e}")))?;
+        self.call(operation, Method::POST, segments, Some(Bytes::from(body)), Idempotency::Creates).await
     }
 
     /// Called once per attempt: the signature expires, so each attempt is signed afresh.
@@ -177,22 +143,17 @@ impl ExoscaleProvider {
             body.map_or(&[][..], |b| b.as_ref()),
             expires,
         );
-        let mut authorization = HeaderValue::from_str(&signed).map_err(|_| {
-            ProviderError::auth(operation, "the API key is not a valid HTTP header value")
-        })?;
+        let mut authorization = HeaderValue::from_str(&signed)
+            .map_err(|_| ProviderError::auth(operation, "the API key is not a valid HTTP header value"))?;
         authorization.set_sensitive(true);
         let mut request = client
             .request(method.clone(), url.clone())
             .header(AUTHORIZATION, authorization)
             .header(ACCEPT, "application/json");
         if let Some(body) = body {
-            request = request
-                .header(CONTENT_TYPE, "application/json")
-                .body(body.clone());
+            request = request.header(CONTENT_TYPE, "application/json").body(body.clone());
         }
-        request.build().map_err(|e| {
-            ProviderError::permanent(operation, format!("cannot build the request: {e}"))
-        })
+        request.build().map_err(|e| ProviderError::permanent(operation, format!("cannot build the request: {e}")))
     }
 
     /// Polls an operation until it leaves `pending`, with doubling pauses.
@@ -201,48 +162,28 @@ impl ExoscaleProvider {
         let mut pause = POLL_FIRST;
         while op.state == OperationState::Pending {
             let id = op.id.clone().ok_or_else(|| {
-                ProviderError::retryable(
-                    operation,
-                    "the API returned a pending operation without an id",
-                )
+                ProviderError::retryable(operation, "the API returned a pending operation without an id")
             })?;
             if tokio::time::Instant::now() + pause > deadline {
                 return Err(ProviderError::retryable(
                     operation,
-                    format!(
-                        "operation {id} still pending after {} s",
-                        POLL_GIVE_UP.as_secs()
-                    ),
+                    format!("operation {id} still pending after {} s", POLL_GIVE_UP.as_secs()),
                 ));
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(POLL_MAX);
-            op = self
-                .get("get-operation", &["operation", &id])
-                .await?
-                .json("get-operation")?;
+            op = self.get("get-operation", &["operation", &id]).await?.json("get-operation")?;
         }
         Ok(op)
     }
 
-    async fn create_api_key(
-        &self,
-        name: &str,
-        role_id: &str,
-    ) -> Result<ApiKeyCreated, ProviderError> {
+    async fn create_api_key(&self, name: &str, role_id: &str) -> Result<ApiKeyCreated, ProviderError> {
         const OP: &str = "create-api-key";
-        self.post(OP, &["api-key"], &CreateApiKey { name, role_id })
-            .await?
-            .json(OP)
+        self.post(OP, &["api-key"], &CreateApiKey { name, role_id }).await?.json(OP)
     }
 
     /// Creates the role of mode (b) and returns its id once the API says it exists.
-    async fn create_role(
-        &self,
-        name: &str,
-        role: &ExoscaleRole,
-        marker: &Marker,
-    ) -> Result<String, ProviderError> {
+    async fn create_role(&self, name: &str, role: &ExoscaleRole, marker: &Marker) -> Result<String, ProviderError> {
         const OP: &str = "create-iam-role";
         let body = CreateRole {
             name,
@@ -259,10 +200,7 @@ impl ExoscaleProvider {
         let op = succeeded(OP, self.wait(OP, op).await?)?;
         op.reference.and_then(|r| r.id).ok_or_else(|| {
             // The role may well exist; its labels let `find_keys` find it.
-            ProviderError::retryable(
-                OP,
-                "the role was created but the operation names no role id",
-            )
+            ProviderError::retryable(OP, "the role was created but the operation names no role id")
         })
     }
 
@@ -288,16 +226,7 @@ impl ExoscaleProvider {
     /// Deletes one resource and waits for it; gone already (404, or an operation that failed
     /// with `not-found`) counts as deleted.
     async fn delete(&self, operation: &str, segments: &[&str]) -> Result<(), ProviderError> {
-        let response = match self
-            .call(
-                operation,
-                Method::DELETE,
-                segments,
-                None,
-                Idempotency::Idempotent,
-            )
-            .await
-        {
+        let response = match self.call(operation, Method::DELETE, segments, None, Idempotency::Idempotent).await {
             Ok(r) => r,
             Err(e) if e.is_not_found() => return Ok(()),
             Err(e) => return Err(e),
@@ -339,17 +268,12 @@ impl Provider for ExoscaleProvider {
 
     async fn create_key(&self, request: &KeyRequest<'_>) -> Result<IssuedKey, ProviderError> {
         let spec = exoscale_spec("create-api-key", request.spec)?;
-        let mode = spec
-            .mode()
-            .map_err(|e| ProviderError::permanent("create-api-key", e.to_string()))?;
+        let mode = spec.mode().map_err(|e| ProviderError::permanent("create-api-key", e.to_string()))?;
         let name = format!("{}.{}", request.display_name, request.marker);
         let (key, secret, key_ref) = match mode {
             ExoscaleMode::ExistingRole(role_id) => {
                 let created = self.create_api_key(&name, role_id).await?;
-                let key_ref = KeyRef::ApiKey {
-                    key: created.key.clone(),
-                    role: None,
-                };
+                let key_ref = KeyRef::ApiKey { key: created.key.clone(), role: None };
                 (created.key, created.secret, key_ref)
             }
             ExoscaleMode::OwnRole(role) => {
@@ -365,37 +289,19 @@ impl Provider for ExoscaleProvider {
                         return Err(e);
                     }
                 };
-                let key_ref = KeyRef::ApiKey {
-                    key: created.key.clone(),
-                    role: Some(role_id),
-                };
+                let key_ref = KeyRef::ApiKey { key: created.key.clone(), role: Some(role_id) };
                 (created.key, created.secret, key_ref)
             }
-            ExoscaleMode::Legacy {
-                operations,
-                tags,
-                resources,
-            } => {
-                let created = self
-                    .create_access_key(&name, operations, tags, &resources)
-                    .await?;
+            ExoscaleMode::Legacy { operations, tags, resources } => {
+                let created = self.create_access_key(&name, operations, tags, &resources).await?;
                 let key_ref = KeyRef::AccessKey(created.key.clone());
                 (created.key, created.secret, key_ref)
             }
         };
-        Ok(IssuedKey {
-            access_key_id: key,
-            secret,
-            key_ref: key_ref.to_string(),
-            expires_at: None,
-        })
+        Ok(IssuedKey { access_key_id: key, secret, key_ref: key_ref.to_string(), expires_at: None })
     }
 
-    async fn find_keys(
-        &self,
-        owner_uid: &str,
-        spec: &KeyProvider,
-    ) -> Result<Vec<OwnedKey>, ProviderError> {
+    async fn find_keys(&self, owner_uid: &str, spec: &KeyProvider) -> Result<Vec<OwnedKey>, ProviderError> {
         let mode = match spec {
             KeyProvider::Exoscale(key) => key.mode().ok(),
             _ => None,
@@ -404,18 +310,11 @@ impl Provider for ExoscaleProvider {
         let legacy = matches!(mode, Some(ExoscaleMode::Legacy { .. }));
 
         const LIST_KEYS: &str = "list-api-keys";
-        let api_keys = self
-            .get(LIST_KEYS, &["api-key"])
-            .await?
-            .json::<ApiKeyList>(LIST_KEYS)?
-            .api_keys;
+        let api_keys = self.get(LIST_KEYS, &["api-key"]).await?.json::<ApiKeyList>(LIST_KEYS)?.api_keys;
         let roles = self.list_roles(own_role).await?;
         let access_keys = if legacy {
             const LIST_ACCESS: &str = "list-access-keys";
-            self.get(LIST_ACCESS, &["access-key"])
-                .await?
-                .json::<AccessKeyList>(LIST_ACCESS)?
-                .access_keys
+            self.get(LIST_ACCESS, &["access-key"]).await?.json::<AccessKeyList>(LIST_ACCESS)?.access_keys
         } else {
             Vec::new()
         };
@@ -432,33 +331,21 @@ impl Provider for ExoscaleProvider {
                 Ok(())
             }
             KeyRef::Role(role) => self.delete_role(&role).await,
-            KeyRef::AccessKey(key) => {
-                self.delete("revoke-access-key", &["access-key", &key])
-                    .await
-            }
+            KeyRef::AccessKey(key) => self.delete("revoke-access-key", &["access-key", &key]).await,
         }
     }
 
     fn template_vars(&self) -> TemplateVars {
-        TemplateVars::from([
-            ("zone", self.zone.clone()),
-            ("endpoint", self.endpoint.clone()),
-        ])
+        TemplateVars::from([("zone", self.zone.clone()), ("endpoint", self.endpoint.clone())])
     }
 }
 
-fn exoscale_spec<'a>(
-    operation: &str,
-    spec: &'a KeyProvider,
-) -> Result<&'a ExoscaleKey, ProviderError> {
+fn exoscale_spec<'a>(operation: &str, spec: &'a KeyProvider) -> Result<&'a ExoscaleKey, ProviderError> {
     match spec {
         KeyProvider::Exoscale(key) => Ok(key),
         other => Err(ProviderError::permanent(
             operation,
-            format!(
-                "an Exoscale issuer cannot issue a {} key: use an exoscale block",
-                other.name()
-            ),
+            format!("an Exoscale issuer cannot issue a {} key: use an exoscale block", other.name()),
         )),
     }
 }
@@ -474,31 +361,19 @@ enum KeyRef {
 
 impl KeyRef {
     fn parse(text: &str) -> Result<Self, ProviderError> {
-        let invalid = || {
-            ProviderError::permanent(
-                "revoke-key",
-                format!("not an Exoscale key reference: {text:?}"),
-            )
-        };
-        let mut parts = text.split(';').map(|part| {
-            part.split_once(':')
-                .filter(|(_, id)| !id.is_empty())
-                .ok_or_else(invalid)
-        });
+        let invalid = || ProviderError::permanent("revoke-key", format!("not an Exoscale key reference: {text:?}"));
+        let mut parts =
+            text.split(';').map(|part| part.split_once(':').filter(|(_, id)| !id.is_empty()).ok_or_else(invalid));
         let first = parts.next().ok_or_else(invalid)??;
         let second = parts.next().transpose()?;
         if parts.next().is_some() {
             return Err(invalid());
         }
         match (first, second) {
-            (("api-key", key), None) => Ok(Self::ApiKey {
-                key: key.to_string(),
-                role: None,
-            }),
-            (("api-key", key), Some(("role", role))) => Ok(Self::ApiKey {
-                key: key.to_string(),
-                role: Some(role.to_string()),
-            }),
+            (("api-key", key), None) => Ok(Self::ApiKey { key: key.to_string(), role: None }),
+            (("api-key", key), Some(("role", role))) => {
+                Ok(Self::ApiKey { key: key.to_string(), role: Some(role.to_string()) })
+            }
             (("access-key", key), None) => Ok(Self::AccessKey(key.to_string())),
             (("role", role), None) => Ok(Self::Role(role.to_string())),
             _ => Err(invalid()),
@@ -510,10 +385,7 @@ impl fmt::Display for KeyRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::ApiKey { key, role: None } => write!(f, "api-key:{key}"),
-            Self::ApiKey {
-                key,
-                role: Some(role),
-            } => write!(f, "api-key:{key};role:{role}"),
+            Self::ApiKey { key, role: Some(role) } => write!(f, "api-key:{key};role:{role}"),
             Self::AccessKey(key) => write!(f, "access-key:{key}"),
             Self::Role(role) => write!(f, "role:{role}"),
         }
@@ -544,9 +416,7 @@ fn owned_keys(
             // current attempt, so the controller revokes it as a leftover.
             let marker = match labels.get(LABEL_ATTEMPT) {
                 Some(attempt) => Marker::of(owner_uid, attempt),
-                None => {
-                    marker_in(&role.name, owner_uid).unwrap_or_else(|| Marker::of(owner_uid, ""))
-                }
+                None => marker_in(&role.name, owner_uid).unwrap_or_else(|| Marker::of(owner_uid, "")),
             };
             Some((role.id, marker))
         })
@@ -559,11 +429,7 @@ fn owned_keys(
         };
         let role = key.role_id.filter(|id| our_roles.remove(id).is_some());
         found.push(OwnedKey {
-            key_ref: KeyRef::ApiKey {
-                key: key.key.clone(),
-                role,
-            }
-            .to_string(),
+            key_ref: KeyRef::ApiKey { key: key.key.clone(), role }.to_string(),
             access_key_id: Some(key.key),
             marker,
         });
@@ -575,11 +441,7 @@ fn owned_keys(
     }));
     found.extend(access_keys.into_iter().filter_map(|key| {
         let marker = marker_in(&key.name, owner_uid)?;
-        Some(OwnedKey {
-            key_ref: KeyRef::AccessKey(key.key.clone()).to_string(),
-            access_key_id: Some(key.key),
-            marker,
-        })
+        Some(OwnedKey { key_ref: KeyRef::AccessKey(key.key.clone()).to_string(), access_key_id: Some(key.key), marker })
     }));
     found
 }
@@ -591,10 +453,7 @@ fn succeeded(operation: &str, op: Operation) -> Result<Operation, ProviderError>
         return Ok(op);
     }
     let permanent = op.state == OperationState::Failure
-        && matches!(
-            op.reason.as_deref(),
-            Some("incorrect" | "forbidden" | "unsupported" | "conflict")
-        );
+        && matches!(op.reason.as_deref(), Some("incorrect" | "forbidden" | "unsupported" | "conflict"));
     let state = match op.state {
         OperationState::Failure => "failed",
         OperationState::Timeout => "timed out",
@@ -608,31 +467,20 @@ fn succeeded(operation: &str, op: Operation) -> Result<Operation, ProviderError>
         message.push_str(": ");
         message.push_str(&truncate(detail));
     }
-    let kind = if permanent {
-        ErrorKind::Permanent
-    } else {
-        ErrorKind::Retryable
-    };
+    let kind = if permanent { ErrorKind::Permanent } else { ErrorKind::Retryable };
     Err(ProviderError::new(kind, operation, message))
 }
 
 /// Classifies a non-2xx answer from its status and the provider's own words.
 fn classify(operation: &str, response: ErrorResponse<'_>) -> ProviderError {
     let parsed: Option<ErrorBody> = serde_json::from_slice(response.body).ok();
-    let retry_after = parsed
-        .as_ref()
-        .and_then(|b| b.retry_after)
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64);
+    let retry_after =
+        parsed.as_ref().and_then(|b| b.retry_after).filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64);
     let message = parsed
         .as_ref()
         .and_then(message_of)
         .unwrap_or_else(|| String::from_utf8_lossy(response.body).trim().to_string());
-    let message = if message.is_empty() {
-        "no error message".to_string()
-    } else {
-        truncate(&message)
-    };
+    let message = if message.is_empty() { "no error message".to_string() } else { truncate(&message) };
     ProviderError::from_status(operation, response.status, message).with_retry_after(retry_after)
 }
 
@@ -686,14 +534,7 @@ mod tests {
 
     fn error(status: u16, body: &str) -> ProviderError {
         let headers = HeaderMap::new();
-        classify(
-            "create-api-key",
-            ErrorResponse {
-                status,
-                headers: &headers,
-                body: body.as_bytes(),
-            },
-        )
+        classify("create-api-key", ErrorResponse { status, headers: &headers, body: body.as_bytes() })
     }
 
     fn op(json: &str) -> Operation {
@@ -713,10 +554,7 @@ mod tests {
         }
         assert_eq!(
             KeyRef::parse("api-key:K;role:R").expect("parses"),
-            KeyRef::ApiKey {
-                key: "K".into(),
-                role: Some("R".into())
-            }
+            KeyRef::ApiKey { key: "K".into(), role: Some("R".into()) }
         );
     }
 
@@ -746,16 +584,10 @@ mod tests {
             p.template_vars(),
             TemplateVars::from([
                 ("zone", "de-fra-1".to_string()),
-                (
-                    "endpoint",
-                    "https://api-de-fra-1.exoscale.com/v2".to_string()
-                ),
+                ("endpoint", "https://api-de-fra-1.exoscale.com/v2".to_string()),
             ])
         );
-        assert_eq!(
-            provider(Some("http://127.0.0.1:8080/v2/")).endpoint,
-            "http://127.0.0.1:8080/v2"
-        );
+        assert_eq!(provider(Some("http://127.0.0.1:8080/v2/")).endpoint, "http://127.0.0.1:8080/v2");
     }
 
     #[test]
@@ -767,21 +599,14 @@ mod tests {
         let url = p.url("t", &["api-key", "a/../b c"]).expect("url");
         assert_eq!(url.path(), "/v2/api-key/a%2F..%2Fb%20c");
         for bad in ["", ".", ".."] {
-            assert_eq!(
-                p.url("t", &["api-key", bad]).expect_err(bad).kind,
-                ErrorKind::Permanent
-            );
+            assert_eq!(p.url("t", &["api-key", bad]).expect_err(bad).kind, ErrorKind::Permanent);
         }
     }
 
     #[test]
     fn bad_settings_are_refused_at_construction() {
-        let bad_key = ExoscaleProvider::new(
-            &issuer(None),
-            "EXO1\n".into(),
-            SecretString::from("s"),
-            HttpConfig::default(),
-        );
+        let bad_key =
+            ExoscaleProvider::new(&issuer(None), "EXO1\n".into(), SecretString::from("s"), HttpConfig::default());
         assert!(matches!(bad_key, Err(e) if e.kind == ErrorKind::Auth));
         let bad_endpoint = ExoscaleProvider::new(
             &issuer(Some("not a url")),
@@ -794,15 +619,10 @@ mod tests {
 
     #[test]
     fn error_messages_come_from_the_body_in_each_known_shape() {
-        let e = error(
-            400,
-            r#"{"message":"invalid request: Cannot generate IAMv2 `Access Key` using a IAMv3 `Api Key`"}"#,
-        );
+        let e =
+            error(400, r#"{"message":"invalid request: Cannot generate IAMv2 `Access Key` using a IAMv3 `Api Key`"}"#);
         assert_eq!(e.kind, ErrorKind::Permanent);
-        assert_eq!(
-            e.message,
-            "invalid request: Cannot generate IAMv2 `Access Key` using a IAMv3 `Api Key`"
-        );
+        assert_eq!(e.message, "invalid request: Cannot generate IAMv2 `Access Key` using a IAMv3 `Api Key`");
         assert_eq!(e.status, Some(400));
         assert_eq!(e.operation, "create-api-key");
 
@@ -814,10 +634,7 @@ mod tests {
         assert_eq!(e.message, "rate limited");
         assert_eq!(e.retry_after, Some(Duration::from_millis(2500)));
 
-        let e = error(
-            422,
-            r#"{"type":"about:blank","title":"Unprocessable","detail":"bad policy"}"#,
-        );
+        let e = error(422, r#"{"type":"about:blank","title":"Unprocessable","detail":"bad policy"}"#);
         assert_eq!(e.message, "Unprocessable: bad policy");
 
         let e = error(502, "<html>Bad Gateway</html>\n");
@@ -866,11 +683,7 @@ mod tests {
     }
 
     fn api_key(name: &str, key: &str, role: &str) -> api::ApiKey {
-        api::ApiKey {
-            name: name.into(),
-            key: key.into(),
-            role_id: Some(role.into()),
-        }
+        api::ApiKey { name: name.into(), key: key.into(), role_id: Some(role.into()) }
     }
 
     fn role(id: &str, owner: &str, attempt: Option<&str>) -> api::Role {
@@ -900,45 +713,19 @@ mod tests {
             role("R1", UID, Some("aaaaaaaaaa")),
             role("R3", UID, Some("cccccccccc")),
             role("R9", OTHER, Some("aaaaaaaaaa")),
-            api::Role {
-                id: "unlabelled".into(),
-                name: format!("x.{a3}"),
-                labels: None,
-            },
+            api::Role { id: "unlabelled".into(), name: format!("x.{a3}"), labels: None },
         ];
         let access = vec![
-            api::AccessKey {
-                name: format!("legacy.{a3}"),
-                key: "EXO5".into(),
-            },
-            api::AccessKey {
-                name: "legacy".into(),
-                key: "EXO6".into(),
-            },
+            api::AccessKey { name: format!("legacy.{a3}"), key: "EXO5".into() },
+            api::AccessKey { name: "legacy".into(), key: "EXO6".into() },
         ];
         assert_eq!(
             owned_keys(UID, keys, roles, access),
             vec![
-                OwnedKey {
-                    access_key_id: Some("EXO1".into()),
-                    key_ref: "api-key:EXO1;role:R1".into(),
-                    marker: a1,
-                },
-                OwnedKey {
-                    access_key_id: Some("EXO2".into()),
-                    key_ref: "api-key:EXO2".into(),
-                    marker: a2,
-                },
-                OwnedKey {
-                    access_key_id: None,
-                    key_ref: "role:R3".into(),
-                    marker: a3.clone(),
-                },
-                OwnedKey {
-                    access_key_id: Some("EXO5".into()),
-                    key_ref: "access-key:EXO5".into(),
-                    marker: a3,
-                },
+                OwnedKey { access_key_id: Some("EXO1".into()), key_ref: "api-key:EXO1;role:R1".into(), marker: a1 },
+                OwnedKey { access_key_id: Some("EXO2".into()), key_ref: "api-key:EXO2".into(), marker: a2 },
+                OwnedKey { access_key_id: None, key_ref: "role:R3".into(), marker: a3.clone() },
+                OwnedKey { access_key_id: Some("EXO5".into()), key_ref: "access-key:EXO5".into(), marker: a3 },
             ]
         );
     }

@@ -47,9 +47,7 @@ pub fn authorization(
 fn signed_query(url: &Url) -> BTreeMap<String, String> {
     let mut all: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, value) in url.query_pairs() {
-        all.entry(name.into_owned())
-            .or_default()
-            .push(value.into_owned());
+        all.entry(name.into_owned()).or_default().push(value.into_owned());
     }
     all.into_iter()
         .filter_map(|(name, mut values)| match values.len() {
@@ -60,13 +58,7 @@ fn signed_query(url: &Url) -> BTreeMap<String, String> {
 }
 
 /// `path` must be the escaped path as it goes on the wire (`Url::path` is), `/v2` included.
-fn message(
-    method: &str,
-    path: &str,
-    body: &[u8],
-    query: &BTreeMap<String, String>,
-    expires: i64,
-) -> Vec<u8> {
+fn message(method: &str, path: &str, body: &[u8], query: &BTreeMap<String, String>, expires: i64) -> Vec<u8> {
     let mut m = Vec::with_capacity(method.len() + path.len() + body.len() + 64);
     m.extend_from_slice(method.as_bytes());
     m.push(b' ');
@@ -103,9 +95,7 @@ mod tests {
 
     fn signature(method: &str, url: &str, body: &str) -> String {
         let h = header(method, url, body);
-        h.rsplit_once(",signature=")
-            .map(|(_, s)| s.to_string())
-            .expect("header carries a signature")
+        h.rsplit_once(",signature=").map(|(_, s)| s.to_string()).expect("header carries a signature")
     }
 
     #[test]
@@ -135,19 +125,11 @@ mod tests {
     #[test]
     fn upstream_post_signs_the_body_exactly_as_sent() {
         assert_eq!(
-            signature(
-                "POST",
-                "https://api.exoscale.com/v2/load-balancer",
-                r#"{"name": "foo"}"#
-            ),
+            signature("POST", "https://api.exoscale.com/v2/load-balancer", r#"{"name": "foo"}"#),
             "duldkM0+pgWRtUznj0rMrZauzsYOtSVLn1LCGcs7CcE="
         );
         assert_eq!(
-            signature(
-                "POST",
-                "https://api.exoscale.com/v2/load-balancer",
-                r#"{"name":"foo"}"#
-            ),
+            signature("POST", "https://api.exoscale.com/v2/load-balancer", r#"{"name":"foo"}"#),
             "y2xzRvQuzxGRld/2l3B9bGMUeB3rkZHxM+2r1FAJdxA="
         );
     }
@@ -167,11 +149,7 @@ mod tests {
     #[test]
     fn derived_delete_api_key_vector() {
         assert_eq!(
-            signature(
-                "DELETE",
-                "https://api-ch-gva-2.exoscale.com/v2/api-key/EXO19c207e5f483f2d85f99b709",
-                ""
-            ),
+            signature("DELETE", "https://api-ch-gva-2.exoscale.com/v2/api-key/EXO19c207e5f483f2d85f99b709", ""),
             "HgoqGGVVZaw10AtmhPWP3xOfHcOBT8GFtt+tK2sMgzk="
         );
     }
@@ -179,11 +157,7 @@ mod tests {
     #[test]
     fn derived_get_operation_vector() {
         assert_eq!(
-            signature(
-                "GET",
-                "https://api-ch-gva-2.exoscale.com/v2/operation/e2047130-b86e-11ef-83b3-0d8312b2c2d7",
-                ""
-            ),
+            signature("GET", "https://api-ch-gva-2.exoscale.com/v2/operation/e2047130-b86e-11ef-83b3-0d8312b2c2d7", ""),
             "a1kAuT+ao5hvkvTp+xCLzd4PN97dEbx0kNYcHyrAd6k="
         );
     }
