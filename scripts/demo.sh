@@ -18,12 +18,22 @@ step "Installing the CRDs (cloudkeys crds | kubectl create -f -)"
 target/debug/cloudkeys crds | $kubectl create --validate=false -f -
 $kubectl wait --for condition=established --timeout=60s crd/accesskeys.cloudkeys.io crd/keyissuers.cloudkeys.io crd/clusterkeyissuers.cloudkeys.io
 
+step "Starting the operator: cloudkeys run (logs in $state/operator.log)"
+target/debug/cloudkeys run >"$state/operator.log" 2>&1 &
+operator=$!
+trap 'kill $operator 2>/dev/null; wait $operator 2>/dev/null; scripts/control-plane.sh stop "$state"; rm -rf "$state"' EXIT
+
 step "Creating namespace team-a with a local KeyIssuer and an AccessKey"
 $kubectl create namespace team-a
 $kubectl apply -n team-a -f examples/local/keyissuer.yaml -f examples/local/accesskey.yaml
 
-step "kubectl get cloudkeys -n team-a"
+step "Waiting for the AccessKey to be Ready"
+$kubectl wait -n team-a --for condition=Ready --timeout=60s accesskey/demo
 $kubectl get cloudkeys -n team-a
+
+step "The Secret demo-credentials: its keys (values stay secret)"
+$kubectl get secret -n team-a demo-credentials -o go-template='{{range $k, $v := .data}}{{printf "  %s\n" $k}}{{end}}'
+$kubectl get secret -n team-a demo-credentials -o jsonpath='{.metadata.annotations.cloudkeys\.io/access-key-id}{"\n"}' | sed 's/^/  annotation cloudkeys.io\/access-key-id: /'
 
 step "The schema refuses a bad AccessKey at admission"
 $kubectl apply -n team-a -f - <<'YAML' || true
@@ -36,4 +46,10 @@ spec:
   local: {}
 YAML
 
-step "Done; the control plane is stopped and its state removed."
+step "Deleting the AccessKey: the key is revoked, then the finalizer released"
+$kubectl get accesskey -n team-a demo -o jsonpath='finalizers: {.metadata.finalizers}{"\n"}'
+$kubectl delete -n team-a accesskey/demo --wait=true --timeout=60s
+$kubectl get accesskey -n team-a demo 2>&1 | sed 's/^/  /' || true
+$kubectl get events -n team-a --field-selector involvedObject.name=demo -o custom-columns=REASON:.reason,MESSAGE:.message 2>/dev/null || true
+
+step "Done; the operator and the control plane are stopped and their state removed."

@@ -125,7 +125,8 @@ impl Cluster<'_> {
         status.conditions = vec![condition];
         status.observed_generation = generation;
         self.write_status(status).await?;
-        if !reason.is_ready() {
+        // Revoking is progress, announced by the Revoked event that follows.
+        if !reason.is_ready() && reason != Reason::Revoking {
             self.ctx.event(self.ak, EventType::Warning, reason.as_str(), message.clone()).await;
         }
         tracing::info!(access_key = %display_name(self.ak), reason = reason.as_str(), %message, "condition");
