@@ -19,7 +19,7 @@ target/debug/cloudkeys crds | $kubectl create --validate=false -f -
 $kubectl wait --for condition=established --timeout=60s crd/accesskeys.cloudkeys.io crd/keyissuers.cloudkeys.io crd/clusterkeyissuers.cloudkeys.io
 
 step "Starting the operator: cloudkeys run (logs in $state/operator.log)"
-target/debug/cloudkeys run >"$state/operator.log" 2>&1 &
+target/debug/cloudkeys run --leader-election=false --metrics-address 127.0.0.1:0 >"$state/operator.log" 2>&1 &
 operator=$!
 trap 'kill $operator 2>/dev/null; wait $operator 2>/dev/null; scripts/control-plane.sh stop "$state"; rm -rf "$state"' EXIT
 

@@ -36,9 +36,27 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "CLOUDKEYS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, env = "CLOUDKEYS_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub metrics_address: std::net::SocketAddr,
+    /// Only the holder of the Lease `cloudkeys-leader` reconciles (run several replicas safely).
+    #[arg(long, env = "CLOUDKEYS_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Namespace of the leader-election Lease; default POD_NAMESPACE, else the cluster resource
+    /// namespace.
+    #[arg(long, env = "CLOUDKEYS_LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
 }
 
 impl RunArgs {
+    /// The namespace of the leader-election Lease after applying the documented defaults.
+    pub fn leader_election_namespace(&self) -> String {
+        self.leader_election_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| self.cluster_resource_namespace())
+    }
+
     /// The cluster resource namespace after applying the documented defaults.
     pub fn cluster_resource_namespace(&self) -> String {
         self.cluster_resource_namespace

@@ -38,6 +38,13 @@ const RESYNC: Duration = Duration::from_secs(3600);
 const REPLACE_AFTER: Duration = Duration::from_secs(10);
 
 pub async fn reconcile(ak: Arc<AccessKey>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile_inner(ak, &ctx).await;
+    crate::metrics::global().reconciled("accesskey", started.elapsed(), result.as_ref().err().map(Error::label));
+    result
+}
+
+async fn reconcile_inner(ak: Arc<AccessKey>, ctx: &Arc<Context>) -> Result<Action, Error> {
     let ns = ak.namespace().unwrap_or_default();
     let api: Api<AccessKey> = Api::namespaced(ctx.client.clone(), &ns);
     let key = display_name(&*ak);
@@ -300,6 +307,7 @@ async fn act(
                             .await
                     }
                     Err(e) => {
+                        crate::metrics::global().revocation_failed(c.ak.spec.provider.name());
                         let note = format!("cannot revoke replaced key {} yet: {e}", r.access_key_id);
                         c.ctx.event(c.ak, EventType::Warning, "RevocationFailed", note).await;
                         kept.push(r);
@@ -534,6 +542,7 @@ async fn cleanup(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
                     Ok(Action::await_change())
                 }
                 Err(e) => {
+                    crate::metrics::global().revocation_failed(ak.spec.provider.name());
                     let message = format!(
                         "cannot revoke the key: {e}; fix the issuer, or set deletionPolicy: Retain to delete the AccessKey and keep the key"
                     );

@@ -14,6 +14,8 @@ pub enum Error {
     Issuer(String),
     #[error("finalizer: {0}")]
     Finalizer(String),
+    #[error("{0}")]
+    Startup(String),
 }
 
 impl Error {
@@ -28,6 +30,7 @@ impl Error {
             },
             Self::Issuer(_) => "issuer",
             Self::Finalizer(_) => "finalizer",
+            Self::Startup(_) => "startup",
         }
     }
 
@@ -43,7 +46,7 @@ impl Error {
             Self::Provider(e) if e.kind == ErrorKind::Permanent => exp(30, 600),
             Self::Provider(e) => exp(2, 300).max(e.retry_after.unwrap_or_default()),
             Self::Issuer(_) => exp(10, 300),
-            Self::Kube(_) | Self::Finalizer(_) => exp(1, 60),
+            Self::Kube(_) | Self::Finalizer(_) | Self::Startup(_) => exp(1, 60),
         }
     }
 }

@@ -35,6 +35,8 @@ pub trait IssuerObject:
     + Sync
     + 'static
 {
+    /// The controller's name in metrics.
+    const CONTROLLER: &'static str;
     fn api(ctx: &Context, namespace: Option<&str>) -> Api<Self>;
     /// Namespace of the Secrets this issuer reads.
     fn secret_namespace(&self, ctx: &Context) -> String;
@@ -43,6 +45,7 @@ pub trait IssuerObject:
 }
 
 impl IssuerObject for KeyIssuer {
+    const CONTROLLER: &'static str = "keyissuer";
     fn api(ctx: &Context, namespace: Option<&str>) -> Api<Self> {
         Api::namespaced(ctx.client.clone(), namespace.unwrap_or_default())
     }
@@ -58,6 +61,7 @@ impl IssuerObject for KeyIssuer {
 }
 
 impl IssuerObject for ClusterKeyIssuer {
+    const CONTROLLER: &'static str = "clusterkeyissuer";
     fn api(ctx: &Context, _: Option<&str>) -> Api<Self> {
         Api::all(ctx.client.clone())
     }
@@ -73,6 +77,13 @@ impl IssuerObject for ClusterKeyIssuer {
 }
 
 pub async fn reconcile<K: IssuerObject>(issuer: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile_inner(issuer, ctx).await;
+    crate::metrics::global().reconciled(K::CONTROLLER, started.elapsed(), result.as_ref().err().map(Error::label));
+    result
+}
+
+async fn reconcile_inner<K: IssuerObject>(issuer: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
     let described = issuer.describe();
     let previous = issuer.status().cloned().unwrap_or_default();
     let (reason, message, requeue) = check(&*issuer, &ctx).await?;

@@ -15,10 +15,21 @@ use crate::api::{AccessKey, ClusterKeyIssuer, IssuerKind, KeyIssuer};
 use crate::cli::RunArgs;
 use crate::providers::http::HttpConfig;
 
+use std::sync::atomic::Ordering;
+
+use kube_lease_manager::LeaseManagerBuilder;
+
+use crate::server::{serve, Health};
+
 use super::context::Context;
 use super::error::Error;
 use super::secret::{MANAGED_BY, MANAGED_BY_LABEL};
 use super::{access_key, issuer};
+
+const LEASE_NAME: &str = "cloudkeys-leader";
+/// A standby takes over at most this long after the leader stops renewing.
+const LEASE_SECONDS: u64 = 15;
+const LEASE_GRACE_SECONDS: u64 = 5;
 
 /// Reconcile an object when its spec, finalizers or deletion change — not when only its status
 /// does, which is what the controller itself writes.
@@ -42,6 +53,97 @@ where
 
 pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
     let ctx = Arc::new(Context::new(client.clone(), args.cluster_resource_namespace(), HttpConfig::default()));
+    let (reader, writer) = reflector::store::<AccessKey>();
+    let health = Arc::new(Health::default());
+    let registry = crate::metrics::registry(reader.clone());
+    let bound = serve(args.metrics_address, health.clone(), registry)
+        .await
+        .map_err(|e| Error::Startup(format!("cannot serve metrics on {}: {e}", args.metrics_address)))?;
+    tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
+
+    if !args.leader_election {
+        controllers(client, &args, ctx, reader, writer, health).await;
+        return Ok(());
+    }
+    let lease_ns = args.leader_election_namespace();
+    let identity = std::env::var("POD_NAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("cloudkeys-{}", uuid::Uuid::new_v4()));
+    let manager = LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
+        .with_namespace(&lease_ns)
+        .with_identity(&identity)
+        .with_duration(LEASE_SECONDS)
+        .with_grace(LEASE_GRACE_SECONDS)
+        .with_field_manager(super::context::FIELD_MANAGER)
+        .build()
+        .await
+        .map_err(|e| Error::Startup(format!("cannot use Lease {lease_ns}/{LEASE_NAME}: {e}")))?;
+    let (mut leader, lease_task) = manager.watch().await;
+    health.standby.store(true, Ordering::Relaxed);
+    tracing::info!(lease = %format!("{lease_ns}/{LEASE_NAME}"), %identity, "waiting for leadership");
+    let mut stop = std::pin::pin!(shutdown_signal());
+    loop {
+        if *leader.borrow_and_update() {
+            break;
+        }
+        tokio::select! {
+            changed = leader.changed() => if changed.is_err() {
+                return Err(Error::Startup("leader election stopped".into()));
+            },
+            _ = &mut stop => {
+                drop(leader);
+                let _ = lease_task.await;
+                return Ok(());
+            }
+        }
+    }
+    health.standby.store(false, Ordering::Relaxed);
+    tracing::info!(%identity, "leading: starting controllers");
+    let lost = async {
+        while leader.changed().await.is_ok() {
+            if !*leader.borrow_and_update() {
+                return;
+            }
+        }
+    };
+    let result = tokio::select! {
+        _ = controllers(client, &args, ctx, reader, writer, health) => Ok(()),
+        _ = lost => Err(Error::Startup("lost the leader lease; exiting so that only one replica reconciles".into())),
+    };
+    // Dropping the receiver makes the lease task release the Lease: a standby takes over at once.
+    drop(leader);
+    if let Ok(Err(e)) = lease_task.await {
+        tracing::warn!(error = %e, "cannot release the lease");
+    }
+    result
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+/// Runs the three controllers until SIGTERM/SIGINT, finishing the reconciles under way.
+async fn controllers(
+    client: Client,
+    args: &RunArgs,
+    ctx: Arc<Context>,
+    reader: reflector::Store<AccessKey>,
+    writer: reflector::store::Writer<AccessKey>,
+    health: Arc<Health>,
+) {
     let ns = args.namespace.as_deref();
     tracing::info!(
         namespace = ns.unwrap_or("<all>"),
@@ -53,7 +155,6 @@ pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
 
     // AccessKeys: their own changes, their Secrets, and their issuers.
     let access_keys: Api<AccessKey> = api_for(&client, ns);
-    let (reader, writer) = reflector::store();
     let stream = watcher::watcher(access_keys, Config::default())
         .default_backoff()
         .reflect(writer)
@@ -63,6 +164,12 @@ pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
     let managed = Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let by_key_issuer = reader.clone();
     let by_cluster_issuer = reader.clone();
+    let synced = reader.clone();
+    tokio::spawn(async move {
+        if synced.wait_until_ready().await.is_ok() {
+            health.synced.store(true, Ordering::Relaxed);
+        }
+    });
     let access_key_controller = Controller::for_stream(stream, reader)
         .with_config(controller_config.clone())
         .owns(secrets, managed)
@@ -89,7 +196,6 @@ pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
 
     tokio::join!(access_key_controller, key_issuers, cluster_issuers);
     tracing::info!("controllers stopped");
-    Ok(())
 }
 
 /// The AccessKeys that use an issuer.

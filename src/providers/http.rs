@@ -18,6 +18,8 @@ use super::error::{ErrorKind, ProviderError};
 
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
+    /// The provider's name, for metrics.
+    pub provider: &'static str,
     /// Sustained requests per second to one issuer's account.
     pub requests_per_second: u32,
     /// Retries after the first attempt, for retryable failures.
@@ -32,6 +34,7 @@ pub struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
+            provider: "unknown",
             requests_per_second: 5,
             max_retries: 3,
             base_backoff: Duration::from_millis(250),
@@ -116,7 +119,11 @@ impl Http {
         loop {
             self.limiter.until_ready().await;
             let request = build(&self.client)?;
-            let (error, provider_did_not_act) = match self.client.execute(request).await {
+            let started = std::time::Instant::now();
+            let result = self.client.execute(request).await;
+            let status = result.as_ref().ok().map(|r| r.status().as_u16());
+            crate::metrics::global().provider_call(self.config.provider, operation, status, started.elapsed());
+            let (error, provider_did_not_act) = match result {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
                     let headers = resp.headers().clone();

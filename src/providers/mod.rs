@@ -100,6 +100,7 @@ pub fn build(
     http: &http::HttpConfig,
 ) -> Result<Arc<dyn Provider>, String> {
     let secret = credentials_secret(settings).unwrap_or_default();
+    let http = &http::HttpConfig { provider: settings.name(), ..http.clone() };
     match settings {
         IssuerProvider::Local(_) => Ok(Arc::new(local::LocalProvider::new(local.clone()))),
         IssuerProvider::Exoscale(e) => {

@@ -37,6 +37,7 @@ impl Operator {
         let err = out.try_clone().expect("log file handle");
         let child = Command::new(env!("CARGO_BIN_EXE_cloudkeys"))
             .args(["run", "--namespace", &self.namespace, "--cluster-resource-namespace", &self.namespace])
+            .args(["--metrics-address", "127.0.0.1:0", "--log-format", "json"])
             .env("KUBECONFIG", &control_plane().kubeconfig)
             .env("RUST_LOG", "info,cloudkeys=debug")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -81,6 +82,39 @@ impl Operator {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// Base URL of the operator's HTTP endpoints (it logs the port it bound).
+    pub fn http_base(&self) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            for line in self.logs().lines().rev() {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+                if v["fields"]["message"].as_str().is_some_and(|m| m.starts_with("serving /metrics")) {
+                    if let Some(addr) = v["fields"]["address"].as_str() {
+                        return format!("http://{addr}");
+                    }
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "the operator never said where it serves /metrics");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to end; returns whether it exited successfully.
+    pub fn terminate(&mut self, timeout: std::time::Duration) -> bool {
+        let Some(child) = self.child.as_mut() else { return false };
+        let pid = child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status.success();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        false
     }
 
     /// Everything the operator logged so far.

@@ -1,0 +1,222 @@
+//! Prometheus metrics, registered once per process. Labels never carry a secret: only names of
+//! controllers, providers, operations, HTTP status codes and AccessKey namespace/name.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use kube::runtime::reflector::Store;
+use kube::ResourceExt;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::api::AccessKey;
+use crate::controller::conditions;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    pub controller: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub controller: &'static str,
+    pub error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderCallLabels {
+    pub provider: &'static str,
+    pub operation: String,
+    /// HTTP status, or `error` when no answer came.
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderOperationLabels {
+    pub provider: &'static str,
+    pub operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    pub provider: String,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+pub struct Metrics {
+    pub reconciles: Family<ControllerLabels, Counter>,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub reconcile_duration: Family<ControllerLabels, Histogram>,
+    pub provider_requests: Family<ProviderCallLabels, Counter>,
+    pub provider_latency: Family<ProviderOperationLabels, Histogram>,
+    pub revocation_failures: Family<ProviderLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            reconciles: Family::default(),
+            reconcile_errors: Family::default(),
+            reconcile_duration: Family::new_with_constructor(latency_histogram),
+            provider_requests: Family::default(),
+            provider_latency: Family::new_with_constructor(latency_histogram),
+            revocation_failures: Family::default(),
+        }
+    }
+}
+
+impl Metrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register("cloudkeys_reconciles", "Reconciliations by controller", self.reconciles.clone());
+        registry.register(
+            "cloudkeys_reconcile_errors",
+            "Failed reconciliations by controller and error kind",
+            self.reconcile_errors.clone(),
+        );
+        registry.register(
+            "cloudkeys_reconcile_duration_seconds",
+            "Time spent in one reconciliation",
+            self.reconcile_duration.clone(),
+        );
+        registry.register(
+            "cloudkeys_provider_requests",
+            "Provider API calls by provider, operation and HTTP status",
+            self.provider_requests.clone(),
+        );
+        registry.register(
+            "cloudkeys_provider_request_duration_seconds",
+            "Provider API call latency",
+            self.provider_latency.clone(),
+        );
+        registry.register(
+            "cloudkeys_revocation_failures",
+            "Keys that could not be revoked when asked to",
+            self.revocation_failures.clone(),
+        );
+    }
+
+    /// Records one provider call (from the shared HTTP layer).
+    pub fn provider_call(&self, provider: &'static str, operation: &str, status: Option<u16>, took: Duration) {
+        let status = status.map(|s| s.to_string()).unwrap_or_else(|| "error".into());
+        self.provider_requests
+            .get_or_create(&ProviderCallLabels { provider, operation: operation.into(), status })
+            .inc();
+        self.provider_latency
+            .get_or_create(&ProviderOperationLabels { provider, operation: operation.into() })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn reconciled(&self, controller: &'static str, took: Duration, error: Option<&'static str>) {
+        self.reconciles.get_or_create(&ControllerLabels { controller }).inc();
+        self.reconcile_duration.get_or_create(&ControllerLabels { controller }).observe(took.as_secs_f64());
+        if let Some(error) = error {
+            self.reconcile_errors.get_or_create(&ErrorLabels { controller, error }).inc();
+        }
+    }
+
+    pub fn revocation_failed(&self, provider: &str) {
+        self.revocation_failures.get_or_create(&ProviderLabels { provider: provider.into() }).inc();
+    }
+}
+
+/// The process-wide metrics (the HTTP layer of every provider records into them).
+pub fn global() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::default)
+}
+
+/// Per-AccessKey gauges computed at scrape time from the controller's cache, so that deleted
+/// AccessKeys leave no stale series behind.
+#[derive(Debug)]
+struct AccessKeyCollector {
+    store: Store<AccessKey>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadyLabels {
+    ready: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyLabels {
+    namespace: String,
+    name: String,
+}
+
+impl Collector for AccessKeyCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let now = jiff::Timestamp::now();
+        let keys = self.store.state();
+        let ready = keys
+            .iter()
+            .filter(|ak| {
+                let status = ak.status.as_ref();
+                conditions::is_ready(
+                    status.map(|s| s.conditions.as_slice()).unwrap_or_default(),
+                    ak.metadata.generation,
+                )
+            })
+            .count();
+        let gauge = ConstGauge::new(0i64);
+        let mut family = encoder.encode_descriptor(
+            "cloudkeys_access_keys",
+            "AccessKeys by Ready status",
+            None,
+            gauge.metric_type(),
+        )?;
+        for (label, n) in [("true", ready), ("false", keys.len() - ready)] {
+            ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX))
+                .encode(family.encode_family(&ReadyLabels { ready: label })?)?;
+        }
+        let mut age = encoder.encode_descriptor(
+            "cloudkeys_access_key_age_seconds",
+            "Age of each AccessKey's current key",
+            None,
+            ConstGauge::new(0.0f64).metric_type(),
+        )?;
+        for ak in keys.iter() {
+            if let Some(issued) = ak.status.as_ref().and_then(|s| s.issued_at.as_ref()) {
+                let labels = KeyLabels { namespace: ak.namespace().unwrap_or_default(), name: ak.name_any() };
+                ConstGauge::new(now.duration_since(issued.0).as_secs_f64()).encode(age.encode_family(&labels)?)?;
+            }
+        }
+        let mut expiry = encoder.encode_descriptor(
+            "cloudkeys_access_key_expiry_seconds",
+            "Seconds until each AccessKey's current key expires at the provider (keys that expire only)",
+            None,
+            ConstGauge::new(0.0f64).metric_type(),
+        )?;
+        for ak in keys.iter() {
+            if let Some(expires) = ak.status.as_ref().and_then(|s| s.expires_at.as_ref()) {
+                let labels = KeyLabels { namespace: ak.namespace().unwrap_or_default(), name: ak.name_any() };
+                ConstGauge::new(expires.0.duration_since(now).as_secs_f64()).encode(expiry.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The registry served on `/metrics`.
+pub fn registry(access_keys: Store<AccessKey>) -> Registry {
+    let mut registry = Registry::default();
+    global().register(&mut registry);
+    registry.register_collector(Box::new(AccessKeyCollector { store: access_keys }));
+    registry
+}
+
+/// The registry in Prometheus text format.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, registry) {
+        tracing::warn!(error = %e, "cannot encode metrics");
+    }
+    out
+}
