@@ -50,8 +50,8 @@ async fn reconcile_inner(ak: Arc<AccessKey>, ctx: &Arc<Context>) -> Result<Actio
     let key = display_name(&*ak);
     let result = finalizer(&api, FINALIZER, ak, |event| async {
         match event {
-            FinalizerEvent::Apply(ak) => apply(ak, &ctx).await,
-            FinalizerEvent::Cleanup(ak) => cleanup(ak, &ctx).await,
+            FinalizerEvent::Apply(ak) => apply(ak, ctx).await,
+            FinalizerEvent::Cleanup(ak) => cleanup(ak, ctx).await,
         }
     })
     .await
