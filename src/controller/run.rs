@@ -166,8 +166,14 @@ async fn controllers(
     let by_cluster_issuer = reader.clone();
     let synced = reader.clone();
     tokio::spawn(async move {
-        if synced.wait_until_ready().await.is_ok() {
-            health.synced.store(true, Ordering::Relaxed);
+        // Re-polled in short rounds: the store's readiness signal wakes only its latest waiter,
+        // and the controller waits on it too.
+        loop {
+            match tokio::time::timeout(std::time::Duration::from_millis(500), synced.wait_until_ready()).await {
+                Ok(Ok(())) => break health.synced.store(true, Ordering::Relaxed),
+                Ok(Err(_)) => break,
+                Err(_) => continue,
+            }
         }
     });
     let access_key_controller = Controller::for_stream(stream, reader)

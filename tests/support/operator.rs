@@ -21,7 +21,9 @@ impl Operator {
     }
 
     pub fn start_with(namespace: &str, env: &[(&str, &str)]) -> Self {
-        let log = control_plane().dir.join(format!("operator-{namespace}.log"));
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = control_plane().dir.join(format!("operator-{namespace}-{n}.log"));
         let mut op = Self {
             child: None,
             log,
