@@ -53,6 +53,9 @@ pub const KEYS_PER_USER: usize = 10;
 /// Outscale locks a key out for a minute after four bad signatures in a row (error 13).
 const LOCKOUT: Duration = Duration::from_secs(60);
 
+/// An expiration date closer than this is not re-sent when a key is deactivated.
+const RESEND_MARGIN: SignedDuration = SignedDuration::from_secs(60);
+
 /// Provider error messages are shown in conditions; keep them readable.
 const MAX_MESSAGE_CHARS: usize = 400;
 
@@ -63,8 +66,9 @@ const LOCKED_TEMPORARILY: u32 = 13;
 const LOCKED_PERMANENTLY: u32 = 11;
 const QUOTA: std::ops::RangeInclusive<u32> = 10000..=10999;
 const DEPENDENCY: std::ops::RangeInclusive<u32> = 1000..=1999;
-/// `InvalidState`: e.g. a key whose new state has not settled yet.
-const INVALID_STATE: std::ops::RangeInclusive<u32> = 6000..=6999;
+/// `ResourceConflict` `busy`. `InvalidState` (6xxx, e.g. deleting an ACTIVE key of an EIM
+/// user) stays permanent: repeating the same request cannot change the key's state, and
+/// `revoke` reacts to it at once rather than after the HTTP layer's retries.
 const BUSY: u32 = 9002;
 /// `access-keys-not-found` and `no-such-user` (Python SDK's gateway error list): the key, or
 /// the user and with it all its keys, is gone.
@@ -299,7 +303,10 @@ impl OutscaleProvider {
             tracing::debug!(key = %key.id, "access key already gone");
             return Ok(());
         };
-        let expiration = live.expiration_date.as_deref().map(resend_date);
+        let expiration = live
+            .expiration_date
+            .as_deref()
+            .and_then(|d| resend_date(d, Timestamp::now()));
         let active = live.state.as_deref() != Some(INACTIVE);
         // An EIM user's key must be INACTIVE before it can be deleted.
         if key.user.is_some() && active {
@@ -566,10 +573,7 @@ fn classify(operation: &str, response: HttpError<'_>) -> (ProviderError, Vec<Str
         };
         message = format!("{message} ({hint})");
         ErrorKind::Auth
-    } else if status == 424
-        || status == 409
-        || any(&|c| DEPENDENCY.contains(&c) || INVALID_STATE.contains(&c) || c == BUSY)
-    {
+    } else if status == 424 || any(&|c| DEPENDENCY.contains(&c) || c == BUSY) {
         ErrorKind::Retryable
     } else {
         ProviderError::from_status(operation, status, "").kind
@@ -739,9 +743,15 @@ fn api_date(at: Timestamp) -> String {
 }
 
 /// The expiration date to re-send with a state change: the live value in the form we send
-/// dates, or verbatim when it cannot be read (better than clearing it).
-fn resend_date(live: &str) -> String {
-    parse_timestamp(live).map_or_else(|| live.to_string(), api_date)
+/// dates, or verbatim when it cannot be read (better than clearing it). A date already past
+/// (or about to be) is not re-sent: such a key signs nothing either way, it is deleted right
+/// after, and the API may refuse a date in the past, which would block the revocation.
+fn resend_date(live: &str, now: Timestamp) -> Option<String> {
+    match parse_timestamp(live) {
+        Some(at) if at.duration_since(now) <= RESEND_MARGIN => None,
+        Some(at) => Some(api_date(at)),
+        None => Some(live.to_string()),
+    }
 }
 
 /// Parses the timestamps Outscale writes, leniently: RFC 3339 (`Z`, `+00:00`), ISO 8601 basic
@@ -1083,10 +1093,9 @@ mod tests {
             error(424, &body("1000", "DependencyProblem", "x")).kind,
             ErrorKind::Retryable
         );
-        assert_eq!(
-            error(409, &body("6003", "InvalidState", "x")).kind,
-            ErrorKind::Retryable
-        );
+        let (e, codes) = classify_codes(409, &body("6003", "InvalidState", "x"));
+        assert_eq!(e.kind, ErrorKind::Permanent);
+        assert!(Failure { error: e, codes }.refused());
         assert_eq!(
             error(400, &body("9002", "ResourceConflict", "busy")).kind,
             ErrorKind::Retryable
@@ -1154,12 +1163,15 @@ mod tests {
     fn dates_are_sent_in_the_spec_form_and_resent_from_the_live_value() {
         let at: Timestamp = "2026-11-22T12:00:00.123456Z".parse().expect("ts");
         assert_eq!(api_date(at), "2026-11-22T12:00:00.123Z");
-        assert_eq!(
-            resend_date("2063-04-05T00:00:00.000+0000"),
-            "2063-04-05T00:00:00.000Z"
-        );
-        assert_eq!(resend_date("whenever"), "whenever");
         let now: Timestamp = "2026-11-22T12:00:00.987Z".parse().expect("ts");
+        assert_eq!(
+            resend_date("2063-04-05T00:00:00.000+0000", now).as_deref(),
+            Some("2063-04-05T00:00:00.000Z")
+        );
+        assert_eq!(resend_date("whenever", now).as_deref(), Some("whenever"));
+        // Past, or about to pass: not re-sent.
+        assert_eq!(resend_date("2026-11-22T12:00:30.000+0000", now), None);
+        assert_eq!(resend_date("2020-01-01", now), None);
         let exp = expiration(now, Duration::from_secs(2160 * 3600)).expect("in range");
         assert_eq!(api_date(exp), "2027-02-20T12:00:00.000Z");
         assert_eq!(expiration(now, Duration::from_secs(u64::MAX / 4)), None);
