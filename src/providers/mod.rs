@@ -6,6 +6,7 @@ pub mod exoscale;
 pub mod http;
 pub mod local;
 pub mod marker;
+pub mod outscale;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -111,9 +112,22 @@ pub fn build(
                     .map_err(|e| e.to_string())?;
             Ok(Arc::new(provider))
         }
-        IssuerProvider::Yandex(_) | IssuerProvider::Outscale(_) => {
-            Err(format!("the {} provider is not available in this version of cloudkeys", settings.name()))
+        IssuerProvider::Outscale(o) => {
+            let key = credential(credentials, secret, "OSC_ACCESS_KEY")?;
+            let secret_key = credential(credentials, secret, "OSC_SECRET_KEY")?;
+            let provider = outscale::OutscaleProvider::new(
+                o,
+                key.expose_secret().trim().to_string(),
+                secret_key,
+                http.clone(),
+            )
+            .map_err(|e| e.to_string())?;
+            Ok(Arc::new(provider))
         }
+        IssuerProvider::Yandex(_) => Err(format!(
+            "the {} provider is not available in this version of cloudkeys",
+            settings.name()
+        )),
     }
 }
 
