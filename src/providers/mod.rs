@@ -6,6 +6,7 @@ pub mod exoscale;
 pub mod http;
 pub mod local;
 pub mod marker;
+pub mod yandex;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -124,7 +125,17 @@ pub fn build(
             .map_err(|e| e.to_string())?;
             Ok(Arc::new(provider))
         }
-        IssuerProvider::Yandex(_) | IssuerProvider::Outscale(_) => Err(format!(
+        IssuerProvider::Yandex(y) => {
+            // No Secret in metadata-service mode: tokens come from the node.
+            let key_json = match &y.service_account_key_secret_ref {
+                Some(r) => Some(credential(credentials, secret, &r.key)?),
+                None => None,
+            };
+            let provider = yandex::YandexProvider::new(y, key_json, http.clone())
+                .map_err(|e| e.to_string())?;
+            Ok(Arc::new(provider))
+        }
+        IssuerProvider::Outscale(_) => Err(format!(
             "the {} provider is not available in this version of cloudkeys",
             settings.name()
         )),
