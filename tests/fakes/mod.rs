@@ -4,3 +4,4 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod exoscale;
+pub mod yandex;

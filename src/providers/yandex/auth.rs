@@ -82,10 +82,12 @@ impl JwtSigner {
         })
     }
 
+    #[cfg(test)]
     pub fn key_id(&self) -> &str {
         &self.key_id
     }
 
+    #[cfg(test)]
     pub fn service_account_id(&self) -> &str {
         &self.service_account_id
     }
@@ -237,6 +239,7 @@ impl TokenCache {
         }
     }
 
+    #[cfg(test)]
     pub fn source(&self) -> &TokenSource {
         &self.source
     }
