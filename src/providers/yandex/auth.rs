@@ -200,8 +200,14 @@ pub fn needs_refresh(obtained_at: Timestamp, expires_at: Timestamp, now: Timesta
 
 /// Where tokens come from.
 pub enum TokenSource {
-    AuthorizedKey { signer: JwtSigner, token_url: Url },
-    Metadata { token_url: Url },
+    /// Boxed: the key pair is large, and the enum lives once per issuer anyway.
+    AuthorizedKey {
+        signer: Box<JwtSigner>,
+        token_url: Url,
+    },
+    Metadata {
+        token_url: Url,
+    },
 }
 
 /// A token handed to one API call; `generation` says which cached token it was, so that a 401

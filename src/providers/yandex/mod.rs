@@ -82,7 +82,7 @@ impl YandexProvider {
         )?;
         let source = match (authorized_key_json, &settings.metadata_service) {
             (Some(json), _) => TokenSource::AuthorizedKey {
-                signer: JwtSigner::from_authorized_key(&json)?,
+                signer: Box::new(JwtSigner::from_authorized_key(&json)?),
                 token_url: join(&base, &["iam", "v1", "tokens"])?,
             },
             (None, Some(metadata)) => {
@@ -548,7 +548,7 @@ fn header_request_id(headers: &HeaderMap) -> Option<String> {
         .find_map(|name| headers.get(*name)?.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())
-        .map(|v| truncate(v))
+        .map(truncate)
 }
 
 fn truncate(text: &str) -> String {
