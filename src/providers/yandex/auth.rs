@@ -185,10 +185,7 @@ fn pem_block(text: &str) -> Result<(&str, Zeroizing<Vec<u8>>), &'static str> {
 /// When a token must be replaced: an hour after it was obtained, or once it is within
 /// [`EXPIRY_MARGIN`] (at most half its lifetime) of expiring.
 pub fn needs_refresh(obtained_at: Timestamp, expires_at: Timestamp, now: Timestamp) -> bool {
-    let lifetime = expires_at
-        .duration_since(obtained_at)
-        .unsigned_abs()
-        .min(MAX_TOKEN_AGE * 12);
+    let lifetime = expires_at.duration_since(obtained_at).unsigned_abs();
     let margin = EXPIRY_MARGIN.min(lifetime / 2);
     let age = now.duration_since(obtained_at);
     let left = expires_at.duration_since(now);
@@ -430,7 +427,7 @@ mod tests {
         let s = signer();
         assert_eq!(s.key_id(), "ajek1aaaaaaaaaaaaaaa");
         assert_eq!(s.service_account_id(), "aje1aaaaaaaaaaaaaaaa");
-        // Also without the line, with CRLF line ends, and as PKCS#1 is not needed to pass.
+        // Also without the line, and with CRLF line ends.
         assert!(JwtSigner::from_authorized_key(&key_json(TEST_KEY)).is_ok());
         assert!(JwtSigner::from_authorized_key(&key_json(&TEST_KEY.replace('\n', "\r\n"))).is_ok());
     }

@@ -385,7 +385,7 @@ fn description_with_marker(user: Option<&str>, marker: &Marker) -> Result<String
     let marker = marker.to_string();
     let user = user.map(str::trim).unwrap_or_default();
     let description = format!("{user} {marker}").trim().to_string();
-    let room = MAX_DESCRIPTION_CHARS - marker.chars().count() - 1;
+    let room = MAX_DESCRIPTION_CHARS.saturating_sub(marker.chars().count() + 1);
     if description.chars().count() > MAX_DESCRIPTION_CHARS {
         return Err(ProviderError::permanent(
             "create-access-key",
@@ -540,8 +540,10 @@ fn classify(operation: &str, response: ErrorResponse<'_>) -> ProviderError {
         .with_request_id(request_id.or_else(|| status.request_id()))
 }
 
-/// Yandex's API gateway names each request in `x-request-id`; `x-server-trace-id` is the
-/// fallback some services send instead.
+/// The request id from the response headers. The gathered docs only show the id inside the
+/// body (`google.rpc.RequestInfo.requestId`, read by `Status::request_id` as the fallback);
+/// `x-request-id` and `x-server-trace-id` are the headers Yandex's API gateway is known to send,
+/// undocumented in our sources, so both are read and either may be absent.
 fn header_request_id(headers: &HeaderMap) -> Option<String> {
     ["x-request-id", "x-server-trace-id"]
         .iter()
