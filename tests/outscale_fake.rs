@@ -11,9 +11,7 @@ use cloudkeys::api::{KeyProvider, LocalKey, OutscaleIssuer, OutscaleKey, SecretR
 use cloudkeys::providers::http::HttpConfig;
 use cloudkeys::providers::outscale::OutscaleProvider;
 use cloudkeys::providers::{ErrorKind, KeyRequest, Marker, Provider, ProviderError};
-use fakes::outscale::{
-    verify_signature, Faults, OutscaleFake, Scheme, SignedRequest, ACCEPTED_SERVICES, KEY_QUOTA,
-};
+use fakes::outscale::{verify_signature, Faults, OutscaleFake, Scheme, SignedRequest, ACCEPTED_SERVICES, KEY_QUOTA};
 use hmac::{Hmac, Mac};
 use jiff::Timestamp;
 use secrecy::{ExposeSecret, SecretString};
@@ -77,16 +75,11 @@ fn sign(
     headers.push_str(&format!("host:{host}\n{date_header}:{date}\n"));
     names.extend(["host", date_header]);
     let signed = names.join(";");
-    let canonical = format!(
-        "{method}\n{path}\n{query}\n{headers}\n{signed}\n{}",
-        hex::encode(Sha256::digest(body))
-    );
+    let canonical = format!("{method}\n{path}\n{query}\n{headers}\n{signed}\n{}", hex::encode(Sha256::digest(body)));
     let day = &date[..8];
     let scope = format!("{day}/{region}/{service}/{terminator}");
-    let to_sign = format!(
-        "{prefix}-HMAC-SHA256\n{date}\n{scope}\n{}",
-        hex::encode(Sha256::digest(canonical.as_bytes()))
-    );
+    let to_sign =
+        format!("{prefix}-HMAC-SHA256\n{date}\n{scope}\n{}", hex::encode(Sha256::digest(canonical.as_bytes())));
     let mut key = format!("{prefix}{sk}").into_bytes();
     for part in [day, region, service, terminator, to_sign.as_str()] {
         let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("any key length");
@@ -95,10 +88,7 @@ fn sign(
     }
     (
         date_header,
-        format!(
-            "{prefix}-HMAC-SHA256 Credential={ak}/{scope}, SignedHeaders={signed}, Signature={}",
-            hex::encode(key)
-        ),
+        format!("{prefix}-HMAC-SHA256 Credential={ak}/{scope}, SignedHeaders={signed}, Signature={}", hex::encode(key)),
     )
 }
 
@@ -141,13 +131,7 @@ fn vector_headers(scheme: Scheme, signature: &str) -> HeaderMap {
 
 fn verify_vector(headers: &HeaderMap, body: &[u8], path: &str) -> Result<Scheme, String> {
     verify_signature(
-        &SignedRequest {
-            method: "POST",
-            path,
-            query: "",
-            headers,
-            body,
-        },
+        &SignedRequest { method: "POST", path, query: "", headers, body },
         REGION,
         ACCEPTED_SERVICES,
         |ak| (ak == V_AK).then(|| V_SK.to_owned()),
@@ -179,10 +163,7 @@ fn osc4_vector_from_the_python_sdk() {
     );
     let headers = vector_headers(Scheme::Osc4, V_OSC4);
     assert_eq!(authorization, headers["authorization"].to_str().unwrap());
-    assert_eq!(
-        verify_vector(&headers, V_BODY.as_bytes(), V_PATH),
-        Ok(Scheme::Osc4)
-    );
+    assert_eq!(verify_vector(&headers, V_BODY.as_bytes(), V_PATH), Ok(Scheme::Osc4));
 }
 
 #[test]
@@ -203,10 +184,7 @@ fn aws4_vector_from_botocore() {
     );
     let headers = vector_headers(Scheme::Aws4, V_AWS4);
     assert_eq!(authorization, headers["authorization"].to_str().unwrap());
-    assert_eq!(
-        verify_vector(&headers, V_BODY.as_bytes(), V_PATH),
-        Ok(Scheme::Aws4)
-    );
+    assert_eq!(verify_vector(&headers, V_BODY.as_bytes(), V_PATH), Ok(Scheme::Aws4));
 }
 
 #[test]
@@ -242,31 +220,17 @@ fn aws4_vectors_from_the_published_sigv4_suite() {
         ),
     ];
     for (method, path, query, content_type, service, host, signature) in cases {
-        let names = if content_type.is_some() {
-            "content-type;host;x-amz-date"
-        } else {
-            "host;x-amz-date"
-        };
+        let names = if content_type.is_some() { "content-type;host;x-amz-date" } else { "host;x-amz-date" };
         let authorization = format!(
             "AWS4-HMAC-SHA256 Credential={AWS_AK}/20150830/us-east-1/{service}/aws4_request, \
              SignedHeaders={names}, Signature={signature}"
         );
-        let mut pairs = vec![
-            ("host", host),
-            ("x-amz-date", AWS_DATE),
-            ("authorization", authorization.as_str()),
-        ];
+        let mut pairs = vec![("host", host), ("x-amz-date", AWS_DATE), ("authorization", authorization.as_str())];
         if let Some(ct) = content_type {
             pairs.push(("content-type", ct));
         }
         let verdict = verify_signature(
-            &SignedRequest {
-                method,
-                path,
-                query,
-                headers: &headers(&pairs),
-                body: b"",
-            },
+            &SignedRequest { method, path, query, headers: &headers(&pairs), body: b"" },
             "us-east-1",
             &[service],
             |ak| (ak == AWS_AK).then(|| AWS_SK.to_owned()),
@@ -312,12 +276,7 @@ fn verifier_rejects_tampering() {
     };
 
     // The body byte for byte: same JSON, other spacing.
-    refused(
-        &good,
-        br#"{"ExpirationDate": "2030-01-01","UserName":"example-user"}"#,
-        V_PATH,
-        "signature mismatch",
-    );
+    refused(&good, br#"{"ExpirationDate": "2030-01-01","UserName":"example-user"}"#, V_PATH, "signature mismatch");
     refused(&good, b"", V_PATH, "signature mismatch");
     // The path, a signed header's value.
     refused(&good, body, "/api/v1/DeleteAccessKey", "signature mismatch");
@@ -325,20 +284,11 @@ fn verifier_rejects_tampering() {
     h.insert("content-type", HeaderValue::from_static("application/json"));
     refused(&h, body, V_PATH, "signature mismatch");
     let mut h = good.clone();
-    h.insert(
-        "host",
-        HeaderValue::from_static("api.us-east-2.outscale.com"),
-    );
+    h.insert("host", HeaderValue::from_static("api.us-east-2.outscale.com"));
     refused(&h, body, V_PATH, "signature mismatch");
     // The wrong secret.
     let e = verify_signature(
-        &SignedRequest {
-            method: "POST",
-            path: V_PATH,
-            query: "",
-            headers: &good,
-            body,
-        },
+        &SignedRequest { method: "POST", path: V_PATH, query: "", headers: &good, body },
         REGION,
         ACCEPTED_SERVICES,
         |_| Some("not-the-secret".to_owned()),
@@ -350,13 +300,7 @@ fn verifier_rejects_tampering() {
     assert_eq!(e.scheme, Some(Scheme::Osc4));
     // An unknown key.
     let e = verify_signature(
-        &SignedRequest {
-            method: "POST",
-            path: V_PATH,
-            query: "",
-            headers: &good,
-            body,
-        },
+        &SignedRequest { method: "POST", path: V_PATH, query: "", headers: &good, body },
         REGION,
         ACCEPTED_SERVICES,
         |_| None,
@@ -366,13 +310,7 @@ fn verifier_rejects_tampering() {
     assert!(e.reason.contains("unknown"), "{}", e.reason);
     // Another region (the fake's is eu-west-2) or a service the API does not know.
     let e = verify_signature(
-        &SignedRequest {
-            method: "POST",
-            path: V_PATH,
-            query: "",
-            headers: &good,
-            body,
-        },
+        &SignedRequest { method: "POST", path: V_PATH, query: "", headers: &good, body },
         "us-east-2",
         ACCEPTED_SERVICES,
         |_| Some(V_SK.to_owned()),
@@ -385,42 +323,15 @@ fn verifier_rejects_tampering() {
         (auth.replace("/api/", "/ec2/"), "service"),
         (auth.replace("osc4_request", "aws4_request"), "osc4_request"),
         (auth.replace("/20240102/", "/20240101/"), "scope date"),
-        (
-            auth.replace("content-type;host;x-osc-date", "content-type;x-osc-date"),
-            "host is not signed",
-        ),
-        (
-            auth.replace("content-type;host;x-osc-date", "content-type;host"),
-            "x-osc-date is not signed",
-        ),
-        (
-            auth.replace(
-                "content-type;host;x-osc-date",
-                "host;content-type;x-osc-date",
-            ),
-            "sorted",
-        ),
-        (
-            auth.replace(
-                "content-type;host;x-osc-date",
-                "content-type;host;x-osc-date;x-zzz",
-            ),
-            "x-zzz is missing",
-        ),
+        (auth.replace("content-type;host;x-osc-date", "content-type;x-osc-date"), "host is not signed"),
+        (auth.replace("content-type;host;x-osc-date", "content-type;host"), "x-osc-date is not signed"),
+        (auth.replace("content-type;host;x-osc-date", "host;content-type;x-osc-date"), "sorted"),
+        (auth.replace("content-type;host;x-osc-date", "content-type;host;x-osc-date;x-zzz"), "x-zzz is missing"),
         (auth.replace("Signature=c9", "Signature=zz"), "hex"),
-        (
-            auth.replace("OSC4-HMAC-SHA256", "OSC4-HMAC-SHA1"),
-            "algorithm",
-        ),
-        (
-            auth.replace(", Signature=", ", Sig="),
-            "expected Credential",
-        ),
+        (auth.replace("OSC4-HMAC-SHA256", "OSC4-HMAC-SHA1"), "algorithm"),
+        (auth.replace(", Signature=", ", Sig="), "expected Credential"),
         (format!("{auth}, Extra=1"), "unexpected field"),
-        (
-            auth.replace("Credential=AKIDEXAMPLE0123456789/", "Credential="),
-            "Credential must be",
-        ),
+        (auth.replace("Credential=AKIDEXAMPLE0123456789/", "Credential="), "Credential must be"),
         ("Basic dXNlcjpwYXNz".to_owned(), "algorithm"),
     ] {
         let mut h = good.clone();
@@ -432,20 +343,11 @@ fn verifier_rejects_tampering() {
     h.remove("x-osc-date");
     refused(&h, body, V_PATH, "no x-osc-date header");
     let mut h = good.clone();
-    h.insert(
-        "x-osc-date",
-        HeaderValue::from_static("2024-01-02T03:04:05Z"),
-    );
+    h.insert("x-osc-date", HeaderValue::from_static("2024-01-02T03:04:05Z"));
     refused(&h, body, V_PATH, "YYYYMMDDTHHMMSSZ");
     for now in ["2024-01-02T03:09:06Z", "2024-01-02T02:59:04Z"] {
         let e = verify_signature(
-            &SignedRequest {
-                method: "POST",
-                path: V_PATH,
-                query: "",
-                headers: &good,
-                body,
-            },
+            &SignedRequest { method: "POST", path: V_PATH, query: "", headers: &good, body },
             REGION,
             ACCEPTED_SERVICES,
             |_| Some(V_SK.to_owned()),
@@ -466,10 +368,7 @@ fn verifier_rejects_tampering() {
 #[test]
 fn aws4_checks_a_declared_payload_hash() {
     let mut h = vector_headers(Scheme::Aws4, V_AWS4);
-    h.insert(
-        "x-amz-content-sha256",
-        HeaderValue::from_str(&hex::encode(Sha256::digest(b"other"))).unwrap(),
-    );
+    h.insert("x-amz-content-sha256", HeaderValue::from_str(&hex::encode(Sha256::digest(b"other"))).unwrap());
     let e = verify_vector(&h, V_BODY.as_bytes(), V_PATH).expect_err("mismatched hash");
     assert!(e.contains("x-amz-content-sha256"), "{e}");
 }
@@ -499,35 +398,19 @@ impl Api {
 
     fn with(fake: &OutscaleFake, ak: &str, sk: &str, scheme: Scheme) -> Self {
         let endpoint = fake.endpoint();
-        let host = endpoint
-            .trim_start_matches("http://")
-            .trim_end_matches("/api/v1")
-            .to_owned();
-        Self {
-            base: endpoint,
-            host,
-            ak: ak.to_owned(),
-            sk: sk.to_owned(),
-            scheme,
-            http: reqwest::Client::new(),
-        }
+        let host = endpoint.trim_start_matches("http://").trim_end_matches("/api/v1").to_owned();
+        Self { base: endpoint, host, ak: ak.to_owned(), sk: sk.to_owned(), scheme, http: reqwest::Client::new() }
     }
 
     fn impatient(mut self) -> Self {
-        self.http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(1))
-            .build()
-            .unwrap();
+        self.http = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().unwrap();
         self
     }
 
     async fn raw(&self, call: &str, body: &Value, signed: bool) -> Result<Reply, reqwest::Error> {
         let bytes = serde_json::to_vec(body).unwrap();
-        let mut request = self
-            .http
-            .post(format!("{}/{call}", self.base))
-            .header("content-type", CONTENT_TYPE)
-            .body(bytes.clone());
+        let mut request =
+            self.http.post(format!("{}/{call}", self.base)).header("content-type", CONTENT_TYPE).body(bytes.clone());
         if signed {
             let date = Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
             let (date_header, authorization) = sign(
@@ -544,17 +427,12 @@ impl Api {
                 &date,
                 "POST",
             );
-            request = request
-                .header(date_header, date)
-                .header("authorization", authorization);
+            request = request.header(date_header, date).header("authorization", authorization);
         }
         let response = request.send().await?;
         let status = response.status().as_u16();
         let bytes = response.bytes().await?;
-        Ok(Reply {
-            status,
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        })
+        Ok(Reply { status, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) })
     }
 
     async fn call(&self, call: &str, body: Value) -> Reply {
@@ -567,9 +445,7 @@ fn code(reply: &Reply) -> &str {
 }
 
 fn future_date(days: i64) -> String {
-    (Timestamp::now() + jiff::SignedDuration::from_hours(24 * days))
-        .strftime("%Y-%m-%dT%H:%M:%S.000Z")
-        .to_string()
+    (Timestamp::now() + jiff::SignedDuration::from_hours(24 * days)).strftime("%Y-%m-%dT%H:%M:%S.000Z").to_string()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -588,10 +464,7 @@ async fn unsigned_and_badly_signed_requests_get_401_with_the_error_body() {
     assert!(reply.body["ResponseContext"]["RequestId"].is_string());
 
     let wrong_secret = Api::with(&fake, ADMIN_AK, "WRONG", Scheme::Osc4);
-    assert_eq!(
-        wrong_secret.call("ReadAccessKeys", json!({})).await.status,
-        401
-    );
+    assert_eq!(wrong_secret.call("ReadAccessKeys", json!({})).await.status, 401);
     let unknown = Api::with(&fake, "UNKNOWN0000000000000", ADMIN_SK, Scheme::Aws4);
     assert_eq!(unknown.call("ReadAccessKeys", json!({})).await.status, 401);
     // Before validating the body, and on calls the fake does not know.
@@ -599,10 +472,8 @@ async fn unsigned_and_badly_signed_requests_get_401_with_the_error_body() {
     assert_eq!(reply.status, 401);
 
     let records = fake.requests();
-    let seen: Vec<(&str, u16, bool, &str)> = records
-        .iter()
-        .map(|r| (r.action.as_str(), r.status, r.signature_ok, r.scheme))
-        .collect();
+    let seen: Vec<(&str, u16, bool, &str)> =
+        records.iter().map(|r| (r.action.as_str(), r.status, r.signature_ok, r.scheme)).collect();
     assert_eq!(
         seen,
         vec![
@@ -625,11 +496,7 @@ async fn both_signature_schemes_are_accepted() {
         assert_eq!(reply.status, 200, "{}", reply.body);
         assert_eq!(reply.body["AccessKeys"][0]["AccessKeyId"], ADMIN_AK);
     }
-    let schemes: Vec<(&str, bool)> = fake
-        .requests()
-        .iter()
-        .map(|r| (r.scheme, r.signature_ok))
-        .collect();
+    let schemes: Vec<(&str, bool)> = fake.requests().iter().map(|r| (r.scheme, r.signature_ok)).collect();
     assert_eq!(schemes, vec![("OSC4", true), ("AWS4", true)]);
 }
 
@@ -640,12 +507,7 @@ async fn eim_key_lifecycle_enforces_inactive_before_delete() {
     let api = Api::new(&fake);
     let expiry = future_date(30);
 
-    let reply = api
-        .call(
-            "CreateAccessKey",
-            json!({"UserName": "bot", "ExpirationDate": expiry, "Tag": "t1"}),
-        )
-        .await;
+    let reply = api.call("CreateAccessKey", json!({"UserName": "bot", "ExpirationDate": expiry, "Tag": "t1"})).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let key = &reply.body["AccessKey"];
     let id = key["AccessKeyId"].as_str().unwrap().to_owned();
@@ -675,55 +537,24 @@ async fn eim_key_lifecycle_enforces_inactive_before_delete() {
     };
     assert_eq!(read(json!({"UserName": "bot"})).await, vec![id.clone()]);
     assert_eq!(read(json!({})).await, vec![ADMIN_AK.to_owned()]);
-    assert_eq!(
-        read(json!({"UserName": "bot", "Filters": {"AccessKeyIds": [id]}})).await,
-        vec![id.clone()]
-    );
-    assert!(
-        read(json!({"UserName": "bot", "Filters": {"AccessKeyIds": ["OTHER"]}}))
-            .await
-            .is_empty()
-    );
-    assert_eq!(
-        read(json!({"UserName": "bot", "Filters": {"AccessKeyIds": []}})).await,
-        vec![id.clone()]
-    );
-    assert_eq!(
-        read(json!({"UserName": "bot", "Tag": "t1"})).await,
-        vec![id.clone()]
-    );
+    assert_eq!(read(json!({"UserName": "bot", "Filters": {"AccessKeyIds": [id]}})).await, vec![id.clone()]);
+    assert!(read(json!({"UserName": "bot", "Filters": {"AccessKeyIds": ["OTHER"]}})).await.is_empty());
+    assert_eq!(read(json!({"UserName": "bot", "Filters": {"AccessKeyIds": []}})).await, vec![id.clone()]);
+    assert_eq!(read(json!({"UserName": "bot", "Tag": "t1"})).await, vec![id.clone()]);
     // The tag filter matches the whole tag.
-    assert!(read(json!({"UserName": "bot", "Tag": "t"}))
-        .await
-        .is_empty());
-    assert!(
-        read(json!({"UserName": "bot", "Filters": {"States": ["INACTIVE"]}}))
-            .await
-            .is_empty()
-    );
+    assert!(read(json!({"UserName": "bot", "Tag": "t"})).await.is_empty());
+    assert!(read(json!({"UserName": "bot", "Filters": {"States": ["INACTIVE"]}})).await.is_empty());
     // The root account does not see the user's key without UserName.
-    assert!(read(json!({"Filters": {"AccessKeyIds": [id]}}))
-        .await
-        .is_empty());
+    assert!(read(json!({"Filters": {"AccessKeyIds": [id]}})).await.is_empty());
 
     // An ACTIVE EIM key cannot be deleted.
-    let reply = api
-        .call(
-            "DeleteAccessKey",
-            json!({"AccessKeyId": id, "UserName": "bot"}),
-        )
-        .await;
+    let reply = api.call("DeleteAccessKey", json!({"AccessKeyId": id, "UserName": "bot"})).await;
     assert_eq!(reply.status, 409);
     assert_eq!(code(&reply), "6003");
     assert_eq!(reply.body["Errors"][0]["Type"], "InvalidState");
 
     // INACTIVE without ExpirationDate: the key silently becomes non-expiring, as documented.
-    let reply = api
-        .call(
-            "UpdateAccessKey",
-            json!({"AccessKeyId": id, "UserName": "bot", "State": "INACTIVE"}),
-        )
-        .await;
+    let reply = api.call("UpdateAccessKey", json!({"AccessKeyId": id, "UserName": "bot", "State": "INACTIVE"})).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.body["AccessKey"]["State"], "INACTIVE");
     assert!(reply.body["AccessKey"].get("ExpirationDate").is_none());
@@ -736,17 +567,9 @@ async fn eim_key_lifecycle_enforces_inactive_before_delete() {
         .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.body["AccessKey"]["ExpirationDate"], expiration);
-    assert_eq!(
-        read(json!({"UserName": "bot", "Filters": {"States": ["INACTIVE"]}})).await,
-        vec![id.clone()]
-    );
+    assert_eq!(read(json!({"UserName": "bot", "Filters": {"States": ["INACTIVE"]}})).await, vec![id.clone()]);
 
-    let reply = api
-        .call(
-            "DeleteAccessKey",
-            json!({"AccessKeyId": id, "UserName": "bot"}),
-        )
-        .await;
+    let reply = api.call("DeleteAccessKey", json!({"AccessKeyId": id, "UserName": "bot"})).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert!(read(json!({"UserName": "bot"})).await.is_empty());
     let deleted = fake.deleted_keys();
@@ -755,12 +578,7 @@ async fn eim_key_lifecycle_enforces_inactive_before_delete() {
     assert_eq!(deleted[0].expiration_date.as_deref(), Some(expiration));
 
     // Gone: access-keys-not-found.
-    let reply = api
-        .call(
-            "DeleteAccessKey",
-            json!({"AccessKeyId": id, "UserName": "bot"}),
-        )
-        .await;
+    let reply = api.call("DeleteAccessKey", json!({"AccessKeyId": id, "UserName": "bot"})).await;
     assert_eq!((reply.status, code(&reply)), (400, "4000"));
 }
 
@@ -771,18 +589,13 @@ async fn root_keys_are_deleted_directly() {
     let reply = api.call("CreateAccessKey", json!({"Tag": "mine"})).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert!(reply.body["AccessKey"].get("ExpirationDate").is_none());
-    let id = reply.body["AccessKey"]["AccessKeyId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = reply.body["AccessKey"]["AccessKeyId"].as_str().unwrap().to_owned();
     let live = fake.live_keys();
     assert_eq!(live.len(), 2);
     assert_eq!(live[1].user_name, None);
     assert_eq!(live[1].tag.as_deref(), Some("mine"));
     assert_eq!(live[1].expiration_date, None);
-    let reply = api
-        .call("DeleteAccessKey", json!({"AccessKeyId": id}))
-        .await;
+    let reply = api.call("DeleteAccessKey", json!({"AccessKeyId": id})).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(fake.live_keys().len(), 1);
 }
@@ -793,88 +606,34 @@ async fn requests_are_validated_like_the_spec_says() {
     fake.add_user("bot");
     let api = Api::new(&fake);
     let cases = [
-        (
-            "CreateAccessKey",
-            json!({"ExpirationDate": ""}),
-            400,
-            "4108",
-        ),
+        ("CreateAccessKey", json!({"ExpirationDate": ""}), 400, "4108"),
         ("CreateAccessKey", json!({"ExpirationDate": 5}), 400, "4108"),
-        (
-            "CreateAccessKey",
-            json!({"ExpirationDate": "soon"}),
-            400,
-            "4047",
-        ),
-        (
-            "CreateAccessKey",
-            json!({"ExpirationDate": "2001-01-01"}),
-            400,
-            "4047",
-        ),
+        ("CreateAccessKey", json!({"ExpirationDate": "soon"}), 400, "4047"),
+        ("CreateAccessKey", json!({"ExpirationDate": "2001-01-01"}), 400, "4047"),
         ("CreateAccessKey", json!({"Name": "x"}), 400, "3001"),
         ("CreateAccessKey", json!({"UserName": "ghost"}), 400, "5075"),
-        (
-            "ReadAccessKeys",
-            json!({"Filters": {"Tags": ["x"]}}),
-            400,
-            "3001",
-        ),
-        (
-            "ReadAccessKeys",
-            json!({"Filters": {"States": ["GONE"]}}),
-            400,
-            "4047",
-        ),
+        ("ReadAccessKeys", json!({"Filters": {"Tags": ["x"]}}), 400, "3001"),
+        ("ReadAccessKeys", json!({"Filters": {"States": ["GONE"]}}), 400, "4047"),
         ("ReadAccessKeys", json!({"UserName": "ghost"}), 400, "5075"),
         ("UpdateAccessKey", json!({"State": "INACTIVE"}), 400, "7000"),
-        (
-            "UpdateAccessKey",
-            json!({"AccessKeyId": ADMIN_AK, "State": "OFF"}),
-            400,
-            "4047",
-        ),
-        (
-            "UpdateAccessKey",
-            json!({"AccessKeyId": "NOPE"}),
-            400,
-            "4000",
-        ),
+        ("UpdateAccessKey", json!({"AccessKeyId": ADMIN_AK, "State": "OFF"}), 400, "4047"),
+        ("UpdateAccessKey", json!({"AccessKeyId": "NOPE"}), 400, "4000"),
         ("DeleteAccessKey", json!({}), 400, "7000"),
-        (
-            "DeleteAccessKey",
-            json!({"AccessKeyId": ADMIN_AK, "UserName": "bot"}),
-            400,
-            "4000",
-        ),
+        ("DeleteAccessKey", json!({"AccessKeyId": ADMIN_AK, "UserName": "bot"}), 400, "4000"),
         ("RunInstances", json!({}), 404, "5011"),
     ];
     for (call, body, status, expected) in cases {
         let reply = api.call(call, body.clone()).await;
-        assert_eq!(
-            (reply.status, code(&reply)),
-            (status, expected),
-            "{call} {body}"
-        );
+        assert_eq!((reply.status, code(&reply)), (status, expected), "{call} {body}");
         assert!(reply.body["ResponseContext"]["RequestId"].is_string());
     }
-    let reply = api
-        .call("CreateAccessKey", json!({"ExpirationDate": ""}))
-        .await;
-    assert_eq!(
-        reply.body["Errors"][0]["Details"],
-        "The parameter type of ExpirationDate is unknown."
-    );
+    let reply = api.call("CreateAccessKey", json!({"ExpirationDate": ""})).await;
+    assert_eq!(reply.body["Errors"][0]["Details"], "The parameter type of ExpirationDate is unknown.");
     // Nothing was created; a bare date is accepted.
     assert_eq!(fake.live_keys().len(), 1);
-    let reply = api
-        .call("CreateAccessKey", json!({"ExpirationDate": "2099-06-14"}))
-        .await;
+    let reply = api.call("CreateAccessKey", json!({"ExpirationDate": "2099-06-14"})).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    assert_eq!(
-        reply.body["AccessKey"]["ExpirationDate"],
-        "2099-06-14T00:00:00.000+0000"
-    );
+    assert_eq!(reply.body["AccessKey"]["ExpirationDate"], "2099-06-14T00:00:00.000+0000");
 }
 
 #[tokio::test]
@@ -883,22 +642,12 @@ async fn ten_keys_per_identity() {
     fake.add_user("bot");
     let api = Api::new(&fake);
     for i in 0..KEY_QUOTA {
-        let reply = api
-            .call(
-                "CreateAccessKey",
-                json!({"UserName": "bot", "Tag": format!("k{i}")}),
-            )
-            .await;
+        let reply = api.call("CreateAccessKey", json!({"UserName": "bot", "Tag": format!("k{i}")})).await;
         assert_eq!(reply.status, 200, "{i}: {}", reply.body);
     }
-    let reply = api
-        .call("CreateAccessKey", json!({"UserName": "bot"}))
-        .await;
+    let reply = api.call("CreateAccessKey", json!({"UserName": "bot"})).await;
     assert_eq!((reply.status, code(&reply)), (400, "10005"));
-    assert_eq!(
-        reply.body["Errors"][0]["Type"],
-        "TooManyResources (QuotaExceded)"
-    );
+    assert_eq!(reply.body["Errors"][0]["Type"], "TooManyResources (QuotaExceded)");
     // The root account has its own quota, the admin key included.
     for _ in 1..KEY_QUOTA {
         assert_eq!(api.call("CreateAccessKey", json!({})).await.status, 200);
@@ -911,17 +660,9 @@ async fn issued_keys_sign_as_their_owner_until_revoked_or_expired() {
     let fake = OutscaleFake::start(REGION, ADMIN_AK, ADMIN_SK);
     fake.add_user("bot");
     let admin = Api::new(&fake);
-    let reply = admin
-        .call("CreateAccessKey", json!({"UserName": "bot"}))
-        .await;
-    let id = reply.body["AccessKey"]["AccessKeyId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let sk = reply.body["AccessKey"]["SecretKey"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let reply = admin.call("CreateAccessKey", json!({"UserName": "bot"})).await;
+    let id = reply.body["AccessKey"]["AccessKeyId"].as_str().unwrap().to_owned();
+    let sk = reply.body["AccessKey"]["SecretKey"].as_str().unwrap().to_owned();
 
     let bot = Api::with(&fake, &id, &sk, Scheme::Aws4);
     let reply = bot.call("ReadAccessKeys", json!({})).await;
@@ -929,12 +670,7 @@ async fn issued_keys_sign_as_their_owner_until_revoked_or_expired() {
     // Its own keys: the caller is the EIM user.
     assert_eq!(reply.body["AccessKeys"][0]["AccessKeyId"], id.as_str());
 
-    admin
-        .call(
-            "UpdateAccessKey",
-            json!({"AccessKeyId": id, "UserName": "bot", "State": "INACTIVE"}),
-        )
-        .await;
+    admin.call("UpdateAccessKey", json!({"AccessKeyId": id, "UserName": "bot", "State": "INACTIVE"})).await;
     assert_eq!(bot.call("ReadAccessKeys", json!({})).await.status, 401);
 
     let (expiring, expiring_sk) = fake.add_key(Some("bot"), None);
@@ -948,9 +684,7 @@ async fn issued_keys_sign_as_their_owner_until_revoked_or_expired() {
 async fn deleting_the_root_accounts_last_key_creates_another() {
     let fake = OutscaleFake::start(REGION, ADMIN_AK, ADMIN_SK);
     let api = Api::new(&fake);
-    let reply = api
-        .call("DeleteAccessKey", json!({"AccessKeyId": ADMIN_AK}))
-        .await;
+    let reply = api.call("DeleteAccessKey", json!({"AccessKeyId": ADMIN_AK})).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let live = fake.live_keys();
     assert_eq!(live.len(), 1);
@@ -979,18 +713,12 @@ async fn injected_faults() {
     let fake = OutscaleFake::start(REGION, ADMIN_AK, ADMIN_SK);
     let api = Api::new(&fake);
 
-    fake.set_faults(Faults {
-        error_rate: 1.0,
-        ..Faults::default()
-    });
+    fake.set_faults(Faults { error_rate: 1.0, ..Faults::default() });
     let reply = api.call("CreateAccessKey", json!({})).await;
     assert_eq!((reply.status, code(&reply)), (503, "6"));
     assert_eq!(fake.live_keys().len(), 1);
 
-    fake.set_faults(Faults {
-        throttle_rate: 1.0,
-        ..Faults::default()
-    });
+    fake.set_faults(Faults { throttle_rate: 1.0, ..Faults::default() });
     let mut codes = std::collections::BTreeSet::new();
     for _ in 0..20 {
         let reply = api.call("CreateAccessKey", json!({})).await;
@@ -1000,25 +728,13 @@ async fn injected_faults() {
     assert_eq!(codes.into_iter().collect::<Vec<_>>(), vec!["24", "25"]);
     assert_eq!(fake.live_keys().len(), 1);
     // Signatures are still checked first.
-    assert_eq!(
-        api.raw("ReadAccessKeys", &json!({}), false)
-            .await
-            .unwrap()
-            .status,
-        401
-    );
+    assert_eq!(api.raw("ReadAccessKeys", &json!({}), false).await.unwrap().status, 401);
 
-    fake.set_faults(Faults {
-        reject_credentials: true,
-        ..Faults::default()
-    });
+    fake.set_faults(Faults { reject_credentials: true, ..Faults::default() });
     let reply = api.call("ReadAccessKeys", json!({})).await;
     assert_eq!((reply.status, code(&reply)), (401, "1"));
 
-    fake.set_faults(Faults {
-        latency: Duration::from_millis(300),
-        ..Faults::default()
-    });
+    fake.set_faults(Faults { latency: Duration::from_millis(300), ..Faults::default() });
     let started = Instant::now();
     assert_eq!(api.call("ReadAccessKeys", json!({})).await.status, 200);
     assert!(started.elapsed() >= Duration::from_millis(300));
@@ -1027,16 +743,9 @@ async fn injected_faults() {
 #[tokio::test]
 async fn hang_creates_creates_the_key_but_never_answers() {
     let fake = OutscaleFake::start(REGION, ADMIN_AK, ADMIN_SK);
-    fake.set_faults(Faults {
-        hang_creates: true,
-        ..Faults::default()
-    });
+    fake.set_faults(Faults { hang_creates: true, ..Faults::default() });
     let api = Api::new(&fake).impatient();
-    let error = api
-        .raw("CreateAccessKey", &json!({"Tag": "lost"}), true)
-        .await
-        .err()
-        .expect("no answer");
+    let error = api.raw("CreateAccessKey", &json!({"Tag": "lost"}), true).await.err().expect("no answer");
     assert!(error.is_timeout(), "{error}");
     let live = fake.live_keys();
     assert_eq!(live.len(), 2);
@@ -1054,27 +763,15 @@ fn the_fake_outlives_test_runtimes_and_stops_when_dropped() {
     let fake = OutscaleFake::start(REGION, ADMIN_AK, ADMIN_SK);
     for _ in 0..3 {
         let runtime = tokio::runtime::Runtime::new().unwrap();
-        let status = runtime.block_on(async {
-            Api::new(&fake)
-                .call("CreateAccessKey", json!({}))
-                .await
-                .status
-        });
+        let status = runtime.block_on(async { Api::new(&fake).call("CreateAccessKey", json!({})).await.status });
         assert_eq!(status, 200);
     }
     assert_eq!(fake.live_keys().len(), 4);
-    let address = fake
-        .endpoint()
-        .trim_start_matches("http://")
-        .trim_end_matches("/api/v1")
-        .to_owned();
+    let address = fake.endpoint().trim_start_matches("http://").trim_end_matches("/api/v1").to_owned();
     drop(fake);
     let deadline = Instant::now() + Duration::from_secs(5);
     while std::net::TcpStream::connect(&address).is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "the fake still accepts connections"
-        );
+        assert!(Instant::now() < deadline, "the fake still accepts connections");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -1085,6 +782,7 @@ fn the_fake_outlives_test_runtimes_and_stops_when_dropped() {
 
 fn http_config() -> HttpConfig {
     HttpConfig {
+        provider: "outscale",
         base_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(200),
         timeout: Duration::from_secs(5),
@@ -1096,9 +794,7 @@ fn provider_with(fake: &OutscaleFake, ak: &str, sk: &str, http: HttpConfig) -> O
     let issuer = OutscaleIssuer {
         region: REGION.to_owned(),
         endpoint: Some(fake.endpoint()),
-        credentials_secret_ref: SecretRef {
-            name: "osc-admin".to_owned(),
-        },
+        credentials_secret_ref: SecretRef { name: "osc-admin".to_owned() },
     };
     OutscaleProvider::new(&issuer, ak.to_owned(), SecretString::from(sk), http)
         .unwrap_or_else(|e| panic!("provider builds: {e}"))
@@ -1120,13 +816,7 @@ async fn create(
     marker: &Marker,
     spec: &KeyProvider,
 ) -> Result<cloudkeys::providers::IssuedKey, ProviderError> {
-    p.create_key(&KeyRequest {
-        marker,
-        display_name: "team-a-backups".to_owned(),
-        spec,
-        now: Timestamp::now(),
-    })
-    .await
+    p.create_key(&KeyRequest { marker, display_name: "team-a-backups".to_owned(), spec, now: Timestamp::now() }).await
 }
 
 fn actions(fake: &OutscaleFake) -> Vec<String> {
@@ -1144,23 +834,11 @@ async fn provider_issues_finds_and_revokes_a_root_key_without_expiry() {
     let key = create(&p, &marker, &spec).await.expect("created");
     assert_eq!(key.expires_at, None);
     assert_eq!(key.key_ref, key.access_key_id);
-    assert_eq!(
-        fake.issued_secrets(),
-        vec![key.secret.expose_secret().to_owned()]
-    );
+    assert_eq!(fake.issued_secrets(), vec![key.secret.expose_secret().to_owned()]);
     let live = fake.live_keys();
-    let created = live
-        .iter()
-        .find(|k| k.access_key_id == key.access_key_id)
-        .expect("live");
+    let created = live.iter().find(|k| k.access_key_id == key.access_key_id).expect("live");
     assert_eq!(created.tag, Some(marker.to_string()));
-    assert_eq!(
-        (
-            created.user_name.as_deref(),
-            created.expiration_date.as_deref()
-        ),
-        (None, None)
-    );
+    assert_eq!((created.user_name.as_deref(), created.expiration_date.as_deref()), (None, None));
     // Only the non-empty fields were sent.
     let create_body = &fake.requests()[1].body;
     assert_eq!(create_body, &json!({"Tag": marker.to_string()}));
@@ -1170,29 +848,17 @@ async fn provider_issues_finds_and_revokes_a_root_key_without_expiry() {
     let found = p.find_keys(UID, &spec).await.expect("listed");
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].key_ref, key.key_ref);
-    assert_eq!(
-        found[0].access_key_id.as_deref(),
-        Some(key.access_key_id.as_str())
-    );
+    assert_eq!(found[0].access_key_id.as_deref(), Some(key.access_key_id.as_str()));
     assert_eq!(found[0].marker, marker);
 
     let before = fake.requests().len();
     p.revoke_key(&key.key_ref).await.expect("revoked");
-    assert_eq!(
-        actions(&fake)[before..],
-        ["ReadAccessKeys", "DeleteAccessKey"]
-    );
-    assert!(fake
-        .live_keys()
-        .iter()
-        .all(|k| k.access_key_id != key.access_key_id));
+    assert_eq!(actions(&fake)[before..], ["ReadAccessKeys", "DeleteAccessKey"]);
+    assert!(fake.live_keys().iter().all(|k| k.access_key_id != key.access_key_id));
     assert!(p.find_keys(UID, &spec).await.expect("listed").is_empty());
     // Already gone counts as revoked.
     p.revoke_key(&key.key_ref).await.expect("gone is fine");
-    assert!(fake
-        .requests()
-        .iter()
-        .all(|r| r.signature_ok && r.scheme == "OSC4"));
+    assert!(fake.requests().iter().all(|r| r.signature_ok && r.scheme == "OSC4"));
 }
 
 #[tokio::test]
@@ -1204,63 +870,33 @@ async fn provider_revokes_an_eim_key_inactive_first_keeping_its_expiry() {
     let spec = spec(Some("backup-bot"), Some("2160h"));
     let started = Timestamp::now();
     let key = create(&p, &marker, &spec).await.expect("created");
-    assert_eq!(
-        key.key_ref,
-        format!("{};user=backup-bot", key.access_key_id)
-    );
+    assert_eq!(key.key_ref, format!("{};user=backup-bot", key.access_key_id));
 
     let expires_at = key.expires_at.expect("expires");
     let lifetime = expires_at.duration_since(started).as_secs();
-    assert!(
-        (2160 * 3600 - 5..=2160 * 3600 + 1).contains(&lifetime),
-        "{lifetime}"
-    );
+    assert!((2160 * 3600 - 5..=2160 * 3600 + 1).contains(&lifetime), "{lifetime}");
     let live = fake.live_keys();
-    let created = live
-        .iter()
-        .find(|k| k.access_key_id == key.access_key_id)
-        .expect("live");
+    let created = live.iter().find(|k| k.access_key_id == key.access_key_id).expect("live");
     assert_eq!(created.user_name.as_deref(), Some("backup-bot"));
-    let sent_expiry = fake.requests()[0].body["ExpirationDate"]
-        .as_str()
-        .expect("ExpirationDate sent")
-        .to_owned();
+    let sent_expiry = fake.requests()[0].body["ExpirationDate"].as_str().expect("ExpirationDate sent").to_owned();
     assert!(sent_expiry.ends_with(".000Z"), "{sent_expiry}");
-    assert_eq!(
-        created.expiration_date.as_deref(),
-        Some(sent_expiry.replace('Z', "+0000").as_str())
-    );
+    assert_eq!(created.expiration_date.as_deref(), Some(sent_expiry.replace('Z', "+0000").as_str()));
 
     // The key works, as the user.
-    let as_bot = provider_with(
-        &fake,
-        &key.access_key_id,
-        key.secret.expose_secret(),
-        http_config(),
-    );
+    let as_bot = provider_with(&fake, &key.access_key_id, key.secret.expose_secret(), http_config());
     as_bot.check_credentials().await.expect("issued key signs");
 
     let found = p.find_keys(UID, &spec).await.expect("listed");
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].key_ref, key.key_ref);
     // Without the user name, the root account's keys are listed: not this one.
-    assert!(p
-        .find_keys(UID, &self::spec(None, None))
-        .await
-        .expect("listed")
-        .is_empty());
+    assert!(p.find_keys(UID, &self::spec(None, None)).await.expect("listed").is_empty());
 
     let before = fake.requests().len();
     p.revoke_key(&key.key_ref).await.expect("revoked");
     let records = fake.requests();
-    let calls: Vec<&str> = records[before..]
-        .iter()
-        .map(|r| r.action.as_str())
-        .collect();
-    assert_eq!(
-        calls,
-        ["ReadAccessKeys", "UpdateAccessKey", "DeleteAccessKey"]
-    );
+    let calls: Vec<&str> = records[before..].iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(calls, ["ReadAccessKeys", "UpdateAccessKey", "DeleteAccessKey"]);
     let update = &records[before + 1].body;
     assert_eq!(update["State"], "INACTIVE");
     assert_eq!(update["UserName"], "backup-bot");
@@ -1270,10 +906,7 @@ async fn provider_revokes_an_eim_key_inactive_first_keeping_its_expiry() {
     assert_eq!(deleted[0].state, "INACTIVE");
     assert_eq!(deleted[0].expiration_date, created.expiration_date);
 
-    assert_eq!(
-        as_bot.check_credentials().await.expect_err("revoked").kind,
-        ErrorKind::Auth
-    );
+    assert_eq!(as_bot.check_credentials().await.expect_err("revoked").kind, ErrorKind::Auth);
     p.revoke_key(&key.key_ref).await.expect("gone is fine");
 }
 
@@ -1283,9 +916,7 @@ async fn provider_eim_key_without_expiry_and_an_expired_one() {
     fake.add_user("bot");
     let p = provider(&fake);
     let spec = spec(Some("bot"), None);
-    let key = create(&p, &Marker::new_attempt(UID), &spec)
-        .await
-        .expect("created");
+    let key = create(&p, &Marker::new_attempt(UID), &spec).await.expect("created");
     assert_eq!(key.expires_at, None);
     assert!(fake.requests()[0].body.get("ExpirationDate").is_none());
     p.revoke_key(&key.key_ref).await.expect("revoked");
@@ -1294,13 +925,7 @@ async fn provider_eim_key_without_expiry_and_an_expired_one() {
     assert!(update.get("ExpirationDate").is_none());
 
     // An expired key: its past date is not re-sent (the API refuses past dates).
-    let key = create(
-        &p,
-        &Marker::new_attempt(UID),
-        &self::spec(Some("bot"), Some("1h")),
-    )
-    .await
-    .expect("created");
+    let key = create(&p, &Marker::new_attempt(UID), &self::spec(Some("bot"), Some("1h"))).await.expect("created");
     fake.expire_key(&key.access_key_id);
     p.revoke_key(&key.key_ref).await.expect("revoked");
     assert!(fake.live_keys().iter().all(|k| k.user_name.is_none()));
@@ -1312,33 +937,20 @@ async fn provider_with_an_eim_identity_deactivates_its_own_keys_when_told_to() {
     let (operator, operator_sk) = fake.add_key(Some("operator"), None);
     let p = provider_with(&fake, &operator.access_key_id, &operator_sk, http_config());
     let spec = spec(None, Some("24h"));
-    let key = create(&p, &Marker::new_attempt(UID), &spec)
-        .await
-        .expect("created");
+    let key = create(&p, &Marker::new_attempt(UID), &spec).await.expect("created");
     assert_eq!(key.key_ref, key.access_key_id);
     assert_eq!(p.find_keys(UID, &spec).await.expect("listed").len(), 1);
     let before = fake.requests().len();
     p.revoke_key(&key.key_ref).await.expect("revoked");
     let records = fake.requests();
-    let calls: Vec<(&str, u16)> = records[before..]
-        .iter()
-        .map(|r| (r.action.as_str(), r.status))
-        .collect();
+    let calls: Vec<(&str, u16)> = records[before..].iter().map(|r| (r.action.as_str(), r.status)).collect();
     assert_eq!(
         calls,
-        [
-            ("ReadAccessKeys", 200),
-            ("DeleteAccessKey", 409),
-            ("UpdateAccessKey", 200),
-            ("DeleteAccessKey", 200)
-        ]
+        [("ReadAccessKeys", 200), ("DeleteAccessKey", 409), ("UpdateAccessKey", 200), ("DeleteAccessKey", 200)]
     );
     assert!(records[before + 2].body["ExpirationDate"].is_string());
     // The issuer's own key is never revoked.
-    let e = p
-        .revoke_key(&operator.access_key_id)
-        .await
-        .expect_err("own key");
+    let e = p.revoke_key(&operator.access_key_id).await.expect_err("own key");
     assert_eq!(e.kind, ErrorKind::Permanent);
 }
 
@@ -1350,9 +962,7 @@ async fn provider_reports_the_exhausted_quota_as_permanent() {
         fake.add_key(Some("bot"), None);
     }
     let p = provider(&fake);
-    let e = create(&p, &Marker::new_attempt(UID), &spec(Some("bot"), None))
-        .await
-        .expect_err("quota");
+    let e = create(&p, &Marker::new_attempt(UID), &spec(Some("bot"), None)).await.expect_err("quota");
     assert_eq!(e.kind, ErrorKind::Permanent);
     assert!(e.message.contains("10005"), "{e}");
     assert!(e.message.contains("TooManyResources"), "{e}");
@@ -1366,37 +976,22 @@ async fn provider_reports_the_exhausted_quota_as_permanent() {
 async fn provider_errors_carry_code_type_details_and_request_id() {
     let fake = OutscaleFake::start(REGION, ADMIN_AK, ADMIN_SK);
     let p = provider(&fake);
-    let e = create(&p, &Marker::new_attempt(UID), &spec(Some("ghost"), None))
-        .await
-        .expect_err("no such user");
+    let e = create(&p, &Marker::new_attempt(UID), &spec(Some("ghost"), None)).await.expect_err("no such user");
     assert_eq!(e.kind, ErrorKind::Permanent);
     assert_eq!(e.operation, "CreateAccessKey");
     assert_eq!(e.status, Some(400));
-    assert_eq!(
-        e.message,
-        "Outscale error 5075 InvalidResource: no-such-user: ghost"
-    );
+    assert_eq!(e.message, "Outscale error 5075 InvalidResource: no-such-user: ghost");
     let shown = e.to_string();
     assert!(shown.contains("[request id "), "{shown}");
     // A user that does not exist has no keys.
-    assert!(p
-        .find_keys(UID, &spec(Some("ghost"), None))
-        .await
-        .expect("listed")
-        .is_empty());
-    p.revoke_key("AAAAAAAAAAAAAAAAAAAA;user=ghost")
-        .await
-        .expect("a deleted user's keys are gone");
+    assert!(p.find_keys(UID, &spec(Some("ghost"), None)).await.expect("listed").is_empty());
+    p.revoke_key("AAAAAAAAAAAAAAAAAAAA;user=ghost").await.expect("a deleted user's keys are gone");
     // A spec for another provider, and a bad lifetime, are refused before any call.
     let before = fake.requests().len();
     let local = KeyProvider::Local(LocalKey {});
-    let e = create(&p, &Marker::new_attempt(UID), &local)
-        .await
-        .expect_err("local");
+    let e = create(&p, &Marker::new_attempt(UID), &local).await.expect_err("local");
     assert_eq!(e.kind, ErrorKind::Permanent);
-    let e = create(&p, &Marker::new_attempt(UID), &spec(None, Some("30s")))
-        .await
-        .expect_err("too short");
+    let e = create(&p, &Marker::new_attempt(UID), &spec(None, Some("30s"))).await.expect_err("too short");
     assert_eq!(e.kind, ErrorKind::Permanent);
     assert!(e.message.contains("minimum"), "{e}");
     assert_eq!(fake.requests().len(), before);
@@ -1410,28 +1005,18 @@ async fn wrong_credentials_fail_once_per_call_without_retry() {
     let spec = spec(Some("bot"), Some("24h"));
     let mut errors = vec![
         p.check_credentials().await.expect_err("check"),
-        create(&p, &Marker::new_attempt(UID), &spec)
-            .await
-            .expect_err("create"),
+        create(&p, &Marker::new_attempt(UID), &spec).await.expect_err("create"),
         p.find_keys(UID, &spec).await.expect_err("find"),
-        p.revoke_key("AAAAAAAAAAAAAAAAAAAA;user=bot")
-            .await
-            .expect_err("revoke"),
+        p.revoke_key("AAAAAAAAAAAAAAAAAAAA;user=bot").await.expect_err("revoke"),
     ];
     for e in errors.drain(..) {
         assert_eq!(e.kind, ErrorKind::Auth, "{e}");
         assert_eq!(e.status, Some(401));
-        assert!(
-            e.message.starts_with("Outscale error 1 AccessDenied"),
-            "{e}"
-        );
+        assert!(e.message.starts_with("Outscale error 1 AccessDenied"), "{e}");
         assert!(e.request_id.is_some());
     }
     let records = fake.requests();
-    let seen: Vec<(&str, u16, bool)> = records
-        .iter()
-        .map(|r| (r.action.as_str(), r.status, r.signature_ok))
-        .collect();
+    let seen: Vec<(&str, u16, bool)> = records.iter().map(|r| (r.action.as_str(), r.status, r.signature_ok)).collect();
     assert_eq!(
         seen,
         [
@@ -1442,14 +1027,8 @@ async fn wrong_credentials_fail_once_per_call_without_retry() {
         ]
     );
     // Revoked credentials look the same.
-    fake.set_faults(Faults {
-        reject_credentials: true,
-        ..Faults::default()
-    });
-    let e = provider(&fake)
-        .check_credentials()
-        .await
-        .expect_err("revoked");
+    fake.set_faults(Faults { reject_credentials: true, ..Faults::default() });
+    let e = provider(&fake).check_credentials().await.expect_err("revoked");
     assert_eq!(e.kind, ErrorKind::Auth);
     assert_eq!(fake.requests().len(), 5);
 }
@@ -1458,24 +1037,10 @@ async fn wrong_credentials_fail_once_per_call_without_retry() {
 async fn provider_rides_out_throttling_and_503s() {
     let fake = OutscaleFake::start(REGION, ADMIN_AK, ADMIN_SK);
     fake.add_user("bot");
-    let p = provider_with(
-        &fake,
-        ADMIN_AK,
-        ADMIN_SK,
-        HttpConfig {
-            max_retries: 8,
-            ..http_config()
-        },
-    );
+    let p = provider_with(&fake, ADMIN_AK, ADMIN_SK, HttpConfig { max_retries: 8, ..http_config() });
     let spec = spec(Some("bot"), Some("24h"));
-    let key = create(&p, &Marker::new_attempt(UID), &spec)
-        .await
-        .expect("created");
-    fake.set_faults(Faults {
-        throttle_rate: 0.3,
-        error_rate: 0.2,
-        ..Faults::default()
-    });
+    let key = create(&p, &Marker::new_attempt(UID), &spec).await.expect("created");
+    fake.set_faults(Faults { throttle_rate: 0.3, error_rate: 0.2, ..Faults::default() });
     for _ in 0..5 {
         assert_eq!(p.find_keys(UID, &spec).await.expect("listed").len(), 1);
     }
@@ -1486,14 +1051,9 @@ async fn provider_rides_out_throttling_and_503s() {
     assert!(fake.live_keys().iter().all(|k| k.user_name.is_none()));
 
     // A throttled create is retried (nothing was created); a 503 on create is handed back.
-    fake.set_faults(Faults {
-        throttle_rate: 1.0,
-        ..Faults::default()
-    });
+    fake.set_faults(Faults { throttle_rate: 1.0, ..Faults::default() });
     let before = fake.requests().len();
-    let e = create(&p, &Marker::new_attempt(UID), &spec)
-        .await
-        .expect_err("always throttled");
+    let e = create(&p, &Marker::new_attempt(UID), &spec).await.expect_err("always throttled");
     assert_eq!(e.kind, ErrorKind::Retryable);
     assert!(e.message.starts_with("throttled by Outscale"), "{e}");
     assert!(fake.requests().len() - before > 1);
@@ -1511,10 +1071,7 @@ async fn provider_stays_under_five_requests_per_second() {
     // The shared limiter: 5/s sustained after a burst of 5, so at most 5 + 5 in any second,
     // and 15 calls take at least (15 - 5) / 5 s.
     for (i, start) in at.iter().enumerate() {
-        let within = at[i..]
-            .iter()
-            .take_while(|t| t.duration_since(*start) < Duration::from_secs(1))
-            .count();
+        let within = at[i..].iter().take_while(|t| t.duration_since(*start) < Duration::from_secs(1)).count();
         assert!(within <= 10, "{within} requests within a second");
     }
     assert!(at[14].duration_since(at[0]) >= Duration::from_millis(1900));
@@ -1527,21 +1084,10 @@ async fn provider_stays_under_five_requests_per_second() {
 async fn an_unanswered_create_leaves_a_key_found_by_its_marker() {
     let fake = OutscaleFake::start(REGION, ADMIN_AK, ADMIN_SK);
     fake.add_user("bot");
-    let p = provider_with(
-        &fake,
-        ADMIN_AK,
-        ADMIN_SK,
-        HttpConfig {
-            timeout: Duration::from_secs(1),
-            ..http_config()
-        },
-    );
+    let p = provider_with(&fake, ADMIN_AK, ADMIN_SK, HttpConfig { timeout: Duration::from_secs(1), ..http_config() });
     let spec = spec(Some("bot"), Some("720h"));
     let marker = Marker::new_attempt(UID);
-    fake.set_faults(Faults {
-        hang_creates: true,
-        ..Faults::default()
-    });
+    fake.set_faults(Faults { hang_creates: true, ..Faults::default() });
     let e = create(&p, &marker, &spec).await.expect_err("no answer");
     assert_eq!(e.kind, ErrorKind::Retryable);
     // Not repeated: the fake may have acted.

@@ -7,6 +7,7 @@ pub mod http;
 pub mod local;
 pub mod marker;
 pub mod outscale;
+pub mod yandex;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -115,19 +116,20 @@ pub fn build(
         IssuerProvider::Outscale(o) => {
             let key = credential(credentials, secret, "OSC_ACCESS_KEY")?;
             let secret_key = credential(credentials, secret, "OSC_SECRET_KEY")?;
-            let provider = outscale::OutscaleProvider::new(
-                o,
-                key.expose_secret().trim().to_string(),
-                secret_key,
-                http.clone(),
-            )
-            .map_err(|e| e.to_string())?;
+            let provider =
+                outscale::OutscaleProvider::new(o, key.expose_secret().trim().to_string(), secret_key, http.clone())
+                    .map_err(|e| e.to_string())?;
             Ok(Arc::new(provider))
         }
-        IssuerProvider::Yandex(_) => Err(format!(
-            "the {} provider is not available in this version of cloudkeys",
-            settings.name()
-        )),
+        IssuerProvider::Yandex(y) => {
+            // No Secret in metadata-service mode: tokens come from the node.
+            let key_json = match &y.service_account_key_secret_ref {
+                Some(r) => Some(credential(credentials, secret, &r.key)?),
+                None => None,
+            };
+            let provider = yandex::YandexProvider::new(y, key_json, http.clone()).map_err(|e| e.to_string())?;
+            Ok(Arc::new(provider))
+        }
     }
 }
 

@@ -5,3 +5,4 @@
 
 pub mod exoscale;
 pub mod outscale;
+pub mod yandex;

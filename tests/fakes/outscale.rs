@@ -167,9 +167,7 @@ impl OutscaleFake {
     /// root account.
     pub fn start(region: &str, admin_access_key: &str, admin_secret_key: &str) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-        listener
-            .set_nonblocking(true)
-            .expect("non-blocking listener");
+        listener.set_nonblocking(true).expect("non-blocking listener");
         let addr = listener.local_addr().expect("listener address");
         let shared = Arc::new(Shared::new(region, admin_access_key, admin_secret_key));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -177,13 +175,9 @@ impl OutscaleFake {
         std::thread::Builder::new()
             .name(format!("outscale-fake-{}", addr.port()))
             .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("fake runtime");
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("fake runtime");
                 runtime.block_on(async move {
-                    let listener =
-                        tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
                     tokio::select! {
                         result = axum::serve(listener, app) => {
                             if let Err(e) = result {
@@ -197,11 +191,7 @@ impl OutscaleFake {
                 runtime.shutdown_background();
             })
             .expect("spawn the fake's thread");
-        Self {
-            addr,
-            shared,
-            shutdown: Mutex::new(Some(tx)),
-        }
+        Self { addr, shared, shutdown: Mutex::new(Some(tx)) }
     }
 
     /// Base URL including `/api/v1`, e.g. `http://127.0.0.1:41234/api/v1`.
@@ -231,12 +221,7 @@ impl OutscaleFake {
 
     /// Every key that exists, the admin key included (it has no tag and no user).
     pub fn live_keys(&self) -> Vec<FakeKey> {
-        self.shared
-            .state()
-            .keys
-            .iter()
-            .map(KeyEntry::view)
-            .collect()
+        self.shared.state().keys.iter().map(KeyEntry::view).collect()
     }
 
     /// Keys deleted through `DeleteAccessKey`, as they were just before deletion.
@@ -329,11 +314,7 @@ pub fn verify_signature(
     secret_of: impl Fn(&str) -> Option<String>,
     now: Timestamp,
 ) -> Result<Verified, AuthFailure> {
-    let mut failure = AuthFailure {
-        scheme: None,
-        access_key_id: None,
-        reason: String::new(),
-    };
+    let mut failure = AuthFailure { scheme: None, access_key_id: None, reason: String::new() };
     let fail = |mut f: AuthFailure, why: String| {
         f.reason = why;
         Err(f)
@@ -355,63 +336,35 @@ pub fn verify_signature(
     // `Credential=…, SignedHeaders=…, Signature=…`, in this order (as every client sends it).
     let mut fields = rest.split(',').map(str::trim);
     let mut field = |name: &str| {
-        fields
-            .next()
-            .and_then(|f| f.strip_prefix(name))
-            .and_then(|f| f.strip_prefix('='))
-            .map(str::to_owned)
+        fields.next().and_then(|f| f.strip_prefix(name)).and_then(|f| f.strip_prefix('=')).map(str::to_owned)
     };
-    let (Some(credential), Some(signed_headers), Some(signature)) = (
-        field("Credential"),
-        field("SignedHeaders"),
-        field("Signature"),
-    ) else {
-        return fail(
-            failure,
-            "expected Credential=, SignedHeaders=, Signature=".into(),
-        );
+    let (Some(credential), Some(signed_headers), Some(signature)) =
+        (field("Credential"), field("SignedHeaders"), field("Signature"))
+    else {
+        return fail(failure, "expected Credential=, SignedHeaders=, Signature=".into());
     };
     if fields.next().is_some() {
         return fail(failure, "unexpected field after Signature=".into());
     }
     let scope: Vec<&str> = credential.split('/').collect();
     let [access_key, day, scope_region, service, terminator] = scope[..] else {
-        return fail(
-            failure,
-            "Credential must be key/date/region/service/terminator".into(),
-        );
+        return fail(failure, "Credential must be key/date/region/service/terminator".into());
     };
     failure.access_key_id = Some(access_key.to_owned());
     if terminator != scheme.terminator() {
-        return fail(
-            failure,
-            format!("scope must end in {}", scheme.terminator()),
-        );
+        return fail(failure, format!("scope must end in {}", scheme.terminator()));
     }
     if scope_region != region {
-        return fail(
-            failure,
-            format!("scope region {scope_region:?} is not {region:?}"),
-        );
+        return fail(failure, format!("scope region {scope_region:?} is not {region:?}"));
     }
     if !services.contains(&service) {
-        return fail(
-            failure,
-            format!("scope service {service:?} is not one of {services:?}"),
-        );
+        return fail(failure, format!("scope service {service:?} is not one of {services:?}"));
     }
 
     let names: Vec<&str> = signed_headers.split(';').collect();
     let sorted_unique = names.windows(2).all(|w| w[0] < w[1]);
-    if names
-        .iter()
-        .any(|n| n.is_empty() || *n != n.to_ascii_lowercase())
-        || !sorted_unique
-    {
-        return fail(
-            failure,
-            "SignedHeaders must be lowercase, sorted and unique".into(),
-        );
+    if names.iter().any(|n| n.is_empty() || *n != n.to_ascii_lowercase()) || !sorted_unique {
+        return fail(failure, "SignedHeaders must be lowercase, sorted and unique".into());
     }
     for required in ["host", scheme.date_header()] {
         if !names.contains(&required) {
@@ -423,39 +376,25 @@ pub fn verify_signature(
         return fail(failure, format!("no {} header", scheme.date_header()));
     };
     let Some(signed_at) = parse_basic_time(&date) else {
-        return fail(
-            failure,
-            format!("{} is not YYYYMMDDTHHMMSSZ", scheme.date_header()),
-        );
+        return fail(failure, format!("{} is not YYYYMMDDTHHMMSSZ", scheme.date_header()));
     };
     if date[..8] != *day {
         return fail(failure, "scope date is not the request's date".into());
     }
     let skew = now.duration_since(signed_at).unsigned_abs();
     if skew > MAX_CLOCK_SKEW {
-        return fail(
-            failure,
-            format!("request date is {} s away from now", skew.as_secs()),
-        );
+        return fail(failure, format!("request date is {} s away from now", skew.as_secs()));
     }
 
     let body_hash = hex::encode(Sha256::digest(request.body));
     if scheme == Scheme::Aws4 {
         if let Some(declared) = header_value(request.headers, "x-amz-content-sha256") {
             if declared != body_hash {
-                return fail(
-                    failure,
-                    "x-amz-content-sha256 is not the body's hash".into(),
-                );
+                return fail(failure, "x-amz-content-sha256 is not the body's hash".into());
             }
         }
     }
-    let mut canonical = format!(
-        "{}\n{}\n{}\n",
-        request.method,
-        request.path,
-        canonical_query(request.query)
-    );
+    let mut canonical = format!("{}\n{}\n{}\n", request.method, request.path, canonical_query(request.query));
     for name in &names {
         let Some(value) = header_value(request.headers, name) else {
             return fail(failure, format!("signed header {name} is missing"));
@@ -489,10 +428,7 @@ pub fn verify_signature(
         // Constant-time comparison above; the reason stays vague, as a server's would.
         return fail(failure, "signature mismatch".into());
     }
-    Ok(Verified {
-        scheme,
-        access_key_id: access_key.to_owned(),
-    })
+    Ok(Verified { scheme, access_key_id: access_key.to_owned() })
 }
 
 fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
@@ -506,12 +442,7 @@ fn header_value(headers: &HeaderMap, name: &str) -> Option<String> {
     let values: Vec<String> = headers
         .get_all(name)
         .iter()
-        .map(|v| {
-            String::from_utf8_lossy(v.as_bytes())
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).split_whitespace().collect::<Vec<_>>().join(" "))
         .collect();
     (!values.is_empty()).then(|| values.join(","))
 }
@@ -542,11 +473,7 @@ fn canonical_query(query: &str) -> String {
         })
         .collect();
     pairs.sort();
-    pairs
-        .iter()
-        .map(|(n, v)| format!("{n}={v}"))
-        .collect::<Vec<_>>()
-        .join("&")
+    pairs.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join("&")
 }
 
 fn decode(text: &str) -> Vec<u8> {
@@ -554,11 +481,9 @@ fn decode(text: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex_pair = bytes.get(i + 1..i + 3).and_then(|h| {
-            std::str::from_utf8(h)
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        });
+        let hex_pair = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok().and_then(|h| u8::from_str_radix(h, 16).ok()));
         match (bytes[i], hex_pair) {
             (b'%', Some(b)) => {
                 out.push(b);
@@ -600,17 +525,12 @@ pub fn parse_api_time(text: &str) -> Option<Timestamp> {
     if let Ok(ts) = text.parse::<Timestamp>() {
         return Some(ts);
     }
-    if let Ok(ts) =
-        jiff::fmt::strtime::parse("%Y-%m-%dT%H:%M:%S%.f%z", text).and_then(|t| t.to_timestamp())
-    {
+    if let Ok(ts) = jiff::fmt::strtime::parse("%Y-%m-%dT%H:%M:%S%.f%z", text).and_then(|t| t.to_timestamp()) {
         return Some(ts);
     }
     if text.len() == 10 {
         let date: jiff::civil::Date = text.parse().ok()?;
-        return date
-            .to_zoned(jiff::tz::TimeZone::UTC)
-            .ok()
-            .map(|z| z.timestamp());
+        return date.to_zoned(jiff::tz::TimeZone::UTC).ok().map(|z| z.timestamp());
     }
     None
 }
@@ -731,9 +651,7 @@ impl Shared {
 fn random_text(len: usize) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
     let mut rng = rand::rng();
-    (0..len)
-        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
-        .collect()
+    (0..len).map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())])).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -748,18 +666,8 @@ struct ApiError {
 }
 
 impl ApiError {
-    fn new(
-        status: StatusCode,
-        code: &'static str,
-        kind: &'static str,
-        details: impl Into<String>,
-    ) -> Self {
-        Self {
-            status,
-            code,
-            kind,
-            details: details.into(),
-        }
+    fn new(status: StatusCode, code: &'static str, kind: &'static str, details: impl Into<String>) -> Self {
+        Self { status, code, kind, details: details.into() }
     }
     fn auth(details: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "1", "AccessDenied", details)
@@ -781,36 +689,16 @@ impl ApiError {
         )
     }
     fn missing(field: &str) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "7000",
-            "MissingParameter",
-            format!("The parameter {field} is required."),
-        )
+        Self::new(StatusCode::BAD_REQUEST, "7000", "MissingParameter", format!("The parameter {field} is required."))
     }
     fn bad_value(details: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "4047",
-            "InvalidParameterValue",
-            details,
-        )
+        Self::new(StatusCode::BAD_REQUEST, "4047", "InvalidParameterValue", details)
     }
     fn key_not_found(id: &str) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "4000",
-            "InvalidParameterValue",
-            format!("access-keys-not-found: {id}"),
-        )
+        Self::new(StatusCode::BAD_REQUEST, "4000", "InvalidParameterValue", format!("access-keys-not-found: {id}"))
     }
     fn no_such_user(user: &str) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "5075",
-            "InvalidResource",
-            format!("no-such-user: {user}"),
-        )
+        Self::new(StatusCode::BAD_REQUEST, "5075", "InvalidResource", format!("no-such-user: {user}"))
     }
 }
 
@@ -839,8 +727,7 @@ fn json_object(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, ApiE
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_value(format!("malformed JSON: {e}")))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_value(format!("malformed JSON: {e}")))?;
     let Value::Object(object) = value else {
         return Err(ApiError::bad_value("the body must be a JSON object"));
     };
@@ -874,35 +761,24 @@ fn bool_field(object: &Map<String, Value>, field: &str) -> Result<bool, ApiError
 fn string_list(object: &Map<String, Value>, field: &str) -> Result<Vec<String>, ApiError> {
     match object.get(field) {
         None => Ok(Vec::new()),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| ApiError::wrong_type(field))
-            })
-            .collect(),
+        Some(Value::Array(items)) => {
+            items.iter().map(|v| v.as_str().map(str::to_owned).ok_or_else(|| ApiError::wrong_type(field))).collect()
+        }
         Some(_) => Err(ApiError::wrong_type(field)),
     }
 }
 
 /// `ExpirationDate`: a non-empty date or date-time, in the future.
-fn expiration_field(
-    object: &Map<String, Value>,
-    now: Timestamp,
-) -> Result<Option<Timestamp>, ApiError> {
+fn expiration_field(object: &Map<String, Value>, now: Timestamp) -> Result<Option<Timestamp>, ApiError> {
     match string_field(object, "ExpirationDate")? {
         None => Ok(None),
         // What the real API answers to `"ExpirationDate": ""` (terraform-provider-outscale#342).
         Some(text) if text.is_empty() => Err(ApiError::wrong_type("ExpirationDate")),
         Some(text) => {
-            let at = parse_api_time(&text).ok_or_else(|| {
-                ApiError::bad_value(format!("ExpirationDate {text:?} is not an ISO 8601 date"))
-            })?;
+            let at = parse_api_time(&text)
+                .ok_or_else(|| ApiError::bad_value(format!("ExpirationDate {text:?} is not an ISO 8601 date")))?;
             if at <= now {
-                return Err(ApiError::bad_value(format!(
-                    "ExpirationDate {text:?} is not in the future"
-                )));
+                return Err(ApiError::bad_value(format!("ExpirationDate {text:?} is not in the future")));
             }
             Ok(Some(at))
         }
@@ -918,10 +794,7 @@ fn expiration_field(
 struct Caller(Option<String>);
 
 fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .fallback(dispatch)
-        .layer(middleware::from_fn_with_state(shared.clone(), gate))
-        .with_state(shared)
+    Router::new().fallback(dispatch).layer(middleware::from_fn_with_state(shared.clone(), gate)).with_state(shared)
 }
 
 /// Runs before every call: records the request, sleeps the latency, checks the signature,
@@ -952,8 +825,7 @@ async fn gate(State(s): State<Arc<Shared>>, request: Request, next: Next) -> Res
     let body = match to_bytes(body, MAX_BODY_BYTES).await {
         Ok(body) => body,
         Err(_) => {
-            let response =
-                ApiError::bad_value("body unreadable or larger than 1 MiB").into_response();
+            let response = ApiError::bad_value("body unreadable or larger than 1 MiB").into_response();
             s.state().requests[index].status = response.status().as_u16();
             return response;
         }
@@ -971,12 +843,7 @@ async fn gate(State(s): State<Arc<Shared>>, request: Request, next: Next) -> Res
             },
             &s.region,
             ACCEPTED_SERVICES,
-            |ak| {
-                st.keys
-                    .iter()
-                    .find(|k| k.id == ak && k.usable(now))
-                    .map(|k| k.secret.clone())
-            },
+            |ak| st.keys.iter().find(|k| k.id == ak && k.usable(now)).map(|k| k.secret.clone()),
             now,
         )
     };
@@ -1017,11 +884,7 @@ fn authorize(s: &Shared, verdict: Result<Verified, AuthFailure>) -> Result<Calle
         Err(f) => f.access_key_id.clone(),
     };
     if st.lockout_enabled {
-        if let Some(locked_until) = key
-            .as_ref()
-            .and_then(|k| st.failures.get(k))
-            .and_then(|f| f.locked_until)
-        {
+        if let Some(locked_until) = key.as_ref().and_then(|k| st.failures.get(k)).and_then(|f| f.locked_until) {
             if Instant::now() < locked_until {
                 return Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
@@ -1040,11 +903,7 @@ fn authorize(s: &Shared, verdict: Result<Verified, AuthFailure>) -> Result<Calle
     match result {
         Ok(v) => {
             st.failures.remove(&v.access_key_id);
-            let owner = st
-                .keys
-                .iter()
-                .find(|k| k.id == v.access_key_id)
-                .and_then(|k| k.user.clone());
+            let owner = st.keys.iter().find(|k| k.id == v.access_key_id).and_then(|k| k.user.clone());
             Ok(Caller(owner))
         }
         Err(reason) => {
@@ -1054,13 +913,10 @@ fn authorize(s: &Shared, verdict: Result<Verified, AuthFailure>) -> Result<Calle
                 failures.in_a_row += 1;
                 if lockout && failures.in_a_row.is_multiple_of(4) {
                     let minutes = u64::from((failures.in_a_row / 4).min(10));
-                    failures.locked_until =
-                        Some(Instant::now() + Duration::from_secs(60 * minutes));
+                    failures.locked_until = Some(Instant::now() + Duration::from_secs(60 * minutes));
                 }
             }
-            Err(ApiError::auth(format!(
-                "ErrorAuthenticationFailed: {reason}"
-            )))
+            Err(ApiError::auth(format!("ErrorAuthenticationFailed: {reason}")))
         }
     }
 }
@@ -1078,42 +934,22 @@ fn injected_fault(s: &Shared) -> Option<Response> {
     }
     if throttle_rate > 0.0 && st.fault_rng.random::<f64>() < throttle_rate {
         let (code, details) = if st.fault_rng.random::<bool>() {
-            (
-                "24",
-                "ErrorOperationThrottledPerAccount: Request rate exceeded.",
-            )
+            ("24", "ErrorOperationThrottledPerAccount: Request rate exceeded.")
         } else {
-            (
-                "25",
-                "ErrorOperationThrottledPerCall: Request rate exceeded.",
-            )
+            ("25", "ErrorOperationThrottledPerCall: Request rate exceeded.")
         };
-        return Some(error_response(
-            StatusCode::TOO_MANY_REQUESTS,
-            code,
-            "AccessDenied",
-            details,
-        ));
+        return Some(error_response(StatusCode::TOO_MANY_REQUESTS, code, "AccessDenied", details));
     }
     None
 }
 
 async fn dispatch(State(s): State<Arc<Shared>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let caller = parts
-        .extensions
-        .get::<Caller>()
-        .cloned()
-        .unwrap_or(Caller(None));
+    let caller = parts.extensions.get::<Caller>().cloned().unwrap_or(Caller(None));
     let body = to_bytes(body, MAX_BODY_BYTES).await.unwrap_or_default();
     let call = parts.uri.path().strip_prefix(API_PREFIX).unwrap_or("");
     if parts.method != axum::http::Method::POST {
-        return error_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "5011",
-            "InvalidResource",
-            "calls are POST requests",
-        );
+        return error_response(StatusCode::METHOD_NOT_ALLOWED, "5011", "InvalidResource", "calls are POST requests");
     }
     let result = match call {
         "CreateAccessKey" => create_access_key(&s, &caller, &body).await,
@@ -1134,11 +970,7 @@ async fn dispatch(State(s): State<Arc<Shared>>, request: Request) -> Response {
 }
 
 /// The identity a call addresses: `UserName` if given (it must exist), else the caller.
-fn identity(
-    st: &FakeState,
-    caller: &Caller,
-    user_name: Option<String>,
-) -> Result<Option<String>, ApiError> {
+fn identity(st: &FakeState, caller: &Caller, user_name: Option<String>) -> Result<Option<String>, ApiError> {
     match user_name {
         Some(user) if !st.users.contains(&user) => Err(ApiError::no_such_user(&user)),
         Some(user) => Ok(Some(user)),
@@ -1196,10 +1028,7 @@ fn read_access_keys(s: &Shared, caller: &Caller, body: &[u8]) -> ApiResult {
     check_fields(&filters, &["AccessKeyIds", "States"])?;
     let ids = string_list(&filters, "AccessKeyIds")?;
     let states = string_list(&filters, "States")?;
-    if let Some(bad) = states
-        .iter()
-        .find(|s| !["ACTIVE", "INACTIVE"].contains(&s.as_str()))
-    {
+    if let Some(bad) = states.iter().find(|s| !["ACTIVE", "INACTIVE"].contains(&s.as_str())) {
         return Err(ApiError::bad_value(format!("unknown state {bad:?}")));
     }
     let tag = string_field(&body, "Tag")?;
@@ -1215,35 +1044,20 @@ fn read_access_keys(s: &Shared, caller: &Caller, body: &[u8]) -> ApiResult {
         .filter(|k| tag.is_none() || k.tag == tag)
         .map(KeyEntry::json)
         .collect();
-    Ok(Json(
-        json!({"AccessKeys": keys, "ResponseContext": response_context()}),
-    ))
+    Ok(Json(json!({"AccessKeys": keys, "ResponseContext": response_context()})))
 }
 
 fn update_access_key(s: &Shared, caller: &Caller, body: &[u8]) -> ApiResult {
     let body = json_object(
         body,
-        &[
-            "AccessKeyId",
-            "ClearExpirationDate",
-            "ClearTag",
-            "DryRun",
-            "ExpirationDate",
-            "State",
-            "Tag",
-            "UserName",
-        ],
+        &["AccessKeyId", "ClearExpirationDate", "ClearTag", "DryRun", "ExpirationDate", "State", "Tag", "UserName"],
     )?;
     let id = string_field(&body, "AccessKeyId")?.ok_or_else(|| ApiError::missing("AccessKeyId"))?;
     let state = match string_field(&body, "State")?.as_deref() {
         None => None,
         Some("ACTIVE") => Some("ACTIVE"),
         Some("INACTIVE") => Some("INACTIVE"),
-        Some(other) => {
-            return Err(ApiError::bad_value(format!(
-                "State {other:?} is not ACTIVE or INACTIVE"
-            )))
-        }
+        Some(other) => return Err(ApiError::bad_value(format!("State {other:?} is not ACTIVE or INACTIVE"))),
     };
     let now = Timestamp::now();
     let expiration = expiration_field(&body, now)?;
@@ -1254,11 +1068,7 @@ fn update_access_key(s: &Shared, caller: &Caller, body: &[u8]) -> ApiResult {
     let user_name = string_field(&body, "UserName")?;
     let mut st = s.state();
     let owner = identity(&st, caller, user_name)?;
-    let key = st
-        .keys
-        .iter_mut()
-        .find(|k| k.id == id && k.user == owner)
-        .ok_or_else(|| ApiError::key_not_found(&id))?;
+    let key = st.keys.iter_mut().find(|k| k.id == id && k.user == owner).ok_or_else(|| ApiError::key_not_found(&id))?;
     if dry_run {
         return Ok(Json(json!({"ResponseContext": response_context()})));
     }
@@ -1273,9 +1083,7 @@ fn update_access_key(s: &Shared, caller: &Caller, body: &[u8]) -> ApiResult {
         key.tag = tag;
     }
     key.modified = now;
-    Ok(Json(
-        json!({"AccessKey": key.json(), "ResponseContext": response_context()}),
-    ))
+    Ok(Json(json!({"AccessKey": key.json(), "ResponseContext": response_context()})))
 }
 
 fn delete_access_key(s: &Shared, caller: &Caller, body: &[u8]) -> ApiResult {
@@ -1285,11 +1093,8 @@ fn delete_access_key(s: &Shared, caller: &Caller, body: &[u8]) -> ApiResult {
     let user_name = string_field(&body, "UserName")?;
     let mut st = s.state();
     let owner = identity(&st, caller, user_name)?;
-    let index = st
-        .keys
-        .iter()
-        .position(|k| k.id == id && k.user == owner)
-        .ok_or_else(|| ApiError::key_not_found(&id))?;
+    let index =
+        st.keys.iter().position(|k| k.id == id && k.user == owner).ok_or_else(|| ApiError::key_not_found(&id))?;
     if owner.is_some() && st.keys[index].state != "INACTIVE" {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

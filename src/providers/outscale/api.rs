@@ -141,48 +141,23 @@ mod tests {
 
     #[test]
     fn unset_request_fields_are_left_out() {
-        let body = CreateAccessKey {
-            user_name: None,
-            expiration_date: None,
-            tag: "ck-x",
-        };
-        assert_eq!(
-            serde_json::to_string(&body).expect("json"),
-            r#"{"Tag":"ck-x"}"#
-        );
-        let body = CreateAccessKey {
-            user_name: Some("bot"),
-            expiration_date: Some("2030-01-01T00:00:00.000Z"),
-            tag: "ck-x",
-        };
+        let body = CreateAccessKey { user_name: None, expiration_date: None, tag: "ck-x" };
+        assert_eq!(serde_json::to_string(&body).expect("json"), r#"{"Tag":"ck-x"}"#);
+        let body =
+            CreateAccessKey { user_name: Some("bot"), expiration_date: Some("2030-01-01T00:00:00.000Z"), tag: "ck-x" };
         assert_eq!(
             serde_json::to_string(&body).expect("json"),
             r#"{"UserName":"bot","ExpirationDate":"2030-01-01T00:00:00.000Z","Tag":"ck-x"}"#
         );
-        assert_eq!(
-            serde_json::to_string(&ReadAccessKeys::default()).expect("json"),
-            "{}"
-        );
-        let read = ReadAccessKeys {
-            filters: Some(FiltersAccessKeys {
-                access_key_ids: vec!["AK"],
-            }),
-            user_name: Some("bot"),
-        };
+        assert_eq!(serde_json::to_string(&ReadAccessKeys::default()).expect("json"), "{}");
+        let read =
+            ReadAccessKeys { filters: Some(FiltersAccessKeys { access_key_ids: vec!["AK"] }), user_name: Some("bot") };
         assert_eq!(
             serde_json::to_string(&read).expect("json"),
             r#"{"Filters":{"AccessKeyIds":["AK"]},"UserName":"bot"}"#
         );
-        let update = UpdateAccessKey {
-            access_key_id: "AK",
-            state: INACTIVE,
-            expiration_date: None,
-            user_name: None,
-        };
-        assert_eq!(
-            serde_json::to_string(&update).expect("json"),
-            r#"{"AccessKeyId":"AK","State":"INACTIVE"}"#
-        );
+        let update = UpdateAccessKey { access_key_id: "AK", state: INACTIVE, expiration_date: None, user_name: None };
+        assert_eq!(serde_json::to_string(&update).expect("json"), r#"{"AccessKeyId":"AK","State":"INACTIVE"}"#);
     }
 
     #[test]
@@ -196,14 +171,8 @@ mod tests {
         .expect("parses");
         let key = created.access_key.expect("key");
         assert_eq!(key.access_key_id.as_deref(), Some("ABCDEFGHIJ0123456789"));
-        assert_eq!(
-            key.secret_key.expect("secret").expose_secret(),
-            "XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX"
-        );
-        assert_eq!(
-            key.expiration_date.as_deref(),
-            Some("2063-04-05T00:00:00.000+0000")
-        );
+        assert_eq!(key.secret_key.expect("secret").expose_secret(), "XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX");
+        assert_eq!(key.expiration_date.as_deref(), Some("2063-04-05T00:00:00.000+0000"));
         assert_eq!(key.tag.as_deref(), Some("Group1"));
     }
 
@@ -216,9 +185,6 @@ mod tests {
         .expect("parses");
         assert_eq!(e.errors[0].code.as_deref(), Some("10005"));
         assert_eq!(e.errors[1].code.as_deref(), Some("4000"));
-        assert_eq!(
-            e.response_context.and_then(|c| c.request_id).as_deref(),
-            Some("r-1")
-        );
+        assert_eq!(e.response_context.and_then(|c| c.request_id).as_deref(), Some("r-1"));
     }
 }

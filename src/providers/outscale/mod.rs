@@ -32,13 +32,11 @@ use serde::Serialize;
 use url::Url;
 
 use self::api::{
-    AccessKey, AccessKeyCreated, AccessKeyList, CreateAccessKey, DeleteAccessKey, ErrorResponse,
-    FiltersAccessKeys, ReadAccessKeys, UpdateAccessKey, INACTIVE,
+    AccessKey, AccessKeyCreated, AccessKeyList, CreateAccessKey, DeleteAccessKey, ErrorResponse, FiltersAccessKeys,
+    ReadAccessKeys, UpdateAccessKey, INACTIVE,
 };
 use super::http::{ErrorResponse as HttpError, Http, HttpConfig, Idempotency, Response};
-use super::{
-    ErrorKind, IssuedKey, KeyRequest, Marker, OwnedKey, Provider, ProviderError, TemplateVars,
-};
+use super::{ErrorKind, IssuedKey, KeyRequest, Marker, OwnedKey, Provider, ProviderError, TemplateVars};
 use crate::api::{KeyProvider, OutscaleIssuer, OutscaleKey};
 
 /// The shortest `expiresAfter` accepted. The controller replaces a key after two thirds of its
@@ -99,9 +97,7 @@ impl OutscaleProvider {
         if !is_region(region) {
             return Err(ProviderError::permanent(
                 "configure",
-                format!(
-                    "invalid Outscale region {region:?}: expected a name such as eu-west-2 or cloudgouv-eu-west-1"
-                ),
+                format!("invalid Outscale region {region:?}: expected a name such as eu-west-2 or cloudgouv-eu-west-1"),
             ));
         }
         let endpoint = match settings.endpoint.as_deref().map(str::trim) {
@@ -118,10 +114,7 @@ impl OutscaleProvider {
                     && u.fragment().is_none()
             })
             .ok_or_else(|| {
-                ProviderError::permanent(
-                    "configure",
-                    format!("invalid Outscale API endpoint {endpoint:?}"),
-                )
+                ProviderError::permanent("configure", format!("invalid Outscale API endpoint {endpoint:?}"))
             })?;
         let host = match (base.host_str().unwrap_or_default(), base.port()) {
             (h, Some(p)) => format!("{h}:{p}"),
@@ -145,26 +138,13 @@ impl OutscaleProvider {
         } else {
             SecretString::from(trimmed.to_string())
         };
-        Ok(Self {
-            http: Http::new(http)?,
-            base,
-            endpoint,
-            host,
-            region: region.to_string(),
-            access_key,
-            secret_key,
-        })
+        Ok(Self { http: Http::new(http)?, base, endpoint, host, region: region.to_string(), access_key, secret_key })
     }
 
     fn url(&self, call: &str) -> Result<Url, Failure> {
         let mut url = self.base.clone();
         url.path_segments_mut()
-            .map_err(|()| {
-                Failure::from(ProviderError::permanent(
-                    call,
-                    "the endpoint cannot take a path",
-                ))
-            })?
+            .map_err(|()| Failure::from(ProviderError::permanent(call, "the endpoint cannot take a path")))?
             .pop_if_empty()
             .push(call);
         Ok(url)
@@ -179,9 +159,10 @@ impl OutscaleProvider {
     ) -> Result<Response, Failure> {
         let url = self.url(call)?;
         // Serialized once: the signature covers these exact bytes on every attempt.
-        let body = Bytes::from(serde_json::to_vec(body).map_err(|e| {
-            ProviderError::permanent(call, format!("cannot encode the request: {e}"))
-        })?);
+        let body = Bytes::from(
+            serde_json::to_vec(body)
+                .map_err(|e| ProviderError::permanent(call, format!("cannot encode the request: {e}")))?,
+        );
         // The classifier runs inside the HTTP layer; the codes it saw are kept for callers that
         // treat some of them as success ("already gone").
         let codes = Mutex::new(Vec::new());
@@ -198,10 +179,7 @@ impl OutscaleProvider {
                 },
             )
             .await;
-        result.map_err(|error| Failure {
-            codes: codes.into_inner().unwrap_or_else(|p| p.into_inner()),
-            error,
-        })
+        result.map_err(|error| Failure { codes: codes.into_inner().unwrap_or_else(|p| p.into_inner()), error })
     }
 
     /// Called once per attempt: `X-Osc-Date` must be within five minutes of Outscale's clock.
@@ -216,16 +194,11 @@ impl OutscaleProvider {
             &self.access_key,
             &self.secret_key,
             &self.region,
-            &sign::Request {
-                host: &self.host,
-                path: url.path(),
-                body,
-            },
+            &sign::Request { host: &self.host, path: url.path(), body },
             Timestamp::now(),
         );
-        let mut authorization = HeaderValue::from_str(&signed.authorization).map_err(|_| {
-            ProviderError::auth(call, "the access key is not a valid HTTP header value")
-        })?;
+        let mut authorization = HeaderValue::from_str(&signed.authorization)
+            .map_err(|_| ProviderError::auth(call, "the access key is not a valid HTTP header value"))?;
         authorization.set_sensitive(true);
         client
             .post(url.clone())
@@ -238,22 +211,11 @@ impl OutscaleProvider {
             .map_err(|e| ProviderError::permanent(call, format!("cannot build the request: {e}")))
     }
 
-    async fn read_keys(
-        &self,
-        ids: Option<&str>,
-        user: Option<&str>,
-    ) -> Result<Vec<AccessKey>, Failure> {
+    async fn read_keys(&self, ids: Option<&str>, user: Option<&str>) -> Result<Vec<AccessKey>, Failure> {
         const CALL: &str = "ReadAccessKeys";
-        let body = ReadAccessKeys {
-            filters: ids.map(|id| FiltersAccessKeys {
-                access_key_ids: vec![id],
-            }),
-            user_name: user,
-        };
-        let list: AccessKeyList = self
-            .call(CALL, &body, Idempotency::Idempotent)
-            .await?
-            .json(CALL)?;
+        let body =
+            ReadAccessKeys { filters: ids.map(|id| FiltersAccessKeys { access_key_ids: vec![id] }), user_name: user };
+        let list: AccessKeyList = self.call(CALL, &body, Idempotency::Idempotent).await?.json(CALL)?;
         Ok(list.access_keys)
     }
 
@@ -264,38 +226,26 @@ impl OutscaleProvider {
             expiration_date: expiration,
             user_name: key.user.as_deref(),
         };
-        self.call("UpdateAccessKey", &body, Idempotency::Idempotent)
-            .await
-            .map(|_| ())
+        self.call("UpdateAccessKey", &body, Idempotency::Idempotent).await.map(|_| ())
     }
 
     async fn delete(&self, key: &KeyRef) -> Result<(), Failure> {
-        let body = DeleteAccessKey {
-            access_key_id: &key.id,
-            user_name: key.user.as_deref(),
-        };
-        self.call("DeleteAccessKey", &body, Idempotency::Idempotent)
-            .await
-            .map(|_| ())
+        let body = DeleteAccessKey { access_key_id: &key.id, user_name: key.user.as_deref() };
+        self.call("DeleteAccessKey", &body, Idempotency::Idempotent).await.map(|_| ())
     }
 
     async fn revoke(&self, key: &KeyRef) -> Result<(), Failure> {
         if key.user.is_none() && key.id == self.access_key {
             return Err(ProviderError::permanent(
                 "DeleteAccessKey",
-                format!(
-                    "refusing to revoke {}: it is the issuer's own access key",
-                    key.id
-                ),
+                format!("refusing to revoke {}: it is the issuer's own access key", key.id),
             )
             .into());
         }
         // Read first, as Terraform does: an empty list is the one reliable "already gone", and
         // the live expiration date is the one to re-send.
         let live = match self.read_keys(Some(&key.id), key.user.as_deref()).await {
-            Ok(keys) => keys
-                .into_iter()
-                .find(|k| k.access_key_id.as_deref() == Some(key.id.as_str())),
+            Ok(keys) => keys.into_iter().find(|k| k.access_key_id.as_deref() == Some(key.id.as_str())),
             Err(f) if f.is_gone() => None,
             Err(f) => return Err(f),
         };
@@ -303,10 +253,7 @@ impl OutscaleProvider {
             tracing::debug!(key = %key.id, "access key already gone");
             return Ok(());
         };
-        let expiration = live
-            .expiration_date
-            .as_deref()
-            .and_then(|d| resend_date(d, Timestamp::now()));
+        let expiration = live.expiration_date.as_deref().and_then(|d| resend_date(d, Timestamp::now()));
         let active = live.state.as_deref() != Some(INACTIVE);
         // An EIM user's key must be INACTIVE before it can be deleted.
         if key.user.is_some() && active {
@@ -354,9 +301,8 @@ impl Provider for OutscaleProvider {
         let user = spec.user_name.as_deref().filter(|u| !u.is_empty());
         let expires = match spec.expires_after.as_deref() {
             Some(text) => {
-                let lifetime = parse_lifetime(text).map_err(|e| {
-                    ProviderError::permanent(CALL, format!("spec.outscale.expiresAfter: {e}"))
-                })?;
+                let lifetime = parse_lifetime(text)
+                    .map_err(|e| ProviderError::permanent(CALL, format!("spec.outscale.expiresAfter: {e}")))?;
                 Some(expiration(request.now, lifetime).ok_or_else(|| {
                     ProviderError::permanent(
                         CALL,
@@ -368,58 +314,32 @@ impl Provider for OutscaleProvider {
         };
         let expiration_text = expires.map(api_date);
         let tag = request.marker.to_string();
-        let body = CreateAccessKey {
-            user_name: user,
-            expiration_date: expiration_text.as_deref(),
-            tag: &tag,
-        };
-        let created: AccessKeyCreated = self
-            .call(CALL, &body, Idempotency::Creates)
-            .await?
-            .json(CALL)?;
+        let body = CreateAccessKey { user_name: user, expiration_date: expiration_text.as_deref(), tag: &tag };
+        let created: AccessKeyCreated = self.call(CALL, &body, Idempotency::Creates).await?.json(CALL)?;
         let request_id = created.response_context.and_then(|c| c.request_id);
         // A key may well exist even so; the controller finds it again by its marker.
         let incomplete = |what: &str| {
-            ProviderError::retryable(CALL, format!("the response holds no {what}"))
-                .with_request_id(request_id.clone())
+            ProviderError::retryable(CALL, format!("the response holds no {what}")).with_request_id(request_id.clone())
         };
         let key = created.access_key.ok_or_else(|| incomplete("AccessKey"))?;
-        let id = key
-            .access_key_id
-            .filter(|id| !id.is_empty())
-            .ok_or_else(|| incomplete("AccessKeyId"))?;
-        let secret = key
-            .secret_key
-            .filter(|s| !s.expose_secret().is_empty())
-            .ok_or_else(|| incomplete("SecretKey"))?;
+        let id = key.access_key_id.filter(|id| !id.is_empty()).ok_or_else(|| incomplete("AccessKeyId"))?;
+        let secret = key.secret_key.filter(|s| !s.expose_secret().is_empty()).ok_or_else(|| incomplete("SecretKey"))?;
         if key.tag.as_deref() != Some(tag.as_str()) {
             // Older API versions drop the tag silently; such a key cannot be found again if
             // its creation is interrupted.
             tracing::warn!(key = %id, "Outscale did not keep the ownership tag on the new key");
         }
         // The date Outscale stored wins over ours (it may round); ours if it names none.
-        let expires_at = key
-            .expiration_date
-            .as_deref()
-            .and_then(parse_timestamp)
-            .or(expires);
+        let expires_at = key.expiration_date.as_deref().and_then(parse_timestamp).or(expires);
         Ok(IssuedKey {
-            key_ref: KeyRef {
-                id: id.clone(),
-                user: user.map(String::from),
-            }
-            .to_string(),
+            key_ref: KeyRef { id: id.clone(), user: user.map(String::from) }.to_string(),
             access_key_id: id,
             secret,
             expires_at,
         })
     }
 
-    async fn find_keys(
-        &self,
-        owner_uid: &str,
-        spec: &KeyProvider,
-    ) -> Result<Vec<OwnedKey>, ProviderError> {
+    async fn find_keys(&self, owner_uid: &str, spec: &KeyProvider) -> Result<Vec<OwnedKey>, ProviderError> {
         let user = match spec {
             KeyProvider::Outscale(key) => key.user_name.as_deref().filter(|u| !u.is_empty()),
             _ => None,
@@ -438,25 +358,16 @@ impl Provider for OutscaleProvider {
     }
 
     fn template_vars(&self) -> TemplateVars {
-        TemplateVars::from([
-            ("region", self.region.clone()),
-            ("endpoint", self.endpoint.clone()),
-        ])
+        TemplateVars::from([("region", self.region.clone()), ("endpoint", self.endpoint.clone())])
     }
 }
 
-fn outscale_spec<'a>(
-    operation: &str,
-    spec: &'a KeyProvider,
-) -> Result<&'a OutscaleKey, ProviderError> {
+fn outscale_spec<'a>(operation: &str, spec: &'a KeyProvider) -> Result<&'a OutscaleKey, ProviderError> {
     match spec {
         KeyProvider::Outscale(key) => Ok(key),
         other => Err(ProviderError::permanent(
             operation,
-            format!(
-                "an Outscale issuer cannot issue a {} key: use an outscale block",
-                other.name()
-            ),
+            format!("an Outscale issuer cannot issue a {} key: use an outscale block", other.name()),
         )),
     }
 }
@@ -468,11 +379,7 @@ fn owned_keys(owner_uid: &str, user: Option<&str>, keys: Vec<AccessKey>) -> Vec<
             let marker = Marker::find_in(key.tag.as_deref()?).filter(|m| m.owner() == owner_uid)?;
             let id = key.access_key_id.filter(|id| !id.is_empty())?;
             Some(OwnedKey {
-                key_ref: KeyRef {
-                    id: id.clone(),
-                    user: user.map(String::from),
-                }
-                .to_string(),
+                key_ref: KeyRef { id: id.clone(), user: user.map(String::from) }.to_string(),
                 access_key_id: Some(id),
                 marker,
             })
@@ -488,10 +395,7 @@ struct Failure {
 
 impl Failure {
     fn has_code(&self, wanted: impl Fn(u32) -> bool) -> bool {
-        self.codes
-            .iter()
-            .filter_map(|c| c.trim().parse::<u32>().ok())
-            .any(wanted)
+        self.codes.iter().filter_map(|c| c.trim().parse::<u32>().ok()).any(wanted)
     }
 
     fn is_gone(&self) -> bool {
@@ -507,10 +411,7 @@ impl Failure {
 
 impl From<ProviderError> for Failure {
     fn from(error: ProviderError) -> Self {
-        Self {
-            error,
-            codes: Vec::new(),
-        }
+        Self { error, codes: Vec::new() }
     }
 }
 
@@ -524,22 +425,11 @@ impl From<Failure> for ProviderError {
 /// codes too, for callers that treat some of them as success.
 fn classify(operation: &str, response: HttpError<'_>) -> (ProviderError, Vec<String>) {
     let parsed: ErrorResponse = serde_json::from_slice(response.body).unwrap_or_default();
-    let request_id = parsed
-        .response_context
-        .as_ref()
-        .and_then(|c| c.request_id.clone())
-        .filter(|r| !r.is_empty());
-    let codes: Vec<String> = parsed
-        .errors
-        .iter()
-        .filter_map(|e| e.code.clone())
-        .collect();
+    let request_id = parsed.response_context.as_ref().and_then(|c| c.request_id.clone()).filter(|r| !r.is_empty());
+    let codes: Vec<String> = parsed.errors.iter().filter_map(|e| e.code.clone()).collect();
     let numbers: Vec<u32> = codes.iter().filter_map(|c| c.trim().parse().ok()).collect();
     let any = |f: &dyn Fn(u32) -> bool| numbers.iter().any(|c| f(*c));
-    let access_denied = parsed
-        .errors
-        .iter()
-        .any(|e| e.kind.as_deref() == Some("AccessDenied"));
+    let access_denied = parsed.errors.iter().any(|e| e.kind.as_deref() == Some("AccessDenied"));
 
     let mut message = describe(&parsed.errors).unwrap_or_else(|| {
         let raw = String::from_utf8_lossy(response.body).trim().to_string();
@@ -590,12 +480,8 @@ fn describe(errors: &[api::ApiError]) -> Option<String> {
     let parts: Vec<String> = errors
         .iter()
         .map(|e| {
-            let non_empty = |s: &Option<String>| {
-                s.as_deref()
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-            };
+            let non_empty =
+                |s: &Option<String>| s.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(String::from);
             let mut text = "Outscale error".to_string();
             if let Some(code) = non_empty(&e.code) {
                 text.push(' ');
@@ -632,30 +518,19 @@ struct KeyRef {
 
 impl KeyRef {
     fn parse(text: &str) -> Result<Self, ProviderError> {
-        let invalid = || {
-            ProviderError::permanent(
-                "revoke-key",
-                format!("not an Outscale key reference: {text:?}"),
-            )
-        };
+        let invalid = || ProviderError::permanent("revoke-key", format!("not an Outscale key reference: {text:?}"));
         let (id, user) = match text.split_once(';') {
             None => (text, None),
             Some((id, rest)) => (id, Some(rest.strip_prefix("user=").ok_or_else(invalid)?)),
         };
         let id_ok = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric());
         // EIM user names: `[A-Za-z0-9+=,.@_-]`, which holds no `;`.
-        let user_ok = user.is_none_or(|u| {
-            !u.is_empty()
-                && u.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
-        });
+        let user_ok = user
+            .is_none_or(|u| !u.is_empty() && u.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b)));
         if !id_ok || !user_ok {
             return Err(invalid());
         }
-        Ok(Self {
-            id: id.to_string(),
-            user: user.map(String::from),
-        })
+        Ok(Self { id: id.to_string(), user: user.map(String::from) })
     }
 }
 
@@ -674,9 +549,7 @@ fn is_region(region: &str) -> bool {
     let words = parts.len().saturating_sub(1);
     region.len() <= 63
         && parts.len() >= 3
-        && parts[..words]
-            .iter()
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+        && parts[..words].iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
         && parts[words].bytes().all(|b| b.is_ascii_digit())
         && !parts[words].is_empty()
 }
@@ -722,10 +595,7 @@ pub fn parse_lifetime(text: &str) -> Result<Duration, String> {
     }
     let lifetime = Duration::from_secs(total);
     if lifetime < MIN_LIFETIME {
-        return Err(format!(
-            "{text:?} is shorter than the minimum key lifetime of {} s",
-            MIN_LIFETIME.as_secs()
-        ));
+        return Err(format!("{text:?} is shorter than the minimum key lifetime of {} s", MIN_LIFETIME.as_secs()));
     }
     Ok(lifetime)
 }
@@ -816,14 +686,7 @@ mod tests {
 
     fn classify_codes(status: u16, body: &str) -> (ProviderError, Vec<String>) {
         let headers = HeaderMap::new();
-        classify(
-            "CreateAccessKey",
-            HttpError {
-                status,
-                headers: &headers,
-                body: body.as_bytes(),
-            },
-        )
+        classify("CreateAccessKey", HttpError { status, headers: &headers, body: body.as_bytes() })
     }
 
     fn body(code: &str, kind: &str, details: &str) -> String {
@@ -846,10 +709,7 @@ mod tests {
         }
         assert_eq!(
             KeyRef::parse("AK1;user=bot").expect("parses"),
-            KeyRef {
-                id: "AK1".into(),
-                user: Some("bot".into())
-            }
+            KeyRef { id: "AK1".into(), user: Some("bot".into()) }
         );
         assert_eq!(KeyRef::parse("AK1").expect("parses").user, None);
     }
@@ -874,26 +734,12 @@ mod tests {
 
     #[test]
     fn regions_are_validated_and_make_the_default_endpoint() {
-        for good in [
-            "eu-west-2",
-            "us-east-2",
-            "ap-northeast-1",
-            "cloudgouv-eu-west-1",
-        ] {
+        for good in ["eu-west-2", "us-east-2", "ap-northeast-1", "cloudgouv-eu-west-1"] {
             assert!(is_region(good), "{good}");
         }
-        for bad in [
-            "",
-            "eu",
-            "eu-west",
-            "eu--2",
-            "-west-2",
-            "eu-west-",
-            "EU-west-2",
-            "eu-west-2a",
-            "eu_west-2",
-            "eu-west-2 ",
-        ] {
+        for bad in
+            ["", "eu", "eu-west", "eu--2", "-west-2", "eu-west-", "EU-west-2", "eu-west-2a", "eu_west-2", "eu-west-2 "]
+        {
             assert!(!is_region(bad), "{bad:?}");
         }
         let p = provider(None);
@@ -903,21 +749,12 @@ mod tests {
             p.template_vars(),
             TemplateVars::from([
                 ("region", "eu-west-2".to_string()),
-                (
-                    "endpoint",
-                    "https://api.eu-west-2.outscale.com/api/v1".to_string()
-                ),
+                ("endpoint", "https://api.eu-west-2.outscale.com/api/v1".to_string()),
             ])
         );
-        let typo = OutscaleProvider::new(
-            &issuer("", None),
-            "AK".into(),
-            SecretString::from("S"),
-            HttpConfig::default(),
-        );
-        assert!(
-            matches!(typo, Err(e) if e.kind == ErrorKind::Permanent && e.message.contains("region"))
-        );
+        let typo =
+            OutscaleProvider::new(&issuer("", None), "AK".into(), SecretString::from("S"), HttpConfig::default());
+        assert!(matches!(typo, Err(e) if e.kind == ErrorKind::Permanent && e.message.contains("region")));
     }
 
     #[test]
@@ -928,10 +765,7 @@ mod tests {
         let url = p.url("CreateAccessKey").unwrap_or_else(|_| panic!("url"));
         assert_eq!(url.as_str(), "http://127.0.0.1:8080/api/v1/CreateAccessKey");
         // A default port is not part of the Host header, so it is not signed either.
-        assert_eq!(
-            provider(Some("https://api.example.com:443/api/v1")).host,
-            "api.example.com"
-        );
+        assert_eq!(provider(Some("https://api.example.com:443/api/v1")).host, "api.example.com");
     }
 
     #[test]
@@ -964,9 +798,7 @@ mod tests {
         let p = provider(Some("http://127.0.0.1:8080/api/v1"));
         let url = p.url("ReadAccessKeys").unwrap_or_else(|_| panic!("url"));
         let body = Bytes::from_static(br#"{"UserName":"bot"}"#);
-        let request = p
-            .build(&reqwest::Client::new(), "ReadAccessKeys", &url, &body)
-            .expect("request builds");
+        let request = p.build(&reqwest::Client::new(), "ReadAccessKeys", &url, &body).expect("request builds");
         let headers = request.headers();
         assert_eq!(headers[CONTENT_TYPE], "application/json; charset=utf-8");
         let date = headers["x-osc-date"].to_str().expect("ascii");
@@ -987,11 +819,7 @@ mod tests {
             "AKIDEXAMPLE012345678",
             &SecretString::from("S".repeat(40)),
             "eu-west-2",
-            &sign::Request {
-                host: "127.0.0.1:8080",
-                path: "/api/v1/ReadAccessKeys",
-                body: &body,
-            },
+            &sign::Request { host: "127.0.0.1:8080", path: "/api/v1/ReadAccessKeys", body: &body },
             now,
         );
         assert_eq!(authorization, expected.authorization);
@@ -999,29 +827,14 @@ mod tests {
 
     #[test]
     fn throttling_is_retryable() {
-        let e = error(
-            429,
-            &body(
-                "24",
-                "AccessDenied",
-                "ErrorOperationThrottledPerAccount: Request rate exceeded.",
-            ),
-        );
+        let e = error(429, &body("24", "AccessDenied", "ErrorOperationThrottledPerAccount: Request rate exceeded."));
         assert_eq!(e.kind, ErrorKind::Retryable);
-        assert!(e
-            .message
-            .starts_with("throttled by Outscale: Outscale error 24 AccessDenied"));
-        assert_eq!(
-            error(429, &body("25", "AccessDenied", "x")).kind,
-            ErrorKind::Retryable
-        );
+        assert!(e.message.starts_with("throttled by Outscale: Outscale error 24 AccessDenied"));
+        assert_eq!(error(429, &body("25", "AccessDenied", "x")).kind, ErrorKind::Retryable);
         let e = error(503, &body("6", "AccessDenied", "ErrorOperationThrottled"));
         assert_eq!(e.kind, ErrorKind::Retryable);
         // The code decides even under another status.
-        assert_eq!(
-            error(400, &body("24", "AccessDenied", "x")).kind,
-            ErrorKind::Retryable
-        );
+        assert_eq!(error(400, &body("24", "AccessDenied", "x")).kind, ErrorKind::Retryable);
         assert_eq!(error(503, "").kind, ErrorKind::Retryable);
     }
 
@@ -1030,13 +843,8 @@ mod tests {
         let e = error(401, &body("1", "AccessDenied", "ErrorAuthenticationFailed"));
         assert_eq!(e.kind, ErrorKind::Auth);
         assert_eq!(e.status, Some(401));
-        assert_eq!(
-            e.request_id.as_deref(),
-            Some("0475ca1e-d0c5-441d-712a-da55a4175157")
-        );
-        assert!(e
-            .message
-            .starts_with("Outscale error 1 AccessDenied: ErrorAuthenticationFailed ("));
+        assert_eq!(e.request_id.as_deref(), Some("0475ca1e-d0c5-441d-712a-da55a4175157"));
+        assert!(e.message.starts_with("Outscale error 1 AccessDenied: ErrorAuthenticationFailed ("));
         assert!(e.message.contains("four bad signatures"));
         let shown = e.to_string();
         assert!(shown.contains("(HTTP 401)"), "{shown}");
@@ -1049,57 +857,35 @@ mod tests {
         let forever = error(401, &body("11", "AccessDenied", "x"));
         assert!(forever.message.contains("contact Outscale support"));
         // An EIM identity without the permission.
-        assert_eq!(
-            error(401, &body("5", "AccessDenied", "ErrorNotAuthorized")).kind,
-            ErrorKind::Auth
-        );
+        assert_eq!(error(401, &body("5", "AccessDenied", "ErrorNotAuthorized")).kind, ErrorKind::Auth);
         assert_eq!(error(403, "").kind, ErrorKind::Auth);
     }
 
     #[test]
     fn the_key_quota_is_permanent_and_says_so() {
-        let e = error(
-            400,
-            &body(
-                "10005",
-                "TooManyResources (QuotaExceded)",
-                "too-many-accesskeys",
-            ),
-        );
+        let e = error(400, &body("10005", "TooManyResources (QuotaExceded)", "too-many-accesskeys"));
         assert_eq!(e.kind, ErrorKind::Permanent);
-        assert!(e.message.starts_with(
-            "Outscale error 10005 TooManyResources (QuotaExceded): too-many-accesskeys. Quota exceeded"
-        ));
+        assert!(e
+            .message
+            .starts_with("Outscale error 10005 TooManyResources (QuotaExceded): too-many-accesskeys. Quota exceeded"));
         assert!(e.message.contains("at most 10 access keys"));
         // Any code of the range, whatever the status.
-        assert_eq!(
-            error(409, &body("10999", "X", "y")).kind,
-            ErrorKind::Permanent
-        );
+        assert_eq!(error(409, &body("10999", "X", "y")).kind, ErrorKind::Permanent);
     }
 
     #[test]
     fn other_codes_and_statuses() {
-        let (e, codes) = classify_codes(
-            400,
-            &body("4000", "InvalidParameterValue", "access-keys-not-found"),
-        );
+        let (e, codes) = classify_codes(400, &body("4000", "InvalidParameterValue", "access-keys-not-found"));
         assert_eq!(e.kind, ErrorKind::Permanent);
         assert_eq!(codes, vec!["4000".to_string()]);
         let f = Failure { error: e, codes };
         assert!(f.is_gone());
         assert!(f.refused());
-        assert_eq!(
-            error(424, &body("1000", "DependencyProblem", "x")).kind,
-            ErrorKind::Retryable
-        );
+        assert_eq!(error(424, &body("1000", "DependencyProblem", "x")).kind, ErrorKind::Retryable);
         let (e, codes) = classify_codes(409, &body("6003", "InvalidState", "x"));
         assert_eq!(e.kind, ErrorKind::Permanent);
         assert!(Failure { error: e, codes }.refused());
-        assert_eq!(
-            error(400, &body("9002", "ResourceConflict", "busy")).kind,
-            ErrorKind::Retryable
-        );
+        assert_eq!(error(400, &body("9002", "ResourceConflict", "busy")).kind, ErrorKind::Retryable);
         assert_eq!(error(500, "<html>oops</html>").kind, ErrorKind::Retryable);
         assert_eq!(error(500, "<html>oops</html>").message, "<html>oops</html>");
         assert_eq!(error(404, "").message, "no error message");
@@ -1112,15 +898,9 @@ mod tests {
             e.message,
             "Outscale error 4108 InvalidParameterType: The parameter type of ExpirationDate is unknown.; Outscale error 7000 MissingParameter"
         );
-        let throttled = Failure {
-            error: error(429, &body("24", "AccessDenied", "x")),
-            codes: vec![],
-        };
+        let throttled = Failure { error: error(429, &body("24", "AccessDenied", "x")), codes: vec![] };
         assert!(!throttled.refused());
-        let denied = Failure {
-            error: error(401, &body("1", "AccessDenied", "x")),
-            codes: vec![],
-        };
+        let denied = Failure { error: error(401, &body("1", "AccessDenied", "x")), codes: vec![] };
         assert!(!denied.refused());
     }
 
@@ -1146,12 +926,7 @@ mod tests {
             assert_eq!(parse_timestamp(text), Some(expected), "{text}");
         }
         let midnight: Timestamp = "2063-04-05T00:00:00Z".parse().expect("ts");
-        for text in [
-            "2063-04-05T00:00:00.000+0000",
-            "2063-04-05T00:00:00+0000",
-            "2063-04-05T00:00:00Z",
-            "2063-04-05",
-        ] {
+        for text in ["2063-04-05T00:00:00.000+0000", "2063-04-05T00:00:00+0000", "2063-04-05T00:00:00Z", "2063-04-05"] {
             assert_eq!(parse_timestamp(text), Some(midnight), "{text}");
         }
         for bad in ["", "soon", "2063-13-05", "2063-04-05T00:00:00+99", "12:00"] {
@@ -1164,10 +939,7 @@ mod tests {
         let at: Timestamp = "2026-11-22T12:00:00.123456Z".parse().expect("ts");
         assert_eq!(api_date(at), "2026-11-22T12:00:00.123Z");
         let now: Timestamp = "2026-11-22T12:00:00.987Z".parse().expect("ts");
-        assert_eq!(
-            resend_date("2063-04-05T00:00:00.000+0000", now).as_deref(),
-            Some("2063-04-05T00:00:00.000Z")
-        );
+        assert_eq!(resend_date("2063-04-05T00:00:00.000+0000", now).as_deref(), Some("2063-04-05T00:00:00.000Z"));
         assert_eq!(resend_date("whenever", now).as_deref(), Some("whenever"));
         // Past, or about to pass: not re-sent.
         assert_eq!(resend_date("2026-11-22T12:00:30.000+0000", now), None);
@@ -1188,11 +960,7 @@ mod tests {
             ("1h1h", 7200),
             ("0h61s", 61),
         ] {
-            assert_eq!(
-                parse_lifetime(text),
-                Ok(Duration::from_secs(secs)),
-                "{text}"
-            );
+            assert_eq!(parse_lifetime(text), Ok(Duration::from_secs(secs)), "{text}");
         }
         for bad in ["", "h", "10", "10d", "1h 30m", "-1h", "1.5h", "m10", "1H"] {
             let e = parse_lifetime(bad).expect_err(bad);
@@ -1207,12 +975,7 @@ mod tests {
     }
 
     fn listed(id: &str, tag: Option<String>) -> AccessKey {
-        AccessKey {
-            access_key_id: Some(id.into()),
-            state: Some("ACTIVE".into()),
-            expiration_date: None,
-            tag,
-        }
+        AccessKey { access_key_id: Some(id.into()), state: Some("ACTIVE".into()), expiration_date: None, tag }
     }
 
     #[test]
@@ -1223,18 +986,11 @@ mod tests {
             listed("AK2", Some(format!("ck-{OTHER}-abc0123456"))),
             listed("AK3", None),
             listed("AK4", Some("Group1".into())),
-            AccessKey {
-                access_key_id: None,
-                ..listed("", Some(mine.to_string()))
-            },
+            AccessKey { access_key_id: None, ..listed("", Some(mine.to_string())) },
         ];
         assert_eq!(
             owned_keys(UID, Some("bot"), keys.clone()),
-            vec![OwnedKey {
-                access_key_id: Some("AK1".into()),
-                key_ref: "AK1;user=bot".into(),
-                marker: mine.clone(),
-            }]
+            vec![OwnedKey { access_key_id: Some("AK1".into()), key_ref: "AK1;user=bot".into(), marker: mine.clone() }]
         );
         assert_eq!(owned_keys(UID, None, keys)[0].key_ref, "AK1");
     }

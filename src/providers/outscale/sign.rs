@@ -50,10 +50,7 @@ pub fn sign(
     let day = &date[..8];
     let scope = format!("{day}/{region}/{SERVICE}/{TERMINATOR}");
     let canonical = canonical_request(request, &date);
-    let to_sign = format!(
-        "{ALGORITHM}\n{date}\n{scope}\n{}",
-        hex::encode(Sha256::digest(canonical.as_bytes()))
-    );
+    let to_sign = format!("{ALGORITHM}\n{date}\n{scope}\n{}", hex::encode(Sha256::digest(canonical.as_bytes())));
     let key = signing_key(secret_key, day, region);
     let signature = hex::encode(hmac(&key, to_sign.as_bytes()));
     Signed {
@@ -84,8 +81,7 @@ fn signing_key(secret_key: &SecretString, day: &str, region: &str) -> [u8; 32] {
 }
 
 fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
-    let mut mac = HmacSha256::new_from_slice(key)
-        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+    let mut mac = HmacSha256::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
     mac.update(data);
     mac.finalize().into_bytes().into()
 }
@@ -107,17 +103,7 @@ mod tests {
     }
 
     fn sign_body(body: &[u8]) -> Signed {
-        sign(
-            AK,
-            &SecretString::from(SK),
-            "eu-west-2",
-            &Request {
-                host: HOST,
-                path: PATH,
-                body,
-            },
-            at(),
-        )
+        sign(AK, &SecretString::from(SK), "eu-west-2", &Request { host: HOST, path: PATH, body }, at())
     }
 
     #[test]
@@ -139,14 +125,8 @@ mod tests {
             hex::encode(Sha256::digest(BODY.as_bytes())),
             "48cd2a4371284a39a8102f9eee2c807919125ab51b2ffa976674ed56c5c88b5a"
         );
-        let canonical = canonical_request(
-            &Request {
-                host: HOST,
-                path: PATH,
-                body: BODY.as_bytes(),
-            },
-            "20240102T030405Z",
-        );
+        let canonical =
+            canonical_request(&Request { host: HOST, path: PATH, body: BODY.as_bytes() }, "20240102T030405Z");
         assert_eq!(
             hex::encode(Sha256::digest(canonical.as_bytes())),
             "064948d08cffafb9728013f1eff3124805ae430e66a1f1d88988b26d17b6feea"
@@ -169,31 +149,15 @@ mod tests {
     #[test]
     fn region_host_and_path_are_signed() {
         let secret = SecretString::from(SK);
-        let base = Request {
-            host: HOST,
-            path: PATH,
-            body: BODY.as_bytes(),
-        };
+        let base = Request { host: HOST, path: PATH, body: BODY.as_bytes() };
         let reference = sign(AK, &secret, "eu-west-2", &base, at()).authorization;
         let other_region = sign(AK, &secret, "us-east-2", &base, at()).authorization;
         assert!(other_region.contains("/20240102/us-east-2/api/osc4_request,"));
         assert_ne!(other_region, reference);
-        let other_host = Request {
-            host: "127.0.0.1:8080",
-            ..base
-        };
-        assert_ne!(
-            sign(AK, &secret, "eu-west-2", &other_host, at()).authorization,
-            reference
-        );
-        let other_path = Request {
-            path: "/api/v1/ReadAccessKeys",
-            ..base
-        };
-        assert_ne!(
-            sign(AK, &secret, "eu-west-2", &other_path, at()).authorization,
-            reference
-        );
+        let other_host = Request { host: "127.0.0.1:8080", ..base };
+        assert_ne!(sign(AK, &secret, "eu-west-2", &other_host, at()).authorization, reference);
+        let other_path = Request { path: "/api/v1/ReadAccessKeys", ..base };
+        assert_ne!(sign(AK, &secret, "eu-west-2", &other_path, at()).authorization, reference);
     }
 
     #[test]
@@ -205,16 +169,6 @@ mod tests {
     }
 
     fn sign_body_at(now: Timestamp) -> Signed {
-        sign(
-            AK,
-            &SecretString::from(SK),
-            "eu-west-2",
-            &Request {
-                host: HOST,
-                path: PATH,
-                body: BODY.as_bytes(),
-            },
-            now,
-        )
+        sign(AK, &SecretString::from(SK), "eu-west-2", &Request { host: HOST, path: PATH, body: BODY.as_bytes() }, now)
     }
 }
