@@ -49,9 +49,10 @@ impl Helm {
     }
 }
 
-/// Runs `python3 tests/helm/helm.py ARGS`.
+/// Runs `python3 tests/helm/helm.py ARGS` (`$PYTHON` instead of python3 when set, as in the Makefile).
 fn helm(args: &[&str]) -> Helm {
-    let out = Command::new("python3")
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(python)
         .arg(support::repo_root().join("tests/helm/helm.py"))
         .args(args)
         .output()
@@ -136,8 +137,7 @@ where
 
 /// PodDisruptionBudgets are read untyped: a 1.20 apiserver serves only policy/v1beta1.
 fn pdb_api(client: &Client, namespace: &str) -> Api<DynamicObject> {
-    let version = "v1beta1";
-    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("policy", version, "PodDisruptionBudget"));
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("policy", "v1beta1", "PodDisruptionBudget"));
     Api::namespaced_with(client.clone(), namespace, &resource)
 }
 
