@@ -3,10 +3,14 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: test demo lint crds control-plane build
+# Helm's Go library for the chart tests (tests/helm/helm.py); PyYAML for values files.
+HELM_SDKPY_VERSION := 0.1.32
+PYTHON ?= python3
+
+.PHONY: test demo lint crds control-plane build helm-deps
 
 ## Everything CI runs: formatting, clippy, unit and integration tests against a real apiserver.
-test: control-plane lint
+test: control-plane helm-deps lint
 	$(CARGO) test --all-targets --locked
 
 ## Build the operator, start a real control plane, issue a key with the local provider, clean up.
@@ -20,9 +24,22 @@ lint:
 build:
 	$(CARGO) build --locked
 
-## Regenerate crds/ from the Rust types.
+## Regenerate crds/ from the Rust types, and the chart's copy (charts/cloudkeys/crds/).
 crds:
 	$(CARGO) run --quiet --locked -- crds > crds/cloudkeys.io_crds.yaml
+	cp crds/cloudkeys.io_crds.yaml charts/cloudkeys/crds/cloudkeys.io_crds.yaml
+
+## Install helm-sdkpy (Helm's Go library for Python) and PyYAML for the chart tests; skipped when
+## the right version is already importable. helm-sdkpy declares Python >= 3.12 but works on 3.11.
+## PIP_BREAK_SYSTEM_PACKAGES lets a Debian-managed python3 install them too (ignored elsewhere).
+helm-deps:
+	@if $(PYTHON) -c 'import importlib.metadata as m, yaml, helm_sdkpy; assert m.version("helm-sdkpy") == "$(HELM_SDKPY_VERSION)"' 2>/dev/null; then \
+	  echo "helm-deps: helm-sdkpy $(HELM_SDKPY_VERSION) and PyYAML present"; \
+	else \
+	  PIP_BREAK_SYSTEM_PACKAGES=1 $(PYTHON) -m pip install --quiet --disable-pip-version-check \
+	    --ignore-requires-python "helm-sdkpy==$(HELM_SDKPY_VERSION)" "PyYAML>=6" && \
+	  $(PYTHON) -c 'import helm_sdkpy, yaml; print("helm-deps: helm-sdkpy", helm_sdkpy.__version__, "installed")'; \
+	fi
 
 ## Install the Debian packages and build kube-apiserver/kube-controller-manager/kubectl once per
 ## machine (cached in $${CLOUDKEYS_CACHE:-~/.cache/cloudkeys}).
