@@ -326,6 +326,8 @@ impl ChartOperator {
             .env_clear()
             .env("KUBECONFIG", &kubeconfig)
             .envs(env)
+            // Several operators run at once on this machine: each takes a free port.
+            .env("CLOUDKEYS_METRICS_ADDRESS", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log handle"))
             .stderr(out)
@@ -821,4 +823,51 @@ async fn template_renders_the_watch_namespace_variant() {
     // The throwaway release is gone again.
     wait_gone(&in_ns::<Deployment>(&client, &ns), &format!("{ns}-cloudkeys")).await;
     wait_gone(&in_ns::<Role>(&client, &watched), &format!("{ns}-cloudkeys")).await;
+}
+
+/// The RBAC check above can fail: with one verb taken out of the chart's ClusterRole, the
+/// operator is refused by the apiserver and no key reaches a Secret.
+#[tokio::test]
+async fn a_verb_removed_from_the_cluster_role_makes_the_operator_fail() {
+    let client = support::client().await;
+    let ns = support::namespace(&client, "helm-rbac-missing-verb").await;
+    let team = support::namespace(&client, "helm-rbac-missing-verb-team").await;
+    let name = format!("{ns}-cloudkeys");
+    install(&ns, &ns, &[]);
+    let roles: Api<ClusterRole> = cluster(&client);
+    let mut role = must(&roles, &name).await;
+    let mut removed = false;
+    for r in role.rules.iter_mut().flatten() {
+        if r.resources.as_ref().is_some_and(|rs| rs.iter().any(|x| x == "secrets")) {
+            let before = r.verbs.len();
+            r.verbs.retain(|v| v != "create");
+            removed |= r.verbs.len() < before;
+        }
+    }
+    assert!(removed, "the chart's ClusterRole has no create on secrets to remove");
+    roles.replace(&name, &PostParams::default(), &role).await.expect("ClusterRole replaced");
+
+    let mut op = ChartOperator::start(&client, &ns, &name).await;
+    support::apply_json(
+        &client,
+        &team,
+        json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "KeyIssuer",
+        "metadata": {"name": "local"}, "spec": {"local": {}}}),
+    )
+    .await;
+    support::apply_json(&client, &team, json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "AccessKey",
+        "metadata": {"name": "k"}, "spec": {"issuerRef": {"name": "local"}, "secretName": "k-credentials", "local": {}}}))
+    .await;
+    support::eventually("the apiserver to refuse the operator", Duration::from_secs(60), || {
+        let refused = op.logs().contains("forbidden");
+        async move { refused.then_some(()) }
+    })
+    .await;
+    let ak: AccessKey = must(&in_ns(&client, &team), "k").await;
+    let issued = ak.status.and_then(|s| s.access_key_id);
+    assert!(issued.is_none(), "a key was recorded although its Secret could not be written");
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = in_ns(&client, &team);
+    assert!(get(&secrets, "k-credentials").await.is_none());
+    op.kill();
+    assert!(helm(&["uninstall", &ns, &ns, "--kubeconfig", &support::control_plane().kubeconfig.to_string_lossy()]).ok);
 }

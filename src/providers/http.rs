@@ -94,7 +94,8 @@ impl Http {
             .build()
             .map_err(|e| ProviderError::permanent("http-client", format!("cannot build HTTP client: {e}")))?;
         let rps = NonZeroU32::new(config.requests_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
-        let limiter = RateLimiter::direct(Quota::per_second(rps).allow_burst(rps));
+        // No burst: Outscale counts requests per second, and a burst would let twice the rate through.
+        let limiter = RateLimiter::direct(Quota::per_second(rps).allow_burst(NonZeroU32::MIN));
         Ok(Self { client, limiter, config })
     }
 
