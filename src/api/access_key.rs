@@ -294,6 +294,14 @@ pub struct PendingKey {
     /// The issuer asked to create the key.
     pub issuer: IssuerRef,
     pub started_at: Time,
+    /// The provider block the key was asked for: where to look for it after a crash, even if
+    /// the spec has changed since (another service account, EIM user or Exoscale mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::schema::preserve_unknown")]
+    pub provider: Option<serde_json::Value>,
+    /// The spec fingerprint the key was asked for (recorded as `keySpecHash` on adoption).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_hash: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

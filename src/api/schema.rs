@@ -43,6 +43,11 @@ pub(crate) fn secret_name(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// An object kept as written (a snapshot of another part of the spec).
+pub(crate) fn preserve_unknown(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
+}
+
 pub(crate) fn duration(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "string",

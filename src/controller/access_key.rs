@@ -90,9 +90,13 @@ struct Cluster<'a> {
     ak: &'a AccessKey,
     ns: String,
     uid: String,
+    /// The AccessKey's resourceVersion this reconcile last saw: every status write is
+    /// conditional on it, so a reconcile that started from a stale cached copy fails with a
+    /// conflict instead of overwriting a newer record of a key (and losing track of it).
+    resource_version: std::sync::Mutex<Option<String>>,
 }
 
-impl Cluster<'_> {
+impl<'a> Cluster<'a> {
     fn api(&self) -> Api<AccessKey> {
         Api::namespaced(self.ctx.client.clone(), &self.ns)
     }
@@ -113,10 +117,35 @@ impl Cluster<'_> {
         }
     }
 
+    fn new(ctx: &'a Context, ak: &'a AccessKey) -> Self {
+        Cluster {
+            ctx,
+            ak,
+            ns: ak.namespace().unwrap_or_default(),
+            uid: ak.uid().unwrap_or_default(),
+            resource_version: std::sync::Mutex::new(ak.resource_version()),
+        }
+    }
+
     async fn write_status(&self, status: &AccessKeyStatus) -> Result<(), Error> {
-        let patch = serde_json::json!({ "status": status_merge_patch(status) });
-        self.api().patch_status(&self.ak.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        let rv = self.resource_version.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": rv},
+            "status": status_merge_patch(status),
+        });
+        let updated =
+            self.api().patch_status(&self.ak.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        *self.resource_version.lock().unwrap_or_else(|p| p.into_inner()) = updated.resource_version();
         Ok(())
+    }
+
+    /// The provider block a pending attempt was made with (the current one if not recorded).
+    fn attempt_spec(&self, pending: &PendingKey) -> crate::api::KeyProvider {
+        pending
+            .provider
+            .clone()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_else(|| self.ak.spec.provider.clone())
     }
 
     async fn set_condition(&self, status: &mut AccessKeyStatus, reason: Reason, message: String) -> Result<(), Error> {
@@ -173,6 +202,9 @@ fn spec_problem(ak: &AccessKey, issuer: Option<&LoadedIssuer>) -> Option<String>
         return Some(format!("spec.{wanted} does not match {}, which is a {has} issuer", issuer.display));
     }
     if let Ok(p) = &issuer.provider {
+        if let Err(e) = p.check_spec(&ak.spec.provider) {
+            return Some(e);
+        }
         if let Err(e) = secret::check_templates(ak, p.name(), &p.template_vars()) {
             return Some(format!("spec.{e}"));
         }
@@ -181,7 +213,7 @@ fn spec_problem(ak: &AccessKey, issuer: Option<&LoadedIssuer>) -> Option<String>
 }
 
 async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
-    let cluster = Cluster { ctx, ak: &ak, ns: ak.namespace().unwrap_or_default(), uid: ak.uid().unwrap_or_default() };
+    let cluster = Cluster::new(ctx, &ak);
     let mut status = ak.status.clone().unwrap_or_default();
     let hash = spec_hash(&ak);
     let issuer_ref = ak.spec.issuer_ref.clone();
@@ -194,6 +226,7 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
     let problem = spec_problem(&ak, issuer.as_ref());
     let mut owned: Option<Vec<OwnedKey>> = None;
     let mut retired_tried = false;
+    let mut retired_failure: Option<String> = None;
 
     for _ in 0..MAX_STEPS {
         let observed_secret = cluster.secrets().get_opt(&ak.spec.secret_name).await?;
@@ -216,9 +249,19 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
             issued_recently,
         });
         tracing::debug!(access_key = %display_name(&*ak), ?step, "step");
+        let revoking_retired = step == Step::RevokeRetired;
         let outcome = act(&cluster, &mut status, step, issuer.as_ref(), &hash, &mut owned, &mut retired_tried).await;
         match outcome {
+            // A replaced key that could not be revoked: the AccessKey itself is fine, but the
+            // next try follows the error backoff, never a fixed short requeue.
+            Ok(Some(_)) if retired_failure.is_some() => {
+                return Err(Error::Issuer(retired_failure.take().unwrap_or_default()));
+            }
             Ok(Some(action)) => return Ok(action),
+            Ok(None) if revoking_retired && !status.retired.is_empty() => {
+                retired_failure = Some(format!("{} replaced key(s) not revoked yet", status.retired.len()));
+                continue;
+            }
             Ok(None) => continue,
             Err(e) => {
                 if let Error::Provider(pe) = &e {
@@ -254,17 +297,18 @@ async fn act(
         Step::ListOwnedKeys => {
             let pending = status.pending.clone().ok_or_else(|| Error::Finalizer("no pending attempt".into()))?;
             let provider = c.provider_of(&pending.issuer).await?;
-            *owned = Some(provider.find_keys(&c.uid, &c.ak.spec.provider).await?);
+            *owned = Some(provider.find_keys(&c.uid, &c.attempt_spec(&pending)).await?);
             Ok(None)
         }
         Step::Adopt(key) => {
-            let pending = status.pending.take().ok_or_else(|| Error::Finalizer("no pending attempt".into()))?;
+            // The attempt stays recorded: the next step revokes whatever else it left behind.
+            let pending = status.pending.clone().ok_or_else(|| Error::Finalizer("no pending attempt".into()))?;
             retire_current(status);
             status.access_key_id = key.access_key_id.clone();
             status.key_ref = Some(key.key_ref.clone());
             status.issued_by = Some(pending.issuer);
             status.issued_at = Some(pending.started_at);
-            status.key_spec_hash = Some(hash.to_string());
+            status.key_spec_hash = Some(pending.spec_hash.unwrap_or_else(|| hash.to_string()));
             status.secret_name = Some(c.ak.spec.secret_name.clone());
             c.write_status(status).await?;
             let note = format!("adopted key {} created before an interruption", key.access_key_id.unwrap_or_default());
@@ -411,9 +455,14 @@ async fn issue(
         attempt: marker.attempt().to_string(),
         issuer: ak.spec.issuer_ref.clone(),
         started_at: now(),
+        provider: serde_json::to_value(&ak.spec.provider).ok(),
+        spec_hash: Some(hash.to_string()),
     });
     c.write_status(status).await?;
     crashpoint("after-intent");
+
+    // A Secret that cannot be written would cost a key per attempt: try the write first.
+    write_secret(c, &provider, None).await?;
 
     // (2) Create. If this fails or never answers, the recorded attempt leads the next
     // reconcile to whatever the provider did create.
@@ -428,7 +477,7 @@ async fn issue(
     crashpoint("after-create");
 
     // (3) The only copy of the secret goes into the Secret; if that fails, the key goes at once.
-    if let Err(e) = write_secret(c, &provider, &key).await {
+    if let Err(e) = write_secret(c, &provider, Some(&key)).await {
         match provider.revoke_key(&key.key_ref).await {
             Ok(()) => {
                 status.pending = None;
@@ -480,16 +529,24 @@ pub fn renewal_time(issued: jiff::Timestamp, expires: jiff::Timestamp) -> jiff::
     issued.checked_add(lifetime * 2 / 3).unwrap_or(expires)
 }
 
-async fn write_secret(c: &Cluster<'_>, provider: &Arc<dyn Provider>, key: &IssuedKey) -> Result<(), Error> {
-    let data = secret::render_data(c.ak, provider.name(), &provider.template_vars(), &key.access_key_id, &key.secret)
+/// Writes the key into the Secret; with no key, a server-side dry run of the same write with
+/// placeholder data (admission, quota and RBAC answer as for the real one).
+async fn write_secret(c: &Cluster<'_>, provider: &Arc<dyn Provider>, key: Option<&IssuedKey>) -> Result<(), Error> {
+    let placeholder = secrecy::SecretString::from("dry-run");
+    let (id, value) = match key {
+        Some(k) => (k.access_key_id.as_str(), &k.secret),
+        None => ("DRYRUN", &placeholder),
+    };
+    let data = secret::render_data(c.ak, provider.name(), &provider.template_vars(), id, value)
         .map_err(|e| Error::Issuer(format!("spec.{e}")))?;
+    let key_id = id;
     let api = c.secrets();
-    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), dry_run: key.is_none() };
     match api.get_opt(&c.ak.spec.secret_name).await? {
         // Create, not apply: if someone else creates it meanwhile, the create fails with a
         // conflict instead of taking their Secret over.
         None => {
-            api.create(&params, &secret::desired_secret(c.ak, &key.access_key_id, &data)).await?;
+            api.create(&params, &secret::desired_secret(c.ak, key_id, &data)).await?;
         }
         // Replace, guarded by the observed resourceVersion: the data becomes exactly the
         // rendered data (keys of an old template go), and nobody's concurrent change is lost.
@@ -500,7 +557,7 @@ async fn write_secret(c: &Cluster<'_>, provider: &Arc<dyn Provider>, key: &Issue
                     c.ak.spec.secret_name
                 )));
             }
-            let desired = secret::replaced_secret(c.ak, &key.access_key_id, &data, existing);
+            let desired = secret::replaced_secret(c.ak, key_id, &data, existing);
             api.replace(&c.ak.spec.secret_name, &params, &desired).await?;
         }
     }
@@ -514,18 +571,24 @@ async fn write_secret(c: &Cluster<'_>, provider: &Arc<dyn Provider>, key: &Issue
 /// follows by garbage collection. If revocation fails the finalizer stays and the condition says
 /// why. `Retain`: the Secret is released (owner reference removed) and the current key kept.
 async fn cleanup(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
-    let c = Cluster { ctx, ak: &ak, ns: ak.namespace().unwrap_or_default(), uid: ak.uid().unwrap_or_default() };
+    let c = Cluster::new(ctx, &ak);
     let mut status = ak.status.clone().unwrap_or_default();
     match ak.spec.deletion_policy {
         DeletionPolicy::Retain => {
+            // The key kept is the one the Secret holds (after a crash it may not be recorded yet).
+            let observed = c.secrets().get_opt(&ak.spec.secret_name).await?;
+            let kept = match secret::observe_secret(&ak, observed.as_ref()) {
+                SecretState::Ours { key_id: Some(id), data_intact: true, .. } => Some(id),
+                _ => status.access_key_id.clone(),
+            };
             release_secret(&c).await?;
-            // Leftovers of an interrupted creation are not the retained key: revoke them if the
-            // issuer allows, without holding the deletion.
-            if let Err(e) = revoke_all(&c, &status, false).await {
-                let note = format!("could not revoke keys left by an interrupted creation: {e}");
+            // Every other key (replaced ones, leftovers of an interrupted creation) is revoked if
+            // the issuer allows, without holding the deletion.
+            if let Err(e) = revoke_all(&c, &status, kept.as_deref()).await {
+                let note = format!("could not revoke the keys other than the retained one: {e}");
                 ctx.event(&*ak, EventType::Warning, "RevocationFailed", note).await;
             }
-            let kept = status.access_key_id.clone().unwrap_or_else(|| "no key".into());
+            let kept = kept.unwrap_or_else(|| "no key".into());
             ctx.event(&*ak, EventType::Normal, "Retained", format!("kept {kept} and Secret {}", ak.spec.secret_name))
                 .await;
             Ok(Action::await_change())
@@ -534,7 +597,7 @@ async fn cleanup(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
             if status.access_key_id.is_some() || status.pending.is_some() || !status.retired.is_empty() {
                 c.set_condition(&mut status, Reason::Revoking, "revoking the key at the provider".into()).await?;
             }
-            match revoke_all(&c, &status, true).await {
+            match revoke_all(&c, &status, None).await {
                 Ok(revoked) => {
                     for id in revoked {
                         ctx.event(&*ak, EventType::Normal, "Revoked", format!("revoked key {id}")).await;
@@ -554,27 +617,25 @@ async fn cleanup(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
     }
 }
 
-/// Revokes the keys of this AccessKey: with `include_current`, all of them; without, only those
-/// left by an interrupted creation. Returns the ids revoked.
-async fn revoke_all(c: &Cluster<'_>, status: &AccessKeyStatus, include_current: bool) -> Result<Vec<String>, Error> {
+/// Revokes every key of this AccessKey — current, replaced, and those an interrupted creation
+/// left (found by marker) — except `keep`. Returns the ids revoked.
+async fn revoke_all(c: &Cluster<'_>, status: &AccessKeyStatus, keep: Option<&str>) -> Result<Vec<String>, Error> {
     let mut targets: Vec<(IssuerRef, String, String)> = Vec::new();
-    if include_current {
-        if let (Some(id), Some(key_ref), Some(issuer)) = (&status.access_key_id, &status.key_ref, &status.issued_by) {
-            targets.push((issuer.clone(), key_ref.clone(), id.clone()));
-        }
-        for r in &status.retired {
-            targets.push((r.issuer.clone(), r.key_ref.clone(), r.access_key_id.clone()));
-        }
+    if let (Some(id), Some(key_ref), Some(issuer)) = (&status.access_key_id, &status.key_ref, &status.issued_by) {
+        targets.push((issuer.clone(), key_ref.clone(), id.clone()));
+    }
+    for r in &status.retired {
+        targets.push((r.issuer.clone(), r.key_ref.clone(), r.access_key_id.clone()));
     }
     if let Some(pending) = &status.pending {
         let provider = c.provider_of(&pending.issuer).await?;
-        for k in provider.find_keys(&c.uid, &c.ak.spec.provider).await? {
-            let is_current = Some(&k.key_ref) == status.key_ref.as_ref();
-            if (include_current || !is_current) && !targets.iter().any(|t| t.1 == k.key_ref) {
+        for k in provider.find_keys(&c.uid, &c.attempt_spec(pending)).await? {
+            if !targets.iter().any(|t| t.1 == k.key_ref) {
                 targets.push((pending.issuer.clone(), k.key_ref.clone(), k.access_key_id.unwrap_or(k.key_ref)));
             }
         }
     }
+    targets.retain(|(_, _, id)| Some(id.as_str()) != keep);
     let mut revoked = Vec::new();
     for (issuer, key_ref, id) in targets {
         c.provider_of(&issuer).await?.revoke_key(&key_ref).await?;

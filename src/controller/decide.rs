@@ -102,8 +102,16 @@ pub fn decide(o: &Observed<'_>) -> Step {
         if let Some(key) = adoptable {
             return Step::Adopt(key.clone());
         }
+        // Compared by public id as well as by reference: a provider may spell the reference of
+        // the same key differently when listing (e.g. without a role it cannot see any more).
+        let same =
+            |k: &OwnedKey, id: &str, key_ref: &str| k.key_ref == key_ref || k.access_key_id.as_deref() == Some(id);
         let keep = |k: &&OwnedKey| {
-            Some(&k.key_ref) == o.status.key_ref.as_ref() || o.status.retired.iter().any(|r| r.key_ref == k.key_ref)
+            let current = match (&o.status.access_key_id, &o.status.key_ref) {
+                (Some(id), Some(key_ref)) => same(k, id, key_ref),
+                _ => false,
+            };
+            current || o.status.retired.iter().any(|r| same(k, &r.access_key_id, &r.key_ref))
         };
         let revoke = keys.iter().filter(|k| !keep(k)).cloned().collect();
         return Step::ResolvePending { revoke };
@@ -194,6 +202,8 @@ mod tests {
             attempt: attempt.into(),
             issuer: issuer(),
             started_at: Time("2026-11-23T12:00:00Z".parse().expect("time")),
+            provider: None,
+            spec_hash: None,
         });
     }
 
@@ -388,6 +398,17 @@ mod tests {
         );
         s.owned = Some(vec![owned("K2", "attempt001")]);
         assert_eq!(s.decide(), Step::ResolvePending { revoke: vec![owned("K2", "attempt001")] });
+    }
+
+    #[test]
+    fn the_current_key_is_kept_even_when_listed_under_another_reference() {
+        let mut status = issued("K1");
+        pending(&mut status, "attempt002");
+        let mut s = Scenario::new(status, ours("K1"));
+        let mut relisted = owned("K1", "attempt001");
+        relisted.key_ref = "api-key:K1".into();
+        s.owned = Some(vec![relisted]);
+        assert_eq!(s.decide(), Step::ResolvePending { revoke: vec![] });
     }
 
     #[test]

@@ -53,12 +53,18 @@ pub enum Idempotency {
     Creates,
 }
 
-/// A response with a 2xx status (other statuses become `ProviderError`s).
-#[derive(Debug)]
+/// A response with a 2xx status (other statuses become `ProviderError`s). Its body may hold a
+/// fresh secret, so `Debug` leaves the body out.
 pub struct Response {
     pub status: u16,
     pub headers: HeaderMap,
     pub body: Bytes,
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Response").field("status", &self.status).field("body_bytes", &self.body.len()).finish()
+    }
 }
 
 impl Response {

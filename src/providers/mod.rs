@@ -72,6 +72,12 @@ pub trait Provider: Send + Sync {
     /// Revokes a key by its `key_ref`. A key that is already gone counts as revoked.
     async fn revoke_key(&self, key_ref: &str) -> Result<(), ProviderError>;
 
+    /// Provider-specific rules of the AccessKey's provider block, checked before anything is
+    /// created; the message names the field and says what to do.
+    fn check_spec(&self, _spec: &KeyProvider) -> Result<(), String> {
+        Ok(())
+    }
+
     /// `zone`, `region`, `endpoint`: what `secretTemplate.data` may use besides the key.
     fn template_vars(&self) -> TemplateVars;
 }

@@ -68,9 +68,11 @@ const DEPENDENCY: std::ops::RangeInclusive<u32> = 1000..=1999;
 /// user) stays permanent: repeating the same request cannot change the key's state, and
 /// `revoke` reacts to it at once rather than after the HTTP layer's retries.
 const BUSY: u32 = 9002;
-/// `access-keys-not-found` and `no-such-user` (Python SDK's gateway error list): the key, or
-/// the user and with it all its keys, is gone.
-const GONE: &[u32] = &[4000, 5075];
+/// `no-such-user` (Python SDK's gateway error list): the user, and with it all its keys, is
+/// gone. 4000 is left out on purpose: in the 4xxx range it may also mean an invalid parameter,
+/// and a failed revocation must never pass for a successful one; an absent key shows as an
+/// empty `ReadAccessKeys` answer instead.
+const GONE: &[u32] = &[5075];
 
 pub struct OutscaleProvider {
     http: Http,
@@ -355,6 +357,15 @@ impl Provider for OutscaleProvider {
 
     async fn revoke_key(&self, key_ref: &str) -> Result<(), ProviderError> {
         Ok(self.revoke(&KeyRef::parse(key_ref)?).await?)
+    }
+
+    fn check_spec(&self, spec: &KeyProvider) -> Result<(), String> {
+        match spec {
+            KeyProvider::Outscale(OutscaleKey { expires_after: Some(text), .. }) => {
+                parse_lifetime(text).map(|_| ()).map_err(|e| format!("spec.outscale.expiresAfter: {e}"))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn template_vars(&self) -> TemplateVars {
@@ -879,7 +890,7 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::Permanent);
         assert_eq!(codes, vec!["4000".to_string()]);
         let f = Failure { error: e, codes };
-        assert!(f.is_gone());
+        assert!(!f.is_gone(), "4000 may be an invalid parameter: never taken for \"already gone\"");
         assert!(f.refused());
         assert_eq!(error(424, &body("1000", "DependencyProblem", "x")).kind, ErrorKind::Retryable);
         let (e, codes) = classify_codes(409, &body("6003", "InvalidState", "x"));

@@ -308,6 +308,20 @@ impl Provider for YandexProvider {
     fn template_vars(&self) -> TemplateVars {
         TemplateVars::from([("endpoint", self.endpoint.clone())])
     }
+
+    fn check_spec(&self, spec: &KeyProvider) -> Result<(), String> {
+        if self.service_account(spec).is_none() {
+            return Err("spec.yandex.serviceAccountId: set it, or set serviceAccountId on the issuer".into());
+        }
+        let user = match spec {
+            KeyProvider::Yandex(key) => key.description.as_deref(),
+            _ => None,
+        };
+        // A marker of any attempt has the same length.
+        description_with_marker(user, &Marker::of("00000000-0000-0000-0000-000000000000", "0000000000"))
+            .map(|_| ())
+            .map_err(|e| e.message)
+    }
 }
 
 /// The key's description: the user's, a space, the marker; refused when over 256 characters.
