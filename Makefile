@@ -7,7 +7,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 HELM_SDKPY_VERSION := 0.1.32
 PYTHON ?= python3
 
-.PHONY: test demo lint crds control-plane build helm-deps
+.PHONY: test demo lint crds control-plane build bench helm-deps
 
 ## Everything CI runs: formatting, clippy, unit and integration tests against a real apiserver.
 test: control-plane helm-deps lint
@@ -46,3 +46,8 @@ helm-deps:
 control-plane:
 	scripts/control-plane.sh deps
 	scripts/control-plane.sh build
+
+## Throughput and memory of the operator (prints figures; N AccessKeys, default 200).
+bench: control-plane
+	$(CARGO) build --release --locked
+	scripts/bench.sh
