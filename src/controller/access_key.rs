@@ -306,9 +306,20 @@ async fn act(
             retire_current(status);
             status.access_key_id = key.access_key_id.clone();
             status.key_ref = Some(key.key_ref.clone());
-            status.issued_by = Some(pending.issuer);
-            status.issued_at = Some(pending.started_at);
-            status.key_spec_hash = Some(pending.spec_hash.unwrap_or_else(|| hash.to_string()));
+            status.issued_by = Some(pending.issuer.clone());
+            // The expiry was in the create answer that never arrived: the attempt's start plus the
+            // lifetime asked for is a little early, so renewal errs on the safe side.
+            let lifetime = match c.provider_of(&pending.issuer).await {
+                Ok(p) => p.lifetime(&c.attempt_spec(&pending)),
+                Err(_) => None,
+            };
+            let started = pending.started_at.0;
+            let expires =
+                lifetime.and_then(|l| jiff::SignedDuration::try_from(l).ok()).and_then(|l| started.checked_add(l).ok());
+            status.expires_at = expires.map(Time);
+            status.renewal_time = expires.map(|e| Time(renewal_time(started, e)));
+            status.issued_at = Some(pending.started_at.clone());
+            status.key_spec_hash = Some(pending.spec_hash.clone().unwrap_or_else(|| hash.to_string()));
             status.secret_name = Some(c.ak.spec.secret_name.clone());
             c.write_status(status).await?;
             let note = format!("adopted key {} created before an interruption", key.access_key_id.unwrap_or_default());

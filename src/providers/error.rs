@@ -3,6 +3,15 @@
 
 use std::time::Duration;
 
+/// An error text from a provider cut to `max` characters: conditions and Events stay readable
+/// whatever a provider sends.
+pub fn truncate_message(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
 /// What the controller should do about a failed provider call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {

@@ -78,6 +78,12 @@ pub trait Provider: Send + Sync {
         Ok(())
     }
 
+    /// How long a key made for `spec` lives, if the provider expires it (to know the expiry of a
+    /// key adopted after a crash, whose create answer was never seen).
+    fn lifetime(&self, _spec: &KeyProvider) -> Option<std::time::Duration> {
+        None
+    }
+
     /// `zone`, `region`, `endpoint`: what `secretTemplate.data` may use besides the key.
     fn template_vars(&self) -> TemplateVars;
 }

@@ -108,38 +108,15 @@ pub struct Faults {
 pub struct ExoscaleFake {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    shutdown: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    server: super::Server,
 }
 
 impl ExoscaleFake {
     /// Starts the fake on `127.0.0.1:<free port>`; it accepts only this admin key and secret.
     pub fn start(admin_key: &str, admin_secret: &str) -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-        listener.set_nonblocking(true).expect("non-blocking listener");
-        let addr = listener.local_addr().expect("listener address");
         let shared = Arc::new(Shared::new(admin_key, admin_secret));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let app = router(shared.clone());
-        std::thread::Builder::new()
-            .name(format!("exoscale-fake-{}", addr.port()))
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("fake runtime");
-                runtime.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-                    tokio::select! {
-                        result = axum::serve(listener, app) => {
-                            if let Err(e) = result {
-                                eprintln!("exoscale fake stopped: {e}");
-                            }
-                        }
-                        _ = rx => {}
-                    }
-                });
-                // Requests held by `hang_creates` are dropped with the runtime.
-                runtime.shutdown_background();
-            })
-            .expect("spawn the fake's thread");
-        Self { addr, shared, shutdown: Mutex::new(Some(tx)) }
+        let server = super::Server::start("exoscale", router(shared.clone()));
+        Self { addr: server.addr, shared, server }
     }
 
     /// Base URL including `/v2`, e.g. `http://127.0.0.1:41234/v2`.
@@ -182,18 +159,6 @@ impl ExoscaleFake {
         let key = FakeApiKey { name: name.to_owned(), key: new_key(), role_id: role_id.to_owned() };
         self.shared.state().api_keys.push(key.clone());
         key
-    }
-}
-
-impl Drop for ExoscaleFake {
-    fn drop(&mut self) {
-        let sender = match self.shutdown.lock() {
-            Ok(mut guard) => guard.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
-        if let Some(tx) = sender {
-            let _ = tx.send(());
-        }
     }
 }
 

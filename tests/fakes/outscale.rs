@@ -159,39 +159,16 @@ pub struct Faults {
 pub struct OutscaleFake {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    shutdown: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    server: super::Server,
 }
 
 impl OutscaleFake {
     /// Starts the fake on `127.0.0.1:<free port>` for `region`; the admin key is a key of the
     /// root account.
     pub fn start(region: &str, admin_access_key: &str, admin_secret_key: &str) -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-        listener.set_nonblocking(true).expect("non-blocking listener");
-        let addr = listener.local_addr().expect("listener address");
         let shared = Arc::new(Shared::new(region, admin_access_key, admin_secret_key));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let app = router(shared.clone());
-        std::thread::Builder::new()
-            .name(format!("outscale-fake-{}", addr.port()))
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("fake runtime");
-                runtime.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-                    tokio::select! {
-                        result = axum::serve(listener, app) => {
-                            if let Err(e) = result {
-                                eprintln!("outscale fake stopped: {e}");
-                            }
-                        }
-                        _ = rx => {}
-                    }
-                });
-                // Requests held by `hang_creates` are dropped with the runtime.
-                runtime.shutdown_background();
-            })
-            .expect("spawn the fake's thread");
-        Self { addr, shared, shutdown: Mutex::new(Some(tx)) }
+        let server = super::Server::start("outscale", router(shared.clone()));
+        Self { addr: server.addr, shared, server }
     }
 
     /// Base URL including `/api/v1`, e.g. `http://127.0.0.1:41234/api/v1`.
@@ -259,18 +236,6 @@ impl OutscaleFake {
         let secret = entry.secret.clone();
         st.keys.push(entry);
         (view, secret)
-    }
-}
-
-impl Drop for OutscaleFake {
-    fn drop(&mut self) {
-        let sender = match self.shutdown.lock() {
-            Ok(mut guard) => guard.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
-        if let Some(tx) = sender {
-            let _ = tx.send(());
-        }
     }
 }
 

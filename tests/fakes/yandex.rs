@@ -164,39 +164,16 @@ impl KnownKey {
 pub struct YandexFake {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    shutdown: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    server: super::Server,
 }
 
 impl YandexFake {
     /// Starts the fake on `127.0.0.1:<free port>`. It knows the admin authorized key (from the
     /// committed test fixture) and two service accounts.
     pub fn start() -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-        listener.set_nonblocking(true).expect("non-blocking listener");
-        let addr = listener.local_addr().expect("listener address");
         let shared = Arc::new(Shared::new());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let app = router(shared.clone());
-        std::thread::Builder::new()
-            .name(format!("yandex-fake-{}", addr.port()))
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("fake runtime");
-                runtime.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-                    tokio::select! {
-                        result = axum::serve(listener, app) => {
-                            if let Err(e) = result {
-                                eprintln!("yandex fake stopped: {e}");
-                            }
-                        }
-                        _ = rx => {}
-                    }
-                });
-                // Requests held by `hang_creates` are dropped with the runtime.
-                runtime.shutdown_background();
-            })
-            .expect("spawn the fake's thread");
-        Self { addr, shared, shutdown: Mutex::new(Some(tx)) }
+        let server = super::Server::start("yandex", router(shared.clone()));
+        Self { addr: server.addr, shared, server }
     }
 
     /// Base URL serving `/iam/v1/tokens` and `/iam/aws-compatibility/v1/…`,
@@ -275,18 +252,6 @@ impl YandexFake {
     /// How many IAM tokens were minted (JWT exchanges and metadata tokens).
     pub fn tokens_issued(&self) -> usize {
         self.shared.state().tokens_issued
-    }
-}
-
-impl Drop for YandexFake {
-    fn drop(&mut self) {
-        let sender = match self.shutdown.lock() {
-            Ok(mut guard) => guard.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
-        if let Some(tx) = sender {
-            let _ = tx.send(());
-        }
     }
 }
 

@@ -359,6 +359,13 @@ impl Provider for OutscaleProvider {
         Ok(self.revoke(&KeyRef::parse(key_ref)?).await?)
     }
 
+    fn lifetime(&self, spec: &KeyProvider) -> Option<Duration> {
+        match spec {
+            KeyProvider::Outscale(OutscaleKey { expires_after: Some(text), .. }) => parse_lifetime(text).ok(),
+            _ => None,
+        }
+    }
+
     fn check_spec(&self, spec: &KeyProvider) -> Result<(), String> {
         match spec {
             KeyProvider::Outscale(OutscaleKey { expires_after: Some(text), .. }) => {
@@ -513,10 +520,7 @@ fn describe(errors: &[api::ApiError]) -> Option<String> {
 }
 
 fn truncate(text: &str) -> String {
-    match text.char_indices().nth(MAX_MESSAGE_CHARS) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_string(),
-    }
+    super::error::truncate_message(text, MAX_MESSAGE_CHARS)
 }
 
 /// `status.keyRef`: `<AccessKeyId>` or `<AccessKeyId>;user=<UserName>` (see the module docs).

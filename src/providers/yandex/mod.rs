@@ -469,10 +469,7 @@ fn header_request_id(headers: &HeaderMap) -> Option<String> {
 }
 
 fn truncate(text: &str) -> String {
-    match text.char_indices().nth(MAX_MESSAGE_CHARS) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_string(),
-    }
+    super::error::truncate_message(text, MAX_MESSAGE_CHARS)
 }
 
 #[cfg(test)]
