@@ -116,10 +116,23 @@ async fn secret_deleted_by_hand_issues_new_key() {
         }
     })
     .await;
-    let ak = keys::wait_issued(&client, &ns, "k").await;
-    let status = ak.status.expect("status");
-    assert_eq!(status.access_key_id.as_deref(), Some(second.as_str()));
-    assert!(status.retired.is_empty(), "the old key was not revoked: {:?}", status.retired);
+    // Converged: the new key recorded and Ready, the replaced one revoked (no longer retired).
+    let api: Api<cloudkeys::api::AccessKey> = Api::namespaced(client.clone(), &ns);
+    support::eventually("the replacement to converge", keys::WAIT, || {
+        let api = api.clone();
+        let second = second.clone();
+        async move {
+            let ak = api.get("k").await.ok()?;
+            let (_, reason, message) = keys::ready_condition(&ak)?;
+            let status = ak.status?;
+            (status.access_key_id.as_deref() == Some(second.as_str())
+                && status.retired.is_empty()
+                && reason == "Issued"
+                && message.contains(&second))
+            .then_some(())
+        }
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -25,7 +25,11 @@ pub async fn wait_reason(client: &Client, ns: &str, name: &str, reason: &str) ->
         if let Ok(Some(ak)) = api.get_opt(name).await {
             last = ready_condition(&ak);
             let current = ak.status.as_ref().and_then(|s| s.observed_generation) == ak.metadata.generation;
-            if current && last.as_ref().is_some_and(|(_, r, _)| r == reason) {
+            // Issued must name the key now recorded: a replacement in progress keeps the old
+            // key's Issued condition until it is done.
+            let id = ak.status.as_ref().and_then(|s| s.access_key_id.clone()).unwrap_or_default();
+            let settled = reason != "Issued" || last.as_ref().is_some_and(|(_, _, m)| m.contains(&id));
+            if current && settled && last.as_ref().is_some_and(|(_, r, _)| r == reason) {
                 return ak;
             }
         }
