@@ -51,12 +51,7 @@ async fn setup_with_secret(test: &str, admin_secret: &str) -> Env {
 }
 
 fn access_key(name: &str, exoscale: Value, extra: Value) -> Value {
-    let mut spec =
-        json!({"issuerRef": {"name": "exoscale"}, "secretName": format!("{name}-credentials"), "exoscale": exoscale});
-    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
-        spec.extend(extra.clone());
-    }
-    json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "AccessKey", "metadata": {"name": name}, "spec": spec})
+    keys::manifest(name, "exoscale", "exoscale", exoscale, extra)
 }
 
 fn role_id_mode() -> Value {
@@ -87,14 +82,7 @@ impl Env {
     }
 
     async fn wait_live(&self, what: &str, want: Vec<String>) {
-        let mut want = want;
-        want.sort();
-        support::eventually(what, keys::WAIT, || {
-            let live = self.live_ids();
-            let ok = live == want;
-            async move { ok.then_some(()) }
-        })
-        .await;
+        keys::wait_live(what, || self.live_ids(), want).await;
     }
 
     async fn assert_no_leaks(&self) {

@@ -26,11 +26,7 @@ async fn setup(test: &str) -> (kube::Client, String, Operator) {
 }
 
 fn access_key(name: &str, extra: serde_json::Value) -> serde_json::Value {
-    let mut spec = json!({"issuerRef": {"name": "local"}, "secretName": format!("{name}-credentials"), "local": {}});
-    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
-        spec.extend(extra.clone());
-    }
-    json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "AccessKey", "metadata": {"name": name}, "spec": spec})
+    keys::manifest(name, "local", "local", json!({}), extra)
 }
 
 #[tokio::test]

@@ -45,12 +45,7 @@ async fn setup(test: &str, admin_sk: &str) -> Env {
 }
 
 fn access_key(name: &str, outscale: Value, extra: Value) -> Value {
-    let mut spec =
-        json!({"issuerRef": {"name": "outscale"}, "secretName": format!("{name}-credentials"), "outscale": outscale});
-    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
-        spec.extend(extra.clone());
-    }
-    json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "AccessKey", "metadata": {"name": name}, "spec": spec})
+    keys::manifest(name, "outscale", "outscale", outscale, extra)
 }
 
 impl Env {
@@ -77,13 +72,8 @@ impl Env {
         ids
     }
 
-    async fn wait_live(&self, what: &str, mut want: Vec<String>) {
-        want.sort();
-        support::eventually(what, keys::WAIT, || {
-            let ok = self.live_ids() == want;
-            async move { ok.then_some(()) }
-        })
-        .await;
+    async fn wait_live(&self, what: &str, want: Vec<String>) {
+        keys::wait_live(what, || self.live_ids(), want).await;
     }
 }
 

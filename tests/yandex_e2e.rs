@@ -66,12 +66,7 @@ fn with_wrong_key(f: &YandexFake) -> String {
 }
 
 fn access_key(name: &str, yandex: Value, extra: Value) -> Value {
-    let mut spec =
-        json!({"issuerRef": {"name": "yandex"}, "secretName": format!("{name}-credentials"), "yandex": yandex});
-    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
-        spec.extend(extra.clone());
-    }
-    json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "AccessKey", "metadata": {"name": name}, "spec": spec})
+    keys::manifest(name, "yandex", "yandex", yandex, extra)
 }
 
 impl Env {
@@ -98,13 +93,8 @@ impl Env {
         ids
     }
 
-    async fn wait_live(&self, what: &str, mut want: Vec<String>) {
-        want.sort();
-        support::eventually(what, keys::WAIT, || {
-            let ok = self.live_ids() == want;
-            async move { ok.then_some(()) }
-        })
-        .await;
+    async fn wait_live(&self, what: &str, want: Vec<String>) {
+        keys::wait_live(what, || self.live_ids(), want).await;
     }
 }
 

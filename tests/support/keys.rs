@@ -76,3 +76,32 @@ pub async fn wait_gone(client: &Client, ns: &str, name: &str) {
     })
     .await
 }
+
+/// An AccessKey named `name` using the KeyIssuer `issuer`, writing `<name>-credentials`, with
+/// `spec.<provider>` = `block` and the fields of `extra` added to its spec.
+pub fn manifest(
+    name: &str,
+    issuer: &str,
+    provider: &str,
+    block: serde_json::Value,
+    extra: serde_json::Value,
+) -> serde_json::Value {
+    let mut spec = serde_json::json!({"issuerRef": {"name": issuer}, "secretName": format!("{name}-credentials")});
+    spec[provider] = block;
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    serde_json::json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "AccessKey", "metadata": {"name": name}, "spec": spec})
+}
+
+/// Waits until the provider's live key ids (`live`) are exactly `want`, in any order.
+pub async fn wait_live(what: &str, live: impl Fn() -> Vec<String>, mut want: Vec<String>) {
+    want.sort();
+    eventually(what, WAIT, || {
+        let mut ids = live();
+        ids.sort();
+        let ok = ids == want;
+        async move { ok.then_some(()) }
+    })
+    .await;
+}
