@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use fakes::exoscale::{ExoscaleFake, Faults, PREEXISTING_ROLE_ID};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams};
 use kube::Client;
 use serde_json::{json, Value};
 use support::keys::{self, secret_value};
@@ -34,10 +34,13 @@ async fn setup_with_secret(test: &str, admin_secret: &str) -> Env {
     support::install_crds(&client).await;
     let ns = support::namespace(&client, test).await;
     let fake = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
-    let creds: Secret = serde_json::from_value(json!({"metadata": {"name": "exoscale-admin"},
-        "stringData": {"EXOSCALE_API_KEY": ADMIN_KEY, "EXOSCALE_API_SECRET": admin_secret}}))
-    .expect("Secret");
-    Api::<Secret>::namespaced(client.clone(), &ns).create(&PostParams::default(), &creds).await.expect("created");
+    support::create_secret(
+        &client,
+        &ns,
+        "exoscale-admin",
+        json!({"EXOSCALE_API_KEY": ADMIN_KEY, "EXOSCALE_API_SECRET": admin_secret}),
+    )
+    .await;
     support::apply_json(
         &client,
         &ns,
@@ -184,13 +187,7 @@ async fn retain_leaves_key_and_secret() {
 #[tokio::test]
 async fn secret_conflict_creates_no_key() {
     let env = setup("exo-conflict").await;
-    let theirs: Secret =
-        serde_json::from_value(json!({"metadata": {"name": "taken-credentials"}, "stringData": {"x": "y"}}))
-            .expect("Secret");
-    Api::<Secret>::namespaced(env.client.clone(), &env.ns)
-        .create(&PostParams::default(), &theirs)
-        .await
-        .expect("created");
+    support::create_secret(&env.client, &env.ns, "taken-credentials", json!({"x": "y"})).await;
     env.apply(access_key("taken", role_id_mode(), json!({}))).await;
     keys::wait_reason(&env.client, &env.ns, "taken", "SecretConflict").await;
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams};
 use serde_json::json;
 use support::keys::{self, secret_value};
 use support::operator::Operator;
@@ -72,10 +72,7 @@ async fn local_key_is_issued_into_the_secret_and_the_finalizer_released_on_delet
 #[tokio::test]
 async fn secret_of_someone_else_is_a_conflict_and_never_touched() {
     let (client, ns, _op) = setup("local-conflict").await;
-    let theirs: Secret = serde_json::from_value(json!({"metadata": {"name": "taken-credentials"},
-        "stringData": {"mine": "do not touch"}}))
-    .expect("Secret");
-    Api::<Secret>::namespaced(client.clone(), &ns).create(&PostParams::default(), &theirs).await.expect("created");
+    support::create_secret(&client, &ns, "taken-credentials", json!({"mine": "do not touch"})).await;
     support::apply_json(&client, &ns, access_key("taken", json!({}))).await;
     let ak = keys::wait_reason(&client, &ns, "taken", "SecretConflict").await;
     assert!(ak.status.as_ref().and_then(|s| s.access_key_id.clone()).is_none(), "a key was created");

@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use fakes::exoscale::{ExoscaleFake, PREEXISTING_ROLE_ID};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use kube::Client;
 use serde_json::json;
 use support::keys;
@@ -22,10 +21,13 @@ async fn setup(test: &str) -> (Client, String, ExoscaleFake) {
     support::install_crds(&client).await;
     let ns = support::namespace(&client, test).await;
     let fake = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
-    let creds: Secret = serde_json::from_value(json!({"metadata": {"name": "exoscale-admin"},
-        "stringData": {"EXOSCALE_API_KEY": ADMIN_KEY, "EXOSCALE_API_SECRET": ADMIN_SECRET}}))
-    .expect("Secret");
-    Api::<Secret>::namespaced(client.clone(), &ns).create(&PostParams::default(), &creds).await.expect("created");
+    support::create_secret(
+        &client,
+        &ns,
+        "exoscale-admin",
+        json!({"EXOSCALE_API_KEY": ADMIN_KEY, "EXOSCALE_API_SECRET": ADMIN_SECRET}),
+    )
+    .await;
     support::apply_json(
         &client,
         &ns,

@@ -7,8 +7,6 @@ mod support;
 use std::time::{Duration, Instant};
 
 use fakes::outscale::{Faults, OutscaleFake, KEY_QUOTA};
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
 use kube::Client;
 use serde_json::{json, Value};
 use support::keys::{self, secret_value};
@@ -32,10 +30,8 @@ async fn setup(test: &str, admin_sk: &str) -> Env {
     let ns = support::namespace(&client, test).await;
     let fake = OutscaleFake::start(REGION, ADMIN_AK, ADMIN_SK);
     fake.add_user("backup-bot");
-    let creds: Secret = serde_json::from_value(json!({"metadata": {"name": "osc-admin"},
-        "stringData": {"OSC_ACCESS_KEY": ADMIN_AK, "OSC_SECRET_KEY": admin_sk}}))
-    .expect("Secret");
-    Api::<Secret>::namespaced(client.clone(), &ns).create(&PostParams::default(), &creds).await.expect("created");
+    support::create_secret(&client, &ns, "osc-admin", json!({"OSC_ACCESS_KEY": ADMIN_AK, "OSC_SECRET_KEY": admin_sk}))
+        .await;
     support::apply_json(&client, &ns, json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "KeyIssuer",
         "metadata": {"name": "outscale"},
         "spec": {"outscale": {"region": REGION, "endpoint": fake.endpoint(), "credentialsSecretRef": {"name": "osc-admin"}}}}))

@@ -7,8 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use fakes::yandex::{Faults, YandexFake, SECOND_SERVICE_ACCOUNT_ID};
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use kube::Client;
 use serde_json::{json, Value};
 use support::keys::{self, secret_value};
@@ -30,13 +29,7 @@ async fn setup(test: &str, faults: Faults, key_json: Option<fn(&YandexFake) -> S
     fake.set_faults(faults);
     let auth = match key_json {
         Some(key) => {
-            let creds: Secret = serde_json::from_value(json!({"metadata": {"name": "yc-admin"},
-                "stringData": {"key.json": key(&fake)}}))
-            .expect("Secret");
-            Api::<Secret>::namespaced(client.clone(), &ns)
-                .create(&PostParams::default(), &creds)
-                .await
-                .expect("created");
+            support::create_secret(&client, &ns, "yc-admin", json!({"key.json": key(&fake)})).await;
             json!({"serviceAccountKeySecretRef": {"name": "yc-admin"}})
         }
         None => json!({"metadataService": {"endpoint": fake.metadata_endpoint()}}),

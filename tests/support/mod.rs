@@ -168,3 +168,14 @@ pub async fn apply_json(client: &Client, ns: &str, manifest: serde_json::Value) 
         .await
         .unwrap_or_else(|e| panic!("cannot apply {kind} {name}: {e}"));
 }
+
+/// Creates a Secret `name` in `ns` from string data (credentials, or someone else's Secret).
+pub async fn create_secret(client: &Client, ns: &str, name: &str, string_data: serde_json::Value) {
+    let secret: k8s_openapi::api::core::v1::Secret =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "stringData": string_data}))
+            .expect("Secret literal");
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap_or_else(|e| panic!("Secret {ns}/{name} not created: {e}"));
+}
