@@ -8,6 +8,8 @@
 #   scripts/control-plane.sh start DIR [PID] start a control plane with state in DIR; writes DIR/kubeconfig.
 #                                            With PID, it stops by itself and removes DIR once PID exits.
 #   scripts/control-plane.sh stop DIR        stop the control plane started in DIR
+#   scripts/control-plane.sh restart-apiserver DIR [DOWN_SECONDS]
+#                                            kill -9 kube-apiserver, start it again with the same flags
 set -euo pipefail
 
 K8S_DEB_VERSION="1.20.5+really1.20.2-1.1+deb12u1"
@@ -89,6 +91,27 @@ wait_for() { # wait_for SECONDS CMD...
   done
 }
 
+start_apiserver() { # start_apiserver DIR: with the flags kept in DIR/kube-apiserver.args
+  local dir="$1" args=()
+  mapfile -t args <"$dir/kube-apiserver.args"
+  "$BIN_DIR/kube-apiserver" "${args[@]}" >>"$dir/kube-apiserver.log" 2>&1 &
+  echo $! >"$dir/kube-apiserver.pid"
+}
+
+# kill -9, then the same command line on the same data: what a crash or an upgrade of the
+# control plane looks like to a client. Returns once the new apiserver is ready.
+cmd_restart_apiserver() {
+  local dir="${1:?usage: restart-apiserver DIR [DOWN_SECONDS]}" down="${2:-0}" pid
+  pid=$(cat "$dir/kube-apiserver.pid")
+  kill -9 "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  sleep "$down"
+  start_apiserver "$dir"
+  if ! wait_for 90 "$BIN_DIR/kubectl" --kubeconfig "$dir/kubeconfig" get --raw /readyz; then
+    log "kube-apiserver did not come back; see $dir/kube-apiserver.log"; exit 1
+  fi
+}
+
 cmd_start() {
   local dir="${1:?usage: start DIR [OWNER_PID]}"
   have_binaries || { log "binaries missing: run 'scripts/control-plane.sh build' (or 'make control-plane')"; exit 1; }
@@ -109,15 +132,16 @@ cmd_start() {
     >"$dir/etcd.log" 2>&1 &
   echo $! >"$dir/etcd.pid"
 
-  "$BIN_DIR/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" \
+  # The flags are kept so that `restart-apiserver` starts it again exactly as before, as a
+  # control-plane upgrade or crash would.
+  printf '%s\n' --etcd-servers "http://127.0.0.1:$etcd_port" \
     --bind-address 127.0.0.1 --secure-port "$api_port" --cert-dir "$dir/certs" \
     --token-auth-file "$dir/tokens.csv" --authorization-mode RBAC \
     --service-account-issuer https://kubernetes.default.svc \
     --service-account-key-file "$dir/sa.pub" --service-account-signing-key-file "$dir/sa.key" \
     --service-cluster-ip-range 10.96.0.0/12 --advertise-address 127.0.0.1 \
-    --endpoint-reconciler-type none --v 1 \
-    >"$dir/kube-apiserver.log" 2>&1 &
-  echo $! >"$dir/kube-apiserver.pid"
+    --endpoint-reconciler-type none --v 1 >"$dir/kube-apiserver.args"
+  start_apiserver "$dir"
 
   cat >"$dir/kubeconfig" <<KCFG
 apiVersion: v1
@@ -183,5 +207,6 @@ case "${1:-}" in
   bin-dir) echo "$BIN_DIR" ;;
   start) shift; cmd_start "$@" ;;
   stop) shift; cmd_stop "$@" ;;
-  *) sed -n '2,10p' "$0" >&2; exit 2 ;;
+  restart-apiserver) shift; cmd_restart_apiserver "$@" ;;
+  *) sed -n '2,12p' "$0" >&2; exit 2 ;;
 esac

@@ -33,6 +33,18 @@ pub struct RunArgs {
     /// How many AccessKeys are reconciled at once.
     #[arg(long, env = "CLOUDKEYS_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,
+    /// How many of those reconciles may wait on one issuer's provider at once, so that one slow
+    /// or hanging provider account cannot hold every worker; 0 = half of --concurrency.
+    #[arg(long, env = "CLOUDKEYS_ISSUER_CONCURRENCY", default_value_t = 0)]
+    pub issuer_concurrency: u16,
+    /// Longest one reconcile waits on a provider (all its calls, retries and operation polls
+    /// together); past it the reconcile gives up and retries with backoff.
+    #[arg(long, env = "CLOUDKEYS_PROVIDER_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub provider_timeout: std::time::Duration,
+    /// /healthz fails when a watch has been failing, or reconciles have been under way without
+    /// one finishing, for this long.
+    #[arg(long, env = "CLOUDKEYS_STALL_TIMEOUT", default_value = "3m", value_parser = humantime::parse_duration)]
+    pub stall_timeout: std::time::Duration,
     /// Log format.
     #[arg(long, env = "CLOUDKEYS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -49,6 +61,14 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// `--issuer-concurrency` after applying its default.
+    pub fn issuer_concurrency(&self) -> usize {
+        match self.issuer_concurrency {
+            0 => usize::from(self.concurrency).div_ceil(2).max(1),
+            n => usize::from(n),
+        }
+    }
+
     /// The namespace of the leader-election Lease after applying the documented defaults.
     pub fn leader_election_namespace(&self) -> String {
         self.leader_election_namespace

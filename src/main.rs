@@ -23,7 +23,7 @@ async fn main() -> ExitCode {
         }
         Command::Run(args) => {
             cloudkeys::telemetry::init(args.log_format);
-            let client = match kube::Client::try_default().await {
+            let client = match cloudkeys::controller::run::client().await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot configure the Kubernetes client (KUBECONFIG or in-cluster)");

@@ -1,8 +1,8 @@
-//! The operator's own HTTP endpoints, on a port of their own: `/healthz` (the process serves),
-//! `/readyz` (caches synced and leading, or a standby waiting for the lease), `/metrics`.
+//! The operator's own HTTP endpoints, on a port of their own: `/healthz` (liveness: nothing is
+//! stuck), `/readyz` (leading with caches synced and watches working, or a standby waiting for
+//! the lease), `/metrics`. What they mean is decided in `health`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -12,35 +12,24 @@ use axum::routing::get;
 use axum::Router;
 use prometheus_client::registry::Registry;
 
-/// What `/readyz` reports.
-#[derive(Debug, Default)]
-pub struct Health {
-    /// The controllers' caches are synced (this replica is the leader, or runs alone).
-    pub synced: AtomicBool,
-    /// This replica waits for the lease: ready to take over.
-    pub standby: AtomicBool,
-}
-
-impl Health {
-    pub fn is_ready(&self) -> bool {
-        self.synced.load(Ordering::Relaxed) || self.standby.load(Ordering::Relaxed)
-    }
-}
+pub use crate::health::Health;
 
 struct AppState {
     health: Arc<Health>,
     registry: Registry,
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    match state.health.stalled() {
+        None => (StatusCode::OK, "ok".to_string()),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("stalled: {why}")),
+    }
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    if state.health.is_ready() {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    match state.health.not_ready() {
+        None => (StatusCode::OK, "ready".to_string()),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
     }
 }
 

@@ -193,7 +193,7 @@ fn namespaced_rules() -> Vec<Rule> {
     vec![
         rule(&["cloudkeys.io"], &["accesskeys"], &[], &["list", "watch", "patch"]),
         rule(&["cloudkeys.io"], &["accesskeys/status"], &[], &["patch"]),
-        rule(&["cloudkeys.io"], &["keyissuers"], &[], &["get", "list", "watch"]),
+        rule(&["cloudkeys.io"], &["keyissuers"], &[], &["get", "list", "watch", "patch"]),
         rule(&["cloudkeys.io"], &["keyissuers/status"], &[], &["patch"]),
         rule(&[""], &["secrets"], &[], &["get", "list", "watch", "create", "update", "patch"]),
         rule(&["events.k8s.io"], &["events"], &[], &["create", "patch"]),
@@ -202,7 +202,7 @@ fn namespaced_rules() -> Vec<Rule> {
 
 fn cluster_issuer_rules() -> Vec<Rule> {
     vec![
-        rule(&["cloudkeys.io"], &["clusterkeyissuers"], &[], &["get", "list", "watch"]),
+        rule(&["cloudkeys.io"], &["clusterkeyissuers"], &[], &["get", "list", "watch", "patch"]),
         rule(&["cloudkeys.io"], &["clusterkeyissuers/status"], &[], &["patch"]),
     ]
 }
@@ -755,7 +755,7 @@ async fn the_operator_works_with_nothing_but_the_charts_rbac() {
     assert_eq!(rules(role.rules), sorted(namespaced_rules()));
     assert_bound(must(&in_ns::<RoleBinding>(&client, &watched), &name).await.subjects, &name, &ns);
     let creds: Role = must(&in_ns(&client, &credentials), &format!("{name}-credentials")).await;
-    assert_eq!(rules(creds.rules), vec![rule(&[""], &["secrets"], &[], &["get"])]);
+    assert_eq!(rules(creds.rules), vec![rule(&[""], &["secrets"], &[], &["get", "patch"])]);
     assert_bound(
         must(&in_ns::<RoleBinding>(&client, &credentials), &format!("{name}-credentials")).await.subjects,
         &name,

@@ -59,7 +59,7 @@ pub struct IssuerRef {
     pub kind: IssuerKind,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
 pub enum IssuerKind {
     #[default]
     KeyIssuer,

@@ -461,6 +461,8 @@ async fn issue(
 ) -> Result<(), Error> {
     let ak = c.ak;
     let marker = Marker::new_attempt(&c.uid);
+    // (0) Nothing revoking this key will need can be deleted from under it (namespace deletion).
+    super::in_use::hold_before_issuing(c.ctx, &ak.spec.issuer_ref, &c.ns).await?;
     // (1) The intent is durable before the provider is asked for anything.
     status.pending = Some(PendingKey {
         attempt: marker.attempt().to_string(),

@@ -21,6 +21,8 @@ pub enum Reason {
     SecretNotFound,
     InvalidCredentials,
     ProviderUnreachable,
+    /// Issuer: being deleted, kept while AccessKeys still need it (finalizer `cloudkeys.io/in-use`).
+    InUse,
 }
 
 impl Reason {
@@ -38,6 +40,7 @@ impl Reason {
             Self::SecretNotFound => "SecretNotFound",
             Self::InvalidCredentials => "InvalidCredentials",
             Self::ProviderUnreachable => "ProviderUnreachable",
+            Self::InUse => "InUse",
         }
     }
 

@@ -8,10 +8,13 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 use secrecy::SecretString;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::api::{ClusterKeyIssuer, IssuerKind, IssuerProvider, IssuerRef, IssuerStatus, KeyIssuer};
+use crate::api::{AccessKey, ClusterKeyIssuer, IssuerKind, IssuerProvider, IssuerRef, IssuerStatus, KeyIssuer};
+use crate::health::Health;
 use crate::providers::{self, http::HttpConfig, local::LocalStore, Credentials, Provider};
 
 use super::conditions;
@@ -24,20 +27,70 @@ pub struct Context {
     /// Where ClusterKeyIssuers' Secrets live.
     pub cluster_resource_namespace: String,
     pub registry: Registry,
+    pub caches: Caches,
+    pub health: Arc<Health>,
+    pub limits: Limits,
     failures: Mutex<HashMap<String, u32>>,
     checks: Mutex<HashMap<String, CheckState>>,
+    /// Per issuer: the reconciles that may wait on its provider at once.
+    issuer_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// The watch-fed caches every controller reads.
+#[derive(Clone)]
+pub struct Caches {
+    pub access_keys: Store<AccessKey>,
+    pub key_issuers: Store<KeyIssuer>,
+    pub cluster_issuers: Store<ClusterKeyIssuer>,
+}
+
+/// How much of the operator's time one provider may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Reconciles of one issuer that may wait on its provider at once.
+    pub issuer_concurrency: usize,
+    /// Longest one reconcile waits on providers, all calls together.
+    pub provider_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { issuer_concurrency: 2, provider_timeout: Duration::from_secs(60) }
+    }
 }
 
 impl Context {
-    pub fn new(client: Client, cluster_resource_namespace: String, http: HttpConfig) -> Self {
+    pub fn new(
+        client: Client,
+        cluster_resource_namespace: String,
+        http: HttpConfig,
+        caches: Caches,
+        health: Arc<Health>,
+        limits: Limits,
+    ) -> Self {
         Self {
             client,
             reporter: Reporter { controller: "cloudkeys".into(), instance: std::env::var("POD_NAME").ok() },
             cluster_resource_namespace,
             registry: Registry::new(http),
+            caches,
+            health,
+            limits,
             failures: Mutex::new(HashMap::new()),
             checks: Mutex::new(HashMap::new()),
+            issuer_slots: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A slot to wait on the provider of `issuer`, or `None` when as many reconciles as
+    /// `--issuer-concurrency` allows already do: the caller comes back later instead of holding
+    /// a worker that AccessKeys of other issuers could use.
+    pub fn issuer_slot(&self, issuer: &str) -> Option<OwnedSemaphorePermit> {
+        let semaphore = lock(&self.issuer_slots)
+            .entry(issuer.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.limits.issuer_concurrency.max(1))))
+            .clone();
+        semaphore.try_acquire_owned().ok()
     }
 
     /// Records a failure of `key` and returns how many happened in a row.

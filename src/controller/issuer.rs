@@ -12,15 +12,19 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::api::{validation, ClusterKeyIssuer, Issuer, IssuerStatus, KeyIssuer};
-use crate::providers::ErrorKind;
+use crate::api::{validation, ClusterKeyIssuer, Issuer, IssuerKind, IssuerStatus, KeyIssuer};
+use crate::providers::{credentials_secret, ErrorKind};
 
 use super::conditions::{ready_condition, Reason};
 use super::context::{display_name, Context, FIELD_MANAGER};
 use super::error::Error;
+use super::in_use::{self, Hold, IssuerId};
 
 /// How often a Ready issuer's credentials are checked again.
 const RECHECK: Duration = Duration::from_secs(300);
+/// How often an issuer being deleted looks again whether AccessKeys still need it (an AccessKey
+/// that is gone also triggers a look at once).
+const DELETING_RECHECK: Duration = Duration::from_secs(5);
 
 /// What the issuer controller needs from either kind.
 pub trait IssuerObject:
@@ -42,6 +46,7 @@ pub trait IssuerObject:
     fn secret_namespace(&self, ctx: &Context) -> String;
     fn status(&self) -> Option<&IssuerStatus>;
     fn describe(&self) -> String;
+    fn id(&self) -> IssuerId;
 }
 
 impl IssuerObject for KeyIssuer {
@@ -57,6 +62,9 @@ impl IssuerObject for KeyIssuer {
     }
     fn describe(&self) -> String {
         format!("KeyIssuer {}", display_name(self))
+    }
+    fn id(&self) -> IssuerId {
+        IssuerId { kind: IssuerKind::KeyIssuer, name: self.name_any(), namespace: self.namespace() }
     }
 }
 
@@ -74,6 +82,9 @@ impl IssuerObject for ClusterKeyIssuer {
     fn describe(&self) -> String {
         format!("ClusterKeyIssuer {}", self.name_any())
     }
+    fn id(&self) -> IssuerId {
+        IssuerId { kind: IssuerKind::ClusterKeyIssuer, name: self.name_any(), namespace: None }
+    }
 }
 
 pub async fn reconcile<K: IssuerObject>(issuer: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -84,9 +95,68 @@ pub async fn reconcile<K: IssuerObject>(issuer: Arc<K>, ctx: Arc<Context>) -> Re
 }
 
 async fn reconcile_inner<K: IssuerObject>(issuer: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // Who uses the issuer is read from the AccessKey cache: until it is complete, "nobody" could
+    // be wrong, and releasing the issuer then could strand keys.
+    if !ctx.health.synced.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    let users = in_use::users(ctx.caches.access_keys.state().iter().map(|a| &**a), &issuer.id());
+    let deleting = issuer.meta().deletion_timestamp.is_some();
+    hold_while_used(&*issuer, &ctx, &users).await?;
+    if deleting && users.is_empty() {
+        // Released: the finalizer is gone and the apiserver deletes the issuer.
+        return Ok(Action::await_change());
+    }
+    let (reason, message, requeue) = if deleting {
+        (Reason::InUse, in_use_message(&users), DELETING_RECHECK)
+    } else {
+        check(&*issuer, &ctx).await?
+    };
+    write_condition(&*issuer, &ctx, reason, message).await?;
+    Ok(Action::requeue(requeue))
+}
+
+/// While AccessKeys use the issuer, it and its credentials Secret carry the in-use finalizer;
+/// once none does, both are released (the Secret only if no other issuer holds it). A Secret
+/// held before `spec` named another one is released first, so no hold is ever forgotten.
+async fn hold_while_used<K: IssuerObject>(issuer: &K, ctx: &Context, users: &[String]) -> Result<(), Error> {
+    let id = issuer.id();
+    let secret_ns = issuer.secret_namespace(ctx);
+    let have = Hold::of(issuer.meta());
+    let want = match users.is_empty() {
+        true => Hold { held: false, secret: None },
+        false => Hold { held: true, secret: credentials_secret(issuer.provider()).map(String::from) },
+    };
+    if let Some(old) = have.secret.as_deref().filter(|old| Some(*old) != want.secret.as_deref()) {
+        if !in_use::secret_held_by_others(&ctx.caches, &ctx.cluster_resource_namespace, &secret_ns, old, &id) {
+            in_use::set_secret_hold(&ctx.client, &secret_ns, old, false).await?;
+        }
+    }
+    in_use::set_issuer_hold(&ctx.client, &id, issuer.meta(), &want).await?;
+    if let Some(secret) = &want.secret {
+        in_use::set_secret_hold(&ctx.client, &secret_ns, secret, true).await?;
+    }
+    Ok(())
+}
+
+fn in_use_message(users: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut named = users.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if users.len() > SHOWN {
+        named.push_str(&format!(" and {} more", users.len() - SHOWN));
+    }
+    format!("being deleted: kept until no AccessKey needs it to revoke keys; {} still do: {named}", users.len())
+}
+
+/// Writes the Ready condition when it changed, with a Warning event when it is not Ready.
+async fn write_condition<K: IssuerObject>(
+    issuer: &K,
+    ctx: &Context,
+    reason: Reason,
+    message: String,
+) -> Result<(), Error> {
     let described = issuer.describe();
     let previous = issuer.status().cloned().unwrap_or_default();
-    let (reason, message, requeue) = check(&*issuer, &ctx).await?;
     let generation = issuer.meta().generation;
     let condition =
         ready_condition(&previous.conditions, reason, message.clone(), generation, Time(jiff::Timestamp::now()));
@@ -98,17 +168,17 @@ async fn reconcile_inner<K: IssuerObject>(issuer: Arc<K>, ctx: Arc<Context>) -> 
         provider: Some(issuer.provider().name().to_string()),
     };
     if changed || previous.provider.is_none() {
-        let api = K::api(&ctx, issuer.namespace().as_deref());
+        let api = K::api(ctx, issuer.namespace().as_deref());
         let patch = serde_json::json!({
             "apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status,
         });
         api.patch_status(&issuer.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
         if !reason.is_ready() {
-            ctx.event(&*issuer, EventType::Warning, reason.as_str(), message.clone()).await;
+            ctx.event(issuer, EventType::Warning, reason.as_str(), message.clone()).await;
         }
         tracing::info!(issuer = %described, reason = reason.as_str(), %message, "issuer status");
     }
-    Ok(Action::requeue(requeue))
+    Ok(())
 }
 
 /// Decides the issuer's Ready condition; calls the provider at most as often as the backoff allows.
@@ -176,6 +246,7 @@ fn reason_from_str(s: &str) -> Reason {
         "SecretNotFound" => Reason::SecretNotFound,
         "InvalidCredentials" => Reason::InvalidCredentials,
         "InvalidSpec" => Reason::InvalidSpec,
+        "InUse" => Reason::InUse,
         _ => Reason::ProviderUnreachable,
     }
 }

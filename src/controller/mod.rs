@@ -6,6 +6,8 @@ pub mod conditions;
 pub mod context;
 pub mod decide;
 pub mod error;
+pub mod in_use;
 pub mod issuer;
 pub mod run;
 pub mod secret;
+pub mod watch;

@@ -3,9 +3,10 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::{self, Config};
 use kube::runtime::{Controller, WatchStreamExt};
@@ -21,10 +22,11 @@ use kube_lease_manager::LeaseManagerBuilder;
 
 use crate::server::{serve, Health};
 
-use super::context::Context;
+use super::context::{Caches, Context, Limits};
 use super::error::Error;
 use super::secret::{MANAGED_BY, MANAGED_BY_LABEL};
-use super::{access_key, issuer};
+use super::watch::{watched, NoBackoff};
+use super::{access_key, in_use, issuer};
 
 const LEASE_NAME: &str = "cloudkeys-leader";
 /// A standby takes over at most this long after the leader stops renewing.
@@ -51,10 +53,32 @@ where
     }
 }
 
+/// The Kubernetes client from KUBECONFIG or the in-cluster configuration. Connecting gives up
+/// after a few seconds (kube's default is 30): a watch retries sooner, and `/readyz` learns
+/// sooner, when the apiserver is unreachable.
+pub async fn client() -> Result<Client, Error> {
+    let mut config = kube::Config::infer().await.map_err(|e| Error::Startup(e.to_string()))?;
+    config.connect_timeout = Some(crate::health::CONNECT_TIMEOUT);
+    Client::try_from(config).map_err(|e| Error::Startup(e.to_string()))
+}
+
 pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
-    let ctx = Arc::new(Context::new(client.clone(), args.cluster_resource_namespace(), HttpConfig::default()));
     let (reader, writer) = reflector::store::<AccessKey>();
-    let health = Arc::new(Health::default());
+    let (key_issuers, key_issuer_writer) = reflector::store::<KeyIssuer>();
+    let (cluster_issuers, cluster_issuer_writer) = reflector::store::<ClusterKeyIssuer>();
+    let caches = Caches { access_keys: reader.clone(), key_issuers, cluster_issuers };
+    let writers =
+        Writers { access_keys: writer, key_issuers: key_issuer_writer, cluster_issuers: cluster_issuer_writer };
+    let health = Arc::new(Health::new(args.stall_timeout));
+    let limits = Limits { issuer_concurrency: args.issuer_concurrency(), provider_timeout: args.provider_timeout };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        args.cluster_resource_namespace(),
+        HttpConfig::default(),
+        caches,
+        health.clone(),
+        limits,
+    ));
     let registry = crate::metrics::registry(reader.clone());
     let bound = serve(args.metrics_address, health.clone(), registry)
         .await
@@ -62,7 +86,7 @@ pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
     tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
 
     if !args.leader_election {
-        controllers(client, &args, ctx, reader, writer, health).await;
+        controllers(client, &args, ctx, writers).await;
         return Ok(());
     }
     let lease_ns = args.leader_election_namespace();
@@ -108,7 +132,7 @@ pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
         }
     };
     let result = tokio::select! {
-        _ = controllers(client, &args, ctx, reader, writer, health) => Ok(()),
+        _ = controllers(client, &args, ctx, writers) => Ok(()),
         _ = lost => Err(Error::Startup("lost the leader lease; exiting so that only one replica reconciles".into())),
     };
     // Dropping the receiver makes the lease task release the Lease: a standby takes over at once.
@@ -135,67 +159,113 @@ async fn shutdown_signal() {
     }
 }
 
+/// The writing ends of the caches in `Caches`, fed by the controllers' watches.
+struct Writers {
+    access_keys: reflector::store::Writer<AccessKey>,
+    key_issuers: reflector::store::Writer<KeyIssuer>,
+    cluster_issuers: reflector::store::Writer<ClusterKeyIssuer>,
+}
+
 /// Runs the three controllers until SIGTERM/SIGINT, finishing the reconciles under way.
-async fn controllers(
-    client: Client,
-    args: &RunArgs,
-    ctx: Arc<Context>,
-    reader: reflector::Store<AccessKey>,
-    writer: reflector::store::Writer<AccessKey>,
-    health: Arc<Health>,
-) {
+async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers: Writers) {
     let ns = args.namespace.as_deref();
+    let health = ctx.health.clone();
     tracing::info!(
         namespace = ns.unwrap_or("<all>"),
         cluster_resource_namespace = %ctx.cluster_resource_namespace,
         concurrency = args.concurrency,
+        issuer_concurrency = ctx.limits.issuer_concurrency,
+        provider_timeout_s = ctx.limits.provider_timeout.as_secs(),
         "starting controllers"
     );
     let controller_config = kube::runtime::controller::Config::default().concurrency(args.concurrency);
 
+    // An AccessKey that is gone may have been the last user of its issuers: they are looked at
+    // again at once, to release their in-use finalizer.
+    let (released_key_issuers, key_issuer_releases) = futures::channel::mpsc::unbounded::<ObjectRef<KeyIssuer>>();
+    let (released_cluster_issuers, cluster_issuer_releases) =
+        futures::channel::mpsc::unbounded::<ObjectRef<ClusterKeyIssuer>>();
+    let on_access_key_event = move |event: &watcher::Event<AccessKey>| {
+        if let watcher::Event::Delete(ak) = event {
+            for id in in_use::needed_issuers(ak) {
+                // A send fails only once the controllers are stopping: nothing to release then.
+                match &id.namespace {
+                    Some(ns) => drop(released_key_issuers.unbounded_send(ObjectRef::new(&id.name).within(ns))),
+                    None => drop(released_cluster_issuers.unbounded_send(ObjectRef::new(&id.name))),
+                }
+            }
+        }
+    };
+
     // AccessKeys: their own changes, their Secrets, and their issuers.
-    let access_keys: Api<AccessKey> = api_for(&client, ns);
-    let stream = watcher::watcher(access_keys, Config::default())
-        .default_backoff()
-        .reflect(writer)
+    let reader = ctx.caches.access_keys.clone();
+    let stream = watched(api_for::<AccessKey>(&client, ns), Config::default(), "accesskeys", &health)
+        .inspect_ok(on_access_key_event)
+        .reflect(writers.access_keys)
         .applied_objects()
         .predicate_filter(spec_or_lifecycle, Default::default());
-    let secrets: Api<Secret> = api_for(&client, ns);
     let managed = Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    let secrets =
+        watched(api_for::<PartialObjectMeta<Secret>>(&client, ns), managed, "secrets", &health).touched_objects();
     let by_key_issuer = reader.clone();
     let by_cluster_issuer = reader.clone();
     let synced = reader.clone();
+    let synced_health = health.clone();
     tokio::spawn(async move {
         // Re-polled in short rounds: the store's readiness signal wakes only its latest waiter,
         // and the controller waits on it too.
         loop {
             match tokio::time::timeout(std::time::Duration::from_millis(500), synced.wait_until_ready()).await {
-                Ok(Ok(())) => break health.synced.store(true, Ordering::Relaxed),
+                Ok(Ok(())) => break synced_health.synced.store(true, Ordering::Relaxed),
                 Ok(Err(_)) => break,
                 Err(_) => continue,
             }
         }
     });
+    let key_issuer_changes =
+        watched(api_for::<KeyIssuer>(&client, ns), Config::default(), "keyissuers-for-accesskeys", &health)
+            .touched_objects();
+    let cluster_issuer_changes = watched(
+        Api::<ClusterKeyIssuer>::all(client.clone()),
+        Config::default(),
+        "clusterkeyissuers-for-accesskeys",
+        &health,
+    )
+    .touched_objects();
     let access_key_controller = Controller::for_stream(stream, reader)
         .with_config(controller_config.clone())
-        .owns(secrets, managed)
-        .watches(api_for::<KeyIssuer>(&client, ns), Config::default(), move |i| {
+        .trigger_backoff(NoBackoff)
+        .owns_stream(secrets)
+        .watches_stream(key_issuer_changes, move |i| {
             users_of(&by_key_issuer, IssuerKind::KeyIssuer, &i.name_any(), i.namespace().as_deref())
         })
-        .watches(Api::<ClusterKeyIssuer>::all(client.clone()), Config::default(), move |i| {
+        .watches_stream(cluster_issuer_changes, move |i| {
             users_of(&by_cluster_issuer, IssuerKind::ClusterKeyIssuer, &i.name_any(), None)
         })
         .shutdown_on_signal()
         .run(access_key::reconcile, access_key::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
 
-    let key_issuers = Controller::new(api_for::<KeyIssuer>(&client, ns), Config::default())
+    let key_issuer_stream = watched(api_for::<KeyIssuer>(&client, ns), Config::default(), "keyissuers", &health)
+        .reflect(writers.key_issuers)
+        .applied_objects()
+        .predicate_filter(spec_or_lifecycle, Default::default());
+    let key_issuers = Controller::for_stream(key_issuer_stream, ctx.caches.key_issuers.clone())
         .with_config(controller_config.clone())
+        .trigger_backoff(NoBackoff)
+        .reconcile_on(key_issuer_releases)
         .shutdown_on_signal()
         .run(issuer::reconcile::<KeyIssuer>, issuer_error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
-    let cluster_issuers = Controller::new(Api::<ClusterKeyIssuer>::all(client.clone()), Config::default())
+    let cluster_issuer_stream =
+        watched(Api::<ClusterKeyIssuer>::all(client.clone()), Config::default(), "clusterkeyissuers", &health)
+            .reflect(writers.cluster_issuers)
+            .applied_objects()
+            .predicate_filter(spec_or_lifecycle, Default::default());
+    let cluster_issuers = Controller::for_stream(cluster_issuer_stream, ctx.caches.cluster_issuers.clone())
         .with_config(controller_config)
+        .trigger_backoff(NoBackoff)
+        .reconcile_on(cluster_issuer_releases)
         .shutdown_on_signal()
         .run(issuer::reconcile::<ClusterKeyIssuer>, issuer_error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
