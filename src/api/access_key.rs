@@ -284,6 +284,11 @@ pub struct AccessKeyStatus {
     /// Replaced keys still to be revoked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired: Vec<RetiredKey>,
+    /// Replacements in a row forced by the Secret (deleted, or its data edited) while the key was
+    /// young: each one doubles the wait before the next (10 s up to 1 h), so that another
+    /// controller fighting over the Secret cannot make the operator mint keys in a loop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forced_replacements: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

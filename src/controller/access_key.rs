@@ -24,7 +24,9 @@ use crate::providers::{IssuedKey, KeyRequest, Marker, OwnedKey, Provider, Provid
 
 use super::conditions::{ready_condition, Reason};
 use super::context::{display_name, Context, LoadedIssuer, FIELD_MANAGER};
-use super::decide::{decide, IssueReason, IssuerState, Observed, Step};
+use super::decide::{
+    decide, forced_replacement_wait, forced_replacements_after, IssueReason, IssuerState, Observed, Step,
+};
 use super::error::Error;
 use super::secret::{self, SecretState};
 
@@ -33,9 +35,6 @@ pub const FINALIZER: &str = "cloudkeys.io/revoke";
 const MAX_STEPS: usize = 12;
 /// Periodic re-check of a Ready AccessKey (its Secret is also watched).
 const RESYNC: Duration = Duration::from_secs(3600);
-/// A key younger than this is not replaced for a Secret edit or deletion yet (see
-/// `Step::WaitBeforeReplacing`).
-const REPLACE_AFTER: Duration = Duration::from_secs(10);
 
 pub async fn reconcile(ak: Arc<AccessKey>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
@@ -231,11 +230,8 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
     for _ in 0..MAX_STEPS {
         let observed_secret = cluster.secrets().get_opt(&ak.spec.secret_name).await?;
         let secret_state = secret::observe_secret(&ak, observed_secret.as_ref());
-        let renewal_due = status.renewal_time.as_ref().is_some_and(|t| t.0 <= jiff::Timestamp::now());
-        let issued_recently = status.issued_at.as_ref().is_some_and(|t| {
-            jiff::Timestamp::now().duration_since(t.0)
-                < jiff::SignedDuration::try_from(REPLACE_AFTER).unwrap_or(jiff::SignedDuration::ZERO)
-        });
+        let now = jiff::Timestamp::now();
+        let renewal_due = status.renewal_time.as_ref().is_some_and(|t| t.0 <= now);
         let step = decide(&Observed {
             status: &status,
             spec_problem: problem.clone(),
@@ -246,9 +242,12 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
             owned_keys: owned.as_deref(),
             retired_tried,
             renewal_due,
-            issued_recently,
+            now,
         });
         tracing::debug!(access_key = %display_name(&*ak), ?step, "step");
+        if let Step::Issue { reason } = step {
+            warn_of_secret_fight(&cluster, &status, reason, observed_secret.as_ref(), now).await;
+        }
         let revoking_retired = step == Step::RevokeRetired;
         let outcome = act(&cluster, &mut status, step, issuer.as_ref(), &hash, &mut owned, &mut retired_tried).await;
         match outcome {
@@ -273,6 +272,45 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
         }
     }
     Ok(Action::requeue(Duration::from_secs(1)))
+}
+
+/// A Warning event when the Secret forces a replacement again and again (another controller
+/// writing it, a sync tool deleting it): names the last writer and the next wait.
+async fn warn_of_secret_fight(
+    c: &Cluster<'_>,
+    status: &AccessKeyStatus,
+    reason: IssueReason,
+    observed: Option<&Secret>,
+    now: jiff::Timestamp,
+) {
+    let forced = forced_replacements_after(reason, status, now);
+    if forced < 2 {
+        return;
+    }
+    let secret = &c.ak.spec.secret_name;
+    let what = match observed.and_then(last_writer) {
+        Some(manager) => format!("was overwritten again, last by field manager {manager:?}"),
+        None if reason == IssueReason::SecretDeleted => "was deleted again".to_string(),
+        None => "was overwritten again".to_string(),
+    };
+    let wait = humantime::format_duration(forced_replacement_wait(forced));
+    let note = format!(
+        "Secret {secret} {what} soon after a new key was written ({forced} replacements in a row): \
+         something else is fighting over it; the next replacement waits {wait}"
+    );
+    c.ctx.event(c.ak, EventType::Warning, "SecretOverwritten", note).await;
+}
+
+/// The field manager that changed the Secret last, other than this operator.
+fn last_writer(secret: &Secret) -> Option<String> {
+    secret
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.manager.as_deref().is_some_and(|m| m != FIELD_MANAGER))
+        .max_by_key(|m| m.time.as_ref().map(|t| t.0))
+        .and_then(|m| m.manager.clone())
 }
 
 fn provider_message(e: &ProviderError) -> String {
@@ -379,9 +417,9 @@ async fn act(
             issue(c, status, provider, hash, reason).await?;
             Ok(None)
         }
-        Step::WaitBeforeReplacing(reason) => {
-            tracing::info!(access_key = %display_name(c.ak), reason = reason.describe(), "replacing the key shortly");
-            Ok(Some(Action::requeue(REPLACE_AFTER)))
+        Step::WaitBeforeReplacing(reason, wait) => {
+            tracing::info!(access_key = %display_name(c.ak), reason = reason.describe(), wait_s = wait.as_secs(), "replacing the key after a wait");
+            Ok(Some(Action::requeue(wait.max(Duration::from_secs(1)))))
         }
         Step::UpdateSecretMetadata => {
             let key_id = status.access_key_id.clone().unwrap_or_default();
@@ -507,6 +545,8 @@ async fn issue(
 
     // (4) Record the key; the replaced one is revoked in the next step.
     let replaced = status.access_key_id.clone();
+    let forced = forced_replacements_after(reason, status, started);
+    status.forced_replacements = (forced > 0).then_some(forced);
     retire_current(status);
     status.pending = None;
     status.access_key_id = Some(key.access_key_id.clone());

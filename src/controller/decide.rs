@@ -2,6 +2,8 @@
 //! branch is covered by fast unit tests. `access_key.rs` observes, calls `decide`, acts, and
 //! observes again until the answer is `Ready` or `NotReady`.
 
+use std::time::Duration;
+
 use crate::api::{AccessKeyStatus, IssuerRef};
 use crate::providers::OwnedKey;
 
@@ -33,8 +35,7 @@ pub struct Observed<'a> {
     pub retired_tried: bool,
     /// The current key is due for replacement ahead of its expiry.
     pub renewal_due: bool,
-    /// The current key was issued moments ago.
-    pub issued_recently: bool,
+    pub now: jiff::Timestamp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,10 +54,10 @@ pub enum Step {
     Issue {
         reason: IssueReason,
     },
-    /// A replacement forced by the Secret or the clock is due, but the current key is brand
-    /// new: wait a little, so that whatever keeps changing the Secret cannot make the operator
-    /// mint keys in a loop.
-    WaitBeforeReplacing(IssueReason),
+    /// A replacement forced by the Secret or the clock is due, but the current key is too young
+    /// (see [`replacement_hold`]): wait this long, so that whatever keeps changing the Secret
+    /// cannot make the operator mint keys in a loop.
+    WaitBeforeReplacing(IssueReason, Duration),
     /// Labels, annotations or owner reference of the Secret drifted: fix them in place.
     UpdateSecretMetadata,
     Ready,
@@ -72,7 +73,55 @@ pub enum IssueReason {
     ExpiresSoon,
 }
 
+/// The first replacement forced by the Secret waits until the key is this old; each further
+/// one in a row doubles it.
+pub const FORCED_REPLACEMENT_WAIT: Duration = Duration::from_secs(10);
+pub const FORCED_REPLACEMENT_MAX_WAIT: Duration = Duration::from_secs(3600);
+
+/// The wait before a replacement forced by the Secret, after `forced` such replacements in a row.
+pub fn forced_replacement_wait(forced: u32) -> Duration {
+    FORCED_REPLACEMENT_WAIT.saturating_mul(1u32 << forced.min(16)).min(FORCED_REPLACEMENT_MAX_WAIT)
+}
+
+/// How old the current key must be before it may be replaced for `reason`: never for the
+/// user's own changes, briefly for expiry, and with exponential backoff for the Secret.
+pub fn replacement_hold(reason: IssueReason, status: &AccessKeyStatus) -> Option<Duration> {
+    match reason {
+        IssueReason::FirstKey | IssueReason::SpecChanged => None,
+        IssueReason::ExpiresSoon => Some(FORCED_REPLACEMENT_WAIT),
+        IssueReason::SecretDeleted | IssueReason::SecretModified => {
+            Some(forced_replacement_wait(status.forced_replacements.unwrap_or(0)))
+        }
+    }
+}
+
+/// How long ago the current key was issued (zero if in the future, `None` if unknown).
+pub fn key_age(status: &AccessKeyStatus, now: jiff::Timestamp) -> Option<Duration> {
+    let issued = status.issued_at.as_ref()?.0;
+    Some(Duration::try_from(now.duration_since(issued)).unwrap_or(Duration::ZERO))
+}
+
+/// `status.forcedReplacements` once the current key is replaced for `reason` at `now`: counted
+/// up while the Secret keeps being overwritten, back to one once the key had stayed put for
+/// twice its wait, and zero for any replacement the Secret did not force.
+pub fn forced_replacements_after(reason: IssueReason, status: &AccessKeyStatus, now: jiff::Timestamp) -> u32 {
+    if !matches!(reason, IssueReason::SecretDeleted | IssueReason::SecretModified) {
+        return 0;
+    }
+    let forced = status.forced_replacements.unwrap_or(0);
+    let settled = key_age(status, now).is_some_and(|age| age >= forced_replacement_wait(forced) * 2);
+    if settled {
+        1
+    } else {
+        forced.saturating_add(1)
+    }
+}
+
 impl IssueReason {
+    pub fn is_forced_by_secret(self) -> bool {
+        matches!(self, Self::SecretDeleted | Self::SecretModified)
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
             Self::FirstKey => "first key",
@@ -153,8 +202,10 @@ pub fn decide(o: &Observed<'_>) -> Step {
         None
     };
     if let Some(reason) = reason {
-        if o.issued_recently && reason != IssueReason::SpecChanged {
-            return Step::WaitBeforeReplacing(reason);
+        if let (Some(hold), Some(age)) = (replacement_hold(reason, o.status), key_age(o.status, o.now)) {
+            if age < hold {
+                return Step::WaitBeforeReplacing(reason, hold - age);
+            }
         }
         return Step::Issue { reason };
     }
@@ -216,7 +267,7 @@ mod tests {
         owned: Option<Vec<OwnedKey>>,
         retired_tried: bool,
         renewal_due: bool,
-        issued_recently: bool,
+        now: jiff::Timestamp,
     }
 
     impl Scenario {
@@ -230,7 +281,7 @@ mod tests {
                 owned: None,
                 retired_tried: false,
                 renewal_due: false,
-                issued_recently: false,
+                now: "2026-11-23T12:00:00Z".parse().expect("time"),
             }
         }
 
@@ -246,7 +297,7 @@ mod tests {
                 owned_keys: self.owned.as_deref(),
                 retired_tried: self.retired_tried,
                 renewal_due: self.renewal_due,
-                issued_recently: self.issued_recently,
+                now: self.now,
             })
         }
     }
@@ -310,22 +361,80 @@ mod tests {
         assert_eq!(s.decide(), Step::Issue { reason: IssueReason::SecretModified });
     }
 
+    fn issued_ago(id: &str, now: jiff::Timestamp, secs: i64) -> AccessKeyStatus {
+        let mut status = issued(id);
+        status.issued_at = Some(Time(now - jiff::SignedDuration::from_secs(secs)));
+        status
+    }
+
     #[test]
     fn a_secret_that_keeps_changing_cannot_make_keys_in_a_loop() {
         let modified = SecretState::Ours { key_id: Some("K1".into()), data_intact: false, metadata_current: true };
-        let mut s = Scenario::new(issued("K1"), modified);
-        s.issued_recently = true;
-        assert_eq!(s.decide(), Step::WaitBeforeReplacing(IssueReason::SecretModified));
+        let mut s = Scenario::new(AccessKeyStatus::default(), modified);
+        s.status = issued_ago("K1", s.now, 2);
+        assert_eq!(s.decide(), Step::WaitBeforeReplacing(IssueReason::SecretModified, Duration::from_secs(8)));
         s.secret = SecretState::Absent;
-        assert_eq!(s.decide(), Step::WaitBeforeReplacing(IssueReason::SecretDeleted));
+        assert_eq!(s.decide(), Step::WaitBeforeReplacing(IssueReason::SecretDeleted, Duration::from_secs(8)));
         // A spec change is the user's explicit wish: no wait.
         s.spec_hash = "h2";
         assert_eq!(s.decide(), Step::Issue { reason: IssueReason::SpecChanged });
     }
 
     #[test]
+    fn each_forced_replacement_in_a_row_doubles_the_wait_up_to_an_hour() {
+        let mut s = Scenario::new(AccessKeyStatus::default(), SecretState::Absent);
+        s.status = issued_ago("K1", s.now, 30);
+        s.status.forced_replacements = Some(2);
+        assert_eq!(s.decide(), Step::WaitBeforeReplacing(IssueReason::SecretDeleted, Duration::from_secs(10)));
+        s.status.issued_at = Some(Time(s.now - jiff::SignedDuration::from_secs(40)));
+        assert_eq!(s.decide(), Step::Issue { reason: IssueReason::SecretDeleted });
+        assert_eq!(forced_replacement_wait(0), Duration::from_secs(10));
+        assert_eq!(forced_replacement_wait(3), Duration::from_secs(80));
+        assert_eq!(forced_replacement_wait(40), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn the_count_of_forced_replacements_grows_in_a_fight_and_starts_over_once_the_secret_stayed_put() {
+        let now: jiff::Timestamp = "2026-11-23T12:00:00Z".parse().expect("time");
+        let mut status = issued_ago("K1", now, 21);
+        status.forced_replacements = Some(1); // waited 20 s; replaced right after
+        assert_eq!(forced_replacements_after(IssueReason::SecretModified, &status, now), 2);
+        let mut status = issued_ago("K1", now, 41);
+        status.forced_replacements = Some(1); // untouched for twice its 20 s wait
+        assert_eq!(forced_replacements_after(IssueReason::SecretDeleted, &status, now), 1);
+        assert_eq!(forced_replacements_after(IssueReason::SpecChanged, &status, now), 0);
+        assert_eq!(forced_replacements_after(IssueReason::SecretDeleted, &issued("K1"), now), 1);
+    }
+
+    #[test]
+    fn a_fight_over_the_secret_mints_at_most_four_keys_a_minute() {
+        // Another writer overwrites the Secret two seconds after every write, for a minute.
+        let mut status = AccessKeyStatus::default();
+        let start: jiff::Timestamp = "2026-11-23T12:00:00Z".parse().expect("time");
+        status.issued_at = Some(Time(start));
+        let mut keys = 1;
+        let mut now = start;
+        while now < start + jiff::SignedDuration::from_secs(60) {
+            now += jiff::SignedDuration::from_secs(2);
+            let mut s = Scenario::new(status.clone(), SecretState::Absent);
+            s.status.access_key_id = Some("K".into());
+            s.status.key_ref = Some("ref-K".into());
+            s.status.key_spec_hash = Some("h1".into());
+            s.now = now;
+            if let Step::Issue { reason } = s.decide() {
+                status.forced_replacements = Some(forced_replacements_after(reason, &status, now));
+                status.issued_at = Some(Time(now));
+                keys += 1;
+            }
+        }
+        assert!(keys <= 4, "{keys} keys minted in a minute");
+        assert_eq!(status.forced_replacements, Some(2));
+    }
+
+    #[test]
     fn key_near_expiry_is_replaced() {
         let mut s = Scenario::new(issued("K1"), ours("K1"));
+        s.status.issued_at = Some(Time(s.now - jiff::SignedDuration::from_secs(3600)));
         s.renewal_due = true;
         assert_eq!(s.decide(), Step::Issue { reason: IssueReason::ExpiresSoon });
     }
