@@ -20,6 +20,7 @@ use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
 use crate::api::{validation, AccessKey, AccessKeyStatus, DeletionPolicy, IssuerRef, PendingKey, RetiredKey};
+use crate::providers::bounded::Bounded;
 use crate::providers::{IssuedKey, KeyRequest, Marker, OwnedKey, Provider, ProviderError};
 
 use super::conditions::{ready_condition, Reason};
@@ -28,19 +29,37 @@ use super::decide::{
     decide, forced_replacement_wait, forced_replacements_after, IssueReason, IssuerState, Observed, Step,
 };
 use super::error::Error;
+use super::in_use::IssuerId;
 use super::secret::{self, SecretState};
 
 pub const FINALIZER: &str = "cloudkeys.io/revoke";
 /// Upper bound on act-observe rounds in one reconcile; the loop normally ends in 2–4.
 const MAX_STEPS: usize = 12;
+/// What one reconcile may spend on the apiserver, on top of `--provider-timeout`.
+const KUBE_TIME_BUDGET: Duration = Duration::from_secs(120);
 /// Periodic re-check of a Ready AccessKey (its Secret is also watched).
 const RESYNC: Duration = Duration::from_secs(3600);
 
 pub async fn reconcile(ak: Arc<AccessKey>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
-    let result = reconcile_inner(ak, &ctx).await;
+    let _progress = ctx.health.reconcile_started();
+    // Provider calls end by --provider-timeout; this bounds the rest (an apiserver that accepts
+    // requests and never answers), so that no reconcile holds a worker for ever.
+    let bound = ctx.limits.provider_timeout + KUBE_TIME_BUDGET;
+    let result = match tokio::time::timeout(bound, reconcile_inner(ak, &ctx)).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::TimedOut(bound)),
+    };
     crate::metrics::global().reconciled("accesskey", started.elapsed(), result.as_ref().err().map(Error::label));
-    result
+    match result {
+        // Not a failure: the issuer's slots are all taken by other AccessKeys; come back soon.
+        Err(Error::IssuerBusy(issuer)) => {
+            tracing::debug!(%issuer, "issuer busy; requeued");
+            let jitter = rand::Rng::random_range(&mut rand::rng(), 500..1500);
+            Ok(Action::requeue(Duration::from_millis(jitter)))
+        }
+        other => other,
+    }
 }
 
 async fn reconcile_inner(ak: Arc<AccessKey>, ctx: &Arc<Context>) -> Result<Action, Error> {
@@ -93,6 +112,10 @@ struct Cluster<'a> {
     /// conditional on it, so a reconcile that started from a stale cached copy fails with a
     /// conflict instead of overwriting a newer record of a key (and losing track of it).
     resource_version: std::sync::Mutex<Option<String>>,
+    /// The issuer slots this reconcile holds, released when it ends.
+    slots: std::sync::Mutex<Vec<(String, tokio::sync::OwnedSemaphorePermit)>>,
+    /// When this reconcile stops waiting on providers (`--provider-timeout`).
+    deadline: tokio::time::Instant,
 }
 
 impl<'a> Cluster<'a> {
@@ -111,9 +134,25 @@ impl<'a> Cluster<'a> {
     /// A provider client for revoking or listing through `r`, whatever its Ready condition says.
     async fn provider_of(&self, r: &IssuerRef) -> Result<Arc<dyn Provider>, Error> {
         match self.issuer(r).await? {
-            Some(loaded) => loaded.provider.map_err(|m| Error::Issuer(format!("{}: {m}", loaded.display))),
+            Some(loaded) => {
+                let provider = loaded.provider.map_err(|m| Error::Issuer(format!("{}: {m}", loaded.display)))?;
+                self.at_provider(r, provider)
+            }
             None => Err(Error::Issuer(format!("{} {} not found", kind_name(r), r.name))),
         }
+    }
+
+    /// `provider`, bounded by this reconcile's deadline, once this reconcile holds one of the
+    /// issuer's slots (`--issuer-concurrency`): when all are taken, `Error::IssuerBusy` sends the
+    /// AccessKey back to the queue instead of letting it hold a worker.
+    fn at_provider(&self, r: &IssuerRef, provider: Arc<dyn Provider>) -> Result<Arc<dyn Provider>, Error> {
+        let issuer = IssuerId::from_ref(r, &self.ns).to_string();
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if !slots.iter().any(|(held, _)| *held == issuer) {
+            let slot = self.ctx.issuer_slot(&issuer).ok_or_else(|| Error::IssuerBusy(issuer.clone()))?;
+            slots.push((issuer, slot));
+        }
+        Ok(Arc::new(Bounded::new(provider, self.deadline)))
     }
 
     fn new(ctx: &'a Context, ak: &'a AccessKey) -> Self {
@@ -123,6 +162,8 @@ impl<'a> Cluster<'a> {
             ns: ak.namespace().unwrap_or_default(),
             uid: ak.uid().unwrap_or_default(),
             resource_version: std::sync::Mutex::new(ak.resource_version()),
+            slots: std::sync::Mutex::new(Vec::new()),
+            deadline: tokio::time::Instant::now() + ctx.limits.provider_timeout,
         }
     }
 
@@ -413,7 +454,7 @@ async fn act(
         }
         Step::Issue { reason } => {
             let issuer = issuer.ok_or_else(|| Error::Issuer("issuer vanished".into()))?;
-            let provider = issuer.provider.clone().map_err(Error::Issuer)?;
+            let provider = c.at_provider(&c.ak.spec.issuer_ref, issuer.provider.clone().map_err(Error::Issuer)?)?;
             issue(c, status, provider, hash, reason).await?;
             Ok(None)
         }
@@ -634,13 +675,17 @@ async fn cleanup(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
                 SecretState::Ours { key_id: Some(id), data_intact: true, .. } => Some(id),
                 _ => status.access_key_id.clone(),
             };
-            release_secret(&c).await?;
             // Every other key (replaced ones, leftovers of an interrupted creation) is revoked if
             // the issuer allows, without holding the deletion.
-            if let Err(e) = revoke_all(&c, &status, kept.as_deref()).await {
-                let note = format!("could not revoke the keys other than the retained one: {e}");
-                ctx.event(&*ak, EventType::Warning, "RevocationFailed", note).await;
+            match revoke_all(&c, &status, kept.as_deref()).await {
+                Err(e @ Error::IssuerBusy(_)) => return Err(e),
+                Err(e) => {
+                    let note = format!("could not revoke the keys other than the retained one: {e}");
+                    ctx.event(&*ak, EventType::Warning, "RevocationFailed", note).await;
+                }
+                Ok(_) => {}
             }
+            release_secret(&c).await?;
             let kept = kept.unwrap_or_else(|| "no key".into());
             ctx.event(&*ak, EventType::Normal, "Retained", format!("kept {kept} and Secret {}", ak.spec.secret_name))
                 .await;
@@ -657,6 +702,7 @@ async fn cleanup(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
                     }
                     Ok(Action::await_change())
                 }
+                Err(e @ Error::IssuerBusy(_)) => Err(e),
                 Err(e) => {
                     crate::metrics::global().revocation_failed(ak.spec.provider.name());
                     let message = format!(

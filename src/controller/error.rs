@@ -16,6 +16,12 @@ pub enum Error {
     Finalizer(String),
     #[error("{0}")]
     Startup(String),
+    /// Every slot of this issuer (`--issuer-concurrency`) is taken: not a failure, the AccessKey
+    /// waits its turn.
+    #[error("{0} is busy with other AccessKeys")]
+    IssuerBusy(String),
+    #[error("the reconcile took longer than {}s and was stopped; it will be retried", .0.as_secs())]
+    TimedOut(Duration),
 }
 
 impl Error {
@@ -31,6 +37,8 @@ impl Error {
             Self::Issuer(_) => "issuer",
             Self::Finalizer(_) => "finalizer",
             Self::Startup(_) => "startup",
+            Self::IssuerBusy(_) => "issuer_busy",
+            Self::TimedOut(_) => "timed_out",
         }
     }
 
@@ -46,6 +54,8 @@ impl Error {
             Self::Provider(e) if e.kind == ErrorKind::Permanent => exp(30, 600),
             Self::Provider(e) => exp(2, 300).max(e.retry_after.unwrap_or_default()),
             Self::Issuer(_) => exp(10, 300),
+            Self::IssuerBusy(_) => Duration::from_secs(1),
+            Self::TimedOut(_) => exp(30, 600),
             Self::Kube(_) | Self::Finalizer(_) | Self::Startup(_) => exp(1, 60),
         }
     }

@@ -13,7 +13,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::api::{validation, ClusterKeyIssuer, Issuer, IssuerKind, IssuerStatus, KeyIssuer};
-use crate::providers::{credentials_secret, ErrorKind};
+use crate::providers::bounded::Bounded;
+use crate::providers::{credentials_secret, ErrorKind, Provider};
 
 use super::conditions::{ready_condition, Reason};
 use super::context::{display_name, Context, FIELD_MANAGER};
@@ -89,7 +90,8 @@ impl IssuerObject for ClusterKeyIssuer {
 
 pub async fn reconcile<K: IssuerObject>(issuer: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
-    let result = reconcile_inner(issuer, ctx).await;
+    let _progress = ctx.health.reconcile_started();
+    let result = reconcile_inner(issuer, ctx.clone()).await;
     crate::metrics::global().reconciled(K::CONTROLLER, started.elapsed(), result.as_ref().err().map(Error::label));
     result
 }
@@ -222,7 +224,8 @@ async fn check<K: IssuerObject>(issuer: &K, ctx: &Context) -> Result<(Reason, St
             }
         }
     }
-    match provider.check_credentials().await {
+    let deadline = tokio::time::Instant::now() + ctx.limits.provider_timeout;
+    match Bounded::new(provider.clone(), deadline).check_credentials().await {
         Ok(()) => {
             ctx.record_check(&key, &loaded.fingerprint, true, RECHECK);
             Ok((Reason::Ready, format!("credentials accepted by {}", provider.name()), RECHECK))

@@ -1,6 +1,7 @@
 //! Cloud providers behind one trait. Each provider lives in a folder of its own and uses the
 //! shared HTTP layer (`http`); the controller never sees a provider's wire format.
 
+pub mod bounded;
 pub mod error;
 pub mod exoscale;
 pub mod http;

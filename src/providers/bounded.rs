@@ -1,0 +1,115 @@
+//! A provider whose calls share one deadline: however a provider misbehaves (accepts the
+//! connection and never answers, an operation that stays pending, endless pages), the caller
+//! gets its time back by then, as a retryable error.
+//!
+//! Dropping a call half-way is as safe as a crash at that point: every key creation is recorded
+//! before it is sent and found again by its marker.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::time::Instant;
+
+use crate::api::KeyProvider;
+
+use super::{IssuedKey, KeyRequest, OwnedKey, Provider, ProviderError, TemplateVars};
+
+pub struct Bounded {
+    inner: Arc<dyn Provider>,
+    deadline: Instant,
+}
+
+impl Bounded {
+    pub fn new(inner: Arc<dyn Provider>, deadline: Instant) -> Self {
+        Self { inner, deadline }
+    }
+
+    async fn within<T>(
+        &self,
+        operation: &str,
+        call: impl std::future::Future<Output = Result<T, ProviderError>>,
+    ) -> Result<T, ProviderError> {
+        match tokio::time::timeout_at(self.deadline, call).await {
+            Ok(result) => result,
+            Err(_) => Err(ProviderError::retryable(
+                operation,
+                "the provider did not answer within --provider-timeout; will retry",
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for Bounded {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn check_credentials(&self) -> Result<(), ProviderError> {
+        self.within("check-credentials", self.inner.check_credentials()).await
+    }
+
+    async fn create_key(&self, request: &KeyRequest<'_>) -> Result<IssuedKey, ProviderError> {
+        self.within("create-key", self.inner.create_key(request)).await
+    }
+
+    async fn find_keys(&self, owner_uid: &str, spec: &KeyProvider) -> Result<Vec<OwnedKey>, ProviderError> {
+        self.within("find-keys", self.inner.find_keys(owner_uid, spec)).await
+    }
+
+    async fn revoke_key(&self, key_ref: &str) -> Result<(), ProviderError> {
+        self.within("revoke-key", self.inner.revoke_key(key_ref)).await
+    }
+
+    fn check_spec(&self, spec: &KeyProvider) -> Result<(), String> {
+        self.inner.check_spec(spec)
+    }
+
+    fn lifetime(&self, spec: &KeyProvider) -> Option<std::time::Duration> {
+        self.inner.lifetime(spec)
+    }
+
+    fn template_vars(&self) -> TemplateVars {
+        self.inner.template_vars()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Hanging;
+
+    #[async_trait]
+    impl Provider for Hanging {
+        fn name(&self) -> &'static str {
+            "hanging"
+        }
+        async fn check_credentials(&self) -> Result<(), ProviderError> {
+            std::future::pending().await
+        }
+        async fn create_key(&self, _: &KeyRequest<'_>) -> Result<IssuedKey, ProviderError> {
+            std::future::pending().await
+        }
+        async fn find_keys(&self, _: &str, _: &KeyProvider) -> Result<Vec<OwnedKey>, ProviderError> {
+            Ok(Vec::new())
+        }
+        async fn revoke_key(&self, _: &str) -> Result<(), ProviderError> {
+            std::future::pending().await
+        }
+        fn template_vars(&self) -> TemplateVars {
+            TemplateVars::new()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_call_ends_by_the_shared_deadline() {
+        let bounded = Bounded::new(Arc::new(Hanging), Instant::now() + std::time::Duration::from_secs(60));
+        let e = bounded.revoke_key("k").await.expect_err("a hanging call ends");
+        assert_eq!(e.kind, super::super::ErrorKind::Retryable);
+        assert!(e.to_string().contains("--provider-timeout"));
+        // The deadline is shared: a later call has no time left.
+        assert!(bounded.check_credentials().await.is_err());
+        assert!(bounded.find_keys("uid", &KeyProvider::Local(Default::default())).await.is_ok());
+    }
+}
