@@ -257,21 +257,58 @@ async fn revocation_that_cannot_succeed_holds_the_finalizer_until_retain() {
     let env = setup("exo-revocation-failed").await;
     env.apply(access_key("k", role_id_mode(), json!({}))).await;
     let id = env.issued("k").await;
-    // The issuer goes away: nothing can revoke the key any more.
-    Api::<cloudkeys::api::KeyIssuer>::namespaced(env.client.clone(), &env.ns)
-        .delete("exoscale", &DeleteParams::default())
-        .await
-        .expect("issuer deleted");
+    // The issuer's admin key stops working: nothing can revoke the key any more.
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns);
+    let mut admin = secrets.get("exoscale-admin").await.expect("credentials");
+    admin.data = None;
+    admin.string_data = Some(
+        [("EXOSCALE_API_KEY", ADMIN_KEY), ("EXOSCALE_API_SECRET", "revokedrevokedrevokedrevokedrevokedrevoked0")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    secrets.replace("exoscale-admin", &Default::default(), &admin).await.expect("credentials replaced");
     keys::delete_access_key(&env.client, &env.ns, "k").await;
     let ak = keys::wait_reason(&env.client, &env.ns, "k", "RevocationFailed").await;
     let (_, _, message) = keys::ready_condition(&ak).expect("condition");
-    assert!(message.contains("not found") && message.contains("deletionPolicy: Retain"), "{message}");
+    assert!(message.contains("credentials") && message.contains("deletionPolicy: Retain"), "{message}");
     assert_eq!(env.live_ids(), vec![id.clone()], "the key must stay tracked while the finalizer holds");
 
     // The user chooses to keep the key: the AccessKey may go.
     env.apply(access_key("k", role_id_mode(), json!({"deletionPolicy": "Retain"}))).await;
     keys::wait_gone(&env.client, &env.ns, "k").await;
     assert_eq!(env.live_ids(), vec![id]);
+}
+
+#[tokio::test]
+async fn an_issuer_deleted_while_in_use_stays_until_its_keys_are_revoked() {
+    let env = setup("exo-issuer-in-use").await;
+    env.apply(access_key("k", role_id_mode(), json!({}))).await;
+    env.issued("k").await;
+    let issuers: Api<cloudkeys::api::KeyIssuer> = Api::namespaced(env.client.clone(), &env.ns);
+    issuers.delete("exoscale", &DeleteParams::default()).await.expect("deletion accepted");
+    let kept = support::eventually("the issuer to say why it stays", keys::WAIT, || {
+        let issuers = issuers.clone();
+        async move {
+            let i = issuers.get_opt("exoscale").await.ok()??;
+            let c = i.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")?.clone();
+            (c.reason == "InUse").then_some((i, c))
+        }
+    })
+    .await;
+    assert!(kept.0.metadata.deletion_timestamp.is_some());
+    assert_eq!(kept.1.status, "False");
+    assert!(kept.1.message.contains(&format!("{}/k", env.ns)), "{}", kept.1.message);
+
+    // The key can still be revoked with it; then it goes.
+    keys::delete_access_key(&env.client, &env.ns, "k").await;
+    keys::wait_gone(&env.client, &env.ns, "k").await;
+    assert!(env.live_ids().is_empty(), "the key was not revoked");
+    support::eventually("the issuer to be gone", keys::WAIT, || {
+        let issuers = issuers.clone();
+        async move { issuers.get_opt("exoscale").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
 }
 
 /// Crash point: the create request reached the provider, which made the key, but the answer

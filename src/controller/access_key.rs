@@ -705,8 +705,12 @@ async fn cleanup(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
                 Err(e @ Error::IssuerBusy(_)) => Err(e),
                 Err(e) => {
                     crate::metrics::global().revocation_failed(ak.spec.provider.name());
+                    let why = match &e {
+                        Error::Provider(pe) => provider_message(pe),
+                        other => other.to_string(),
+                    };
                     let message = format!(
-                        "cannot revoke the key: {e}; fix the issuer, or set deletionPolicy: Retain to delete the AccessKey and keep the key"
+                        "cannot revoke the key: {why}; fix the issuer, or set deletionPolicy: Retain to delete the AccessKey and keep the key"
                     );
                     c.set_condition(&mut status, Reason::RevocationFailed, message).await?;
                     Err(e)

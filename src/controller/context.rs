@@ -11,6 +11,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 use secrecy::SecretString;
+use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api::{AccessKey, ClusterKeyIssuer, IssuerKind, IssuerProvider, IssuerRef, IssuerStatus, KeyIssuer};
@@ -250,8 +251,17 @@ impl Registry {
         if let Some(secret_name) = providers::credentials_secret(&settings) {
             match Api::<Secret>::namespaced(client.clone(), secret_ns).get_opt(secret_name).await? {
                 Some(secret) => {
+                    // The data, not the resourceVersion: metadata changes (the in-use finalizer,
+                    // labels) must not rebuild the client or re-check the credentials.
+                    let mut digest = Sha256::new();
+                    for (k, v) in secret.data.iter().flatten() {
+                        digest.update((k.len() as u64).to_le_bytes());
+                        digest.update(k.as_bytes());
+                        digest.update((v.0.len() as u64).to_le_bytes());
+                        digest.update(&v.0);
+                    }
                     fingerprint.push('/');
-                    fingerprint.push_str(&secret.resource_version().unwrap_or_default());
+                    fingerprint.push_str(&hex::encode(&digest.finalize()[..12]));
                     for (k, v) in secret.data.unwrap_or_default() {
                         // Credentials go straight into SecretString; invalid UTF-8 is left out and
                         // reported as a missing key by the provider builder.

@@ -128,6 +128,21 @@ impl ExoscaleFake {
         self.shared.state().faults = faults;
     }
 
+    /// Draws the injected faults from `seed` from now on (a chaos test's seed).
+    pub fn reseed_faults(&self, seed: u64) {
+        self.shared.state().fault_rng = StdRng::seed_from_u64(seed);
+    }
+
+    /// Requests being handled (or held by the latency) now.
+    pub fn in_flight(&self) -> u32 {
+        self.shared.state().in_flight
+    }
+
+    /// The most requests that were ever handled at once.
+    pub fn max_in_flight(&self) -> u32 {
+        self.shared.state().max_in_flight
+    }
+
     /// When disabled, every `/v2/access-key*` request answers 400 [`LEGACY_DISABLED_MESSAGE`].
     pub fn set_legacy_enabled(&self, enabled: bool) {
         self.shared.state().legacy_enabled = enabled;
@@ -305,6 +320,9 @@ struct FakeState {
     operations: HashMap<String, Operation>,
     issued_secrets: Vec<String>,
     requests: Vec<RequestRecord>,
+    /// Requests being handled now, and the most there ever were at once.
+    in_flight: u32,
+    max_in_flight: u32,
     fault_rng: StdRng,
 }
 
@@ -335,6 +353,8 @@ impl Shared {
                 operations: HashMap::new(),
                 issued_secrets: Vec::new(),
                 requests: Vec::new(),
+                in_flight: 0,
+                max_in_flight: 0,
                 fault_rng: StdRng::seed_from_u64(0xE705_CA1E),
             }),
         }
@@ -554,6 +574,7 @@ async fn method_not_allowed() -> ApiError {
 /// Runs before every handler: records the request, sleeps the latency, checks the signature,
 /// then injects faults.
 async fn gate(State(s): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    let _in_flight = InFlight::enter(&s);
     let (parts, body) = request.into_parts();
     let method = parts.method.as_str().to_owned();
     let path = parts.uri.path().to_owned();
@@ -598,6 +619,26 @@ async fn gate(State(s): State<Arc<Shared>>, request: Request, next: Next) -> Res
     };
     s.state().requests[index].status = response.status().as_u16();
     response
+}
+
+/// Counts a request as being handled until it is answered or its connection is dropped.
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn enter(s: &Arc<Shared>) -> Self {
+        let mut st = s.state();
+        st.in_flight += 1;
+        st.max_in_flight = st.max_in_flight.max(st.in_flight);
+        drop(st);
+        Self(s.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut st = self.0.state();
+        st.in_flight = st.in_flight.saturating_sub(1);
+    }
 }
 
 fn injected_fault(s: &Shared) -> Option<Response> {

@@ -56,6 +56,19 @@ pub fn control_plane() -> &'static ControlPlane {
     })
 }
 
+/// Kills this test binary's kube-apiserver (SIGKILL) and, after `down`, starts it again with the
+/// same flags and data, as a crash or a control-plane upgrade would; returns once it is ready.
+pub fn restart_apiserver(down: Duration) {
+    let cp = control_plane();
+    let out = Command::new(script())
+        .arg("restart-apiserver")
+        .arg(&cp.dir)
+        .arg(down.as_secs().to_string())
+        .output()
+        .expect("cannot run scripts/control-plane.sh");
+    assert!(out.status.success(), "kube-apiserver did not come back:\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Path of the kubectl built together with the control plane.
 pub fn kubectl() -> PathBuf {
     let out = Command::new(script()).arg("bin-dir").output().expect("cannot run scripts/control-plane.sh");

@@ -1,0 +1,191 @@
+//! The operator against a control plane that misbehaves: kube-apiserver killed and started
+//! again while keys are issued, and a ClusterKeyIssuer's credentials deleted while in use.
+//!
+//! This binary restarts its own apiserver and creates cluster-scoped issuers that every operator
+//! of the binary would see, so its tests take turns.
+
+mod fakes;
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use cloudkeys::api::{AccessKey, ClusterKeyIssuer};
+use fakes::exoscale::{ExoscaleFake, Faults, PREEXISTING_ROLE_ID};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, ListParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use support::keys;
+use support::operator::Operator;
+
+const ADMIN_KEY: &str = "EXO0123456789abcdef01234567";
+const ADMIN_SECRET: &str = "adminsecretadminsecretadminsecretadminsecre";
+const IN_USE: &str = "cloudkeys.io/in-use";
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn setup(test: &str) -> (Client, String, ExoscaleFake) {
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    let ns = support::namespace(&client, test).await;
+    let fake = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
+    support::create_secret(
+        &client,
+        &ns,
+        "exoscale-admin",
+        json!({"EXOSCALE_API_KEY": ADMIN_KEY, "EXOSCALE_API_SECRET": ADMIN_SECRET}),
+    )
+    .await;
+    (client, ns, fake)
+}
+
+fn key_issuer(name: &str, fake: &ExoscaleFake) -> serde_json::Value {
+    json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "KeyIssuer", "metadata": {"name": name},
+        "spec": {"exoscale": {"endpoint": fake.endpoint(), "credentialsSecretRef": {"name": "exoscale-admin"}}}})
+}
+
+fn access_key(name: &str, issuer: &str, extra: serde_json::Value) -> serde_json::Value {
+    keys::manifest(name, issuer, "exoscale", json!({"roleId": PREEXISTING_ROLE_ID}), extra)
+}
+
+fn live(fake: &ExoscaleFake) -> BTreeSet<String> {
+    fake.live_api_keys().into_iter().map(|k| k.key).collect()
+}
+
+async fn get(url: &str) -> Option<u16> {
+    Some(reqwest::get(url).await.ok()?.status().as_u16())
+}
+
+/// Waits until every AccessKey of `ns` is Issued with its key in its Secret and nothing left to
+/// revoke, and the provider's live keys are exactly theirs; returns them by name.
+async fn converged(client: &Client, ns: &str, fake: &ExoscaleFake) -> Vec<(String, String)> {
+    let api: Api<AccessKey> = Api::namespaced(client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    support::eventually("every AccessKey to hold exactly one live key", keys::WAIT, || {
+        let (api, secrets) = (api.clone(), secrets.clone());
+        let live = live(fake);
+        async move {
+            let mut held = Vec::new();
+            for ak in api.list(&ListParams::default()).await.ok()?.items {
+                let status = ak.status.as_ref()?;
+                let id = status.access_key_id.clone()?;
+                let (_, reason, message) = keys::ready_condition(&ak)?;
+                let secret = secrets.get_opt(&ak.spec.secret_name).await.ok()??;
+                let ok = reason == "Issued"
+                    && message.contains(&id)
+                    && status.retired.is_empty()
+                    && status.pending.is_none()
+                    && keys::secret_value(&secret, "EXOSCALE_API_KEY") == id;
+                if !ok {
+                    return None;
+                }
+                held.push((ak.name_any(), id));
+            }
+            let ids: BTreeSet<String> = held.iter().map(|(_, id)| id.clone()).collect();
+            (ids.len() == held.len() && ids == live).then_some(held)
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn after_an_apiserver_restart_new_access_keys_deleted_secrets_and_issuer_changes_are_handled() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (client, ns, fake) = setup("apiserver-restart").await;
+    support::apply_json(&client, &ns, key_issuer("exo-a", &fake)).await;
+    support::apply_json(&client, &ns, key_issuer("exo-b", &fake)).await;
+    fake.set_faults(Faults { latency: Duration::from_millis(200), ..Faults::default() });
+    let op = Operator::start_with(&ns, &[("CLOUDKEYS_STALL_TIMEOUT", "5s")]);
+    let base = op.http_base();
+    for i in 0..6 {
+        support::apply_json(&client, &ns, access_key(&format!("before-{i}"), "exo-a", json!({}))).await;
+    }
+    keys::wait_issued(&client, &ns, "before-0").await;
+
+    // Killed while the others are being issued, and away long enough for every watch to fail
+    // and back off: /readyz and /healthz must say so meanwhile.
+    let restart = tokio::task::spawn_blocking(|| support::restart_apiserver(Duration::from_secs(12)));
+    support::eventually("/readyz to fail while the apiserver is away", keys::WAIT, || {
+        let url = format!("{base}/readyz");
+        async move { (get(&url).await? == 503).then_some(()) }
+    })
+    .await;
+    support::eventually("/healthz to fail once the watches stalled", keys::WAIT, || {
+        let url = format!("{base}/healthz");
+        async move { (get(&url).await? == 503).then_some(()) }
+    })
+    .await;
+    restart.await.expect("restart finished");
+
+    // New work after the restart: a new AccessKey, a deleted Secret, an issuer change.
+    support::apply_json(&client, &ns, access_key("after", "exo-a", json!({}))).await;
+    let replaced = keys::wait_issued(&client, &ns, "before-1").await.status.and_then(|s| s.access_key_id);
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .delete("before-1-credentials", &DeleteParams::default())
+        .await
+        .expect("Secret deleted");
+    support::apply_json(&client, &ns, access_key("before-2", "exo-b", json!({}))).await;
+
+    keys::wait_issued(&client, &ns, "after").await;
+    let held = converged(&client, &ns, &fake).await;
+    assert_eq!(held.len(), 7);
+    let now = |name: &str| held.iter().find(|(n, _)| n == name).map(|(_, id)| id.clone());
+    assert_ne!(now("before-1"), replaced, "the deleted Secret did not get a new key");
+    let moved = Api::<AccessKey>::namespaced(client.clone(), &ns).get("before-2").await.expect("AccessKey");
+    assert_eq!(moved.status.and_then(|s| s.issued_by).map(|i| i.name).as_deref(), Some("exo-b"));
+    support::eventually("/readyz and /healthz to recover", keys::WAIT, || {
+        let (ready, healthy) = (format!("{base}/readyz"), format!("{base}/healthz"));
+        async move { (get(&ready).await? == 200 && get(&healthy).await? == 200).then_some(()) }
+    })
+    .await;
+    support::leaks::assert_no_secret_leaks(&client, &ns, &op, &fake.issued_secrets()).await;
+}
+
+#[tokio::test]
+async fn a_cluster_issuers_credentials_deleted_while_in_use_stay_until_the_last_key_is_revoked() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (client, ns, fake) = setup("cluster-issuer-in-use").await;
+    let name = format!("shared-{ns}");
+    support::apply_json(
+        &client,
+        &ns,
+        json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "ClusterKeyIssuer", "metadata": {"name": name},
+            "spec": {"exoscale": {"endpoint": fake.endpoint(), "credentialsSecretRef": {"name": "exoscale-admin"}}}}),
+    )
+    .await;
+    let _op = Operator::start(&ns);
+    let extra = json!({"issuerRef": {"name": name, "kind": "ClusterKeyIssuer"}});
+    support::apply_json(&client, &ns, access_key("k", "unused", extra)).await;
+    let id = keys::wait_issued(&client, &ns, "k").await.status.and_then(|s| s.access_key_id).expect("key id");
+
+    // The credentials are deleted while the key still needs them: they stay, marked for deletion.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    secrets.delete("exoscale-admin", &DeleteParams::default()).await.expect("deletion accepted");
+    let kept = secrets.get("exoscale-admin").await.expect("credentials kept");
+    assert!(kept.metadata.deletion_timestamp.is_some());
+    assert!(kept.finalizers().contains(&IN_USE.to_string()));
+    let issuers: Api<ClusterKeyIssuer> = Api::all(client.clone());
+    assert!(issuers.get(&name).await.expect("issuer").finalizers().contains(&IN_USE.to_string()));
+    assert_eq!(live(&fake), BTreeSet::from([id]));
+
+    // Deleting the AccessKey revokes its key with them, then releases them.
+    keys::delete_access_key(&client, &ns, "k").await;
+    keys::wait_gone(&client, &ns, "k").await;
+    assert!(live(&fake).is_empty(), "the key was not revoked");
+    support::eventually("the credentials to be released and deleted", keys::WAIT, || {
+        let secrets = secrets.clone();
+        async move { secrets.get_opt("exoscale-admin").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    support::eventually("the issuer to be released", keys::WAIT, || {
+        let issuers = issuers.clone();
+        let name = name.clone();
+        async move {
+            let i = issuers.get(&name).await.ok()?;
+            (!i.finalizers().contains(&IN_USE.to_string())).then_some(())
+        }
+    })
+    .await;
+    issuers.delete(&name, &DeleteParams::default()).await.expect("issuer deleted");
+}
