@@ -52,4 +52,11 @@ $kubectl delete -n team-a accesskey/demo --wait=true --timeout=60s
 $kubectl get accesskey -n team-a demo 2>&1 | sed 's/^/  /' || true
 $kubectl get events -n team-a --field-selector involvedObject.name=demo -o custom-columns=REASON:.reason,MESSAGE:.message 2>/dev/null || true
 
+step "Deleting the whole namespace: its keys are revoked before the issuer may go"
+$kubectl apply -n team-a -f examples/local/accesskey.yaml
+$kubectl wait -n team-a --for condition=Ready --timeout=60s accesskey/demo
+$kubectl get keyissuer -n team-a local -o jsonpath='KeyIssuer finalizers while in use: {.metadata.finalizers}{"\n"}'
+$kubectl delete namespace team-a --timeout=90s
+sed 's/\x1b\[[0-9;]*m//g' "$state/operator.log" | grep -E 'Revoking|in-use finalizer updated' | sed 's/.*}: /  /' | tail -n 4 || true
+
 step "Done; the operator and the control plane are stopped and their state removed."

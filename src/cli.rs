@@ -41,8 +41,8 @@ pub struct RunArgs {
     /// together); past it the reconcile gives up and retries with backoff.
     #[arg(long, env = "CLOUDKEYS_PROVIDER_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub provider_timeout: std::time::Duration,
-    /// /healthz fails when a watch has been failing, or reconciles have been under way without
-    /// one finishing, for this long.
+    /// /healthz fails when a watch has been failing while others work, or reconciles have been
+    /// under way without one finishing, for this long.
     #[arg(long, env = "CLOUDKEYS_STALL_TIMEOUT", default_value = "3m", value_parser = humantime::parse_duration)]
     pub stall_timeout: std::time::Duration,
     /// Log format.

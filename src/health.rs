@@ -2,9 +2,10 @@
 //!
 //! - Ready: this replica is a standby waiting for the lease, or it leads with every cache synced
 //!   and no watch failing.
-//! - Healthy (alive): no watch has been failing for longer than the stall window, and when
-//!   reconciles are under way, one has finished within that window. Either would mean the process
-//!   is wedged — a restart by the kubelet is the cure.
+//! - Healthy (alive): no watch has been failing for longer than the stall window while others
+//!   work (all failing is the apiserver away: restarting would not help, and crash-looping
+//!   would delay recovery once it is back), and when reconciles are under way, one has finished
+//!   within the window. Either would mean the process is wedged — a restart is the cure.
 //!
 //! A watch counts as failing from its first error until it delivers anything again, or until
 //! no new error has come for [`ERRORS_RECUR_WITHIN`]: a failing watch retries at least that
@@ -36,6 +37,8 @@ pub struct Health {
     /// This replica waits for the lease: ready to take over.
     pub standby: AtomicBool,
     stall_after: Duration,
+    /// At least the longest a reconcile may legitimately take.
+    reconcile_stall_after: Duration,
     watches: Mutex<HashMap<&'static str, WatchState>>,
     in_flight: AtomicUsize,
     last_finished: Mutex<Instant>,
@@ -43,7 +46,7 @@ pub struct Health {
 
 impl Default for Health {
     fn default() -> Self {
-        Self::new(DEFAULT_STALL)
+        Self::new(DEFAULT_STALL, DEFAULT_STALL)
     }
 }
 
@@ -52,11 +55,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Health {
-    pub fn new(stall_after: Duration) -> Self {
+    /// Watches stall after `stall_after` failing; reconciles after `reconcile_stall_after` (at
+    /// least `stall_after`) under way with none finishing.
+    pub fn new(stall_after: Duration, reconcile_stall_after: Duration) -> Self {
         Self {
             synced: AtomicBool::new(false),
             standby: AtomicBool::new(false),
             stall_after,
+            reconcile_stall_after: reconcile_stall_after.max(stall_after),
             watches: Mutex::new(HashMap::new()),
             in_flight: AtomicUsize::new(0),
             last_finished: Mutex::new(Instant::now()),
@@ -95,7 +101,11 @@ impl Health {
 
     /// A reconcile starts; the guard marks it finished when dropped (also on cancellation).
     pub fn reconcile_started(&self) -> ReconcileGuard<'_> {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let mut last_finished = lock(&self.last_finished);
+        // After a quiet spell the clock starts now, not at the last reconcile of long ago.
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
+            *last_finished = Instant::now();
+        }
         ReconcileGuard(self)
     }
 
@@ -124,12 +134,14 @@ impl Health {
     }
 
     fn stalled_at(&self, now: Instant) -> Option<String> {
-        if let Some((name, for_)) = self.failing_at(now).into_iter().find(|(_, d)| *d >= self.stall_after) {
-            return Some(format!("watch {name} has been failing for {}s", for_.as_secs()));
+        let failing = self.failing_at(now);
+        let some_work = lock(&self.watches).len() > failing.len();
+        if let Some((name, for_)) = failing.into_iter().find(|(_, d)| *d >= self.stall_after).filter(|_| some_work) {
+            return Some(format!("watch {name} has been failing for {}s while others work", for_.as_secs()));
         }
         let busy = self.in_flight.load(Ordering::Relaxed);
         let idle_for = now.duration_since(*lock(&self.last_finished));
-        (busy > 0 && idle_for >= self.stall_after)
+        (busy > 0 && idle_for >= self.reconcile_stall_after)
             .then(|| format!("{busy} reconcile(s) under way and none finished for {}s", idle_for.as_secs()))
     }
 }
@@ -138,7 +150,8 @@ pub struct ReconcileGuard<'a>(&'a Health);
 
 impl Drop for ReconcileGuard<'_> {
     fn drop(&mut self) {
-        *lock(&self.0.last_finished) = Instant::now();
+        let mut last_finished = lock(&self.0.last_finished);
+        *last_finished = Instant::now();
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -148,14 +161,14 @@ mod tests {
     use super::*;
 
     fn leading() -> Health {
-        let h = Health::new(Duration::from_secs(180));
+        let h = Health::new(Duration::from_secs(180), Duration::from_secs(180));
         h.synced.store(true, Ordering::Relaxed);
         h
     }
 
     #[test]
     fn a_standby_is_ready_and_a_leader_only_once_synced() {
-        let h = Health::new(DEFAULT_STALL);
+        let h = Health::default();
         assert!(h.not_ready().is_some());
         h.standby.store(true, Ordering::Relaxed);
         assert!(h.not_ready().is_none());
@@ -182,14 +195,35 @@ mod tests {
     }
 
     #[test]
-    fn a_watch_failing_past_the_stall_window_fails_liveness() {
+    fn a_watch_failing_past_the_stall_window_while_others_work_fails_liveness() {
         let h = leading();
         let t0 = Instant::now();
+        h.watch_item_at("secrets", true, t0);
         for s in (0..=200).step_by(20) {
             h.watch_item_at("accesskeys", false, t0 + Duration::from_secs(s));
         }
         assert!(h.stalled_at(t0 + Duration::from_secs(170)).is_none());
         assert!(h.stalled_at(t0 + Duration::from_secs(200)).is_some_and(|m| m.contains("accesskeys")));
+    }
+
+    #[test]
+    fn every_watch_failing_is_the_apiserver_away_and_no_reason_to_restart() {
+        let h = leading();
+        let t0 = Instant::now();
+        for s in (0..=600).step_by(20) {
+            h.watch_item_at("accesskeys", false, t0 + Duration::from_secs(s));
+            h.watch_item_at("secrets", false, t0 + Duration::from_secs(s));
+        }
+        assert!(h.stalled_at(t0 + Duration::from_secs(600)).is_none());
+        assert!(h.not_ready_at(t0 + Duration::from_secs(600)).is_some());
+    }
+
+    #[test]
+    fn the_first_reconcile_after_a_quiet_spell_is_not_a_stall() {
+        let h = leading();
+        *lock(&h.last_finished) = Instant::now() - Duration::from_secs(3600);
+        let _guard = h.reconcile_started();
+        assert!(h.stalled().is_none());
     }
 
     #[test]

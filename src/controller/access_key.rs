@@ -36,12 +36,16 @@ pub const FINALIZER: &str = "cloudkeys.io/revoke";
 /// Upper bound on act-observe rounds in one reconcile; the loop normally ends in 2–4.
 const MAX_STEPS: usize = 12;
 /// What one reconcile may spend on the apiserver, on top of `--provider-timeout`.
-const KUBE_TIME_BUDGET: Duration = Duration::from_secs(120);
+pub const KUBE_TIME_BUDGET: Duration = Duration::from_secs(120);
+/// First retry of an AccessKey whose issuer had no free slot, doubling up to the maximum.
+const BUSY_RETRY: Duration = Duration::from_secs(1);
+const BUSY_RETRY_MAX: Duration = Duration::from_secs(30);
 /// Periodic re-check of a Ready AccessKey (its Secret is also watched).
 const RESYNC: Duration = Duration::from_secs(3600);
 
 pub async fn reconcile(ak: Arc<AccessKey>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
+    let key = display_name(&*ak);
     let _progress = ctx.health.reconcile_started();
     // Provider calls end by --provider-timeout; this bounds the rest (an apiserver that accepts
     // requests and never answers), so that no reconcile holds a worker for ever.
@@ -54,9 +58,13 @@ pub async fn reconcile(ak: Arc<AccessKey>, ctx: Arc<Context>) -> Result<Action, 
     match result {
         // Not a failure: the issuer's slots are all taken by other AccessKeys; come back soon.
         Err(Error::IssuerBusy(issuer)) => {
-            tracing::debug!(%issuer, "issuer busy; requeued");
-            let jitter = rand::Rng::random_range(&mut rand::rng(), 500..1500);
-            Ok(Action::requeue(Duration::from_millis(jitter)))
+            // Waiting longer each time while the issuer stays busy (a hanging provider), so the
+            // queue is not flooded with retries; the next success resets it.
+            let turns = ctx.record_failure(&key);
+            let wait = BUSY_RETRY.saturating_mul(1 << turns.min(5)).min(BUSY_RETRY_MAX);
+            let jitter = rand::Rng::random_range(&mut rand::rng(), 0.75..1.25);
+            tracing::debug!(%issuer, wait_ms = wait.as_millis() as u64, "issuer busy; requeued");
+            Ok(Action::requeue(wait.mul_f64(jitter)))
         }
         other => other,
     }
@@ -424,12 +432,22 @@ async fn act(
         Step::RevokeRetired => {
             *retired_tried = true;
             let mut kept = Vec::new();
+            let mut busy = None;
             for r in std::mem::take(&mut status.retired) {
+                if busy.is_some() {
+                    kept.push(r);
+                    continue;
+                }
                 let revoked = match c.provider_of(&r.issuer).await {
                     Ok(p) => p.revoke_key(&r.key_ref).await.map_err(Error::from),
                     Err(e) => Err(e),
                 };
                 match revoked {
+                    // Its turn comes: not a failure worth a Warning.
+                    Err(e @ Error::IssuerBusy(_)) => {
+                        busy = Some(e);
+                        kept.push(r);
+                    }
                     Ok(()) => {
                         c.ctx
                             .event(
@@ -450,7 +468,10 @@ async fn act(
             }
             status.retired = kept;
             c.write_status(status).await?;
-            Ok(None)
+            match busy {
+                Some(e) => Err(e),
+                None => Ok(None),
+            }
         }
         Step::Issue { reason } => {
             let issuer = issuer.ok_or_else(|| Error::Issuer("issuer vanished".into()))?;

@@ -159,15 +159,20 @@ pub struct LoadedIssuer {
     pub generation: Option<i64>,
     /// Changes when the issuer's spec or its credentials Secret change.
     pub fingerprint: String,
+    /// Being deleted: it still revokes, but mints nothing.
+    pub deleting: bool,
     pub provider: Result<Arc<dyn Provider>, String>,
 }
 
 impl LoadedIssuer {
     pub fn is_ready(&self) -> bool {
-        conditions::is_ready(&self.status.conditions, self.generation)
+        !self.deleting && conditions::is_ready(&self.status.conditions, self.generation)
     }
 
     pub fn not_ready_message(&self) -> String {
+        if self.deleting {
+            return format!("{} is being deleted", self.display);
+        }
         match conditions::ready_message(&self.status.conditions) {
             Some(m) if !m.is_empty() => format!("{} is not ready: {m}", self.display),
             _ => format!("{} has not been checked yet", self.display),
@@ -277,7 +282,8 @@ impl Registry {
             Some(m) => Err(m),
             None => self.provider(&cache_key, &fingerprint, &settings, &credentials),
         };
-        Ok(LoadedIssuer { display, settings, status, generation: meta.generation, fingerprint, provider })
+        let deleting = meta.deletion_timestamp.is_some();
+        Ok(LoadedIssuer { display, settings, status, generation: meta.generation, fingerprint, deleting, provider })
     }
 
     fn provider(

@@ -102,14 +102,16 @@ pub fn key_age(status: &AccessKeyStatus, now: jiff::Timestamp) -> Option<Duratio
 }
 
 /// `status.forcedReplacements` once the current key is replaced for `reason` at `now`: counted
-/// up while the Secret keeps being overwritten, back to one once the key had stayed put for
-/// twice its wait, and zero for any replacement the Secret did not force.
+/// up while the Secret keeps being overwritten, back to one once the key had stayed put for an
+/// hour (or twice its wait, if longer), and zero for any replacement the Secret did not force.
 pub fn forced_replacements_after(reason: IssueReason, status: &AccessKeyStatus, now: jiff::Timestamp) -> u32 {
     if !matches!(reason, IssueReason::SecretDeleted | IssueReason::SecretModified) {
         return 0;
     }
     let forced = status.forced_replacements.unwrap_or(0);
-    let settled = key_age(status, now).is_some_and(|age| age >= forced_replacement_wait(forced) * 2);
+    // An hour at least: a sync tool rewriting the Secret every few minutes is a fight too.
+    let quiet = (forced_replacement_wait(forced) * 2).max(FORCED_REPLACEMENT_MAX_WAIT);
+    let settled = key_age(status, now).is_some_and(|age| age >= quiet);
     if settled {
         1
     } else {
@@ -400,10 +402,35 @@ mod tests {
         status.forced_replacements = Some(1); // waited 20 s; replaced right after
         assert_eq!(forced_replacements_after(IssueReason::SecretModified, &status, now), 2);
         let mut status = issued_ago("K1", now, 41);
-        status.forced_replacements = Some(1); // untouched for twice its 20 s wait
+        status.forced_replacements = Some(1); // untouched for twice its 20 s wait: not yet put
+        assert_eq!(forced_replacements_after(IssueReason::SecretDeleted, &status, now), 2);
+        let mut status = issued_ago("K1", now, 3600);
+        status.forced_replacements = Some(5); // untouched for an hour
         assert_eq!(forced_replacements_after(IssueReason::SecretDeleted, &status, now), 1);
+        let mut status = issued_ago("K1", now, 7199);
+        status.forced_replacements = Some(12); // at the 1 h cap the quiet spell is 2 h
+        assert_eq!(forced_replacements_after(IssueReason::SecretDeleted, &status, now), 13);
         assert_eq!(forced_replacements_after(IssueReason::SpecChanged, &status, now), 0);
         assert_eq!(forced_replacements_after(IssueReason::SecretDeleted, &issued("K1"), now), 1);
+    }
+
+    #[test]
+    fn a_sync_tool_rewriting_the_secret_every_few_minutes_is_backed_off_too() {
+        // Every 3 minutes, for a day: the waits grow to an hour instead of starting over.
+        let start: jiff::Timestamp = "2026-11-23T12:00:00Z".parse().expect("time");
+        let mut status = issued_ago("K", start, 0);
+        let (mut keys, mut now) = (0, start);
+        while now < start + jiff::SignedDuration::from_hours(24) {
+            now += jiff::SignedDuration::from_secs(180);
+            let mut s = Scenario::new(status.clone(), SecretState::Absent);
+            s.now = now;
+            if let Step::Issue { reason } = s.decide() {
+                status.forced_replacements = Some(forced_replacements_after(reason, &status, now));
+                status.issued_at = Some(Time(now));
+                keys += 1;
+            }
+        }
+        assert!(keys <= 32, "{keys} keys in a day");
     }
 
     #[test]

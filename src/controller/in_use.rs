@@ -2,9 +2,19 @@
 //! finalizer `cloudkeys.io/in-use` while any AccessKey still needs them to revoke a key, so that
 //! deleting a namespace (or an issuer by mistake) can never strand live keys at the provider.
 //!
-//! Who uses an issuer is decided from the AccessKey cache alone ([`users`]); the patches that
-//! add and remove the finalizer are conditional on the observed resourceVersion, so a stale
-//! cache costs a retry, never a finalizer dropped from an issuer someone just started to use.
+//! - Who uses an issuer is decided from the AccessKey cache alone ([`users`]): every AccessKey
+//!   whose spec names it, or which holds a key it minted.
+//! - An issuer, once held, is released only while it is being deleted and nobody uses it; an
+//!   issuer being deleted mints no new keys. So no AccessKey can start needing an issuer that
+//!   is about to be released. Its credentials Secret is let go whenever nobody uses the issuer
+//!   (a Secret deleted then goes at once), and held again before the next key is minted.
+//! - A Secret may hold the credentials of several issuers: its annotation
+//!   `cloudkeys.io/held-by` lists them, changed only by read-modify-write conditional on its
+//!   resourceVersion, and the finalizer goes with the last of them. The issuer's annotation
+//!   `cloudkeys.io/held-secret` records the Secret it holds, so the hold is released even
+//!   after `spec` names another Secret.
+
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -14,13 +24,15 @@ use kube::{Client, ResourceExt};
 
 use crate::api::{AccessKey, ClusterKeyIssuer, IssuerKind, IssuerRef, KeyIssuer};
 
-use super::context::{Caches, Context};
+use super::context::Context;
 use super::error::Error;
 
 pub const FINALIZER: &str = "cloudkeys.io/in-use";
 /// On an issuer: the credentials Secret it holds with [`FINALIZER`], so that the hold is
 /// released even after `spec` names another Secret.
 pub const HELD_SECRET_ANNOTATION: &str = "cloudkeys.io/held-secret";
+/// On a credentials Secret: the issuers holding it with [`FINALIZER`], comma-separated.
+pub const HELD_BY_ANNOTATION: &str = "cloudkeys.io/held-by";
 
 /// An issuer as named from anywhere: its kind, name and (KeyIssuer) namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -36,6 +48,16 @@ impl IssuerId {
     pub fn from_ref(r: &IssuerRef, namespace: &str) -> Self {
         let namespace = (r.kind == IssuerKind::KeyIssuer).then(|| namespace.to_string());
         Self { kind: r.kind, name: r.name.clone(), namespace }
+    }
+}
+
+impl IssuerId {
+    /// How the issuer is named in a Secret's `held-by` annotation.
+    fn holder_key(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("KeyIssuer/{ns}/{}", self.name),
+            None => format!("ClusterKeyIssuer/{}", self.name),
+        }
     }
 }
 
@@ -108,8 +130,8 @@ fn finalizers_with(meta: &ObjectMeta, held: bool) -> Vec<String> {
 
 /// Sets the issuer's finalizer and held-Secret annotation to `want`, if `meta` (as cached)
 /// differs. The merge patch carries the observed resourceVersion, so a concurrent change is
-/// never overwritten: on a conflict the issuer is read again and the patch retried, once.
-pub async fn set_issuer_hold(client: &Client, id: &IssuerId, meta: &ObjectMeta, want: &Hold) -> Result<(), Error> {
+/// never overwritten: on a conflict a hold is retried once on the issuer read again.
+async fn set_issuer_hold(client: &Client, id: &IssuerId, meta: &ObjectMeta, want: &Hold) -> Result<(), Error> {
     let mut meta = meta.clone();
     for attempt in 0..2 {
         if Hold::of(&meta) == *want {
@@ -136,7 +158,8 @@ pub async fn set_issuer_hold(client: &Client, id: &IssuerId, meta: &ObjectMeta, 
                 tracing::info!(issuer = %id, held = want.held, secret = want.secret.as_deref().unwrap_or(""), "in-use finalizer updated");
                 return Ok(());
             }
-            Err(kube::Error::Api(e)) if e.code == 409 && attempt == 0 => {
+            // Holding again is always right; a release is decided afresh by the next reconcile.
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt == 0 && want.held => {
                 meta = match &id.namespace {
                     Some(ns) => Api::<KeyIssuer>::namespaced(client.clone(), ns).get_metadata(&id.name).await?.metadata,
                     None => Api::<ClusterKeyIssuer>::all(client.clone()).get_metadata(&id.name).await?.metadata,
@@ -148,73 +171,160 @@ pub async fn set_issuer_hold(client: &Client, id: &IssuerId, meta: &ObjectMeta, 
     Ok(())
 }
 
-/// Whether an issuer other than `except` holds the Secret `namespace/name` (by its annotation,
-/// which records holds actually made).
-pub fn secret_held_by_others(
-    caches: &Caches,
-    cluster_resource_namespace: &str,
-    namespace: &str,
-    name: &str,
-    except: &IssuerId,
-) -> bool {
-    let holds_it = |meta: &ObjectMeta| holds(meta) && Hold::of(meta).secret.as_deref() == Some(name);
-    let key_issuers = caches.key_issuers.state().into_iter().any(|i| {
-        i.namespace().as_deref() == Some(namespace)
-            && (except.kind != IssuerKind::KeyIssuer
-                || i.name_any() != except.name
-                || except.namespace.as_deref() != Some(namespace))
-            && holds_it(&i.metadata)
-    });
-    let cluster_issuers = namespace == cluster_resource_namespace
-        && caches.cluster_issuers.state().into_iter().any(|i| {
-            (except.kind != IssuerKind::ClusterKeyIssuer || i.name_any() != except.name) && holds_it(&i.metadata)
-        });
-    key_issuers || cluster_issuers
+/// Holds the issuer `id` (as `meta` shows it) and the Secret it reads from `secret_ns` today:
+/// a Secret it held before `spec` named another is let go first.
+pub async fn hold(
+    ctx: &Context,
+    id: &IssuerId,
+    meta: &ObjectMeta,
+    secret_ns: &str,
+    secret: Option<&str>,
+) -> Result<(), Error> {
+    let have = Hold::of(meta);
+    if let Some(old) = have.secret.as_deref().filter(|old| Some(*old) != secret) {
+        set_secret_holder(&ctx.client, secret_ns, old, id, false).await?;
+    }
+    set_issuer_hold(&ctx.client, id, meta, &Hold { held: true, secret: secret.map(String::from) }).await?;
+    if let Some(secret) = secret {
+        set_secret_holder(&ctx.client, secret_ns, secret, id, true).await?;
+    }
+    Ok(())
+}
+
+/// Lets go of the Secret the issuer `id` holds, and of the issuer itself too when `issuer` is
+/// set (only while it is being deleted); called only when nothing uses it.
+pub async fn release(
+    ctx: &Context,
+    id: &IssuerId,
+    meta: &ObjectMeta,
+    secret_ns: &str,
+    issuer: bool,
+) -> Result<(), Error> {
+    if let Some(old) = Hold::of(meta).secret {
+        set_secret_holder(&ctx.client, secret_ns, &old, id, false).await?;
+    }
+    set_issuer_hold(&ctx.client, id, meta, &Hold { held: holds(meta) && !issuer, secret: None }).await
 }
 
 /// Before a key is created through `r`: the issuer and its credentials Secret carry the in-use
-/// finalizer, so that nothing can delete what revoking the key will need. Costs nothing once
-/// the cached issuer shows the hold.
+/// finalizer, so that nothing can delete what revoking the key will need; an issuer being
+/// deleted mints nothing. Costs nothing once the cached issuer shows the hold.
 pub async fn hold_before_issuing(ctx: &Context, r: &IssuerRef, namespace: &str) -> Result<(), Error> {
     let id = IssuerId::from_ref(r, namespace);
+    // The cache, or the apiserver for an issuer the cache has not seen yet (just after start-up).
+    let not_found = || Error::Issuer(format!("{id} not found"));
     let (meta, settings, secret_ns) = match &id.namespace {
-        Some(ns) => match ctx.caches.key_issuers.get(&ObjectRef::new(&id.name).within(ns)) {
-            Some(i) => (i.metadata.clone(), i.spec.provider.clone(), ns.clone()),
-            None => return Err(Error::Issuer(format!("{id} not found"))),
-        },
-        None => match ctx.caches.cluster_issuers.get(&ObjectRef::new(&id.name)) {
-            Some(i) => (i.metadata.clone(), i.spec.provider.clone(), ctx.cluster_resource_namespace.clone()),
-            None => return Err(Error::Issuer(format!("{id} not found"))),
-        },
+        Some(ns) => {
+            let cached = ctx.caches.key_issuers.get(&ObjectRef::new(&id.name).within(ns));
+            let issuer = match cached {
+                Some(i) => i,
+                None => Arc::new(
+                    Api::<KeyIssuer>::namespaced(ctx.client.clone(), ns)
+                        .get_opt(&id.name)
+                        .await?
+                        .ok_or_else(not_found)?,
+                ),
+            };
+            (issuer.metadata.clone(), issuer.spec.provider.clone(), ns.clone())
+        }
+        None => {
+            let cached = ctx.caches.cluster_issuers.get(&ObjectRef::new(&id.name));
+            let issuer = match cached {
+                Some(i) => i,
+                None => Arc::new(
+                    Api::<ClusterKeyIssuer>::all(ctx.client.clone()).get_opt(&id.name).await?.ok_or_else(not_found)?,
+                ),
+            };
+            (issuer.metadata.clone(), issuer.spec.provider.clone(), ctx.cluster_resource_namespace.clone())
+        }
     };
-    let want = Hold { held: true, secret: crate::providers::credentials_secret(&settings).map(String::from) };
-    if Hold::of(&meta) == want {
+    if meta.deletion_timestamp.is_some() {
+        return Err(Error::Issuer(format!("{id} is being deleted")));
+    }
+    let secret = crate::providers::credentials_secret(&settings);
+    if Hold::of(&meta) == (Hold { held: true, secret: secret.map(String::from) }) {
         return Ok(());
     }
-    set_issuer_hold(&ctx.client, &id, &meta, &want).await?;
-    if let Some(secret) = &want.secret {
-        set_secret_hold(&ctx.client, &secret_ns, secret, true).await?;
-    }
-    Ok(())
+    hold(ctx, &id, &meta, &secret_ns, secret).await
 }
 
-/// Adds or removes the in-use finalizer on the Secret `namespace/name`; a Secret that is gone
-/// needs nothing.
-pub async fn set_secret_hold(client: &Client, namespace: &str, name: &str, held: bool) -> Result<(), Error> {
+/// Whether the issuer named `key` (as in `held-by`) still exists; an unreadable name does not.
+async fn holder_exists(client: &Client, key: &str) -> Result<bool, Error> {
+    let parts: Vec<&str> = key.split('/').collect();
+    Ok(match parts.as_slice() {
+        ["KeyIssuer", ns, name] => {
+            Api::<KeyIssuer>::namespaced(client.clone(), ns).get_metadata_opt(name).await?.is_some()
+        }
+        ["ClusterKeyIssuer", name] => {
+            Api::<ClusterKeyIssuer>::all(client.clone()).get_metadata_opt(name).await?.is_some()
+        }
+        _ => false,
+    })
+}
+
+/// The issuers named in a Secret's `held-by` annotation.
+fn holders(meta: &ObjectMeta) -> Vec<String> {
+    let listed = meta.annotations.as_ref().and_then(|a| a.get(HELD_BY_ANNOTATION));
+    listed.map(|l| l.split(',').filter(|h| !h.is_empty()).map(String::from).collect()).unwrap_or_default()
+}
+
+/// Adds `holder` to, or removes it from, the issuers holding the Secret `namespace/name`; the
+/// finalizer is there exactly while someone holds it. A Secret that is gone needs nothing.
+/// Read-modify-write, conditional on the resourceVersion read and retried on a conflict, so
+/// issuers letting go of a shared Secret at the same moment cannot both leave it held.
+pub async fn set_secret_holder(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    holder: &IssuerId,
+    held: bool,
+) -> Result<(), Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let Some(secret) = api.get_metadata_opt(name).await? else {
-        return Ok(());
-    };
-    if holds(&secret.metadata) == held {
-        return Ok(());
+    let me = holder.holder_key();
+    for _ in 0..5 {
+        let Some(secret) = api.get_metadata_opt(name).await? else {
+            return Ok(());
+        };
+        let mut list = holders(&secret.metadata);
+        list.retain(|h| *h != me);
+        if held {
+            list.push(me.clone());
+        } else {
+            // An issuer deleted without letting go (its finalizer removed by hand) holds nothing.
+            let mut alive = Vec::new();
+            for h in list {
+                if holder_exists(client, &h).await? {
+                    alive.push(h);
+                }
+            }
+            list = alive;
+        }
+        list.sort();
+        let want_finalizer = !list.is_empty();
+        if list == {
+            let mut now = holders(&secret.metadata);
+            now.sort();
+            now
+        } && holds(&secret.metadata) == want_finalizer
+        {
+            return Ok(());
+        }
+        let annotation = (!list.is_empty()).then(|| list.join(","));
+        let patch = serde_json::json!({"metadata": {
+            "resourceVersion": secret.metadata.resource_version,
+            "finalizers": finalizers_with(&secret.metadata, want_finalizer),
+            "annotations": {HELD_BY_ANNOTATION: annotation},
+        }});
+        match api.patch_metadata(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => {
+                tracing::info!(secret = %format!("{namespace}/{name}"), holder = %me, held, "in-use finalizer updated");
+                return Ok(());
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
-    let patch = serde_json::json!({"metadata": {
-        "resourceVersion": secret.metadata.resource_version,
-        "finalizers": finalizers_with(&secret.metadata, held),
-    }});
-    api.patch_metadata(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    tracing::info!(secret = %format!("{namespace}/{name}"), held, "in-use finalizer updated");
-    Ok(())
+    Err(Error::Issuer(format!("Secret {namespace}/{name} kept changing while its in-use finalizer was updated")))
 }
 
 #[cfg(test)]

@@ -118,25 +118,20 @@ async fn reconcile_inner<K: IssuerObject>(issuer: Arc<K>, ctx: Arc<Context>) -> 
     Ok(Action::requeue(requeue))
 }
 
-/// While AccessKeys use the issuer, it and its credentials Secret carry the in-use finalizer;
-/// once none does, both are released (the Secret only if no other issuer holds it). A Secret
-/// held before `spec` named another one is released first, so no hold is ever forgotten.
+/// While AccessKeys use the issuer, it and its credentials Secret carry the in-use finalizer.
+/// Unused, it lets go of the Secret, and of itself only while being deleted (see `in_use`).
 async fn hold_while_used<K: IssuerObject>(issuer: &K, ctx: &Context, users: &[String]) -> Result<(), Error> {
     let id = issuer.id();
     let secret_ns = issuer.secret_namespace(ctx);
+    let deleting = issuer.meta().deletion_timestamp.is_some();
     let have = Hold::of(issuer.meta());
-    let want = match users.is_empty() {
-        true => Hold { held: false, secret: None },
-        false => Hold { held: true, secret: credentials_secret(issuer.provider()).map(String::from) },
-    };
-    if let Some(old) = have.secret.as_deref().filter(|old| Some(*old) != want.secret.as_deref()) {
-        if !in_use::secret_held_by_others(&ctx.caches, &ctx.cluster_resource_namespace, &secret_ns, old, &id) {
-            in_use::set_secret_hold(&ctx.client, &secret_ns, old, false).await?;
+    if users.is_empty() {
+        if have.secret.is_some() || (deleting && have.held) {
+            in_use::release(ctx, &id, issuer.meta(), &secret_ns, deleting).await?;
         }
-    }
-    in_use::set_issuer_hold(&ctx.client, &id, issuer.meta(), &want).await?;
-    if let Some(secret) = &want.secret {
-        in_use::set_secret_hold(&ctx.client, &secret_ns, secret, true).await?;
+    } else if have.held || !deleting {
+        // (No new finalizer on an object being deleted: the apiserver refuses it.)
+        in_use::hold(ctx, &id, issuer.meta(), &secret_ns, credentials_secret(issuer.provider())).await?;
     }
     Ok(())
 }

@@ -69,7 +69,9 @@ pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
     let caches = Caches { access_keys: reader.clone(), key_issuers, cluster_issuers };
     let writers =
         Writers { access_keys: writer, key_issuers: key_issuer_writer, cluster_issuers: cluster_issuer_writer };
-    let health = Arc::new(Health::new(args.stall_timeout));
+    // A reconcile may take --provider-timeout plus its apiserver budget before it is stopped.
+    let longest_reconcile = args.provider_timeout + access_key::KUBE_TIME_BUDGET;
+    let health = Arc::new(Health::new(args.stall_timeout, longest_reconcile));
     let limits = Limits { issuer_concurrency: args.issuer_concurrency(), provider_timeout: args.provider_timeout };
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -200,8 +202,9 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
     // AccessKeys: their own changes, their Secrets, and their issuers.
     let reader = ctx.caches.access_keys.clone();
     let stream = watched(api_for::<AccessKey>(&client, ns), Config::default(), "accesskeys", &health)
-        .inspect_ok(on_access_key_event)
+        // After the cache has the event: the issuer reconcile it triggers must see the AccessKey gone.
         .reflect(writers.access_keys)
+        .inspect_ok(on_access_key_event)
         .applied_objects()
         .predicate_filter(spec_or_lifecycle, Default::default());
     let managed = Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
