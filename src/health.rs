@@ -32,7 +32,7 @@ struct WatchState {
 
 #[derive(Debug)]
 pub struct Health {
-    /// The AccessKey cache is synced (this replica leads, or runs alone).
+    /// The AccessKey and issuer caches are synced (this replica leads, or runs alone).
     pub synced: AtomicBool,
     /// This replica waits for the lease: ready to take over.
     pub standby: AtomicBool,

@@ -71,6 +71,10 @@ pub async fn reconcile(ak: Arc<AccessKey>, ctx: Arc<Context>) -> Result<Action, 
 }
 
 async fn reconcile_inner(ak: Arc<AccessKey>, ctx: &Arc<Context>) -> Result<Action, Error> {
+    // Issuers come from their caches: until those are complete, "not found" could be wrong.
+    if !ctx.health.synced.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let ns = ak.namespace().unwrap_or_default();
     let api: Api<AccessKey> = Api::namespaced(ctx.client.clone(), &ns);
     let key = display_name(&*ak);
@@ -136,7 +140,8 @@ impl<'a> Cluster<'a> {
     }
 
     async fn issuer(&self, r: &IssuerRef) -> Result<Option<LoadedIssuer>, Error> {
-        Ok(self.ctx.registry.load(&self.ctx.client, &self.ns, r, &self.ctx.cluster_resource_namespace).await?)
+        let ctx = self.ctx;
+        Ok(ctx.registry.load(&ctx.client, &ctx.caches, &self.ns, r, &ctx.cluster_resource_namespace).await?)
     }
 
     /// A provider client for revoking or listing through `r`, whatever its Ready condition says.

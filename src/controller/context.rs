@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use secrecy::SecretString;
 use sha2::{Digest, Sha256};
@@ -200,38 +200,39 @@ impl Registry {
         &self.local
     }
 
-    /// Reads the issuer `r` (a KeyIssuer in `namespace`, or a ClusterKeyIssuer); `Ok(None)` when
-    /// it does not exist.
+    /// The issuer `r` (a KeyIssuer in `namespace`, or a ClusterKeyIssuer) from the cache;
+    /// `Ok(None)` when it does not exist.
     pub async fn load(
         &self,
         client: &Client,
+        caches: &Caches,
         namespace: &str,
         r: &IssuerRef,
         cluster_resource_namespace: &str,
     ) -> Result<Option<LoadedIssuer>, kube::Error> {
         let (display, secret_ns, meta, settings, status) = match r.kind {
             IssuerKind::KeyIssuer => {
-                let Some(i) = Api::<KeyIssuer>::namespaced(client.clone(), namespace).get_opt(&r.name).await? else {
+                let Some(i) = caches.key_issuers.get(&ObjectRef::new(&r.name).within(namespace)) else {
                     return Ok(None);
                 };
                 (
                     format!("KeyIssuer {namespace}/{}", r.name),
                     namespace.to_string(),
-                    i.metadata,
-                    i.spec.provider,
-                    i.status,
+                    i.metadata.clone(),
+                    i.spec.provider.clone(),
+                    i.status.clone(),
                 )
             }
             IssuerKind::ClusterKeyIssuer => {
-                let Some(i) = Api::<ClusterKeyIssuer>::all(client.clone()).get_opt(&r.name).await? else {
+                let Some(i) = caches.cluster_issuers.get(&ObjectRef::new(&r.name)) else {
                     return Ok(None);
                 };
                 (
                     format!("ClusterKeyIssuer {}", r.name),
                     cluster_resource_namespace.to_string(),
-                    i.metadata,
-                    i.spec.provider,
-                    i.status,
+                    i.metadata.clone(),
+                    i.spec.provider.clone(),
+                    i.status.clone(),
                 )
             }
         };

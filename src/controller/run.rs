@@ -210,47 +210,58 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
     let managed = Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let secrets =
         watched(api_for::<PartialObjectMeta<Secret>>(&client, ns), managed, "secrets", &health).touched_objects();
-    let by_key_issuer = reader.clone();
-    let by_cluster_issuer = reader.clone();
-    let synced = reader.clone();
+    let caches = ctx.caches.clone();
     let synced_health = health.clone();
     tokio::spawn(async move {
-        // Re-polled in short rounds: the store's readiness signal wakes only its latest waiter,
-        // and the controller waits on it too.
+        // Re-polled in short rounds: a store's readiness signal wakes only its latest waiter,
+        // and the controllers wait on them too.
+        let all_ready = async {
+            caches.access_keys.wait_until_ready().await?;
+            caches.key_issuers.wait_until_ready().await?;
+            caches.cluster_issuers.wait_until_ready().await
+        };
+        let mut all_ready = std::pin::pin!(all_ready);
         loop {
-            match tokio::time::timeout(std::time::Duration::from_millis(500), synced.wait_until_ready()).await {
+            match tokio::time::timeout(std::time::Duration::from_millis(500), &mut all_ready).await {
                 Ok(Ok(())) => break synced_health.synced.store(true, Ordering::Relaxed),
                 Ok(Err(_)) => break,
                 Err(_) => continue,
             }
         }
     });
-    let key_issuer_changes =
-        watched(api_for::<KeyIssuer>(&client, ns), Config::default(), "keyissuers-for-accesskeys", &health)
-            .touched_objects();
-    let cluster_issuer_changes = watched(
-        Api::<ClusterKeyIssuer>::all(client.clone()),
-        Config::default(),
-        "clusterkeyissuers-for-accesskeys",
-        &health,
-    )
-    .touched_objects();
+
+    // An issuer's change (its Ready condition included) concerns the AccessKeys that need it;
+    // they are told from the same watch that feeds the issuer cache, once the cache has it.
+    let (access_key_triggers, issuer_changes) = futures::channel::mpsc::unbounded::<ObjectRef<AccessKey>>();
+    let notify_users = move |access_keys: &reflector::Store<AccessKey>, id: in_use::IssuerId| {
+        for ak in access_keys.state() {
+            if in_use::needed_issuers(&ak).contains(&id) {
+                // A send fails only once the controllers are stopping.
+                drop(access_key_triggers.unbounded_send(ObjectRef::from_obj(&*ak)));
+            }
+        }
+    };
+    let notify_cluster_users = notify_users.clone();
+    let users_of_key_issuers = reader.clone();
+    let users_of_cluster_issuers = reader.clone();
+
     let access_key_controller = Controller::for_stream(stream, reader)
         .with_config(controller_config.clone())
         .trigger_backoff(NoBackoff)
         .owns_stream(secrets)
-        .watches_stream(key_issuer_changes, move |i| {
-            users_of(&by_key_issuer, IssuerKind::KeyIssuer, &i.name_any(), i.namespace().as_deref())
-        })
-        .watches_stream(cluster_issuer_changes, move |i| {
-            users_of(&by_cluster_issuer, IssuerKind::ClusterKeyIssuer, &i.name_any(), None)
-        })
+        .reconcile_on(issuer_changes)
         .shutdown_on_signal()
         .run(access_key::reconcile, access_key::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
 
     let key_issuer_stream = watched(api_for::<KeyIssuer>(&client, ns), Config::default(), "keyissuers", &health)
         .reflect(writers.key_issuers)
+        .inspect_ok(move |event| {
+            if let Some(i) = touched(event) {
+                let id = in_use::IssuerId { kind: IssuerKind::KeyIssuer, name: i.name_any(), namespace: i.namespace() };
+                notify_users(&users_of_key_issuers, id);
+            }
+        })
         .applied_objects()
         .predicate_filter(spec_or_lifecycle, Default::default());
     let key_issuers = Controller::for_stream(key_issuer_stream, ctx.caches.key_issuers.clone())
@@ -263,6 +274,13 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
     let cluster_issuer_stream =
         watched(Api::<ClusterKeyIssuer>::all(client.clone()), Config::default(), "clusterkeyissuers", &health)
             .reflect(writers.cluster_issuers)
+            .inspect_ok(move |event| {
+                if let Some(i) = touched(event) {
+                    let id =
+                        in_use::IssuerId { kind: IssuerKind::ClusterKeyIssuer, name: i.name_any(), namespace: None };
+                    notify_cluster_users(&users_of_cluster_issuers, id);
+                }
+            })
             .applied_objects()
             .predicate_filter(spec_or_lifecycle, Default::default());
     let cluster_issuers = Controller::for_stream(cluster_issuer_stream, ctx.caches.cluster_issuers.clone())
@@ -277,23 +295,12 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
     tracing::info!("controllers stopped");
 }
 
-/// The AccessKeys that use an issuer.
-fn users_of(
-    store: &reflector::Store<AccessKey>,
-    kind: IssuerKind,
-    name: &str,
-    namespace: Option<&str>,
-) -> Vec<ObjectRef<AccessKey>> {
-    store
-        .state()
-        .iter()
-        .filter(|ak| {
-            ak.spec.issuer_ref.kind == kind
-                && ak.spec.issuer_ref.name == name
-                && (namespace.is_none() || ak.namespace().as_deref() == namespace)
-        })
-        .map(|ak| ObjectRef::from_obj(&**ak))
-        .collect()
+/// The object an event is about: applied (also while re-listing) or deleted.
+fn touched<K>(event: &watcher::Event<K>) -> Option<&K> {
+    match event {
+        watcher::Event::Apply(o) | watcher::Event::InitApply(o) | watcher::Event::Delete(o) => Some(o),
+        watcher::Event::Init | watcher::Event::InitDone => None,
+    }
 }
 
 fn issuer_error_policy<K: Resource>(
