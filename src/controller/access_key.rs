@@ -16,6 +16,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
@@ -128,6 +129,9 @@ struct Cluster<'a> {
     slots: std::sync::Mutex<Vec<(String, tokio::sync::OwnedSemaphorePermit)>>,
     /// When this reconcile stops waiting on providers (`--provider-timeout`).
     deadline: tokio::time::Instant,
+    /// The AccessKey's Secret as this reconcile last wrote or read it from the apiserver: newer
+    /// than the cache, which sees our own writes only a moment later. `None`: nothing yet.
+    secret_seen: std::sync::Mutex<Option<Option<Secret>>>,
 }
 
 impl<'a> Cluster<'a> {
@@ -177,7 +181,27 @@ impl<'a> Cluster<'a> {
             resource_version: std::sync::Mutex::new(ak.resource_version()),
             slots: std::sync::Mutex::new(Vec::new()),
             deadline: tokio::time::Instant::now() + ctx.limits.provider_timeout,
+            secret_seen: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The AccessKey's Secret: as last written or read by this reconcile, else from the cache
+    /// of the Secrets this operator manages (labelled).
+    fn observed_secret(&self) -> Option<Secret> {
+        if let Some(seen) = self.secret_seen.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return seen;
+        }
+        let key = ObjectRef::new(&self.ak.spec.secret_name).within(&self.ns);
+        self.ctx.caches.secrets.get(&key).map(|s| (*s).clone())
+    }
+
+    fn saw_secret(&self, secret: Option<Secret>) {
+        *self.secret_seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(secret);
+    }
+
+    /// Whether the Secret was read from the apiserver (or written) in this reconcile.
+    fn secret_confirmed(&self) -> bool {
+        self.secret_seen.lock().unwrap_or_else(|p| p.into_inner()).is_some()
     }
 
     async fn write_status(&self, status: &AccessKeyStatus) -> Result<(), Error> {
@@ -282,7 +306,7 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
     let mut retired_failure: Option<String> = None;
 
     for _ in 0..MAX_STEPS {
-        let observed_secret = cluster.secrets().get_opt(&ak.spec.secret_name).await?;
+        let observed_secret = cluster.observed_secret();
         let secret_state = secret::observe_secret(&ak, observed_secret.as_ref());
         let now = jiff::Timestamp::now();
         let renewal_due = status.renewal_time.as_ref().is_some_and(|t| t.0 <= now);
@@ -300,7 +324,14 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
         });
         tracing::debug!(access_key = %display_name(&*ak), ?step, "step");
         if let Step::Issue { reason } = step {
-            warn_of_secret_fight(&cluster, &status, reason, observed_secret.as_ref(), now).await;
+            // The cache holds only the Secrets this operator labels: before a key is minted for
+            // a Secret it does not show, the apiserver says whether one of that name exists
+            // (someone else's, or ours stripped of its labels).
+            if observed_secret.is_none() && !cluster.secret_confirmed() {
+                cluster.saw_secret(cluster.secrets().get_opt(&ak.spec.secret_name).await?);
+                continue;
+            }
+            warn_of_secret_fight(&cluster, &status, reason, now).await;
         }
         let revoking_retired = step == Step::RevokeRetired;
         let outcome = act(&cluster, &mut status, step, issuer.as_ref(), &hash, &mut owned, &mut retired_tried).await;
@@ -330,19 +361,15 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
 
 /// A Warning event when the Secret forces a replacement again and again (another controller
 /// writing it, a sync tool deleting it): names the last writer and the next wait.
-async fn warn_of_secret_fight(
-    c: &Cluster<'_>,
-    status: &AccessKeyStatus,
-    reason: IssueReason,
-    observed: Option<&Secret>,
-    now: jiff::Timestamp,
-) {
+async fn warn_of_secret_fight(c: &Cluster<'_>, status: &AccessKeyStatus, reason: IssueReason, now: jiff::Timestamp) {
     let forced = forced_replacements_after(reason, status, now);
     if forced < 2 {
         return;
     }
     let secret = &c.ak.spec.secret_name;
-    let what = match observed.and_then(last_writer) {
+    // Read afresh: the cache keeps no managedFields, and this is rare.
+    let observed = c.secrets().get_opt(secret).await.ok().flatten();
+    let what = match observed.as_ref().and_then(last_writer) {
         Some(manager) => format!("was overwritten again, last by field manager {manager:?}"),
         None if reason == IssueReason::SecretDeleted => "was deleted again".to_string(),
         None => "was overwritten again".to_string(),
@@ -490,15 +517,23 @@ async fn act(
         }
         Step::UpdateSecretMetadata => {
             let key_id = status.access_key_id.clone().unwrap_or_default();
-            let observed = c.secrets().get_opt(&c.ak.spec.secret_name).await?;
+            let Some(observed) = c.observed_secret() else {
+                return Ok(None);
+            };
             let stored_hash = observed
-                .and_then(|s| s.metadata.annotations)
+                .metadata
+                .annotations
+                .as_ref()
                 .and_then(|a| a.get(secret::DATA_HASH_ANNOTATION).cloned())
                 .unwrap_or_default();
-            let desired = secret::desired_secret_metadata(c.ak, &key_id, &stored_hash);
-            c.secrets()
+            let mut desired = secret::desired_secret_metadata(c.ak, &key_id, &stored_hash);
+            // Only onto the Secret observed: one deleted or re-created meanwhile is a conflict.
+            desired.metadata.resource_version = observed.metadata.resource_version.clone();
+            let patched = c
+                .secrets()
                 .patch(&c.ak.spec.secret_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired))
                 .await?;
+            c.saw_secret(Some(patched));
             Ok(None)
         }
         Step::Ready => {
@@ -661,12 +696,16 @@ async fn write_secret(c: &Cluster<'_>, provider: &Arc<dyn Provider>, key: Option
         .map_err(|e| Error::Issuer(format!("spec.{e}")))?;
     let key_id = id;
     let api = c.secrets();
-    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), dry_run: key.is_none() };
-    match api.get_opt(&c.ak.spec.secret_name).await? {
+    let dry_run = key.is_none();
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), dry_run };
+    match c.observed_secret() {
         // Create, not apply: if someone else creates it meanwhile, the create fails with a
         // conflict instead of taking their Secret over.
         None => {
-            api.create(&params, &secret::desired_secret(c.ak, key_id, &data)).await?;
+            let created = api.create(&params, &secret::desired_secret(c.ak, key_id, &data)).await?;
+            if !dry_run {
+                c.saw_secret(Some(created));
+            }
         }
         // Replace, guarded by the observed resourceVersion: the data becomes exactly the
         // rendered data (keys of an old template go), and nobody's concurrent change is lost.
@@ -678,7 +717,10 @@ async fn write_secret(c: &Cluster<'_>, provider: &Arc<dyn Provider>, key: Option
                 )));
             }
             let desired = secret::replaced_secret(c.ak, key_id, &data, existing);
-            api.replace(&c.ak.spec.secret_name, &params, &desired).await?;
+            let replaced = api.replace(&c.ak.spec.secret_name, &params, &desired).await?;
+            if !dry_run {
+                c.saw_secret(Some(replaced));
+            }
         }
     }
     Ok(())

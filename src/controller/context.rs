@@ -41,6 +41,9 @@ pub struct Context {
 #[derive(Clone)]
 pub struct Caches {
     pub access_keys: Store<AccessKey>,
+    /// The Secrets this operator manages (labelled `app.kubernetes.io/managed-by: cloudkeys`),
+    /// without their managedFields.
+    pub secrets: Store<Secret>,
     pub key_issuers: Store<KeyIssuer>,
     pub cluster_issuers: Store<ClusterKeyIssuer>,
 }

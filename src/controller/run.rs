@@ -6,7 +6,6 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
-use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::{self, Config};
 use kube::runtime::{Controller, WatchStreamExt};
@@ -66,9 +65,14 @@ pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
     let (reader, writer) = reflector::store::<AccessKey>();
     let (key_issuers, key_issuer_writer) = reflector::store::<KeyIssuer>();
     let (cluster_issuers, cluster_issuer_writer) = reflector::store::<ClusterKeyIssuer>();
-    let caches = Caches { access_keys: reader.clone(), key_issuers, cluster_issuers };
-    let writers =
-        Writers { access_keys: writer, key_issuers: key_issuer_writer, cluster_issuers: cluster_issuer_writer };
+    let (secrets, secret_writer) = reflector::store::<Secret>();
+    let caches = Caches { access_keys: reader.clone(), secrets, key_issuers, cluster_issuers };
+    let writers = Writers {
+        access_keys: writer,
+        secrets: secret_writer,
+        key_issuers: key_issuer_writer,
+        cluster_issuers: cluster_issuer_writer,
+    };
     // A reconcile may take --provider-timeout plus its apiserver budget before it is stopped.
     let longest_reconcile = args.provider_timeout + access_key::KUBE_TIME_BUDGET;
     let health = Arc::new(Health::new(args.stall_timeout, longest_reconcile));
@@ -164,6 +168,7 @@ async fn shutdown_signal() {
 /// The writing ends of the caches in `Caches`, fed by the controllers' watches.
 struct Writers {
     access_keys: reflector::store::Writer<AccessKey>,
+    secrets: reflector::store::Writer<Secret>,
     key_issuers: reflector::store::Writer<KeyIssuer>,
     cluster_issuers: reflector::store::Writer<ClusterKeyIssuer>,
 }
@@ -208,8 +213,10 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
         .applied_objects()
         .predicate_filter(spec_or_lifecycle, Default::default());
     let managed = Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let secrets =
-        watched(api_for::<PartialObjectMeta<Secret>>(&client, ns), managed, "secrets", &health).touched_objects();
+    let secrets = watched(api_for::<Secret>(&client, ns), managed, "secrets", &health)
+        .modify(|s| s.managed_fields_mut().clear())
+        .reflect(writers.secrets)
+        .touched_objects();
     let caches = ctx.caches.clone();
     let synced_health = health.clone();
     tokio::spawn(async move {
@@ -217,6 +224,7 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
         // and the controllers wait on them too.
         let all_ready = async {
             caches.access_keys.wait_until_ready().await?;
+            caches.secrets.wait_until_ready().await?;
             caches.key_issuers.wait_until_ready().await?;
             caches.cluster_issuers.wait_until_ready().await
         };
