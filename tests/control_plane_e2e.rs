@@ -16,33 +16,23 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
+use support::exoscale::{self, ADMIN_KEY, ADMIN_SECRET};
 use support::keys;
 use support::operator::Operator;
 
-const ADMIN_KEY: &str = "EXO0123456789abcdef01234567";
-const ADMIN_SECRET: &str = "adminsecretadminsecretadminsecretadminsecre";
 const IN_USE: &str = "cloudkeys.io/in-use";
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// A namespace with the admin credentials Secret `exoscale-admin` for a fresh Exoscale fake.
 async fn setup(test: &str) -> (Client, String, ExoscaleFake) {
     let client = support::client().await;
     support::install_crds(&client).await;
     let ns = support::namespace(&client, test).await;
     let fake = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
-    support::create_secret(
-        &client,
-        &ns,
-        "exoscale-admin",
-        json!({"EXOSCALE_API_KEY": ADMIN_KEY, "EXOSCALE_API_SECRET": ADMIN_SECRET}),
-    )
-    .await;
+    let credentials = json!({"EXOSCALE_API_KEY": ADMIN_KEY, "EXOSCALE_API_SECRET": ADMIN_SECRET});
+    support::create_secret(&client, &ns, exoscale::CREDENTIALS, credentials).await;
     (client, ns, fake)
-}
-
-fn key_issuer(name: &str, fake: &ExoscaleFake) -> serde_json::Value {
-    json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "KeyIssuer", "metadata": {"name": name},
-        "spec": {"exoscale": {"endpoint": fake.endpoint(), "credentialsSecretRef": {"name": "exoscale-admin"}}}})
 }
 
 fn access_key(name: &str, issuer: &str, extra: serde_json::Value) -> serde_json::Value {
@@ -104,8 +94,8 @@ async fn converged(client: &Client, ns: &str, fake: &ExoscaleFake) -> Vec<(Strin
 async fn after_an_apiserver_restart_new_access_keys_deleted_secrets_and_issuer_changes_are_handled() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let (client, ns, fake) = setup("apiserver-restart").await;
-    support::apply_json(&client, &ns, key_issuer("exo-a", &fake)).await;
-    support::apply_json(&client, &ns, key_issuer("exo-b", &fake)).await;
+    exoscale::issuer(&client, &ns, "exo-a", &fake.endpoint()).await;
+    exoscale::issuer(&client, &ns, "exo-b", &fake.endpoint()).await;
     fake.set_faults(Faults { latency: Duration::from_millis(200), ..Faults::default() });
     let op = Operator::start_with(&ns, &[("CLOUDKEYS_STALL_TIMEOUT", "5s")]);
     let base = op.http_base();

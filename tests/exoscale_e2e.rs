@@ -11,12 +11,10 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams};
 use kube::Client;
 use serde_json::{json, Value};
+use support::exoscale::{self, ADMIN_KEY, ADMIN_SECRET};
 use support::keys::{self, secret_value};
 use support::leaks::assert_no_secret_leaks;
 use support::operator::Operator;
-
-const ADMIN_KEY: &str = "EXO0123456789abcdef01234567";
-const ADMIN_SECRET: &str = "adminsecretadminsecretadminsecretadminsecre";
 
 struct Env {
     client: Client,
@@ -34,21 +32,7 @@ async fn setup_with_secret(test: &str, admin_secret: &str) -> Env {
     support::install_crds(&client).await;
     let ns = support::namespace(&client, test).await;
     let fake = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
-    support::create_secret(
-        &client,
-        &ns,
-        "exoscale-admin",
-        json!({"EXOSCALE_API_KEY": ADMIN_KEY, "EXOSCALE_API_SECRET": admin_secret}),
-    )
-    .await;
-    support::apply_json(
-        &client,
-        &ns,
-        json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "KeyIssuer",
-        "metadata": {"name": "exoscale"},
-        "spec": {"exoscale": {"endpoint": fake.endpoint(), "credentialsSecretRef": {"name": "exoscale-admin"}}}}),
-    )
-    .await;
+    exoscale::issuer_with_credentials(&client, &ns, &fake.endpoint(), admin_secret).await;
     let op = Operator::start(&ns);
     Env { client, ns, fake, op }
 }

@@ -191,7 +191,7 @@ fn sorted(mut rules: Vec<Rule>) -> Vec<Rule> {
 /// What the operator needs in the namespaces it works in.
 fn namespaced_rules() -> Vec<Rule> {
     vec![
-        rule(&["cloudkeys.io"], &["accesskeys"], &[], &["list", "watch", "patch"]),
+        rule(&["cloudkeys.io"], &["accesskeys"], &[], &["get", "list", "watch", "patch"]),
         rule(&["cloudkeys.io"], &["accesskeys/status"], &[], &["patch"]),
         rule(&["cloudkeys.io"], &["keyissuers"], &[], &["get", "list", "watch", "patch"]),
         rule(&["cloudkeys.io"], &["keyissuers/status"], &[], &["patch"]),
@@ -716,7 +716,7 @@ async fn the_operator_works_with_nothing_but_the_charts_rbac() {
     let checks: &[Access] = &[
         ("list", "secrets", Some(&team), None, true),
         ("delete", "secrets", Some(&team), None, false),
-        ("get", "accesskeys.cloudkeys.io", Some(&team), Some("x"), false),
+        ("get", "accesskeys.cloudkeys.io", Some(&team), Some("x"), true),
         ("update", "accesskeys.cloudkeys.io", Some(&team), Some("x"), false),
         ("delete", "accesskeys.cloudkeys.io", Some(&team), Some("x"), false),
         ("update", "accesskeys.cloudkeys.io/status", Some(&team), Some("x"), false),

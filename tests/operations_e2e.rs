@@ -10,32 +10,13 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use kube::Client;
 use serde_json::json;
+use support::exoscale::{self, ADMIN_KEY, ADMIN_SECRET};
 use support::keys;
 use support::operator::Operator;
 
-const ADMIN_KEY: &str = "EXO0123456789abcdef01234567";
-const ADMIN_SECRET: &str = "adminsecretadminsecretadminsecretadminsecre";
-
 async fn setup(test: &str) -> (Client, String, ExoscaleFake) {
-    let client = support::client().await;
-    support::install_crds(&client).await;
-    let ns = support::namespace(&client, test).await;
     let fake = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
-    support::create_secret(
-        &client,
-        &ns,
-        "exoscale-admin",
-        json!({"EXOSCALE_API_KEY": ADMIN_KEY, "EXOSCALE_API_SECRET": ADMIN_SECRET}),
-    )
-    .await;
-    support::apply_json(
-        &client,
-        &ns,
-        json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "KeyIssuer",
-        "metadata": {"name": "exoscale"},
-        "spec": {"exoscale": {"endpoint": fake.endpoint(), "credentialsSecretRef": {"name": "exoscale-admin"}}}}),
-    )
-    .await;
+    let (client, ns) = exoscale::namespace(test, &fake.endpoint()).await;
     (client, ns, fake)
 }
 

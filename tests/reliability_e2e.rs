@@ -16,39 +16,17 @@ use kube::{Client, ResourceExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
+use support::exoscale::{self, ADMIN_KEY, ADMIN_SECRET};
 use support::keys;
 use support::operator::Operator;
 
-const ADMIN_KEY: &str = "EXO0123456789abcdef01234567";
-const ADMIN_SECRET: &str = "adminsecretadminsecretadminsecretadminsecre";
 const IN_USE: &str = "cloudkeys.io/in-use";
 
-/// A namespace with the admin credentials Secret `exoscale-admin` and the KeyIssuer `exoscale`
-/// on a fresh Exoscale fake.
+/// A namespace with the KeyIssuer `exoscale` on a fresh Exoscale fake.
 async fn setup(test: &str) -> (Client, String, ExoscaleFake) {
-    let client = support::client().await;
-    support::install_crds(&client).await;
-    let ns = support::namespace(&client, test).await;
     let fake = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
-    support::create_secret(
-        &client,
-        &ns,
-        "exoscale-admin",
-        json!({"EXOSCALE_API_KEY": ADMIN_KEY, "EXOSCALE_API_SECRET": ADMIN_SECRET}),
-    )
-    .await;
-    issuer(&client, &ns, "exoscale", &fake).await;
+    let (client, ns) = exoscale::namespace(test, &fake.endpoint()).await;
     (client, ns, fake)
-}
-
-async fn issuer(client: &Client, ns: &str, name: &str, fake: &ExoscaleFake) {
-    support::apply_json(
-        client,
-        ns,
-        json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "KeyIssuer", "metadata": {"name": name},
-            "spec": {"exoscale": {"endpoint": fake.endpoint(), "credentialsSecretRef": {"name": "exoscale-admin"}}}}),
-    )
-    .await;
 }
 
 async fn wait_issuer_ready(client: &Client, ns: &str, name: &str) {
@@ -177,7 +155,7 @@ async fn another_writer_overwriting_the_secret_cannot_make_keys_in_a_loop() {
 async fn a_hanging_provider_cannot_stall_the_access_keys_of_healthy_issuers() {
     let (client, ns, healthy) = setup("hanging-provider").await;
     let hanging = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
-    issuer(&client, &ns, "hanging", &hanging).await;
+    exoscale::issuer(&client, &ns, "hanging", &hanging.endpoint()).await;
     // Four workers, so at most two (--issuer-concurrency's default) may wait on one issuer; a
     // provider timeout longer than the test, so the hang lasts throughout.
     let _op = Operator::start_with(&ns, &[("CLOUDKEYS_CONCURRENCY", "4"), ("CLOUDKEYS_PROVIDER_TIMEOUT", "10m")]);

@@ -61,7 +61,7 @@ pub async fn reconcile(ak: Arc<AccessKey>, ctx: Arc<Context>) -> Result<Action, 
         Err(Error::IssuerBusy(issuer)) => {
             // Waiting longer each time while the issuer stays busy (a hanging provider), so the
             // queue is not flooded with retries; the next success resets it.
-            let turns = ctx.record_failure(&key);
+            let turns = ctx.record_failure(&format!("{key}#busy"));
             let wait = BUSY_RETRY.saturating_mul(1 << turns.min(5)).min(BUSY_RETRY_MAX);
             let jitter = rand::Rng::random_range(&mut rand::rng(), 0.75..1.25);
             tracing::debug!(%issuer, wait_ms = wait.as_millis() as u64, "issuer busy; requeued");
@@ -92,6 +92,7 @@ async fn reconcile_inner(ak: Arc<AccessKey>, ctx: &Arc<Context>) -> Result<Actio
     });
     if result.is_ok() {
         ctx.record_success(&key);
+        ctx.record_success(&format!("{key}#busy"));
     }
     result
 }
@@ -225,18 +226,26 @@ impl<'a> Cluster<'a> {
             .unwrap_or_else(|| self.ak.spec.provider.clone())
     }
 
-    async fn set_condition(&self, status: &mut AccessKeyStatus, reason: Reason, message: String) -> Result<(), Error> {
+    /// Puts the Ready condition into `status` (not written yet); false if it was there already.
+    fn put_condition(&self, status: &mut AccessKeyStatus, reason: Reason, message: &str) -> bool {
         let generation = self.ak.meta().generation;
-        let condition = ready_condition(&status.conditions, reason, message.clone(), generation, now());
+        let condition = ready_condition(&status.conditions, reason, message, generation, now());
         let unchanged = status.observed_generation == generation
             && status.conditions.iter().any(|c| {
                 c.reason == condition.reason && c.message == condition.message && c.status == condition.status
             });
         if unchanged {
-            return Ok(());
+            return false;
         }
         status.conditions = vec![condition];
         status.observed_generation = generation;
+        true
+    }
+
+    async fn set_condition(&self, status: &mut AccessKeyStatus, reason: Reason, message: String) -> Result<(), Error> {
+        if !self.put_condition(status, reason, &message) {
+            return Ok(());
+        }
         self.write_status(status).await?;
         // Revoking is progress, announced by the Revoked event that follows.
         if !reason.is_ready() && reason != Reason::Revoking {
@@ -245,6 +254,11 @@ impl<'a> Cluster<'a> {
         tracing::info!(access_key = %display_name(self.ak), reason = reason.as_str(), %message, "condition");
         Ok(())
     }
+}
+
+/// The Ready message of an issued key (compared to tell whether the condition changed).
+fn issued_message(key_id: &str, secret: &str) -> String {
+    format!("key {key_id} is in Secret {secret}")
 }
 
 fn kind_name(r: &IssuerRef) -> &'static str {
@@ -289,8 +303,33 @@ fn spec_problem(ak: &AccessKey, issuer: Option<&LoadedIssuer>) -> Option<String>
     None
 }
 
+/// The AccessKey as the apiserver has it now, when the cache may be behind and the decision
+/// at hand could revoke a key: a recorded attempt is resolved (its keys adopted or revoked), or
+/// the AccessKey is deleted. `None`: it is gone.
+async fn fresh(ak: &AccessKey, ctx: &Context) -> Result<Option<AccessKey>, Error> {
+    let api: Api<AccessKey> = Api::namespaced(ctx.client.clone(), &ak.namespace().unwrap_or_default());
+    Ok(api.get_opt(&ak.name_any()).await?)
+}
+
 async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
+    // An interrupted creation is resolved from what the apiserver says, not from a cache that
+    // may not have seen the last status write or Secret write yet: deciding from those could
+    // revoke the key that is in use.
+    let pending = ak.status.as_ref().is_some_and(|s| s.pending.is_some());
+    if pending {
+        match fresh(&ak, ctx).await? {
+            Some(now) if now.resource_version() == ak.resource_version() => {}
+            Some(_) => {
+                tracing::debug!(access_key = %display_name(&*ak), "cache behind the apiserver; looking again shortly");
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            }
+            None => return Ok(Action::await_change()),
+        }
+    }
     let cluster = Cluster::new(ctx, &ak);
+    if pending {
+        cluster.saw_secret(cluster.secrets().get_opt(&ak.spec.secret_name).await?);
+    }
     let mut status = ak.status.clone().unwrap_or_default();
     let hash = spec_hash(&ak);
     let issuer_ref = ak.spec.issuer_ref.clone();
@@ -324,13 +363,6 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
         });
         tracing::debug!(access_key = %display_name(&*ak), ?step, "step");
         if let Step::Issue { reason } = step {
-            // The cache holds only the Secrets this operator labels: before a key is minted for
-            // a Secret it does not show, the apiserver says whether one of that name exists
-            // (someone else's, or ours stripped of its labels).
-            if observed_secret.is_none() && !cluster.secret_confirmed() {
-                cluster.saw_secret(cluster.secrets().get_opt(&ak.spec.secret_name).await?);
-                continue;
-            }
             warn_of_secret_fight(&cluster, &status, reason, now).await;
         }
         let revoking_retired = step == Step::RevokeRetired;
@@ -538,8 +570,7 @@ async fn act(
         }
         Step::Ready => {
             let id = status.access_key_id.clone().unwrap_or_default();
-            let message = format!("key {id} is in Secret {}", c.ak.spec.secret_name);
-            c.set_condition(status, Reason::Issued, message).await?;
+            c.set_condition(status, Reason::Issued, issued_message(&id, &c.ak.spec.secret_name)).await?;
             let requeue = status
                 .renewal_time
                 .as_ref()
@@ -603,6 +634,17 @@ async fn issue(
     let marker = Marker::new_attempt(&c.uid);
     // (0) Nothing revoking this key will need can be deleted from under it (namespace deletion).
     super::in_use::hold_before_issuing(c.ctx, &ak.spec.issuer_ref, &c.ns).await?;
+    // A Secret that cannot be written would cost a key per attempt: try the write first, with
+    // placeholder data. It also checks what the cache showed: a conflict means a Secret of that
+    // name exists after all (someone else's, or ours stripped of its labels) or changed since;
+    // then it is read from the apiserver and the decision taken again.
+    match write_secret(c, &provider, None).await {
+        Err(Error::Kube(kube::Error::Api(e))) if e.code == 409 && !c.secret_confirmed() => {
+            c.saw_secret(c.secrets().get_opt(&ak.spec.secret_name).await?);
+            return Ok(());
+        }
+        other => other?,
+    }
     // (1) The intent is durable before the provider is asked for anything.
     status.pending = Some(PendingKey {
         attempt: marker.attempt().to_string(),
@@ -613,9 +655,6 @@ async fn issue(
     });
     c.write_status(status).await?;
     crashpoint("after-intent");
-
-    // A Secret that cannot be written would cost a key per attempt: try the write first.
-    write_secret(c, &provider, None).await?;
 
     // (2) Create. If this fails or never answers, the recorded attempt leads the next
     // reconcile to whatever the provider did create.
@@ -659,6 +698,10 @@ async fn issue(
     status.renewal_time = key.expires_at.map(|exp| Time(renewal_time(started, exp)));
     status.key_spec_hash = Some(hash.to_string());
     status.secret_name = Some(ak.spec.secret_name.clone());
+    // Ready in the same write, unless a replaced key is still to be revoked (the next step).
+    if status.retired.is_empty() {
+        c.put_condition(status, Reason::Issued, &issued_message(&key.access_key_id, &ak.spec.secret_name));
+    }
     c.write_status(status).await?;
     let (event, note) = match replaced {
         Some(old) => ("Replaced", format!("issued key {} replacing {old}: {}", key.access_key_id, reason.describe())),
@@ -733,6 +776,11 @@ async fn write_secret(c: &Cluster<'_>, provider: &Arc<dyn Provider>, key: Option
 /// follows by garbage collection. If revocation fails the finalizer stays and the condition says
 /// why. `Retain`: the Secret is released (owner reference removed) and the current key kept.
 async fn cleanup(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
+    // Every key recorded must be revoked: read the record from the apiserver, not the cache.
+    let Some(ak) = fresh(&ak, ctx).await? else {
+        return Ok(Action::await_change());
+    };
+    let ak = Arc::new(ak);
     let c = Cluster::new(ctx, &ak);
     let mut status = ak.status.clone().unwrap_or_default();
     match ak.spec.deletion_policy {

@@ -214,7 +214,9 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
         .predicate_filter(spec_or_lifecycle, Default::default());
     let managed = Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let secrets = watched(api_for::<Secret>(&client, ns), managed, "secrets", &health)
-        .modify(|s| s.managed_fields_mut().clear())
+        // None, not empty: a Secret written back from the cache must keep its managedFields (an
+        // empty list in an update would wipe them).
+        .modify(|s| s.metadata.managed_fields = None)
         .reflect(writers.secrets)
         .touched_objects();
     let caches = ctx.caches.clone();

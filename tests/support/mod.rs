@@ -141,6 +141,7 @@ pub async fn namespace(client: &Client, test: &str) -> String {
     name
 }
 
+pub mod exoscale;
 pub mod keys;
 pub mod leaks;
 pub mod operator;
