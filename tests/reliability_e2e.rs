@@ -6,6 +6,7 @@ mod fakes;
 mod support;
 
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::time::Duration;
 
 use cloudkeys::api::{AccessKey, KeyIssuer};
@@ -187,7 +188,8 @@ async fn a_hanging_provider_cannot_stall_the_access_keys_of_healthy_issuers() {
 async fn chaos_every_key_is_accounted_for_after_the_operator_is_killed_again_and_again() {
     let seed: u64 =
         std::env::var("CLOUDKEYS_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    eprintln!("chaos seed {seed} (run again with CLOUDKEYS_CHAOS_SEED={seed})");
+    // Straight to stderr, past the test harness's capture: the seed shows in every run's output.
+    let _ = writeln!(std::io::stderr(), "chaos seed {seed} (run again with CLOUDKEYS_CHAOS_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
     let (client, ns, fake) = setup("chaos").await;
     fake.reseed_faults(seed);
@@ -230,7 +232,7 @@ async fn chaos_every_key_is_accounted_for_after_the_operator_is_killed_again_and
         // The pace of the scenario, not a wait for the operator.
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..500))).await;
     }
-    eprintln!("chaos: {actions} actions, {kills} kills of the operator");
+    let _ = writeln!(std::io::stderr(), "chaos: {actions} actions, {kills} kills of the operator");
     assert!(kills >= 5, "the operator was killed only {kills} times");
 
     // The provider heals; one last restart clears the operator's backoffs.
