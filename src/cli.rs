@@ -34,7 +34,8 @@ pub struct RunArgs {
     #[arg(long, env = "CLOUDKEYS_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,
     /// How many of those reconciles may wait on one issuer's provider at once, so that one slow
-    /// or hanging provider account cannot hold every worker; 0 = half of --concurrency.
+    /// or hanging provider account cannot hold every worker; 0 = half of --concurrency. (The
+    /// built-in `local` provider, which answers from memory, is not limited.)
     #[arg(long, env = "CLOUDKEYS_ISSUER_CONCURRENCY", default_value_t = 0)]
     pub issuer_concurrency: u16,
     /// Longest one reconcile waits on a provider (all its calls, retries and operation polls

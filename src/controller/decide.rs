@@ -105,7 +105,7 @@ pub fn key_age(status: &AccessKeyStatus, now: jiff::Timestamp) -> Option<Duratio
 /// up while the Secret keeps being overwritten, back to one once the key had stayed put for an
 /// hour (or twice its wait, if longer), and zero for any replacement the Secret did not force.
 pub fn forced_replacements_after(reason: IssueReason, status: &AccessKeyStatus, now: jiff::Timestamp) -> u32 {
-    if !matches!(reason, IssueReason::SecretDeleted | IssueReason::SecretModified) {
+    if !reason.is_forced_by_secret() {
         return 0;
     }
     let forced = status.forced_replacements.unwrap_or(0);
