@@ -57,12 +57,6 @@ pub struct Limits {
     pub provider_timeout: Duration,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Self { issuer_concurrency: 2, provider_timeout: Duration::from_secs(60) }
-    }
-}
-
 impl Context {
     pub fn new(
         client: Client,

@@ -56,6 +56,9 @@ impl Error {
             Self::Issuer(_) => exp(10, 300),
             Self::IssuerBusy(_) => Duration::from_secs(1),
             Self::TimedOut(_) => exp(30, 600),
+            // A conflict means the cache was a moment behind a write: it catches up within a
+            // second or two, and growing the wait would only leave the AccessKey unhandled.
+            Self::Kube(kube::Error::Api(e)) if e.code == 409 => Duration::from_secs(1),
             Self::Kube(_) | Self::Finalizer(_) | Self::Startup(_) => exp(1, 60),
         }
     }
@@ -76,5 +79,12 @@ mod tests {
         let throttled =
             Error::Provider(ProviderError::retryable("op", "429").with_retry_after(Some(Duration::from_secs(20))));
         assert_eq!(throttled.backoff(0), Duration::from_secs(20));
+    }
+
+    #[test]
+    fn a_conflict_from_a_cache_behind_is_retried_soon_however_often() {
+        let conflict =
+            Error::Kube(kube::Error::Api(Box::new(kube::core::Status::failure("modified", "Conflict").with_code(409))));
+        assert_eq!(conflict.backoff(20), Duration::from_secs(1));
     }
 }

@@ -9,9 +9,9 @@ use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::{self, Config};
 use kube::runtime::{Controller, WatchStreamExt};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, Resource};
 
-use crate::api::{AccessKey, ClusterKeyIssuer, IssuerKind, KeyIssuer};
+use crate::api::{AccessKey, ClusterKeyIssuer, KeyIssuer};
 use crate::cli::RunArgs;
 use crate::providers::http::HttpConfig;
 
@@ -23,6 +23,7 @@ use crate::server::{serve, Health};
 
 use super::context::{Caches, Context, Limits};
 use super::error::Error;
+use super::issuer::IssuerObject;
 use super::secret::{MANAGED_BY, MANAGED_BY_LABEL};
 use super::watch::{watched, NoBackoff};
 use super::{access_key, in_use, issuer};
@@ -268,8 +269,7 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
         .reflect(writers.key_issuers)
         .inspect_ok(move |event| {
             if let Some(i) = touched(event) {
-                let id = in_use::IssuerId { kind: IssuerKind::KeyIssuer, name: i.name_any(), namespace: i.namespace() };
-                notify_users(&users_of_key_issuers, id);
+                notify_users(&users_of_key_issuers, i.id());
             }
         })
         .applied_objects()
@@ -286,9 +286,7 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
             .reflect(writers.cluster_issuers)
             .inspect_ok(move |event| {
                 if let Some(i) = touched(event) {
-                    let id =
-                        in_use::IssuerId { kind: IssuerKind::ClusterKeyIssuer, name: i.name_any(), namespace: None };
-                    notify_cluster_users(&users_of_cluster_issuers, id);
+                    notify_cluster_users(&users_of_cluster_issuers, i.id());
                 }
             })
             .applied_objects()
