@@ -63,28 +63,39 @@ fn failing_for(body: &str) -> Option<u64> {
 async fn converged(client: &Client, ns: &str, fake: &ExoscaleFake) -> Vec<(String, String)> {
     let api: Api<AccessKey> = Api::namespaced(client.clone(), ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    support::eventually("every AccessKey to hold exactly one live key", keys::WAIT, || {
+    support::eventually_explained("every AccessKey to hold exactly one live key", keys::WAIT, || {
         let (api, secrets) = (api.clone(), secrets.clone());
         let live = live(fake);
         async move {
             let mut held = Vec::new();
-            for ak in api.list(&ListParams::default()).await.ok()?.items {
-                let status = ak.status.as_ref()?;
-                let id = status.access_key_id.clone()?;
-                let (_, reason, message) = keys::ready_condition(&ak)?;
-                let secret = secrets.get_opt(&ak.spec.secret_name).await.ok()??;
-                let ok = reason == "Issued"
-                    && message.contains(&id)
-                    && status.retired.is_empty()
-                    && status.pending.is_none()
-                    && keys::secret_value(&secret, "EXOSCALE_API_KEY") == id;
-                if !ok {
-                    return None;
+            let list = api.list(&ListParams::default()).await.map_err(|e| format!("list: {e}"))?;
+            for ak in list.items {
+                let name = ak.name_any();
+                let status = ak.status.as_ref().ok_or(format!("{name}: no status"))?;
+                let id = status.access_key_id.clone().ok_or(format!("{name}: no key"))?;
+                let (_, reason, message) = keys::ready_condition(&ak).ok_or(format!("{name}: no Ready"))?;
+                let secret = secrets.get_opt(&ak.spec.secret_name).await.ok().flatten();
+                let in_secret = secret.as_ref().map(|s| keys::secret_value(s, "EXOSCALE_API_KEY"));
+                if reason != "Issued"
+                    || !message.contains(&id)
+                    || !status.retired.is_empty()
+                    || status.pending.is_some()
+                    || in_secret.as_deref() != Some(id.as_str())
+                {
+                    return Err(format!(
+                        "{name}: {reason} {message:?}, {} retired, pending {}, Secret holds {in_secret:?}",
+                        status.retired.len(),
+                        status.pending.is_some()
+                    ));
                 }
-                held.push((ak.name_any(), id));
+                held.push((name, id));
             }
             let ids: BTreeSet<String> = held.iter().map(|(_, id)| id.clone()).collect();
-            (ids.len() == held.len() && ids == live).then_some(held)
+            if ids.len() == held.len() && ids == live {
+                Ok(held)
+            } else {
+                Err(format!("held {ids:?}, live at the provider {live:?}"))
+            }
         }
     })
     .await

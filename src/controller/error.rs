@@ -59,7 +59,12 @@ impl Error {
             // A conflict means the cache was a moment behind a write: it catches up within a
             // second or two, and growing the wait would only leave the AccessKey unhandled.
             Self::Kube(kube::Error::Api(e)) if e.code == 409 => Duration::from_secs(1),
-            Self::Kube(_) | Self::Finalizer(_) | Self::Startup(_) => exp(1, 60),
+            // The apiserver answered and refused (or throttled): asking again soon is no kinder.
+            Self::Kube(kube::Error::Api(_)) | Self::Finalizer(_) | Self::Startup(_) => exp(1, 60),
+            // No answer at all: the apiserver is away (a restart, an upgrade). Retrying costs it
+            // nothing, and a short cap brings every AccessKey back within seconds of its return
+            // instead of a minute later.
+            Self::Kube(_) => exp(1, 10),
         }
     }
 }
@@ -86,5 +91,16 @@ mod tests {
         let conflict =
             Error::Kube(kube::Error::Api(Box::new(kube::core::Status::failure("modified", "Conflict").with_code(409))));
         assert_eq!(conflict.backoff(20), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn an_absent_apiserver_is_retried_every_few_seconds_and_a_refusing_one_backs_off_further() {
+        let away = Error::Kube(kube::Error::Service("client error (Connect)".into()));
+        assert_eq!(away.backoff(0), Duration::from_secs(1));
+        assert_eq!(away.backoff(30), Duration::from_secs(10));
+        let refused = Error::Kube(kube::Error::Api(Box::new(
+            kube::core::Status::failure("slow down", "TooManyRequests").with_code(429),
+        )));
+        assert_eq!(refused.backoff(30), Duration::from_secs(60));
     }
 }

@@ -164,6 +164,26 @@ where
     }
 }
 
+/// Like [`eventually`], for a probe that says why it is not there yet: the last reason is in the
+/// panic message, so a timeout in CI shows what was missing.
+pub async fn eventually_explained<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let why = match probe().await {
+            Ok(v) => return v,
+            Err(why) => why,
+        };
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}; last seen: {why}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Applies a manifest (server-side, as the tests' field manager) into `ns`.
 pub async fn apply_json(client: &Client, ns: &str, manifest: serde_json::Value) {
     use kube::api::{DynamicObject, Patch, PatchParams};
