@@ -49,5 +49,4 @@ control-plane:
 
 ## Throughput and memory of the operator (prints figures; N AccessKeys, default 200).
 bench: control-plane
-	$(CARGO) build --release --locked
-	scripts/bench.sh
+	$(CARGO) test --release --locked --test bench -- --ignored --nocapture

@@ -5,7 +5,9 @@
 #   scripts/control-plane.sh deps            install the Debian packages the build and run need (root)
 #   scripts/control-plane.sh build           build the binaries once into the cache (idempotent)
 #   scripts/control-plane.sh bin-dir         print where the binaries are
-#   scripts/control-plane.sh start DIR [PID] start a control plane with state in DIR; writes DIR/kubeconfig.
+#   scripts/control-plane.sh start DIR [PID] start a control plane with state in DIR; writes DIR/kubeconfig
+#                                            (cluster admin) and DIR/operator.kubeconfig (user cloudkeys-operator,
+#                                            whose requests alone are audited to DIR/audit.log).
 #                                            With PID, it stops by itself and removes DIR once PID exits.
 #   scripts/control-plane.sh stop DIR        stop the control plane started in DIR
 #   scripts/control-plane.sh restart-apiserver DIR [DOWN_SECONDS]
@@ -112,18 +114,52 @@ cmd_restart_apiserver() {
   fi
 }
 
+write_kubeconfig() { # write_kubeconfig FILE PORT DIR USER TOKEN
+  cat >"$1" <<KCFG
+apiVersion: v1
+kind: Config
+clusters:
+- name: cloudkeys-test
+  cluster:
+    server: https://127.0.0.1:$2
+    certificate-authority: $3/certs/apiserver.crt
+users:
+- name: $4
+  user:
+    token: $5
+contexts:
+- name: cloudkeys-test
+  context: {cluster: cloudkeys-test, user: $4}
+current-context: cloudkeys-test
+KCFG
+  chmod 600 "$1"
+}
+
 cmd_start() {
   local dir="${1:?usage: start DIR [OWNER_PID]}"
   have_binaries || { log "binaries missing: run 'scripts/control-plane.sh build' (or 'make control-plane')"; exit 1; }
   command -v etcd >/dev/null || { log "etcd missing: run 'scripts/control-plane.sh deps'"; exit 1; }
   mkdir -p "$dir" && dir="$(cd "$dir" && pwd)"
-  local etcd_port etcd_peer api_port token
+  local etcd_port etcd_peer api_port token operator_token
   etcd_port=$(free_port); etcd_peer=$(free_port); api_port=$(free_port)
   token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  operator_token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
   mkdir -p "$dir/certs" "$dir/etcd"
   openssl genrsa -out "$dir/sa.key" 2048 2>/dev/null
   openssl rsa -in "$dir/sa.key" -pubout -out "$dir/sa.pub" 2>/dev/null
   printf '%s,cloudkeys-admin,cloudkeys-admin,system:masters\n' "$token" >"$dir/tokens.csv"
+  # An identity of its own for an operator under measurement (make bench): its requests, and no
+  # one else's, are written to the audit log.
+  printf '%s,cloudkeys-operator,cloudkeys-operator,system:masters\n' "$operator_token" >>"$dir/tokens.csv"
+  cat >"$dir/audit-policy.yaml" <<'POLICY'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  users: [cloudkeys-operator]
+- level: None
+POLICY
 
   etcd --data-dir "$dir/etcd" --listen-client-urls "http://127.0.0.1:$etcd_port" \
     --advertise-client-urls "http://127.0.0.1:$etcd_port" \
@@ -140,27 +176,13 @@ cmd_start() {
     --service-account-issuer https://kubernetes.default.svc \
     --service-account-key-file "$dir/sa.pub" --service-account-signing-key-file "$dir/sa.key" \
     --service-cluster-ip-range 10.96.0.0/12 --advertise-address 127.0.0.1 \
-    --endpoint-reconciler-type none --v 1 >"$dir/kube-apiserver.args"
+    --endpoint-reconciler-type none \
+    --audit-policy-file "$dir/audit-policy.yaml" --audit-log-path "$dir/audit.log" \
+    --v 1 >"$dir/kube-apiserver.args"
   start_apiserver "$dir"
 
-  cat >"$dir/kubeconfig" <<KCFG
-apiVersion: v1
-kind: Config
-clusters:
-- name: cloudkeys-test
-  cluster:
-    server: https://127.0.0.1:$api_port
-    certificate-authority: $dir/certs/apiserver.crt
-users:
-- name: cloudkeys-admin
-  user:
-    token: $token
-contexts:
-- name: cloudkeys-test
-  context: {cluster: cloudkeys-test, user: cloudkeys-admin}
-current-context: cloudkeys-test
-KCFG
-  chmod 600 "$dir/kubeconfig"
+  write_kubeconfig "$dir/kubeconfig" "$api_port" "$dir" cloudkeys-admin "$token"
+  write_kubeconfig "$dir/operator.kubeconfig" "$api_port" "$dir" cloudkeys-operator "$operator_token"
 
   if ! wait_for 90 "$BIN_DIR/kubectl" --kubeconfig "$dir/kubeconfig" get --raw /readyz; then
     log "kube-apiserver did not become ready; see $dir/kube-apiserver.log"

@@ -30,14 +30,24 @@ pub struct RunArgs {
     /// Watch this namespace only (default: all namespaces).
     #[arg(long, env = "CLOUDKEYS_NAMESPACE")]
     pub namespace: Option<String>,
-    /// How many AccessKeys are reconciled at once.
-    #[arg(long, env = "CLOUDKEYS_CONCURRENCY", default_value_t = 4)]
+    /// How many AccessKeys are reconciled at once. Most of a reconcile is waiting on the
+    /// apiserver or a provider, and each issuer limits itself (--issuer-concurrency, its
+    /// `rateLimit`), so more workers than cores pay off.
+    #[arg(long, env = "CLOUDKEYS_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
     /// How many of those reconciles may wait on one issuer's provider at once, so that one slow
     /// or hanging provider account cannot hold every worker; 0 = half of --concurrency. (The
     /// built-in `local` provider, which answers from memory, is not limited.)
     #[arg(long, env = "CLOUDKEYS_ISSUER_CONCURRENCY", default_value_t = 0)]
     pub issuer_concurrency: u16,
+    /// Requests per second the operator sends to the Kubernetes API at most, all controllers
+    /// together (a token bucket, like kubectl's and client-go's): a storm of reconciles waits
+    /// its turn instead of overloading the control plane.
+    #[arg(long, env = "CLOUDKEYS_KUBE_API_QPS", default_value_t = 500)]
+    pub kube_api_qps: u32,
+    /// Requests that may go at once above --kube-api-qps after a quiet spell.
+    #[arg(long, env = "CLOUDKEYS_KUBE_API_BURST", default_value_t = 1000)]
+    pub kube_api_burst: u32,
     /// Longest one reconcile waits on a provider (all its calls, retries and operation polls
     /// together); past it the reconcile gives up and retries with backoff.
     #[arg(long, env = "CLOUDKEYS_PROVIDER_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]

@@ -23,7 +23,7 @@ async fn main() -> ExitCode {
         }
         Command::Run(args) => {
             cloudkeys::telemetry::init(args.log_format);
-            let client = match cloudkeys::controller::run::client().await {
+            let client = match cloudkeys::controller::client::client(args.kube_api_qps, args.kube_api_burst).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot configure the Kubernetes client (KUBECONFIG or in-cluster)");

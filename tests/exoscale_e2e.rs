@@ -295,6 +295,41 @@ async fn an_issuer_deleted_while_in_use_stays_until_its_keys_are_revoked() {
     .await;
 }
 
+#[tokio::test]
+async fn the_issuers_rate_limit_paces_every_request_to_its_account() {
+    let env = setup("exo-rate-limit").await;
+    // The same issuer, now limited to 2 requests per second with no burst.
+    env.apply(json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "KeyIssuer", "metadata": {"name": "exoscale"},
+        "spec": {"exoscale": {"endpoint": env.fake.endpoint(), "credentialsSecretRef": {"name": exoscale::CREDENTIALS}},
+                 "rateLimit": {"requestsPerSecond": 2, "burst": 1}}}))
+        .await;
+    let api: Api<cloudkeys::api::KeyIssuer> = Api::namespaced(env.client.clone(), &env.ns);
+    support::eventually("the rate limit to be seen by the operator", keys::WAIT, || {
+        let api = api.clone();
+        async move {
+            let i = api.get("exoscale").await.ok()?;
+            let observed = i.status?.conditions.iter().find(|c| c.type_ == "Ready")?.observed_generation;
+            (observed == i.metadata.generation).then_some(())
+        }
+    })
+    .await;
+    let from = env.fake.requests().len();
+    for i in 0..4 {
+        env.apply(access_key(&format!("k{i}"), role_id_mode(), json!({}))).await;
+    }
+    for i in 0..4 {
+        env.issued(&format!("k{i}")).await;
+    }
+    let at: Vec<Instant> = env.fake.requests()[from..].iter().map(|r| r.at).collect();
+    assert!(at.len() >= 4, "{} requests", at.len());
+    // 2/s with a burst of 1: no two requests less than half a second apart (less a little for
+    // the fake's clock, which reads the time when a request arrives).
+    for pair in at.windows(2) {
+        let gap = pair[1].duration_since(pair[0]);
+        assert!(gap >= Duration::from_millis(450), "two requests {gap:?} apart");
+    }
+}
+
 /// Crash point: the create request reached the provider, which made the key, but the answer
 /// (and with it the only copy of the secret) never came back before the operator died.
 #[tokio::test]

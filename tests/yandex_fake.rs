@@ -540,6 +540,7 @@ fn http_config() -> HttpConfig {
     HttpConfig {
         provider: "yandex",
         requests_per_second: 1000,
+        burst: 1000,
         max_retries: 10,
         base_backoff: Duration::from_millis(5),
         max_backoff: Duration::from_secs(2),

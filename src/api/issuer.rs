@@ -27,9 +27,12 @@ use super::schema;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     cel
 )]
+#[serde(rename_all = "camelCase")]
 pub struct KeyIssuerSpec {
     #[serde(flatten)]
     pub provider: IssuerProvider,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// The same settings as a `KeyIssuer`, usable from every namespace; its Secrets live in the
@@ -49,9 +52,38 @@ pub struct KeyIssuerSpec {
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     cel
 )]
+#[serde(rename_all = "camelCase")]
 pub struct ClusterKeyIssuerSpec {
     #[serde(flatten)]
     pub provider: IssuerProvider,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Requests the operator sends to this issuer's provider account, all its AccessKeys together.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Sustained requests per second (default 5).
+    #[serde(default = "RateLimit::default_rate")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub requests_per_second: u32,
+    /// Requests that may go at once after a quiet spell (default 5).
+    #[serde(default = "RateLimit::default_rate")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub burst: u32,
+}
+
+impl RateLimit {
+    fn default_rate() -> u32 {
+        5
+    }
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self { requests_per_second: Self::default_rate(), burst: Self::default_rate() }
+    }
 }
 
 /// Exactly one provider block; the variant name is the key in YAML (`exoscale: {...}`).
@@ -203,16 +235,24 @@ pub struct IssuerStatus {
 /// What the controller needs from either issuer kind.
 pub trait Issuer {
     fn provider(&self) -> &IssuerProvider;
+    /// `spec.rateLimit` after applying its defaults.
+    fn rate_limit(&self) -> RateLimit;
 }
 
 impl Issuer for KeyIssuer {
     fn provider(&self) -> &IssuerProvider {
         &self.spec.provider
     }
+    fn rate_limit(&self) -> RateLimit {
+        self.spec.rate_limit.unwrap_or_default()
+    }
 }
 
 impl Issuer for ClusterKeyIssuer {
     fn provider(&self) -> &IssuerProvider {
         &self.spec.provider
+    }
+    fn rate_limit(&self) -> RateLimit {
+        self.spec.rate_limit.unwrap_or_default()
     }
 }

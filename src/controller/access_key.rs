@@ -127,7 +127,7 @@ struct Cluster<'a> {
     /// conflict instead of overwriting a newer record of a key (and losing track of it).
     resource_version: std::sync::Mutex<Option<String>>,
     /// The issuer slots this reconcile holds, released when it ends.
-    slots: std::sync::Mutex<Vec<(String, tokio::sync::OwnedSemaphorePermit)>>,
+    slots: std::sync::Mutex<Vec<(String, super::context::IssuerSlot)>>,
     /// When this reconcile stops waiting on providers (`--provider-timeout`).
     deadline: tokio::time::Instant,
     /// The AccessKey's Secret as this reconcile last wrote or read it from the apiserver: newer
@@ -154,7 +154,7 @@ impl<'a> Cluster<'a> {
         match self.issuer(r).await? {
             Some(loaded) => {
                 let provider = loaded.provider.map_err(|m| Error::Issuer(format!("{}: {m}", loaded.display)))?;
-                self.at_provider(r, provider)
+                self.at_provider(r, provider).await
             }
             None => Err(Error::Issuer(format!("{} {} not found", kind_name(r), r.name))),
         }
@@ -163,16 +163,22 @@ impl<'a> Cluster<'a> {
     /// `provider`, bounded by this reconcile's deadline, once this reconcile holds one of the
     /// issuer's slots (`--issuer-concurrency`): when all are taken, `Error::IssuerBusy` sends the
     /// AccessKey back to the queue instead of letting it hold a worker.
-    fn at_provider(&self, r: &IssuerRef, provider: Arc<dyn Provider>) -> Result<Arc<dyn Provider>, Error> {
+    async fn at_provider(&self, r: &IssuerRef, provider: Arc<dyn Provider>) -> Result<Arc<dyn Provider>, Error> {
         let issuer = IssuerId::from_ref(r, &self.ns).to_string();
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         // The built-in provider answers from memory: it can neither hang nor hold a worker.
         let networked = provider.name() != "local";
-        if networked && !slots.iter().any(|(held, _)| *held == issuer) {
-            let slot = self.ctx.issuer_slot(&issuer).ok_or_else(|| Error::IssuerBusy(issuer.clone()))?;
-            slots.push((issuer, slot));
+        let held = self.slots.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|(held, _)| *held == issuer);
+        if networked && !held {
+            let slot = self.ctx.issuer_slot(&issuer).await.ok_or_else(|| Error::IssuerBusy(issuer.clone()))?;
+            self.slots.lock().unwrap_or_else(|p| p.into_inner()).push((issuer, slot));
         }
         Ok(Arc::new(Bounded::new(provider, self.deadline)))
+    }
+
+    /// Lets go of the issuer slots held so far: once the provider has answered, the apiserver
+    /// writes that follow need no slot, and the next AccessKey of the issuer may go.
+    fn release_slots(&self) {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     fn new(ctx: &'a Context, ak: &'a AccessKey) -> Self {
@@ -541,7 +547,8 @@ async fn act(
         }
         Step::Issue { reason } => {
             let issuer = issuer.ok_or_else(|| Error::Issuer("issuer vanished".into()))?;
-            let provider = c.at_provider(&c.ak.spec.issuer_ref, issuer.provider.clone().map_err(Error::Issuer)?)?;
+            let provider =
+                c.at_provider(&c.ak.spec.issuer_ref, issuer.provider.clone().map_err(Error::Issuer)?).await?;
             issue(c, status, provider, hash, reason).await?;
             Ok(None)
         }
@@ -667,7 +674,9 @@ async fn issue(
         spec: &ak.spec.provider,
         now: started,
     };
-    let key = provider.create_key(&request).await?;
+    let created = provider.create_key(&request).await;
+    c.release_slots();
+    let key = created?;
     crashpoint("after-create");
 
     // (3) The only copy of the secret goes into the Secret; if that fails, the key goes at once.

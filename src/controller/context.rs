@@ -14,7 +14,9 @@ use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::api::{AccessKey, ClusterKeyIssuer, IssuerKind, IssuerProvider, IssuerRef, IssuerStatus, KeyIssuer};
+use crate::api::{
+    AccessKey, ClusterKeyIssuer, Issuer, IssuerKind, IssuerProvider, IssuerRef, IssuerStatus, KeyIssuer, RateLimit,
+};
 use crate::health::Health;
 use crate::providers::{self, http::HttpConfig, local::LocalStore, Credentials, Provider};
 
@@ -34,7 +36,51 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     checks: Mutex<HashMap<String, CheckState>>,
     /// Per issuer: the reconciles that may wait on its provider at once.
-    issuer_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+    issuer_slots: Mutex<HashMap<String, Arc<IssuerSlots>>>,
+}
+
+/// Longest a reconcile waits for a slot of an issuer whose slots are turning over: a slot of a
+/// healthy issuer frees within one provider call, while a stuck one frees none.
+const SLOT_WAIT: Duration = Duration::from_secs(1);
+
+/// The slots of one issuer, and when one was last given back.
+pub struct IssuerSlots {
+    semaphore: Arc<Semaphore>,
+    last_release: Mutex<Option<Instant>>,
+}
+
+impl IssuerSlots {
+    fn new(slots: usize) -> Self {
+        Self { semaphore: Arc::new(Semaphore::new(slots.max(1))), last_release: Mutex::new(None) }
+    }
+
+    /// Whether a slot was given back within the last [`SLOT_WAIT`].
+    fn turning_over(&self) -> bool {
+        lock(&self.last_release).is_some_and(|at| at.elapsed() < SLOT_WAIT)
+    }
+
+    async fn acquire(self: Arc<Self>) -> Option<IssuerSlot> {
+        let permit = match self.semaphore.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) if self.turning_over() => {
+                tokio::time::timeout(SLOT_WAIT, self.semaphore.clone().acquire_owned()).await.ok()?.ok()?
+            }
+            Err(_) => return None,
+        };
+        Some(IssuerSlot { _permit: permit, slots: self })
+    }
+}
+
+/// One slot of an issuer, given back (and the time noted) when dropped.
+pub struct IssuerSlot {
+    _permit: OwnedSemaphorePermit,
+    slots: Arc<IssuerSlots>,
+}
+
+impl Drop for IssuerSlot {
+    fn drop(&mut self) {
+        *lock(&self.slots.last_release) = Some(Instant::now());
+    }
 }
 
 /// The watch-fed caches every controller reads.
@@ -44,6 +90,8 @@ pub struct Caches {
     /// The Secrets this operator manages (labelled `app.kubernetes.io/managed-by: cloudkeys`),
     /// without their managedFields.
     pub secrets: Store<Secret>,
+    /// Credentials Secrets held by issuers (labelled `cloudkeys.io/credentials`), with their data.
+    pub credentials: Store<Secret>,
     pub key_issuers: Store<KeyIssuer>,
     pub cluster_issuers: Store<ClusterKeyIssuer>,
 }
@@ -81,14 +129,15 @@ impl Context {
     }
 
     /// A slot to wait on the provider of `issuer`, or `None` when as many reconciles as
-    /// `--issuer-concurrency` allows already do: the caller comes back later instead of holding
-    /// a worker that AccessKeys of other issuers could use.
-    pub fn issuer_slot(&self, issuer: &str) -> Option<OwnedSemaphorePermit> {
-        let semaphore = lock(&self.issuer_slots)
+    /// `--issuer-concurrency` allows already do and none has finished lately: the caller comes
+    /// back later instead of holding a worker that AccessKeys of other issuers could use. An
+    /// issuer whose slots keep turning over (busy, not stuck) is waited for, briefly.
+    pub async fn issuer_slot(&self, issuer: &str) -> Option<IssuerSlot> {
+        let slots = lock(&self.issuer_slots)
             .entry(issuer.to_string())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.limits.issuer_concurrency.max(1))))
+            .or_insert_with(|| Arc::new(IssuerSlots::new(self.limits.issuer_concurrency)))
             .clone();
-        semaphore.try_acquire_owned().ok()
+        slots.acquire().await
     }
 
     /// Records a failure of `key` and returns how many happened in a row.
@@ -207,7 +256,7 @@ impl Registry {
         r: &IssuerRef,
         cluster_resource_namespace: &str,
     ) -> Result<Option<LoadedIssuer>, kube::Error> {
-        let (display, secret_ns, meta, settings, status) = match r.kind {
+        let (display, secret_ns, meta, settings, rate_limit, status) = match r.kind {
             IssuerKind::KeyIssuer => {
                 let Some(i) = caches.key_issuers.get(&ObjectRef::new(&r.name).within(namespace)) else {
                     return Ok(None);
@@ -217,6 +266,7 @@ impl Registry {
                     namespace.to_string(),
                     i.metadata.clone(),
                     i.spec.provider.clone(),
+                    i.rate_limit(),
                     i.status.clone(),
                 )
             }
@@ -229,21 +279,26 @@ impl Registry {
                     cluster_resource_namespace.to_string(),
                     i.metadata.clone(),
                     i.spec.provider.clone(),
+                    i.rate_limit(),
                     i.status.clone(),
                 )
             }
         };
-        self.load_settings(client, display, &secret_ns, &meta, settings, status.unwrap_or_default()).await.map(Some)
+        let status = status.unwrap_or_default();
+        self.load_settings(client, caches, display, &secret_ns, &meta, settings, rate_limit, status).await.map(Some)
     }
 
     /// Builds (or reuses) the provider client of an issuer object already read.
+    #[allow(clippy::too_many_arguments)]
     pub async fn load_settings(
         &self,
         client: &Client,
+        caches: &Caches,
         display: String,
         secret_ns: &str,
         meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
         settings: IssuerProvider,
+        rate_limit: RateLimit,
         status: IssuerStatus,
     ) -> Result<LoadedIssuer, kube::Error> {
         let cache_key = format!("{display}@{}", meta.uid.clone().unwrap_or_default());
@@ -252,7 +307,12 @@ impl Registry {
         let mut credentials = Credentials::new();
         let mut missing = None;
         if let Some(secret_name) = providers::credentials_secret(&settings) {
-            match Api::<Secret>::namespaced(client.clone(), secret_ns).get_opt(secret_name).await? {
+            let cached = caches.credentials.get(&ObjectRef::new(secret_name).within(secret_ns));
+            let secret = match cached {
+                Some(s) => Some(Secret::clone(&s)),
+                None => Api::<Secret>::namespaced(client.clone(), secret_ns).get_opt(secret_name).await?,
+            };
+            match secret {
                 Some(secret) => {
                     // The data, not the resourceVersion: metadata changes (the in-use finalizer,
                     // labels) must not rebuild the client or re-check the credentials.
@@ -278,7 +338,7 @@ impl Registry {
         }
         let provider = match missing {
             Some(m) => Err(m),
-            None => self.provider(&cache_key, &fingerprint, &settings, &credentials),
+            None => self.provider(&cache_key, &fingerprint, &settings, rate_limit, &credentials),
         };
         let deleting = meta.deletion_timestamp.is_some();
         Ok(LoadedIssuer { display, settings, status, generation: meta.generation, fingerprint, deleting, provider })
@@ -289,6 +349,7 @@ impl Registry {
         cache_key: &str,
         fingerprint: &str,
         settings: &IssuerProvider,
+        rate_limit: RateLimit,
         credentials: &Credentials,
     ) -> Result<Arc<dyn Provider>, String> {
         if let Some((fp, p)) = lock(&self.cache).get(cache_key) {
@@ -296,7 +357,13 @@ impl Registry {
                 return Ok(p.clone());
             }
         }
-        let p = providers::build(settings, credentials, &self.local, &self.http)?;
+        // The fingerprint holds the generation: a new rate limit builds a new client.
+        let http = HttpConfig {
+            requests_per_second: rate_limit.requests_per_second,
+            burst: rate_limit.burst,
+            ..self.http.clone()
+        };
+        let p = providers::build(settings, credentials, &self.local, &http)?;
         lock(&self.cache).insert(cache_key.to_string(), (fingerprint.to_string(), p.clone()));
         Ok(p)
     }
@@ -307,5 +374,29 @@ pub fn display_name<K: ResourceExt>(obj: &K) -> String {
     match obj.namespace() {
         Some(ns) => format!("{ns}/{}", obj.name_any()),
         None => obj.name_any(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stuck_issuer_turns_callers_away_and_a_busy_one_makes_them_wait_their_turn() {
+        let slots = Arc::new(IssuerSlots::new(1));
+        let first = slots.clone().acquire().await.expect("a free slot");
+        // Taken, and none ever given back: stuck, as far as anyone can tell.
+        assert!(slots.clone().acquire().await.is_none());
+
+        // Given back once: the issuer is turning over, so the next caller waits for the slot
+        // the holder gives back.
+        drop(first);
+        let second = slots.clone().acquire().await.expect("free again");
+        let waiter = tokio::spawn(slots.clone().acquire());
+        // (One thread: the waiter runs up to its wait here, while the slot is still taken.)
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(second);
+        assert!(waiter.await.expect("waiter ran").is_some(), "the waiter did not get the slot");
     }
 }

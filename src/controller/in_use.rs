@@ -33,6 +33,14 @@ pub const FINALIZER: &str = "cloudkeys.io/in-use";
 pub const HELD_SECRET_ANNOTATION: &str = "cloudkeys.io/held-secret";
 /// On a credentials Secret: the issuers holding it with [`FINALIZER`], comma-separated.
 pub const HELD_BY_ANNOTATION: &str = "cloudkeys.io/held-by";
+/// On a credentials Secret while an issuer holds it: the operator watches these Secrets (their
+/// data included) instead of reading them per reconcile.
+pub const CREDENTIALS_LABEL: &str = "cloudkeys.io/credentials";
+
+/// Whether `meta` carries [`CREDENTIALS_LABEL`].
+pub fn labelled_credentials(meta: &ObjectMeta) -> bool {
+    meta.labels.as_ref().is_some_and(|l| l.get(CREDENTIALS_LABEL).is_some_and(|v| v == "true"))
+}
 
 /// An issuer as named from anywhere: its kind, name and (KeyIssuer) namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -306,6 +314,7 @@ pub async fn set_secret_holder(
             now.sort();
             now
         } && holds(&secret.metadata) == want_finalizer
+            && labelled_credentials(&secret.metadata) == want_finalizer
         {
             return Ok(());
         }
@@ -314,6 +323,7 @@ pub async fn set_secret_holder(
             "resourceVersion": secret.metadata.resource_version,
             "finalizers": finalizers_with(&secret.metadata, want_finalizer),
             "annotations": {HELD_BY_ANNOTATION: annotation},
+            "labels": {CREDENTIALS_LABEL: want_finalizer.then_some("true")},
         }});
         match api.patch_metadata(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
             Ok(_) => {

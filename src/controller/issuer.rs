@@ -187,10 +187,12 @@ async fn check<K: IssuerObject>(issuer: &K, ctx: &Context) -> Result<(Reason, St
         .registry
         .load_settings(
             &ctx.client,
+            &ctx.caches,
             issuer.describe(),
             &issuer.secret_namespace(ctx),
             issuer.meta(),
             issuer.provider().clone(),
+            issuer.rate_limit(),
             issuer.status().cloned().unwrap_or_default(),
         )
         .await?;

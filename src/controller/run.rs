@@ -25,7 +25,7 @@ use super::context::{Caches, Context, Limits};
 use super::error::Error;
 use super::issuer::IssuerObject;
 use super::secret::{MANAGED_BY, MANAGED_BY_LABEL};
-use super::watch::{watched, NoBackoff};
+use super::watch::{slimmed, watched, NoBackoff};
 use super::{access_key, in_use, issuer};
 
 const LEASE_NAME: &str = "cloudkeys-leader";
@@ -53,24 +53,17 @@ where
     }
 }
 
-/// The Kubernetes client from KUBECONFIG or the in-cluster configuration. Connecting gives up
-/// after a few seconds (kube's default is 30): a watch retries sooner, and `/readyz` learns
-/// sooner, when the apiserver is unreachable.
-pub async fn client() -> Result<Client, Error> {
-    let mut config = kube::Config::infer().await.map_err(|e| Error::Startup(e.to_string()))?;
-    config.connect_timeout = Some(crate::health::CONNECT_TIMEOUT);
-    Client::try_from(config).map_err(|e| Error::Startup(e.to_string()))
-}
-
 pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
     let (reader, writer) = reflector::store::<AccessKey>();
     let (key_issuers, key_issuer_writer) = reflector::store::<KeyIssuer>();
     let (cluster_issuers, cluster_issuer_writer) = reflector::store::<ClusterKeyIssuer>();
     let (secrets, secret_writer) = reflector::store::<Secret>();
-    let caches = Caches { access_keys: reader.clone(), secrets, key_issuers, cluster_issuers };
+    let (credentials, credentials_writer) = reflector::store::<Secret>();
+    let caches = Caches { access_keys: reader.clone(), secrets, credentials, key_issuers, cluster_issuers };
     let writers = Writers {
         access_keys: writer,
         secrets: secret_writer,
+        credentials: credentials_writer,
         key_issuers: key_issuer_writer,
         cluster_issuers: cluster_issuer_writer,
     };
@@ -170,6 +163,7 @@ async fn shutdown_signal() {
 struct Writers {
     access_keys: reflector::store::Writer<AccessKey>,
     secrets: reflector::store::Writer<Secret>,
+    credentials: reflector::store::Writer<Secret>,
     key_issuers: reflector::store::Writer<KeyIssuer>,
     cluster_issuers: reflector::store::Writer<ClusterKeyIssuer>,
 }
@@ -208,6 +202,7 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
     // AccessKeys: their own changes, their Secrets, and their issuers.
     let reader = ctx.caches.access_keys.clone();
     let stream = watched(api_for::<AccessKey>(&client, ns), Config::default(), "accesskeys", &health)
+        .modify(slimmed)
         // After the cache has the event: the issuer reconcile it triggers must see the AccessKey gone.
         .reflect(writers.access_keys)
         .inspect_ok(on_access_key_event)
@@ -215,11 +210,18 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
         .predicate_filter(spec_or_lifecycle, Default::default());
     let managed = Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let secrets = watched(api_for::<Secret>(&client, ns), managed, "secrets", &health)
-        // None, not empty: a Secret written back from the cache must keep its managedFields (an
-        // empty list in an update would wipe them).
+        // managedFields only: a Secret is written back from the cache, its annotations included.
         .modify(|s| s.metadata.managed_fields = None)
         .reflect(writers.secrets)
         .touched_objects();
+    // Credentials Secrets held by issuers: read when they change, not per reconcile. The cache
+    // only saves reads (a Secret not in it is read from the apiserver), so nothing waits for it.
+    let held = Config::default().labels(&format!("{}=true", in_use::CREDENTIALS_LABEL));
+    let credentials = watched(api_for::<Secret>(&client, ns), held, "credentials", &health)
+        .modify(|s| s.metadata.managed_fields = None)
+        .reflect(writers.credentials)
+        .for_each(|_| futures::future::ready(()));
+    tokio::spawn(credentials);
     let caches = ctx.caches.clone();
     let synced_health = health.clone();
     tokio::spawn(async move {
@@ -266,6 +268,7 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
         .for_each(|_| futures::future::ready(()));
 
     let key_issuer_stream = watched(api_for::<KeyIssuer>(&client, ns), Config::default(), "keyissuers", &health)
+        .modify(slimmed)
         .reflect(writers.key_issuers)
         .inspect_ok(move |event| {
             if let Some(i) = touched(event) {
@@ -283,6 +286,7 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
         .for_each(|_| futures::future::ready(()));
     let cluster_issuer_stream =
         watched(Api::<ClusterKeyIssuer>::all(client.clone()), Config::default(), "clusterkeyissuers", &health)
+            .modify(slimmed)
             .reflect(writers.cluster_issuers)
             .inspect_ok(move |event| {
                 if let Some(i) = touched(event) {

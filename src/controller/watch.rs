@@ -97,6 +97,18 @@ where
     })
 }
 
+/// What a cached object does not need and costs the most memory at scale: managedFields (set to
+/// `None`, not emptied: an object written back from the cache must keep them, and an empty list
+/// in an update would wipe them), and kubectl's copy of the whole object in
+/// `last-applied-configuration` (nothing here reads it or writes it back).
+pub fn slimmed<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,5 +122,22 @@ mod tests {
         assert!(waits[7] >= MAX_RETRY.mul_f64(0.8));
         b.reset();
         assert!(b.next().is_some_and(|w| w <= Duration::from_millis(600)));
+    }
+
+    #[test]
+    fn slimmed_objects_keep_everything_but_bulk_nobody_reads() {
+        let mut ak: crate::api::AccessKey = serde_json::from_value(serde_json::json!({
+            "apiVersion": "cloudkeys.io/v1alpha1", "kind": "AccessKey",
+            "metadata": {"name": "k", "namespace": "n", "finalizers": ["cloudkeys.io/revoke"],
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{...}", "team": "a"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}]},
+            "spec": {"issuerRef": {"name": "i"}, "secretName": "s", "local": {}},
+        }))
+        .expect("AccessKey");
+        slimmed(&mut ak);
+        assert_eq!(ak.metadata.managed_fields, None);
+        let annotations = ak.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(annotations.into_iter().collect::<Vec<_>>(), vec![("team".to_string(), "a".to_string())]);
+        assert_eq!(ak.metadata.finalizers.as_deref(), Some(&["cloudkeys.io/revoke".to_string()][..]));
     }
 }

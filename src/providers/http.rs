@@ -20,8 +20,10 @@ use super::error::{ErrorKind, ProviderError};
 pub struct HttpConfig {
     /// The provider's name, for metrics.
     pub provider: &'static str,
-    /// Sustained requests per second to one issuer's account.
+    /// Sustained requests per second to one issuer's account (`spec.rateLimit`).
     pub requests_per_second: u32,
+    /// Requests that may go at once after a quiet spell.
+    pub burst: u32,
     /// Retries after the first attempt, for retryable failures.
     pub max_retries: u32,
     pub base_backoff: Duration,
@@ -36,6 +38,7 @@ impl Default for HttpConfig {
         Self {
             provider: "unknown",
             requests_per_second: 5,
+            burst: 5,
             max_retries: 3,
             base_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(10),
@@ -99,9 +102,9 @@ impl Http {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ProviderError::permanent("http-client", format!("cannot build HTTP client: {e}")))?;
-        let rps = NonZeroU32::new(config.requests_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
-        // No burst: Outscale counts requests per second, and a burst would let twice the rate through.
-        let limiter = RateLimiter::direct(Quota::per_second(rps).allow_burst(NonZeroU32::MIN));
+        let rps = NonZeroU32::new(config.requests_per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(config.burst).unwrap_or(NonZeroU32::MIN);
+        let limiter = RateLimiter::direct(Quota::per_second(rps).allow_burst(burst));
         Ok(Self { client, limiter, config })
     }
 

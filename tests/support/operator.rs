@@ -51,6 +51,11 @@ impl Operator {
         self.child = Some(child);
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL: no chance to finish anything, as in a node crash.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
