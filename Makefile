@@ -47,6 +47,7 @@ control-plane:
 	scripts/control-plane.sh deps
 	scripts/control-plane.sh build
 
-## Throughput and memory of the operator (prints figures; N AccessKeys, default 200).
+## The operator at scale (tests/bench.rs): 10,000 local and 1,000 Exoscale AccessKeys against the
+## real control plane; prints figures, asserts nothing. BENCH_LOCAL, BENCH_EXOSCALE, ... resize it.
 bench: control-plane
 	$(CARGO) test --release --locked --test bench -- --ignored --nocapture

@@ -25,7 +25,7 @@ use crate::providers::bounded::Bounded;
 use crate::providers::{IssuedKey, KeyRequest, Marker, OwnedKey, Provider, ProviderError};
 
 use super::conditions::{ready_condition, Reason};
-use super::context::{display_name, Context, LoadedIssuer, FIELD_MANAGER};
+use super::context::{display_name, patch_params, Context, LoadedIssuer, FIELD_MANAGER};
 use super::decide::{
     decide, forced_replacement_wait, forced_replacements_after, IssueReason, IssuerState, Observed, Step,
 };
@@ -41,6 +41,9 @@ pub const KUBE_TIME_BUDGET: Duration = Duration::from_secs(120);
 /// First retry of an AccessKey whose issuer had no free slot, doubling up to the maximum.
 const BUSY_RETRY: Duration = Duration::from_secs(1);
 const BUSY_RETRY_MAX: Duration = Duration::from_secs(30);
+/// How soon an AccessKey triggered from a cache behind this operator's own write is looked at
+/// again (the cache is milliseconds behind; status writes trigger no reconcile by themselves).
+const OWN_WRITE_WAIT: Duration = Duration::from_millis(300);
 /// Periodic re-check of a Ready AccessKey (its Secret is also watched).
 const RESYNC: Duration = Duration::from_secs(3600);
 
@@ -75,6 +78,11 @@ async fn reconcile_inner(ak: Arc<AccessKey>, ctx: &Arc<Context>) -> Result<Actio
     // Issuers come from their caches: until those are complete, "not found" could be wrong.
     if !ctx.health.synced.load(std::sync::atomic::Ordering::Relaxed) {
         return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    // Triggered (by its Secret, say) before the cache has this operator's own last status write:
+    // that write's event is a moment away, and deciding now would only earn a conflict.
+    if ctx.own_writes.behind_own_write(&ak.uid().unwrap_or_default(), ak.metadata.resource_version.as_deref()) {
+        return Ok(Action::requeue(OWN_WRITE_WAIT));
     }
     let ns = ak.namespace().unwrap_or_default();
     let api: Api<AccessKey> = Api::namespaced(ctx.client.clone(), &ns);
@@ -219,8 +227,8 @@ impl<'a> Cluster<'a> {
             "metadata": {"resourceVersion": rv},
             "status": status_merge_patch(status),
         });
-        let updated =
-            self.api().patch_status(&self.ak.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        let updated = self.api().patch_status(&self.ak.name_any(), &patch_params(), &Patch::Merge(&patch)).await?;
+        self.ctx.own_writes.wrote_status(&self.uid, rv, updated.resource_version());
         *self.resource_version.lock().unwrap_or_else(|p| p.into_inner()) = updated.resource_version();
         Ok(())
     }
@@ -891,7 +899,7 @@ async fn release_secret(c: &Cluster<'_>) -> Result<(), Error> {
         {"op": "replace", "path": "/metadata/ownerReferences", "value": remaining},
     ]);
     let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| Error::Finalizer(e.to_string()))?;
-    api.patch(&c.ak.spec.secret_name, &PatchParams::default(), &Patch::<()>::Json(patch)).await?;
+    api.patch(&c.ak.spec.secret_name, &patch_params(), &Patch::<()>::Json(patch)).await?;
     Ok(())
 }
 

@@ -24,6 +24,12 @@ use super::conditions;
 
 pub const FIELD_MANAGER: &str = "cloudkeys";
 
+/// Parameters of a patch that is not an apply: named, so that managedFields (and `kubectl`)
+/// show this operator as the writer instead of "unknown".
+pub fn patch_params() -> kube::api::PatchParams {
+    kube::api::PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
+}
+
 pub struct Context {
     pub client: Client,
     pub reporter: Reporter,
@@ -34,9 +40,55 @@ pub struct Context {
     pub health: Arc<Health>,
     pub limits: Limits,
     failures: Mutex<HashMap<String, u32>>,
+    /// This operator's status writes the AccessKey cache does not show yet.
+    pub own_writes: OwnStatusWrites,
     checks: Mutex<HashMap<String, CheckState>>,
     /// Per issuer: the reconciles that may wait on its provider at once.
     issuer_slots: Mutex<HashMap<String, Arc<IssuerSlots>>>,
+}
+
+/// By AccessKey uid, until the cache shows this operator's last status write of it: the
+/// resourceVersions its writes made obsolete, and the one the last write produced.
+#[derive(Debug, Default)]
+pub struct OwnStatusWrites(Mutex<HashMap<String, OwnWrites>>);
+
+#[derive(Debug, Default)]
+struct OwnWrites {
+    obsolete: Vec<String>,
+    latest: Option<String>,
+}
+
+impl OwnStatusWrites {
+    /// Notes a status write of the AccessKey `uid` that turned resourceVersion `before` into
+    /// `after`.
+    pub fn wrote_status(&self, uid: &str, before: Option<String>, after: Option<String>) {
+        let mut written = lock(&self.0);
+        let entry = written.entry(uid.to_string()).or_default();
+        entry.obsolete.extend(before);
+        entry.latest = after;
+    }
+
+    /// Whether a copy of the AccessKey `uid` at `resource_version` predates one of this
+    /// operator's own status writes that the cache does not show yet: a reconcile starting from it
+    /// would decide on an old record and fail its conditional write.
+    pub fn behind_own_write(&self, uid: &str, resource_version: Option<&str>) -> bool {
+        let written = lock(&self.0);
+        let Some(w) = written.get(uid) else { return false };
+        resource_version.is_some_and(|rv| w.obsolete.iter().any(|o| o == rv))
+    }
+
+    /// The cache now holds the AccessKey `uid` at `resource_version` (or it is gone: `None`).
+    pub fn cache_saw(&self, uid: &str, resource_version: Option<&str>) {
+        let mut written = lock(&self.0);
+        let caught_up = match (written.get(uid), resource_version) {
+            (None, _) => false,
+            (Some(w), Some(rv)) => w.latest.as_deref() == Some(rv) || !w.obsolete.iter().any(|o| o == rv),
+            (Some(_), None) => true,
+        };
+        if caught_up {
+            written.remove(uid);
+        }
+    }
 }
 
 /// Longest a reconcile waits for a slot of an issuer whose slots are turning over: a slot of a
@@ -123,6 +175,7 @@ impl Context {
             health,
             limits,
             failures: Mutex::new(HashMap::new()),
+            own_writes: OwnStatusWrites::default(),
             checks: Mutex::new(HashMap::new()),
             issuer_slots: Mutex::new(HashMap::new()),
         }
@@ -380,6 +433,29 @@ pub fn display_name<K: ResourceExt>(obj: &K) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copy_from_before_an_own_write_is_known_stale_until_the_cache_shows_the_write() {
+        let w = OwnStatusWrites::default();
+        assert!(!w.behind_own_write("u", Some("1")));
+        w.wrote_status("u", Some("1".into()), Some("2".into()));
+        w.wrote_status("u", Some("2".into()), Some("3".into()));
+        assert!(w.behind_own_write("u", Some("1")));
+        assert!(w.behind_own_write("u", Some("2")));
+        assert!(!w.behind_own_write("u", Some("3")));
+        // The cache shows the first write only: still behind the second.
+        w.cache_saw("u", Some("2"));
+        assert!(w.behind_own_write("u", Some("2")));
+        w.cache_saw("u", Some("3"));
+        assert!(!w.behind_own_write("u", Some("2")), "forgotten once the cache caught up");
+        // Someone else's write after ours also means the cache is past ours.
+        w.wrote_status("u", Some("3".into()), Some("4".into()));
+        w.cache_saw("u", Some("9"));
+        assert!(!w.behind_own_write("u", Some("3")));
+        w.wrote_status("v", Some("1".into()), Some("2".into()));
+        w.cache_saw("v", None);
+        assert!(!w.behind_own_write("v", Some("1")), "a deleted AccessKey is forgotten");
+    }
 
     #[tokio::test]
     async fn a_stuck_issuer_turns_callers_away_and_a_busy_one_makes_them_wait_their_turn() {

@@ -187,7 +187,19 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
     let (released_key_issuers, key_issuer_releases) = futures::channel::mpsc::unbounded::<ObjectRef<KeyIssuer>>();
     let (released_cluster_issuers, cluster_issuer_releases) =
         futures::channel::mpsc::unbounded::<ObjectRef<ClusterKeyIssuer>>();
+    let seen_by_cache = ctx.clone();
     let on_access_key_event = move |event: &watcher::Event<AccessKey>| {
+        match event {
+            watcher::Event::Apply(ak) | watcher::Event::InitApply(ak) => {
+                seen_by_cache
+                    .own_writes
+                    .cache_saw(ak.metadata.uid.as_deref().unwrap_or_default(), ak.metadata.resource_version.as_deref());
+            }
+            watcher::Event::Delete(ak) => {
+                seen_by_cache.own_writes.cache_saw(ak.metadata.uid.as_deref().unwrap_or_default(), None)
+            }
+            watcher::Event::Init | watcher::Event::InitDone => {}
+        }
         if let watcher::Event::Delete(ak) = event {
             for id in in_use::needed_issuers(ak) {
                 // A send fails only once the controllers are stopping: nothing to release then.
