@@ -228,7 +228,11 @@ impl<'a> Cluster<'a> {
             "status": status_merge_patch(status),
         });
         let updated = self.api().patch_status(&self.ak.name_any(), &patch_params(), &Patch::Merge(&patch)).await?;
-        self.ctx.own_writes.wrote_status(&self.uid, rv, updated.resource_version());
+        let cached = || {
+            let key = ObjectRef::new(&self.ak.name_any()).within(&self.ns);
+            self.ctx.caches.access_keys.get(&key).and_then(|a| a.resource_version())
+        };
+        self.ctx.own_writes.wrote_status(&self.uid, rv, updated.resource_version(), cached);
         *self.resource_version.lock().unwrap_or_else(|p| p.into_inner()) = updated.resource_version();
         Ok(())
     }

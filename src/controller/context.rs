@@ -60,9 +60,21 @@ struct OwnWrites {
 
 impl OwnStatusWrites {
     /// Notes a status write of the AccessKey `uid` that turned resourceVersion `before` into
-    /// `after`.
-    pub fn wrote_status(&self, uid: &str, before: Option<String>, after: Option<String>) {
+    /// `after`, unless `cached` (the resourceVersion in the cache, read under the same lock
+    /// that [`Self::cache_saw`] takes after the cache is updated) already shows it: the write's
+    /// event may come back before its response, and nothing would ever clear the note.
+    pub fn wrote_status(
+        &self,
+        uid: &str,
+        before: Option<String>,
+        after: Option<String>,
+        cached: impl FnOnce() -> Option<String>,
+    ) {
         let mut written = lock(&self.0);
+        if after.is_some() && cached() == after {
+            written.remove(uid);
+            return;
+        }
         let entry = written.entry(uid.to_string()).or_default();
         entry.obsolete.extend(before);
         entry.latest = after;
@@ -438,8 +450,9 @@ mod tests {
     fn a_copy_from_before_an_own_write_is_known_stale_until_the_cache_shows_the_write() {
         let w = OwnStatusWrites::default();
         assert!(!w.behind_own_write("u", Some("1")));
-        w.wrote_status("u", Some("1".into()), Some("2".into()));
-        w.wrote_status("u", Some("2".into()), Some("3".into()));
+        let cache_behind = || Some("1".to_string());
+        w.wrote_status("u", Some("1".into()), Some("2".into()), cache_behind);
+        w.wrote_status("u", Some("2".into()), Some("3".into()), cache_behind);
         assert!(w.behind_own_write("u", Some("1")));
         assert!(w.behind_own_write("u", Some("2")));
         assert!(!w.behind_own_write("u", Some("3")));
@@ -449,12 +462,16 @@ mod tests {
         w.cache_saw("u", Some("3"));
         assert!(!w.behind_own_write("u", Some("2")), "forgotten once the cache caught up");
         // Someone else's write after ours also means the cache is past ours.
-        w.wrote_status("u", Some("3".into()), Some("4".into()));
+        w.wrote_status("u", Some("3".into()), Some("4".into()), || Some("3".into()));
         w.cache_saw("u", Some("9"));
         assert!(!w.behind_own_write("u", Some("3")));
-        w.wrote_status("v", Some("1".into()), Some("2".into()));
+        w.wrote_status("v", Some("1".into()), Some("2".into()), || None);
         w.cache_saw("v", None);
         assert!(!w.behind_own_write("v", Some("1")), "a deleted AccessKey is forgotten");
+        // The write's event came back before its answer: nothing to wait for, nothing kept.
+        w.wrote_status("x", Some("1".into()), Some("2".into()), || Some("2".into()));
+        assert!(!w.behind_own_write("x", Some("1")));
+        assert!(lock(&w.0).is_empty(), "notes left behind");
     }
 
     #[tokio::test]
