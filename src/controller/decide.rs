@@ -414,46 +414,38 @@ mod tests {
         assert_eq!(forced_replacements_after(IssueReason::SecretDeleted, &issued("K1"), now), 1);
     }
 
-    #[test]
-    fn a_sync_tool_rewriting_the_secret_every_few_minutes_is_backed_off_too() {
-        // Every 3 minutes, for a day: the waits grow to an hour instead of starting over.
+    /// Another writer deletes the Secret every `every` seconds for `span`, starting right after
+    /// the key K was issued; the operator replaces the key whenever it decides to. Returns the
+    /// replacements and the status at the end.
+    fn secret_deleted_every(every: i64, span: jiff::SignedDuration) -> (u32, AccessKeyStatus) {
         let start: jiff::Timestamp = "2026-11-23T12:00:00Z".parse().expect("time");
         let mut status = issued_ago("K", start, 0);
-        let (mut keys, mut now) = (0, start);
-        while now < start + jiff::SignedDuration::from_hours(24) {
-            now += jiff::SignedDuration::from_secs(180);
+        let (mut replacements, mut now) = (0, start);
+        while now < start + span {
+            now += jiff::SignedDuration::from_secs(every);
             let mut s = Scenario::new(status.clone(), SecretState::Absent);
             s.now = now;
             if let Step::Issue { reason } = s.decide() {
                 status.forced_replacements = Some(forced_replacements_after(reason, &status, now));
                 status.issued_at = Some(Time(now));
-                keys += 1;
+                replacements += 1;
             }
         }
+        (replacements, status)
+    }
+
+    #[test]
+    fn a_sync_tool_rewriting_the_secret_every_few_minutes_is_backed_off_too() {
+        // Every 3 minutes, for a day: the waits grow to an hour instead of starting over.
+        let (keys, _) = secret_deleted_every(180, jiff::SignedDuration::from_hours(24));
         assert!(keys <= 32, "{keys} keys in a day");
     }
 
     #[test]
     fn a_fight_over_the_secret_mints_at_most_four_keys_a_minute() {
         // Another writer overwrites the Secret two seconds after every write, for a minute.
-        let mut status = AccessKeyStatus::default();
-        let start: jiff::Timestamp = "2026-11-23T12:00:00Z".parse().expect("time");
-        status.issued_at = Some(Time(start));
-        let mut keys = 1;
-        let mut now = start;
-        while now < start + jiff::SignedDuration::from_secs(60) {
-            now += jiff::SignedDuration::from_secs(2);
-            let mut s = Scenario::new(status.clone(), SecretState::Absent);
-            s.status.access_key_id = Some("K".into());
-            s.status.key_ref = Some("ref-K".into());
-            s.status.key_spec_hash = Some("h1".into());
-            s.now = now;
-            if let Step::Issue { reason } = s.decide() {
-                status.forced_replacements = Some(forced_replacements_after(reason, &status, now));
-                status.issued_at = Some(Time(now));
-                keys += 1;
-            }
-        }
+        let (replacements, status) = secret_deleted_every(2, jiff::SignedDuration::from_secs(60));
+        let keys = 1 + replacements;
         assert!(keys <= 4, "{keys} keys minted in a minute");
         assert_eq!(status.forced_replacements, Some(2));
     }
