@@ -152,16 +152,11 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually_explained(what, timeout, || {
+        let probed = probe();
+        async move { probed.await.ok_or_else(|| "not yet".to_string()) }
+    })
+    .await
 }
 
 /// Like [`eventually`], for a probe that says why it is not there yet: the last reason is in the
