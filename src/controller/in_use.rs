@@ -38,7 +38,7 @@ pub const HELD_BY_ANNOTATION: &str = "cloudkeys.io/held-by";
 pub const CREDENTIALS_LABEL: &str = "cloudkeys.io/credentials";
 
 /// Whether `meta` carries [`CREDENTIALS_LABEL`].
-pub fn labelled_credentials(meta: &ObjectMeta) -> bool {
+fn labelled_credentials(meta: &ObjectMeta) -> bool {
     meta.labels.as_ref().is_some_and(|l| l.get(CREDENTIALS_LABEL).is_some_and(|v| v == "true"))
 }
 

@@ -188,19 +188,13 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
     let (released_cluster_issuers, cluster_issuer_releases) =
         futures::channel::mpsc::unbounded::<ObjectRef<ClusterKeyIssuer>>();
     let seen_by_cache = ctx.clone();
-    let on_access_key_event = move |event: &watcher::Event<AccessKey>| {
-        match event {
-            watcher::Event::Apply(ak) | watcher::Event::InitApply(ak) => {
-                seen_by_cache
-                    .own_writes
-                    .cache_saw(ak.metadata.uid.as_deref().unwrap_or_default(), ak.metadata.resource_version.as_deref());
-            }
-            watcher::Event::Delete(ak) => {
-                seen_by_cache.own_writes.cache_saw(ak.metadata.uid.as_deref().unwrap_or_default(), None)
-            }
-            watcher::Event::Init | watcher::Event::InitDone => {}
+    let on_access_key_event = move |event: &watcher::Event<AccessKey>| match event {
+        watcher::Event::Apply(ak) | watcher::Event::InitApply(ak) => {
+            let uid = ak.metadata.uid.as_deref().unwrap_or_default();
+            seen_by_cache.own_writes.cache_saw(uid, ak.metadata.resource_version.as_deref());
         }
-        if let watcher::Event::Delete(ak) = event {
+        watcher::Event::Delete(ak) => {
+            seen_by_cache.own_writes.cache_saw(ak.metadata.uid.as_deref().unwrap_or_default(), None);
             for id in in_use::needed_issuers(ak) {
                 // A send fails only once the controllers are stopping: nothing to release then.
                 match &id.namespace {
@@ -209,6 +203,7 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
                 }
             }
         }
+        watcher::Event::Init | watcher::Event::InitDone => {}
     };
 
     // AccessKeys: their own changes, their Secrets, and their issuers.
@@ -229,8 +224,10 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
     // Credentials Secrets held by issuers: read when they change, not per reconcile. The cache
     // only saves reads (a Secret not in it is read from the apiserver), so nothing waits for it.
     let held = Config::default().labels(&format!("{}=true", in_use::CREDENTIALS_LABEL));
+    // Slimmed: never written back, and a `kubectl apply`'d Secret's last-applied annotation is a
+    // second copy of the credentials.
     let credentials = watched(api_for::<Secret>(&client, ns), held, "credentials", &health)
-        .modify(|s| s.metadata.managed_fields = None)
+        .modify(slimmed)
         .reflect(writers.credentials)
         .for_each(|_| futures::future::ready(()));
     tokio::spawn(credentials);
