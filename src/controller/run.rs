@@ -216,10 +216,20 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
         .applied_objects()
         .predicate_filter(spec_or_lifecycle, Default::default());
     let managed = Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    // A Secret deleted while its watch was away (an apiserver restart, a 410) is simply missing
+    // from the next list: no event names it. So every AccessKey is looked at again once a list
+    // completes (from the caches: those with nothing to do send no request).
+    let (secrets_listed, secret_relists) = futures::channel::mpsc::unbounded::<()>();
     let secrets = watched(api_for::<Secret>(&client, ns), managed, "secrets", &health)
         // managedFields only: a Secret is written back from the cache, its annotations included.
         .modify(|s| s.metadata.managed_fields = None)
         .reflect(writers.secrets)
+        .inspect_ok(move |event| {
+            if matches!(event, watcher::Event::InitDone) {
+                // A send fails only once the controllers are stopping.
+                drop(secrets_listed.unbounded_send(()));
+            }
+        })
         .touched_objects();
     // Credentials Secrets held by issuers: read when they change, not per reconcile. The cache
     // only saves reads (a Secret not in it is read from the apiserver), so nothing waits for it.
@@ -272,6 +282,7 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
         .trigger_backoff(NoBackoff)
         .owns_stream(secrets)
         .reconcile_on(issuer_changes)
+        .reconcile_all_on(secret_relists)
         .shutdown_on_signal()
         .run(access_key::reconcile, access_key::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
