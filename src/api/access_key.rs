@@ -27,9 +27,10 @@ use super::validation::{EXOSCALE_RESOURCE_PATTERN, SECRET_DATA_KEY_PATTERN};
     printcolumn(name = "Issuer", type_ = "string", json_path = ".spec.issuerRef.name"),
     printcolumn(name = "Secret", type_ = "string", json_path = ".spec.secretName"),
     printcolumn(name = "Key ID", type_ = "string", json_path = ".status.accessKeyId"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    cel
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
+// The rules evaluated client-side too, in the unit tests.
+#[cfg_attr(test, kube(cel))]
 #[serde(rename_all = "camelCase")]
 pub struct AccessKeySpec {
     /// The issuer that mints the key.
@@ -279,8 +280,9 @@ pub struct AccessKeyStatus {
     pub key_spec_hash: Option<String>,
     /// A key creation in progress, recorded before the provider is called: after a crash, keys
     /// carrying this attempt's marker are adopted or revoked.
+    // Boxed: absent nearly always, and inline it would add its size to every cached AccessKey.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending: Option<PendingKey>,
+    pub pending: Option<Box<PendingKey>>,
     /// Replaced keys still to be revoked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired: Vec<RetiredKey>,

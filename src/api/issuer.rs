@@ -24,9 +24,10 @@ use super::schema;
     doc = "A provider account, in this namespace, that AccessKeys of this namespace can mint keys from.",
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Provider", type_ = "string", json_path = ".status.provider"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    cel
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
+// The rules evaluated client-side too, in the unit tests.
+#[cfg_attr(test, kube(cel))]
 #[serde(rename_all = "camelCase")]
 pub struct KeyIssuerSpec {
     #[serde(flatten)]
@@ -49,9 +50,10 @@ pub struct KeyIssuerSpec {
     doc = "A provider account that AccessKeys of every namespace can mint keys from.",
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Provider", type_ = "string", json_path = ".status.provider"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    cel
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
+// The rules evaluated client-side too, in the unit tests.
+#[cfg_attr(test, kube(cel))]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterKeyIssuerSpec {
     #[serde(flatten)]

@@ -20,6 +20,7 @@ use crate::api::{
 use crate::health::Health;
 use crate::providers::{self, http::HttpConfig, local::LocalStore, Credentials, Provider};
 
+use super::cached_secret::CachedSecret;
 use super::conditions;
 
 pub const FIELD_MANAGER: &str = "cloudkeys";
@@ -45,7 +46,14 @@ pub struct Context {
     checks: Mutex<HashMap<String, CheckState>>,
     /// Per issuer: the reconciles that may wait on its provider at once.
     issuer_slots: Mutex<HashMap<String, Arc<IssuerSlots>>>,
+    /// Per issuer: one reconcile at a time sets its in-use hold (see [`Context::hold_writer`]).
+    hold_writers: Mutex<HashMap<String, HoldWriter>>,
 }
+
+/// Taken by the reconcile that may write an issuer's in-use hold. Inside: the resourceVersion
+/// the issuer had when this operator last wrote its hold, so that the reconciles queued behind
+/// that write do not write it again while the cache still shows the issuer as it was before.
+pub type HoldWriter = Arc<tokio::sync::Mutex<Option<String>>>;
 
 /// By AccessKey uid, until the cache shows this operator's last status write of it: the
 /// resourceVersions its writes made obsolete, and the one the last write produced.
@@ -153,7 +161,7 @@ pub struct Caches {
     pub access_keys: Store<AccessKey>,
     /// The Secrets this operator manages (labelled `app.kubernetes.io/managed-by: cloudkeys`),
     /// without their managedFields.
-    pub secrets: Store<Secret>,
+    pub secrets: Store<CachedSecret>,
     /// Credentials Secrets held by issuers (labelled `cloudkeys.io/credentials`), with their data.
     pub credentials: Store<Secret>,
     pub key_issuers: Store<KeyIssuer>,
@@ -190,6 +198,7 @@ impl Context {
             own_writes: OwnStatusWrites::default(),
             checks: Mutex::new(HashMap::new()),
             issuer_slots: Mutex::new(HashMap::new()),
+            hold_writers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -203,6 +212,12 @@ impl Context {
             .or_insert_with(|| Arc::new(IssuerSlots::new(self.limits.issuer_concurrency)))
             .clone();
         slots.acquire().await
+    }
+
+    /// The lock for writing the in-use hold of `issuer`: without it, the first AccessKeys of an
+    /// issuer reconciled together all find it unheld and all write, and all but one get a 409.
+    pub fn hold_writer(&self, issuer: &str) -> HoldWriter {
+        lock(&self.hold_writers).entry(issuer.to_string()).or_default().clone()
     }
 
     /// Records a failure of `key` and returns how many happened in a row.

@@ -251,13 +251,13 @@ mod tests {
     }
 
     fn pending(status: &mut AccessKeyStatus, attempt: &str) {
-        status.pending = Some(PendingKey {
+        status.pending = Some(Box::new(PendingKey {
             attempt: attempt.into(),
             issuer: issuer(),
             started_at: Time("2026-11-23T12:00:00Z".parse().expect("time")),
             provider: None,
             spec_hash: None,
-        });
+        }));
     }
 
     struct Scenario {

@@ -61,7 +61,7 @@ impl IssuerId {
 
 impl IssuerId {
     /// How the issuer is named in a Secret's `held-by` annotation.
-    fn holder_key(&self) -> String {
+    pub fn holder_key(&self) -> String {
         match &self.namespace {
             Some(ns) => format!("KeyIssuer/{ns}/{}", self.name),
             None => format!("ClusterKeyIssuer/{}", self.name),
@@ -193,10 +193,19 @@ pub async fn hold(
         set_secret_holder(&ctx.client, secret_ns, old, id, false).await?;
     }
     set_issuer_hold(&ctx.client, id, meta, &Hold { held: true, secret: secret.map(String::from) }).await?;
-    if let Some(secret) = secret {
+    if let Some(secret) = secret.filter(|s| !cache_shows_holder(ctx, secret_ns, s, id)) {
         set_secret_holder(&ctx.client, secret_ns, secret, id, true).await?;
     }
     Ok(())
+}
+
+/// Whether the credentials cache shows the Secret held by `id` already: an issuer reconciled
+/// again (each time one of its AccessKeys goes, say) then reads nothing.
+fn cache_shows_holder(ctx: &Context, namespace: &str, name: &str, id: &IssuerId) -> bool {
+    let cached = ctx.caches.credentials.get(&ObjectRef::new(name).within(namespace));
+    cached.is_some_and(|s| {
+        holders(&s.metadata).contains(&id.holder_key()) && holds(&s.metadata) && labelled_credentials(&s.metadata)
+    })
 }
 
 /// Lets go of the Secret the issuer `id` holds, and of the issuer itself too when `issuer` is
@@ -219,6 +228,8 @@ pub async fn release(
 /// deleted mints nothing. Costs nothing once the cached issuer shows the hold.
 pub async fn hold_before_issuing(ctx: &Context, r: &IssuerRef, namespace: &str) -> Result<(), Error> {
     let id = IssuerId::from_ref(r, namespace);
+    let writer = ctx.hold_writer(&id.holder_key());
+    let mut written_over = writer.lock().await;
     // The cache, or the apiserver for an issuer the cache has not seen yet (just after start-up).
     let not_found = || Error::Issuer(format!("{id} not found"));
     let (meta, settings, secret_ns) = match &id.namespace {
@@ -253,7 +264,14 @@ pub async fn hold_before_issuing(ctx: &Context, r: &IssuerRef, namespace: &str) 
     if Hold::of(&meta) == (Hold { held: true, secret: secret.map(String::from) }) {
         return Ok(());
     }
-    hold(ctx, &id, &meta, &secret_ns, secret).await
+    // The cache still shows the issuer this operator's own hold write replaced: the hold is
+    // there. Any other change to the issuer shows as another resourceVersion.
+    if written_over.is_some() && *written_over == meta.resource_version {
+        return Ok(());
+    }
+    hold(ctx, &id, &meta, &secret_ns, secret).await?;
+    *written_over = meta.resource_version.clone();
+    Ok(())
 }
 
 /// Whether the issuer named `key` (as in `held-by`) still exists; an unreadable name does not.
@@ -394,13 +412,13 @@ mod tests {
             })
             .expect("json"),
             serde_json::to_value(crate::api::AccessKeyStatus {
-                pending: Some(PendingKey {
+                pending: Some(Box::new(PendingKey {
                     attempt: "a".into(),
                     issuer: IssuerRef { name: "old".into(), kind: IssuerKind::KeyIssuer },
                     started_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
                     provider: None,
                     spec_hash: None,
-                }),
+                })),
                 ..Default::default()
             })
             .expect("json"),

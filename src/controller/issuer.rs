@@ -125,6 +125,9 @@ async fn hold_while_used<K: IssuerObject>(issuer: &K, ctx: &Context, users: &[St
     let secret_ns = issuer.secret_namespace(ctx);
     let deleting = issuer.meta().deletion_timestamp.is_some();
     let have = Hold::of(issuer.meta());
+    // Not at the same time as an AccessKey's hold before issuing: both would write, one in vain.
+    let writer = ctx.hold_writer(&id.holder_key());
+    let _writing = writer.lock().await;
     if users.is_empty() {
         if have.secret.is_some() || (deleting && have.held) {
             in_use::release(ctx, &id, issuer.meta(), &secret_ns, deleting).await?;

@@ -2,6 +2,7 @@
 //! them (`access_key`, `issuer`), wired together in `run`.
 
 pub mod access_key;
+pub mod cached_secret;
 pub mod client;
 pub mod conditions;
 pub mod context;

@@ -21,6 +21,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 
 use crate::server::{serve, Health};
 
+use super::cached_secret::{cached_event, CachedSecret};
 use super::context::{Caches, Context, Limits};
 use super::error::Error;
 use super::issuer::IssuerObject;
@@ -57,7 +58,7 @@ pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
     let (reader, writer) = reflector::store::<AccessKey>();
     let (key_issuers, key_issuer_writer) = reflector::store::<KeyIssuer>();
     let (cluster_issuers, cluster_issuer_writer) = reflector::store::<ClusterKeyIssuer>();
-    let (secrets, secret_writer) = reflector::store::<Secret>();
+    let (secrets, secret_writer) = reflector::store::<CachedSecret>();
     let (credentials, credentials_writer) = reflector::store::<Secret>();
     let caches = Caches { access_keys: reader.clone(), secrets, credentials, key_issuers, cluster_issuers };
     let writers = Writers {
@@ -162,7 +163,7 @@ async fn shutdown_signal() {
 /// The writing ends of the caches in `Caches`, fed by the controllers' watches.
 struct Writers {
     access_keys: reflector::store::Writer<AccessKey>,
-    secrets: reflector::store::Writer<Secret>,
+    secrets: reflector::store::Writer<CachedSecret>,
     credentials: reflector::store::Writer<Secret>,
     key_issuers: reflector::store::Writer<KeyIssuer>,
     cluster_issuers: reflector::store::Writer<ClusterKeyIssuer>,
@@ -220,11 +221,11 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
     // from the next list: no event names it. So every AccessKey is looked at again once a list
     // completes (from the caches: those with nothing to do send no request).
     let (secrets_listed, secret_relists) = futures::channel::mpsc::unbounded::<()>();
+    let mut secret_writer = writers.secrets;
     let secrets = watched(api_for::<Secret>(&client, ns), managed, "secrets", &health)
-        // managedFields only: a Secret is written back from the cache, its annotations included.
-        .modify(|s| s.metadata.managed_fields = None)
-        .reflect(writers.secrets)
+        // Cached in compact form; the controller is triggered by the Secrets as they came.
         .inspect_ok(move |event| {
+            secret_writer.apply_watcher_event(&cached_event(event));
             if matches!(event, watcher::Event::InitDone) {
                 // A send fails only once the controllers are stopping.
                 drop(secrets_listed.unbounded_send(()));
