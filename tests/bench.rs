@@ -183,7 +183,7 @@ async fn bench() {
         env.push(("CLOUDKEYS_CONCURRENCY", c));
     }
     let op = Operator::start_with(&ns, &env);
-    let base = op.http_base();
+    let base = op.http_base().await;
     let pid = op.pid().expect("operator running");
     // The issuers Ready: the figures below are about AccessKeys.
     support::eventually("both issuers Ready", keys::WAIT, || {

@@ -109,7 +109,7 @@ async fn after_an_apiserver_restart_new_access_keys_deleted_secrets_and_issuer_c
     exoscale::issuer(&client, &ns, "exo-b", &fake.endpoint()).await;
     fake.set_faults(Faults { latency: Duration::from_millis(200), ..Faults::default() });
     let op = Operator::start_with(&ns, &[("CLOUDKEYS_STALL_TIMEOUT", "5s")]);
-    let base = op.http_base();
+    let base = op.http_base().await;
     for i in 0..6 {
         support::apply_json(&client, &ns, access_key(&format!("before-{i}"), "exo-a", json!({}))).await;
     }

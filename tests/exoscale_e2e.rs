@@ -363,7 +363,7 @@ async fn operator_crashing_at_each_step_of_a_creation_converges_to_one_live_key(
         let mut env = setup(&format!("exo-crash-{point}")).await;
         env.op.restart_with(&[("CLOUDKEYS_CRASH_AT", point)]);
         env.apply(access_key("k", role_id_mode(), json!({}))).await;
-        assert!(env.op.wait_exit(Duration::from_secs(60)), "the operator did not reach {point}");
+        assert!(env.op.wait_exit(Duration::from_secs(60)).await, "the operator did not reach {point}");
         env.op.restart_with(&[]);
         let id = env.issued("k").await;
         env.wait_live(&format!("exactly one live key after a crash {point}"), vec![id.clone()]).await;

@@ -43,7 +43,7 @@ async fn health_and_metrics_endpoints_are_served_without_secrets() {
     let op = Operator::start(&ns);
     support::apply_json(&client, &ns, access_key("k")).await;
     keys::wait_issued(&client, &ns, "k").await;
-    let base = op.http_base();
+    let base = op.http_base().await;
     assert_eq!(get(&format!("{base}/healthz")).await.0, 200);
     support::eventually("/readyz to answer 200", keys::WAIT, || {
         let url = format!("{base}/readyz");
@@ -76,7 +76,7 @@ async fn sigterm_stops_the_operator_cleanly_and_releases_the_lease() {
     keys::wait_issued(&client, &ns, "k").await;
     assert_eq!(lease_holder(&client, &ns).await.as_deref(), Some("operator-a"));
     let started = Instant::now();
-    assert!(op.terminate(Duration::from_secs(20)), "the operator did not exit successfully on SIGTERM");
+    assert!(op.terminate(Duration::from_secs(20)).await, "the operator did not exit successfully on SIGTERM");
     assert!(started.elapsed() < Duration::from_secs(15), "shutdown took {:?}", started.elapsed());
     assert_eq!(lease_holder(&client, &ns).await, None, "the lease was not released");
     assert!(op.logs().contains("controllers stopped"));
@@ -96,7 +96,7 @@ async fn standby_takes_over_when_the_leader_dies_and_nothing_is_issued_twice() {
     support::apply_json(&client, &ns, access_key("first")).await;
     let first = keys::wait_issued(&client, &ns, "first").await.status.and_then(|s| s.access_key_id).expect("id");
     // The standby is ready (to take over) but reconciles nothing.
-    assert_eq!(get(&format!("{}/readyz", b.http_base())).await.0, 200);
+    assert_eq!(get(&format!("{}/readyz", b.http_base().await)).await.0, 200);
     assert!(!b.logs().contains("starting controllers"), "the standby reconciles while another replica leads");
 
     a.kill();

@@ -65,7 +65,7 @@ impl Operator {
     }
 
     /// Waits for the process to exit by itself (a crash point); true if it did in time.
-    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> bool {
+    pub async fn wait_exit(&mut self, timeout: std::time::Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
         while std::time::Instant::now() < deadline {
             if let Some(child) = self.child.as_mut() {
@@ -74,7 +74,7 @@ impl Operator {
                     return true;
                 }
             }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         false
     }
@@ -92,7 +92,7 @@ impl Operator {
     }
 
     /// Base URL of the operator's HTTP endpoints (it logs the port it bound).
-    pub fn http_base(&self) -> String {
+    pub async fn http_base(&self) -> String {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             for line in self.logs().lines().rev() {
@@ -104,12 +104,12 @@ impl Operator {
                 }
             }
             assert!(std::time::Instant::now() < deadline, "the operator never said where it serves /metrics");
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
 
     /// Sends SIGTERM and waits for the process to end; returns whether it exited successfully.
-    pub fn terminate(&mut self, timeout: std::time::Duration) -> bool {
+    pub async fn terminate(&mut self, timeout: std::time::Duration) -> bool {
         let Some(child) = self.child.as_mut() else { return false };
         let pid = child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
@@ -119,7 +119,7 @@ impl Operator {
                 self.child = None;
                 return status.success();
             }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         false
     }
