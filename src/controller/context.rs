@@ -22,6 +22,7 @@ use crate::providers::{self, http::HttpConfig, local::LocalStore, Credentials, P
 
 use super::cached_secret::CachedSecret;
 use super::conditions;
+use super::in_use::IssuerId;
 
 pub const FIELD_MANAGER: &str = "cloudkeys";
 
@@ -220,6 +221,21 @@ impl Context {
         lock(&self.hold_writers).entry(issuer.to_string()).or_default().clone()
     }
 
+    /// Lets go of everything kept in memory for the issuer `id` once it is deleted: its provider
+    /// client (with its rate limiter and tokens), its check state, its slots and its hold lock.
+    pub fn forget_issuer(&self, id: &IssuerId) {
+        let name = id.to_string();
+        lock(&self.checks).remove(&name);
+        lock(&self.issuer_slots).remove(&name);
+        lock(&self.hold_writers).remove(&id.holder_key());
+        self.registry.forget(&name);
+    }
+
+    /// Lets go of the failure count of the AccessKey `key` (`namespace/name`) once it is deleted.
+    pub fn forget_access_key(&self, key: &str) {
+        lock(&self.failures).remove(key);
+    }
+
     /// Records a failure of `key` and returns how many happened in a row.
     pub fn record_failure(&self, key: &str) -> u32 {
         let mut f = lock(&self.failures);
@@ -324,6 +340,12 @@ impl Registry {
 
     pub fn local_store(&self) -> &LocalStore {
         &self.local
+    }
+
+    /// Drops the clients built for `issuer` (any uid it had).
+    fn forget(&self, issuer: &str) {
+        let prefix = format!("{issuer}@");
+        lock(&self.cache).retain(|key, _| !key.starts_with(&prefix));
     }
 
     /// The issuer `r` (a KeyIssuer in `namespace`, or a ClusterKeyIssuer) from the cache;
@@ -460,6 +482,58 @@ pub fn display_name<K: ResourceExt>(obj: &K) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::IssuerKind;
+    use crate::providers::local::LocalProvider;
+
+    /// A context whose client has no apiserver behind it: for what is decided in memory.
+    fn offline_context() -> Context {
+        let offline = tower::service_fn(|_: http::Request<kube::client::Body>| async {
+            Err::<http::Response<kube::client::Body>, _>(std::io::Error::other("no apiserver in unit tests"))
+        });
+        let caches = Caches {
+            access_keys: kube::runtime::reflector::store().0,
+            secrets: kube::runtime::reflector::store().0,
+            credentials: kube::runtime::reflector::store().0,
+            key_issuers: kube::runtime::reflector::store().0,
+            cluster_issuers: kube::runtime::reflector::store().0,
+        };
+        let health = Arc::new(Health::new(Duration::from_secs(60), Duration::from_secs(60)));
+        let limits = Limits { issuer_concurrency: 2, provider_timeout: Duration::from_secs(10) };
+        Context::new(Client::new(offline, "default"), "cloudkeys".into(), HttpConfig::default(), caches, health, limits)
+    }
+
+    #[tokio::test]
+    async fn a_deleted_issuer_or_access_key_leaves_nothing_behind_in_memory() {
+        let ctx = offline_context();
+        let issuer =
+            |name: &str| IssuerId { kind: IssuerKind::KeyIssuer, name: name.into(), namespace: Some("team".into()) };
+        let (gone, kept) = (issuer("gone"), issuer("kept"));
+        for id in [&gone, &kept] {
+            let name = id.to_string();
+            ctx.record_check(&name, "fp", true, Duration::from_secs(300));
+            assert!(ctx.issuer_slot(&name).await.is_some());
+            drop(ctx.hold_writer(&id.holder_key()));
+            let client: Arc<dyn Provider> = Arc::new(LocalProvider::new(LocalStore::default()));
+            lock(&ctx.registry.cache).insert(format!("{name}@uid-1"), ("fp".into(), client));
+        }
+        ctx.forget_issuer(&gone);
+        let remembered = |id: &IssuerId| {
+            let name = id.to_string();
+            [
+                ctx.next_check(&name, "fp").is_some(),
+                lock(&ctx.issuer_slots).contains_key(&name),
+                lock(&ctx.hold_writers).contains_key(&id.holder_key()),
+                lock(&ctx.registry.cache).contains_key(&format!("{name}@uid-1")),
+            ]
+        };
+        assert_eq!(remembered(&gone), [false; 4]);
+        assert_eq!(remembered(&kept), [true; 4]);
+
+        ctx.record_failure("team/backups");
+        assert_eq!(ctx.record_failure("team/backups"), 1, "failures before this one");
+        ctx.forget_access_key("team/backups");
+        assert_eq!(ctx.record_failure("team/backups"), 0, "a re-created AccessKey starts afresh");
+    }
 
     #[test]
     fn a_copy_from_before_an_own_write_is_known_stale_until_the_cache_shows_the_write() {

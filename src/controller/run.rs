@@ -22,7 +22,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use crate::server::{serve, Health};
 
 use super::cached_secret::{cached_event, CachedSecret};
-use super::context::{Caches, Context, Limits};
+use super::context::{display_name, Caches, Context, Limits};
 use super::error::Error;
 use super::issuer::IssuerObject;
 use super::secret::{MANAGED_BY, MANAGED_BY_LABEL};
@@ -196,6 +196,7 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
         }
         watcher::Event::Delete(ak) => {
             seen_by_cache.own_writes.cache_saw(ak.metadata.uid.as_deref().unwrap_or_default(), None);
+            seen_by_cache.forget_access_key(&display_name(ak));
             for id in in_use::needed_issuers(ak) {
                 // A send fails only once the controllers are stopping: nothing to release then.
                 match &id.namespace {
@@ -277,6 +278,8 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
     let notify_cluster_users = notify_users.clone();
     let users_of_key_issuers = reader.clone();
     let users_of_cluster_issuers = reader.clone();
+    let forget_key_issuer = ctx.clone();
+    let forget_cluster_issuer = ctx.clone();
 
     let access_key_controller = Controller::for_stream(stream, reader)
         .with_config(controller_config.clone())
@@ -295,6 +298,9 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
             if let Some(i) = touched(event) {
                 notify_users(&users_of_key_issuers, i.id());
             }
+            if let watcher::Event::Delete(i) = event {
+                forget_key_issuer.forget_issuer(&i.id());
+            }
         })
         .applied_objects()
         .predicate_filter(spec_or_lifecycle, Default::default());
@@ -312,6 +318,9 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
             .inspect_ok(move |event| {
                 if let Some(i) = touched(event) {
                     notify_cluster_users(&users_of_cluster_issuers, i.id());
+                }
+                if let watcher::Event::Delete(i) = event {
+                    forget_cluster_issuer.forget_issuer(&i.id());
                 }
             })
             .applied_objects()
