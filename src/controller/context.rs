@@ -52,8 +52,9 @@ pub struct Context {
 }
 
 /// Taken by the reconcile that may write an issuer's in-use hold. Inside: the resourceVersion
-/// the issuer had when this operator last wrote its hold, so that the reconciles queued behind
-/// that write do not write it again while the cache still shows the issuer as it was before.
+/// the issuer had when this operator last made sure of its hold (`None` once it let go), so that
+/// the reconciles queued behind that write do not write it again while the cache still shows the
+/// issuer as it was before.
 pub type HoldWriter = Arc<tokio::sync::Mutex<Option<String>>>;
 
 /// By AccessKey uid, until the cache shows this operator's last status write of it: the

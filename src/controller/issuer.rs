@@ -126,15 +126,18 @@ async fn hold_while_used<K: IssuerObject>(issuer: &K, ctx: &Context, users: &[St
     let deleting = issuer.meta().deletion_timestamp.is_some();
     let have = Hold::of(issuer.meta());
     // Not at the same time as an AccessKey's hold before issuing: both would write, one in vain.
+    // What this writes is noted the same way, so the AccessKeys behind it do not write it again.
     let writer = ctx.hold_writer(&id.holder_key());
-    let _writing = writer.lock().await;
+    let mut written_over = writer.lock().await;
     if users.is_empty() {
         if have.secret.is_some() || (deleting && have.held) {
             in_use::release(ctx, &id, issuer.meta(), &secret_ns, deleting).await?;
+            *written_over = None;
         }
     } else if have.held || !deleting {
         // (No new finalizer on an object being deleted: the apiserver refuses it.)
         in_use::hold(ctx, &id, issuer.meta(), &secret_ns, credentials_secret(issuer.provider())).await?;
+        *written_over = issuer.meta().resource_version.clone();
     }
     Ok(())
 }
