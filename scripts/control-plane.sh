@@ -81,8 +81,26 @@ cmd_build() {
   log "binaries in $BIN_DIR"
 }
 
+# A port below the kernel's ephemeral range: a port taken from that range (bind to 0) can be
+# handed out again, between our probe and the server's bind, as the source port of an outgoing
+# connection -- the apiserver's own connections to etcd included.
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+  python3 - <<'PY'
+import random, socket
+lo, hi = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+pool = list(range(10000, lo)) if lo > 10100 else list(range(hi + 1, 65536))
+random.shuffle(pool)
+for port in pool[:200] + [0]:  # 0: no free port outside the range, take one inside it
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        print(s.getsockname()[1])
+        break
+    except OSError:
+        pass
+    finally:
+        s.close()
+PY
 }
 
 wait_for() { # wait_for SECONDS CMD...
@@ -91,6 +109,27 @@ wait_for() { # wait_for SECONDS CMD...
     [ $SECONDS -lt $deadline ] || return 1
     sleep 0.2
   done
+}
+
+# The flags are kept so that `restart-apiserver` starts it again exactly as before, as a
+# control-plane upgrade or crash would.
+write_apiserver_args() { # write_apiserver_args DIR ETCD_PORT API_PORT
+  local dir="$1"
+  printf '%s\n' --etcd-servers "http://127.0.0.1:$2" \
+    --bind-address 127.0.0.1 --secure-port "$3" --cert-dir "$dir/certs" \
+    --token-auth-file "$dir/tokens.csv" --authorization-mode RBAC \
+    --service-account-issuer https://kubernetes.default.svc \
+    --service-account-key-file "$dir/sa.pub" --service-account-signing-key-file "$dir/sa.key" \
+    --service-cluster-ip-range 10.96.0.0/12 --advertise-address 127.0.0.1 \
+    --endpoint-reconciler-type none \
+    --audit-policy-file "$dir/audit-policy.yaml" --audit-log-path "$dir/audit.log" \
+    --v 1 >"$dir/kube-apiserver.args"
+}
+
+# Ready, or exited (so that a lost port is retried at once, not after the whole timeout).
+apiserver_ready_or_gone() { # apiserver_ready_or_gone DIR
+  "$BIN_DIR/kubectl" --kubeconfig "$1/kubeconfig" get --raw /readyz >/dev/null 2>&1 \
+    || ! kill -0 "$(cat "$1/kube-apiserver.pid")" 2>/dev/null
 }
 
 start_apiserver() { # start_apiserver DIR: with the flags kept in DIR/kube-apiserver.args
@@ -168,27 +207,26 @@ POLICY
     >"$dir/etcd.log" 2>&1 &
   echo $! >"$dir/etcd.pid"
 
-  # The flags are kept so that `restart-apiserver` starts it again exactly as before, as a
-  # control-plane upgrade or crash would.
-  printf '%s\n' --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --secure-port "$api_port" --cert-dir "$dir/certs" \
-    --token-auth-file "$dir/tokens.csv" --authorization-mode RBAC \
-    --service-account-issuer https://kubernetes.default.svc \
-    --service-account-key-file "$dir/sa.pub" --service-account-signing-key-file "$dir/sa.key" \
-    --service-cluster-ip-range 10.96.0.0/12 --advertise-address 127.0.0.1 \
-    --endpoint-reconciler-type none \
-    --audit-policy-file "$dir/audit-policy.yaml" --audit-log-path "$dir/audit.log" \
-    --v 1 >"$dir/kube-apiserver.args"
-  start_apiserver "$dir"
-
-  write_kubeconfig "$dir/kubeconfig" "$api_port" "$dir" cloudkeys-admin "$token"
-  write_kubeconfig "$dir/operator.kubeconfig" "$api_port" "$dir" cloudkeys-operator "$operator_token"
-
-  if ! wait_for 90 "$BIN_DIR/kubectl" --kubeconfig "$dir/kubeconfig" get --raw /readyz; then
+  # Another process can still take the port between the probe and the bind: a start that lost
+  # its port is tried again on another one.
+  local attempt
+  for attempt in 1 2 3; do
+    write_apiserver_args "$dir" "$etcd_port" "$api_port"
+    : >"$dir/kube-apiserver.log"
+    start_apiserver "$dir"
+    write_kubeconfig "$dir/kubeconfig" "$api_port" "$dir" cloudkeys-admin "$token"
+    write_kubeconfig "$dir/operator.kubeconfig" "$api_port" "$dir" cloudkeys-operator "$operator_token"
+    if wait_for 90 apiserver_ready_or_gone "$dir"; then
+      "$BIN_DIR/kubectl" --kubeconfig "$dir/kubeconfig" get --raw /readyz >/dev/null 2>&1 && break
+      if grep -q 'address already in use' "$dir/kube-apiserver.log" && [ "$attempt" -lt 3 ]; then
+        log "port $api_port was taken; trying another"
+        api_port=$(free_port); continue
+      fi
+    fi
     log "kube-apiserver did not become ready; see $dir/kube-apiserver.log"
     tail -n 20 "$dir/kube-apiserver.log" >&2 || true
     cmd_stop "$dir"; exit 1
-  fi
+  done
 
   "$BIN_DIR/kube-controller-manager" --kubeconfig "$dir/kubeconfig" \
     --controllers garbagecollector,namespace,serviceaccount-token,serviceaccount \
