@@ -14,7 +14,9 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::api::AccessKey;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::api::{AccessKey, AccessKeyStatus};
 use crate::controller::conditions;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -43,6 +45,16 @@ pub struct ProviderOperationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RotationLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkloadLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProviderLabels {
     pub provider: String,
 }
@@ -58,6 +70,10 @@ pub struct Metrics {
     pub provider_requests: Family<ProviderCallLabels, Counter>,
     pub provider_latency: Family<ProviderOperationLabels, Histogram>,
     pub revocation_failures: Family<ProviderLabels, Counter>,
+    pub rotations: Family<RotationLabels, Counter>,
+    pub consumer_restarts: Family<WorkloadLabels, Counter>,
+    pub rollout_timeouts: Family<WorkloadLabels, Counter>,
+    pub blocked_rotations: Family<ProviderLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -69,6 +85,10 @@ impl Default for Metrics {
             provider_requests: Family::default(),
             provider_latency: Family::new_with_constructor(latency_histogram),
             revocation_failures: Family::default(),
+            rotations: Family::default(),
+            consumer_restarts: Family::default(),
+            rollout_timeouts: Family::default(),
+            blocked_rotations: Family::default(),
         }
     }
 }
@@ -101,6 +121,22 @@ impl Metrics {
             "Keys that could not be revoked when asked to",
             self.revocation_failures.clone(),
         );
+        registry.register("cloudkeys_rotations", "New keys in their Secrets, by reason", self.rotations.clone());
+        registry.register(
+            "cloudkeys_consumer_restarts",
+            "Workloads restarted for a new key, by kind",
+            self.consumer_restarts.clone(),
+        );
+        registry.register(
+            "cloudkeys_rollout_timeouts",
+            "Restarted workloads that did not roll out within rolloutTimeout, by kind",
+            self.rollout_timeouts.clone(),
+        );
+        registry.register(
+            "cloudkeys_rotations_blocked",
+            "New keys the provider refused while the current key stayed in use",
+            self.blocked_rotations.clone(),
+        );
     }
 
     /// Records one provider call (from the shared HTTP layer).
@@ -120,6 +156,22 @@ impl Metrics {
         if let Some(error) = error {
             self.reconcile_errors.get_or_create(&ErrorLabels { controller, error }).inc();
         }
+    }
+
+    pub fn rotated(&self, reason: &'static str) {
+        self.rotations.get_or_create(&RotationLabels { reason }).inc();
+    }
+
+    pub fn consumer_restarted(&self, kind: &'static str) {
+        self.consumer_restarts.get_or_create(&WorkloadLabels { kind }).inc();
+    }
+
+    pub fn rollout_timed_out(&self, kind: &'static str) {
+        self.rollout_timeouts.get_or_create(&WorkloadLabels { kind }).inc();
+    }
+
+    pub fn rotation_blocked(&self, provider: &str) {
+        self.blocked_rotations.get_or_create(&ProviderLabels { provider: provider.into() }).inc();
     }
 
     pub fn revocation_failed(&self, provider: &str) {
@@ -200,8 +252,43 @@ impl Collector for AccessKeyCollector {
                 ConstGauge::new(expires.0.duration_since(now).as_secs_f64()).encode(expiry.encode_family(&labels)?)?;
             }
         }
+        // Timestamps, as cert-manager exposes them: alerts compare them with time().
+        type Field = fn(&AccessKeyStatus) -> Option<f64>;
+        let per_key: [(&str, &str, Field); 4] = [
+            ("cloudkeys_access_key_issued_timestamp_seconds", "When each AccessKey's current key was issued", |s| {
+                stamp(&s.issued_at)
+            }),
+            (
+                "cloudkeys_access_key_expiration_timestamp_seconds",
+                "When each AccessKey's current key expires at the provider (keys that expire only)",
+                |s| stamp(&s.expires_at),
+            ),
+            (
+                "cloudkeys_access_key_next_rotation_timestamp_seconds",
+                "When each AccessKey's current key is replaced next (by schedule or expiry)",
+                |s| stamp(&s.next_rotation_time),
+            ),
+            (
+                "cloudkeys_access_key_retired_keys",
+                "Replaced keys of each AccessKey still live, awaiting revocation",
+                |s| (!s.retired.is_empty()).then_some(s.retired.len() as f64),
+            ),
+        ];
+        for (name, help, field) in per_key {
+            let mut family = encoder.encode_descriptor(name, help, None, ConstGauge::new(0.0f64).metric_type())?;
+            for ak in keys.iter() {
+                if let Some(value) = ak.status.as_ref().and_then(field) {
+                    let labels = KeyLabels { namespace: ak.namespace().unwrap_or_default(), name: ak.name_any() };
+                    ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
         Ok(())
     }
+}
+
+fn stamp(t: &Option<Time>) -> Option<f64> {
+    t.as_ref().map(|t| t.0.as_millisecond() as f64 / 1000.0)
 }
 
 /// The registry served on `/metrics`.

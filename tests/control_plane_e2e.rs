@@ -35,7 +35,10 @@ async fn setup(test: &str) -> (Client, String, ExoscaleFake) {
     (client, ns, fake)
 }
 
+/// Replaced keys are revoked at once: convergence here means one live key per AccessKey.
 fn access_key(name: &str, issuer: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut extra = extra;
+    extra["rotation"] = json!({"gracePeriod": "0s"});
     keys::manifest(name, issuer, "exoscale", json!({"roleId": PREEXISTING_ROLE_ID}), extra)
 }
 

@@ -182,7 +182,7 @@ async fn secret_conflict_creates_no_key() {
 #[tokio::test]
 async fn secret_deleted_by_hand_issues_new_key_and_revokes_old() {
     let env = setup("exo-secret-deleted").await;
-    env.apply(access_key("k", role_id_mode(), json!({}))).await;
+    env.apply(access_key("k", role_id_mode(), keys::no_grace_period())).await;
     let first = env.issued("k").await;
     Api::<Secret>::namespaced(env.client.clone(), &env.ns)
         .delete("k-credentials", &DeleteParams::default())
@@ -201,9 +201,9 @@ async fn secret_deleted_by_hand_issues_new_key_and_revokes_old() {
 #[tokio::test]
 async fn spec_change_replaces_the_key_new_first_then_old_revoked() {
     let env = setup("exo-spec-change").await;
-    env.apply(access_key("k", role_id_mode(), json!({}))).await;
+    env.apply(access_key("k", role_id_mode(), keys::no_grace_period())).await;
     let first = env.issued("k").await;
-    env.apply(access_key("k", role_id_mode(), json!({"secretTemplate": {"data": {
+    env.apply(access_key("k", role_id_mode(), json!({"rotation": {"gracePeriod": "0s"}, "secretTemplate": {"data": {
         "AWS_ACCESS_KEY_ID": "{{ accessKeyId }}", "AWS_SECRET_ACCESS_KEY": "{{ secretAccessKey }}", "ZONE": "{{ zone }}"}}})))
     .await;
     let second = support::eventually("the replacement", keys::WAIT, || {
@@ -219,7 +219,7 @@ async fn spec_change_replaces_the_key_new_first_then_old_revoked() {
     assert_eq!(secret_value(&secret, "ZONE"), "ch-gva-2");
     assert!(secret.data.as_ref().expect("data").get("EXOSCALE_API_KEY").is_none(), "old default keys remain");
     // Label-only changes are applied in place, keeping the key.
-    env.apply(access_key("k", role_id_mode(), json!({"secretTemplate": {"labels": {"team": "a"}, "data": {
+    env.apply(access_key("k", role_id_mode(), json!({"rotation": {"gracePeriod": "0s"}, "secretTemplate": {"labels": {"team": "a"}, "data": {
         "AWS_ACCESS_KEY_ID": "{{ accessKeyId }}", "AWS_SECRET_ACCESS_KEY": "{{ secretAccessKey }}", "ZONE": "{{ zone }}"}}})))
     .await;
     support::eventually("the label", keys::WAIT, || {

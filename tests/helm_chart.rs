@@ -196,6 +196,7 @@ fn namespaced_rules() -> Vec<Rule> {
         rule(&["cloudkeys.io"], &["keyissuers"], &[], &["get", "list", "watch", "patch"]),
         rule(&["cloudkeys.io"], &["keyissuers/status"], &[], &["patch"]),
         rule(&[""], &["secrets"], &[], &["get", "list", "watch", "create", "update", "patch"]),
+        rule(&["apps"], &["deployments", "statefulsets", "daemonsets"], &[], &["get", "list", "watch", "patch"]),
         rule(&["events.k8s.io"], &["events"], &[], &["create", "patch"]),
     ]
 }
@@ -404,20 +405,39 @@ async fn exercise_operator(client: &Client, ns: &str, cluster_resource_ns: &str,
     let secret = support::keys::secret(client, ns, "deleted-credentials").await.expect("Secret written");
     let first = support::keys::secret_value(&secret, "ACCESS_KEY_ID");
 
+    // A workload reading the Secret from its environment: restarted when the key is replaced.
+    support::apply_json(
+        client,
+        ns,
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "reader"},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "reader"}},
+                "template": {"metadata": {"labels": {"app": "reader"}}, "spec": {"containers": [{"name": "c",
+                    "image": "registry.invalid/reader", "envFrom": [{"secretRef": {"name": "deleted-credentials"}}]}]}}}}),
+    )
+    .await;
+
     // A new Secret template: a new key, written over the existing Secret (update), with new labels.
     support::apply_json(
         client,
         ns,
         json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "AccessKey", "metadata": {"name": "deleted"},
             "spec": {"issuerRef": {"name": "local"}, "secretName": "deleted-credentials", "local": {},
+                "consumers": {"discover": true}, "rotation": {"gracePeriod": "0s"},
                 "secretTemplate": {"labels": {"team": "a"}, "data": {"KEY_ID": "{{ accessKeyId }}"}}}}),
     )
     .await;
-    support::eventually("the replaced key in the existing Secret", WAIT, || async {
+    let replaced = support::eventually("the replaced key in the existing Secret", WAIT, || async {
         let secret = support::keys::secret(client, ns, "deleted-credentials").await?;
         let id = String::from_utf8(secret.data?.get("KEY_ID")?.0.clone()).ok()?;
         let labelled = secret.metadata.labels?.get("team").map(String::as_str) == Some("a");
-        (id != first && labelled).then_some(())
+        (id != first && labelled).then_some(id)
+    })
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    support::eventually("the reader restarted for the new key", WAIT, || async {
+        let d = deployments.get_opt("reader").await.ok().flatten()?;
+        let annotations = d.spec.template.metadata?.annotations?;
+        (annotations.get("cloudkeys.io/key-id") == Some(&replaced)).then_some(())
     })
     .await;
     support::keys::wait_issued(client, ns, "deleted").await;
@@ -733,6 +753,10 @@ async fn the_operator_works_with_nothing_but_the_charts_rbac() {
         ("create", "events.events.k8s.io", Some(&team), None, true),
         ("create", "events", Some(&team), None, false),
         ("list", "configmaps", Some(&team), None, false),
+        ("patch", "deployments.apps", Some(&team), Some("x"), true),
+        ("watch", "daemonsets.apps", Some(&team), None, true),
+        ("update", "statefulsets.apps", Some(&team), Some("x"), false),
+        ("delete", "deployments.apps", Some(&team), Some("x"), false),
     ];
     for (verb, resource, where_, object, expected) in checks {
         let got = allowed(&client, &ns, &name, verb, resource, *where_, *object).await;

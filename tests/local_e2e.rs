@@ -92,7 +92,7 @@ async fn secret_of_someone_else_is_a_conflict_and_never_touched() {
 #[tokio::test]
 async fn secret_deleted_by_hand_issues_new_key() {
     let (client, ns, _op) = setup("local-secret-deleted").await;
-    support::apply_json(&client, &ns, access_key("k", json!({}))).await;
+    support::apply_json(&client, &ns, access_key("k", keys::no_grace_period())).await;
     let first = keys::wait_issued(&client, &ns, "k").await.status.and_then(|s| s.access_key_id).expect("id");
     Api::<Secret>::namespaced(client.clone(), &ns)
         .delete("k-credentials", &DeleteParams::default())

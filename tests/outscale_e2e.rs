@@ -6,7 +6,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use cloudkeys::api::AccessKey;
 use fakes::outscale::{Faults, OutscaleFake, KEY_QUOTA};
+use kube::api::Api;
 use kube::Client;
 use serde_json::{json, Value};
 use support::keys::{self, secret_value};
@@ -153,18 +155,24 @@ async fn key_is_replaced_before_it_expires() {
     env.apply(access_key("short", json!({"userName": "backup-bot", "expiresAfter": "75s"}), json!({}))).await;
     let first = env.issued("short").await;
     let first_id = first.access_key_id.clone().expect("id");
+    let old_expiry = first.expires_at.clone().expect("expiresAt").0;
     // Replaced when a third of the lifetime remains (after ~50 s), not when it has expired.
-    let second = support::eventually("the renewal", Duration::from_secs(90), || {
-        let live = env.live_ids();
-        let first_id = first_id.clone();
-        async move { (live.len() == 1 && live[0] != first_id).then(|| live[0].clone()) }
+    let api: Api<AccessKey> = Api::namespaced(env.client.clone(), &env.ns);
+    let renewed = support::eventually("the renewal", Duration::from_secs(90), || async {
+        let status = api.get("short").await.ok()?.status?;
+        let replaced = status.access_key_id.as_deref() != Some(first_id.as_str()) && status.access_key_id.is_some();
+        // Once the grace period is scheduled (right after the Secret update, with no consumers).
+        let scheduled = status.retired.iter().all(|r| r.revoke_after.is_some());
+        (replaced && scheduled).then_some(status)
     })
     .await;
-    let renewed = env.issued("short").await;
-    assert_eq!(renewed.access_key_id.as_deref(), Some(second.as_str()));
-    let old_expiry = first.expires_at.expect("expiresAt").0;
     assert!(jiff::Timestamp::now() < old_expiry, "the old key expired before it was replaced");
+    let second = renewed.access_key_id.clone().expect("id");
     assert!(renewed.expires_at.expect("expiresAt").0 > old_expiry);
+    // The old key's grace period (10 min by default) is cut short to end by its expiry.
+    let retired = renewed.retired.iter().find(|r| r.access_key_id == first_id).expect("the old key is retired");
+    assert!(retired.revoke_after.as_ref().is_some_and(|t| t.0 <= old_expiry), "revoked after it expired: {retired:?}");
+    env.wait_live("the old key revoked by its expiry", vec![second]).await;
 }
 
 #[tokio::test]
@@ -195,4 +203,42 @@ async fn wrong_credentials_never_risk_the_lockout() {
         assert!(within < 4, "{within} failed signatures within a minute");
     }
     assert!(failed.iter().filter(|t| **t >= start).count() <= 2);
+}
+
+/// A rotation the key quota refuses: the current key stays in the Secret, live and Ready; the
+/// Rotating condition says which limit; the current key is never revoked to make room.
+#[tokio::test]
+async fn a_rotation_refused_by_the_key_quota_keeps_the_current_key_ready() {
+    let env = setup("osc-quota-rotation", ADMIN_SK).await;
+    env.apply(access_key("k", json!({"userName": "backup-bot"}), json!({}))).await;
+    let current = env.issued("k").await.access_key_id.expect("id");
+    for _ in 1..KEY_QUOTA {
+        env.fake.add_key(Some("backup-bot"), None);
+    }
+    let patch = json!({"metadata": {"annotations": {"cloudkeys.io/rotate": "1"}}});
+    let api: Api<AccessKey> = Api::namespaced(env.client.clone(), &env.ns);
+    api.patch("k", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.expect("annotated");
+    let ak = support::eventually("the rotation to be blocked", keys::WAIT, || async {
+        let ak = api.get("k").await.ok()?;
+        let blocked = ak.status.as_ref()?.conditions.iter().any(|c| c.type_ == "Rotating" && c.reason == "Blocked");
+        blocked.then_some(ak)
+    })
+    .await;
+    let status = ak.status.clone().expect("status");
+    let rotating = status.conditions.iter().find(|c| c.type_ == "Rotating").expect("Rotating");
+    assert_eq!(rotating.status, "False");
+    assert!(rotating.message.contains("at most 10 access keys"), "{}", rotating.message);
+    assert!(rotating.message.contains(&current), "{}", rotating.message);
+    let (ready, reason, _) = keys::ready_condition(&ak).expect("Ready");
+    assert_eq!((ready.as_str(), reason.as_str()), ("True", "Issued"));
+    assert_eq!(status.access_key_id.as_deref(), Some(current.as_str()));
+    let secret = keys::secret(&env.client, &env.ns, "k-credentials").await.expect("Secret");
+    assert_eq!(secret_value(&secret, "OSC_ACCESS_KEY"), current);
+    assert!(env.live_ids().contains(&current), "the current key was revoked to make room");
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(env.client.clone(), &env.ns);
+    support::eventually("a RotationBlocked event", keys::WAIT, || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items.iter().any(|e| e.reason.as_deref() == Some("RotationBlocked")).then_some(())
+    })
+    .await;
 }

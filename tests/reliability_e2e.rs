@@ -43,14 +43,15 @@ async fn wait_issuer_ready(client: &Client, ns: &str, name: &str) {
 }
 
 /// An AccessKey bound to the fake's preexisting role; `label` goes into the key's name, so a
-/// new label is a spec change that replaces the key.
+/// new label is a spec change that replaces the key (revoked at once: these tests count live
+/// keys right after each replacement).
 fn access_key(name: &str, issuer: &str, label: &str) -> serde_json::Value {
     keys::manifest(
         name,
         issuer,
         "exoscale",
         json!({"roleId": PREEXISTING_ROLE_ID, "name": format!("{name}-{label}")}),
-        json!({}),
+        keys::no_grace_period(),
     )
 }
 

@@ -148,9 +148,9 @@ async fn operator_killed_during_an_unanswered_create_ends_with_one_live_key() {
 #[tokio::test]
 async fn spec_change_replaces_the_key() {
     let env = setup("yc-spec-change", Faults::default(), Some(with_key)).await;
-    env.apply(access_key("k", json!({"description": "v1"}), json!({}))).await;
+    env.apply(access_key("k", json!({"description": "v1"}), keys::no_grace_period())).await;
     let first = env.issued("k").await;
-    env.apply(access_key("k", json!({"description": "v2"}), json!({}))).await;
+    env.apply(access_key("k", json!({"description": "v2"}), keys::no_grace_period())).await;
     let second = support::eventually("the replacement", keys::WAIT, || {
         let live = env.live_ids();
         let first = first.clone();

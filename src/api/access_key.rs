@@ -44,9 +44,77 @@ pub struct AccessKeySpec {
     /// What happens to the provider key when the AccessKey is deleted.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// When the key is replaced on a schedule, and how long a replaced key stays live. Not part
+    /// of what a key is issued for: changing it never replaces the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<Rotation>,
+    /// Workloads of this namespace restarted when the key is replaced. Not part of what a key is
+    /// issued for either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumers: Option<Consumers>,
     /// Exactly one provider block, matching the issuer's provider.
     #[serde(flatten)]
     pub provider: KeyProvider,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rotation {
+    /// Replace the key this long after it was issued (at least 1m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::duration")]
+    pub every: Option<String>,
+    /// How long a replaced key stays live once the new key is in the Secret and every restarted
+    /// consumer rolled out (default 10m; 0s revokes it at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::duration")]
+    pub grace_period: Option<String>,
+    /// The longest wait for a consumer's rollout before the grace period starts anyway
+    /// (default 30m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::duration")]
+    pub rollout_timeout: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Consumers {
+    /// Workloads of this namespace, by kind and name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<ConsumerTarget>,
+    /// Plus the workloads of those kinds in this namespace whose labels match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    /// Plus every workload of this namespace whose pod template reads the Secret through env,
+    /// envFrom or a subPath mount (which the kubelet never refreshes).
+    #[serde(default)]
+    pub discover: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerTarget {
+    pub kind: WorkloadKind,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// The workload kinds that can be restarted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+impl WorkloadKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deployment => "Deployment",
+            Self::StatefulSet => "StatefulSet",
+            Self::DaemonSet => "DaemonSet",
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
@@ -268,6 +336,12 @@ pub struct AccessKeyStatus {
     /// When the operator will replace the current key ahead of its expiry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renewal_time: Option<Time>,
+    /// The earlier of `issuedAt + rotation.every` and `renewalTime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_time: Option<Time>,
+    /// The last `cloudkeys.io/rotate` annotation value handled: each value rotates once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotate_request: Option<String>,
     /// The Secret the current key is written to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
@@ -283,9 +357,12 @@ pub struct AccessKeyStatus {
     // Boxed: absent nearly always, and inline it would add its size to every cached AccessKey.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<Box<PendingKey>>,
-    /// Replaced keys still to be revoked.
+    /// Replaced keys not revoked yet (never their secrets), each with its own schedule.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired: Vec<RetiredKey>,
+    /// The workloads restarted for the current key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<ConsumerStatus>,
     /// Replacements in a row forced by the Secret (deleted, or its data edited) while the key was
     /// young: each one doubles the wait before the next (10 s up to 1 h), so that another
     /// controller fighting over the Secret cannot make the operator mint keys in a loop.
@@ -309,6 +386,12 @@ pub struct PendingKey {
     /// The spec fingerprint the key was asked for (recorded as `keySpecHash` on adoption).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec_hash: Option<String>,
+    /// The `cloudkeys.io/rotate` value this attempt answers (recorded on adoption).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_request: Option<String>,
+    /// The grace period the key this attempt replaces gets, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_period_seconds: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -317,4 +400,29 @@ pub struct RetiredKey {
     pub access_key_id: String,
     pub key_ref: String,
     pub issuer: IssuerRef,
+    /// When the key that replaced this one went into the Secret. Absent on keys retired by an
+    /// operator older than rotation: those are revoked at once, as they were then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<Time>,
+    /// When this key is revoked. Absent while the restarted consumers roll out: the grace
+    /// period starts once they have (or once `rolloutTimeout` has passed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke_after: Option<Time>,
+    /// The grace period this key gets once the consumers rolled out, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_period_seconds: Option<u64>,
+    /// When this key expires at the provider, if it does: the grace period ends by then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerStatus {
+    pub kind: WorkloadKind,
+    pub name: String,
+    /// The key the workload was restarted for (its pod-template annotation `cloudkeys.io/key-id`).
+    pub key_id: String,
+    /// Whether the restart has rolled out, as `kubectl rollout status` checks it.
+    pub rolled_out: bool,
 }

@@ -3,6 +3,7 @@
 //! The contract these types implement is `API.md`; field names and defaults are fixed there.
 
 mod access_key;
+pub mod duration;
 mod issuer;
 mod schema;
 pub mod validation;

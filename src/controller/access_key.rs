@@ -20,17 +20,21 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
-use crate::api::{validation, AccessKey, AccessKeyStatus, DeletionPolicy, IssuerRef, PendingKey, RetiredKey};
+use crate::api::{
+    validation, AccessKey, AccessKeyStatus, ConsumerTarget, DeletionPolicy, IssuerRef, PendingKey, WorkloadKind,
+};
 use crate::providers::bounded::Bounded;
 use crate::providers::{IssuedKey, KeyRequest, Marker, OwnedKey, Provider, ProviderError};
 
-use super::conditions::{ready_condition, Reason};
+use super::conditions::{ready_condition, Reason, READY};
+use super::consumers::{self, Workload, WorkloadObject};
 use super::context::{display_name, patch_params, Context, LoadedIssuer, FIELD_MANAGER};
 use super::decide::{
     decide, forced_replacement_wait, forced_replacements_after, IssueReason, IssuerState, Observed, Step,
 };
 use super::error::Error;
 use super::in_use::IssuerId;
+use super::rotation::{self, RotatingState, RotationSettings};
 use super::secret::{self, SecretState};
 
 pub const FINALIZER: &str = "cloudkeys.io/revoke";
@@ -64,7 +68,7 @@ pub async fn reconcile(ak: Arc<AccessKey>, ctx: Arc<Context>) -> Result<Action, 
         Err(Error::IssuerBusy(issuer)) => {
             // Waiting longer each time while the issuer stays busy (a hanging provider), so the
             // queue is not flooded with retries; the next success resets it.
-            let turns = ctx.record_failure(&format!("{key}#busy"));
+            let turns = ctx.record_failure(&format!("{key}{}", super::context::BUSY));
             let wait = BUSY_RETRY.saturating_mul(1 << turns.min(5)).min(BUSY_RETRY_MAX);
             let jitter = rand::Rng::random_range(&mut rand::rng(), 0.75..1.25);
             tracing::debug!(%issuer, wait_ms = wait.as_millis() as u64, "issuer busy; requeued");
@@ -100,7 +104,7 @@ async fn reconcile_inner(ak: Arc<AccessKey>, ctx: &Arc<Context>) -> Result<Actio
     });
     if result.is_ok() {
         ctx.record_success(&key);
-        ctx.record_success(&format!("{key}#busy"));
+        ctx.record_success(&format!("{key}{}", super::context::BUSY));
     }
     result
 }
@@ -141,6 +145,10 @@ struct Cluster<'a> {
     /// The AccessKey's Secret as this reconcile last wrote or read it from the apiserver: newer
     /// than the cache, which sees our own writes only a moment later. `None`: nothing yet.
     secret_seen: std::sync::Mutex<Option<Option<Secret>>>,
+    /// Consumers as this reconcile restarted them: newer than the caches.
+    workloads_seen: std::sync::Mutex<Vec<Workload>>,
+    /// `spec.rotation` with its defaults (an invalid one is reported as the spec's problem).
+    settings: RotationSettings,
 }
 
 impl<'a> Cluster<'a> {
@@ -199,7 +207,87 @@ impl<'a> Cluster<'a> {
             slots: std::sync::Mutex::new(Vec::new()),
             deadline: tokio::time::Instant::now() + ctx.limits.provider_timeout,
             secret_seen: std::sync::Mutex::new(None),
+            workloads_seen: std::sync::Mutex::new(Vec::new()),
+            settings: RotationSettings::of(&ak.spec).unwrap_or_default(),
         }
+    }
+
+    /// The workloads `spec.consumers` names, from the caches (or as this reconcile restarted
+    /// them). Looked up only while a replaced key waits for them.
+    fn observed_consumers(&self, status: &AccessKeyStatus) -> Vec<Workload> {
+        let Some(spec) = &self.ak.spec.consumers else {
+            return Vec::new();
+        };
+        if !status.retired.iter().any(rotation::awaits_rollout) {
+            return Vec::new();
+        }
+        // An invalid selector is reported as the spec's problem; here it selects nothing.
+        let selector = consumers::selector(spec).ok().flatten();
+        let secret = &self.ak.spec.secret_name;
+        let workloads = &self.ctx.caches.workloads;
+        let mut found = Vec::new();
+        fn matching<K: WorkloadObject + Clone>(
+            store: &kube::runtime::reflector::Store<K>,
+            ns: &str,
+            keep: impl Fn(&K) -> bool,
+            found: &mut Vec<Workload>,
+        ) {
+            let mine = store.state().into_iter().filter(|w| w.meta().namespace.as_deref() == Some(ns));
+            found.extend(mine.filter(|w| keep(w)).map(|w| w.observe()));
+        }
+        matching(
+            &workloads.deployments,
+            &self.ns,
+            |w| consumers::is_consumer(spec, selector.as_ref(), secret, w),
+            &mut found,
+        );
+        matching(
+            &workloads.stateful_sets,
+            &self.ns,
+            |w| consumers::is_consumer(spec, selector.as_ref(), secret, w),
+            &mut found,
+        );
+        matching(
+            &workloads.daemon_sets,
+            &self.ns,
+            |w| consumers::is_consumer(spec, selector.as_ref(), secret, w),
+            &mut found,
+        );
+        let seen = self.workloads_seen.lock().unwrap_or_else(|p| p.into_inner());
+        for w in found.iter_mut() {
+            if let Some(newer) = seen.iter().find(|s| s.kind == w.kind && s.name == w.name) {
+                *w = newer.clone();
+            }
+        }
+        found.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+        found
+    }
+
+    /// Restarts one consumer for `key_id` (a pod-template annotation; a workload that has it
+    /// already is not changed, so this never rolls anything twice for one key).
+    async fn restart(&self, target: &ConsumerTarget, key_id: &str) -> Result<(), Error> {
+        let patch = Patch::Merge(consumers::restart_patch(key_id));
+        let params = patch_params();
+        let client = self.ctx.client.clone();
+        let name = &target.name;
+        let observed = match target.kind {
+            WorkloadKind::Deployment => Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client, &self.ns)
+                .patch(name, &params, &patch)
+                .await?
+                .observe(),
+            WorkloadKind::StatefulSet => Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(client, &self.ns)
+                .patch(name, &params, &patch)
+                .await?
+                .observe(),
+            WorkloadKind::DaemonSet => Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(client, &self.ns)
+                .patch(name, &params, &patch)
+                .await?
+                .observe(),
+        };
+        let mut seen = self.workloads_seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.retain(|w| !(w.kind == observed.kind && w.name == observed.name));
+        seen.push(observed);
+        Ok(())
     }
 
     /// The AccessKey's Secret: as last written or read by this reconcile, else from the cache
@@ -221,7 +309,13 @@ impl<'a> Cluster<'a> {
         self.secret_seen.lock().unwrap_or_else(|p| p.into_inner()).is_some()
     }
 
-    async fn write_status(&self, status: &AccessKeyStatus) -> Result<(), Error> {
+    async fn write_status(&self, status: &mut AccessKeyStatus) -> Result<(), Error> {
+        // The Rotating condition follows the replaced keys in every write; `Blocked` stays until
+        // a new key is had or none is wanted any more (cleared explicitly).
+        if !rotation::is_blocked(&status.conditions) {
+            let state = RotatingState::of(status);
+            rotation::put_rotating(&mut status.conditions, &state, self.ak.meta().generation, jiff::Timestamp::now());
+        }
         let rv = self.resource_version.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let patch = serde_json::json!({
             "metadata": {"resourceVersion": rv},
@@ -252,12 +346,16 @@ impl<'a> Cluster<'a> {
         let condition = ready_condition(&status.conditions, reason, message, generation, now());
         let unchanged = status.observed_generation == generation
             && status.conditions.iter().any(|c| {
-                c.reason == condition.reason && c.message == condition.message && c.status == condition.status
+                c.type_ == READY
+                    && c.reason == condition.reason
+                    && c.message == condition.message
+                    && c.status == condition.status
             });
         if unchanged {
             return false;
         }
-        status.conditions = vec![condition];
+        status.conditions.retain(|c| c.type_ != READY);
+        status.conditions.insert(0, condition);
         status.observed_generation = generation;
         true
     }
@@ -306,6 +404,19 @@ fn display_name_at_provider(ak: &AccessKey) -> String {
 fn spec_problem(ak: &AccessKey, issuer: Option<&LoadedIssuer>) -> Option<String> {
     if let Err(e) = validation::validate_access_key(&ak.spec) {
         return Some(e.to_string());
+    }
+    if let Err(e) = RotationSettings::of(&ak.spec) {
+        return Some(e.to_string());
+    }
+    if let Err(e) = rotation::grace_for_replacement(
+        ak.annotations(),
+        &ak.status.clone().unwrap_or_default(),
+        &RotationSettings::default(),
+    ) {
+        return Some(e.to_string());
+    }
+    if let Some(Err(e)) = ak.spec.consumers.as_ref().map(consumers::selector) {
+        return Some(e);
     }
     let issuer = issuer?;
     let (wanted, has) = (ak.spec.provider.name(), issuer.settings.name());
@@ -360,6 +471,7 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
         Some(_) => IssuerState::Ready,
     };
     let problem = spec_problem(&ak, issuer.as_ref());
+    let key = display_name(&*ak);
     let mut owned: Option<Vec<OwnedKey>> = None;
     let mut retired_tried = false;
     let mut retired_failure: Option<String> = None;
@@ -368,7 +480,7 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
         let observed_secret = cluster.observed_secret();
         let secret_state = secret::observe_secret(&ak, observed_secret.as_ref());
         let now = jiff::Timestamp::now();
-        let renewal_due = status.renewal_time.as_ref().is_some_and(|t| t.0 <= now);
+        let observed_consumers = cluster.observed_consumers(&status);
         let step = decide(&Observed {
             status: &status,
             spec_problem: problem.clone(),
@@ -378,7 +490,10 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
             secret: &secret_state,
             owned_keys: owned.as_deref(),
             retired_tried,
-            renewal_due,
+            rotation: &cluster.settings,
+            rotate_request: rotation::rotate_request(ak.annotations(), &status),
+            consumers: &observed_consumers,
+            blocked_until: ctx.blocked_until(&key, &hash),
             now,
         });
         tracing::debug!(access_key = %display_name(&*ak), ?step, "step");
@@ -386,6 +501,11 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
             warn_of_secret_fight(&cluster, &status, reason, now).await;
         }
         let revoking_retired = step == Step::RevokeRetired;
+        // A replacement whose Secret still holds the current key: a refusal leaves it working.
+        let replacing = match step {
+            Step::Issue { reason } if reason != IssueReason::FirstKey && !reason.is_forced_by_secret() => Some(reason),
+            _ => None,
+        };
         let outcome = act(&cluster, &mut status, step, issuer.as_ref(), &hash, &mut owned, &mut retired_tried).await;
         match outcome {
             // A replaced key that could not be revoked: the AccessKey itself is fine, but the
@@ -394,9 +514,14 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
                 return Err(Error::Issuer(retired_failure.take().unwrap_or_default()));
             }
             Ok(Some(action)) => return Ok(action),
-            Ok(None) if revoking_retired && !status.retired.is_empty() => {
+            Ok(None) if revoking_retired && status.retired.iter().any(|r| rotation::retired_due(r, now)) => {
                 retired_failure = Some(format!("{} replaced key(s) not revoked yet", status.retired.len()));
                 continue;
+            }
+            // The provider refused the new key: the current one stays, and so does Ready.
+            Err(Error::Provider(pe)) if replacing.is_some() => {
+                let reason = replacing.unwrap_or(IssueReason::SpecChanged);
+                return rotation_blocked(&cluster, &mut status, reason, &hash, &pe).await;
             }
             Ok(None) => continue,
             Err(e) => {
@@ -409,6 +534,42 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
         }
     }
     Ok(Action::requeue(Duration::from_secs(1)))
+}
+
+/// A new key refused by the provider while the current one works: the current key stays in the
+/// Secret and live, `Ready` stays as it is, `Rotating=False` says why, and the attempt is
+/// tried again after a backoff (1 min doubling to 1 h). The current key is never revoked to
+/// make room: that would trade a working workload for a quota.
+async fn rotation_blocked(
+    c: &Cluster<'_>,
+    status: &mut AccessKeyStatus,
+    reason: IssueReason,
+    hash: &str,
+    error: &ProviderError,
+) -> Result<Action, Error> {
+    let key = display_name(c.ak);
+    let wait = rotation::blocked_retry(c.ctx.refusals(&key));
+    let until = jiff::Timestamp::now() + jiff::SignedDuration::try_from(wait).unwrap_or_default();
+    c.ctx.block(&key, hash, until);
+    let current = status.access_key_id.clone().unwrap_or_default();
+    let message = format!(
+        "no new key ({}): {}; key {current} stays in Secret {} and live; next try in {}",
+        reason.describe(),
+        provider_message(error),
+        c.ak.spec.secret_name,
+        crate::api::duration::format_duration(wait),
+    );
+    rotation::put_rotating(
+        &mut status.conditions,
+        &RotatingState::Blocked(message.clone()),
+        c.ak.meta().generation,
+        jiff::Timestamp::now(),
+    );
+    c.write_status(status).await?;
+    crate::metrics::global().rotation_blocked(c.ak.spec.provider.name());
+    tracing::warn!(access_key = %key, reason = reason.describe(), retry_in_s = wait.as_secs(), error = %error, "rotation blocked");
+    c.ctx.event(c.ak, EventType::Warning, "RotationBlocked", message).await;
+    Ok(Action::requeue(wait))
 }
 
 /// A Warning event when the Secret forces a replacement again and again (another controller
@@ -464,6 +625,7 @@ async fn act(
     owned: &mut Option<Vec<OwnedKey>>,
     retired_tried: &mut bool,
 ) -> Result<Option<Action>, Error> {
+    let settings = &c.settings;
     match step {
         Step::ListOwnedKeys => {
             let pending = status.pending.clone().ok_or_else(|| Error::Finalizer("no pending attempt".into()))?;
@@ -474,7 +636,12 @@ async fn act(
         Step::Adopt(key) => {
             // The attempt stays recorded: the next step revokes whatever else it left behind.
             let pending = status.pending.clone().ok_or_else(|| Error::Finalizer("no pending attempt".into()))?;
-            retire_current(status);
+            let grace = pending.grace_period_seconds.map_or(settings.grace_period, Duration::from_secs);
+            retire_current(status, grace, jiff::Timestamp::now());
+            if pending.rotate_request.is_some() {
+                status.last_rotate_request = pending.rotate_request.clone();
+            }
+            status.consumers.clear();
             status.access_key_id = key.access_key_id.clone();
             status.key_ref = Some(key.key_ref.clone());
             status.issued_by = Some(pending.issuer.clone());
@@ -492,6 +659,7 @@ async fn act(
             status.issued_at = Some(pending.started_at.clone());
             status.key_spec_hash = Some(pending.spec_hash.clone().unwrap_or_else(|| hash.to_string()));
             status.secret_name = Some(c.ak.spec.secret_name.clone());
+            status.next_rotation_time = rotation::next_rotation_time(status, settings).map(Time);
             c.write_status(status).await?;
             let note = format!("adopted key {} created before an interruption", key.access_key_id.unwrap_or_default());
             c.ctx.event(c.ak, EventType::Normal, "Issued", note).await;
@@ -517,11 +685,13 @@ async fn act(
             *retired_tried = true;
             let mut kept = Vec::new();
             let mut busy = None;
+            let now = jiff::Timestamp::now();
             for r in std::mem::take(&mut status.retired) {
-                if busy.is_some() {
+                if busy.is_some() || !rotation::retired_due(&r, now) {
                     kept.push(r);
                     continue;
                 }
+                crashpoint("before-retired-revoke");
                 let revoked = match c.provider_of(&r.issuer).await {
                     Ok(p) => p.revoke_key(&r.key_ref).await.map_err(Error::from),
                     Err(e) => Err(e),
@@ -564,6 +734,45 @@ async fn act(
             issue(c, status, provider, hash, reason).await?;
             Ok(None)
         }
+        Step::RestartConsumers(targets) => {
+            crashpoint("before-consumer-restart");
+            let key_id = status.access_key_id.clone().unwrap_or_default();
+            for t in &targets {
+                c.restart(t, &key_id).await?;
+                crate::metrics::global().consumer_restarted(t.kind.as_str());
+            }
+            crashpoint("after-consumer-restart");
+            let names: Vec<String> = targets.iter().map(|t| format!("{}/{}", t.kind.as_str(), t.name)).collect();
+            tracing::info!(access_key = %display_name(c.ak), key_id = %key_id, consumers = ?names, "consumers restarted");
+            let note = format!("restarted {} for key {key_id}", names.join(", "));
+            c.ctx.event(c.ak, EventType::Normal, "ConsumersRestarted", note).await;
+            Ok(None)
+        }
+        Step::RecordConsumers { consumers, start_grace, timed_out } => {
+            status.consumers = consumers;
+            if start_grace {
+                rotation::start_grace(status, jiff::Timestamp::now());
+            }
+            c.write_status(status).await?;
+            if !timed_out.is_empty() {
+                let names: Vec<String> = timed_out.iter().map(|t| format!("{}/{}", t.kind.as_str(), t.name)).collect();
+                for t in &timed_out {
+                    crate::metrics::global().rollout_timed_out(t.kind.as_str());
+                }
+                let note = format!(
+                    "{} did not roll out within rolloutTimeout ({}); the grace period of the replaced key starts anyway",
+                    names.join(", "),
+                    crate::api::duration::format_duration(settings.rollout_timeout)
+                );
+                c.ctx.event(c.ak, EventType::Warning, "RolloutTimeout", note).await;
+            }
+            Ok(None)
+        }
+        Step::UpdateSchedule(next) => {
+            status.next_rotation_time = next.map(Time);
+            c.write_status(status).await?;
+            Ok(None)
+        }
         Step::WaitBeforeReplacing(reason, wait) => {
             tracing::info!(access_key = %display_name(c.ak), reason = reason.describe(), wait_s = wait.as_secs(), "replacing the key after a wait");
             Ok(Some(Action::requeue(wait.max(Duration::from_secs(1)))))
@@ -591,13 +800,21 @@ async fn act(
         }
         Step::Ready => {
             let id = status.access_key_id.clone().unwrap_or_default();
-            c.set_condition(status, Reason::Issued, issued_message(&id, &c.ak.spec.secret_name)).await?;
-            // Only a key with a renewal time has anything due by the clock; every other change
-            // (AccessKey, Secret, issuer, credentials) arrives by watch. No timer for the rest
-            // also means nothing held per AccessKey in the scheduler, which at 10,000 keys is
-            // megabytes.
-            let requeue = status.renewal_time.as_ref().map(|t| {
-                let secs = t.0.duration_since(jiff::Timestamp::now()).as_secs().max(1);
+            // Nothing to replace any more: a block of an earlier attempt is over.
+            c.ctx.unblock(&display_name(c.ak));
+            let rotating = RotatingState::of(status);
+            let now = jiff::Timestamp::now();
+            let changed = c.put_condition(status, Reason::Issued, &issued_message(&id, &c.ak.spec.secret_name));
+            if rotation::put_rotating(&mut status.conditions, &rotating, c.ak.meta().generation, now) || changed {
+                c.write_status(status).await?;
+                tracing::info!(access_key = %display_name(c.ak), key_id = %id, rotating = ?rotating, "ready");
+            }
+            // Only what is due by the clock (a revocation, a rollout's timeout, a rotation) has a
+            // timer; every other change (AccessKey, Secret, issuer, credentials, consumers)
+            // arrives by watch. No timer for the rest also means nothing held per AccessKey in
+            // the scheduler, which at 10,000 keys is megabytes.
+            let requeue = rotation::next_wakeup(status, settings).map(|t| {
+                let secs = t.duration_since(now).as_secs().max(1);
                 Duration::from_secs(u64::try_from(secs).unwrap_or(1)).min(RESYNC)
             });
             Ok(Some(requeue.map_or_else(Action::await_change, Action::requeue)))
@@ -630,16 +847,17 @@ pub fn status_merge_patch(status: &AccessKeyStatus) -> serde_json::Value {
     value
 }
 
-/// Moves the current key, if any, to the keys awaiting revocation.
-fn retire_current(status: &mut AccessKeyStatus) {
+/// Moves the current key, if any, to the keys awaiting revocation: it waits for the consumers
+/// of its successor, then `grace`.
+fn retire_current(status: &mut AccessKeyStatus, grace: Duration, now: jiff::Timestamp) {
+    let expires_at = status.expires_at.take();
     if let (Some(id), Some(key_ref), Some(issuer)) =
         (status.access_key_id.take(), status.key_ref.take(), status.issued_by.take())
     {
         if !status.retired.iter().any(|r| r.key_ref == key_ref) {
-            status.retired.push(RetiredKey { access_key_id: id, key_ref, issuer });
+            status.retired.push(rotation::retire(id, key_ref, issuer, expires_at, grace, now));
         }
     }
-    status.expires_at = None;
     status.renewal_time = None;
 }
 
@@ -652,6 +870,10 @@ async fn issue(
     reason: IssueReason,
 ) -> Result<(), Error> {
     let ak = c.ak;
+    let settings = &c.settings;
+    let rotate_request = ak.annotations().get(rotation::ROTATE_ANNOTATION).cloned();
+    let grace = rotation::grace_for_replacement(ak.annotations(), status, settings)
+        .map_err(|e| Error::Issuer(e.to_string()))?;
     let marker = Marker::new_attempt(&c.uid);
     // (0) Nothing revoking this key will need can be deleted from under it (namespace deletion).
     super::in_use::hold_before_issuing(c.ctx, &ak.spec.issuer_ref, &c.ns).await?;
@@ -673,6 +895,8 @@ async fn issue(
         started_at: now(),
         provider: serde_json::to_value(&ak.spec.provider).ok(),
         spec_hash: Some(hash.to_string()),
+        rotate_request: rotate_request.clone(),
+        grace_period_seconds: status.access_key_id.is_some().then_some(grace.as_secs()),
     }));
     c.write_status(status).await?;
     crashpoint("after-intent");
@@ -707,11 +931,17 @@ async fn issue(
 
     crashpoint("after-secret-write");
 
-    // (4) Record the key; the replaced one is revoked in the next step.
+    // (4) Record the key. The replaced one stays live: its consumers are restarted next, and it
+    // is revoked once they rolled out and its grace period is over.
     let replaced = status.access_key_id.clone();
     let forced = forced_replacements_after(reason, status, started);
     status.forced_replacements = (forced > 0).then_some(forced);
-    retire_current(status);
+    retire_current(status, grace, jiff::Timestamp::now());
+    // Any new key answers the rotation asked for.
+    if rotate_request.is_some() {
+        status.last_rotate_request = rotate_request;
+    }
+    status.consumers.clear();
     status.pending = None;
     status.access_key_id = Some(key.access_key_id.clone());
     status.key_ref = Some(key.key_ref.clone());
@@ -721,13 +951,24 @@ async fn issue(
     status.renewal_time = key.expires_at.map(|exp| Time(renewal_time(started, exp)));
     status.key_spec_hash = Some(hash.to_string());
     status.secret_name = Some(ak.spec.secret_name.clone());
-    // Ready in the same write, unless a replaced key is still to be revoked (the next step).
-    if status.retired.is_empty() {
-        c.put_condition(status, Reason::Issued, &issued_message(&key.access_key_id, &ak.spec.secret_name));
-    }
+    status.next_rotation_time = rotation::next_rotation_time(status, settings).map(Time);
+    // Ready in the same write: the new key works, whatever the replaced one still waits for.
+    c.put_condition(status, Reason::Issued, &issued_message(&key.access_key_id, &ak.spec.secret_name));
+    let state = RotatingState::of(status);
+    rotation::put_rotating(&mut status.conditions, &state, ak.meta().generation, started);
     c.write_status(status).await?;
+    c.ctx.unblock(&display_name(ak));
+    crate::metrics::global().rotated(reason.label());
     let (event, note) = match replaced {
-        Some(old) => ("Replaced", format!("issued key {} replacing {old}: {}", key.access_key_id, reason.describe())),
+        Some(old) => (
+            "Rotated",
+            format!(
+                "key {} replaces {old} in Secret {}: {}",
+                key.access_key_id,
+                ak.spec.secret_name,
+                reason.describe()
+            ),
+        ),
         None => ("Issued", format!("issued key {} into Secret {}", key.access_key_id, ak.spec.secret_name)),
     };
     tracing::info!(access_key = %display_name(ak), key_id = %key.access_key_id, reason = reason.describe(), "{event}");

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -49,6 +50,9 @@ pub struct Context {
     issuer_slots: Mutex<HashMap<String, Arc<IssuerSlots>>>,
     /// Per issuer: one reconcile at a time sets its in-use hold (see [`Context::hold_writer`]).
     hold_writers: Mutex<HashMap<String, HoldWriter>>,
+    /// Per AccessKey: the provider refused a new key for this spec fingerprint; no new attempt
+    /// before then.
+    blocked: Mutex<HashMap<String, (String, jiff::Timestamp)>>,
 }
 
 /// Taken by the reconcile that may write an issuer's in-use hold. Inside: the resourceVersion
@@ -168,6 +172,25 @@ pub struct Caches {
     pub credentials: Store<Secret>,
     pub key_issuers: Store<KeyIssuer>,
     pub cluster_issuers: Store<ClusterKeyIssuer>,
+    /// The workloads AccessKeys may name as consumers, without their managedFields.
+    pub workloads: Workloads,
+}
+
+#[derive(Clone)]
+pub struct Workloads {
+    pub deployments: Store<Deployment>,
+    pub stateful_sets: Store<StatefulSet>,
+    pub daemon_sets: Store<DaemonSet>,
+}
+
+impl Default for Workloads {
+    fn default() -> Self {
+        Self {
+            deployments: kube::runtime::reflector::store().0,
+            stateful_sets: kube::runtime::reflector::store().0,
+            daemon_sets: kube::runtime::reflector::store().0,
+        }
+    }
 }
 
 /// How much of the operator's time one provider may take.
@@ -201,6 +224,7 @@ impl Context {
             checks: Mutex::new(HashMap::new()),
             issuer_slots: Mutex::new(HashMap::new()),
             hold_writers: Mutex::new(HashMap::new()),
+            blocked: Mutex::new(HashMap::new()),
         }
     }
 
@@ -234,7 +258,35 @@ impl Context {
 
     /// Lets go of the failure count of the AccessKey `key` (`namespace/name`) once it is deleted.
     pub fn forget_access_key(&self, key: &str) {
-        lock(&self.failures).remove(key);
+        let mut failures = lock(&self.failures);
+        for suffix in ["", BUSY, BLOCKED] {
+            failures.remove(&format!("{key}{suffix}"));
+        }
+        lock(&self.blocked).remove(key);
+    }
+
+    /// Records that the provider refused a new key for `key` (with spec fingerprint `spec`);
+    /// returns how many refusals in a row came before this one.
+    pub fn block(&self, key: &str, spec: &str, until: jiff::Timestamp) -> u32 {
+        lock(&self.blocked).insert(key.to_string(), (spec.to_string(), until));
+        self.record_failure(&format!("{key}{BLOCKED}"))
+    }
+
+    /// Until when no new key is asked for `key` with spec fingerprint `spec`: a changed spec
+    /// is tried at once.
+    pub fn blocked_until(&self, key: &str, spec: &str) -> Option<jiff::Timestamp> {
+        lock(&self.blocked).get(key).filter(|(s, _)| s == spec).map(|(_, until)| *until)
+    }
+
+    /// Refusals in a row for `key` so far (0: none).
+    pub fn refusals(&self, key: &str) -> u32 {
+        lock(&self.failures).get(&format!("{key}{BLOCKED}")).copied().unwrap_or(0)
+    }
+
+    pub fn unblock(&self, key: &str) {
+        if lock(&self.blocked).remove(key).is_some() {
+            self.record_success(&format!("{key}{BLOCKED}"));
+        }
     }
 
     /// Records a failure of `key` and returns how many happened in a row.
@@ -289,6 +341,10 @@ struct CheckState {
     not_before: Instant,
     failures: u32,
 }
+
+/// Suffixes of the failure counters kept next to an AccessKey's own.
+pub const BUSY: &str = "#busy";
+pub const BLOCKED: &str = "#blocked";
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -497,6 +553,7 @@ mod tests {
             credentials: kube::runtime::reflector::store().0,
             key_issuers: kube::runtime::reflector::store().0,
             cluster_issuers: kube::runtime::reflector::store().0,
+            workloads: Workloads::default(),
         };
         let health = Arc::new(Health::new(Duration::from_secs(60), Duration::from_secs(60)));
         let limits = Limits { issuer_concurrency: 2, provider_timeout: Duration::from_secs(10) };
@@ -532,8 +589,15 @@ mod tests {
 
         ctx.record_failure("team/backups");
         assert_eq!(ctx.record_failure("team/backups"), 1, "failures before this one");
+        ctx.record_failure("team/backups#busy");
+        let until = jiff::Timestamp::now();
+        ctx.block("team/backups", "h1", until);
+        assert_eq!(ctx.blocked_until("team/backups", "h1"), Some(until));
+        assert_eq!(ctx.blocked_until("team/backups", "h2"), None, "a changed spec is tried at once");
         ctx.forget_access_key("team/backups");
         assert_eq!(ctx.record_failure("team/backups"), 0, "a re-created AccessKey starts afresh");
+        assert_eq!(ctx.record_failure("team/backups#busy"), 0);
+        assert_eq!((ctx.refusals("team/backups"), ctx.blocked_until("team/backups", "h1")), (0, None));
     }
 
     #[test]

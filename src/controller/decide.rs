@@ -4,10 +4,12 @@
 
 use std::time::Duration;
 
-use crate::api::{AccessKeyStatus, IssuerRef};
+use crate::api::{AccessKeyStatus, ConsumerStatus, ConsumerTarget, IssuerRef};
 use crate::providers::OwnedKey;
 
 use super::conditions::Reason;
+use super::consumers::Workload;
+use super::rotation::{self, RotationSettings};
 use super::secret::SecretState;
 
 /// The issuer as the AccessKey sees it.
@@ -33,8 +35,13 @@ pub struct Observed<'a> {
     pub owned_keys: Option<&'a [OwnedKey]>,
     /// Revocation of `status.retired` was already tried in this pass.
     pub retired_tried: bool,
-    /// The current key is due for replacement ahead of its expiry.
-    pub renewal_due: bool,
+    pub rotation: &'a RotationSettings,
+    /// The `cloudkeys.io/rotate` value not handled yet.
+    pub rotate_request: Option<&'a str>,
+    /// The workloads `spec.consumers` names, as observed now.
+    pub consumers: &'a [Workload],
+    /// The provider refused a new key for this spec: no new attempt before then.
+    pub blocked_until: Option<jiff::Timestamp>,
     pub now: jiff::Timestamp,
 }
 
@@ -48,8 +55,19 @@ pub enum Step {
     ResolvePending {
         revoke: Vec<OwnedKey>,
     },
-    /// Revoke keys that were replaced.
+    /// Revoke the replaced keys whose grace period is over.
     RevokeRetired,
+    /// Restart these consumers for the current key (their pod template names another).
+    RestartConsumers(Vec<ConsumerTarget>),
+    /// Record the consumers' rollout; once they all rolled out (or `rolloutTimeout` passed, for
+    /// those in `timed_out`), the grace period of the replaced keys starts.
+    RecordConsumers {
+        consumers: Vec<ConsumerStatus>,
+        start_grace: bool,
+        timed_out: Vec<ConsumerTarget>,
+    },
+    /// `status.nextRotationTime` is not what the schedule says (issued, or `rotation` edited).
+    UpdateSchedule(Option<jiff::Timestamp>),
     /// Create a key, write the Secret, record the key (the old one, if any, is retired).
     Issue {
         reason: IssueReason,
@@ -71,6 +89,10 @@ pub enum IssueReason {
     SecretDeleted,
     SecretModified,
     ExpiresSoon,
+    /// `rotation.every` has passed since the key was issued.
+    Scheduled,
+    /// A new `cloudkeys.io/rotate` value.
+    Requested,
 }
 
 /// The first replacement forced by the Secret waits until the key is this old; each further
@@ -87,7 +109,7 @@ pub fn forced_replacement_wait(forced: u32) -> Duration {
 /// user's own changes, briefly for expiry, and with exponential backoff for the Secret.
 pub fn replacement_hold(reason: IssueReason, status: &AccessKeyStatus) -> Option<Duration> {
     match reason {
-        IssueReason::FirstKey | IssueReason::SpecChanged => None,
+        IssueReason::FirstKey | IssueReason::SpecChanged | IssueReason::Requested | IssueReason::Scheduled => None,
         IssueReason::ExpiresSoon => Some(FORCED_REPLACEMENT_WAIT),
         IssueReason::SecretDeleted | IssueReason::SecretModified => {
             Some(forced_replacement_wait(status.forced_replacements.unwrap_or(0)))
@@ -131,6 +153,21 @@ impl IssueReason {
             Self::SecretDeleted => "the Secret was deleted",
             Self::SecretModified => "the Secret's data was modified",
             Self::ExpiresSoon => "the key expires soon",
+            Self::Scheduled => "rotation.every has passed",
+            Self::Requested => "rotation requested (cloudkeys.io/rotate)",
+        }
+    }
+
+    /// The label of the rotations-by-reason metric.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::FirstKey => "first",
+            Self::SpecChanged => "spec_changed",
+            Self::SecretDeleted => "secret_deleted",
+            Self::SecretModified => "secret_modified",
+            Self::ExpiresSoon => "expiry",
+            Self::Scheduled => "scheduled",
+            Self::Requested => "requested",
         }
     }
 }
@@ -167,7 +204,7 @@ pub fn decide(o: &Observed<'_>) -> Step {
         let revoke = keys.iter().filter(|k| !keep(k)).cloned().collect();
         return Step::ResolvePending { revoke };
     }
-    if !o.status.retired.is_empty() && !o.retired_tried {
+    if !o.retired_tried && o.status.retired.iter().any(|r| rotation::retired_due(r, o.now)) {
         return Step::RevokeRetired;
     }
     if let Some(problem) = &o.spec_problem {
@@ -192,14 +229,22 @@ pub fn decide(o: &Observed<'_>) -> Step {
     let Some(current) = o.status.access_key_id.as_deref() else {
         return Step::Issue { reason: IssueReason::FirstKey };
     };
+    let scheduled_due = rotation::scheduled_rotation(o.status, o.rotation).is_some_and(|t| t <= o.now);
+    let renewal_due = o.status.renewal_time.as_ref().is_some_and(|t| t.0 <= o.now);
     let reason = if o.status.key_spec_hash.as_deref() != Some(o.spec_hash) {
         Some(IssueReason::SpecChanged)
     } else if matches!(o.secret, SecretState::Absent) {
         Some(IssueReason::SecretDeleted)
     } else if secret_key_id != Some(current) || !data_intact {
         Some(IssueReason::SecretModified)
-    } else if o.renewal_due {
+    } else if o.rotate_request.is_some() {
+        Some(IssueReason::Requested)
+    } else if renewal_due {
         Some(IssueReason::ExpiresSoon)
+    } else if scheduled_due && o.status.retired.is_empty() {
+        // One rotation at a time by the clock: the schedule waits for the last replaced key to
+        // go, so that no more than two keys are live.
+        Some(IssueReason::Scheduled)
     } else {
         None
     };
@@ -209,12 +254,66 @@ pub fn decide(o: &Observed<'_>) -> Step {
                 return Step::WaitBeforeReplacing(reason, hold - age);
             }
         }
+        if let Some(until) = o.blocked_until.filter(|t| *t > o.now) {
+            let wait = Duration::try_from(until.duration_since(o.now)).unwrap_or(Duration::ZERO);
+            return Step::WaitBeforeReplacing(reason, wait);
+        }
         return Step::Issue { reason };
+    }
+    if let Some(step) = consumer_step(o, current) {
+        return step;
+    }
+    let schedule = rotation::next_rotation_time(o.status, o.rotation);
+    if o.status.next_rotation_time.as_ref().map(|t| t.0) != schedule {
+        return Step::UpdateSchedule(schedule);
     }
     if !metadata_current {
         return Step::UpdateSecretMetadata;
     }
     Step::Ready
+}
+
+/// While replaced keys wait for the rollout: restart the consumers not restarted for the
+/// current key yet, record their progress, and start the grace period once they all rolled out
+/// or `rolloutTimeout` has passed.
+fn consumer_step(o: &Observed<'_>, current: &str) -> Option<Step> {
+    if !o.status.retired.iter().any(rotation::awaits_rollout) {
+        return None;
+    }
+    // Restarted for this key already: by its template (a restart not recorded yet) or by the
+    // record (a cache that does not show the restart yet).
+    let recorded =
+        |w: &Workload| o.status.consumers.iter().any(|c| c.kind == w.kind && c.name == w.name && c.key_id == current);
+    let restart: Vec<ConsumerTarget> = o
+        .consumers
+        .iter()
+        .filter(|w| w.key_id.as_deref() != Some(current) && !recorded(w))
+        .map(Workload::target)
+        .collect();
+    if !restart.is_empty() {
+        return Some(Step::RestartConsumers(restart));
+    }
+    let consumers: Vec<ConsumerStatus> = o
+        .consumers
+        .iter()
+        .map(|w| ConsumerStatus {
+            kind: w.kind,
+            name: w.name.clone(),
+            key_id: current.to_string(),
+            rolled_out: w.rolled_out,
+        })
+        .collect();
+    let all_rolled_out = consumers.iter().all(|c| c.rolled_out);
+    let timed_out = !all_rolled_out && rotation::rollout_deadline(o.status, o.rotation).is_some_and(|t| t <= o.now);
+    if all_rolled_out || timed_out {
+        let late = o.consumers.iter().filter(|w| !w.rolled_out).map(Workload::target).collect();
+        return Some(Step::RecordConsumers { consumers, start_grace: true, timed_out: late });
+    }
+    (consumers != o.status.consumers).then_some(Step::RecordConsumers {
+        consumers,
+        start_grace: false,
+        timed_out: Vec::new(),
+    })
 }
 
 #[cfg(test)]
@@ -257,6 +356,8 @@ mod tests {
             started_at: Time("2026-11-23T12:00:00Z".parse().expect("time")),
             provider: None,
             spec_hash: None,
+            rotate_request: None,
+            grace_period_seconds: None,
         }));
     }
 
@@ -268,7 +369,10 @@ mod tests {
         spec_hash: &'static str,
         owned: Option<Vec<OwnedKey>>,
         retired_tried: bool,
-        renewal_due: bool,
+        rotation: RotationSettings,
+        rotate_request: Option<&'static str>,
+        consumers: Vec<Workload>,
+        blocked_until: Option<jiff::Timestamp>,
         now: jiff::Timestamp,
     }
 
@@ -282,7 +386,10 @@ mod tests {
                 spec_hash: "h1",
                 owned: None,
                 retired_tried: false,
-                renewal_due: false,
+                rotation: RotationSettings::default(),
+                rotate_request: None,
+                consumers: Vec::new(),
+                blocked_until: None,
                 now: "2026-11-23T12:00:00Z".parse().expect("time"),
             }
         }
@@ -298,7 +405,10 @@ mod tests {
                 secret: &self.secret,
                 owned_keys: self.owned.as_deref(),
                 retired_tried: self.retired_tried,
-                renewal_due: self.renewal_due,
+                rotation: &self.rotation,
+                rotate_request: self.rotate_request,
+                consumers: &self.consumers,
+                blocked_until: self.blocked_until,
                 now: self.now,
             })
         }
@@ -454,7 +564,7 @@ mod tests {
     fn key_near_expiry_is_replaced() {
         let mut s = Scenario::new(issued("K1"), ours("K1"));
         s.status.issued_at = Some(Time(s.now - jiff::SignedDuration::from_secs(3600)));
-        s.renewal_due = true;
+        s.status.renewal_time = Some(Time(s.now));
         assert_eq!(s.decide(), Step::Issue { reason: IssueReason::ExpiresSoon });
     }
 
@@ -539,10 +649,143 @@ mod tests {
         assert_eq!(s.decide(), Step::ResolvePending { revoke: vec![] });
     }
 
+    /// A key retired by an operator older than rotation: no schedule, revoked at once.
+    fn legacy_retired(id: &str) -> RetiredKey {
+        RetiredKey {
+            access_key_id: id.into(),
+            key_ref: format!("ref-{id}"),
+            issuer: issuer(),
+            retired_at: None,
+            revoke_after: None,
+            grace_period_seconds: None,
+            expires_at: None,
+        }
+    }
+
+    fn workload(name: &str, key_id: Option<&str>, rolled_out: bool) -> Workload {
+        Workload {
+            kind: crate::api::WorkloadKind::Deployment,
+            name: name.into(),
+            key_id: key_id.map(Into::into),
+            rolled_out,
+        }
+    }
+
+    fn target(name: &str) -> ConsumerTarget {
+        ConsumerTarget { kind: crate::api::WorkloadKind::Deployment, name: name.into() }
+    }
+
+    /// K2 is current and in the Secret; K1 was replaced `ago` seconds before now.
+    fn rotated(ago: i64) -> Scenario {
+        let mut s = Scenario::new(issued("K2"), ours("K2"));
+        let then = s.now - jiff::SignedDuration::from_secs(ago);
+        s.status.issued_at = Some(Time(then));
+        s.status.retired.push(rotation::retire(
+            "K1".into(),
+            "ref-K1".into(),
+            issuer(),
+            None,
+            Duration::from_secs(600),
+            then,
+        ));
+        s
+    }
+
+    #[test]
+    fn after_a_replacement_the_consumers_are_restarted_for_the_new_key_once() {
+        let mut s = rotated(1);
+        s.consumers =
+            vec![workload("api", Some("K1"), true), workload("web", None, true), workload("db", Some("K2"), false)];
+        assert_eq!(s.decide(), Step::RestartConsumers(vec![target("api"), target("web")]));
+        // Restarted (their templates name K2 now): never patched again, their rollout recorded.
+        s.consumers = vec![workload("api", Some("K2"), false), workload("db", Some("K2"), false)];
+        let Step::RecordConsumers { consumers, start_grace: false, .. } = s.decide() else {
+            panic!("expected the rollout recorded: {:?}", s.decide())
+        };
+        assert_eq!(consumers.len(), 2);
+        s.status.consumers = consumers;
+        assert_eq!(s.decide(), Step::Ready, "nothing new: wait for the rollout");
+        // A cache that does not show the restart yet changes nothing: the record says it was done.
+        s.consumers = vec![workload("api", Some("K1"), false), workload("db", Some("K2"), false)];
+        assert_eq!(s.decide(), Step::Ready);
+    }
+
+    #[test]
+    fn the_grace_period_starts_once_every_consumer_rolled_out() {
+        let mut s = rotated(60);
+        s.consumers = vec![workload("api", Some("K2"), true)];
+        let step = s.decide();
+        let Step::RecordConsumers { start_grace: true, timed_out, .. } = &step else { panic!("{step:?}") };
+        assert!(timed_out.is_empty());
+        // No consumers at all: the grace period starts at once.
+        s.consumers = Vec::new();
+        assert!(matches!(s.decide(), Step::RecordConsumers { start_grace: true, .. }));
+    }
+
+    #[test]
+    fn a_rollout_that_never_ends_starts_the_grace_period_at_the_timeout_naming_the_workload() {
+        let mut s = rotated(1799);
+        s.consumers = vec![workload("stuck", Some("K2"), false)];
+        s.status.consumers = vec![ConsumerStatus {
+            kind: crate::api::WorkloadKind::Deployment,
+            name: "stuck".into(),
+            key_id: "K2".into(),
+            rolled_out: false,
+        }];
+        assert_eq!(s.decide(), Step::Ready);
+        let mut s2 = rotated(1800);
+        s2.consumers = s.consumers.clone();
+        s2.status.consumers = s.status.consumers.clone();
+        let step = s2.decide();
+        assert!(
+            matches!(&step, Step::RecordConsumers { start_grace: true, timed_out, .. } if timed_out == &vec![target("stuck")]),
+            "{step:?}"
+        );
+    }
+
+    #[test]
+    fn a_replaced_key_is_revoked_only_when_its_grace_period_is_over() {
+        let mut s = rotated(60);
+        rotation::start_grace(&mut s.status, s.now - jiff::SignedDuration::from_secs(30));
+        assert_eq!(s.decide(), Step::Ready, "570 s of grace left");
+        s.now += jiff::SignedDuration::from_secs(570);
+        assert_eq!(s.decide(), Step::RevokeRetired);
+    }
+
+    #[test]
+    fn rotation_is_scheduled_requested_or_waits_for_the_replaced_key() {
+        let mut s = Scenario::new(issued_ago("K1", "2026-11-23T12:00:00Z".parse().expect("time"), 3600), ours("K1"));
+        s.rotation.every = Some(Duration::from_secs(3600));
+        assert_eq!(s.decide(), Step::Issue { reason: IssueReason::Scheduled });
+        s.rotation.every = Some(Duration::from_secs(7200));
+        let at = s.now + jiff::SignedDuration::from_secs(3600);
+        assert_eq!(s.decide(), Step::UpdateSchedule(Some(at)));
+        s.status.next_rotation_time = Some(Time(at));
+        assert_eq!(s.decide(), Step::Ready);
+        s.rotate_request = Some("1");
+        assert_eq!(s.decide(), Step::Issue { reason: IssueReason::Requested });
+        // By the clock, one rotation at a time; by request, at once.
+        let mut s = rotated(60);
+        s.rotation.every = Some(Duration::from_secs(60));
+        assert_ne!(s.decide(), Step::Issue { reason: IssueReason::Scheduled });
+        s.rotate_request = Some("2");
+        assert_eq!(s.decide(), Step::Issue { reason: IssueReason::Requested });
+    }
+
+    #[test]
+    fn a_refused_new_key_is_not_asked_for_again_before_its_backoff() {
+        let mut s = Scenario::new(issued("K1"), ours("K1"));
+        s.rotate_request = Some("1");
+        s.blocked_until = Some(s.now + jiff::SignedDuration::from_secs(60));
+        assert_eq!(s.decide(), Step::WaitBeforeReplacing(IssueReason::Requested, Duration::from_secs(60)));
+        s.blocked_until = Some(s.now);
+        assert_eq!(s.decide(), Step::Issue { reason: IssueReason::Requested });
+    }
+
     #[test]
     fn retired_keys_are_revoked_once_per_pass() {
         let mut status = issued("K2");
-        status.retired.push(RetiredKey { access_key_id: "K1".into(), key_ref: "ref-K1".into(), issuer: issuer() });
+        status.retired.push(legacy_retired("K1"));
         let mut s = Scenario::new(status, ours("K2"));
         assert_eq!(s.decide(), Step::RevokeRetired);
         s.retired_tried = true;
@@ -552,7 +795,7 @@ mod tests {
     #[test]
     fn retired_keys_are_not_revoked_again_by_pending_resolution() {
         let mut status = issued("K2");
-        status.retired.push(RetiredKey { access_key_id: "K1".into(), key_ref: "ref-K1".into(), issuer: issuer() });
+        status.retired.push(legacy_retired("K1"));
         pending(&mut status, "attempt003");
         let mut s = Scenario::new(status, ours("K2"));
         s.owned = Some(vec![owned("K1", "attempt001"), owned("K2", "attempt002")]);

@@ -407,6 +407,10 @@ mod tests {
                     access_key_id: "K".into(),
                     key_ref: "r".into(),
                     issuer: IssuerRef { name: "old".into(), kind: IssuerKind::KeyIssuer },
+                    retired_at: None,
+                    revoke_after: None,
+                    grace_period_seconds: None,
+                    expires_at: None,
                 }],
                 ..Default::default()
             })
@@ -418,6 +422,8 @@ mod tests {
                     started_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
                     provider: None,
                     spec_hash: None,
+                    rotate_request: None,
+                    grace_period_seconds: None,
                 })),
                 ..Default::default()
             })

@@ -4,6 +4,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::reflector::{self, ObjectRef};
@@ -22,7 +23,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use crate::server::{serve, Health};
 
 use super::cached_secret::{cached_event, CachedSecret};
-use super::context::{display_name, Caches, Context, Limits};
+use super::context::{display_name, Caches, Context, Limits, Workloads};
 use super::error::Error;
 use super::issuer::IssuerObject;
 use super::secret::{MANAGED_BY, MANAGED_BY_LABEL};
@@ -60,13 +61,20 @@ pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
     let (cluster_issuers, cluster_issuer_writer) = reflector::store::<ClusterKeyIssuer>();
     let (secrets, secret_writer) = reflector::store::<CachedSecret>();
     let (credentials, credentials_writer) = reflector::store::<Secret>();
-    let caches = Caches { access_keys: reader.clone(), secrets, credentials, key_issuers, cluster_issuers };
+    let (deployments, deployment_writer) = reflector::store::<Deployment>();
+    let (stateful_sets, stateful_set_writer) = reflector::store::<StatefulSet>();
+    let (daemon_sets, daemon_set_writer) = reflector::store::<DaemonSet>();
+    let workloads = Workloads { deployments, stateful_sets, daemon_sets };
+    let caches = Caches { access_keys: reader.clone(), secrets, credentials, key_issuers, cluster_issuers, workloads };
     let writers = Writers {
         access_keys: writer,
         secrets: secret_writer,
         credentials: credentials_writer,
         key_issuers: key_issuer_writer,
         cluster_issuers: cluster_issuer_writer,
+        deployments: deployment_writer,
+        stateful_sets: stateful_set_writer,
+        daemon_sets: daemon_set_writer,
     };
     // A reconcile may take --provider-timeout plus its apiserver budget before it is stopped.
     let longest_reconcile = args.provider_timeout + access_key::KUBE_TIME_BUDGET;
@@ -167,6 +175,9 @@ struct Writers {
     credentials: reflector::store::Writer<Secret>,
     key_issuers: reflector::store::Writer<KeyIssuer>,
     cluster_issuers: reflector::store::Writer<ClusterKeyIssuer>,
+    deployments: reflector::store::Writer<Deployment>,
+    stateful_sets: reflector::store::Writer<StatefulSet>,
+    daemon_sets: reflector::store::Writer<DaemonSet>,
 }
 
 /// Runs the three controllers until SIGTERM/SIGINT, finishing the reconciles under way.
@@ -252,7 +263,10 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
             caches.access_keys.wait_until_ready().await?;
             caches.secrets.wait_until_ready().await?;
             caches.key_issuers.wait_until_ready().await?;
-            caches.cluster_issuers.wait_until_ready().await
+            caches.cluster_issuers.wait_until_ready().await?;
+            caches.workloads.deployments.wait_until_ready().await?;
+            caches.workloads.stateful_sets.wait_until_ready().await?;
+            caches.workloads.daemon_sets.wait_until_ready().await
         };
         let mut all_ready = std::pin::pin!(all_ready);
         loop {
@@ -281,11 +295,41 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
     let forget_key_issuer = ctx.clone();
     let forget_cluster_issuer = ctx.clone();
 
+    // A consumer's change concerns the AccessKeys of its namespace whose replaced keys wait for
+    // a rollout (it may have rolled out, or be a new workload that reads the Secret).
+    let (rollout_triggers, rollouts) = futures::channel::mpsc::unbounded::<ObjectRef<AccessKey>>();
+    let waiting = reader.clone();
+    let on_workload = move |namespace: Option<&str>| {
+        for ak in waiting.state() {
+            let awaits = ak.status.as_ref().is_some_and(|s| s.retired.iter().any(super::rotation::awaits_rollout));
+            if awaits && (namespace.is_none() || ak.metadata.namespace.as_deref() == namespace) {
+                // A send fails only once the controllers are stopping.
+                drop(rollout_triggers.unbounded_send(ObjectRef::from_obj(&*ak)));
+            }
+        }
+    };
+    spawn_workload_watch(
+        api_for::<Deployment>(&client, ns),
+        "deployments",
+        &health,
+        writers.deployments,
+        on_workload.clone(),
+    );
+    spawn_workload_watch(
+        api_for::<StatefulSet>(&client, ns),
+        "statefulsets",
+        &health,
+        writers.stateful_sets,
+        on_workload.clone(),
+    );
+    spawn_workload_watch(api_for::<DaemonSet>(&client, ns), "daemonsets", &health, writers.daemon_sets, on_workload);
+
     let access_key_controller = Controller::for_stream(stream, reader)
         .with_config(controller_config.clone())
         .trigger_backoff(NoBackoff)
         .owns_stream(secrets)
         .reconcile_on(issuer_changes)
+        .reconcile_on(rollouts)
         .reconcile_all_on(secret_relists)
         .shutdown_on_signal()
         .run(access_key::reconcile, access_key::error_policy, ctx.clone())
@@ -335,6 +379,32 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
 
     tokio::join!(access_key_controller, key_issuers, cluster_issuers);
     tracing::info!("controllers stopped");
+}
+
+/// Feeds a workload cache from its watch, telling `changed` the namespace of every workload
+/// that changed (`None`: any, after a re-list).
+fn spawn_workload_watch<K>(
+    api: Api<K>,
+    name: &'static str,
+    health: &Arc<Health>,
+    writer: reflector::store::Writer<K>,
+    changed: impl Fn(Option<&str>) + Send + 'static,
+) where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let stream = watched(api, Config::default(), name, health)
+        .modify(slimmed)
+        .reflect(writer)
+        .inspect_ok(move |event| match event {
+            watcher::Event::Apply(w) | watcher::Event::Delete(w) => {
+                changed(Some(w.meta().namespace.as_deref().unwrap_or_default()))
+            }
+            // After a re-list: whatever rolled out while the watch was away.
+            watcher::Event::InitDone => changed(None),
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+        })
+        .for_each(|_| futures::future::ready(()));
+    tokio::spawn(stream);
 }
 
 /// The object an event is about: applied (also while re-listing) or deleted.

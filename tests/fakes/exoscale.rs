@@ -87,6 +87,8 @@ pub struct RequestRecord {
     pub status: u16,
     /// When the request arrived.
     pub at: Instant,
+    /// The same, on the wall clock (to compare with timestamps the operator writes).
+    pub wall: std::time::SystemTime,
     pub signature_ok: bool,
 }
 
@@ -586,6 +588,7 @@ async fn gate(State(s): State<Arc<Shared>>, request: Request, next: Next) -> Res
             path: path.clone(),
             status: 0,
             at: Instant::now(),
+            wall: std::time::SystemTime::now(),
             signature_ok: false,
         });
         (st.requests.len() - 1, st.faults.latency)

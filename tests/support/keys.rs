@@ -11,6 +11,12 @@ use super::eventually;
 
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// `spec` additions for replaced keys revoked at once (`rotation.gracePeriod: 0s`), for tests of
+/// something else than the grace period that count live keys right after a replacement.
+pub fn no_grace_period() -> serde_json::Value {
+    serde_json::json!({"rotation": {"gracePeriod": "0s"}})
+}
+
 pub fn ready_condition(ak: &AccessKey) -> Option<(String, String, String)> {
     let c = ak.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")?;
     Some((c.status.clone(), c.reason.clone(), c.message.clone()))

@@ -572,43 +572,7 @@ fn is_region(region: &str) -> bool {
 /// Parses `expiresAfter` (`^([0-9]+(h|m|s))+$`, e.g. `2160h`, `1h30m`) into a lifetime of at
 /// least [`MIN_LIFETIME`].
 pub fn parse_lifetime(text: &str) -> Result<Duration, String> {
-    let invalid = || format!("{text:?} is not a duration such as 2160h, 90m or 1h30m");
-    if text.is_empty() {
-        return Err(invalid());
-    }
-    let mut total: u64 = 0;
-    let mut number: Option<u64> = None;
-    for c in text.chars() {
-        match c {
-            '0'..='9' => {
-                let digit = u64::from(c as u8 - b'0');
-                let n = number
-                    .unwrap_or(0)
-                    .checked_mul(10)
-                    .and_then(|n| n.checked_add(digit))
-                    .ok_or_else(|| format!("{text:?} is too long"))?;
-                number = Some(n);
-            }
-            'h' | 'm' | 's' => {
-                let unit = match c {
-                    'h' => 3600,
-                    'm' => 60,
-                    _ => 1,
-                };
-                let n = number.take().ok_or_else(invalid)?;
-                total = n
-                    .checked_mul(unit)
-                    .and_then(|s| total.checked_add(s))
-                    .ok_or_else(|| format!("{text:?} is too long"))?;
-            }
-            _ => return Err(invalid()),
-        }
-    }
-    if number.is_some() {
-        // Trailing digits without a unit.
-        return Err(invalid());
-    }
-    let lifetime = Duration::from_secs(total);
+    let lifetime = crate::api::duration::parse_duration(text)?;
     if lifetime < MIN_LIFETIME {
         return Err(format!("{text:?} is shorter than the minimum key lifetime of {} s", MIN_LIFETIME.as_secs()));
     }

@@ -1,0 +1,273 @@
+//! The workloads that consume an AccessKey's Secret: which ones `spec.consumers` names, whether
+//! one was restarted for a key, and whether its restart rolled out. Pure functions of the
+//! observed objects.
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec};
+use kube::core::{Selector, SelectorExt};
+use kube::ResourceExt;
+
+use crate::api::{ConsumerTarget, Consumers, WorkloadKind};
+
+use super::rotation::KEY_ID_ANNOTATION;
+
+/// What a decision needs to know of one consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    pub kind: WorkloadKind,
+    pub name: String,
+    /// The key its pod template was last restarted for.
+    pub key_id: Option<String>,
+    pub rolled_out: bool,
+}
+
+impl Workload {
+    pub fn target(&self) -> ConsumerTarget {
+        ConsumerTarget { kind: self.kind, name: self.name.clone() }
+    }
+}
+
+/// A Deployment, StatefulSet or DaemonSet.
+pub trait WorkloadObject: kube::Resource<DynamicType = ()> {
+    const KIND: WorkloadKind;
+    fn template(&self) -> Option<&PodTemplateSpec>;
+    /// What `kubectl rollout status` checks.
+    fn rolled_out(&self) -> bool;
+
+    fn observe(&self) -> Workload {
+        let key_id = self
+            .template()
+            .and_then(|t| t.metadata.as_ref())
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(KEY_ID_ANNOTATION))
+            .cloned();
+        Workload {
+            kind: Self::KIND,
+            name: self.meta().name.clone().unwrap_or_default(),
+            key_id,
+            rolled_out: self.rolled_out(),
+        }
+    }
+}
+
+fn observed_current(generation: Option<i64>, observed: Option<i64>) -> bool {
+    observed.unwrap_or(0) >= generation.unwrap_or(0)
+}
+
+impl WorkloadObject for Deployment {
+    const KIND: WorkloadKind = WorkloadKind::Deployment;
+
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        Some(&self.spec.template)
+    }
+
+    fn rolled_out(&self) -> bool {
+        let (spec, Some(status)) = (&self.spec, &self.status) else {
+            return false;
+        };
+        let replicas = spec.replicas.unwrap_or(1);
+        observed_current(self.metadata.generation, status.observed_generation)
+            && status.updated_replicas.unwrap_or(0) == replicas
+            && status.available_replicas.unwrap_or(0) == replicas
+            // Old pods still terminating count in `replicas`, as kubectl waits for them too.
+            && status.replicas.unwrap_or(0) <= replicas
+    }
+}
+
+impl WorkloadObject for StatefulSet {
+    const KIND: WorkloadKind = WorkloadKind::StatefulSet;
+
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        Some(&self.spec.template)
+    }
+
+    fn rolled_out(&self) -> bool {
+        let (spec, Some(status)) = (&self.spec, &self.status) else {
+            return false;
+        };
+        let replicas = spec.replicas.unwrap_or(1);
+        observed_current(self.metadata.generation, status.observed_generation)
+            && status.updated_replicas.unwrap_or(0) == replicas
+            && status.current_revision.is_some()
+            && status.current_revision == status.update_revision
+    }
+}
+
+impl WorkloadObject for DaemonSet {
+    const KIND: WorkloadKind = WorkloadKind::DaemonSet;
+
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        Some(&self.spec.template)
+    }
+
+    fn rolled_out(&self) -> bool {
+        let Some(status) = &self.status else {
+            return false;
+        };
+        observed_current(self.metadata.generation, status.observed_generation)
+            && status.updated_number_scheduled.unwrap_or(0) == status.desired_number_scheduled
+            && status.number_available.unwrap_or(0) == status.desired_number_scheduled
+    }
+}
+
+/// Whether a pod reads the Secret in a way the kubelet never refreshes: an environment variable
+/// (`env` or `envFrom`) or a file mounted with `subPath`. A plain volume mount is refreshed in
+/// place and needs no restart.
+pub fn reads_secret_unrefreshed(pod: &PodSpec, secret: &str) -> bool {
+    let secret_volumes: Vec<&str> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| {
+            v.secret.as_ref().is_some_and(|s| s.secret_name.as_deref() == Some(secret))
+                || v.projected.as_ref().is_some_and(|p| {
+                    p.sources.iter().flatten().any(|s| s.secret.as_ref().is_some_and(|s| s.name == secret))
+                })
+        })
+        .map(|v| v.name.as_str())
+        .collect();
+    let containers = pod.containers.iter().chain(pod.init_containers.iter().flatten());
+    containers.into_iter().any(|c| {
+        let env =
+            c.env.iter().flatten().any(|e| {
+                e.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()).is_some_and(|r| r.name == secret)
+            });
+        let env_from = c.env_from.iter().flatten().any(|e| e.secret_ref.as_ref().is_some_and(|r| r.name == secret));
+        let sub_path = c.volume_mounts.iter().flatten().any(|m| {
+            secret_volumes.contains(&m.name.as_str())
+                && (m.sub_path.as_deref().is_some_and(|p| !p.is_empty())
+                    || m.sub_path_expr.as_deref().is_some_and(|p| !p.is_empty()))
+        });
+        env || env_from || sub_path
+    })
+}
+
+/// Whether `spec.consumers` names this workload: as a target, by its labels, or (with
+/// `discover`) because its pods read the Secret unrefreshed.
+pub fn is_consumer<K: WorkloadObject>(consumers: &Consumers, selector: Option<&Selector>, secret: &str, w: &K) -> bool {
+    let name = w.meta().name.as_deref().unwrap_or_default();
+    if consumers.targets.iter().any(|t| t.kind == K::KIND && t.name == name) {
+        return true;
+    }
+    if selector.is_some_and(|s| s.matches(w.labels())) {
+        return true;
+    }
+    consumers.discover
+        && w.template().and_then(|t| t.spec.as_ref()).is_some_and(|p| reads_secret_unrefreshed(p, secret))
+}
+
+/// `consumers.selector` as a matcher; `None` when there is none. An empty selector would match
+/// every workload of the namespace, which no one means: it matches none.
+pub fn selector(consumers: &Consumers) -> Result<Option<Selector>, String> {
+    let Some(s) = &consumers.selector else {
+        return Ok(None);
+    };
+    if s.match_labels.as_ref().is_none_or(|m| m.is_empty()) && s.match_expressions.as_ref().is_none_or(|e| e.is_empty())
+    {
+        return Ok(None);
+    }
+    Selector::try_from(s.clone()).map(Some).map_err(|e| format!("consumers.selector: {e}"))
+}
+
+/// The merge patch that restarts a workload for `key_id`: a new pod-template annotation.
+pub fn restart_patch(key_id: &str) -> serde_json::Value {
+    serde_json::json!({"spec": {"template": {"metadata": {"annotations": {KEY_ID_ANNOTATION: key_id}}}}})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn deployment(value: serde_json::Value) -> Deployment {
+        serde_json::from_value(value).expect("Deployment")
+    }
+
+    fn pod(spec: serde_json::Value) -> PodSpec {
+        serde_json::from_value(spec).expect("PodSpec")
+    }
+
+    #[test]
+    fn env_env_from_and_sub_path_readers_are_found_and_plain_volumes_left_alone() {
+        let env = pod(json!({"containers": [{"name": "c", "env": [{"name": "K",
+            "valueFrom": {"secretKeyRef": {"name": "creds", "key": "ACCESS_KEY_ID"}}}]}]}));
+        let env_from = pod(json!({"containers": [{"name": "c", "envFrom": [{"secretRef": {"name": "creds"}}]}]}));
+        let init = pod(json!({"containers": [{"name": "c"}],
+            "initContainers": [{"name": "i", "envFrom": [{"secretRef": {"name": "creds"}}]}]}));
+        let sub_path = pod(json!({"volumes": [{"name": "v", "secret": {"secretName": "creds"}}],
+            "containers": [{"name": "c", "volumeMounts": [{"name": "v", "mountPath": "/k", "subPath": "ACCESS_KEY_ID"}]}]}));
+        let projected =
+            pod(json!({"volumes": [{"name": "v", "projected": {"sources": [{"secret": {"name": "creds"}}]}}],
+            "containers": [{"name": "c", "volumeMounts": [{"name": "v", "mountPath": "/k", "subPath": "x"}]}]}));
+        let volume = pod(json!({"volumes": [{"name": "v", "secret": {"secretName": "creds"}}],
+            "containers": [{"name": "c", "volumeMounts": [{"name": "v", "mountPath": "/k"}]}]}));
+        let other = pod(json!({"containers": [{"name": "c", "envFrom": [{"secretRef": {"name": "other"}}]}]}));
+        for (what, p) in
+            [("env", &env), ("envFrom", &env_from), ("init", &init), ("subPath", &sub_path), ("projected", &projected)]
+        {
+            assert!(reads_secret_unrefreshed(p, "creds"), "{what}");
+        }
+        assert!(!reads_secret_unrefreshed(&volume, "creds"));
+        assert!(!reads_secret_unrefreshed(&other, "creds"));
+    }
+
+    #[test]
+    fn a_deployment_has_rolled_out_when_every_replica_is_updated_and_available() {
+        let mut d = deployment(json!({"metadata": {"name": "api", "generation": 2},
+            "spec": {"replicas": 0, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 1}}));
+        assert!(!d.rolled_out(), "generation not observed yet");
+        d.status.as_mut().expect("status").observed_generation = Some(2);
+        assert!(d.rolled_out(), "zero replicas roll out at once");
+        let mut d = deployment(json!({"metadata": {"name": "api", "generation": 2},
+            "spec": {"replicas": 1, "selector": {}, "template": {"metadata": {"annotations": {KEY_ID_ANNOTATION: "K2"}}}},
+            "status": {"observedGeneration": 2, "replicas": 2, "updatedReplicas": 1, "availableReplicas": 1}}));
+        assert!(!d.rolled_out(), "an old pod is still there");
+        d.status.as_mut().expect("status").replicas = Some(1);
+        assert!(d.rolled_out());
+        assert_eq!(d.observe().key_id.as_deref(), Some("K2"));
+    }
+
+    #[test]
+    fn stateful_and_daemon_sets_follow_kubectl_rollout_status() {
+        let s: StatefulSet = serde_json::from_value(json!({"metadata": {"name": "db", "generation": 3},
+            "spec": {"replicas": 1, "selector": {}, "serviceName": "db", "template": {}},
+            "status": {"observedGeneration": 3, "replicas": 1, "updatedReplicas": 1, "currentRevision": "a", "updateRevision": "b"}}))
+        .expect("StatefulSet");
+        assert!(!s.rolled_out());
+        let d: DaemonSet = serde_json::from_value(json!({"metadata": {"name": "agent", "generation": 1},
+            "spec": {"selector": {}, "template": {}},
+            "status": {"observedGeneration": 1, "desiredNumberScheduled": 0, "currentNumberScheduled": 0,
+                       "numberMisscheduled": 0, "numberReady": 0}}))
+        .expect("DaemonSet");
+        assert!(d.rolled_out(), "no node: nothing to roll out");
+    }
+
+    #[test]
+    fn consumers_are_named_selected_or_discovered() {
+        let d = deployment(json!({"metadata": {"name": "api", "labels": {"app": "api"}},
+            "spec": {"selector": {}, "template": {"spec": {"containers": [{"name": "c",
+                "envFrom": [{"secretRef": {"name": "creds"}}]}]}}}}));
+        let none = Consumers::default();
+        assert!(!is_consumer(&none, None, "creds", &d));
+        let named = Consumers {
+            targets: vec![ConsumerTarget { kind: WorkloadKind::Deployment, name: "api".into() }],
+            ..Default::default()
+        };
+        assert!(is_consumer(&named, None, "creds", &d));
+        let other_kind = Consumers {
+            targets: vec![ConsumerTarget { kind: WorkloadKind::StatefulSet, name: "api".into() }],
+            ..Default::default()
+        };
+        assert!(!is_consumer(&other_kind, None, "creds", &d));
+        let by_label: Consumers =
+            serde_json::from_value(json!({"selector": {"matchLabels": {"app": "api"}}})).expect("consumers");
+        let s = selector(&by_label).expect("valid");
+        assert!(is_consumer(&by_label, s.as_ref(), "creds", &d));
+        let empty: Consumers = serde_json::from_value(json!({"selector": {}})).expect("consumers");
+        assert_eq!(selector(&empty), Ok(None));
+        let discover = Consumers { discover: true, ..Default::default() };
+        assert!(is_consumer(&discover, None, "creds", &d));
+        assert!(!is_consumer(&discover, None, "other", &d));
+    }
+}

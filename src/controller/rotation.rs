@@ -1,0 +1,399 @@
+//! Rotation, decided from observed state and a clock passed in: when the key is due for
+//! replacement, which grace period a replaced key gets, when each replaced key may be revoked,
+//! and what the `Rotating` condition says. No I/O here.
+//!
+//! Every replacement follows one order: new key → Secret → consumers restarted and rolled out →
+//! grace period → old key revoked. Each replaced key carries its own schedule in
+//! `status.retired` (`retiredAt`, then `revokeAfter` once the consumers rolled out), so that a
+//! restart of the operator resumes every phase where it was.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::duration::{format_duration, parse_duration};
+use crate::api::validation::InvalidSpec;
+use crate::api::{AccessKeySpec, AccessKeyStatus, RetiredKey};
+
+/// Set to any new value to replace the key once.
+pub const ROTATE_ANNOTATION: &str = "cloudkeys.io/rotate";
+/// The grace period of the rotation `cloudkeys.io/rotate` asks for (`0s`: a leaked key).
+pub const ROTATE_GRACE_ANNOTATION: &str = "cloudkeys.io/rotate-grace-period";
+/// On a consumer's pod template: the key it was restarted for.
+pub const KEY_ID_ANNOTATION: &str = "cloudkeys.io/key-id";
+
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(600);
+pub const DEFAULT_ROLLOUT_TIMEOUT: Duration = Duration::from_secs(1800);
+pub const MIN_EVERY: Duration = Duration::from_secs(60);
+
+/// A refused new key is tried again after this long, doubling up to the maximum.
+pub const BLOCKED_RETRY: Duration = Duration::from_secs(60);
+pub const BLOCKED_RETRY_MAX: Duration = Duration::from_secs(3600);
+
+pub const ROTATING: &str = "Rotating";
+
+/// `spec.rotation`, parsed, with its defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationSettings {
+    pub every: Option<Duration>,
+    pub grace_period: Duration,
+    pub rollout_timeout: Duration,
+}
+
+impl Default for RotationSettings {
+    fn default() -> Self {
+        Self { every: None, grace_period: DEFAULT_GRACE_PERIOD, rollout_timeout: DEFAULT_ROLLOUT_TIMEOUT }
+    }
+}
+
+impl RotationSettings {
+    pub fn of(spec: &AccessKeySpec) -> Result<Self, InvalidSpec> {
+        let Some(r) = &spec.rotation else {
+            return Ok(Self::default());
+        };
+        let parse = |field: &str, text: &Option<String>, default: Duration| match text {
+            None => Ok(default),
+            Some(t) => parse_duration(t).map_err(|e| InvalidSpec::new(format!("rotation.{field}"), e)),
+        };
+        let every = match &r.every {
+            None => None,
+            Some(t) => {
+                let every = parse_duration(t).map_err(|e| InvalidSpec::new("rotation.every", e))?;
+                if every < MIN_EVERY {
+                    return Err(InvalidSpec::new("rotation.every", format!("{t:?} is shorter than the minimum of 1m")));
+                }
+                Some(every)
+            }
+        };
+        Ok(Self {
+            every,
+            grace_period: parse("gracePeriod", &r.grace_period, DEFAULT_GRACE_PERIOD)?,
+            rollout_timeout: parse("rolloutTimeout", &r.rollout_timeout, DEFAULT_ROLLOUT_TIMEOUT)?,
+        })
+    }
+}
+
+/// The `cloudkeys.io/rotate` value not handled yet, if the AccessKey carries one.
+pub fn rotate_request<'a>(annotations: &'a BTreeMap<String, String>, status: &AccessKeyStatus) -> Option<&'a str> {
+    let value = annotations.get(ROTATE_ANNOTATION)?;
+    (status.last_rotate_request.as_deref() != Some(value.as_str())).then_some(value.as_str())
+}
+
+/// The grace period the key replaced now gets: the annotation's, when the replacement answers a
+/// rotation request that carries one; else `rotation.gracePeriod`.
+pub fn grace_for_replacement(
+    annotations: &BTreeMap<String, String>,
+    status: &AccessKeyStatus,
+    settings: &RotationSettings,
+) -> Result<Duration, InvalidSpec> {
+    match (rotate_request(annotations, status), annotations.get(ROTATE_GRACE_ANNOTATION)) {
+        (Some(_), Some(text)) => parse_duration(text)
+            .map_err(|e| InvalidSpec::new(format!("metadata.annotations[{ROTATE_GRACE_ANNOTATION}]"), e)),
+        _ => Ok(settings.grace_period),
+    }
+}
+
+fn add(t: jiff::Timestamp, d: Duration) -> jiff::Timestamp {
+    jiff::SignedDuration::try_from(d).ok().and_then(|d| t.checked_add(d).ok()).unwrap_or(jiff::Timestamp::MAX)
+}
+
+/// When the current key is replaced by the schedule, if `rotation.every` is set.
+pub fn scheduled_rotation(status: &AccessKeyStatus, settings: &RotationSettings) -> Option<jiff::Timestamp> {
+    Some(add(status.issued_at.as_ref()?.0, settings.every?))
+}
+
+/// `status.nextRotationTime`: the earlier of the schedule and the renewal ahead of expiry.
+pub fn next_rotation_time(status: &AccessKeyStatus, settings: &RotationSettings) -> Option<jiff::Timestamp> {
+    let renewal = status.renewal_time.as_ref().map(|t| t.0);
+    match (scheduled_rotation(status, settings), renewal) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Whether a replaced key may be revoked now: its grace period is over, or it expired anyway,
+/// or it was retired by an operator that knew no grace period.
+pub fn retired_due(r: &RetiredKey, now: jiff::Timestamp) -> bool {
+    r.retired_at.is_none()
+        || r.revoke_after.as_ref().is_some_and(|t| t.0 <= now)
+        || r.expires_at.as_ref().is_some_and(|t| t.0 <= now)
+}
+
+/// A replaced key still waiting for the consumers of the current key to roll out.
+pub fn awaits_rollout(r: &RetiredKey) -> bool {
+    r.retired_at.is_some() && r.revoke_after.is_none()
+}
+
+/// When waiting for rollouts gives up and the grace period starts anyway.
+pub fn rollout_deadline(status: &AccessKeyStatus, settings: &RotationSettings) -> Option<jiff::Timestamp> {
+    let newest = status.retired.iter().filter(|r| awaits_rollout(r)).filter_map(|r| r.retired_at.as_ref()).max()?;
+    Some(add(newest.0, settings.rollout_timeout))
+}
+
+/// The key replaced at `now`, awaiting its consumers' rollout (then `grace`).
+pub fn retire(
+    access_key_id: String,
+    key_ref: String,
+    issuer: crate::api::IssuerRef,
+    expires_at: Option<Time>,
+    grace: Duration,
+    now: jiff::Timestamp,
+) -> RetiredKey {
+    RetiredKey {
+        access_key_id,
+        key_ref,
+        issuer,
+        retired_at: Some(Time(now)),
+        revoke_after: None,
+        grace_period_seconds: Some(grace.as_secs()),
+        expires_at,
+    }
+}
+
+/// Starts the grace period of every replaced key that awaited the rollout; it ends by the
+/// key's own expiry at the latest.
+pub fn start_grace(status: &mut AccessKeyStatus, now: jiff::Timestamp) {
+    for r in status.retired.iter_mut().filter(|r| awaits_rollout(r)) {
+        let grace = Duration::from_secs(r.grace_period_seconds.unwrap_or(DEFAULT_GRACE_PERIOD.as_secs()));
+        let mut until = add(now, grace);
+        if let Some(expires) = &r.expires_at {
+            until = until.min(expires.0);
+        }
+        r.revoke_after = Some(Time(until));
+    }
+}
+
+/// The next moment something is due by the clock: a replaced key's revocation, the end of a
+/// rollout wait, the next rotation. `None`: nothing (every other change arrives by watch).
+pub fn next_wakeup(status: &AccessKeyStatus, settings: &RotationSettings) -> Option<jiff::Timestamp> {
+    let revocations = status.retired.iter().filter_map(|r| match (&r.revoke_after, &r.expires_at) {
+        (Some(a), Some(b)) => Some(a.0.min(b.0)),
+        (a, b) => a.as_ref().or(b.as_ref()).map(|t| t.0),
+    });
+    revocations.chain(rollout_deadline(status, settings)).chain(next_rotation_time(status, settings)).min()
+}
+
+/// The wait before trying again a new key the provider refused, after `refusals` in a row.
+pub fn blocked_retry(refusals: u32) -> Duration {
+    BLOCKED_RETRY.saturating_mul(1u32 << refusals.min(16)).min(BLOCKED_RETRY_MAX)
+}
+
+/// What the `Rotating` condition says about a rotation in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotatingState {
+    /// Replaced keys wait for the restarted consumers to roll out.
+    RollingOut(usize),
+    /// Replaced keys are in their grace period, the first ending then.
+    GracePeriod(usize, jiff::Timestamp),
+    /// A new key cannot be had; the current one stays.
+    Blocked(String),
+    Idle,
+}
+
+impl RotatingState {
+    /// Computed from the replaced keys (`Blocked` is only ever told).
+    pub fn of(status: &AccessKeyStatus) -> Self {
+        let n = status.retired.len();
+        if n == 0 {
+            return Self::Idle;
+        }
+        if status.retired.iter().any(awaits_rollout) {
+            return Self::RollingOut(n);
+        }
+        let first = status.retired.iter().filter_map(|r| r.revoke_after.as_ref()).map(|t| t.0).min();
+        match first {
+            Some(t) => Self::GracePeriod(n, t),
+            // Keys retired before rotation existed: revoked at once.
+            None => Self::RollingOut(n),
+        }
+    }
+
+    fn parts(&self) -> (&'static str, &'static str, String) {
+        match self {
+            Self::RollingOut(n) => {
+                ("True", "RollingOut", format!("{n} replaced key(s) live until the restarted consumers roll out"))
+            }
+            Self::GracePeriod(n, t) => {
+                ("True", "GracePeriod", format!("{n} replaced key(s) live in their grace period; next revoked at {t}"))
+            }
+            Self::Blocked(why) => ("False", "Blocked", why.clone()),
+            Self::Idle => ("False", "Idle", "no replaced key awaits revocation".to_string()),
+        }
+    }
+}
+
+/// Puts the `Rotating` condition into `conditions`, keeping `lastTransitionTime` when its
+/// status did not change; false if it was there already as it is.
+pub fn put_rotating(
+    conditions: &mut Vec<Condition>,
+    state: &RotatingState,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+) -> bool {
+    let (status, reason, message) = state.parts();
+    let previous = conditions.iter().position(|c| c.type_ == ROTATING);
+    if let Some(i) = previous {
+        let c = &conditions[i];
+        if c.status == status && c.reason == reason && c.message == message {
+            return false;
+        }
+    }
+    let last_transition_time = previous
+        .map(|i| &conditions[i])
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    let condition = Condition {
+        type_: ROTATING.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message,
+        last_transition_time,
+        observed_generation: generation,
+    };
+    match previous {
+        Some(i) => conditions[i] = condition,
+        None => conditions.push(condition),
+    }
+    true
+}
+
+/// Whether the `Rotating` condition says `Blocked`.
+pub fn is_blocked(conditions: &[Condition]) -> bool {
+    conditions.iter().any(|c| c.type_ == ROTATING && c.reason == "Blocked")
+}
+
+/// Describes a duration for messages.
+pub fn describe(d: Duration) -> String {
+    format_duration(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{IssuerKind, IssuerRef};
+
+    fn t(s: &str) -> jiff::Timestamp {
+        s.parse().expect("timestamp")
+    }
+
+    fn issuer() -> IssuerRef {
+        IssuerRef { name: "i".into(), kind: IssuerKind::KeyIssuer }
+    }
+
+    fn settings(every: Option<u64>) -> RotationSettings {
+        RotationSettings { every: every.map(Duration::from_secs), ..RotationSettings::default() }
+    }
+
+    #[test]
+    fn settings_default_to_ten_minutes_of_grace_and_half_an_hour_of_rollout() {
+        let spec: AccessKeySpec = serde_json::from_value(serde_json::json!({
+            "issuerRef": {"name": "i"}, "secretName": "s", "local": {}}))
+        .expect("spec");
+        assert_eq!(RotationSettings::of(&spec), Ok(RotationSettings::default()));
+        let mut spec = spec;
+        spec.rotation = Some(crate::api::Rotation { every: Some("30s".into()), ..Default::default() });
+        assert!(RotationSettings::of(&spec).expect_err("too short").to_string().contains("minimum of 1m"));
+        spec.rotation = Some(crate::api::Rotation {
+            every: Some("720h".into()),
+            grace_period: Some("0s".into()),
+            rollout_timeout: Some("5m".into()),
+        });
+        let s = RotationSettings::of(&spec).expect("valid");
+        assert_eq!(
+            (s.every, s.grace_period, s.rollout_timeout),
+            (Some(Duration::from_secs(2_592_000)), Duration::ZERO, Duration::from_secs(300))
+        );
+    }
+
+    #[test]
+    fn each_rotate_value_is_handled_once_and_its_grace_applies_to_that_rotation_only() {
+        let mut annotations = BTreeMap::from([(ROTATE_ANNOTATION.to_string(), "1".to_string())]);
+        annotations.insert(ROTATE_GRACE_ANNOTATION.into(), "0s".into());
+        let mut status = AccessKeyStatus::default();
+        assert_eq!(rotate_request(&annotations, &status), Some("1"));
+        assert_eq!(grace_for_replacement(&annotations, &status, &settings(None)), Ok(Duration::ZERO));
+        status.last_rotate_request = Some("1".into());
+        assert_eq!(rotate_request(&annotations, &status), None);
+        // The annotation left behind does not shorten a later (scheduled, spec) replacement.
+        assert_eq!(grace_for_replacement(&annotations, &status, &settings(None)), Ok(DEFAULT_GRACE_PERIOD));
+        annotations.insert(ROTATE_ANNOTATION.into(), "2".into());
+        annotations.insert(ROTATE_GRACE_ANNOTATION.into(), "soon".into());
+        assert!(grace_for_replacement(&annotations, &status, &settings(None)).is_err());
+    }
+
+    #[test]
+    fn next_rotation_is_the_earlier_of_schedule_and_renewal() {
+        let mut status = AccessKeyStatus { issued_at: Some(Time(t("2026-01-01T00:00:00Z"))), ..Default::default() };
+        assert_eq!(next_rotation_time(&status, &settings(None)), None);
+        assert_eq!(next_rotation_time(&status, &settings(Some(3600))), Some(t("2026-01-01T01:00:00Z")));
+        status.renewal_time = Some(Time(t("2026-01-01T00:30:00Z")));
+        assert_eq!(next_rotation_time(&status, &settings(Some(3600))), Some(t("2026-01-01T00:30:00Z")));
+        assert_eq!(next_rotation_time(&status, &settings(None)), Some(t("2026-01-01T00:30:00Z")));
+    }
+
+    #[test]
+    fn a_replaced_key_waits_for_the_rollout_then_its_grace_ended_by_its_expiry() {
+        let now = t("2026-01-01T00:00:00Z");
+        let mut status = AccessKeyStatus::default();
+        status.retired.push(retire("K1".into(), "r1".into(), issuer(), None, Duration::from_secs(600), now));
+        status.retired.push(retire(
+            "K0".into(),
+            "r0".into(),
+            issuer(),
+            Some(Time(t("2026-01-01T00:12:00Z"))),
+            Duration::from_secs(3600),
+            now,
+        ));
+        assert!(!retired_due(&status.retired[0], t("2026-01-02T00:00:00Z")), "never while rolling out");
+        assert_eq!(RotatingState::of(&status), RotatingState::RollingOut(2));
+        assert_eq!(rollout_deadline(&status, &settings(None)), Some(t("2026-01-01T00:30:00Z")));
+        let rolled_out = t("2026-01-01T00:05:00Z");
+        start_grace(&mut status, rolled_out);
+        assert_eq!(status.retired[0].revoke_after, Some(Time(t("2026-01-01T00:15:00Z"))));
+        assert_eq!(status.retired[1].revoke_after, Some(Time(t("2026-01-01T00:12:00Z"))), "cut to the expiry");
+        assert!(!retired_due(&status.retired[0], t("2026-01-01T00:14:59Z")));
+        assert!(retired_due(&status.retired[0], t("2026-01-01T00:15:00Z")));
+        assert_eq!(rollout_deadline(&status, &settings(None)), None);
+        assert_eq!(next_wakeup(&status, &settings(None)), Some(t("2026-01-01T00:12:00Z")));
+        assert_eq!(RotatingState::of(&status), RotatingState::GracePeriod(2, t("2026-01-01T00:12:00Z")));
+    }
+
+    #[test]
+    fn keys_retired_by_an_older_operator_are_revoked_at_once() {
+        let old = RetiredKey {
+            access_key_id: "K".into(),
+            key_ref: "r".into(),
+            issuer: issuer(),
+            retired_at: None,
+            revoke_after: None,
+            grace_period_seconds: None,
+            expires_at: None,
+        };
+        assert!(retired_due(&old, t("2026-01-01T00:00:00Z")));
+    }
+
+    #[test]
+    fn refused_keys_are_retried_from_a_minute_to_an_hour() {
+        assert_eq!(blocked_retry(0), Duration::from_secs(60));
+        assert_eq!(blocked_retry(2), Duration::from_secs(240));
+        assert_eq!(blocked_retry(30), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn the_rotating_condition_keeps_its_transition_time_while_its_status_holds() {
+        let mut conditions = Vec::new();
+        let now = t("2026-01-01T00:00:00Z");
+        assert!(put_rotating(&mut conditions, &RotatingState::RollingOut(1), Some(1), now));
+        assert!(!put_rotating(&mut conditions, &RotatingState::RollingOut(1), Some(1), now));
+        let later = t("2026-01-01T00:01:00Z");
+        assert!(put_rotating(&mut conditions, &RotatingState::GracePeriod(1, later), Some(1), later));
+        assert_eq!(conditions[0].last_transition_time, Time(now));
+        assert!(put_rotating(&mut conditions, &RotatingState::Idle, Some(1), later));
+        assert_eq!((conditions[0].reason.as_str(), conditions[0].last_transition_time.clone()), ("Idle", Time(later)));
+        assert!(!is_blocked(&conditions));
+        put_rotating(&mut conditions, &RotatingState::Blocked("quota".into()), Some(1), later);
+        assert!(is_blocked(&conditions) && conditions.len() == 1);
+    }
+}
