@@ -30,6 +30,10 @@ use serde_json::json;
 const CRDS: [&str; 3] = ["accesskeys.cloudkeys.io", "keyissuers.cloudkeys.io", "clusterkeyissuers.cloudkeys.io"];
 const WAIT: Duration = Duration::from_secs(60);
 
+/// Held by the tests that run an operator watching every namespace: two of them at once would
+/// each reconcile the other's AccessKeys, and one proves that its operator cannot write Secrets.
+static CLUSTER_WIDE_OPERATOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn chart() -> PathBuf {
     support::repo_root().join("charts/cloudkeys")
 }
@@ -729,6 +733,7 @@ async fn install_upgrade_and_uninstall_in_the_real_apiserver() {
 
 #[tokio::test]
 async fn the_operator_works_with_nothing_but_the_charts_rbac() {
+    let _alone = CLUSTER_WIDE_OPERATOR.lock().await;
     let client = support::client().await;
 
     // All namespaces: one ClusterRole.
@@ -856,6 +861,7 @@ async fn template_renders_the_watch_namespace_variant() {
 /// operator is refused by the apiserver and no key reaches a Secret.
 #[tokio::test]
 async fn a_verb_removed_from_the_cluster_role_makes_the_operator_fail() {
+    let _alone = CLUSTER_WIDE_OPERATOR.lock().await;
     let client = support::client().await;
     let ns = support::namespace(&client, "helm-rbac-missing-verb").await;
     let team = support::namespace(&client, "helm-rbac-missing-verb-team").await;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::api::duration::{format_duration, parse_duration};
+use crate::api::duration::parse_duration;
 use crate::api::validation::InvalidSpec;
 use crate::api::{AccessKeySpec, AccessKeyStatus, RetiredKey};
 
@@ -262,11 +262,6 @@ pub fn put_rotating(
 /// Whether the `Rotating` condition says `Blocked`.
 pub fn is_blocked(conditions: &[Condition]) -> bool {
     conditions.iter().any(|c| c.type_ == ROTATING && c.reason == "Blocked")
-}
-
-/// Describes a duration for messages.
-pub fn describe(d: Duration) -> String {
-    format_duration(d)
 }
 
 #[cfg(test)]

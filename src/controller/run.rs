@@ -45,6 +45,18 @@ fn spec_or_lifecycle<K: Resource>(obj: &K) -> Option<u64> {
     Some(h.finish())
 }
 
+/// An AccessKey's own triggers: those of [`spec_or_lifecycle`], and a rotation request (an
+/// annotation, which changes no generation).
+fn access_key_changed(ak: &AccessKey) -> Option<u64> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    spec_or_lifecycle(ak).hash(&mut h);
+    let annotations = ak.metadata.annotations.as_ref();
+    for name in [super::rotation::ROTATE_ANNOTATION, super::rotation::ROTATE_GRACE_ANNOTATION] {
+        annotations.and_then(|a| a.get(name)).hash(&mut h);
+    }
+    Some(h.finish())
+}
+
 fn api_for<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
@@ -227,7 +239,7 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
         .reflect(writers.access_keys)
         .inspect_ok(on_access_key_event)
         .applied_objects()
-        .predicate_filter(spec_or_lifecycle, Default::default());
+        .predicate_filter(access_key_changed, Default::default());
     let managed = Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     // A Secret deleted while its watch was away (an apiserver restart, a 410) is simply missing
     // from the next list: no event names it. So every AccessKey is looked at again once a list
