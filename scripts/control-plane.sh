@@ -229,7 +229,7 @@ POLICY
   done
 
   "$BIN_DIR/kube-controller-manager" --kubeconfig "$dir/kubeconfig" \
-    --controllers garbagecollector,namespace,serviceaccount-token,serviceaccount,deployment,replicaset,statefulset,daemonset \
+    --controllers garbagecollector,namespace,serviceaccount-token,serviceaccount,deployment,replicaset,statefulset,daemonset,clusterrole-aggregation \
     --service-account-private-key-file "$dir/sa.key" --root-ca-file "$dir/certs/apiserver.crt" \
     --secure-port 0 --port 0 --leader-elect=false --v 1 \
     >"$dir/kube-controller-manager.log" 2>&1 &

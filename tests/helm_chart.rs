@@ -209,6 +209,7 @@ fn cluster_issuer_rules() -> Vec<Rule> {
     vec![
         rule(&["cloudkeys.io"], &["clusterkeyissuers"], &[], &["get", "list", "watch", "patch"]),
         rule(&["cloudkeys.io"], &["clusterkeyissuers/status"], &[], &["patch"]),
+        rule(&[""], &["namespaces"], &[], &["get"]),
     ]
 }
 
@@ -240,13 +241,14 @@ async fn allowed(
     ns: Option<&str>,
     name: Option<&str>,
 ) -> bool {
-    let (group, resource) = match resource.split_once('.') {
-        Some((r, g)) => (g, r),
-        None => ("", resource),
-    };
+    // "accesskeys.cloudkeys.io/status": resource, group, subresource.
     let (resource, subresource) = match resource.split_once('/') {
         Some((r, s)) => (r, Some(s)),
         None => (resource, None),
+    };
+    let (group, resource) = match resource.split_once('.') {
+        Some((r, g)) => (g, r),
+        None => ("", resource),
     };
     let review = SubjectAccessReview {
         spec: k8s_openapi::api::authorization::v1::SubjectAccessReviewSpec {
@@ -766,6 +768,28 @@ async fn the_operator_works_with_nothing_but_the_charts_rbac() {
     for (verb, resource, where_, object, expected) in checks {
         let got = allowed(&client, &ns, &name, verb, resource, *where_, *object).await;
         assert_eq!(got, *expected, "{verb} {resource} in {where_:?} name {object:?}");
+    }
+    // Namespace editors and viewers get AccessKeys and KeyIssuers through the built-in roles.
+    for (role, account) in [("edit", "tenant-editor"), ("view", "tenant-viewer")] {
+        let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": account}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": team}]});
+        support::apply_json(&client, &team, binding).await;
+    }
+    let tenant_checks: &[(&str, &str, &str, bool)] = &[
+        ("tenant-editor", "create", "accesskeys.cloudkeys.io", true),
+        ("tenant-editor", "delete", "keyissuers.cloudkeys.io", true),
+        ("tenant-editor", "patch", "accesskeys.cloudkeys.io/status", false),
+        ("tenant-editor", "update", "keyissuers.cloudkeys.io/status", false),
+        ("tenant-viewer", "list", "accesskeys.cloudkeys.io", true),
+        ("tenant-viewer", "create", "accesskeys.cloudkeys.io", false),
+    ];
+    for (account, verb, resource, expected) in tenant_checks {
+        // The aggregation controller fills the built-in roles a moment after the chart's appear.
+        support::eventually(&format!("{account} {verb} {resource}: {expected}"), WAIT, || async {
+            (allowed(&client, &team, account, verb, resource, Some(&team), Some("x")).await == *expected).then_some(())
+        })
+        .await;
     }
     let op = ChartOperator::start(&client, &ns, &name).await;
     exercise_operator(&client, &team, &ns, &ns).await;

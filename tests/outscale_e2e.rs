@@ -36,7 +36,9 @@ async fn setup(test: &str, admin_sk: &str) -> Env {
         .await;
     support::apply_json(&client, &ns, json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "KeyIssuer",
         "metadata": {"name": "outscale"},
-        "spec": {"outscale": {"region": REGION, "endpoint": fake.endpoint(), "credentialsSecretRef": {"name": "osc-admin"}}}}))
+        "spec": {"outscale": {"region": REGION, "endpoint": fake.endpoint(), "credentialsSecretRef": {"name": "osc-admin"}},
+            // Several tests mint keys of the account itself (no userName), which the default refuses.
+            "policy": {"outscale": {"allowIssuerIdentity": true}}}}))
     .await;
     let op = Operator::start(&ns);
     Env { client, ns, fake, op }

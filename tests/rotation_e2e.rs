@@ -218,7 +218,8 @@ fn assert_revoked_on_time(env: &Env, old: &str, revoke_after: jiff::Timestamp) {
 #[tokio::test]
 async fn a_consumer_is_restarted_once_and_the_old_key_lives_until_its_grace_period_after_the_rollout() {
     let env = setup("rot-consumer").await;
-    env.apply(workload("Deployment", "api", 0, json!({}), "envFrom")).await;
+    // One replica and no scheduler: the restart rolls out only once the test scales it to zero.
+    env.apply(workload("Deployment", "api", 1, json!({}), "envFrom")).await;
     env.apply(access_key(json!({"rotation": {"gracePeriod": "20s"},
         "consumers": {"targets": [{"kind": "Deployment", "name": "api"}]}})))
         .await;
@@ -228,31 +229,42 @@ async fn a_consumer_is_restarted_once_and_the_old_key_lives_until_its_grace_peri
 
     env.rotate("1", None).await;
     let second = env.replaced(&first).await;
-    let revoke_after = env.revoke_after(&first, keys::WAIT).await;
-    // Restarted for the new key, and rolled out (zero replicas roll out at once) before the
-    // grace period started; both keys live meanwhile, and no more.
-    let d = env.deployment("api").await;
-    assert_eq!(
-        d.spec.template.metadata.and_then(|m| m.annotations).and_then(|a| a.get(KEY_ID).cloned()),
-        Some(second.clone())
-    );
-    let status = env.status().await;
-    assert_eq!(status.consumers.len(), 1, "{:?}", status.consumers);
-    assert!(status.consumers[0].rolled_out && status.consumers[0].key_id == second);
+    let status = support::eventually("the restart recorded, not rolled out", keys::WAIT, || async {
+        let status = env.access_keys().get("k").await.ok()?.status?;
+        (status.consumers.len() == 1 && !status.consumers[0].rolled_out).then_some(status)
+    })
+    .await;
+    assert_eq!(status.consumers[0].key_id, second);
+    assert_eq!(env.template_key_id("Deployment", "api").await, Some(second.clone()));
     let retired = status.retired.iter().find(|r| r.access_key_id == first).expect("the old key retired");
-    let retired_at = retired.retired_at.clone().expect("retiredAt").0;
-    assert!(revoke_after >= retired_at + seconds(20), "grace shorter than 20 s: {retired_at} → {revoke_after}");
+    assert!(retired.revoke_after.is_none(), "the grace period started before the rollout: {retired:?}");
+    let rotating = status.conditions.iter().find(|c| c.type_ == "Rotating").expect("Rotating condition");
+    assert_eq!((rotating.status.as_str(), rotating.reason.as_str()), ("True", "RollingOut"));
     let mut both = vec![first.clone(), second.clone()];
     both.sort();
-    assert_eq!(env.live(), both, "the old key must stay live during its grace period");
+    assert_eq!(env.live(), both, "the old key must stay live while the consumer rolls out");
+
+    // The rollout completes now: the grace period counts from here.
+    let rolled_out = rotation_clock();
+    let scale = json!({"spec": {"replicas": 0}});
+    Api::<Deployment>::namespaced(env.client.clone(), &env.ns)
+        .patch("api", &PatchParams::default(), &Patch::Merge(&scale))
+        .await
+        .expect("scaled");
+    let revoke_after = env.revoke_after(&first, keys::WAIT).await;
+    assert!(revoke_after >= rolled_out + seconds(20), "grace counted from before the rollout: {revoke_after}");
+    let status = env.status().await;
+    assert!(status.consumers[0].rolled_out && status.consumers[0].key_id == second);
     let rotating = status.conditions.iter().find(|c| c.type_ == "Rotating").expect("Rotating condition");
     assert_eq!((rotating.status.as_str(), rotating.reason.as_str()), ("True", "GracePeriod"));
+    assert!(env.live().contains(&first), "the old key must stay live during its grace period");
 
     env.wait_live("the old key revoked after its grace period", vec![second.clone()]).await;
     assert_revoked_on_time(&env, &first, revoke_after);
-    // Once per key: one restart (one new generation), one event, whatever reconciled since.
-    assert_eq!(env.deployment("api").await.metadata.generation, generation.map(|g| g + 1));
-    assert_eq!(env.events("ConsumersRestarted").await.len(), 1);
+    // Once per key: one restart (one new generation, plus the test's scaling), whatever
+    // reconciled since.
+    assert_eq!(env.deployment("api").await.metadata.generation, generation.map(|g| g + 2));
+    env.wait_event("ConsumersRestarted", "Deployment/api").await;
     env.wait_event("Rotated", &second).await;
     env.wait_event("Revoked", &first).await;
     let ak = keys::wait_issued(&env.client, &env.ns, "k").await;
@@ -263,12 +275,17 @@ async fn a_consumer_is_restarted_once_and_the_old_key_lives_until_its_grace_peri
     env.assert_no_leaks().await;
 }
 
+/// Now, in the whole seconds status times are kept in.
+fn rotation_clock() -> jiff::Timestamp {
+    jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).expect("now")
+}
+
 #[tokio::test]
 async fn a_rollout_that_never_completes_starts_the_grace_period_at_its_timeout_with_a_warning() {
     let env = setup("rot-timeout").await;
     // One replica and no scheduler: the new pod is never available.
     env.apply(workload("Deployment", "stuck", 1, json!({}), "envFrom")).await;
-    env.apply(access_key(json!({"rotation": {"gracePeriod": "0s", "rolloutTimeout": "5s"},
+    env.apply(access_key(json!({"rotation": {"gracePeriod": "1s", "rolloutTimeout": "5s"},
         "consumers": {"targets": [{"kind": "Deployment", "name": "stuck"}]}})))
         .await;
     let first = env.issued().await;
@@ -280,7 +297,7 @@ async fn a_rollout_that_never_completes_starts_the_grace_period_at_its_timeout_w
     assert!(message.contains("5s"), "{message}");
     env.wait_live("the old key revoked once the rollout timed out", vec![second.clone()]).await;
     let retired_at = retired_at.expect("retiredAt").0;
-    assert_revoked_on_time(&env, &first, retired_at + seconds(5));
+    assert_revoked_on_time(&env, &first, retired_at + seconds(6));
     let status = env.status().await;
     assert_eq!(status.consumers.len(), 1);
     assert!(!status.consumers[0].rolled_out, "the stuck Deployment is not rolled out");
@@ -355,15 +372,21 @@ async fn a_key_is_rotated_on_schedule_and_the_old_one_revoked_after_its_grace_pe
 #[tokio::test]
 async fn a_requested_rotation_with_a_0s_grace_period_revokes_the_old_key_at_once() {
     let env = setup("rot-leaked").await;
-    env.apply(access_key(json!({}))).await;
+    // A consumer that never rolls out: a leaked key waits for nothing but the restart.
+    env.apply(workload("Deployment", "stuck", 1, json!({}), "envFrom")).await;
+    let spec = json!({"consumers": {"targets": [{"kind": "Deployment", "name": "stuck"}]}});
+    env.apply(access_key(spec.clone())).await;
     let first = env.issued().await;
     env.rotate("leaked-1", Some("0s")).await;
     let second = env.replaced(&first).await;
     env.wait_live("the leaked key revoked at once", vec![second.clone()]).await;
+    assert_eq!(env.template_key_id("Deployment", "stuck").await, Some(second.clone()), "not restarted");
     // Each value rotates once: the handled one is echoed, and reconciling again changes nothing.
     let ak = keys::wait_issued(&env.client, &env.ns, "k").await;
     assert_eq!(ak.status.and_then(|s| s.last_rotate_request).as_deref(), Some("leaked-1"));
-    env.apply(access_key(json!({"secretTemplate": {"labels": {"touched": "yes"}}}))).await;
+    let mut labelled = spec;
+    labelled["secretTemplate"] = json!({"labels": {"touched": "yes"}});
+    env.apply(access_key(labelled)).await;
     support::eventually("the label applied in place", keys::WAIT, || async {
         let s = keys::secret(&env.client, &env.ns, "k-credentials").await?;
         (s.metadata.labels?.get("touched")? == "yes").then_some(())
@@ -449,9 +472,10 @@ async fn an_operator_killed_during_the_rollout_and_the_grace_period_resumes_both
     env.rotate("1", None).await;
     let second = env.replaced(&first).await;
     // Rolling out: restarted, recorded, not rolled out.
-    support::eventually("the restart recorded", keys::WAIT, || async {
+    support::eventually("the restart recorded, its rollout not over", keys::WAIT, || async {
         let status = env.access_keys().get("k").await.ok()?.status?;
-        (status.consumers.len() == 1 && !status.consumers[0].rolled_out).then_some(())
+        let rolling_out = status.retired.iter().any(|r| r.access_key_id == first && r.revoke_after.is_none());
+        (status.consumers.len() == 1 && !status.consumers[0].rolled_out && rolling_out).then_some(())
     })
     .await;
     env.op.kill();

@@ -42,8 +42,10 @@ async fn setup(test: &str, faults: Faults, key_json: Option<fn(&YandexFake) -> S
     support::apply_json(
         &client,
         &ns,
+        // Keys for a second service account too, which the default (the issuer's own only) refuses.
         json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "KeyIssuer",
-        "metadata": {"name": "yandex"}, "spec": {"yandex": yandex}}),
+        "metadata": {"name": "yandex"}, "spec": {"yandex": yandex,
+            "policy": {"yandex": {"serviceAccountIds": [fake.service_account_id(), SECOND_SERVICE_ACCOUNT_ID]}}}}),
     )
     .await;
     let op = Operator::start(&ns);

@@ -9,6 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::schema;
+use super::IssuerPolicy;
 
 /// Settings shared by `KeyIssuer` and `ClusterKeyIssuer`: exactly one provider block.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -34,6 +35,9 @@ pub struct KeyIssuerSpec {
     pub provider: IssuerProvider,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// What this issuer may mint, for whom (the limits with defaults apply without it too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<IssuerPolicy>,
 }
 
 /// The same settings as a `KeyIssuer`, usable from every namespace; its Secrets live in the
@@ -60,6 +64,9 @@ pub struct ClusterKeyIssuerSpec {
     pub provider: IssuerProvider,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// What this issuer may mint, for whom (the limits with defaults apply without it too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<IssuerPolicy>,
 }
 
 /// Requests the operator sends to this issuer's provider account, all its AccessKeys together.
@@ -239,6 +246,7 @@ pub trait Issuer {
     fn provider(&self) -> &IssuerProvider;
     /// `spec.rateLimit` after applying its defaults.
     fn rate_limit(&self) -> RateLimit;
+    fn policy(&self) -> Option<&IssuerPolicy>;
 }
 
 impl Issuer for KeyIssuer {
@@ -248,6 +256,9 @@ impl Issuer for KeyIssuer {
     fn rate_limit(&self) -> RateLimit {
         self.spec.rate_limit.unwrap_or_default()
     }
+    fn policy(&self) -> Option<&IssuerPolicy> {
+        self.spec.policy.as_ref()
+    }
 }
 
 impl Issuer for ClusterKeyIssuer {
@@ -256,5 +267,8 @@ impl Issuer for ClusterKeyIssuer {
     }
     fn rate_limit(&self) -> RateLimit {
         self.spec.rate_limit.unwrap_or_default()
+    }
+    fn policy(&self) -> Option<&IssuerPolicy> {
+        self.spec.policy.as_ref()
     }
 }

@@ -5,11 +5,13 @@
 mod access_key;
 pub mod duration;
 mod issuer;
+mod policy;
 mod schema;
 pub mod validation;
 
 pub use access_key::*;
 pub use issuer::*;
+pub use policy::*;
 
 use kube::{CustomResourceExt, Resource};
 

@@ -149,6 +149,29 @@ impl ExoscaleKey {
     }
 }
 
+/// Checks an issuer's `spec.policy` beyond what the schema enforces.
+pub fn validate_policy(policy: Option<&crate::api::IssuerPolicy>, cluster_scoped: bool) -> Result<(), InvalidSpec> {
+    let Some(policy) = policy else {
+        return Ok(());
+    };
+    if let Some(ns) = &policy.namespaces {
+        if !cluster_scoped {
+            return Err(InvalidSpec::new(
+                "policy.namespaces",
+                "applies to ClusterKeyIssuers only: a KeyIssuer serves its own namespace",
+            ));
+        }
+        if let Some(selector) = &ns.selector {
+            kube::core::Selector::try_from(selector.clone())
+                .map_err(|e| InvalidSpec::new("policy.namespaces.selector", e.to_string()))?;
+        }
+    }
+    if let Some(max) = policy.outscale.as_ref().and_then(|o| o.max_expires_after.as_deref()) {
+        super::duration::parse_duration(max).map_err(|e| InvalidSpec::new("policy.outscale.maxExpiresAfter", e))?;
+    }
+    Ok(())
+}
+
 /// Checks an AccessKey spec beyond what serde already enforces.
 pub fn validate_access_key(spec: &AccessKeySpec) -> Result<(), InvalidSpec> {
     if spec.secret_name.len() > 253 || !DNS1123_SUBDOMAIN.is_match(&spec.secret_name) {

@@ -415,7 +415,7 @@ fn spec_problem(ak: &AccessKey, issuer: Option<&LoadedIssuer>) -> Option<String>
     ) {
         return Some(e.to_string());
     }
-    if let Some(Err(e)) = ak.spec.consumers.as_ref().map(consumers::selector) {
+    if let Some(Err(e)) = ak.spec.consumers.as_deref().map(consumers::selector) {
         return Some(e);
     }
     let issuer = issuer?;
@@ -481,7 +481,8 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
         let secret_state = secret::observe_secret(&ak, observed_secret.as_ref());
         let now = jiff::Timestamp::now();
         let observed_consumers = cluster.observed_consumers(&status);
-        let step = decide(&Observed {
+        let denial: Option<String>;
+        let mut observed = Observed {
             status: &status,
             spec_problem: problem.clone(),
             issuer: issuer_state.clone(),
@@ -494,8 +495,18 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
             rotate_request: rotation::rotate_request(ak.annotations(), &status),
             consumers: &observed_consumers,
             blocked_until: ctx.blocked_until(&key, &hash),
+            policy_denial: None,
             now,
-        });
+        };
+        let mut step = decide(&observed);
+        // The policy is looked at only when a key is to be minted (it may need a read).
+        if let (Step::Issue { .. }, Some(i)) = (&step, issuer.as_ref()) {
+            denial = policy_denial(&cluster, i).await?;
+            if denial.is_some() {
+                observed.policy_denial = denial.as_deref();
+                step = decide(&observed);
+            }
+        }
         tracing::debug!(access_key = %display_name(&*ak), ?step, "step");
         if let Step::Issue { reason } = step {
             warn_of_secret_fight(&cluster, &status, reason, now).await;
@@ -518,8 +529,9 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
                 retired_failure = Some(format!("{} replaced key(s) not revoked yet", status.retired.len()));
                 continue;
             }
-            // The provider refused the new key: the current one stays, and so does Ready.
-            Err(Error::Provider(pe)) if replacing.is_some() => {
+            // The provider refused the new key (a quota, a permission): the current one stays,
+            // and so does Ready. A transient failure takes the usual path and is retried soon.
+            Err(Error::Provider(pe)) if replacing.is_some() && pe.kind != crate::providers::ErrorKind::Retryable => {
                 let reason = replacing.unwrap_or(IssueReason::SpecChanged);
                 return rotation_blocked(&cluster, &mut status, reason, &hash, &pe).await;
             }
@@ -534,6 +546,52 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
         }
     }
     Ok(Action::requeue(Duration::from_secs(1)))
+}
+
+/// Why the issuer's policy refuses the key this AccessKey asks for, if it does: the namespace's
+/// labels are read only for a ClusterKeyIssuer that selects namespaces by them, and the keys of
+/// the namespace are counted from the cache only under `maxKeysPerNamespace`.
+async fn policy_denial(c: &Cluster<'_>, issuer: &LoadedIssuer) -> Result<Option<String>, Error> {
+    let policy = issuer.policy.as_ref();
+    let namespaces = policy.and_then(|p| p.namespaces.as_ref());
+    let needs_labels = issuer.cluster_scoped
+        && namespaces.is_some_and(|n| n.selector.is_some() && !n.names.contains(&c.ns));
+    let labels = if needs_labels {
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.ctx.client.clone());
+        api.get_opt(&c.ns).await?.and_then(|n| n.metadata.labels)
+    } else {
+        None
+    };
+    let keys_in_namespace = if policy.and_then(|p| p.max_keys_per_namespace).is_some() {
+        let this = IssuerId::from_ref(&c.ak.spec.issuer_ref, &c.ns);
+        c.ctx
+            .caches
+            .access_keys
+            .state()
+            .iter()
+            .filter(|ak| {
+                ak.metadata.namespace.as_deref() == Some(c.ns.as_str())
+                    && ak.metadata.uid.as_deref() != Some(c.uid.as_str())
+            })
+            .filter(|ak| {
+                let status = ak.status.as_ref();
+                let holder = status.and_then(|s| s.access_key_id.as_ref().and(s.issued_by.as_ref()));
+                holder.is_some_and(|r| IssuerId::from_ref(r, &c.ns) == this)
+            })
+            .count()
+    } else {
+        0
+    };
+    let request = super::policy::Request {
+        policy,
+        cluster_scoped: issuer.cluster_scoped,
+        issuer: &issuer.settings,
+        spec: &c.ak.spec,
+        namespace: &c.ns,
+        namespace_labels: labels.as_ref(),
+        keys_in_namespace,
+    };
+    Ok(super::policy::check(&request).err().map(|d| format!("{}: {d}", issuer.display)))
 }
 
 /// A new key refused by the provider while the current one works: the current key stays in the
@@ -661,8 +719,21 @@ async fn act(
             status.secret_name = Some(c.ak.spec.secret_name.clone());
             status.next_rotation_time = rotation::next_rotation_time(status, settings).map(Time);
             c.write_status(status).await?;
-            let note = format!("adopted key {} created before an interruption", key.access_key_id.unwrap_or_default());
-            c.ctx.event(c.ak, EventType::Normal, "Issued", note).await;
+            let id = key.access_key_id.unwrap_or_default();
+            let (event, note) = match status.retired.last() {
+                Some(old) if pending.grace_period_seconds.is_some() => {
+                    crate::metrics::global().rotated("adopted");
+                    (
+                        "Rotated",
+                        format!(
+                            "key {id} replaces {} in Secret {} (adopted after an interruption)",
+                            old.access_key_id, c.ak.spec.secret_name
+                        ),
+                    )
+                }
+                _ => ("Issued", format!("adopted key {id} created before an interruption")),
+            };
+            c.ctx.event(c.ak, EventType::Normal, event, note).await;
             Ok(None)
         }
         Step::ResolvePending { revoke } => {
@@ -775,6 +846,10 @@ async fn act(
         }
         Step::WaitBeforeReplacing(reason, wait) => {
             tracing::info!(access_key = %display_name(c.ak), reason = reason.describe(), wait_s = wait.as_secs(), "replacing the key after a wait");
+            // Back sooner if a replaced key is due for revocation (or its rollout for a timeout).
+            let due = rotation::next_wakeup(status, settings)
+                .map(|t| Duration::try_from(t.duration_since(jiff::Timestamp::now())).unwrap_or(Duration::ZERO));
+            let wait = due.map_or(wait, |d| d.min(wait));
             Ok(Some(Action::requeue(wait.max(Duration::from_secs(1)))))
         }
         Step::UpdateSecretMetadata => {

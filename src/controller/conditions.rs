@@ -15,6 +15,8 @@ pub enum Reason {
     IssuerNotReady,
     InvalidSpec,
     SecretConflict,
+    /// The issuer's policy does not allow the key asked for.
+    PolicyDenied,
     ProviderError,
     Revoking,
     RevocationFailed,
@@ -34,6 +36,7 @@ impl Reason {
             Self::IssuerNotReady => "IssuerNotReady",
             Self::InvalidSpec => "InvalidSpec",
             Self::SecretConflict => "SecretConflict",
+            Self::PolicyDenied => "PolicyDenied",
             Self::ProviderError => "ProviderError",
             Self::Revoking => "Revoking",
             Self::RevocationFailed => "RevocationFailed",

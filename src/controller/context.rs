@@ -16,7 +16,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api::{
-    AccessKey, ClusterKeyIssuer, Issuer, IssuerKind, IssuerProvider, IssuerRef, IssuerStatus, KeyIssuer, RateLimit,
+    AccessKey, ClusterKeyIssuer, Issuer, IssuerKind, IssuerPolicy, IssuerProvider, IssuerRef, IssuerStatus, KeyIssuer,
+    RateLimit,
 };
 use crate::health::Health;
 use crate::providers::{self, http::HttpConfig, local::LocalStore, Credentials, Provider};
@@ -361,6 +362,9 @@ pub struct LoadedIssuer {
     /// Being deleted: it still revokes, but mints nothing.
     pub deleting: bool,
     pub provider: Result<Arc<dyn Provider>, String>,
+    pub policy: Option<IssuerPolicy>,
+    /// A ClusterKeyIssuer.
+    pub cluster_scoped: bool,
 }
 
 impl LoadedIssuer {
@@ -415,7 +419,7 @@ impl Registry {
         r: &IssuerRef,
         cluster_resource_namespace: &str,
     ) -> Result<Option<LoadedIssuer>, kube::Error> {
-        let (display, secret_ns, meta, settings, rate_limit, status) = match r.kind {
+        let (display, secret_ns, meta, settings, rate_limit, status, policy) = match r.kind {
             IssuerKind::KeyIssuer => {
                 let Some(i) = caches.key_issuers.get(&ObjectRef::new(&r.name).within(namespace)) else {
                     return Ok(None);
@@ -427,6 +431,7 @@ impl Registry {
                     i.spec.provider.clone(),
                     i.rate_limit(),
                     i.status.clone(),
+                    i.spec.policy.clone(),
                 )
             }
             IssuerKind::ClusterKeyIssuer => {
@@ -440,11 +445,16 @@ impl Registry {
                     i.spec.provider.clone(),
                     i.rate_limit(),
                     i.status.clone(),
+                    i.spec.policy.clone(),
                 )
             }
         };
         let status = status.unwrap_or_default();
-        self.load_settings(client, caches, display, &secret_ns, &meta, settings, rate_limit, status).await.map(Some)
+        let mut loaded =
+            self.load_settings(client, caches, display, &secret_ns, &meta, settings, rate_limit, status).await?;
+        loaded.policy = policy;
+        loaded.cluster_scoped = r.kind == IssuerKind::ClusterKeyIssuer;
+        Ok(Some(loaded))
     }
 
     /// Builds (or reuses) the provider client of an issuer object already read.
@@ -500,7 +510,17 @@ impl Registry {
             None => self.provider(&cache_key, &fingerprint, &settings, rate_limit, &credentials),
         };
         let deleting = meta.deletion_timestamp.is_some();
-        Ok(LoadedIssuer { display, settings, status, generation: meta.generation, fingerprint, deleting, provider })
+        Ok(LoadedIssuer {
+            display,
+            settings,
+            status,
+            generation: meta.generation,
+            fingerprint,
+            deleting,
+            provider,
+            policy: None,
+            cluster_scoped: false,
+        })
     }
 
     fn provider(

@@ -42,6 +42,8 @@ pub struct Observed<'a> {
     pub consumers: &'a [Workload],
     /// The provider refused a new key for this spec: no new attempt before then.
     pub blocked_until: Option<jiff::Timestamp>,
+    /// Why the issuer's policy does not allow a new key for this spec, if it does not.
+    pub policy_denial: Option<&'a str>,
     pub now: jiff::Timestamp,
 }
 
@@ -227,6 +229,9 @@ pub fn decide(o: &Observed<'_>) -> Step {
         SecretState::Ours { key_id, data_intact, metadata_current } => (key_id.as_deref(), *data_intact, *metadata_current),
     };
     let Some(current) = o.status.access_key_id.as_deref() else {
+        if let Some(denial) = o.policy_denial {
+            return Step::NotReady(Reason::PolicyDenied, denial.to_string());
+        }
         return Step::Issue { reason: IssueReason::FirstKey };
     };
     let scheduled_due = rotation::scheduled_rotation(o.status, o.rotation).is_some_and(|t| t <= o.now);
@@ -248,20 +253,32 @@ pub fn decide(o: &Observed<'_>) -> Step {
     } else {
         None
     };
-    if let Some(reason) = reason {
+    // A replacement that cannot go ahead now (held back, refused by the provider or by the
+    // policy) must not hold up the one under way: its consumers and grace period go on first.
+    let held = reason.and_then(|reason| {
         if let (Some(hold), Some(age)) = (replacement_hold(reason, o.status), key_age(o.status, o.now)) {
             if age < hold {
-                return Step::WaitBeforeReplacing(reason, hold - age);
+                return Some(Step::WaitBeforeReplacing(reason, hold - age));
             }
         }
-        if let Some(until) = o.blocked_until.filter(|t| *t > o.now) {
-            let wait = Duration::try_from(until.duration_since(o.now)).unwrap_or(Duration::ZERO);
-            return Step::WaitBeforeReplacing(reason, wait);
+        // A policy tightened since the key was issued stops the new key, and revokes nothing.
+        if let Some(denial) = o.policy_denial {
+            return Some(Step::NotReady(Reason::PolicyDenied, denial.to_string()));
         }
-        return Step::Issue { reason };
-    }
-    if let Some(step) = consumer_step(o, current) {
-        return step;
+        let until = o.blocked_until.filter(|t| *t > o.now)?;
+        let wait = Duration::try_from(until.duration_since(o.now)).unwrap_or(Duration::ZERO);
+        Some(Step::WaitBeforeReplacing(reason, wait))
+    });
+    match (reason, held) {
+        (Some(reason), None) => return Step::Issue { reason },
+        (_, held) => {
+            if let Some(step) = consumer_step(o, current) {
+                return step;
+            }
+            if let Some(step) = held {
+                return step;
+            }
+        }
     }
     let schedule = rotation::next_rotation_time(o.status, o.rotation);
     if o.status.next_rotation_time.as_ref().map(|t| t.0) != schedule {
@@ -290,9 +307,14 @@ fn consumer_step(o: &Observed<'_>, current: &str) -> Option<Step> {
         .filter(|w| w.key_id.as_deref() != Some(current) && !recorded(w))
         .map(Workload::target)
         .collect();
-    if !restart.is_empty() {
+    // Past the timeout nothing is restarted any more (a workload that cannot be patched must not
+    // keep the replaced key live for ever).
+    let timed_out = rotation::rollout_deadline(o.status, o.rotation).is_some_and(|t| t <= o.now);
+    if !restart.is_empty() && !timed_out {
         return Some(Step::RestartConsumers(restart));
     }
+    // Rolled out for this key: a cache that does not show the restart yet shows the rollout of
+    // the previous template, which proves nothing.
     let consumers: Vec<ConsumerStatus> = o
         .consumers
         .iter()
@@ -300,13 +322,23 @@ fn consumer_step(o: &Observed<'_>, current: &str) -> Option<Step> {
             kind: w.kind,
             name: w.name.clone(),
             key_id: current.to_string(),
-            rolled_out: w.rolled_out,
+            rolled_out: w.rolled_out && w.key_id.as_deref() == Some(current),
         })
         .collect();
     let all_rolled_out = consumers.iter().all(|c| c.rolled_out);
-    let timed_out = !all_rolled_out && rotation::rollout_deadline(o.status, o.rotation).is_some_and(|t| t <= o.now);
-    if all_rolled_out || timed_out {
-        let late = o.consumers.iter().filter(|w| !w.rolled_out).map(Workload::target).collect();
+    // A grace period of 0s (a leaked key) waits for nothing once the restarts are done.
+    let no_wait =
+        o.status.retired.iter().filter(|r| rotation::awaits_rollout(r)).all(|r| r.grace_period_seconds == Some(0));
+    if all_rolled_out || timed_out || no_wait {
+        let late = if all_rolled_out || no_wait {
+            Vec::new()
+        } else {
+            consumers
+                .iter()
+                .filter(|c| !c.rolled_out)
+                .map(|c| ConsumerTarget { kind: c.kind, name: c.name.clone() })
+                .collect()
+        };
         return Some(Step::RecordConsumers { consumers, start_grace: true, timed_out: late });
     }
     (consumers != o.status.consumers).then_some(Step::RecordConsumers {
@@ -373,6 +405,7 @@ mod tests {
         rotate_request: Option<&'static str>,
         consumers: Vec<Workload>,
         blocked_until: Option<jiff::Timestamp>,
+        policy_denial: Option<&'static str>,
         now: jiff::Timestamp,
     }
 
@@ -390,6 +423,7 @@ mod tests {
                 rotate_request: None,
                 consumers: Vec::new(),
                 blocked_until: None,
+                policy_denial: None,
                 now: "2026-11-23T12:00:00Z".parse().expect("time"),
             }
         }
@@ -409,6 +443,7 @@ mod tests {
                 rotate_request: self.rotate_request,
                 consumers: &self.consumers,
                 blocked_until: self.blocked_until,
+                policy_denial: self.policy_denial,
                 now: self.now,
             })
         }
@@ -699,6 +734,18 @@ mod tests {
         assert_eq!(s.decide(), Step::RestartConsumers(vec![target("api"), target("web")]));
         // Restarted (their templates name K2 now): never patched again, their rollout recorded.
         s.consumers = vec![workload("api", Some("K2"), false), workload("db", Some("K2"), false)];
+        assert!(matches!(s.decide(), Step::RecordConsumers { start_grace: false, .. }));
+        // A cache still showing the old template rolled out proves nothing about the new one.
+        s.consumers = vec![workload("api", Some("K1"), true), workload("db", Some("K2"), false)];
+        s.status.consumers = vec![ConsumerStatus {
+            kind: crate::api::WorkloadKind::Deployment,
+            name: "api".into(),
+            key_id: "K2".into(),
+            rolled_out: false,
+        }];
+        assert!(matches!(s.decide(), Step::RecordConsumers { start_grace: false, .. }), "{:?}", s.decide());
+        s.status.consumers.clear();
+        s.consumers = vec![workload("api", Some("K2"), false), workload("db", Some("K2"), false)];
         let Step::RecordConsumers { consumers, start_grace: false, .. } = s.decide() else {
             panic!("expected the rollout recorded: {:?}", s.decide())
         };
@@ -773,6 +820,38 @@ mod tests {
     }
 
     #[test]
+    fn a_held_back_replacement_does_not_hold_up_the_rollout_of_the_one_before() {
+        let mut s = rotated(60);
+        s.consumers = vec![workload("api", Some("K2"), true)];
+        s.rotate_request = Some("2");
+        s.blocked_until = Some(s.now + jiff::SignedDuration::from_secs(600));
+        assert!(matches!(s.decide(), Step::RecordConsumers { start_grace: true, .. }), "{:?}", s.decide());
+        s.policy_denial = Some("denied");
+        assert!(matches!(s.decide(), Step::RecordConsumers { start_grace: true, .. }));
+    }
+
+    #[test]
+    fn a_workload_that_cannot_be_restarted_stops_mattering_at_the_timeout() {
+        let mut s = rotated(1800);
+        s.consumers = vec![workload("locked", Some("K1"), true)];
+        let step = s.decide();
+        assert!(
+            matches!(&step, Step::RecordConsumers { start_grace: true, timed_out, .. } if timed_out == &vec![target("locked")]),
+            "{step:?}"
+        );
+    }
+
+    #[test]
+    fn a_leaked_key_waits_for_no_rollout() {
+        let mut s = rotated(1);
+        s.status.retired[0].grace_period_seconds = Some(0);
+        s.consumers = vec![workload("api", None, true)];
+        assert_eq!(s.decide(), Step::RestartConsumers(vec![target("api")]));
+        s.consumers = vec![workload("api", Some("K2"), false)];
+        assert!(matches!(s.decide(), Step::RecordConsumers { start_grace: true, .. }));
+    }
+
+    #[test]
     fn a_refused_new_key_is_not_asked_for_again_before_its_backoff() {
         let mut s = Scenario::new(issued("K1"), ours("K1"));
         s.rotate_request = Some("1");
@@ -780,6 +859,19 @@ mod tests {
         assert_eq!(s.decide(), Step::WaitBeforeReplacing(IssueReason::Requested, Duration::from_secs(60)));
         s.blocked_until = Some(s.now);
         assert_eq!(s.decide(), Step::Issue { reason: IssueReason::Requested });
+    }
+
+    #[test]
+    fn a_policy_denial_stops_new_keys_and_leaves_the_current_one_alone() {
+        let mut s = Scenario::new(AccessKeyStatus::default(), SecretState::Absent);
+        s.policy_denial = Some("spec.exoscale.roleId R is not allowed");
+        assert_eq!(s.decide(), Step::NotReady(Reason::PolicyDenied, "spec.exoscale.roleId R is not allowed".into()));
+        // Issued before the policy tightened: kept, and still Ready while nothing is to replace.
+        let mut s = Scenario::new(issued("K1"), ours("K1"));
+        s.policy_denial = Some("denied");
+        assert_eq!(s.decide(), Step::Ready);
+        s.rotate_request = Some("1");
+        assert_eq!(s.decide(), Step::NotReady(Reason::PolicyDenied, "denied".into()));
     }
 
     #[test]

@@ -189,6 +189,10 @@ async fn check<K: IssuerObject>(issuer: &K, ctx: &Context) -> Result<(Reason, St
     if let Err(e) = validation::validate_issuer(issuer.provider()) {
         return Ok((Reason::InvalidSpec, e.to_string(), Duration::from_secs(3600)));
     }
+    let cluster_scoped = issuer.namespace().is_none();
+    if let Err(e) = validation::validate_policy(issuer.policy(), cluster_scoped) {
+        return Ok((Reason::InvalidSpec, e.to_string(), Duration::from_secs(3600)));
+    }
     let loaded = ctx
         .registry
         .load_settings(
@@ -231,7 +235,8 @@ async fn check<K: IssuerObject>(issuer: &K, ctx: &Context) -> Result<(Reason, St
     match Bounded::new(provider.clone(), deadline).check_credentials().await {
         Ok(()) => {
             ctx.record_check(&key, &loaded.fingerprint, true, RECHECK);
-            Ok((Reason::Ready, format!("credentials accepted by {}", provider.name()), RECHECK))
+            let limits = super::policy::describe(issuer.policy(), cluster_scoped);
+            Ok((Reason::Ready, format!("credentials accepted by {}; {limits}", provider.name()), RECHECK))
         }
         Err(e) => {
             let failures = ctx.check_failures(&key);

@@ -11,6 +11,7 @@ pub mod decide;
 pub mod error;
 pub mod in_use;
 pub mod issuer;
+pub mod policy;
 pub mod rotation;
 pub mod run;
 pub mod secret;

@@ -94,6 +94,12 @@ pub fn grace_for_replacement(
     }
 }
 
+/// `t` in whole seconds, as status stores it: a time kept in memory compares equal to the same
+/// time read back.
+pub fn whole_seconds(t: jiff::Timestamp) -> jiff::Timestamp {
+    jiff::Timestamp::from_second(t.as_second()).unwrap_or(t)
+}
+
 fn add(t: jiff::Timestamp, d: Duration) -> jiff::Timestamp {
     jiff::SignedDuration::try_from(d).ok().and_then(|d| t.checked_add(d).ok()).unwrap_or(jiff::Timestamp::MAX)
 }
@@ -144,7 +150,7 @@ pub fn retire(
         access_key_id,
         key_ref,
         issuer,
-        retired_at: Some(Time(now)),
+        retired_at: Some(Time(whole_seconds(now))),
         revoke_after: None,
         grace_period_seconds: Some(grace.as_secs()),
         expires_at,
@@ -156,11 +162,12 @@ pub fn retire(
 pub fn start_grace(status: &mut AccessKeyStatus, now: jiff::Timestamp) {
     for r in status.retired.iter_mut().filter(|r| awaits_rollout(r)) {
         let grace = Duration::from_secs(r.grace_period_seconds.unwrap_or(DEFAULT_GRACE_PERIOD.as_secs()));
-        let mut until = add(now, grace);
+        let mut until = add(whole_seconds(now), grace);
         if let Some(expires) = &r.expires_at {
-            until = until.min(expires.0);
+            // Ends before the key expires: it is revoked while it still exists.
+            until = until.min(expires.0 - jiff::SignedDuration::from_secs(1));
         }
-        r.revoke_after = Some(Time(until));
+        r.revoke_after = Some(Time(whole_seconds(until)));
     }
 }
 
@@ -171,7 +178,12 @@ pub fn next_wakeup(status: &AccessKeyStatus, settings: &RotationSettings) -> Opt
         (Some(a), Some(b)) => Some(a.0.min(b.0)),
         (a, b) => a.as_ref().or(b.as_ref()).map(|t| t.0),
     });
-    revocations.chain(rollout_deadline(status, settings)).chain(next_rotation_time(status, settings)).min()
+    // The schedule waits for the replaced keys to go (see `decide`): no wake-up for it before.
+    let rotation = match status.retired.is_empty() {
+        true => next_rotation_time(status, settings),
+        false => status.renewal_time.as_ref().map(|t| t.0),
+    };
+    revocations.chain(rollout_deadline(status, settings)).chain(rotation).min()
 }
 
 /// The wait before trying again a new key the provider refused, after `refusals` in a row.
@@ -288,13 +300,13 @@ mod tests {
         .expect("spec");
         assert_eq!(RotationSettings::of(&spec), Ok(RotationSettings::default()));
         let mut spec = spec;
-        spec.rotation = Some(crate::api::Rotation { every: Some("30s".into()), ..Default::default() });
+        spec.rotation = Some(Box::new(crate::api::Rotation { every: Some("30s".into()), ..Default::default() }));
         assert!(RotationSettings::of(&spec).expect_err("too short").to_string().contains("minimum of 1m"));
-        spec.rotation = Some(crate::api::Rotation {
+        spec.rotation = Some(Box::new(crate::api::Rotation {
             every: Some("720h".into()),
             grace_period: Some("0s".into()),
             rollout_timeout: Some("5m".into()),
-        });
+        }));
         let s = RotationSettings::of(&spec).expect("valid");
         assert_eq!(
             (s.every, s.grace_period, s.rollout_timeout),
@@ -347,12 +359,15 @@ mod tests {
         let rolled_out = t("2026-01-01T00:05:00Z");
         start_grace(&mut status, rolled_out);
         assert_eq!(status.retired[0].revoke_after, Some(Time(t("2026-01-01T00:15:00Z"))));
-        assert_eq!(status.retired[1].revoke_after, Some(Time(t("2026-01-01T00:12:00Z"))), "cut to the expiry");
+        assert_eq!(status.retired[1].revoke_after, Some(Time(t("2026-01-01T00:11:59Z"))), "ends before the expiry");
         assert!(!retired_due(&status.retired[0], t("2026-01-01T00:14:59Z")));
         assert!(retired_due(&status.retired[0], t("2026-01-01T00:15:00Z")));
         assert_eq!(rollout_deadline(&status, &settings(None)), None);
-        assert_eq!(next_wakeup(&status, &settings(None)), Some(t("2026-01-01T00:12:00Z")));
-        assert_eq!(RotatingState::of(&status), RotatingState::GracePeriod(2, t("2026-01-01T00:12:00Z")));
+        assert_eq!(next_wakeup(&status, &settings(None)), Some(t("2026-01-01T00:11:59Z")));
+        assert_eq!(RotatingState::of(&status), RotatingState::GracePeriod(2, t("2026-01-01T00:11:59Z")));
+        // A schedule already due waits for the replaced keys: no wake-up every second for it.
+        status.issued_at = Some(Time(t("2025-12-31T00:00:00Z")));
+        assert_eq!(next_wakeup(&status, &settings(Some(60))), Some(t("2026-01-01T00:11:59Z")));
     }
 
     #[test]

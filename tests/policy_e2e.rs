@@ -1,0 +1,332 @@
+//! Issuer policy end to end: each rule refuses what it must with `Ready=False` `PolicyDenied`, a
+//! message naming the field, the value and what is allowed, a Warning event, and not one
+//! request at the provider's fake; and lets through what it allows.
+
+mod fakes;
+mod support;
+
+use fakes::exoscale::{ExoscaleFake, PREEXISTING_ROLE_ID};
+use fakes::outscale::OutscaleFake;
+use fakes::yandex::{YandexFake, SECOND_SERVICE_ACCOUNT_ID};
+use k8s_openapi::api::core::v1::{Event, Namespace};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::Client;
+use serde_json::{json, Value};
+use support::exoscale::{ADMIN_KEY, ADMIN_SECRET, CREDENTIALS};
+use support::keys;
+use support::operator::Operator;
+
+/// A denial as the user sees it: condition, message and Warning event.
+async fn assert_denied(client: &Client, ns: &str, name: &str, says: &[&str]) {
+    let ak = keys::wait_reason(client, ns, name, "PolicyDenied").await;
+    let (status, _, message) = keys::ready_condition(&ak).expect("Ready condition");
+    assert_eq!(status, "False");
+    for part in says {
+        assert!(message.contains(part), "{name}: {message:?} does not say {part:?}");
+    }
+    assert!(ak.status.and_then(|s| s.access_key_id).is_none(), "{name}: a key was issued");
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    support::eventually(&format!("a PolicyDenied event on {name}"), keys::WAIT, || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("PolicyDenied")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.involved_object.name.as_deref() == Some(name)
+            })
+            .then_some(())
+    })
+    .await;
+}
+
+fn key(name: &str, issuer: &str, provider: &str, block: Value, extra: Value) -> Value {
+    let mut m = keys::manifest(name, issuer, provider, block, extra);
+    m["metadata"]["name"] = json!(name);
+    m
+}
+
+fn key_issuer(name: &str, provider: &str, block: Value, policy: Value) -> Value {
+    let mut spec = json!({ provider: block });
+    if !policy.is_null() {
+        spec["policy"] = policy;
+    }
+    json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "KeyIssuer", "metadata": {"name": name}, "spec": spec})
+}
+
+async fn wait_issuer_ready(client: &Client, ns: &str, name: &str) -> String {
+    let api: Api<cloudkeys::api::KeyIssuer> = Api::namespaced(client.clone(), ns);
+    support::eventually(&format!("KeyIssuer {name} Ready"), keys::WAIT, || async {
+        let i = api.get_opt(name).await.ok()??;
+        let c = i.status?.conditions.into_iter().find(|c| c.type_ == "Ready" && c.status == "True")?;
+        Some(c.message)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn exoscale_roles_modes_iam_operations_deletion_policies_and_keys_per_namespace() {
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    let ns = support::namespace(&client, "policy-exoscale").await;
+    let fake = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
+    support::create_secret(
+        &client,
+        &ns,
+        CREDENTIALS,
+        json!({"EXOSCALE_API_KEY": ADMIN_KEY, "EXOSCALE_API_SECRET": ADMIN_SECRET}),
+    )
+    .await;
+    let exo = json!({"endpoint": fake.endpoint(), "credentialsSecretRef": {"name": CREDENTIALS}});
+    let other_role = "00000000-0000-4000-8000-00000000beef";
+    let issuers = [
+        ("roles", json!({"exoscale": {"roleIds": [PREEXISTING_ROLE_ID]}})),
+        ("no-own-roles", json!({"exoscale": {"allowOwnRoles": false}})),
+        ("defaults", Value::Null),
+        ("no-legacy", json!({"exoscale": {"allowLegacy": false}})),
+        ("operations", json!({"exoscale": {"operations": ["get-sos-object", "list-sos-bucket"]}})),
+        ("delete-only", json!({"deletionPolicies": ["Delete"]})),
+        ("one-per-namespace", json!({"maxKeysPerNamespace": 1})),
+    ];
+    for (name, policy) in &issuers {
+        support::apply_json(&client, &ns, key_issuer(name, "exoscale", exo.clone(), policy.clone())).await;
+    }
+    let op = Operator::start(&ns);
+    for (name, _) in &issuers {
+        wait_issuer_ready(&client, &ns, name).await;
+    }
+    let own_role = |policy: Value| json!({"role": {"policy": policy}});
+    let narrow = json!({"defaultServiceStrategy": "deny", "services": {"sos": {"type": "allow"}}});
+    let denied = [
+        (
+            key("other-role", "roles", "exoscale", json!({"roleId": other_role}), json!({})),
+            vec!["spec.exoscale.roleId", other_role, PREEXISTING_ROLE_ID],
+        ),
+        (
+            key("own-role", "no-own-roles", "exoscale", own_role(narrow.clone()), json!({})),
+            vec!["spec.exoscale.role", "allowOwnRoles: false"],
+        ),
+        (
+            key("allow-all", "defaults", "exoscale", own_role(json!({"defaultServiceStrategy": "allow"})), json!({})),
+            vec!["defaultServiceStrategy", "allow", "allowIAM: false"],
+        ),
+        (
+            key(
+                "iam",
+                "defaults",
+                "exoscale",
+                own_role(json!({"defaultServiceStrategy": "deny", "services": {"iam": {"type": "allow"}}})),
+                json!({}),
+            ),
+            vec!["services.iam.type", "allowIAM: false"],
+        ),
+        (
+            key("legacy", "no-legacy", "exoscale", json!({"operations": ["get-sos-object"]}), json!({})),
+            vec!["legacy access key", "allowLegacy: false"],
+        ),
+        (
+            key(
+                "delete-op",
+                "operations",
+                "exoscale",
+                json!({"operations": ["get-sos-object", "delete-sos-object"]}),
+                json!({}),
+            ),
+            vec!["spec.exoscale.operations", "delete-sos-object", "get-sos-object, list-sos-bucket"],
+        ),
+        (
+            key(
+                "retained",
+                "delete-only",
+                "exoscale",
+                json!({"roleId": PREEXISTING_ROLE_ID}),
+                json!({"deletionPolicy": "Retain"}),
+            ),
+            vec!["spec.deletionPolicy", "Retain", "allowed: Delete"],
+        ),
+    ];
+    let before = fake.requests().len();
+    for (manifest, _) in &denied {
+        support::apply_json(&client, &ns, manifest.clone()).await;
+    }
+    for (manifest, says) in &denied {
+        let name = manifest["metadata"]["name"].as_str().expect("name");
+        assert_denied(&client, &ns, name, says).await;
+    }
+    assert_eq!(fake.requests().len(), before, "a denied AccessKey reached the provider");
+
+    // What the same policies allow is issued.
+    let allowed = [
+        key("listed-role", "roles", "exoscale", json!({"roleId": PREEXISTING_ROLE_ID}), json!({})),
+        key("narrow-role", "defaults", "exoscale", own_role(narrow), json!({})),
+        key("listed-op", "operations", "exoscale", json!({"operations": ["get-sos-object"]}), json!({})),
+        key("deleted", "delete-only", "exoscale", json!({"roleId": PREEXISTING_ROLE_ID}), json!({})),
+        key("first", "one-per-namespace", "exoscale", json!({"roleId": PREEXISTING_ROLE_ID}), json!({})),
+    ];
+    for manifest in &allowed {
+        support::apply_json(&client, &ns, manifest.clone()).await;
+    }
+    for manifest in &allowed {
+        keys::wait_issued(&client, &ns, manifest["metadata"]["name"].as_str().expect("name")).await;
+    }
+    // The namespace holds its one key of that issuer now.
+    let before = fake.requests().len();
+    support::apply_json(
+        &client,
+        &ns,
+        key("second", "one-per-namespace", "exoscale", json!({"roleId": PREEXISTING_ROLE_ID}), json!({})),
+    )
+    .await;
+    assert_denied(&client, &ns, "second", &["maxKeysPerNamespace", "at most 1"]).await;
+    assert_eq!(fake.requests().len(), before, "the key over the limit reached the provider");
+    drop(op);
+}
+
+#[tokio::test]
+async fn yandex_keys_are_for_the_issuers_own_service_account_unless_the_policy_lists_more() {
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    let ns = support::namespace(&client, "policy-yandex").await;
+    let fake = YandexFake::start();
+    support::create_secret(&client, &ns, "yc-admin", json!({"key.json": fake.authorized_key_json()})).await;
+    let yc = json!({"endpoint": fake.endpoint(), "operationEndpoint": fake.operation_endpoint(),
+        "serviceAccountId": fake.service_account_id(), "serviceAccountKeySecretRef": {"name": "yc-admin"}});
+    support::apply_json(&client, &ns, key_issuer("own", "yandex", yc.clone(), Value::Null)).await;
+    support::apply_json(&client, &ns, key_issuer("any", "yandex", yc, json!({"yandex": {"serviceAccountIds": ["*"]}})))
+        .await;
+    let _op = Operator::start(&ns);
+    wait_issuer_ready(&client, &ns, "own").await;
+    wait_issuer_ready(&client, &ns, "any").await;
+    let before = fake.requests().len();
+    support::apply_json(
+        &client,
+        &ns,
+        key("other", "own", "yandex", json!({"serviceAccountId": SECOND_SERVICE_ACCOUNT_ID}), json!({})),
+    )
+    .await;
+    assert_denied(
+        &client,
+        &ns,
+        "other",
+        &["spec.yandex.serviceAccountId", SECOND_SERVICE_ACCOUNT_ID, &fake.service_account_id()],
+    )
+    .await;
+    assert_eq!(fake.requests().len(), before, "a denied AccessKey reached the provider");
+    support::apply_json(&client, &ns, key("default", "own", "yandex", json!({}), json!({}))).await;
+    support::apply_json(
+        &client,
+        &ns,
+        key("listed", "any", "yandex", json!({"serviceAccountId": SECOND_SERVICE_ACCOUNT_ID}), json!({})),
+    )
+    .await;
+    keys::wait_issued(&client, &ns, "default").await;
+    keys::wait_issued(&client, &ns, "listed").await;
+}
+
+#[tokio::test]
+async fn outscale_keys_need_an_allowed_user_an_allowed_identity_and_a_bounded_lifetime() {
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    let ns = support::namespace(&client, "policy-outscale").await;
+    let (ak, sk) = ("ADMINAK0123456789ABC", "adminsecretkey0123456789adminsecretkey01");
+    let fake = OutscaleFake::start("eu-west-2", ak, sk);
+    for user in ["backup-bot", "app-web"] {
+        fake.add_user(user);
+    }
+    support::create_secret(&client, &ns, "osc-admin", json!({"OSC_ACCESS_KEY": ak, "OSC_SECRET_KEY": sk})).await;
+    let osc =
+        json!({"region": "eu-west-2", "endpoint": fake.endpoint(), "credentialsSecretRef": {"name": "osc-admin"}});
+    support::apply_json(&client, &ns, key_issuer("defaults", "outscale", osc.clone(), Value::Null)).await;
+    let apps = json!({"outscale": {"userNames": ["app-*"], "maxExpiresAfter": "720h"}});
+    support::apply_json(&client, &ns, key_issuer("apps", "outscale", osc, apps)).await;
+    let _op = Operator::start(&ns);
+    wait_issuer_ready(&client, &ns, "defaults").await;
+    wait_issuer_ready(&client, &ns, "apps").await;
+    let denied = [
+        (
+            key("identity", "defaults", "outscale", json!({}), json!({})),
+            vec!["spec.outscale.userName", "issuer's own identity", "allowIssuerIdentity: false"],
+        ),
+        (
+            key("bot", "apps", "outscale", json!({"userName": "backup-bot", "expiresAfter": "24h"}), json!({})),
+            vec!["spec.outscale.userName", "backup-bot", "app-*"],
+        ),
+        (
+            key("forever", "apps", "outscale", json!({"userName": "app-web"}), json!({})),
+            vec!["spec.outscale.expiresAfter", "never expires", "at most 720h"],
+        ),
+        (
+            key("long", "apps", "outscale", json!({"userName": "app-web", "expiresAfter": "2160h"}), json!({})),
+            vec!["spec.outscale.expiresAfter", "2160h", "at most 720h"],
+        ),
+    ];
+    let before = fake.requests().len();
+    for (manifest, _) in &denied {
+        support::apply_json(&client, &ns, manifest.clone()).await;
+    }
+    for (manifest, says) in &denied {
+        assert_denied(&client, &ns, manifest["metadata"]["name"].as_str().expect("name"), says).await;
+    }
+    assert_eq!(fake.requests().len(), before, "a denied AccessKey reached the provider");
+    support::apply_json(
+        &client,
+        &ns,
+        key("web", "apps", "outscale", json!({"userName": "app-web", "expiresAfter": "24h"}), json!({})),
+    )
+    .await;
+    keys::wait_issued(&client, &ns, "web").await;
+}
+
+/// ClusterKeyIssuers say when they are unrestricted, and serve only the namespaces their
+/// policy names or selects.
+#[tokio::test]
+async fn cluster_issuers_serve_the_namespaces_their_policy_names_or_selects() {
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    let ns = support::namespace(&client, "policy-namespaces").await;
+    let cluster_issuer = |name: &str, policy: Value| {
+        let mut spec = json!({"local": {}});
+        if !policy.is_null() {
+            spec["policy"] = policy;
+        }
+        json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "ClusterKeyIssuer", "metadata": {"name": name}, "spec": spec})
+    };
+    let (open, named, selected) = (format!("{ns}-open"), format!("{ns}-named"), format!("{ns}-selected"));
+    support::apply_json(&client, &ns, cluster_issuer(&open, Value::Null)).await;
+    support::apply_json(&client, &ns, cluster_issuer(&named, json!({"namespaces": {"names": ["someone-else"]}}))).await;
+    let selector = json!({"namespaces": {"selector": {"matchLabels": {"cloudkeys.io/tenant": ns}}}});
+    support::apply_json(&client, &ns, cluster_issuer(&selected, selector)).await;
+    let _op = Operator::start(&ns);
+    let issuers: Api<cloudkeys::api::ClusterKeyIssuer> = Api::all(client.clone());
+    let message = support::eventually("the open ClusterKeyIssuer Ready", keys::WAIT, || async {
+        let i = issuers.get_opt(&open).await.ok()??;
+        i.status?.conditions.into_iter().find(|c| c.type_ == "Ready" && c.status == "True").map(|c| c.message)
+    })
+    .await;
+    assert!(message.contains("unrestricted"), "{message}");
+    let cluster_key = |name: &str, issuer: &str| {
+        let mut m = key(name, issuer, "local", json!({}), json!({}));
+        m["spec"]["issuerRef"]["kind"] = json!("ClusterKeyIssuer");
+        m
+    };
+    support::apply_json(&client, &ns, cluster_key("by-name", &named)).await;
+    support::apply_json(&client, &ns, cluster_key("by-labels", &selected)).await;
+    assert_denied(&client, &ns, "by-name", &["namespace", &ns, "someone-else"]).await;
+    assert_denied(&client, &ns, "by-labels", &["namespace", &ns, "cloudkeys.io/tenant"]).await;
+    // Labelled now: the selecting issuer serves it (the AccessKey is looked at again on its next
+    // change; a label on the namespace is not one, so it is touched).
+    let label = json!({"metadata": {"labels": {"cloudkeys.io/tenant": ns}}});
+    Api::<Namespace>::all(client.clone())
+        .patch(&ns, &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .expect("labelled");
+    let touch =
+        json!({"metadata": {"annotations": {"touched": "1"}}, "spec": {"secretTemplate": {"labels": {"t": "1"}}}});
+    Api::<cloudkeys::api::AccessKey>::namespaced(client.clone(), &ns)
+        .patch("by-labels", &PatchParams::default(), &Patch::Merge(&touch))
+        .await
+        .expect("touched");
+    keys::wait_issued(&client, &ns, "by-labels").await;
+    support::apply_json(&client, &ns, cluster_key("open", &open)).await;
+    keys::wait_issued(&client, &ns, "open").await;
+}
