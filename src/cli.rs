@@ -69,6 +69,13 @@ pub struct RunArgs {
     /// namespace.
     #[arg(long, env = "CLOUDKEYS_LEADER_ELECTION_NAMESPACE")]
     pub leader_election_namespace: Option<String>,
+    /// Hosts a KeyIssuer's endpoint may name, comma-separated: names, `*.` prefixes for
+    /// subdomains, `loopback` for 127.0.0.0/8, ::1 and localhost. ClusterKeyIssuers may name any.
+    #[arg(long, env = "CLOUDKEYS_ALLOWED_ENDPOINT_HOSTS", default_value = crate::controller::guard::DEFAULT_ALLOWED_HOSTS)]
+    pub allowed_endpoint_hosts: String,
+    /// Let KeyIssuers use ambient credentials (Yandex `metadataService`: the node's identity).
+    #[arg(long, env = "CLOUDKEYS_ALLOW_NAMESPACED_AMBIENT_CREDENTIALS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_namespaced_ambient_credentials: bool,
 }
 
 impl RunArgs {

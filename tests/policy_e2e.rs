@@ -330,3 +330,54 @@ async fn cluster_issuers_serve_the_namespaces_their_policy_names_or_selects() {
     support::apply_json(&client, &ns, cluster_key("open", &open)).await;
     keys::wait_issued(&client, &ns, "open").await;
 }
+
+async fn wait_issuer_condition(client: &Client, ns: &str, name: &str, reason: &str) -> String {
+    let api: Api<cloudkeys::api::KeyIssuer> = Api::namespaced(client.clone(), ns);
+    support::eventually(&format!("KeyIssuer {name} {reason}"), keys::WAIT, || async {
+        let i = api.get_opt(name).await.ok()??;
+        let c = i.status?.conditions.into_iter().find(|c| c.type_ == "Ready" && c.reason == reason)?;
+        Some(c.message)
+    })
+    .await
+}
+
+/// A tenant's KeyIssuer cannot make the operator send signed requests to a host of the tenant's
+/// choosing, nor mint keys as the node: refused before anything is sent anywhere.
+#[tokio::test]
+async fn key_issuers_cannot_point_the_operator_at_other_hosts_or_at_the_nodes_identity() {
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    let ns = support::namespace(&client, "policy-guard").await;
+    let exo = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
+    let yc = YandexFake::start();
+    support::create_secret(
+        &client,
+        &ns,
+        CREDENTIALS,
+        json!({"EXOSCALE_API_KEY": ADMIN_KEY, "EXOSCALE_API_SECRET": ADMIN_SECRET}),
+    )
+    .await;
+    let foreign = json!({"endpoint": exo.endpoint(), "credentialsSecretRef": {"name": CREDENTIALS}});
+    support::apply_json(&client, &ns, key_issuer("foreign-host", "exoscale", foreign, Value::Null)).await;
+    let ambient = json!({"metadataService": {"endpoint": yc.metadata_endpoint()}, "endpoint": yc.endpoint(),
+        "operationEndpoint": yc.operation_endpoint(), "serviceAccountId": yc.service_account_id()});
+    support::apply_json(&client, &ns, key_issuer("node-identity", "yandex", ambient, Value::Null)).await;
+    // Loopback (where the fakes are) is not allowed here: it stands for any host of a tenant's choice.
+    let _op = Operator::start_with(&ns, &[("CLOUDKEYS_ALLOWED_ENDPOINT_HOSTS", "*.exoscale.com,*.cloud.yandex.net")]);
+    let message = wait_issuer_condition(&client, &ns, "foreign-host", "InvalidSpec").await;
+    assert!(message.contains("exoscale.endpoint") && message.contains("127.0.0.1"), "{message}");
+    assert!(message.contains("--allowed-endpoint-hosts"), "{message}");
+    let message = wait_issuer_condition(&client, &ns, "node-identity", "InvalidSpec").await;
+    assert!(message.contains("yandex.metadataService"), "{message}");
+    support::apply_json(
+        &client,
+        &ns,
+        key("exo", "foreign-host", "exoscale", json!({"roleId": PREEXISTING_ROLE_ID}), json!({})),
+    )
+    .await;
+    support::apply_json(&client, &ns, key("yc", "node-identity", "yandex", json!({}), json!({}))).await;
+    keys::wait_reason(&client, &ns, "exo", "IssuerNotReady").await;
+    keys::wait_reason(&client, &ns, "yc", "IssuerNotReady").await;
+    assert!(exo.requests().is_empty(), "a request went to the KeyIssuer's host");
+    assert!(yc.requests().is_empty(), "a request went to the metadata service or IAM");
+}

@@ -48,7 +48,9 @@ async fn setup(test: &str, faults: Faults, key_json: Option<fn(&YandexFake) -> S
             "policy": {"yandex": {"serviceAccountIds": [fake.service_account_id(), SECOND_SERVICE_ACCOUNT_ID]}}}}),
     )
     .await;
-    let op = Operator::start(&ns);
+    // The node's identity on a KeyIssuer is refused unless the operator is told to allow it.
+    let ambient = [("CLOUDKEYS_ALLOW_NAMESPACED_AMBIENT_CREDENTIALS", "true")];
+    let op = Operator::start_with(&ns, if key_json.is_none() { &ambient[..] } else { &[] });
     Env { client, ns, fake, op }
 }
 

@@ -554,8 +554,8 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
 async fn policy_denial(c: &Cluster<'_>, issuer: &LoadedIssuer) -> Result<Option<String>, Error> {
     let policy = issuer.policy.as_ref();
     let namespaces = policy.and_then(|p| p.namespaces.as_ref());
-    let needs_labels = issuer.cluster_scoped
-        && namespaces.is_some_and(|n| n.selector.is_some() && !n.names.contains(&c.ns));
+    let needs_labels =
+        issuer.cluster_scoped && namespaces.is_some_and(|n| n.selector.is_some() && !n.names.contains(&c.ns));
     let labels = if needs_labels {
         let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.ctx.client.clone());
         api.get_opt(&c.ns).await?.and_then(|n| n.metadata.labels)

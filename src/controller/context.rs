@@ -24,6 +24,7 @@ use crate::providers::{self, http::HttpConfig, local::LocalStore, Credentials, P
 
 use super::cached_secret::CachedSecret;
 use super::conditions;
+use super::guard::TenantGuard;
 use super::in_use::IssuerId;
 
 pub const FIELD_MANAGER: &str = "cloudkeys";
@@ -211,12 +212,13 @@ impl Context {
         caches: Caches,
         health: Arc<Health>,
         limits: Limits,
+        guard: TenantGuard,
     ) -> Self {
         Self {
             client,
             reporter: Reporter { controller: "cloudkeys".into(), instance: std::env::var("POD_NAME").ok() },
             cluster_resource_namespace,
-            registry: Registry::new(http),
+            registry: Registry::new(http, guard),
             caches,
             health,
             limits,
@@ -387,6 +389,8 @@ impl LoadedIssuer {
 /// limits and token caches live as long as the issuer does.
 pub struct Registry {
     http: HttpConfig,
+    /// What KeyIssuers may point the operator at; no client is built for one that breaks it.
+    guard: TenantGuard,
     local: LocalStore,
     /// By issuer: the fingerprint the client was built for, and the client.
     cache: Mutex<HashMap<String, CachedProvider>>,
@@ -395,8 +399,13 @@ pub struct Registry {
 type CachedProvider = (String, Arc<dyn Provider>);
 
 impl Registry {
-    pub fn new(http: HttpConfig) -> Self {
-        Self { http, local: LocalStore::default(), cache: Mutex::new(HashMap::new()) }
+    pub fn new(http: HttpConfig, guard: TenantGuard) -> Self {
+        Self { http, guard, local: LocalStore::default(), cache: Mutex::new(HashMap::new()) }
+    }
+
+    /// Whether an issuer's settings are within what tenants may point the operator at.
+    pub fn guard(&self, settings: &IssuerProvider, namespaced: bool) -> Result<(), String> {
+        self.guard.check(settings, namespaced).map_err(|e| e.to_string())
     }
 
     pub fn local_store(&self) -> &LocalStore {
@@ -450,8 +459,10 @@ impl Registry {
             }
         };
         let status = status.unwrap_or_default();
-        let mut loaded =
-            self.load_settings(client, caches, display, &secret_ns, &meta, settings, rate_limit, status).await?;
+        let namespaced = r.kind == IssuerKind::KeyIssuer;
+        let mut loaded = self
+            .load_settings(client, caches, display, &secret_ns, &meta, settings, rate_limit, status, namespaced)
+            .await?;
         loaded.policy = policy;
         loaded.cluster_scoped = r.kind == IssuerKind::ClusterKeyIssuer;
         Ok(Some(loaded))
@@ -469,6 +480,7 @@ impl Registry {
         settings: IssuerProvider,
         rate_limit: RateLimit,
         status: IssuerStatus,
+        namespaced: bool,
     ) -> Result<LoadedIssuer, kube::Error> {
         let cache_key = format!("{display}@{}", meta.uid.clone().unwrap_or_default());
         let mut fingerprint =
@@ -505,9 +517,11 @@ impl Registry {
                 None => missing = Some(format!("credentials Secret {secret_ns}/{secret_name} not found")),
             }
         }
-        let provider = match missing {
-            Some(m) => Err(m),
-            None => self.provider(&cache_key, &fingerprint, &settings, rate_limit, &credentials),
+        // A KeyIssuer pointing at a host no tenant may name gets no client: nothing is ever sent
+        // there, not even a revocation.
+        let provider = match (self.guard(&settings, namespaced), missing) {
+            (Err(m), _) | (Ok(()), Some(m)) => Err(m),
+            (Ok(()), None) => self.provider(&cache_key, &fingerprint, &settings, rate_limit, &credentials),
         };
         let deleting = meta.deletion_timestamp.is_some();
         Ok(LoadedIssuer {
@@ -577,7 +591,16 @@ mod tests {
         };
         let health = Arc::new(Health::new(Duration::from_secs(60), Duration::from_secs(60)));
         let limits = Limits { issuer_concurrency: 2, provider_timeout: Duration::from_secs(10) };
-        Context::new(Client::new(offline, "default"), "cloudkeys".into(), HttpConfig::default(), caches, health, limits)
+        let guard = TenantGuard::default();
+        Context::new(
+            Client::new(offline, "default"),
+            "cloudkeys".into(),
+            HttpConfig::default(),
+            caches,
+            health,
+            limits,
+            guard,
+        )
     }
 
     #[tokio::test]

@@ -193,6 +193,9 @@ async fn check<K: IssuerObject>(issuer: &K, ctx: &Context) -> Result<(Reason, St
     if let Err(e) = validation::validate_policy(issuer.policy(), cluster_scoped) {
         return Ok((Reason::InvalidSpec, e.to_string(), Duration::from_secs(3600)));
     }
+    if let Err(message) = ctx.registry.guard(issuer.provider(), !cluster_scoped) {
+        return Ok((Reason::InvalidSpec, message, Duration::from_secs(3600)));
+    }
     let loaded = ctx
         .registry
         .load_settings(
@@ -204,6 +207,7 @@ async fn check<K: IssuerObject>(issuer: &K, ctx: &Context) -> Result<(Reason, St
             issuer.provider().clone(),
             issuer.rate_limit(),
             issuer.status().cloned().unwrap_or_default(),
+            !cluster_scoped,
         )
         .await?;
     let provider = match loaded.provider {

@@ -9,6 +9,7 @@ pub mod consumers;
 pub mod context;
 pub mod decide;
 pub mod error;
+pub mod guard;
 pub mod in_use;
 pub mod issuer;
 pub mod policy;

@@ -99,6 +99,7 @@ pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
         caches,
         health.clone(),
         limits,
+        super::guard::TenantGuard::new(&args.allowed_endpoint_hosts, args.allow_namespaced_ambient_credentials),
     ));
     let registry = crate::metrics::registry(reader.clone());
     let bound = serve(args.metrics_address, health.clone(), registry)
