@@ -170,3 +170,24 @@ async fn missing_issuer_is_reported_and_the_key_follows_once_it_exists() {
     .await;
     keys::wait_issued(&client, &ns, "late").await;
 }
+
+/// A template built to render for minutes (nested loops) is refused at once, and the AccessKeys
+/// of everyone else are issued meanwhile.
+#[tokio::test]
+async fn a_template_bomb_is_invalid_spec_at_once_and_stalls_no_one() {
+    let (client, ns, _op) = setup("local-template-bomb").await;
+    let started = std::time::Instant::now();
+    let bomb = "{% for a in range(100000) %}{% for b in range(100000) %}{{ secretAccessKey }}{% endfor %}{% endfor %}";
+    support::apply_json(&client, &ns, access_key("bomb", json!({"secretTemplate": {"data": {"K": bomb}}}))).await;
+    let others: Vec<String> = (0..5).map(|i| format!("neighbour-{i}")).collect();
+    for name in &others {
+        support::apply_json(&client, &ns, access_key(name, json!({}))).await;
+    }
+    let ak = keys::wait_reason(&client, &ns, "bomb", "InvalidSpec").await;
+    let (_, _, message) = keys::ready_condition(&ak).expect("condition");
+    assert!(message.contains("secretTemplate.data[K]") && message.contains("statements"), "{message}");
+    for name in &others {
+        keys::wait_issued(&client, &ns, name).await;
+    }
+    println!("bomb refused and {} neighbours issued in {:?}", others.len(), started.elapsed());
+}

@@ -60,6 +60,60 @@ fn templates<'a>(ak: &'a AccessKey, provider: &str) -> Vec<(&'a str, &'a str)> {
     }
 }
 
+/// What rendering one Secret may cost: a tenant's template must not stall or exhaust the
+/// operator that serves everyone else.
+const RENDER_FUEL: u64 = 10_000;
+pub const MAX_RENDERED_BYTES: usize = 1 << 20;
+
+/// A template is text and `{{ variable }}` substitutions, optionally through a few filters
+/// without arguments: no statements (loops, `set`, macros), no operators, no calls. What is
+/// left renders in time linear in its length.
+fn check_syntax(template: &str) -> Result<(), String> {
+    static EXPRESSION: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"^\s*[A-Za-z_][A-Za-z0-9_]*\s*(\|\s*(upper|lower|trim|title|capitalize)\s*)*$")
+            .expect("the expression pattern compiles")
+    });
+    if template.contains("{%") {
+        return Err("statements ({% ... %}) are not supported: only {{ variable }} substitutions".into());
+    }
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            return Err("an unclosed {{".into());
+        };
+        let expression = after[..end].trim_start_matches('-').trim_end_matches('-');
+        if !EXPRESSION.is_match(expression) {
+            return Err(format!(
+                "{{{{{expression}}}}} is not a variable: only {{{{ name }}}}, optionally | upper, lower, trim, title or capitalize"
+            ));
+        }
+        rest = &after[end + 2..];
+    }
+    Ok(())
+}
+
+/// Collects rendered output up to what is left of the budget; past it, the write fails.
+struct Bounded<'a> {
+    out: Vec<u8>,
+    left: &'a mut usize,
+}
+
+impl std::io::Write for Bounded<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.len() > *self.left {
+            return Err(std::io::Error::other("rendered Secret data over 1 MiB"));
+        }
+        *self.left -= buf.len();
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn render(
     ak: &AccessKey,
     provider: &str,
@@ -70,6 +124,8 @@ fn render(
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_keep_trailing_newline(true);
+    env.set_fuel(Some(RENDER_FUEL));
+    let mut left = MAX_RENDERED_BYTES;
     let mut ctx: BTreeMap<&str, &str> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
     ctx.insert("accessKeyId", access_key_id);
     ctx.insert("secretAccessKey", secret);
@@ -79,7 +135,12 @@ fn render(
         .map(|(key, template)| {
             // minijinja's messages name the template and the undefined variable, never values.
             let fail = |e: minijinja::Error| TemplateError { key: key.to_string(), message: template_message(&e) };
-            let rendered = env.render_str(template, &ctx).map_err(fail)?;
+            check_syntax(template).map_err(|message| TemplateError { key: key.to_string(), message })?;
+            let compiled = env.template_from_str(template).map_err(fail)?;
+            let mut out = Bounded { out: Vec::new(), left: &mut left };
+            compiled.render_captured_to(&ctx, &mut out).map_err(fail)?;
+            let rendered = String::from_utf8(out.out)
+                .map_err(|_| TemplateError { key: key.to_string(), message: "renders invalid UTF-8".into() })?;
             Ok((key.to_string(), rendered))
         })
         .collect()
@@ -90,6 +151,8 @@ fn template_message(e: &minijinja::Error) -> String {
         minijinja::ErrorKind::UndefinedError => {
             "uses an unknown variable; available: accessKeyId, secretAccessKey, provider, endpoint, and zone (exoscale) or region (outscale)".to_string()
         }
+        minijinja::ErrorKind::OutOfFuel => "takes too long to render".to_string(),
+        minijinja::ErrorKind::WriteFailure => format!("renders more than {} bytes of Secret data", MAX_RENDERED_BYTES),
         _ => format!("invalid template: {}", e.detail().unwrap_or("syntax error")),
     }
 }
@@ -254,6 +317,51 @@ mod tests {
         let data = render_data(&ak, "outscale", &TemplateVars::from([("region", "eu-west-2".into())]), "AK", &secret)
             .expect("renders");
         assert_eq!(data.0.get("OSC_REGION").map(String::as_str), Some("eu-west-2"));
+    }
+
+    #[test]
+    fn hostile_templates_are_refused_quickly_and_output_is_bounded() {
+        let with = |data: serde_json::Value| {
+            access_key(
+                json!({"issuerRef": {"name": "i"}, "secretName": "s", "local": {}, "secretTemplate": {"data": data}}),
+            )
+        };
+        let refused = [
+            "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}",
+            "{{ 'x' * 100000000 }}",
+            "{{ accessKeyId ~ accessKeyId }}",
+            "{{ range(10) }}",
+            "{{ accessKeyId | replace('a', 'b') }}",
+            "{{ accessKeyId",
+        ];
+        let started = std::time::Instant::now();
+        for bomb in refused {
+            let e = check_templates(&with(json!({"K": bomb})), "local", &TemplateVars::new()).expect_err(bomb);
+            assert!(!e.message.is_empty(), "{bomb}");
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "refusing took {:?}", started.elapsed());
+        // Plain substitutions: many of them run out of fuel; fewer of a long value are bounded by
+        // the output budget, not by memory.
+        let many = "{{ provider }}".repeat(70_000);
+        let e = render_data(&with(json!({"A": many})), "local", &TemplateVars::new(), "K", &SecretString::from("s"))
+            .err()
+            .expect("out of fuel");
+        assert!(e.message.contains("too long"), "{}", e.message);
+        let wide = "{{ accessKeyId }}".repeat(600);
+        let id = "K".repeat(1000);
+        let e = render_data(
+            &with(json!({"A": wide.clone(), "B": wide})),
+            "local",
+            &TemplateVars::new(),
+            &id,
+            &SecretString::from("s"),
+        )
+        .err()
+        .expect("over the budget");
+        assert!(e.message.contains("more than"), "{}", e.message);
+        let fine = with(json!({"K": "{{ accessKeyId | lower }}-{{- provider | upper -}}"}));
+        let data = render_data(&fine, "local", &TemplateVars::new(), "AK1", &SecretString::from("s")).expect("renders");
+        assert_eq!(data.0["K"], "ak1-LOCAL");
     }
 
     #[test]
