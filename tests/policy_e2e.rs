@@ -41,9 +41,7 @@ async fn assert_denied(client: &Client, ns: &str, name: &str, says: &[&str]) {
 }
 
 fn key(name: &str, issuer: &str, provider: &str, block: Value, extra: Value) -> Value {
-    let mut m = keys::manifest(name, issuer, provider, block, extra);
-    m["metadata"]["name"] = json!(name);
-    m
+    keys::manifest(name, issuer, provider, block, extra)
 }
 
 fn key_issuer(name: &str, provider: &str, block: Value, policy: Value) -> Value {
@@ -55,13 +53,7 @@ fn key_issuer(name: &str, provider: &str, block: Value, policy: Value) -> Value 
 }
 
 async fn wait_issuer_ready(client: &Client, ns: &str, name: &str) -> String {
-    let api: Api<cloudkeys::api::KeyIssuer> = Api::namespaced(client.clone(), ns);
-    support::eventually(&format!("KeyIssuer {name} Ready"), keys::WAIT, || async {
-        let i = api.get_opt(name).await.ok()??;
-        let c = i.status?.conditions.into_iter().find(|c| c.type_ == "Ready" && c.status == "True")?;
-        Some(c.message)
-    })
-    .await
+    wait_issuer_condition(client, ns, name, "Ready").await
 }
 
 #[tokio::test]

@@ -910,13 +910,16 @@ async fn act(
 /// A merge patch rather than server-side apply: the 1.20 apiserver leaves an empty `pending: {}`
 /// behind when an applied configuration drops an object's fields, which the schema rejects.
 pub fn status_merge_patch(status: &AccessKeyStatus) -> serde_json::Value {
+    // The status's fields, from its schema once: generating the schema on every write was most
+    // of what a status write allocated.
+    static FIELDS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        let schema = schemars::schema_for!(AccessKeyStatus);
+        schema.get("properties").and_then(|p| p.as_object()).map(|p| p.keys().cloned().collect()).unwrap_or_default()
+    });
     let mut value = serde_json::to_value(status).unwrap_or_else(|_| serde_json::json!({}));
     if let Some(map) = value.as_object_mut() {
-        let schema = schemars::schema_for!(AccessKeyStatus);
-        let fields =
-            schema.get("properties").and_then(|p| p.as_object()).map(|p| p.keys().cloned().collect::<Vec<_>>());
-        for field in fields.unwrap_or_default() {
-            map.entry(field).or_insert(serde_json::Value::Null);
+        for field in FIELDS.iter() {
+            map.entry(field.clone()).or_insert(serde_json::Value::Null);
         }
     }
     value
