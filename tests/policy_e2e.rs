@@ -62,13 +62,7 @@ async fn exoscale_roles_modes_iam_operations_deletion_policies_and_keys_per_name
     support::install_crds(&client).await;
     let ns = support::namespace(&client, "policy-exoscale").await;
     let fake = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
-    support::create_secret(
-        &client,
-        &ns,
-        CREDENTIALS,
-        json!({"EXOSCALE_API_KEY": ADMIN_KEY, "EXOSCALE_API_SECRET": ADMIN_SECRET}),
-    )
-    .await;
+    support::exoscale::credentials(&client, &ns, ADMIN_SECRET).await;
     let exo = json!({"endpoint": fake.endpoint(), "credentialsSecretRef": {"name": CREDENTIALS}});
     let other_role = "00000000-0000-4000-8000-00000000beef";
     let issuers = [
@@ -342,13 +336,7 @@ async fn key_issuers_cannot_point_the_operator_at_other_hosts_or_at_the_nodes_id
     let ns = support::namespace(&client, "policy-guard").await;
     let exo = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
     let yc = YandexFake::start();
-    support::create_secret(
-        &client,
-        &ns,
-        CREDENTIALS,
-        json!({"EXOSCALE_API_KEY": ADMIN_KEY, "EXOSCALE_API_SECRET": ADMIN_SECRET}),
-    )
-    .await;
+    support::exoscale::credentials(&client, &ns, ADMIN_SECRET).await;
     let foreign = json!({"endpoint": exo.endpoint(), "credentialsSecretRef": {"name": CREDENTIALS}});
     support::apply_json(&client, &ns, key_issuer("foreign-host", "exoscale", foreign, Value::Null)).await;
     let ambient = json!({"metadataService": {"endpoint": yc.metadata_endpoint()}, "endpoint": yc.endpoint(),

@@ -24,6 +24,12 @@ pub async fn namespace(test: &str, endpoint: &str) -> (Client, String) {
 /// The Secret `exoscale-admin` holding `ADMIN_KEY` and `admin_secret`, and the KeyIssuer
 /// `exoscale` at `endpoint` reading it.
 pub async fn issuer_with_credentials(client: &Client, ns: &str, endpoint: &str, admin_secret: &str) {
+    credentials(client, ns, admin_secret).await;
+    issuer(client, ns, "exoscale", endpoint).await;
+}
+
+/// The Secret `exoscale-admin` holding `ADMIN_KEY` and `admin_secret`.
+pub async fn credentials(client: &Client, ns: &str, admin_secret: &str) {
     super::create_secret(
         client,
         ns,
@@ -31,7 +37,6 @@ pub async fn issuer_with_credentials(client: &Client, ns: &str, endpoint: &str, 
         json!({"EXOSCALE_API_KEY": ADMIN_KEY, "EXOSCALE_API_SECRET": admin_secret}),
     )
     .await;
-    issuer(client, ns, "exoscale", endpoint).await;
 }
 
 /// A KeyIssuer `name` at `endpoint` reading the Secret `exoscale-admin`.
