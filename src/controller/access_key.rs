@@ -408,11 +408,10 @@ fn spec_problem(ak: &AccessKey, issuer: Option<&LoadedIssuer>) -> Option<String>
     if let Err(e) = RotationSettings::of(&ak.spec) {
         return Some(e.to_string());
     }
-    if let Err(e) = rotation::grace_for_replacement(
-        ak.annotations(),
-        &ak.status.clone().unwrap_or_default(),
-        &RotationSettings::default(),
-    ) {
+    // Read in place: this runs on every reconcile, and a copy of the status is not needed.
+    let no_status = AccessKeyStatus::default();
+    let status = ak.status.as_ref().unwrap_or(&no_status);
+    if let Err(e) = rotation::grace_for_replacement(ak.annotations(), status, &RotationSettings::default()) {
         return Some(e.to_string());
     }
     if let Some(Err(e)) = ak.spec.consumers.as_deref().map(consumers::selector) {
