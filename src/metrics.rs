@@ -74,6 +74,7 @@ pub struct Metrics {
     pub consumer_restarts: Family<WorkloadLabels, Counter>,
     pub rollout_timeouts: Family<WorkloadLabels, Counter>,
     pub blocked_rotations: Family<ProviderLabels, Counter>,
+    pub revocations_refused: Family<ProviderLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -89,6 +90,7 @@ impl Default for Metrics {
             consumer_restarts: Family::default(),
             rollout_timeouts: Family::default(),
             blocked_rotations: Family::default(),
+            revocations_refused: Family::default(),
         }
     }
 }
@@ -137,6 +139,11 @@ impl Metrics {
             "New keys the provider refused while the current key stayed in use",
             self.blocked_rotations.clone(),
         );
+        registry.register(
+            "cloudkeys_revocations_refused",
+            "Keys named by an AccessKey's status that the provider shows without its ownership marker, left alone",
+            self.revocations_refused.clone(),
+        );
     }
 
     /// Records one provider call (from the shared HTTP layer).
@@ -172,6 +179,10 @@ impl Metrics {
 
     pub fn rotation_blocked(&self, provider: &str) {
         self.blocked_rotations.get_or_create(&ProviderLabels { provider: provider.into() }).inc();
+    }
+
+    pub fn revocation_refused(&self, provider: &str) {
+        self.revocations_refused.get_or_create(&ProviderLabels { provider: provider.into() }).inc();
     }
 
     pub fn revocation_failed(&self, provider: &str) {

@@ -7,8 +7,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use cloudkeys::api::{ExoscaleIssuer, KeyProvider, SecretRef};
+use cloudkeys::providers::exoscale::ExoscaleProvider;
+use cloudkeys::providers::http::HttpConfig;
+use cloudkeys::providers::{KeyRequest, Marker, Provider, Revocation};
 use fakes::exoscale::{verify_exo2, ExoscaleFake, Faults, LEGACY_DISABLED_MESSAGE, PREEXISTING_ROLE_ID};
 use hmac::{Hmac, Mac};
+use jiff::Timestamp;
+use secrecy::SecretString;
 use serde_json::{json, Value};
 use sha2::Sha256;
 
@@ -746,5 +752,107 @@ fn the_fake_outlives_test_runtimes_and_stops_when_dropped() {
     while std::net::TcpStream::connect(&address).is_ok() {
         assert!(Instant::now() < deadline, "the fake still accepts connections after drop");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The provider against the fake
+// ---------------------------------------------------------------------------------------------
+
+const UID: &str = "0f8c2d7e-1b2a-4c3d-9e8f-0123456789ab";
+const OTHER_UID: &str = "11111111-2222-4333-8444-555555555555";
+
+fn provider(fake: &ExoscaleFake) -> ExoscaleProvider {
+    let issuer = ExoscaleIssuer {
+        zone: "ch-gva-2".to_owned(),
+        endpoint: Some(fake.endpoint()),
+        credentials_secret_ref: SecretRef { name: "exoscale-admin".to_owned() },
+    };
+    let http = HttpConfig {
+        provider: "exoscale",
+        base_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+        timeout: Duration::from_secs(5),
+        ..HttpConfig::default()
+    };
+    ExoscaleProvider::new(&issuer, ADMIN_KEY.to_owned(), SecretString::from(ADMIN_SECRET), http)
+        .unwrap_or_else(|e| panic!("provider builds: {e}"))
+}
+
+fn own_role_spec() -> KeyProvider {
+    let key = json!({"role": {"policy": {"defaultServiceStrategy": "deny", "services": {"sos": {"type": "allow"}}}}});
+    KeyProvider::Exoscale(serde_json::from_value(key).unwrap_or_else(|e| panic!("spec: {e}")))
+}
+
+fn deletes(fake: &ExoscaleFake) -> usize {
+    fake.requests().iter().filter(|r| r.method == "DELETE").count()
+}
+
+#[tokio::test]
+async fn provider_revokes_only_what_carries_the_owners_marker() {
+    let fake = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
+    let p = provider(&fake);
+    let spec = own_role_spec();
+    let marker = Marker::new_attempt(UID);
+    let request =
+        KeyRequest { marker: &marker, display_name: "team-a-backups".into(), spec: &spec, now: Timestamp::now() };
+    let issued = p.create_key(&request).await.expect("created");
+    let role = fake.live_api_keys().into_iter().find(|k| k.key == issued.access_key_id).expect("live").role_id;
+    assert_eq!(issued.key_ref, format!("api-key:{};role:{role}", issued.access_key_id));
+
+    // Keys and roles that are not this AccessKey's, named the ways an edited status could.
+    let admin = fake.add_api_key("admin", PREEXISTING_ROLE_ID);
+    let others = fake.add_api_key(&format!("team-b.{}", Marker::new_attempt(OTHER_UID)), PREEXISTING_ROLE_ID);
+    let lookalike = fake.add_api_key(&format!("{marker}.admin"), PREEXISTING_ROLE_ID);
+    let foreign = [
+        format!("api-key:{}", admin.key),
+        format!("api-key:{}", others.key),
+        format!("api-key:{}", lookalike.key),
+        // This AccessKey's key paired with a role it did not create: neither goes.
+        format!("api-key:{};role:{PREEXISTING_ROLE_ID}", issued.access_key_id),
+        format!("role:{PREEXISTING_ROLE_ID}"),
+        "api-key:../../iam-role".to_owned(),
+        "not a reference".to_owned(),
+    ];
+    for key_ref in &foreign {
+        let before = deletes(&fake);
+        let refused = p.revoke_key(key_ref, UID).await.expect("answered");
+        assert!(matches!(refused, Revocation::NotOwned(_)), "{key_ref}: {refused:?}");
+        assert_eq!(deletes(&fake), before, "{key_ref}: nothing deleted");
+    }
+    assert_eq!(fake.live_api_keys().len(), 4);
+    assert!(fake.roles().iter().any(|r| r.id == PREEXISTING_ROLE_ID));
+    assert!(p.find_keys(UID, &spec).await.expect("listed").iter().all(|k| k.key_ref == issued.key_ref));
+
+    assert_eq!(p.revoke_key(&issued.key_ref, UID).await.expect("revoked"), Revocation::Revoked);
+    assert!(fake.live_api_keys().iter().all(|k| k.key != issued.access_key_id));
+    assert!(fake.roles().iter().all(|r| r.id != role), "its own role goes with it");
+    assert_eq!(p.revoke_key(&issued.key_ref, UID).await.expect("gone"), Revocation::AlreadyGone);
+    assert!(fake.requests().iter().all(|r| r.signature_ok));
+}
+
+/// What a provider error shows, checked against every credential a fake echoed.
+fn assert_no_echoed_credential(shown: &str) {
+    let echoed = fakes::echoed_credentials();
+    assert!(!echoed.is_empty(), "the fake echoed the request");
+    for secret in echoed {
+        assert!(!shown.contains(&secret), "{shown:?} shows {secret:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_proxy_echoing_the_signed_request_shows_no_signature() {
+    let fake = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
+    let p = provider(&fake);
+    let spec = own_role_spec();
+    let marker = Marker::new_attempt(UID);
+    for echo in [fakes::Echo::Text, fakes::Echo::Json] {
+        fake.set_faults(Faults { echo: Some(echo), ..Faults::default() });
+        let request = KeyRequest { marker: &marker, display_name: "team-a".into(), spec: &spec, now: Timestamp::now() };
+        let e = p.create_key(&request).await.expect_err("the proxy refuses");
+        assert_eq!(e.status, Some(400));
+        assert!(e.message.contains("proxy refused the request"), "{e}");
+        assert!(e.message.contains("[redacted]"), "{e}");
+        assert_no_echoed_credential(&e.to_string());
     }
 }

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use cloudkeys::api::{KeyProvider, LocalKey, OutscaleIssuer, OutscaleKey, SecretRef};
 use cloudkeys::providers::http::HttpConfig;
 use cloudkeys::providers::outscale::OutscaleProvider;
-use cloudkeys::providers::{ErrorKind, KeyRequest, Marker, Provider, ProviderError};
+use cloudkeys::providers::{ErrorKind, KeyRequest, Marker, Provider, ProviderError, Revocation};
 use fakes::outscale::{verify_signature, Faults, OutscaleFake, Scheme, SignedRequest, ACCEPTED_SERVICES, KEY_QUOTA};
 use hmac::{Hmac, Mac};
 use jiff::Timestamp;
@@ -852,12 +852,12 @@ async fn provider_issues_finds_and_revokes_a_root_key_without_expiry() {
     assert_eq!(found[0].marker, marker);
 
     let before = fake.requests().len();
-    p.revoke_key(&key.key_ref).await.expect("revoked");
+    assert_eq!(p.revoke_key(&key.key_ref, UID).await.expect("revoked"), Revocation::Revoked);
     assert_eq!(actions(&fake)[before..], ["ReadAccessKeys", "DeleteAccessKey"]);
     assert!(fake.live_keys().iter().all(|k| k.access_key_id != key.access_key_id));
     assert!(p.find_keys(UID, &spec).await.expect("listed").is_empty());
     // Already gone counts as revoked.
-    p.revoke_key(&key.key_ref).await.expect("gone is fine");
+    assert_eq!(p.revoke_key(&key.key_ref, UID).await.expect("gone is fine"), Revocation::AlreadyGone);
     assert!(fake.requests().iter().all(|r| r.signature_ok && r.scheme == "OSC4"));
 }
 
@@ -893,7 +893,7 @@ async fn provider_revokes_an_eim_key_inactive_first_keeping_its_expiry() {
     assert!(p.find_keys(UID, &self::spec(None, None)).await.expect("listed").is_empty());
 
     let before = fake.requests().len();
-    p.revoke_key(&key.key_ref).await.expect("revoked");
+    assert_eq!(p.revoke_key(&key.key_ref, UID).await.expect("revoked"), Revocation::Revoked);
     let records = fake.requests();
     let calls: Vec<&str> = records[before..].iter().map(|r| r.action.as_str()).collect();
     assert_eq!(calls, ["ReadAccessKeys", "UpdateAccessKey", "DeleteAccessKey"]);
@@ -907,7 +907,7 @@ async fn provider_revokes_an_eim_key_inactive_first_keeping_its_expiry() {
     assert_eq!(deleted[0].expiration_date, created.expiration_date);
 
     assert_eq!(as_bot.check_credentials().await.expect_err("revoked").kind, ErrorKind::Auth);
-    p.revoke_key(&key.key_ref).await.expect("gone is fine");
+    assert_eq!(p.revoke_key(&key.key_ref, UID).await.expect("gone is fine"), Revocation::AlreadyGone);
 }
 
 #[tokio::test]
@@ -919,7 +919,7 @@ async fn provider_eim_key_without_expiry_and_an_expired_one() {
     let key = create(&p, &Marker::new_attempt(UID), &spec).await.expect("created");
     assert_eq!(key.expires_at, None);
     assert!(fake.requests()[0].body.get("ExpirationDate").is_none());
-    p.revoke_key(&key.key_ref).await.expect("revoked");
+    assert_eq!(p.revoke_key(&key.key_ref, UID).await.expect("revoked"), Revocation::Revoked);
     let update = &fake.requests()[2].body;
     assert_eq!(update["State"], "INACTIVE");
     assert!(update.get("ExpirationDate").is_none());
@@ -927,7 +927,7 @@ async fn provider_eim_key_without_expiry_and_an_expired_one() {
     // An expired key: its past date is not re-sent (the API refuses past dates).
     let key = create(&p, &Marker::new_attempt(UID), &self::spec(Some("bot"), Some("1h"))).await.expect("created");
     fake.expire_key(&key.access_key_id);
-    p.revoke_key(&key.key_ref).await.expect("revoked");
+    assert_eq!(p.revoke_key(&key.key_ref, UID).await.expect("revoked"), Revocation::Revoked);
     assert!(fake.live_keys().iter().all(|k| k.user_name.is_none()));
 }
 
@@ -941,7 +941,7 @@ async fn provider_with_an_eim_identity_deactivates_its_own_keys_when_told_to() {
     assert_eq!(key.key_ref, key.access_key_id);
     assert_eq!(p.find_keys(UID, &spec).await.expect("listed").len(), 1);
     let before = fake.requests().len();
-    p.revoke_key(&key.key_ref).await.expect("revoked");
+    assert_eq!(p.revoke_key(&key.key_ref, UID).await.expect("revoked"), Revocation::Revoked);
     let records = fake.requests();
     let calls: Vec<(&str, u16)> = records[before..].iter().map(|r| (r.action.as_str(), r.status)).collect();
     assert_eq!(
@@ -950,8 +950,40 @@ async fn provider_with_an_eim_identity_deactivates_its_own_keys_when_told_to() {
     );
     assert!(records[before + 2].body["ExpirationDate"].is_string());
     // The issuer's own key is never revoked.
-    let e = p.revoke_key(&operator.access_key_id).await.expect_err("own key");
-    assert_eq!(e.kind, ErrorKind::Permanent);
+    let before = fake.requests().len();
+    let refused = p.revoke_key(&operator.access_key_id, UID).await.expect("answered");
+    assert!(matches!(refused, Revocation::NotOwned(ref why) if why.contains("the issuer's own")), "{refused:?}");
+    assert_eq!(fake.requests().len(), before, "not even read");
+}
+
+#[tokio::test]
+async fn provider_revokes_only_keys_tagged_with_the_owners_marker() {
+    let fake = OutscaleFake::start(REGION, ADMIN_AK, ADMIN_SK);
+    fake.add_user("bot");
+    let p = provider(&fake);
+    let mine = Marker::new_attempt(UID);
+    let (untagged, _) = fake.add_key(None, None);
+    let (others, _) = fake.add_key(Some("bot"), Some(&Marker::new_attempt(OTHER_UID).to_string()));
+    // A tag that merely contains this owner's marker is not where the operator puts it.
+    let (lookalike, _) = fake.add_key(Some("bot"), Some(&format!("admin {mine}")));
+    assert!(p.find_keys(UID, &spec(Some("bot"), None)).await.expect("listed").is_empty());
+    for key_ref in [
+        untagged.access_key_id.clone(),
+        format!("{};user=bot", others.access_key_id),
+        format!("{};user=bot", lookalike.access_key_id),
+    ] {
+        let before = fake.requests().len();
+        let refused = p.revoke_key(&key_ref, UID).await.expect("answered");
+        assert!(matches!(refused, Revocation::NotOwned(ref why) if why.contains("not tagged")), "{refused:?}");
+        assert_eq!(actions(&fake)[before..], ["ReadAccessKeys"], "{key_ref}: read, never changed");
+    }
+    let live: Vec<String> = fake.live_keys().into_iter().map(|k| k.access_key_id).collect();
+    for key in [&untagged, &others, &lookalike] {
+        assert!(live.contains(&key.access_key_id));
+    }
+    assert!(fake.live_keys().iter().all(|k| k.state == "ACTIVE"));
+    let garbage = p.revoke_key("not a reference;user=", UID).await.expect("refused without a call");
+    assert!(matches!(garbage, Revocation::NotOwned(_)), "{garbage:?}");
 }
 
 #[tokio::test]
@@ -985,7 +1017,10 @@ async fn provider_errors_carry_code_type_details_and_request_id() {
     assert!(shown.contains("[request id "), "{shown}");
     // A user that does not exist has no keys.
     assert!(p.find_keys(UID, &spec(Some("ghost"), None)).await.expect("listed").is_empty());
-    p.revoke_key("AAAAAAAAAAAAAAAAAAAA;user=ghost").await.expect("a deleted user's keys are gone");
+    assert_eq!(
+        p.revoke_key("AAAAAAAAAAAAAAAAAAAA;user=ghost", UID).await.expect("a deleted user's keys are gone"),
+        Revocation::AlreadyGone
+    );
     // A spec for another provider, and a bad lifetime, are refused before any call.
     let before = fake.requests().len();
     let local = KeyProvider::Local(LocalKey {});
@@ -1007,7 +1042,7 @@ async fn wrong_credentials_fail_once_per_call_without_retry() {
         p.check_credentials().await.expect_err("check"),
         create(&p, &Marker::new_attempt(UID), &spec).await.expect_err("create"),
         p.find_keys(UID, &spec).await.expect_err("find"),
-        p.revoke_key("AAAAAAAAAAAAAAAAAAAA;user=bot").await.expect_err("revoke"),
+        p.revoke_key("AAAAAAAAAAAAAAAAAAAA;user=bot", UID).await.expect_err("revoke"),
     ];
     for e in errors.drain(..) {
         assert_eq!(e.kind, ErrorKind::Auth, "{e}");
@@ -1044,7 +1079,7 @@ async fn provider_rides_out_throttling_and_503s() {
     for _ in 0..5 {
         assert_eq!(p.find_keys(UID, &spec).await.expect("listed").len(), 1);
     }
-    p.revoke_key(&key.key_ref).await.expect("revoked");
+    assert_eq!(p.revoke_key(&key.key_ref, UID).await.expect("revoked"), Revocation::Revoked);
     let statuses: Vec<u16> = fake.requests().iter().map(|r| r.status).collect();
     assert!(statuses.contains(&429), "{statuses:?}");
     assert!(statuses.contains(&503), "{statuses:?}");
@@ -1096,6 +1131,22 @@ async fn an_unanswered_create_leaves_a_key_found_by_its_marker() {
     let found = p.find_keys(UID, &spec).await.expect("listed");
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].marker, marker);
-    p.revoke_key(&found[0].key_ref).await.expect("revoked");
+    assert_eq!(p.revoke_key(&found[0].key_ref, UID).await.expect("revoked"), Revocation::Revoked);
     assert!(fake.live_keys().iter().all(|k| k.user_name.is_none()));
+}
+
+#[tokio::test]
+async fn a_proxy_echoing_the_signed_request_shows_no_signature() {
+    let fake = OutscaleFake::start(REGION, ADMIN_AK, ADMIN_SK);
+    let p = provider(&fake);
+    for echo in [fakes::Echo::Text, fakes::Echo::Json] {
+        fake.set_faults(Faults { echo: Some(echo), ..Faults::default() });
+        let e = p.check_credentials().await.expect_err("the proxy refuses");
+        assert!(e.message.contains("proxy refused the request"), "{e}");
+        let echoed = fakes::echoed_credentials();
+        assert!(!echoed.is_empty(), "the fake echoed the request");
+        for secret in echoed {
+            assert!(!e.to_string().contains(&secret), "{e} shows {secret:?}");
+        }
+    }
 }

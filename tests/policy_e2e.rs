@@ -361,3 +361,199 @@ async fn key_issuers_cannot_point_the_operator_at_other_hosts_or_at_the_nodes_id
     assert!(exo.requests().is_empty(), "a request went to the KeyIssuer's host");
     assert!(yc.requests().is_empty(), "a request went to the metadata service or IAM");
 }
+
+/// The Warning a refused revocation leaves on the AccessKey, naming the key.
+async fn wait_refused(client: &Client, ns: &str, name: &str, key_id: &str, seen: usize) {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    support::eventually(&format!("a RevocationRefused event on {name} for {key_id}"), keys::WAIT, || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        let count: i32 = list
+            .items
+            .iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some("RevocationRefused")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.involved_object.name.as_deref() == Some(name)
+                    && e.message.as_deref().is_some_and(|m| m.contains(key_id))
+            })
+            // Repeats of one event are a series on the first (kube's recorder), or a count.
+            .map(|e| e.series.as_ref().and_then(|s| s.count).or(e.count).unwrap_or(1).max(1))
+            .sum();
+        (usize::try_from(count).unwrap_or(0) > seen).then_some(())
+    })
+    .await;
+}
+
+/// Writes `retired` into an AccessKey's status, as anyone allowed to edit its status can.
+async fn edit_retired(client: &Client, ns: &str, name: &str, retired: Value) {
+    let api: Api<cloudkeys::api::AccessKey> = Api::namespaced(client.clone(), ns);
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({"status": {"retired": retired}})))
+        .await
+        .unwrap_or_else(|e| panic!("status of {name} patched: {e}"));
+}
+
+/// A status edited to name keys the AccessKey never issued (the issuer's admin key, another
+/// tenant's key, a key paired with someone else's role) revokes none of them, both when the
+/// replaced keys are revoked and when the AccessKey is deleted; its own key still goes.
+#[tokio::test]
+async fn a_status_naming_foreign_keys_revokes_none_of_them() {
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    let ns = support::namespace(&client, "policy-foreign-keys").await;
+    let exoscale = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
+    support::exoscale::credentials(&client, &ns, ADMIN_SECRET).await;
+    let exo = json!({"endpoint": exoscale.endpoint(), "credentialsSecretRef": {"name": CREDENTIALS}});
+    support::apply_json(&client, &ns, key_issuer("exo", "exoscale", exo, Value::Null)).await;
+    let yandex = YandexFake::start();
+    support::create_secret(&client, &ns, "yc-admin", json!({"key.json": yandex.authorized_key_json()})).await;
+    let yc = json!({"endpoint": yandex.endpoint(), "operationEndpoint": yandex.operation_endpoint(),
+        "serviceAccountId": yandex.service_account_id(), "serviceAccountKeySecretRef": {"name": "yc-admin"}});
+    support::apply_json(&client, &ns, key_issuer("yc", "yandex", yc, Value::Null)).await;
+    let (osc_ak, osc_sk) = ("ADMINAK0123456789ABC", "adminsecretkey0123456789adminsecretkey01");
+    let outscale = OutscaleFake::start("eu-west-2", osc_ak, osc_sk);
+    outscale.add_user("app-web");
+    support::create_secret(&client, &ns, "osc-admin", json!({"OSC_ACCESS_KEY": osc_ak, "OSC_SECRET_KEY": osc_sk}))
+        .await;
+    let osc =
+        json!({"region": "eu-west-2", "endpoint": outscale.endpoint(), "credentialsSecretRef": {"name": "osc-admin"}});
+    support::apply_json(&client, &ns, key_issuer("osc", "outscale", osc, Value::Null)).await;
+    let _op = Operator::start(&ns);
+    for issuer in ["exo", "yc", "osc"] {
+        wait_issuer_ready(&client, &ns, issuer).await;
+    }
+    support::apply_json(
+        &client,
+        &ns,
+        key("exo-key", "exo", "exoscale", json!({"roleId": PREEXISTING_ROLE_ID}), json!({})),
+    )
+    .await;
+    support::apply_json(&client, &ns, key("yc-key", "yc", "yandex", json!({}), json!({}))).await;
+    support::apply_json(&client, &ns, key("osc-key", "osc", "outscale", json!({"userName": "app-web"}), json!({})))
+        .await;
+    let mut own = Vec::new();
+    for name in ["exo-key", "yc-key", "osc-key"] {
+        let ak = keys::wait_issued(&client, &ns, name).await;
+        let status = ak.status.expect("status");
+        own.push((status.access_key_id.expect("key id"), status.key_ref.expect("key ref")));
+    }
+
+    // Keys nobody asked this operator to issue.
+    let admin = exoscale.add_api_key("admin", PREEXISTING_ROLE_ID);
+    let yc_foreign = yandex.add_key(&yandex.service_account_id(), "ci pipeline");
+    let (osc_foreign, _) = outscale.add_key(Some("app-web"), None);
+    let entry = |id: &str, key_ref: &str, issuer: &str| json!({"accessKeyId": id, "keyRef": key_ref, "issuer": {"name": issuer, "kind": "KeyIssuer"}});
+    let exo_entries = json!([
+        entry(&admin.key, &format!("api-key:{}", admin.key), "exo"),
+        // Its own key, paired with a role it did not create (the role would go with it).
+        entry("own-with-role", &format!("{};role:{PREEXISTING_ROLE_ID}", own[0].1), "exo"),
+    ]);
+    let edits = [
+        ("exo-key", exo_entries, vec![admin.key.clone(), "own-with-role".to_owned()]),
+        ("yc-key", json!([entry(&yc_foreign.key_id, &yc_foreign.id, "yc")]), vec![yc_foreign.key_id.clone()]),
+        (
+            "osc-key",
+            json!([entry(&osc_foreign.access_key_id, &format!("{};user=app-web", osc_foreign.access_key_id), "osc")]),
+            vec![osc_foreign.access_key_id.clone()],
+        ),
+    ];
+
+    // (1) Replaced keys are revoked when due; entries from before rotation are due at once. Any
+    // spec change makes the operator look again.
+    let touch = json!({"spec": {"secretTemplate": {"labels": {"touched": "yes"}}}});
+    let aks: Api<cloudkeys::api::AccessKey> = Api::namespaced(client.clone(), &ns);
+    for (name, retired, _) in &edits {
+        edit_retired(&client, &ns, name, retired.clone()).await;
+        aks.patch(name, &PatchParams::default(), &Patch::Merge(touch.clone())).await.expect("spec touched");
+    }
+    for (name, _, ids) in &edits {
+        for id in ids {
+            wait_refused(&client, &ns, name, id, 0).await;
+        }
+        support::eventually(&format!("{name}'s edited entries dropped"), keys::WAIT, || async {
+            let ak = aks.get(name).await.ok()?;
+            ak.status.is_some_and(|s| s.retired.is_empty()).then_some(())
+        })
+        .await;
+    }
+    let issued = keys::wait_issued(&client, &ns, "exo-key").await;
+    assert_eq!(issued.status.and_then(|s| s.access_key_id).as_deref(), Some(own[0].0.as_str()), "no new key");
+
+    // (2) Deleting the AccessKeys revokes their own keys, and still none of the others.
+    for (name, retired, _) in &edits {
+        edit_retired(&client, &ns, name, retired.clone()).await;
+        keys::delete_access_key(&client, &ns, name).await;
+    }
+    for (name, _, ids) in &edits {
+        keys::wait_gone(&client, &ns, name).await;
+        for id in ids {
+            wait_refused(&client, &ns, name, id, 1).await;
+        }
+    }
+    let exo_live: Vec<String> = exoscale.live_api_keys().into_iter().map(|k| k.key).collect();
+    assert_eq!(exo_live, vec![admin.key.clone()], "only the admin key is left");
+    assert!(exoscale.roles().iter().any(|r| r.id == PREEXISTING_ROLE_ID));
+    let yc_live: Vec<String> = yandex.live_keys().into_iter().map(|k| k.id).collect();
+    assert_eq!(yc_live, vec![yc_foreign.id.clone()]);
+    let osc_live: Vec<(String, String)> =
+        outscale.live_keys().into_iter().map(|k| (k.access_key_id, k.state)).collect();
+    assert!(osc_live.contains(&(osc_foreign.access_key_id.clone(), "ACTIVE".to_owned())), "{osc_live:?}");
+    assert!(osc_live.iter().all(|(id, _)| id != &own[2].0), "its own key was revoked");
+    assert!(
+        exoscale.requests().iter().all(|r| r.method != "DELETE" || !r.path.contains(&admin.key)),
+        "a DELETE reached the admin key"
+    );
+}
+
+/// The operator's in-place update of its Secret's metadata lands only on the Secret it observed:
+/// one deleted, or deleted and re-created by someone else, before the write is never adopted
+/// (the real apiserver enforces the preconditions).
+#[tokio::test]
+async fn the_secret_metadata_update_never_adopts_a_secret_recreated_meanwhile() {
+    use cloudkeys::controller::context::FIELD_MANAGER;
+    use cloudkeys::controller::secret;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{DeleteParams, PostParams};
+    use kube::ResourceExt;
+
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    let ns = support::namespace(&client, "policy-secret-precondition").await;
+    // No operator runs here: the test plays its part, write by write.
+    support::apply_json(&client, &ns, key("app", "nobody", "local", json!({}), json!({}))).await;
+    let aks: Api<cloudkeys::api::AccessKey> = Api::namespaced(client.clone(), &ns);
+    let ak = aks.get("app").await.expect("AccessKey");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let ours = secret::desired_secret_metadata(&ak, "LK1", "");
+    let observed = secrets.create(&PostParams::default(), &ours).await.expect("the operator's Secret");
+    let apply = PatchParams::apply(FIELD_MANAGER).force();
+    let name = ak.spec.secret_name.clone();
+
+    // Deleted and re-created by someone else, with a Secret of their own.
+    secrets.delete(&name, &DeleteParams::default()).await.expect("deleted");
+    let theirs = Secret {
+        metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() },
+        string_data: Some([("mine".to_owned(), "x".to_owned())].into()),
+        ..Default::default()
+    };
+    secrets.create(&PostParams::default(), &theirs).await.expect("someone else's Secret");
+    let update = secret::metadata_update(&ak, "LK2", &observed);
+    match secrets.patch(&name, &apply, &Patch::Apply(&update)).await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 409, "{e:?}"),
+        other => panic!("the update of a re-created Secret must conflict, got {other:?}"),
+    }
+    let now = secrets.get(&name).await.expect("their Secret");
+    assert!(now.owner_references().is_empty(), "adopted: {:?}", now.owner_references());
+    assert!(now.labels().is_empty() && now.annotations().is_empty(), "{:?}", now.metadata);
+
+    // Deleted and not re-created: the update creates nothing.
+    secrets.delete(&name, &DeleteParams::default()).await.expect("deleted");
+    let e = secrets.patch(&name, &apply, &Patch::Apply(&update)).await.expect_err("nothing to update");
+    assert!(matches!(e, kube::Error::Api(ref a) if a.code == 409 || a.code == 404 || a.code == 422), "{e:?}");
+    assert!(secrets.get_opt(&name).await.expect("readable").is_none(), "created a Secret");
+
+    // The Secret observed, unchanged since: updated in place.
+    let fresh = secrets.create(&PostParams::default(), &ours).await.expect("the operator's Secret");
+    let update = secret::metadata_update(&ak, "LK2", &fresh);
+    let updated = secrets.patch(&name, &apply, &Patch::Apply(&update)).await.expect("applied");
+    assert_eq!(updated.annotations().get("cloudkeys.io/access-key-id").map(String::as_str), Some("LK2"));
+}

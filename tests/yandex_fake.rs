@@ -12,7 +12,7 @@ use base64::Engine;
 use cloudkeys::api::{KeyProvider, MetadataService, SecretKeyRef, YandexIssuer, YandexKey};
 use cloudkeys::providers::http::HttpConfig;
 use cloudkeys::providers::yandex::YandexProvider;
-use cloudkeys::providers::{ErrorKind, KeyRequest, Marker, Provider};
+use cloudkeys::providers::{ErrorKind, KeyRequest, Marker, Provider, Revocation};
 use fakes::yandex::{
     verify_jwt, Faults, KnownKey, YandexFake, ACCESS_KEYS_PATH, ADMIN_KEY_ID, ADMIN_PRIVATE_KEY_PEM,
     ADMIN_PUBLIC_KEY_PEM, ADMIN_SERVICE_ACCOUNT_ID, METADATA_TOKEN_PATH, SECOND_SERVICE_ACCOUNT_ID, TOKEN_AUDIENCE,
@@ -601,9 +601,11 @@ async fn provider_issues_finds_and_revokes_a_key() {
     assert_eq!(live[0].service_account_id, SECOND_SERVICE_ACCOUNT_ID);
     assert_eq!(live[0].description, format!("backups of team a {marker}"));
 
-    // Someone else's keys on the same account, one of them with another owner's marker.
-    fake.add_key(SECOND_SERVICE_ACCOUNT_ID, "by hand");
-    fake.add_key(SECOND_SERVICE_ACCOUNT_ID, &Marker::new_attempt(OTHER_UID).to_string());
+    // Someone else's keys on the same account: one by hand, one with another owner's marker,
+    // one whose description has this owner's marker where the operator never puts it.
+    let by_hand = fake.add_key(SECOND_SERVICE_ACCOUNT_ID, "by hand");
+    let others = fake.add_key(SECOND_SERVICE_ACCOUNT_ID, &Marker::new_attempt(OTHER_UID).to_string());
+    let lookalike = fake.add_key(SECOND_SERVICE_ACCOUNT_ID, &format!("{marker} admin"));
     let found = p.find_keys(UID, &spec).await.expect("listed");
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].key_ref, issued.key_ref);
@@ -612,13 +614,22 @@ async fn provider_issues_finds_and_revokes_a_key() {
     // The issuer's default account holds none of them.
     assert!(p.find_keys(UID, &self::spec(None, None)).await.expect("listed").is_empty());
 
+    // None of them is revoked when named: each is read, and left alone.
+    for foreign in [&by_hand, &others, &lookalike] {
+        let deletes = count(&fake, "DELETE", ACCESS_KEYS_PATH);
+        let refused = p.revoke_key(&foreign.id, UID).await.expect("answered");
+        assert!(matches!(refused, Revocation::NotOwned(ref why) if why.contains("marker")), "{refused:?}");
+        assert_eq!(count(&fake, "DELETE", ACCESS_KEYS_PATH), deletes);
+    }
+    assert_eq!(fake.live_keys().len(), 4);
+
     fake.set_faults(Faults { operations_pending_polls: 2, ..Faults::default() });
-    p.revoke_key(&issued.key_ref).await.expect("revoked");
+    assert_eq!(p.revoke_key(&issued.key_ref, UID).await.expect("revoked"), Revocation::Revoked);
     assert!(fake.live_keys().iter().all(|k| k.id != issued.key_ref));
     assert_eq!(count(&fake, "GET", "/operations/"), 3);
     assert!(p.find_keys(UID, &spec).await.expect("listed").is_empty());
     // Gone already counts as revoked.
-    p.revoke_key(&issued.key_ref).await.expect("already gone");
+    assert_eq!(p.revoke_key(&issued.key_ref, UID).await.expect("already gone"), Revocation::AlreadyGone);
     // All of it on the one token.
     assert_eq!(fake.tokens_issued(), 1);
     assert!(fake.requests().iter().all(|r| r.auth_ok));
@@ -650,7 +661,7 @@ async fn provider_refreshes_short_lived_and_revoked_tokens_transparently() {
     assert_eq!(statuses, [200, 200, 401], "list retried after a new token");
 
     fake.expire_tokens();
-    p.revoke_key(&issued.key_ref).await.expect("revoked after a 401");
+    assert_eq!(p.revoke_key(&issued.key_ref, UID).await.expect("revoked after a 401"), Revocation::Revoked);
     assert!(fake.live_keys().is_empty());
     assert_eq!(fake.tokens_issued(), 4);
 }
@@ -689,7 +700,7 @@ async fn provider_takes_tokens_from_the_metadata_service() {
     let spec = spec(None, Some("from a node"));
     let issued = p.create_key(&request(&marker, &spec)).await.expect("created");
     assert_eq!(p.find_keys(UID, &spec).await.expect("listed").len(), 1);
-    p.revoke_key(&issued.key_ref).await.expect("revoked");
+    assert_eq!(p.revoke_key(&issued.key_ref, UID).await.expect("revoked"), Revocation::Revoked);
     assert_eq!(fake.tokens_issued(), 1);
     assert_eq!(count(&fake, "GET", METADATA_TOKEN_PATH), 1);
     assert_eq!(count(&fake, "POST", TOKEN_PATH), 0);
@@ -724,7 +735,7 @@ async fn provider_rides_out_5xx_and_throttling_on_reads_and_deletes() {
     for _ in 0..5 {
         assert_eq!(p.find_keys(UID, &spec).await.expect("listed").len(), 1);
     }
-    p.revoke_key(&issued.key_ref).await.expect("revoked");
+    assert_eq!(p.revoke_key(&issued.key_ref, UID).await.expect("revoked"), Revocation::Revoked);
     assert!(fake.live_keys().is_empty());
     let failures = fake.requests().iter().filter(|r| r.status >= 429).count();
     assert!(failures > 0, "faults were injected");
@@ -751,7 +762,7 @@ async fn a_create_that_is_never_answered_is_found_again_by_its_marker() {
     let found = p.find_keys(UID, &spec).await.expect("listed");
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].marker, marker);
-    p.revoke_key(&found[0].key_ref).await.expect("revoked");
+    assert_eq!(p.revoke_key(&found[0].key_ref, UID).await.expect("revoked"), Revocation::Revoked);
     assert!(fake.live_keys().is_empty());
 }
 
@@ -772,4 +783,33 @@ async fn provider_refuses_a_description_without_room_for_the_marker_before_calli
 
 fn spec_fits() -> KeyProvider {
     spec(None, Some(&"d".repeat(205)))
+}
+
+fn assert_no_echoed_credential(shown: &str) {
+    let echoed = fakes::echoed_credentials();
+    assert!(!echoed.is_empty(), "the fake echoed the request");
+    for secret in echoed {
+        assert!(!shown.contains(&secret), "{shown:?} shows {secret:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_proxy_echoing_the_jwt_or_the_iam_token_shows_neither() {
+    let fake = YandexFake::start();
+    for echo in [fakes::Echo::Text, fakes::Echo::Json] {
+        // The JWT exchanged for a token, echoed.
+        fake.set_faults(Faults { echo: Some(echo), ..Faults::default() });
+        let p = provider(&fake, Some(ADMIN_SERVICE_ACCOUNT_ID));
+        let e = p.check_credentials().await.expect_err("the proxy refuses");
+        assert!(e.message.contains("proxy refused the request"), "{e}");
+        assert!(!e.to_string().contains("eyJ"), "{e}");
+        assert_no_echoed_credential(&e.to_string());
+        // The IAM token, echoed.
+        fake.set_faults(Faults::default());
+        p.check_credentials().await.expect("a token");
+        fake.set_faults(Faults { echo: Some(echo), ..Faults::default() });
+        let e = p.check_credentials().await.expect_err("the proxy refuses");
+        assert!(e.message.contains("Bearer [redacted]") || e.message.contains("authorization: [redacted]"), "{e}");
+        assert_no_echoed_credential(&e.to_string());
+    }
 }

@@ -24,7 +24,7 @@ use crate::api::{
     validation, AccessKey, AccessKeyStatus, ConsumerTarget, DeletionPolicy, IssuerRef, PendingKey, WorkloadKind,
 };
 use crate::providers::bounded::Bounded;
-use crate::providers::{IssuedKey, KeyRequest, Marker, OwnedKey, Provider, ProviderError};
+use crate::providers::{IssuedKey, KeyRequest, Marker, OwnedKey, Provider, ProviderError, Revocation};
 
 use super::conditions::{ready_condition, Reason, READY};
 use super::consumers::{self, Workload, WorkloadObject};
@@ -740,10 +740,11 @@ async fn act(
             if !revoke.is_empty() {
                 let provider = c.provider_of(&pending.issuer).await?;
                 for k in &revoke {
-                    provider.revoke_key(&k.key_ref).await?;
                     let id = k.access_key_id.clone().unwrap_or_else(|| k.key_ref.clone());
-                    let note = format!("revoked key {id} left by an interrupted creation");
-                    c.ctx.event(c.ak, EventType::Normal, "Revoked", note).await;
+                    if revoke_recorded(c, provider.as_ref(), &k.key_ref, &id).await? {
+                        let note = format!("revoked key {id} left by an interrupted creation");
+                        c.ctx.event(c.ak, EventType::Normal, "Revoked", note).await;
+                    }
                 }
             }
             status.pending = None;
@@ -763,7 +764,7 @@ async fn act(
                 }
                 crashpoint("before-retired-revoke");
                 let revoked = match c.provider_of(&r.issuer).await {
-                    Ok(p) => p.revoke_key(&r.key_ref).await.map_err(Error::from),
+                    Ok(p) => revoke_recorded(c, p.as_ref(), &r.key_ref, &r.access_key_id).await,
                     Err(e) => Err(e),
                 };
                 match revoked {
@@ -772,7 +773,9 @@ async fn act(
                         busy = Some(e);
                         kept.push(r);
                     }
-                    Ok(()) => {
+                    // Refused (and said so): the entry goes, nothing is retried.
+                    Ok(false) => {}
+                    Ok(true) => {
                         c.ctx
                             .event(
                                 c.ak,
@@ -856,15 +859,7 @@ async fn act(
             let Some(observed) = c.observed_secret() else {
                 return Ok(None);
             };
-            let stored_hash = observed
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(secret::DATA_HASH_ANNOTATION).cloned())
-                .unwrap_or_default();
-            let mut desired = secret::desired_secret_metadata(c.ak, &key_id, &stored_hash);
-            // Only onto the Secret observed: one deleted or re-created meanwhile is a conflict.
-            desired.metadata.resource_version = observed.metadata.resource_version.clone();
+            let desired = secret::metadata_update(c.ak, &key_id, &observed);
             let patched = c
                 .secrets()
                 .patch(&c.ak.spec.secret_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired))
@@ -994,10 +989,13 @@ async fn issue(
 
     // (3) The only copy of the secret goes into the Secret; if that fails, the key goes at once.
     if let Err(e) = write_secret(c, &provider, Some(&key)).await {
-        match provider.revoke_key(&key.key_ref).await {
-            Ok(()) => {
+        match provider.revoke_key(&key.key_ref, &c.uid).await {
+            Ok(r) if r.is_done() => {
                 status.pending = None;
                 let _ = c.write_status(status).await;
+            }
+            Ok(refused) => {
+                tracing::warn!(access_key = %display_name(ak), ?refused, "the unwritten key was not revoked; it will be found by its marker")
             }
             Err(re) => {
                 tracing::warn!(access_key = %display_name(ak), error = %re, "cannot revoke the unwritten key; it will be found by its marker")
@@ -1198,10 +1196,30 @@ async fn revoke_all(c: &Cluster<'_>, status: &AccessKeyStatus, keep: Option<&str
     targets.retain(|(_, _, id)| Some(id.as_str()) != keep);
     let mut revoked = Vec::new();
     for (issuer, key_ref, id) in targets {
-        c.provider_of(&issuer).await?.revoke_key(&key_ref).await?;
-        revoked.push(id);
+        if revoke_recorded(c, c.provider_of(&issuer).await?.as_ref(), &key_ref, &id).await? {
+            revoked.push(id);
+        }
     }
     Ok(revoked)
+}
+
+/// Revokes a key named by this AccessKey's status; `false` if the provider shows it without this
+/// AccessKey's marker. Such a key is left alone, with a Warning event: the status was edited to
+/// name it (anyone who may edit the AccessKey may), and it belongs to someone else.
+async fn revoke_recorded(c: &Cluster<'_>, provider: &dyn Provider, key_ref: &str, id: &str) -> Result<bool, Error> {
+    match provider.revoke_key(key_ref, &c.uid).await? {
+        Revocation::NotOwned(why) => {
+            crate::metrics::global().revocation_refused(provider.name());
+            tracing::warn!(access_key = %display_name(c.ak), key = %id, %why, "not revoking a key this AccessKey does not own");
+            let note = format!(
+                "did not revoke key {id}: {why}; only keys issued for this AccessKey are revoked, and the \
+                 status no longer lists it"
+            );
+            c.ctx.event(c.ak, EventType::Warning, "RevocationRefused", note).await;
+            Ok(false)
+        }
+        Revocation::Revoked | Revocation::AlreadyGone => Ok(true),
+    }
 }
 
 /// Removes this AccessKey's owner reference from its Secret so that garbage collection keeps it.

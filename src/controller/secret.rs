@@ -219,6 +219,18 @@ pub fn replaced_secret(ak: &AccessKey, access_key_id: &str, data: &SecretData, e
     secret
 }
 
+/// The in-place metadata update of the Secret `observed` (labels, annotations, owner
+/// reference), as an apply that lands only on that very object: its resourceVersion and UID
+/// are preconditions, so a Secret deleted or re-created by someone else meanwhile is a conflict,
+/// never adopted.
+pub fn metadata_update(ak: &AccessKey, access_key_id: &str, observed: &Secret) -> Secret {
+    let stored_hash = observed.annotations().get(DATA_HASH_ANNOTATION).map_or("", String::as_str);
+    let mut desired = desired_secret_metadata(ak, access_key_id, stored_hash);
+    desired.metadata.resource_version = observed.metadata.resource_version.clone();
+    desired.metadata.uid = observed.metadata.uid.clone();
+    desired
+}
+
 /// The Secret with only the metadata the operator manages, for an in-place update.
 pub fn desired_secret_metadata(ak: &AccessKey, access_key_id: &str, data_hash: &str) -> Secret {
     let (labels, annotations) = desired_metadata(ak, access_key_id, data_hash);

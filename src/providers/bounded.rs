@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::api::KeyProvider;
 
-use super::{IssuedKey, KeyRequest, OwnedKey, Provider, ProviderError, TemplateVars};
+use super::{IssuedKey, KeyRequest, OwnedKey, Provider, ProviderError, Revocation, TemplateVars};
 
 pub struct Bounded {
     inner: Arc<dyn Provider>,
@@ -57,8 +57,8 @@ impl Provider for Bounded {
         self.within("find-keys", self.inner.find_keys(owner_uid, spec)).await
     }
 
-    async fn revoke_key(&self, key_ref: &str) -> Result<(), ProviderError> {
-        self.within("revoke-key", self.inner.revoke_key(key_ref)).await
+    async fn revoke_key(&self, key_ref: &str, owner_uid: &str) -> Result<Revocation, ProviderError> {
+        self.within("revoke-key", self.inner.revoke_key(key_ref, owner_uid)).await
     }
 
     fn check_spec(&self, spec: &KeyProvider) -> Result<(), String> {
@@ -94,7 +94,7 @@ mod tests {
         async fn find_keys(&self, _: &str, _: &KeyProvider) -> Result<Vec<OwnedKey>, ProviderError> {
             Ok(Vec::new())
         }
-        async fn revoke_key(&self, _: &str) -> Result<(), ProviderError> {
+        async fn revoke_key(&self, _: &str, _: &str) -> Result<Revocation, ProviderError> {
             std::future::pending().await
         }
         fn template_vars(&self) -> TemplateVars {
@@ -105,7 +105,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn every_call_ends_by_the_shared_deadline() {
         let bounded = Bounded::new(Arc::new(Hanging), Instant::now() + std::time::Duration::from_secs(60));
-        let e = bounded.revoke_key("k").await.expect_err("a hanging call ends");
+        let e = bounded.revoke_key("k", "uid").await.expect_err("a hanging call ends");
         assert_eq!(e.kind, super::super::ErrorKind::Retryable);
         assert!(e.to_string().contains("--provider-timeout"));
         // The deadline is shared: a later call has no time left.

@@ -3,13 +3,66 @@
 
 use std::time::Duration;
 
-/// An error text from a provider cut to `max` characters: conditions and Events stay readable
-/// whatever a provider sends.
-pub fn truncate_message(text: &str, max: usize) -> String {
+/// An error text from a provider as conditions and Events may show it: anything that looks like
+/// a credential or a signature replaced by `[redacted]` (a proxy in front of the API may echo
+/// the request, Authorization header and JWT included), whitespace runs made one space, and
+/// cut to `max` characters.
+pub fn sanitize_message(text: &str, max: usize) -> String {
+    let text = if text.trim_start().starts_with('<') { markup().replace_all(text, " ") } else { text.into() };
+    // A body echoed inside a JSON string keeps its line breaks and quotes escaped; undone, the
+    // header names stand on their own again.
+    let mut text = text.replace("\\r", " ").replace("\\n", " ").replace("\\t", " ").replace("\\\"", "\"");
+    for (pattern, replacement) in secrets() {
+        text = pattern.replace_all(&text, *replacement).into_owned();
+    }
+    let text = whitespace().replace_all(text.trim(), " ");
     match text.char_indices().nth(max) {
         Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_string(),
+        None => text.into_owned(),
     }
+}
+
+/// What is redacted, in this order. Ids stay readable: key ids are shorter than 32 characters,
+/// and UUIDs and ownership markers are broken up by dashes.
+fn secrets() -> &'static [(regex::Regex, &'static str)] {
+    static PATTERNS: std::sync::LazyLock<Vec<(regex::Regex, &'static str)>> = std::sync::LazyLock::new(|| {
+        let pattern = |re: &str| regex::Regex::new(re).unwrap_or_else(|e| panic!("redaction pattern {re}: {e}"));
+        vec![
+            // A header that carries credentials, to the end of its line or quoted value.
+            (
+                pattern(
+                    r#"(?i)\b(authorization|x-[a-z]+-security-token|cookie|set-cookie)\b(["']?\s*[:=]\s*)["']?[^\r\n"']*"#,
+                ),
+                "$1$2[redacted]",
+            ),
+            // JWTs: the base64url of `{"` starts every one of them.
+            (pattern(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*)?"), "[redacted]"),
+            (pattern(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]+"), "Bearer [redacted]"),
+            // Yandex IAM tokens.
+            (pattern(r"\bt1\.[A-Za-z0-9._-]+"), "[redacted]"),
+            (
+                pattern(
+                    r#"(?i)\b(signature|credential|secret[_-]?(?:access[_-]?)?key|secretkey|secret|password|token|iamtoken|jwt|private[_-]?key)\b(["']?\s*[:=]\s*)["']?[^\s,;&"'}]+"#,
+                ),
+                "$1$2[redacted]",
+            ),
+            // Anything else long and opaque: a signature, a secret key, a token.
+            (pattern(r"[A-Za-z0-9+/_]{32,}={0,2}"), "[redacted]"),
+        ]
+    });
+    &PATTERNS
+}
+
+fn markup() -> &'static regex::Regex {
+    static MARKUP: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"<[^>]{0,200}>").unwrap_or_else(|e| panic!("markup: {e}")));
+    &MARKUP
+}
+
+fn whitespace() -> &'static regex::Regex {
+    static WHITESPACE: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"\s+").unwrap_or_else(|e| panic!("whitespace: {e}")));
+    &WHITESPACE
 }
 
 /// What the controller should do about a failed provider call.
@@ -93,5 +146,79 @@ impl ProviderError {
 
     pub fn is_not_found(&self) -> bool {
         self.status == Some(404)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sanitize_message;
+
+    const JWT: &str = "eyJhbGciOiJQUzI1NiIsImtpZCI6ImFqZTEifQ.eyJpc3MiOiJhamUyIiwiYXVkIjoiaHR0cHMifQ.c2lnbmF0dXJl-_x";
+
+    fn shown(text: &str) -> String {
+        sanitize_message(text, 1000)
+    }
+
+    #[test]
+    fn echoed_credentials_are_redacted() {
+        let exoscale = "proxy refused the request\nPOST /v2/api-key\nauthorization: EXO2-HMAC-SHA256 \
+             credential=EXO0123456789abcdef01234567,expires=1800000000,signature=q1n0TfDmV6kE5hOQ8M3YVd2Hb1h2aXxGQ0vF0CFaD3M=\n\n{}";
+        let out = shown(exoscale);
+        assert!(!out.contains("q1n0TfDm") && !out.contains("expires=18"), "{out}");
+        assert!(out.contains("authorization: [redacted]"), "{out}");
+
+        let yandex = format!(
+            r#"{{"jwt":"{JWT}"}} and authorization: Bearer t1.9euelZqVk5GRmZDKm8-Sn5aNm5OLz-3rnpWamp2Zl5KSnZiNjZzMkpLLju_8.AbCd"#
+        );
+        let out = shown(&yandex);
+        assert!(!out.contains("eyJ") && !out.contains("9euelZ") && !out.contains("AbCd"), "{out}");
+
+        let outscale = "x-osc-date: 20261201T000000Z\nAuthorization: OSC4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261201/eu-west-2/api/osc4_request, SignedHeaders=host;x-osc-date, Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7";
+        let out = shown(outscale);
+        assert!(!out.contains("5d672d79c15b"), "{out}");
+
+        for (text, secret) in [
+            (r#"{"SecretKey":"wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY"}"#, "wJalrXUt"),
+            ("Bearer abc.def-ghi", "abc.def"),
+            ("token=0123456789", "0123456789"),
+            ("Cookie: session=abcdef", "abcdef"),
+            (&format!("<html><body><pre>{JWT}</pre></body></html>"), "eyJ"),
+            ("secret: hunter2", "hunter2"),
+            ("0123456789abcdef0123456789abcdef0123456789abcdef", "0123456789abcdef0123"),
+        ] {
+            let out = shown(text);
+            assert!(!out.contains(secret), "{text} shown as {out}");
+            assert!(out.contains("[redacted]"), "{out}");
+        }
+    }
+
+    #[test]
+    fn a_request_echoed_inside_a_json_string_is_redacted_too() {
+        let body =
+            r#"{"error":"proxy refused\nauthorization: OSC4-HMAC-SHA256 Credential=AK/x, Signature=abc\naccept: */*"}"#;
+        let out = shown(body);
+        assert!(!out.contains("abc") && !out.contains("Credential=AK"), "{out}");
+    }
+
+    #[test]
+    fn ids_and_plain_messages_stay_readable() {
+        for text in [
+            "API key EXO0123456789abcdef01234567 not found",
+            "IAM role 7b1e0000-0000-4000-8000-000000000001 is in use",
+            "Outscale error 10005 TooManyResources (QuotaExceded): AccessKey quota of AKIA0123456789ABCDEF",
+            "name team-a.ck-0f8c2d7e-1b2a-4c3d-9e8f-0123456789ab-abc0123456 is taken",
+            "INVALID_ARGUMENT: Service account aje9k6mfkelh3j7r2trb not found",
+            "the secret key is invalid",
+        ] {
+            assert_eq!(shown(text), text);
+        }
+    }
+
+    #[test]
+    fn whitespace_is_folded_and_the_text_cut() {
+        assert_eq!(shown("  a\n\n b\t c "), "a b c");
+        assert_eq!(sanitize_message("abcdef", 3), "abc…");
+        assert_eq!(sanitize_message(&"é".repeat(5), 2), "éé…");
+        assert_eq!(shown("<html><body><h1>502 Bad Gateway</h1></body></html>"), "502 Bad Gateway");
     }
 }

@@ -73,8 +73,15 @@ impl std::fmt::Debug for Response {
 impl Response {
     pub fn json<T: serde::de::DeserializeOwned>(&self, operation: &str) -> Result<T, ProviderError> {
         serde_json::from_slice(&self.body).map_err(|e| {
-            // The body may hold a secret; the serde error only names the position and field.
-            ProviderError::retryable(operation, format!("unexpected response body: {e}")).with_status(self.status)
+            // The body may hold a secret, and serde's message may quote the value it did not
+            // expect: only the kind of error and its position are shown.
+            let what = match e.classify() {
+                serde_json::error::Category::Io => "unreadable",
+                serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "not valid JSON",
+                serde_json::error::Category::Data => "not of the expected shape",
+            };
+            let message = format!("unexpected response body: {what} (line {}, column {})", e.line(), e.column());
+            ProviderError::retryable(operation, message).with_status(self.status)
         })
     }
 }
@@ -212,6 +219,23 @@ mod tests {
         for attempt in 0..40 {
             assert!(http.backoff(attempt) <= HttpConfig::default().max_backoff);
         }
+    }
+
+    #[test]
+    fn a_body_of_the_wrong_shape_is_reported_without_its_values() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Created {
+            #[allow(dead_code)]
+            secret: u32,
+        }
+        let response = Response {
+            status: 200,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(br#"{"secret":"s3cr3t-value"}"#),
+        };
+        let e = response.json::<Created>("create").expect_err("wrong type");
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
+        assert!(e.message.contains("not of the expected shape"), "{e}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use rand::rngs::OsRng;
 use rand::TryRngCore;
 use secrecy::SecretString;
 
-use super::{IssuedKey, KeyRequest, Marker, OwnedKey, Provider, ProviderError, TemplateVars};
+use super::{IssuedKey, KeyRequest, Marker, OwnedKey, Provider, ProviderError, Revocation, TemplateVars};
 use crate::api::KeyProvider;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,11 +100,17 @@ impl Provider for LocalProvider {
             .collect())
     }
 
-    async fn revoke_key(&self, key_ref: &str) -> Result<(), ProviderError> {
-        if let Some(k) = self.store.lock().get_mut(key_ref) {
-            k.revoked = true;
-        }
-        Ok(())
+    async fn revoke_key(&self, key_ref: &str, owner_uid: &str) -> Result<Revocation, ProviderError> {
+        Ok(match self.store.lock().get_mut(key_ref) {
+            None | Some(LocalKey { revoked: true, .. }) => Revocation::AlreadyGone,
+            Some(k) if k.marker.owner() != owner_uid => {
+                Revocation::NotOwned(format!("key {key_ref} was issued for another AccessKey"))
+            }
+            Some(k) => {
+                k.revoked = true;
+                Revocation::Revoked
+            }
+        })
     }
 
     fn template_vars(&self) -> TemplateVars {
@@ -132,9 +138,11 @@ mod tests {
         assert_eq!(a.secret.expose_secret().len(), 40);
         assert_eq!(p.find_keys(marker.owner(), &spec).await.expect("listed").len(), 2);
         assert!(p.find_keys("other", &spec).await.expect("listed").is_empty());
-        p.revoke_key(&a.key_ref).await.expect("revoked");
-        p.revoke_key(&a.key_ref).await.expect("revoking twice is fine");
-        p.revoke_key("unknown").await.expect("unknown counts as revoked");
+        let owner = marker.owner();
+        assert!(matches!(p.revoke_key(&b.key_ref, "other").await, Ok(Revocation::NotOwned(_))), "not its key");
+        assert_eq!(p.revoke_key(&a.key_ref, owner).await.expect("revoked"), Revocation::Revoked);
+        assert_eq!(p.revoke_key(&a.key_ref, owner).await.expect("twice is fine"), Revocation::AlreadyGone);
+        assert_eq!(p.revoke_key("unknown", owner).await.expect("unknown is gone"), Revocation::AlreadyGone);
         assert_eq!(store.live_keys(), vec![b.access_key_id]);
     }
 }

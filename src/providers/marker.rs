@@ -12,6 +12,7 @@ use rand::Rng;
 const PREFIX: &str = "ck-";
 const UID_LEN: usize = 36;
 const ATTEMPT_LEN: usize = 10;
+const LEN: usize = PREFIX.len() + UID_LEN + 1 + ATTEMPT_LEN;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Marker {
@@ -46,10 +47,23 @@ impl Marker {
         format!("{PREFIX}{owner_uid}-")
     }
 
-    /// Finds a marker inside a provider-side string (a name, description or tag value). Every
-    /// `ck-` is tried: a user's part of the name may contain one (`rack-backups`).
-    pub fn find_in(text: &str) -> Option<Self> {
-        text.match_indices(PREFIX).find_map(|(start, _)| Self::parse_at(&text[start + PREFIX.len()..]))
+    /// The marker `text` ends with, after `separator` or as the whole of it: the one place the
+    /// operator puts a marker in a name or description. A marker-like string anywhere else (a
+    /// user's part of the name) makes nothing look owned.
+    pub fn at_end(text: &str, separator: char) -> Option<Self> {
+        let start = text.len().checked_sub(LEN)?;
+        let (head, tail) = (text.get(..start)?, text.get(start..)?);
+        if !(head.is_empty() || head.ends_with(separator)) {
+            return None;
+        }
+        Self::exactly(tail)
+    }
+
+    /// The marker that is the whole of `text` (an Outscale tag), nothing before or after it.
+    pub fn exactly(text: &str) -> Option<Self> {
+        let rest = text.strip_prefix(PREFIX)?;
+        (text.len() == LEN).then_some(())?;
+        Self::parse_at(rest)
     }
 
     fn parse_at(rest: &str) -> Option<Self> {
@@ -78,15 +92,39 @@ mod tests {
     fn marker_round_trips_through_a_name() {
         let m = Marker::new_attempt(UID);
         let name = format!("team-a-backups.{m}");
-        assert_eq!(Marker::find_in(&name), Some(m.clone()));
+        assert_eq!(Marker::at_end(&name, '.'), Some(m.clone()));
+        assert_eq!(Marker::at_end(&m.to_string(), '.'), Some(m.clone()));
+        assert_eq!(Marker::exactly(&m.to_string()), Some(m.clone()));
         assert!(name.contains(&Marker::owner_prefix(UID)));
-        assert_eq!(m.to_string().len(), 3 + UID_LEN + 1 + ATTEMPT_LEN);
+        assert_eq!(m.to_string().len(), LEN);
     }
 
     #[test]
     fn a_ck_in_the_users_part_of_the_name_does_not_hide_the_marker() {
         let m = Marker::new_attempt(UID);
-        assert_eq!(Marker::find_in(&format!("rack-backups.{m}")), Some(m));
+        assert_eq!(Marker::at_end(&format!("rack-backups.{m}"), '.'), Some(m));
+    }
+
+    #[test]
+    fn a_marker_is_recognised_only_where_the_operator_puts_it() {
+        let theirs = Marker::new_attempt(UID);
+        let mine = Marker::new_attempt("1f8c2d7e-1b2a-4c3d-9e8f-0123456789ab");
+        // A user who names their key after someone else's marker still gets their own at the end.
+        assert_eq!(Marker::at_end(&format!("{theirs}.{mine}"), '.'), Some(mine));
+        for foreign in [
+            format!("{theirs}.admin"),
+            format!("admin-{theirs}"),
+            format!("admin{theirs}"),
+            format!("{theirs} "),
+            format!("x.{theirs}x"),
+        ] {
+            assert_eq!(Marker::at_end(&foreign, '.'), None, "{foreign}");
+            assert_eq!(Marker::exactly(&foreign), None, "{foreign}");
+        }
+        assert_eq!(Marker::at_end(&format!("admin key {theirs}"), ' '), Some(theirs.clone()));
+        assert_eq!(Marker::at_end(&format!("admin key.{theirs}"), ' '), None);
+        assert_eq!(Marker::exactly(&format!("tag {theirs}")), None);
+        assert_eq!(Marker::at_end("é", '.'), None);
     }
 
     #[test]
@@ -96,8 +134,9 @@ mod tests {
 
     #[test]
     fn text_without_a_marker_has_none() {
-        assert_eq!(Marker::find_in("backups"), None);
-        assert_eq!(Marker::find_in("ck-short-abc"), None);
-        assert_eq!(Marker::find_in(&format!("ck-{UID}-ABC")), None);
+        assert_eq!(Marker::exactly("backups"), None);
+        assert_eq!(Marker::exactly("ck-short-abc"), None);
+        assert_eq!(Marker::exactly(&format!("ck-{UID}-ABCDEFGHIJ")), None);
+        assert_eq!(Marker::at_end(&format!("x.ck-{UID}-ABCDEFGHIJ"), '.'), None);
     }
 }

@@ -53,6 +53,25 @@ pub struct OwnedKey {
     pub marker: Marker,
 }
 
+/// What a revocation did. The provider reads the key first: only a key carrying a marker of
+/// the AccessKey asking is revoked, so a status edited to name some other key revokes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    Revoked,
+    /// Not at the provider (any more): counts as revoked.
+    AlreadyGone,
+    /// The key exists but does not carry this owner's marker where the operator puts it;
+    /// nothing was changed. Says what was found instead.
+    NotOwned(String),
+}
+
+impl Revocation {
+    /// The key is no longer usable (revoked now or before).
+    pub fn is_done(&self) -> bool {
+        !matches!(self, Self::NotOwned(_))
+    }
+}
+
 /// Template variables a provider contributes besides the key itself.
 pub type TemplateVars = BTreeMap<&'static str, String>;
 
@@ -70,8 +89,9 @@ pub trait Provider: Send + Sync {
     /// Every key (and helper resource, like an Exoscale role) carrying a marker of this owner.
     async fn find_keys(&self, owner_uid: &str, spec: &KeyProvider) -> Result<Vec<OwnedKey>, ProviderError>;
 
-    /// Revokes a key by its `key_ref`. A key that is already gone counts as revoked.
-    async fn revoke_key(&self, key_ref: &str) -> Result<(), ProviderError>;
+    /// Revokes the key `key_ref` names if, read at the provider, it carries a marker of
+    /// `owner_uid`. A reference this operator could not have written is [`Revocation::NotOwned`].
+    async fn revoke_key(&self, key_ref: &str, owner_uid: &str) -> Result<Revocation, ProviderError>;
 
     /// Provider-specific rules of the AccessKey's provider block, checked before anything is
     /// created; the message names the field and says what to do.

@@ -104,6 +104,8 @@ pub struct Faults {
     pub hang_creates: bool,
     /// Polls of a new operation that still answer `pending` before it answers `success`.
     pub operations_pending_polls: u32,
+    /// Every request is answered by a proxy that echoes it, signature included.
+    pub echo: Option<super::Echo>,
 }
 
 /// The fake server. Dropping it stops the server.
@@ -597,28 +599,32 @@ async fn gate(State(s): State<Arc<Shared>>, request: Request, next: Next) -> Res
         tokio::time::sleep(latency).await;
     }
 
+    let echo = s.state().faults.echo;
     let response = match to_bytes(body, MAX_BODY_BYTES).await {
         Err(_) => ApiError::invalid("body unreadable or larger than 1 MiB").into_response(),
-        Ok(body) => {
-            let header = parts.headers.get(AUTHORIZATION).map(|v| v.to_str());
-            let verdict = match header {
-                None => Err(format!("{BAD_SIGNATURE}: no Authorization header")),
-                Some(Err(_)) => Err(format!("{BAD_SIGNATURE}: Authorization is not ASCII")),
-                Some(Ok(header)) => {
-                    verify_exo2(&method, &path, &query, &body, header, &s.admin_key, &s.admin_secret, now_unix())
-                }
-            };
-            match verdict {
-                Err(e) => ApiError::new(StatusCode::FORBIDDEN, public_message(&e)).into_response(),
-                Ok(()) => {
-                    s.state().requests[index].signature_ok = true;
-                    match injected_fault(&s) {
-                        Some(fault) => fault,
-                        None => next.run(Request::from_parts(parts, Body::from(body))).await,
+        Ok(body) => match echo {
+            Some(echo) => super::echoed_request(echo, &parts, &body),
+            None => {
+                let header = parts.headers.get(AUTHORIZATION).map(|v| v.to_str());
+                let verdict = match header {
+                    None => Err(format!("{BAD_SIGNATURE}: no Authorization header")),
+                    Some(Err(_)) => Err(format!("{BAD_SIGNATURE}: Authorization is not ASCII")),
+                    Some(Ok(header)) => {
+                        verify_exo2(&method, &path, &query, &body, header, &s.admin_key, &s.admin_secret, now_unix())
+                    }
+                };
+                match verdict {
+                    Err(e) => ApiError::new(StatusCode::FORBIDDEN, public_message(&e)).into_response(),
+                    Ok(()) => {
+                        s.state().requests[index].signature_ok = true;
+                        match injected_fault(&s) {
+                            Some(fault) => fault,
+                            None => next.run(Request::from_parts(parts, Body::from(body))).await,
+                        }
                     }
                 }
             }
-        }
+        },
     };
     s.state().requests[index].status = response.status().as_u16();
     response

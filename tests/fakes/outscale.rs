@@ -153,6 +153,8 @@ pub struct Faults {
     pub hang_creates: bool,
     /// Every request is answered 401, code 1, as if the credentials had been revoked.
     pub reject_credentials: bool,
+    /// Every request is answered by a proxy that echoes it, signature included.
+    pub echo: Option<super::Echo>,
 }
 
 /// The fake server. Dropping it stops the server.
@@ -795,6 +797,12 @@ async fn gate(State(s): State<Arc<Shared>>, request: Request, next: Next) -> Res
             return response;
         }
     };
+    let echo = s.state().faults.echo;
+    if let Some(echo) = echo {
+        let response = super::echoed_request(echo, &parts, &body);
+        s.state().requests[index].status = response.status().as_u16();
+        return response;
+    }
     let now = Timestamp::now();
     let verdict = {
         let st = s.state();

@@ -125,6 +125,8 @@ pub struct Faults {
     /// When non-zero, no list page holds more keys than this, whatever `pageSize` asks (to
     /// make clients that ask for big pages follow page tokens).
     pub max_page_size: usize,
+    /// Every request is answered by a proxy that echoes it (bearer token, JWT and all).
+    pub echo: Option<super::Echo>,
 }
 
 impl Default for Faults {
@@ -137,6 +139,7 @@ impl Default for Faults {
             operations_pending_polls: 0,
             token_ttl: Duration::from_secs(12 * 3600),
             max_page_size: 0,
+            echo: None,
         }
     }
 }
@@ -559,6 +562,13 @@ async fn gate(State(s): State<Arc<Shared>>, request: Request, next: Next) -> Res
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
+    }
+    let echo = s.state().faults.echo;
+    if let Some(echo) = echo {
+        let body = to_bytes(body, MAX_BODY_BYTES).await.unwrap_or_default();
+        let response = super::echoed_request(echo, &parts, &body);
+        s.state().requests[index].status = response.status().as_u16();
+        return response;
     }
     let own_credentials = path == TOKEN_PATH || path == METADATA_TOKEN_PATH;
     let verdict = if own_credentials {

@@ -163,6 +163,13 @@ pub struct AccessKey {
     pub key: String,
 }
 
+/// `GET /api-key/{key}` or `GET /access-key/{key}`: only the name matters (it carries the marker).
+#[derive(Debug, Deserialize)]
+pub struct NamedKey {
+    #[serde(default)]
+    pub name: String,
+}
+
 /// An asynchronous operation (role create/delete, key delete, access key revoke).
 #[derive(Debug, Deserialize)]
 pub struct Operation {

@@ -21,10 +21,11 @@ use url::Url;
 
 use self::api::{
     AccessKeyCreated, AccessKeyList, AccessKeyResource, ApiKeyCreated, ApiKeyList, CreateAccessKey, CreateApiKey,
-    CreateRole, ErrorBody, Operation, OperationState, Policy, RoleList, LABEL_ATTEMPT, LABEL_MANAGED_BY, LABEL_OWNER,
+    CreateRole, ErrorBody, NamedKey, Operation, OperationState, Policy, RoleList, LABEL_ATTEMPT, LABEL_MANAGED_BY,
+    LABEL_OWNER,
 };
 use super::http::{ErrorResponse, Http, HttpConfig, Idempotency, Response};
-use super::{ErrorKind, IssuedKey, KeyRequest, Marker, OwnedKey, Provider, ProviderError, TemplateVars};
+use super::{ErrorKind, IssuedKey, KeyRequest, Marker, OwnedKey, Provider, ProviderError, Revocation, TemplateVars};
 use crate::api::validation::{ExoscaleMode, ExoscaleResource};
 use crate::api::{ExoscaleIssuer, ExoscaleKey, ExoscaleRole, KeyProvider};
 
@@ -242,6 +243,25 @@ impl ExoscaleProvider {
         self.delete("delete-iam-role", &["iam-role", role_id]).await
     }
 
+    /// The name of an API key (`api-key`) or legacy access key (`access-key`), `None` if gone.
+    async fn read_named(&self, kind: &str, id: &str) -> Result<Option<String>, ProviderError> {
+        let operation = if kind == "access-key" { "get-access-key" } else { "get-api-key" };
+        match self.get(operation, &[kind, id]).await {
+            Ok(r) => Ok(Some(r.json::<NamedKey>(operation)?.name)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn read_role(&self, id: &str) -> Result<Option<api::Role>, ProviderError> {
+        const OP: &str = "get-iam-role";
+        match self.get(OP, &["iam-role", id]).await {
+            Ok(r) => Ok(Some(r.json(OP)?)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn list_roles(&self, must_succeed: bool) -> Result<Vec<api::Role>, ProviderError> {
         const OP: &str = "list-iam-roles";
         match self.get(OP, &["iam-role"]).await {
@@ -321,18 +341,46 @@ impl Provider for ExoscaleProvider {
         Ok(owned_keys(owner_uid, api_keys, roles, access_keys))
     }
 
-    async fn revoke_key(&self, key_ref: &str) -> Result<(), ProviderError> {
-        match KeyRef::parse(key_ref)? {
-            KeyRef::ApiKey { key, role } => {
-                self.delete("delete-api-key", &["api-key", &key]).await?;
-                if let Some(role) = role {
-                    self.delete_role(&role).await?;
-                }
-                Ok(())
+    async fn revoke_key(&self, key_ref: &str, owner_uid: &str) -> Result<Revocation, ProviderError> {
+        let Ok(parsed) = KeyRef::parse(key_ref) else {
+            return Ok(Revocation::NotOwned(format!("{key_ref:?} is not an Exoscale key reference")));
+        };
+        // Everything the reference names is read and checked before anything is deleted: a
+        // reference pairing our key with someone else's role deletes neither.
+        let (key, role) = match &parsed {
+            KeyRef::ApiKey { key, role } => (Some(("api-key", key.as_str())), role.as_deref()),
+            KeyRef::AccessKey(key) => (Some(("access-key", key.as_str())), None),
+            KeyRef::Role(role) => (None, Some(role.as_str())),
+        };
+        let key_found = match key {
+            Some((kind, id)) => self.read_named(kind, id).await?.map(|name| (kind, id, name)),
+            None => None,
+        };
+        if let Some((kind, id, name)) = &key_found {
+            if marker_in(name, owner_uid).is_none() {
+                return Ok(Revocation::NotOwned(format!(
+                    "{kind} {id} does not carry this AccessKey's marker in its name"
+                )));
             }
-            KeyRef::Role(role) => self.delete_role(&role).await,
-            KeyRef::AccessKey(key) => self.delete("revoke-access-key", &["access-key", &key]).await,
         }
+        let role_found = match role {
+            Some(id) => self.read_role(id).await?,
+            None => None,
+        };
+        if let Some(found) = &role_found {
+            let labels = found.labels.as_ref();
+            if labels.and_then(|l| l.get(LABEL_OWNER)).map(String::as_str) != Some(owner_uid) {
+                return Ok(Revocation::NotOwned(format!("IAM role {} is not labelled as this AccessKey's", found.id)));
+            }
+        }
+        if let Some((kind, id, _)) = &key_found {
+            let operation = if *kind == "access-key" { "revoke-access-key" } else { "delete-api-key" };
+            self.delete(operation, &[kind, id]).await?;
+        }
+        if let Some(found) = &role_found {
+            self.delete_role(&found.id).await?;
+        }
+        Ok(if key_found.is_some() || role_found.is_some() { Revocation::Revoked } else { Revocation::AlreadyGone })
     }
 
     fn template_vars(&self) -> TemplateVars {
@@ -362,8 +410,11 @@ enum KeyRef {
 impl KeyRef {
     fn parse(text: &str) -> Result<Self, ProviderError> {
         let invalid = || ProviderError::permanent("revoke-key", format!("not an Exoscale key reference: {text:?}"));
+        // Key and role ids are letters, digits and dashes (`EXO…`, UUIDs): nothing that could
+        // change the path of the request it goes into.
+        let id_ok = |id: &str| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
         let mut parts =
-            text.split(';').map(|part| part.split_once(':').filter(|(_, id)| !id.is_empty()).ok_or_else(invalid));
+            text.split(';').map(|part| part.split_once(':').filter(|(_, id)| id_ok(id)).ok_or_else(invalid));
         let first = parts.next().ok_or_else(invalid)??;
         let second = parts.next().transpose()?;
         if parts.next().is_some() {
@@ -394,7 +445,7 @@ impl fmt::Display for KeyRef {
 
 /// This owner's marker in a name.
 fn marker_in(name: &str, owner_uid: &str) -> Option<Marker> {
-    Marker::find_in(name).filter(|m| m.owner() == owner_uid)
+    Marker::at_end(name, '.').filter(|m| m.owner() == owner_uid)
 }
 
 /// Pairs this owner's keys with this owner's roles (by `role-id`): a key with its own role is
@@ -499,7 +550,7 @@ fn message_of(body: &ErrorBody) -> Option<String> {
 }
 
 fn truncate(text: &str) -> String {
-    super::error::truncate_message(text, MAX_MESSAGE_CHARS)
+    super::error::sanitize_message(text, MAX_MESSAGE_CHARS)
 }
 
 #[cfg(test)]
@@ -636,7 +687,7 @@ mod tests {
 
         let e = error(502, "<html>Bad Gateway</html>\n");
         assert_eq!(e.kind, ErrorKind::Retryable);
-        assert_eq!(e.message, "<html>Bad Gateway</html>");
+        assert_eq!(e.message, "Bad Gateway", "markup is dropped");
 
         assert_eq!(error(404, "").message, "no error message");
         assert!(error(404, "").is_not_found());

@@ -36,7 +36,7 @@ use self::api::{
     ReadAccessKeys, UpdateAccessKey, INACTIVE,
 };
 use super::http::{ErrorResponse as HttpError, Http, HttpConfig, Idempotency, Response};
-use super::{ErrorKind, IssuedKey, KeyRequest, Marker, OwnedKey, Provider, ProviderError, TemplateVars};
+use super::{ErrorKind, IssuedKey, KeyRequest, Marker, OwnedKey, Provider, ProviderError, Revocation, TemplateVars};
 use crate::api::{KeyProvider, OutscaleIssuer, OutscaleKey};
 
 /// The shortest `expiresAfter` accepted. The controller replaces a key after two thirds of its
@@ -236,13 +236,9 @@ impl OutscaleProvider {
         self.call("DeleteAccessKey", &body, Idempotency::Idempotent).await.map(|_| ())
     }
 
-    async fn revoke(&self, key: &KeyRef) -> Result<(), Failure> {
+    async fn revoke(&self, key: &KeyRef, owner_uid: &str) -> Result<Revocation, Failure> {
         if key.user.is_none() && key.id == self.access_key {
-            return Err(ProviderError::permanent(
-                "DeleteAccessKey",
-                format!("refusing to revoke {}: it is the issuer's own access key", key.id),
-            )
-            .into());
+            return Ok(Revocation::NotOwned(format!("{} is the issuer's own access key", key.id)));
         }
         // Read first, as Terraform does: an empty list is the one reliable "already gone", and
         // the live expiration date is the one to re-send.
@@ -253,33 +249,40 @@ impl OutscaleProvider {
         };
         let Some(live) = live else {
             tracing::debug!(key = %key.id, "access key already gone");
-            return Ok(());
+            return Ok(Revocation::AlreadyGone);
         };
+        if live.tag.as_deref().and_then(Marker::exactly).is_none_or(|m| m.owner() != owner_uid) {
+            return Ok(Revocation::NotOwned(format!(
+                "access key {} is not tagged with this AccessKey's marker",
+                key.id
+            )));
+        }
         let expiration = live.expiration_date.as_deref().and_then(|d| resend_date(d, Timestamp::now()));
         let active = live.state.as_deref() != Some(INACTIVE);
+        let gone = Ok(Revocation::AlreadyGone);
         // An EIM user's key must be INACTIVE before it can be deleted.
         if key.user.is_some() && active {
             match self.set_inactive(key, expiration.as_deref()).await {
-                Err(f) if f.is_gone() => return Ok(()),
+                Err(f) if f.is_gone() => return gone,
                 other => other?,
             }
         }
         match self.delete(key).await {
-            Err(f) if f.is_gone() => Ok(()),
+            Err(f) if f.is_gone() => gone,
             // The issuer may itself be an EIM user, whose own keys follow the same rule; the
             // API says so by refusing the request (not with an auth or throttling error).
             Err(f) if key.user.is_none() && active && f.refused() => {
                 tracing::debug!(key = %key.id, error = %f.error, "delete refused; deactivating the key first");
                 match self.set_inactive(key, expiration.as_deref()).await {
-                    Err(f) if f.is_gone() => return Ok(()),
+                    Err(f) if f.is_gone() => return gone,
                     other => other?,
                 }
                 match self.delete(key).await {
-                    Err(f) if f.is_gone() => Ok(()),
-                    other => other,
+                    Err(f) if f.is_gone() => gone,
+                    other => other.map(|()| Revocation::Revoked),
                 }
             }
-            other => other,
+            other => other.map(|()| Revocation::Revoked),
         }
     }
 }
@@ -355,8 +358,11 @@ impl Provider for OutscaleProvider {
         Ok(owned_keys(owner_uid, user, keys))
     }
 
-    async fn revoke_key(&self, key_ref: &str) -> Result<(), ProviderError> {
-        Ok(self.revoke(&KeyRef::parse(key_ref)?).await?)
+    async fn revoke_key(&self, key_ref: &str, owner_uid: &str) -> Result<Revocation, ProviderError> {
+        match KeyRef::parse(key_ref) {
+            Ok(key) => Ok(self.revoke(&key, owner_uid).await?),
+            Err(_) => Ok(Revocation::NotOwned(format!("{key_ref:?} is not an OUTSCALE key reference"))),
+        }
     }
 
     fn lifetime(&self, spec: &KeyProvider) -> Option<Duration> {
@@ -394,7 +400,7 @@ fn outscale_spec<'a>(operation: &str, spec: &'a KeyProvider) -> Result<&'a Outsc
 fn owned_keys(owner_uid: &str, user: Option<&str>, keys: Vec<AccessKey>) -> Vec<OwnedKey> {
     keys.into_iter()
         .filter_map(|key| {
-            let marker = Marker::find_in(key.tag.as_deref()?).filter(|m| m.owner() == owner_uid)?;
+            let marker = Marker::exactly(key.tag.as_deref()?).filter(|m| m.owner() == owner_uid)?;
             let id = key.access_key_id.filter(|id| !id.is_empty())?;
             Some(OwnedKey {
                 key_ref: KeyRef { id: id.clone(), user: user.map(String::from) }.to_string(),
@@ -520,7 +526,7 @@ fn describe(errors: &[api::ApiError]) -> Option<String> {
 }
 
 fn truncate(text: &str) -> String {
-    super::error::truncate_message(text, MAX_MESSAGE_CHARS)
+    super::error::sanitize_message(text, MAX_MESSAGE_CHARS)
 }
 
 /// `status.keyRef`: `<AccessKeyId>` or `<AccessKeyId>;user=<UserName>` (see the module docs).
@@ -866,7 +872,7 @@ mod tests {
         assert!(Failure { error: e, codes }.refused());
         assert_eq!(error(400, &body("9002", "ResourceConflict", "busy")).kind, ErrorKind::Retryable);
         assert_eq!(error(500, "<html>oops</html>").kind, ErrorKind::Retryable);
-        assert_eq!(error(500, "<html>oops</html>").message, "<html>oops</html>");
+        assert_eq!(error(500, "<html>oops</html>").message, "oops");
         assert_eq!(error(404, "").message, "no error message");
         let e = error(
             400,

@@ -20,7 +20,7 @@ use url::Url;
 use self::api::{code, AccessKeyCreated, AccessKeyList, CreateAccessKey, Operation, Status};
 use self::auth::{JwtSigner, Token, TokenCache, TokenSource};
 use super::http::{ErrorResponse, Http, HttpConfig, Idempotency, Response};
-use super::{ErrorKind, IssuedKey, KeyRequest, Marker, OwnedKey, Provider, ProviderError, TemplateVars};
+use super::{ErrorKind, IssuedKey, KeyRequest, Marker, OwnedKey, Provider, ProviderError, Revocation, TemplateVars};
 use crate::api::{KeyProvider, YandexIssuer};
 
 pub const DEFAULT_ENDPOINT: &str = "https://iam.api.cloud.yandex.net";
@@ -281,21 +281,32 @@ impl Provider for YandexProvider {
         Ok(owned_keys(owner_uid, keys))
     }
 
-    async fn revoke_key(&self, key_ref: &str) -> Result<(), ProviderError> {
+    async fn revoke_key(&self, key_ref: &str, owner_uid: &str) -> Result<Revocation, ProviderError> {
         const OP: &str = "delete-access-key";
+        const GET: &str = "get-access-key";
         if key_ref.trim().is_empty() {
-            return Err(ProviderError::permanent(OP, "empty key reference"));
+            return Ok(Revocation::NotOwned("the key reference is empty".into()));
         }
         let url = self.access_keys_url(&[key_ref])?;
+        let key: api::AccessKey = match self.get(GET, &url).await {
+            Ok(r) => r.json(GET)?,
+            Err(e) if e.is_not_found() => return Ok(Revocation::AlreadyGone),
+            Err(e) => return Err(e),
+        };
+        if owned_keys(owner_uid, vec![key]).is_empty() {
+            return Ok(Revocation::NotOwned(format!(
+                "access key {key_ref} has no description ending in this AccessKey's marker"
+            )));
+        }
         let response = match self.call(OP, Method::DELETE, &url, None, Idempotency::Idempotent).await {
             Ok(r) => r,
-            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) if e.is_not_found() => return Ok(Revocation::AlreadyGone),
             Err(e) => return Err(e),
         };
         let op = self.wait(OP, response.json(OP)?).await?;
         match op.error {
-            None => Ok(()),
-            Some(status) if status.code == code::NOT_FOUND => Ok(()),
+            None => Ok(Revocation::Revoked),
+            Some(status) if status.code == code::NOT_FOUND => Ok(Revocation::AlreadyGone),
             Some(status) => {
                 let (kind, message) = from_status(&status);
                 let mut e = ProviderError::new(kind, OP, format!("operation {} failed: {message}", op.id));
@@ -348,7 +359,7 @@ fn description_with_marker(user: Option<&str>, marker: &Marker) -> Result<String
 fn owned_keys(owner_uid: &str, keys: Vec<api::AccessKey>) -> Vec<OwnedKey> {
     keys.into_iter()
         .filter_map(|key| {
-            let marker = Marker::find_in(&key.description).filter(|m| m.owner() == owner_uid)?;
+            let marker = Marker::at_end(&key.description, ' ').filter(|m| m.owner() == owner_uid)?;
             Some(OwnedKey { access_key_id: Some(key.key_id).filter(|k| !k.is_empty()), key_ref: key.id, marker })
         })
         .collect()
@@ -469,7 +480,7 @@ fn header_request_id(headers: &HeaderMap) -> Option<String> {
 }
 
 fn truncate(text: &str) -> String {
-    super::error::truncate_message(text, MAX_MESSAGE_CHARS)
+    super::error::sanitize_message(text, MAX_MESSAGE_CHARS)
 }
 
 #[cfg(test)]
@@ -569,7 +580,7 @@ mod tests {
     fn bodies_without_a_grpc_status_fall_back_to_the_http_status() {
         let e = error(502, "<html>Bad Gateway</html>\n", Some("r1"));
         assert_eq!(e.kind, ErrorKind::Retryable);
-        assert_eq!(e.message, "<html>Bad Gateway</html>");
+        assert_eq!(e.message, "Bad Gateway", "markup is dropped");
         assert_eq!(e.request_id.as_deref(), Some("r1"));
         let e = error(403, "", None);
         assert_eq!(e.kind, ErrorKind::Auth);
