@@ -14,7 +14,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the controllers (uses KUBECONFIG or the in-cluster configuration).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print every CRD as one multi-document YAML stream.
     Crds,
     /// Print the version.
@@ -73,6 +73,16 @@ pub struct RunArgs {
     /// subdomains, `loopback` for 127.0.0.0/8, ::1 and localhost. ClusterKeyIssuers may name any.
     #[arg(long, env = "CLOUDKEYS_ALLOWED_ENDPOINT_HOSTS", default_value = crate::controller::guard::DEFAULT_ALLOWED_HOSTS)]
     pub allowed_endpoint_hosts: String,
+    /// How often the keys at each provider are listed to find those revoked behind the
+    /// operator's back (one listing per provider owner, ± 10 %); 0 disables drift checks.
+    #[arg(long, env = "CLOUDKEYS_DRIFT_CHECK_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub drift_check_interval: std::time::Duration,
+    /// What this installation writes into the ownership markers of its keys (8 lowercase hex
+    /// digits), so that installations sharing a cloud account never take each other's keys for
+    /// orphans. Default: derived from the cluster (the UID of `kube-system`), the Lease namespace
+    /// and --namespace, so it stays the same across restarts and upgrades.
+    #[arg(long, env = "CLOUDKEYS_INSTALLATION_ID")]
+    pub installation_id: Option<String>,
     /// Let KeyIssuers use ambient credentials (Yandex `metadataService`: the node's identity).
     #[arg(long, env = "CLOUDKEYS_ALLOW_NAMESPACED_AMBIENT_CREDENTIALS", default_value_t = false, action = clap::ArgAction::Set)]
     pub allow_namespaced_ambient_credentials: bool,

@@ -42,7 +42,7 @@ async fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match cloudkeys::controller::run::run(client, args).await {
+            match cloudkeys::controller::run::run(client, *args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "controller failed");

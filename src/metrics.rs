@@ -1,6 +1,7 @@
 //! Prometheus metrics, registered once per process. Labels never carry a secret: only names of
 //! controllers, providers, operations, HTTP status codes and AccessKey namespace/name.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -59,6 +60,18 @@ pub struct ProviderLabels {
     pub provider: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListingLabels {
+    pub provider: String,
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IssuerLabels {
+    pub issuer: String,
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 14))
 }
@@ -75,6 +88,9 @@ pub struct Metrics {
     pub rollout_timeouts: Family<WorkloadLabels, Counter>,
     pub blocked_rotations: Family<ProviderLabels, Counter>,
     pub revocations_refused: Family<ProviderLabels, Counter>,
+    pub drift_listings: Family<ListingLabels, Counter>,
+    pub drift_last_sweep: Family<IssuerLabels, Gauge<f64, AtomicU64>>,
+    pub revoked_externally: Family<ProviderLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -91,6 +107,9 @@ impl Default for Metrics {
             rollout_timeouts: Family::default(),
             blocked_rotations: Family::default(),
             revocations_refused: Family::default(),
+            drift_listings: Family::default(),
+            drift_last_sweep: Family::default(),
+            revoked_externally: Family::default(),
         }
     }
 }
@@ -144,6 +163,21 @@ impl Metrics {
             "Keys named by an AccessKey's status that the provider shows without its ownership marker, left alone",
             self.revocations_refused.clone(),
         );
+        registry.register(
+            "cloudkeys_drift_listings",
+            "Drift-check listings sent to providers, by provider and result",
+            self.drift_listings.clone(),
+        );
+        registry.register(
+            "cloudkeys_drift_last_sweep_timestamp_seconds",
+            "When the keys of an issuer were last listed by a drift check",
+            self.drift_last_sweep.clone(),
+        );
+        registry.register(
+            "cloudkeys_keys_revoked_externally",
+            "Current keys a drift check found revoked at the provider, by provider",
+            self.revoked_externally.clone(),
+        );
     }
 
     /// Records one provider call (from the shared HTTP layer).
@@ -179,6 +213,20 @@ impl Metrics {
 
     pub fn rotation_blocked(&self, provider: &str) {
         self.blocked_rotations.get_or_create(&ProviderLabels { provider: provider.into() }).inc();
+    }
+
+    /// One drift-check listing of `issuer`'s keys.
+    pub fn drift_listed(&self, provider: &str, issuer: &str, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.drift_listings.get_or_create(&ListingLabels { provider: provider.into(), result }).inc();
+        if ok {
+            let now = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
+            self.drift_last_sweep.get_or_create(&IssuerLabels { issuer: issuer.into() }).set(now);
+        }
+    }
+
+    pub fn revoked_externally(&self, provider: &str) {
+        self.revoked_externally.get_or_create(&ProviderLabels { provider: provider.into() }).inc();
     }
 
     pub fn revocation_refused(&self, provider: &str) {

@@ -831,12 +831,13 @@ async fn provider_revokes_only_what_carries_the_owners_marker() {
     assert!(fake.requests().iter().all(|r| r.signature_ok));
 }
 
-/// What a provider error shows, checked against every credential a fake echoed.
-fn assert_no_echoed_credential(shown: &str) {
+/// What a provider error shows, checked against the credentials a fake echoed.
+/// `since`: how many credentials had been echoed before the call that failed.
+fn assert_no_echoed_credential(shown: &str, since: usize) {
     let echoed = fakes::echoed_credentials();
-    assert!(!echoed.is_empty(), "the fake echoed the request");
-    for secret in echoed {
-        assert!(!shown.contains(&secret), "{shown:?} shows {secret:?}");
+    assert!(echoed.len() > since, "the fake echoed the request");
+    for secret in &echoed[since..] {
+        assert!(!shown.contains(secret.as_str()), "{shown:?} shows {secret:?}");
     }
 }
 
@@ -849,10 +850,44 @@ async fn a_proxy_echoing_the_signed_request_shows_no_signature() {
     for echo in [fakes::Echo::Text, fakes::Echo::Json] {
         fake.set_faults(Faults { echo: Some(echo), ..Faults::default() });
         let request = KeyRequest { marker: &marker, display_name: "team-a".into(), spec: &spec, now: Timestamp::now() };
+        let since = fakes::echoed_credentials().len();
         let e = p.create_key(&request).await.expect_err("the proxy refuses");
         assert_eq!(e.status, Some(400));
         assert!(e.message.contains("proxy refused the request"), "{e}");
         assert!(e.message.contains("[redacted]"), "{e}");
-        assert_no_echoed_credential(&e.to_string());
+        assert_no_echoed_credential(&e.to_string(), since);
     }
+}
+
+#[tokio::test]
+async fn provider_revokes_only_legacy_access_keys_named_with_the_owners_marker() {
+    let fake = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
+    let p = provider(&fake);
+    let spec = KeyProvider::Exoscale(
+        serde_json::from_value(json!({"operations": ["get-sos-object"]})).unwrap_or_else(|e| panic!("spec: {e}")),
+    );
+    let marker = Marker::new_attempt(UID).within("0a1b2c3d");
+    let request = KeyRequest { marker: &marker, display_name: "team-a".into(), spec: &spec, now: Timestamp::now() };
+    let issued = p.create_key(&request).await.expect("created");
+    assert_eq!(issued.key_ref, format!("access-key:{}", issued.access_key_id));
+    let listed = p.list_marked(&spec).await.expect("listed");
+    assert_eq!(
+        listed.iter().map(|k| (k.access_key_id.as_str(), &k.marker)).collect::<Vec<_>>(),
+        [(issued.access_key_id.as_str(), &marker)]
+    );
+    let legacy = Api::new(&fake);
+    let reply = legacy
+        .call(
+            "POST",
+            "/v2/access-key",
+            Some(json!({"name": format!("{marker}.by-hand"), "operations": ["get-sos-object"]})),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let foreign = reply.body["key"].as_str().unwrap_or_default().to_owned();
+    let refused = p.revoke_key(&format!("access-key:{foreign}"), UID).await.expect("answered");
+    assert!(matches!(refused, Revocation::NotOwned(_)), "{refused:?}");
+    assert_eq!(p.revoke_key(&issued.key_ref, UID).await.expect("revoked"), Revocation::Revoked);
+    let live: Vec<String> = fake.live_access_keys().into_iter().map(|k| k.key).collect();
+    assert_eq!(live, [foreign]);
 }

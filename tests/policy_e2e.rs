@@ -431,29 +431,39 @@ async fn a_status_naming_foreign_keys_revokes_none_of_them() {
     support::apply_json(&client, &ns, key("osc-key", "osc", "outscale", json!({"userName": "app-web"}), json!({})))
         .await;
     let mut own = Vec::new();
+    let mut uids = Vec::new();
     for name in ["exo-key", "yc-key", "osc-key"] {
         let ak = keys::wait_issued(&client, &ns, name).await;
+        uids.push(ak.metadata.uid.clone().expect("uid"));
         let status = ak.status.expect("status");
         own.push((status.access_key_id.expect("key id"), status.key_ref.expect("key ref")));
     }
 
-    // Keys nobody asked this operator to issue.
+    // Keys nobody asked this operator to issue; two of them with the AccessKey's own marker, in
+    // a place the operator never puts it (a user may name a key anything).
+    let lookalike = |uid: &str| format!("ck-{uid}-aaaaaaaaaa");
     let admin = exoscale.add_api_key("admin", PREEXISTING_ROLE_ID);
-    let yc_foreign = yandex.add_key(&yandex.service_account_id(), "ci pipeline");
+    let exo_lookalike = exoscale.add_api_key(&format!("{}.admin", lookalike(&uids[0])), PREEXISTING_ROLE_ID);
+    let yc_foreign = yandex.add_key(&yandex.service_account_id(), &format!("{} ci pipeline", lookalike(&uids[1])));
     let (osc_foreign, _) = outscale.add_key(Some("app-web"), None);
     let entry = |id: &str, key_ref: &str, issuer: &str| json!({"accessKeyId": id, "keyRef": key_ref, "issuer": {"name": issuer, "kind": "KeyIssuer"}});
     let exo_entries = json!([
         entry(&admin.key, &format!("api-key:{}", admin.key), "exo"),
+        entry(&exo_lookalike.key, &format!("api-key:{}", exo_lookalike.key), "exo"),
         // Its own key, paired with a role it did not create (the role would go with it).
         entry("own-with-role", &format!("{};role:{PREEXISTING_ROLE_ID}", own[0].1), "exo"),
     ]);
     let edits = [
-        ("exo-key", exo_entries, vec![admin.key.clone(), "own-with-role".to_owned()]),
+        ("exo-key", exo_entries, vec![admin.key.clone(), exo_lookalike.key.clone(), "own-with-role".to_owned()]),
         ("yc-key", json!([entry(&yc_foreign.key_id, &yc_foreign.id, "yc")]), vec![yc_foreign.key_id.clone()]),
         (
             "osc-key",
-            json!([entry(&osc_foreign.access_key_id, &format!("{};user=app-web", osc_foreign.access_key_id), "osc")]),
-            vec![osc_foreign.access_key_id.clone()],
+            json!([
+                entry(&osc_foreign.access_key_id, &format!("{};user=app-web", osc_foreign.access_key_id), "osc"),
+                // The issuer's own key.
+                entry(osc_ak, osc_ak, "osc"),
+            ]),
+            vec![osc_foreign.access_key_id.clone(), osc_ak.to_owned()],
         ),
     ];
 
@@ -490,13 +500,14 @@ async fn a_status_naming_foreign_keys_revokes_none_of_them() {
         }
     }
     let exo_live: Vec<String> = exoscale.live_api_keys().into_iter().map(|k| k.key).collect();
-    assert_eq!(exo_live, vec![admin.key.clone()], "only the admin key is left");
+    assert_eq!(exo_live, vec![admin.key.clone(), exo_lookalike.key.clone()], "only the foreign keys are left");
     assert!(exoscale.roles().iter().any(|r| r.id == PREEXISTING_ROLE_ID));
     let yc_live: Vec<String> = yandex.live_keys().into_iter().map(|k| k.id).collect();
     assert_eq!(yc_live, vec![yc_foreign.id.clone()]);
     let osc_live: Vec<(String, String)> =
         outscale.live_keys().into_iter().map(|k| (k.access_key_id, k.state)).collect();
     assert!(osc_live.contains(&(osc_foreign.access_key_id.clone(), "ACTIVE".to_owned())), "{osc_live:?}");
+    assert!(osc_live.contains(&(osc_ak.to_owned(), "ACTIVE".to_owned())), "the issuer's key: {osc_live:?}");
     assert!(osc_live.iter().all(|(id, _)| id != &own[2].0), "its own key was revoked");
     assert!(
         exoscale.requests().iter().all(|r| r.method != "DELETE" || !r.path.contains(&admin.key)),

@@ -495,6 +495,7 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
             consumers: &observed_consumers,
             blocked_until: ctx.blocked_until(&key, &hash),
             policy_denial: None,
+            revoked_at_provider: ctx.is_revoked_externally(&key, status.access_key_id.as_deref()),
             now,
         };
         let mut step = decide(&observed);
@@ -946,7 +947,9 @@ async fn issue(
     let rotate_request = ak.annotations().get(rotation::ROTATE_ANNOTATION).cloned();
     let grace = rotation::grace_for_replacement(ak.annotations(), status, settings)
         .map_err(|e| Error::Issuer(e.to_string()))?;
-    let marker = Marker::new_attempt(&c.uid);
+    // The old key is dead: nothing to wait for before it goes from the status.
+    let grace = if reason == IssueReason::RevokedAtProvider { Duration::ZERO } else { grace };
+    let marker = Marker::new_attempt(&c.uid).within(&c.ctx.installation);
     // (0) Nothing revoking this key will need can be deleted from under it (namespace deletion).
     super::in_use::hold_before_issuing(c.ctx, &ak.spec.issuer_ref, &c.ns).await?;
     // A Secret that cannot be written would cost a key per attempt: try the write first, with
@@ -1033,6 +1036,7 @@ async fn issue(
     rotation::put_rotating(&mut status.conditions, &state, ak.meta().generation, started);
     c.write_status(status).await?;
     c.ctx.unblock(&display_name(ak));
+    c.ctx.replaced(&display_name(ak));
     crate::metrics::global().rotated(reason.label());
     let (event, note) = match replaced {
         Some(old) => (

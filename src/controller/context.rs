@@ -55,6 +55,10 @@ pub struct Context {
     /// Per AccessKey: the provider refused a new key for this spec fingerprint; no new attempt
     /// before then.
     blocked: Mutex<HashMap<String, (String, jiff::Timestamp)>>,
+    /// Written into every new ownership marker (see `installation`).
+    pub installation: String,
+    /// Per AccessKey: the key id a drift check found gone at the provider.
+    revoked_externally: Mutex<HashMap<String, String>>,
 }
 
 /// Taken by the reconcile that may write an issuer's in-use hold. Inside: the resourceVersion
@@ -228,7 +232,15 @@ impl Context {
             issuer_slots: Mutex::new(HashMap::new()),
             hold_writers: Mutex::new(HashMap::new()),
             blocked: Mutex::new(HashMap::new()),
+            installation: String::new(),
+            revoked_externally: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// This context, writing `installation` into new markers.
+    pub fn with_installation(mut self, installation: String) -> Self {
+        self.installation = installation;
+        self
     }
 
     /// A slot to wait on the provider of `issuer`, or `None` when as many reconciles as
@@ -266,6 +278,22 @@ impl Context {
             failures.remove(&format!("{key}{suffix}"));
         }
         lock(&self.blocked).remove(key);
+        lock(&self.revoked_externally).remove(key);
+    }
+
+    /// A drift check found the key `key_id` of AccessKey `key` gone at the provider.
+    pub fn revoked_externally(&self, key: &str, key_id: &str) {
+        lock(&self.revoked_externally).insert(key.to_string(), key_id.to_string());
+    }
+
+    /// Whether the key `key_id` of AccessKey `key` was found gone at the provider.
+    pub fn is_revoked_externally(&self, key: &str, key_id: Option<&str>) -> bool {
+        key_id.is_some_and(|id| lock(&self.revoked_externally).get(key).is_some_and(|gone| gone == id))
+    }
+
+    /// The AccessKey `key` has a new key: what a drift check found about the old one is moot.
+    pub fn replaced(&self, key: &str) {
+        lock(&self.revoked_externally).remove(key);
     }
 
     /// Records that the provider refused a new key for `key` (with spec fingerprint `spec`);

@@ -44,6 +44,8 @@ pub struct Observed<'a> {
     pub blocked_until: Option<jiff::Timestamp>,
     /// Why the issuer's policy does not allow a new key for this spec, if it does not.
     pub policy_denial: Option<&'a str>,
+    /// A drift check found the current key gone (or deactivated) at the provider.
+    pub revoked_at_provider: bool,
     pub now: jiff::Timestamp,
 }
 
@@ -95,6 +97,8 @@ pub enum IssueReason {
     Scheduled,
     /// A new `cloudkeys.io/rotate` value.
     Requested,
+    /// A drift check found the current key revoked at the provider, behind the operator's back.
+    RevokedAtProvider,
 }
 
 /// The first replacement forced by the Secret waits until the key is this old; each further
@@ -111,7 +115,12 @@ pub fn forced_replacement_wait(forced: u32) -> Duration {
 /// user's own changes, briefly for expiry, and with exponential backoff for the Secret.
 pub fn replacement_hold(reason: IssueReason, status: &AccessKeyStatus) -> Option<Duration> {
     match reason {
-        IssueReason::FirstKey | IssueReason::SpecChanged | IssueReason::Requested | IssueReason::Scheduled => None,
+        // A dead key is replaced at once: the workload fails until then.
+        IssueReason::FirstKey
+        | IssueReason::SpecChanged
+        | IssueReason::Requested
+        | IssueReason::Scheduled
+        | IssueReason::RevokedAtProvider => None,
         IssueReason::ExpiresSoon => Some(FORCED_REPLACEMENT_WAIT),
         IssueReason::SecretDeleted | IssueReason::SecretModified => {
             Some(forced_replacement_wait(status.forced_replacements.unwrap_or(0)))
@@ -157,6 +166,7 @@ impl IssueReason {
             Self::ExpiresSoon => "the key expires soon",
             Self::Scheduled => "rotation.every has passed",
             Self::Requested => "rotation requested (cloudkeys.io/rotate)",
+            Self::RevokedAtProvider => "the key was revoked at the provider",
         }
     }
 
@@ -170,6 +180,7 @@ impl IssueReason {
             Self::ExpiresSoon => "expiry",
             Self::Scheduled => "scheduled",
             Self::Requested => "requested",
+            Self::RevokedAtProvider => "revoked_at_provider",
         }
     }
 }
@@ -238,6 +249,8 @@ pub fn decide(o: &Observed<'_>) -> Step {
     let renewal_due = o.status.renewal_time.as_ref().is_some_and(|t| t.0 <= o.now);
     let reason = if o.status.key_spec_hash.as_deref() != Some(o.spec_hash) {
         Some(IssueReason::SpecChanged)
+    } else if o.revoked_at_provider {
+        Some(IssueReason::RevokedAtProvider)
     } else if matches!(o.secret, SecretState::Absent) {
         Some(IssueReason::SecretDeleted)
     } else if secret_key_id != Some(current) || !data_intact {
@@ -406,6 +419,7 @@ mod tests {
         consumers: Vec<Workload>,
         blocked_until: Option<jiff::Timestamp>,
         policy_denial: Option<&'static str>,
+        revoked_at_provider: bool,
         now: jiff::Timestamp,
     }
 
@@ -424,6 +438,7 @@ mod tests {
                 consumers: Vec::new(),
                 blocked_until: None,
                 policy_denial: None,
+                revoked_at_provider: false,
                 now: "2026-11-23T12:00:00Z".parse().expect("time"),
             }
         }
@@ -444,6 +459,7 @@ mod tests {
                 consumers: &self.consumers,
                 blocked_until: self.blocked_until,
                 policy_denial: self.policy_denial,
+                revoked_at_provider: self.revoked_at_provider,
                 now: self.now,
             })
         }
@@ -453,6 +469,23 @@ mod tests {
     fn new_access_key_issues_its_first_key() {
         let s = Scenario::new(AccessKeyStatus::default(), SecretState::Absent);
         assert_eq!(s.decide(), Step::Issue { reason: IssueReason::FirstKey });
+    }
+
+    #[test]
+    fn a_key_revoked_at_the_provider_is_replaced_at_once() {
+        let mut s = Scenario::new(issued("K1"), ours("K1"));
+        s.revoked_at_provider = true;
+        // Freshly issued: no hold applies to a dead key.
+        s.now = "2026-11-23T12:00:01Z".parse().expect("time");
+        s.status.issued_at = Some(Time(s.now));
+        assert_eq!(s.decide(), Step::Issue { reason: IssueReason::RevokedAtProvider });
+        // A spec change replaces it anyway, under its own reason.
+        s.spec_hash = "h2";
+        assert_eq!(s.decide(), Step::Issue { reason: IssueReason::SpecChanged });
+        // A tightened policy still stops the new key (and revokes nothing).
+        s.spec_hash = "h1";
+        s.policy_denial = Some("no");
+        assert!(matches!(s.decide(), Step::NotReady(Reason::PolicyDenied, _)));
     }
 
     #[test]

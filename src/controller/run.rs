@@ -92,15 +92,20 @@ pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
     let longest_reconcile = args.provider_timeout + access_key::KUBE_TIME_BUDGET;
     let health = Arc::new(Health::new(args.stall_timeout, longest_reconcile));
     let limits = Limits { issuer_concurrency: args.issuer_concurrency(), provider_timeout: args.provider_timeout };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        args.cluster_resource_namespace(),
-        HttpConfig::default(),
-        caches,
-        health.clone(),
-        limits,
-        super::guard::TenantGuard::new(&args.allowed_endpoint_hosts, args.allow_namespaced_ambient_credentials),
-    ));
+    let installation = super::installation::installation_id(&client, &args).await?;
+    tracing::info!(%installation, "ownership markers carry this installation id");
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            args.cluster_resource_namespace(),
+            HttpConfig::default(),
+            caches,
+            health.clone(),
+            limits,
+            super::guard::TenantGuard::new(&args.allowed_endpoint_hosts, args.allow_namespaced_ambient_credentials),
+        )
+        .with_installation(installation),
+    );
     let registry = crate::metrics::registry(reader.clone());
     let bound = serve(args.metrics_address, health.clone(), registry)
         .await
@@ -337,12 +342,17 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
     );
     spawn_workload_watch(api_for::<DaemonSet>(&client, ns), "daemonsets", &health, writers.daemon_sets, on_workload);
 
+    // Keys a drift check found revoked at the provider: their AccessKeys get new ones.
+    let (drift_triggers, drifted) = futures::channel::mpsc::unbounded::<ObjectRef<AccessKey>>();
+    tokio::spawn(super::drift::run(ctx.clone(), args.drift_check_interval, drift_triggers));
+
     let access_key_controller = Controller::for_stream(stream, reader)
         .with_config(controller_config.clone())
         .trigger_backoff(NoBackoff)
         .owns_stream(secrets)
         .reconcile_on(issuer_changes)
         .reconcile_on(rollouts)
+        .reconcile_on(drifted)
         .reconcile_all_on(secret_relists)
         .shutdown_on_signal()
         .run(access_key::reconcile, access_key::error_policy, ctx.clone())

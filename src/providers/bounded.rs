@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::api::KeyProvider;
 
-use super::{IssuedKey, KeyRequest, OwnedKey, Provider, ProviderError, Revocation, TemplateVars};
+use super::{IssuedKey, KeyRequest, ListedKey, OwnedKey, Provider, ProviderError, Revocation, TemplateVars};
 
 pub struct Bounded {
     inner: Arc<dyn Provider>,
@@ -61,6 +61,14 @@ impl Provider for Bounded {
         self.within("revoke-key", self.inner.revoke_key(key_ref, owner_uid)).await
     }
 
+    fn listing_scope(&self, spec: &KeyProvider) -> String {
+        self.inner.listing_scope(spec)
+    }
+
+    async fn list_marked(&self, spec: &KeyProvider) -> Result<Vec<ListedKey>, ProviderError> {
+        self.within("list-keys", self.inner.list_marked(spec)).await
+    }
+
     fn check_spec(&self, spec: &KeyProvider) -> Result<(), String> {
         self.inner.check_spec(spec)
     }
@@ -95,6 +103,12 @@ mod tests {
             Ok(Vec::new())
         }
         async fn revoke_key(&self, _: &str, _: &str) -> Result<Revocation, ProviderError> {
+            std::future::pending().await
+        }
+        fn listing_scope(&self, _: &KeyProvider) -> String {
+            String::new()
+        }
+        async fn list_marked(&self, _: &KeyProvider) -> Result<Vec<ListedKey>, ProviderError> {
             std::future::pending().await
         }
         fn template_vars(&self) -> TemplateVars {

@@ -15,6 +15,16 @@ pub fn sanitize_message(text: &str, max: usize) -> String {
     for (pattern, replacement) in secrets() {
         text = pattern.replace_all(&text, *replacement).into_owned();
     }
+    let text = opaque().replace_all(&text, |m: &regex::Captures<'_>| {
+        let run = &m[0];
+        let mixed_case = run.bytes().any(|b| b.is_ascii_uppercase()) && run.bytes().any(|b| b.is_ascii_lowercase());
+        let hex = run.bytes().all(|b| b.is_ascii_hexdigit());
+        if mixed_case || hex {
+            "[redacted]".to_string()
+        } else {
+            run.to_string()
+        }
+    });
     let text = whitespace().replace_all(text.trim(), " ");
     match text.char_indices().nth(max) {
         Some((end, _)) => format!("{}…", &text[..end]),
@@ -22,35 +32,45 @@ pub fn sanitize_message(text: &str, max: usize) -> String {
     }
 }
 
-/// What is redacted, in this order. Ids stay readable: key ids are shorter than 32 characters,
-/// and UUIDs and ownership markers are broken up by dashes.
+/// What is redacted, in this order; then [`opaque`] runs.
 fn secrets() -> &'static [(regex::Regex, &'static str)] {
     static PATTERNS: std::sync::LazyLock<Vec<(regex::Regex, &'static str)>> = std::sync::LazyLock::new(|| {
         let pattern = |re: &str| regex::Regex::new(re).unwrap_or_else(|e| panic!("redaction pattern {re}: {e}"));
+        // A name counts wherever it starts: `\b` would not see `access_token` as ending in one.
+        let start = r"(^|[^A-Za-z0-9])";
         vec![
-            // A header that carries credentials, to the end of its line or quoted value.
+            // A header that carries credentials, to the end of its line or quoted value (also in
+            // the `"Authorization": ["…"]` form).
             (
-                pattern(
-                    r#"(?i)\b(authorization|x-[a-z]+-security-token|cookie|set-cookie)\b(["']?\s*[:=]\s*)["']?[^\r\n"']*"#,
-                ),
-                "$1$2[redacted]",
+                pattern(&format!(
+                    r#"(?i){start}(authorization|proxy-authorization|x-[a-z]+-security-token|x-api-key|cookie|set-cookie)(["']?\s*[:=]\s*\[?)["']?[^\r\n"']*"#
+                )),
+                "$1$2$3[redacted]",
             ),
             // JWTs: the base64url of `{"` starts every one of them.
             (pattern(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*)?"), "[redacted]"),
-            (pattern(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]+"), "Bearer [redacted]"),
+            (pattern(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), "$1 [redacted]"),
             // Yandex IAM tokens.
             (pattern(r"\bt1\.[A-Za-z0-9._-]+"), "[redacted]"),
             (
-                pattern(
-                    r#"(?i)\b(signature|credential|secret[_-]?(?:access[_-]?)?key|secretkey|secret|password|token|iamtoken|jwt|private[_-]?key)\b(["']?\s*[:=]\s*)["']?[^\s,;&"'}]+"#,
-                ),
-                "$1$2[redacted]",
+                pattern(&format!(
+                    r#"(?i){start}(signature|credential|[a-z_]*secret[a-z_-]*|password|passwd|[a-z_]*token|jwt|api[_-]?key|private[_-]?key)(["']?\s*[:=]\s*)["']?[^\s,;&"'}}]+"#
+                )),
+                "$1$2$3[redacted]",
             ),
-            // Anything else long and opaque: a signature, a secret key, a token.
-            (pattern(r"[A-Za-z0-9+/_]{32,}={0,2}"), "[redacted]"),
         ]
     });
     &PATTERNS
+}
+
+/// Long runs of token characters. Redacted when they look like a secret (mixed case, as base64
+/// is, or all hex, as a signature is); ids stay readable: key ids are shorter, and UUIDs,
+/// ownership markers and resource names are lowercase and broken up by dashes.
+fn opaque() -> &'static regex::Regex {
+    static OPAQUE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"[A-Za-z0-9+/_-]{32,}={0,2}").unwrap_or_else(|e| panic!("opaque: {e}"))
+    });
+    &OPAQUE
 }
 
 fn markup() -> &'static regex::Regex {
@@ -122,8 +142,9 @@ impl ProviderError {
         self
     }
 
+    /// The provider's request id, as shown: it comes from the answer, like any other text.
     pub fn with_request_id(mut self, id: Option<String>) -> Self {
-        self.request_id = id;
+        self.request_id = id.map(|id| sanitize_message(&id, 100));
         self
     }
 
@@ -185,6 +206,14 @@ mod tests {
             (&format!("<html><body><pre>{JWT}</pre></body></html>"), "eyJ"),
             ("secret: hunter2", "hunter2"),
             ("0123456789abcdef0123456789abcdef0123456789abcdef", "0123456789abcdef0123"),
+            ("access_token=abc123", "abc123"),
+            ("refresh_token: r3fr3sh", "r3fr3sh"),
+            ("client_secret=cl1ent", "cl1ent"),
+            ("aws_secret_access_key=AKs3cr3t", "AKs3cr3t"),
+            ("x-api-key: k3y", "k3y"),
+            ("apiKey=k3y", "k3y"),
+            (r#"{"Authorization":["Basic dXNlcjpwYXNz"]}"#, "dXNlcjpwYXNz"),
+            ("y0_AgAAAAAbcdEFGH-klmnOPQRstuv-0123WXYZabcd", "AgAAAAAbcd"),
         ] {
             let out = shown(text);
             assert!(!out.contains(secret), "{text} shown as {out}");
@@ -209,6 +238,7 @@ mod tests {
             "name team-a.ck-0f8c2d7e-1b2a-4c3d-9e8f-0123456789ab-abc0123456 is taken",
             "INVALID_ARGUMENT: Service account aje9k6mfkelh3j7r2trb not found",
             "the secret key is invalid",
+            "bucket team-a-backups-of-the-uploads-2026-12 not found",
         ] {
             assert_eq!(shown(text), text);
         }

@@ -9,7 +9,7 @@ use rand::rngs::OsRng;
 use rand::TryRngCore;
 use secrecy::SecretString;
 
-use super::{IssuedKey, KeyRequest, Marker, OwnedKey, Provider, ProviderError, Revocation, TemplateVars};
+use super::{IssuedKey, KeyRequest, ListedKey, Marker, OwnedKey, Provider, ProviderError, Revocation, TemplateVars};
 use crate::api::KeyProvider;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +111,18 @@ impl Provider for LocalProvider {
                 Revocation::Revoked
             }
         })
+    }
+
+    fn listing_scope(&self, _spec: &KeyProvider) -> String {
+        String::new()
+    }
+
+    async fn list_marked(&self, _spec: &KeyProvider) -> Result<Vec<ListedKey>, ProviderError> {
+        let keys = self.store.lock();
+        let live = keys.iter().filter(|(_, k)| !k.revoked);
+        Ok(live
+            .map(|(id, k)| ListedKey { access_key_id: id.clone(), marker: k.marker.clone(), active: true })
+            .collect())
     }
 
     fn template_vars(&self) -> TemplateVars {

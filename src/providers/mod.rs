@@ -53,6 +53,15 @@ pub struct OwnedKey {
     pub marker: Marker,
 }
 
+/// A key a drift check found at the provider, carrying a marker of any owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedKey {
+    pub access_key_id: String,
+    pub marker: Marker,
+    /// Usable: not deactivated (an Outscale key can be `INACTIVE`).
+    pub active: bool,
+}
+
 /// What a revocation did. The provider reads the key first: only a key carrying a marker of
 /// the AccessKey asking is revoked, so a status edited to name some other key revokes nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +101,15 @@ pub trait Provider: Send + Sync {
     /// Revokes the key `key_ref` names if, read at the provider, it carries a marker of
     /// `owner_uid`. A reference this operator could not have written is [`Revocation::NotOwned`].
     async fn revoke_key(&self, key_ref: &str, owner_uid: &str) -> Result<Revocation, ProviderError>;
+
+    /// What one drift listing covers for keys made for `spec` (an Exoscale account's API keys, a
+    /// Yandex service account, an Outscale identity): AccessKeys of one issuer with the same
+    /// scope share one listing.
+    fn listing_scope(&self, spec: &KeyProvider) -> String;
+
+    /// Every key in `spec`'s listing scope that carries an ownership marker (of any owner or
+    /// installation), in one batched listing (all pages).
+    async fn list_marked(&self, spec: &KeyProvider) -> Result<Vec<ListedKey>, ProviderError>;
 
     /// Provider-specific rules of the AccessKey's provider block, checked before anything is
     /// created; the message names the field and says what to do.

@@ -155,6 +155,8 @@ pub struct Faults {
     pub reject_credentials: bool,
     /// Every request is answered by a proxy that echoes it, signature included.
     pub echo: Option<super::Echo>,
+    /// `CreateAccessKey` ignores `Tag`, as API versions before 1.34.3 do.
+    pub drop_tags: bool,
 }
 
 /// The fake server. Dropping it stops the server.
@@ -976,6 +978,7 @@ async fn create_access_key(s: &Shared, caller: &Caller, body: &[u8]) -> ApiResul
                 format!("too-many-accesskeys: the limit is {KEY_QUOTA} access keys per user"),
             ));
         }
+        let tag = if st.faults.drop_tags { None } else { tag };
         let entry = KeyEntry::new(owner, expiration, tag);
         let mut key = entry.json();
         key["SecretKey"] = json!(entry.secret);

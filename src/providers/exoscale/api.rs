@@ -163,10 +163,11 @@ pub struct AccessKey {
     pub key: String,
 }
 
-/// `GET /api-key/{key}` or `GET /access-key/{key}`: only the name matters (it carries the marker).
+/// `GET /api-key/{key}` or `GET /access-key/{key}`: the name carries the marker. Both fields are
+/// required: an answer without them is not a key that can be judged.
 #[derive(Debug, Deserialize)]
 pub struct NamedKey {
-    #[serde(default)]
+    pub key: String,
     pub name: String,
 }
 

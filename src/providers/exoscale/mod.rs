@@ -25,7 +25,9 @@ use self::api::{
     LABEL_OWNER,
 };
 use super::http::{ErrorResponse, Http, HttpConfig, Idempotency, Response};
-use super::{ErrorKind, IssuedKey, KeyRequest, Marker, OwnedKey, Provider, ProviderError, Revocation, TemplateVars};
+use super::{
+    ErrorKind, IssuedKey, KeyRequest, ListedKey, Marker, OwnedKey, Provider, ProviderError, Revocation, TemplateVars,
+};
 use crate::api::validation::{ExoscaleMode, ExoscaleResource};
 use crate::api::{ExoscaleIssuer, ExoscaleKey, ExoscaleRole, KeyProvider};
 
@@ -247,7 +249,14 @@ impl ExoscaleProvider {
     async fn read_named(&self, kind: &str, id: &str) -> Result<Option<String>, ProviderError> {
         let operation = if kind == "access-key" { "get-access-key" } else { "get-api-key" };
         match self.get(operation, &[kind, id]).await {
-            Ok(r) => Ok(Some(r.json::<NamedKey>(operation)?.name)),
+            Ok(r) => {
+                let found = r.json::<NamedKey>(operation)?;
+                if found.key != id {
+                    let message = format!("asked for {kind} {id}, the API answered with {}", found.key);
+                    return Err(ProviderError::retryable(operation, message));
+                }
+                Ok(Some(found.name))
+            }
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
@@ -256,7 +265,13 @@ impl ExoscaleProvider {
     async fn read_role(&self, id: &str) -> Result<Option<api::Role>, ProviderError> {
         const OP: &str = "get-iam-role";
         match self.get(OP, &["iam-role", id]).await {
-            Ok(r) => Ok(Some(r.json(OP)?)),
+            Ok(r) => {
+                let role: api::Role = r.json(OP)?;
+                if role.id != id {
+                    return Err(ProviderError::retryable(OP, format!("asked for IAM role {id}, got {}", role.id)));
+                }
+                Ok(Some(role))
+            }
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
@@ -383,9 +398,37 @@ impl Provider for ExoscaleProvider {
         Ok(if key_found.is_some() || role_found.is_some() { Revocation::Revoked } else { Revocation::AlreadyGone })
     }
 
+    /// The account (this issuer): its API keys, or its legacy access keys.
+    fn listing_scope(&self, spec: &KeyProvider) -> String {
+        if is_legacy(spec) { "access-keys" } else { "api-keys" }.to_string()
+    }
+
+    async fn list_marked(&self, spec: &KeyProvider) -> Result<Vec<ListedKey>, ProviderError> {
+        let named: Vec<(String, String)> = if is_legacy(spec) {
+            const OP: &str = "list-access-keys";
+            let keys = self.get(OP, &["access-key"]).await?.json::<AccessKeyList>(OP)?.access_keys;
+            keys.into_iter().map(|k| (k.key, k.name)).collect()
+        } else {
+            const OP: &str = "list-api-keys";
+            let keys = self.get(OP, &["api-key"]).await?.json::<ApiKeyList>(OP)?.api_keys;
+            keys.into_iter().map(|k| (k.key, k.name)).collect()
+        };
+        Ok(named
+            .into_iter()
+            .filter_map(|(key, name)| {
+                let marker = Marker::at_end(&name, '.')?;
+                Some(ListedKey { access_key_id: key, marker, active: true })
+            })
+            .collect())
+    }
+
     fn template_vars(&self) -> TemplateVars {
         TemplateVars::from([("zone", self.zone.clone()), ("endpoint", self.endpoint.clone())])
     }
+}
+
+fn is_legacy(spec: &KeyProvider) -> bool {
+    matches!(spec, KeyProvider::Exoscale(key) if matches!(key.mode(), Ok(ExoscaleMode::Legacy { .. })))
 }
 
 fn exoscale_spec<'a>(operation: &str, spec: &'a KeyProvider) -> Result<&'a ExoscaleKey, ProviderError> {

@@ -36,7 +36,9 @@ use self::api::{
     ReadAccessKeys, UpdateAccessKey, INACTIVE,
 };
 use super::http::{ErrorResponse as HttpError, Http, HttpConfig, Idempotency, Response};
-use super::{ErrorKind, IssuedKey, KeyRequest, Marker, OwnedKey, Provider, ProviderError, Revocation, TemplateVars};
+use super::{
+    ErrorKind, IssuedKey, KeyRequest, ListedKey, Marker, OwnedKey, Provider, ProviderError, Revocation, TemplateVars,
+};
 use crate::api::{KeyProvider, OutscaleIssuer, OutscaleKey};
 
 /// The shortest `expiresAfter` accepted. The controller replaces a key after two thirds of its
@@ -257,6 +259,11 @@ impl OutscaleProvider {
                 key.id
             )));
         }
+        self.remove(key, &live).await
+    }
+
+    /// Deactivates (where needed) and deletes a key read as `live`.
+    async fn remove(&self, key: &KeyRef, live: &AccessKey) -> Result<Revocation, Failure> {
         let expiration = live.expiration_date.as_deref().and_then(|d| resend_date(d, Timestamp::now()));
         let active = live.state.as_deref() != Some(INACTIVE);
         let gone = Ok(Revocation::AlreadyGone);
@@ -330,9 +337,29 @@ impl Provider for OutscaleProvider {
         let id = key.access_key_id.filter(|id| !id.is_empty()).ok_or_else(|| incomplete("AccessKeyId"))?;
         let secret = key.secret_key.filter(|s| !s.expose_secret().is_empty()).ok_or_else(|| incomplete("SecretKey"))?;
         if key.tag.as_deref() != Some(tag.as_str()) {
-            // Older API versions drop the tag silently; such a key cannot be found again if
-            // its creation is interrupted.
-            tracing::warn!(key = %id, "Outscale did not keep the ownership tag on the new key");
+            // Older API versions drop the tag silently. Such a key could never be revoked (only
+            // tagged keys are) nor found again: it goes at once, and no key is issued.
+            let key_ref = KeyRef { id: id.clone(), user: user.map(String::from) };
+            // A new key is active.
+            let live = AccessKey {
+                access_key_id: Some(id.clone()),
+                state: None,
+                expiration_date: key.expiration_date.clone(),
+                tag: None,
+            };
+            let removed = self.remove(&key_ref, &live).await;
+            let what = match removed {
+                Ok(_) => "it was deleted again".to_string(),
+                Err(f) => format!("deleting it again failed ({}); delete access key {id} by hand", f.error),
+            };
+            return Err(ProviderError::permanent(
+                CALL,
+                format!(
+                    "Outscale did not keep the ownership tag on the new key, so it could never be revoked; {what}. \
+                     The operator needs an OSC API that supports access key tags (1.34.3 or later)"
+                ),
+            )
+            .with_request_id(request_id));
         }
         // The date Outscale stored wins over ours (it may round); ours if it names none.
         let expires_at = key.expiration_date.as_deref().and_then(parse_timestamp).or(expires);
@@ -345,10 +372,7 @@ impl Provider for OutscaleProvider {
     }
 
     async fn find_keys(&self, owner_uid: &str, spec: &KeyProvider) -> Result<Vec<OwnedKey>, ProviderError> {
-        let user = match spec {
-            KeyProvider::Outscale(key) => key.user_name.as_deref().filter(|u| !u.is_empty()),
-            _ => None,
-        };
+        let user = user_of(spec);
         let keys = match self.read_keys(None, user).await {
             Ok(keys) => keys,
             // A user that does not exist has no keys.
@@ -356,6 +380,29 @@ impl Provider for OutscaleProvider {
             Err(f) => return Err(f.into()),
         };
         Ok(owned_keys(owner_uid, user, keys))
+    }
+
+    /// The identity the keys belong to: an EIM user, or the issuer's own.
+    fn listing_scope(&self, spec: &KeyProvider) -> String {
+        user_of(spec).unwrap_or_default().to_string()
+    }
+
+    async fn list_marked(&self, spec: &KeyProvider) -> Result<Vec<ListedKey>, ProviderError> {
+        let keys = match self.read_keys(None, user_of(spec)).await {
+            Ok(keys) => keys,
+            // A user that does not exist (any more) has no keys.
+            Err(f) if f.is_gone() => Vec::new(),
+            Err(f) => return Err(f.into()),
+        };
+        Ok(keys
+            .into_iter()
+            .filter_map(|key| {
+                let marker = Marker::exactly(key.tag.as_deref()?)?;
+                let access_key_id = key.access_key_id.filter(|id| !id.is_empty())?;
+                let active = key.state.as_deref() != Some(INACTIVE);
+                Some(ListedKey { access_key_id, marker, active })
+            })
+            .collect())
     }
 
     async fn revoke_key(&self, key_ref: &str, owner_uid: &str) -> Result<Revocation, ProviderError> {
@@ -383,6 +430,14 @@ impl Provider for OutscaleProvider {
 
     fn template_vars(&self) -> TemplateVars {
         TemplateVars::from([("region", self.region.clone()), ("endpoint", self.endpoint.clone())])
+    }
+}
+
+/// The EIM user of keys made for `spec`; `None`: the issuer's own identity.
+fn user_of(spec: &KeyProvider) -> Option<&str> {
+    match spec {
+        KeyProvider::Outscale(key) => key.user_name.as_deref().filter(|u| !u.is_empty()),
+        _ => None,
     }
 }
 

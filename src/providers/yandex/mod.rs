@@ -20,7 +20,9 @@ use url::Url;
 use self::api::{code, AccessKeyCreated, AccessKeyList, CreateAccessKey, Operation, Status};
 use self::auth::{JwtSigner, Token, TokenCache, TokenSource};
 use super::http::{ErrorResponse, Http, HttpConfig, Idempotency, Response};
-use super::{ErrorKind, IssuedKey, KeyRequest, Marker, OwnedKey, Provider, ProviderError, Revocation, TemplateVars};
+use super::{
+    ErrorKind, IssuedKey, KeyRequest, ListedKey, Marker, OwnedKey, Provider, ProviderError, Revocation, TemplateVars,
+};
 use crate::api::{KeyProvider, YandexIssuer};
 
 pub const DEFAULT_ENDPOINT: &str = "https://iam.api.cloud.yandex.net";
@@ -284,8 +286,9 @@ impl Provider for YandexProvider {
     async fn revoke_key(&self, key_ref: &str, owner_uid: &str) -> Result<Revocation, ProviderError> {
         const OP: &str = "delete-access-key";
         const GET: &str = "get-access-key";
-        if key_ref.trim().is_empty() {
-            return Ok(Revocation::NotOwned("the key reference is empty".into()));
+        // Resource ids are letters and digits: nothing that could change the request's path.
+        if key_ref.is_empty() || !key_ref.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Ok(Revocation::NotOwned(format!("{key_ref:?} is not a Yandex access key id")));
         }
         let url = self.access_keys_url(&[key_ref])?;
         let key: api::AccessKey = match self.get(GET, &url).await {
@@ -293,6 +296,10 @@ impl Provider for YandexProvider {
             Err(e) if e.is_not_found() => return Ok(Revocation::AlreadyGone),
             Err(e) => return Err(e),
         };
+        // Judged only on the key asked for (an answer of some other shape proves nothing).
+        if key.id != key_ref {
+            return Err(ProviderError::retryable(GET, format!("asked for access key {key_ref}, got {:?}", key.id)));
+        }
         if owned_keys(owner_uid, vec![key]).is_empty() {
             return Ok(Revocation::NotOwned(format!(
                 "access key {key_ref} has no description ending in this AccessKey's marker"
@@ -316,6 +323,25 @@ impl Provider for YandexProvider {
         }
     }
 
+    /// The service account the keys belong to.
+    fn listing_scope(&self, spec: &KeyProvider) -> String {
+        self.service_account(spec).unwrap_or_default().to_string()
+    }
+
+    async fn list_marked(&self, spec: &KeyProvider) -> Result<Vec<ListedKey>, ProviderError> {
+        let Some(service_account_id) = self.service_account(spec) else {
+            return Ok(Vec::new());
+        };
+        let keys = self.list_keys(service_account_id, PAGE_SIZE, true).await?;
+        Ok(keys
+            .into_iter()
+            .filter_map(|key| {
+                let marker = Marker::at_end(&key.description, ' ')?;
+                Some(ListedKey { access_key_id: key.key_id, marker, active: true })
+            })
+            .collect())
+    }
+
     fn template_vars(&self) -> TemplateVars {
         TemplateVars::from([("endpoint", self.endpoint.clone())])
     }
@@ -328,10 +354,7 @@ impl Provider for YandexProvider {
             KeyProvider::Yandex(key) => key.description.as_deref(),
             _ => None,
         };
-        // A marker of any attempt has the same length.
-        description_with_marker(user, &Marker::of("00000000-0000-0000-0000-000000000000", "0000000000"))
-            .map(|_| ())
-            .map_err(|e| e.message)
+        description_with_marker(user, &Marker::longest()).map(|_| ()).map_err(|e| e.message)
     }
 }
 

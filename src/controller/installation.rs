@@ -1,0 +1,53 @@
+//! The installation id written into ownership markers: two operators sharing a cloud account
+//! (two clusters, or two namespace-scoped installations of one) must tell their keys apart, or
+//! one would take the other's keys for orphans.
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::Api;
+use kube::{Client, ResourceExt};
+use sha2::{Digest, Sha256};
+
+use super::error::Error;
+use crate::cli::RunArgs;
+use crate::providers::marker::is_installation_id;
+
+/// `--installation-id`, else one derived from where this operator runs.
+pub async fn installation_id(client: &Client, args: &RunArgs) -> Result<String, Error> {
+    if let Some(id) = args.installation_id.as_deref().filter(|id| !id.is_empty()) {
+        return if is_installation_id(id) {
+            Ok(id.to_string())
+        } else {
+            Err(Error::Startup(format!("--installation-id {id:?}: expected 8 lowercase hex digits, e.g. 0a1b2c3d")))
+        };
+    }
+    // The UID of kube-system is the closest thing a cluster has to an id of its own.
+    let cluster = match Api::<Namespace>::all(client.clone()).get("kube-system").await {
+        Ok(ns) => ns.uid().unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read namespace kube-system; the installation id is derived from the operator's namespaces alone (set --installation-id where two clusters share a cloud account)");
+            String::new()
+        }
+    };
+    Ok(derive(&cluster, &args.leader_election_namespace(), args.namespace.as_deref()))
+}
+
+/// The first 8 hex digits of a hash of the cluster's id and the namespaces the operator uses.
+fn derive(cluster_uid: &str, lease_namespace: &str, watched: Option<&str>) -> String {
+    let seed = format!("{cluster_uid}/{lease_namespace}/{}", watched.unwrap_or("*"));
+    hex::encode(Sha256::digest(seed.as_bytes()))[..8].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_differ_by_cluster_and_scope() {
+        let a = derive("1b2c", "cloudkeys", None);
+        assert!(is_installation_id(&a), "{a}");
+        assert_eq!(a, derive("1b2c", "cloudkeys", None));
+        assert_ne!(a, derive("9f8e", "cloudkeys", None));
+        assert_ne!(a, derive("1b2c", "cloudkeys", Some("team-a")));
+        assert_ne!(a, derive("1b2c", "ops", None));
+    }
+}
