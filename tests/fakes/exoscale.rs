@@ -173,6 +173,14 @@ impl ExoscaleFake {
         self.shared.state().requests.clone()
     }
 
+    /// Deletes an API key directly, as someone at the console would; `false` if there was none.
+    pub fn delete_api_key_by_hand(&self, key: &str) -> bool {
+        let mut st = self.shared.state();
+        let before = st.api_keys.len();
+        st.api_keys.retain(|k| k.key != key);
+        st.api_keys.len() < before
+    }
+
     /// Adds an API key directly (e.g. one the operator does not own); the role is not checked.
     pub fn add_api_key(&self, name: &str, role_id: &str) -> FakeApiKey {
         let key = FakeApiKey { name: name.to_owned(), key: new_key(), role_id: role_id.to_owned() };

@@ -230,6 +230,14 @@ impl OutscaleFake {
 
     /// Adds an ACTIVE key directly (e.g. one the operator does not own); returns it and its
     /// secret key. The user is registered if it is new.
+    /// Deactivates a key directly (it stops signing), as someone at the console would; `false`
+    /// if there was none.
+    pub fn deactivate_key_by_hand(&self, access_key_id: &str) -> bool {
+        let mut st = self.shared.state();
+        let key = st.keys.iter_mut().find(|k| k.id == access_key_id);
+        key.map(|k| k.state = "INACTIVE").is_some()
+    }
+
     pub fn add_key(&self, user_name: Option<&str>, tag: Option<&str>) -> (FakeKey, String) {
         let mut st = self.shared.state();
         if let Some(user) = user_name {

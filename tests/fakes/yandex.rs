@@ -243,6 +243,15 @@ impl YandexFake {
         key
     }
 
+    /// Deletes a key directly (by resource id), as someone at the console would; `false` if
+    /// there was none.
+    pub fn delete_key_by_hand(&self, id: &str) -> bool {
+        let mut st = self.shared.state();
+        let before = st.keys.len();
+        st.keys.retain(|k| k.key.id != id);
+        st.keys.len() < before
+    }
+
     /// Every secret the fake ever returned.
     pub fn issued_secrets(&self) -> Vec<String> {
         self.shared.state().issued_secrets.clone()
