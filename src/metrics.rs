@@ -91,6 +91,7 @@ pub struct Metrics {
     pub drift_listings: Family<ListingLabels, Counter>,
     pub drift_last_sweep: Family<IssuerLabels, Gauge<f64, AtomicU64>>,
     pub revoked_externally: Family<ProviderLabels, Counter>,
+    pub orphaned_keys: Family<IssuerLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -110,6 +111,7 @@ impl Default for Metrics {
             drift_listings: Family::default(),
             drift_last_sweep: Family::default(),
             revoked_externally: Family::default(),
+            orphaned_keys: Family::default(),
         }
     }
 }
@@ -178,6 +180,11 @@ impl Metrics {
             "Current keys a drift check found revoked at the provider, by provider",
             self.revoked_externally.clone(),
         );
+        registry.register(
+            "cloudkeys_orphaned_keys",
+            "Keys of this installation whose AccessKey no longer exists, per issuer, at the last drift check",
+            self.orphaned_keys.clone(),
+        );
     }
 
     /// Records one provider call (from the shared HTTP layer).
@@ -223,6 +230,10 @@ impl Metrics {
             let now = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
             self.drift_last_sweep.get_or_create(&IssuerLabels { issuer: issuer.into() }).set(now);
         }
+    }
+
+    pub fn orphaned_keys(&self, issuer: &str, count: u32) {
+        self.orphaned_keys.get_or_create(&IssuerLabels { issuer: issuer.into() }).set(i64::from(count));
     }
 
     pub fn revoked_externally(&self, provider: &str) {

@@ -1,20 +1,27 @@
 //! Drift checks end to end: a key revoked at the provider behind the operator's back (deleted at
 //! Exoscale and Yandex, deactivated at OUTSCALE) is found by the next sweep and replaced at once;
-//! sweeps that find nothing write nothing.
+//! keys of this installation whose AccessKey is gone are counted, and revoked when the issuer
+//! says so; keys of other installations and unmarked ones are never touched; sweeps that find
+//! nothing new write nothing.
 
 mod fakes;
 mod support;
 
+use cloudkeys::api::KeyIssuer;
 use fakes::exoscale::{ExoscaleFake, PREEXISTING_ROLE_ID};
 use fakes::outscale::OutscaleFake;
 use fakes::yandex::YandexFake;
 use k8s_openapi::api::core::v1::Event;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::Client;
 use serde_json::{json, Value};
 use support::exoscale::{ADMIN_KEY, ADMIN_SECRET, CREDENTIALS};
 use support::keys;
 use support::operator::Operator;
+
+const INSTALLATION: &str = "0a1b2c3d";
+/// The UID of an AccessKey that no longer exists.
+const GONE_UID: &str = "0f8c2d7e-1b2a-4c3d-9e8f-0123456789ab";
 
 fn key_issuer(name: &str, provider: &str, block: Value) -> Value {
     json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "KeyIssuer", "metadata": {"name": name},
@@ -74,7 +81,19 @@ async fn keys_revoked_at_the_provider_are_replaced_by_the_next_sweep() {
     let osc =
         json!({"region": "eu-west-2", "endpoint": outscale.endpoint(), "credentialsSecretRef": {"name": "osc-admin"}});
     support::apply_json(&client, &ns, key_issuer("osc", "outscale", osc)).await;
-    let op = Operator::start_with(&ns, &[("CLOUDKEYS_DRIFT_CHECK_INTERVAL", "2s")]);
+    // Keys of this installation whose AccessKey is gone (a finalizer removed by hand, a restored
+    // backup), one per provider owner; and keys that are not this installation's.
+    let orphan = format!("ck-{INSTALLATION}-{GONE_UID}-aaaaaaaaaa");
+    let exo_orphan = exoscale.add_api_key(&format!("old-app.{orphan}"), PREEXISTING_ROLE_ID);
+    let yc_orphan = yandex.add_key(&yandex.service_account_id(), &format!("old app {orphan}"));
+    let (osc_orphan, _) = outscale.add_key(Some("app-web"), Some(&orphan));
+    let unmarked = exoscale.add_api_key("by-hand", PREEXISTING_ROLE_ID);
+    let elsewhere = exoscale.add_api_key(&format!("team-b.ck-ffffffff-{GONE_UID}-aaaaaaaaaa"), PREEXISTING_ROLE_ID);
+    let legacy = exoscale.add_api_key(&format!("team-c.ck-{GONE_UID}-aaaaaaaaaa"), PREEXISTING_ROLE_ID);
+    let op = Operator::start_with(
+        &ns,
+        &[("CLOUDKEYS_DRIFT_CHECK_INTERVAL", "2s"), ("CLOUDKEYS_INSTALLATION_ID", INSTALLATION)],
+    );
     let base = op.http_base().await;
     let accesskeys = [
         keys::manifest("exo-key", "exo", "exoscale", json!({"roleId": PREEXISTING_ROLE_ID}), json!({})),
@@ -88,24 +107,37 @@ async fn keys_revoked_at_the_provider_are_replaced_by_the_next_sweep() {
     for name in ["exo-key", "yc-key", "osc-key"] {
         old.push(current(&client, &ns, name).await);
     }
-    // A key nobody's marker names, and one with another installation's marker: never touched.
-    let unmarked = exoscale.add_api_key("by-hand", PREEXISTING_ROLE_ID);
-    let elsewhere =
-        exoscale.add_api_key("team-b.ck-ffffffff-0f8c2d7e-1b2a-4c3d-9e8f-0123456789ab-aaaaaaaaaa", PREEXISTING_ROLE_ID);
+    // The orphans are counted on their issuers, with a Warning; nothing is revoked yet.
+    let issuers: Api<KeyIssuer> = Api::namespaced(client.clone(), &ns);
+    for issuer in ["exo", "yc", "osc"] {
+        support::eventually(&format!("{issuer}'s orphan counted"), keys::WAIT, || async {
+            let i = issuers.get(issuer).await.ok()?;
+            (i.status?.orphaned_keys == Some(1)).then_some(())
+        })
+        .await;
+    }
+    wait_event(&client, &ns, "exo", "OrphanedKeys", &exo_orphan.key).await;
+    wait_event(&client, &ns, "yc", "OrphanedKeys", &yc_orphan.key_id).await;
+    wait_event(&client, &ns, "osc", "OrphanedKeys", &osc_orphan.access_key_id).await;
 
-    // Sweeps that find every key in place write nothing.
+    // Sweeps that find nothing new write nothing: no AccessKey, no issuer.
     let aks: Api<cloudkeys::api::AccessKey> = Api::namespaced(client.clone(), &ns);
-    let versions = |list: Vec<cloudkeys::api::AccessKey>| -> Vec<Option<String>> {
-        list.into_iter().map(|ak| ak.metadata.resource_version).collect()
+    let versions = || async {
+        let listed = aks.list(&ListParams::default()).await.expect("listed").items;
+        let mut v: Vec<Option<String>> = listed.into_iter().map(|o| o.metadata.resource_version).collect();
+        let listed = issuers.list(&ListParams::default()).await.expect("listed").items;
+        v.extend(listed.into_iter().map(|o| o.metadata.resource_version));
+        v
     };
-    let before = versions(aks.list(&ListParams::default()).await.expect("listed").items);
+    let before = versions().await;
     let seen = listings(&base).await;
     support::eventually("two more sweeps", keys::WAIT, || async {
-        // Each sweep lists the three owners once.
-        (listings(&base).await >= seen + 6).then_some(())
+        // Each sweep lists four owners once: the Exoscale account, the Yandex service account,
+        // the OUTSCALE user and the OUTSCALE issuer's own identity.
+        (listings(&base).await >= seen + 8).then_some(())
     })
     .await;
-    assert_eq!(versions(aks.list(&ListParams::default()).await.expect("listed").items), before);
+    assert_eq!(versions().await, before);
 
     // Revoked behind the operator's back, each the way its console does it.
     assert!(exoscale.delete_api_key_by_hand(&old[0].0));
@@ -123,13 +155,33 @@ async fn keys_revoked_at_the_provider_are_replaced_by_the_next_sweep() {
         assert_eq!(annotations.get("cloudkeys.io/access-key-id"), Some(&id), "{name}: the new key is in the Secret");
         wait_event(&client, &ns, name, "Rotated", "revoked at the provider").await;
     }
-    let exo_live: Vec<String> = exoscale.live_api_keys().into_iter().map(|k| k.key).collect();
-    assert!(exo_live.contains(&unmarked.key) && exo_live.contains(&elsewhere.key), "{exo_live:?}");
-    assert_eq!(exo_live.len(), 3, "the new key and the two foreign ones: {exo_live:?}");
-    assert_eq!(yandex.live_keys().len(), 1);
+    assert_eq!(exoscale.live_api_keys().len(), 5, "the new key, the orphan and three foreign ones");
+    assert_eq!(yandex.live_keys().len(), 2, "the new key and the orphan");
     // The deactivated key is gone too once replaced: it carried the marker.
     support::eventually("the deactivated OUTSCALE key deleted", keys::WAIT, || async {
         outscale.live_keys().iter().all(|k| k.access_key_id != old[2].0).then_some(())
     })
     .await;
+
+    // Issuers that ask for it get their orphans revoked; keys without this installation's marker
+    // stay.
+    for issuer in ["exo", "yc", "osc"] {
+        let patch = json!({"spec": {"revokeOrphans": true}});
+        issuers.patch(issuer, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("revokeOrphans set");
+    }
+    for issuer in ["exo", "yc", "osc"] {
+        support::eventually(&format!("{issuer}'s orphan revoked"), keys::WAIT, || async {
+            let i = issuers.get(issuer).await.ok()?;
+            (i.status?.orphaned_keys == Some(0)).then_some(())
+        })
+        .await;
+    }
+    let exo_live: Vec<String> = exoscale.live_api_keys().into_iter().map(|k| k.key).collect();
+    assert!(!exo_live.contains(&exo_orphan.key), "{exo_live:?}");
+    for foreign in [&unmarked.key, &elsewhere.key, &legacy.key] {
+        assert!(exo_live.contains(foreign), "{foreign} must stay: {exo_live:?}");
+    }
+    assert!(yandex.live_keys().iter().all(|k| k.id != yc_orphan.id));
+    assert!(outscale.live_keys().iter().all(|k| k.access_key_id != osc_orphan.access_key_id));
+    wait_event(&client, &ns, "exo", "OrphansRevoked", &exo_orphan.key).await;
 }

@@ -25,6 +25,7 @@ use super::IssuerPolicy;
     doc = "A provider account, in this namespace, that AccessKeys of this namespace can mint keys from.",
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Provider", type_ = "string", json_path = ".status.provider"),
+    printcolumn(name = "Orphans", type_ = "integer", json_path = ".status.orphanedKeys", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 // The rules evaluated client-side too, in the unit tests.
@@ -38,6 +39,10 @@ pub struct KeyIssuerSpec {
     /// What this issuer may mint, for whom (the limits with defaults apply without it too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<IssuerPolicy>,
+    /// Revoke the keys drift checks find carrying this installation's marker whose AccessKey no
+    /// longer exists; otherwise they are only counted in `status.orphanedKeys`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoke_orphans: bool,
 }
 
 /// The same settings as a `KeyIssuer`, usable from every namespace; its Secrets live in the
@@ -54,6 +59,7 @@ pub struct KeyIssuerSpec {
     doc = "A provider account that AccessKeys of every namespace can mint keys from.",
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Provider", type_ = "string", json_path = ".status.provider"),
+    printcolumn(name = "Orphans", type_ = "integer", json_path = ".status.orphanedKeys", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 // The rules evaluated client-side too, in the unit tests.
@@ -67,6 +73,10 @@ pub struct ClusterKeyIssuerSpec {
     /// What this issuer may mint, for whom (the limits with defaults apply without it too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<IssuerPolicy>,
+    /// Revoke the keys drift checks find carrying this installation's marker whose AccessKey no
+    /// longer exists; otherwise they are only counted in `status.orphanedKeys`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoke_orphans: bool,
 }
 
 /// Requests the operator sends to this issuer's provider account, all its AccessKeys together.
@@ -239,6 +249,10 @@ pub struct IssuerStatus {
     /// Which provider block the spec holds (shown by `kubectl get`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// Keys the last drift check found carrying this installation's marker whose AccessKey no
+    /// longer exists (revoked when `spec.revokeOrphans` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orphaned_keys: Option<u32>,
 }
 
 /// What the controller needs from either issuer kind.

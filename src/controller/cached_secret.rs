@@ -124,6 +124,11 @@ impl From<&Secret> for CachedSecret {
 }
 
 impl CachedSecret {
+    /// One annotation's value, without rebuilding the Secret.
+    pub fn annotation(&self, name: &str) -> Option<&str> {
+        self.annotations.iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| v.as_str())
+    }
+
     /// The Secret again, as the apiserver sent it but for the fields left out.
     pub fn to_secret(&self) -> Secret {
         Secret {

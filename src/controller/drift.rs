@@ -7,19 +7,21 @@
 //! A sweep takes one of the issuer's slots for its listing, and only when one is free: issuance
 //! goes first. Nothing is written to the cluster by a sweep that finds nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::channel::mpsc::UnboundedSender;
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
 use rand::Rng;
 
 use super::context::{display_name, Context};
 use super::in_use::IssuerId;
-use crate::api::{AccessKey, IssuerRef, KeyProvider};
+use super::secret::KEY_ID_ANNOTATION;
+use crate::api::{AccessKey, ClusterKeyIssuer, IssuerKind, IssuerProvider, IssuerRef, KeyIssuer, KeyProvider};
 use crate::providers::bounded::Bounded;
 use crate::providers::{ListedKey, Provider};
 
@@ -78,28 +80,79 @@ pub async fn run(ctx: Arc<Context>, interval: Duration, found: UnboundedSender<O
     if interval.is_zero() {
         return;
     }
+    let mut reported = Reported::default();
     loop {
         tokio::time::sleep(jittered(interval)).await;
         if found.is_closed() {
             return;
         }
-        sweep(&ctx, &found).await;
+        sweep(&ctx, &found, &mut reported).await;
     }
 }
 
-/// One sweep over every AccessKey in the cache.
-pub async fn sweep(ctx: &Context, found: &UnboundedSender<ObjectRef<AccessKey>>) {
-    let access_keys = ctx.caches.access_keys.state();
-    let mut groups: BTreeMap<(String, String), (IssuerRef, String, Vec<Candidate>)> = BTreeMap::new();
-    let mut providers = BTreeMap::new();
-    for c in candidates(&access_keys) {
-        let issuer = IssuerId::from_ref(&c.issuer, &c.namespace).to_string();
+/// The orphans last reported per issuer: an event only when they change.
+#[derive(Debug, Default)]
+pub struct Reported(BTreeMap<String, Vec<String>>);
+
+/// What one listing covers, and the AccessKeys whose current keys it checks.
+struct Group {
+    issuer: IssuerRef,
+    namespace: String,
+    spec: KeyProvider,
+    checked: Vec<Candidate>,
+}
+
+/// The keys listed that are orphans: this installation's marker, an owner that is none of the
+/// AccessKeys that exist, and not a key a Secret still holds (a `Retain`ed one).
+pub fn orphans<'a>(
+    listed: &'a [ListedKey],
+    installation: &str,
+    owners: &BTreeSet<String>,
+    held: &BTreeSet<String>,
+) -> Vec<&'a ListedKey> {
+    listed
+        .iter()
+        .filter(|k| k.marker.installation() == Some(installation))
+        .filter(|k| !owners.contains(k.marker.owner()) && !held.contains(&k.access_key_id))
+        .collect()
+}
+
+/// A key issued for no AccessKey: the defaults of the issuer's provider block.
+fn default_spec(settings: &IssuerProvider) -> KeyProvider {
+    match settings {
+        IssuerProvider::Exoscale(_) => KeyProvider::Exoscale(Default::default()),
+        IssuerProvider::Yandex(_) => KeyProvider::Yandex(Default::default()),
+        IssuerProvider::Outscale(_) => KeyProvider::Outscale(Default::default()),
+        IssuerProvider::Local(_) => KeyProvider::Local(Default::default()),
+    }
+}
+
+/// One sweep over every AccessKey and issuer in the caches.
+pub async fn sweep(ctx: &Context, found: &UnboundedSender<ObjectRef<AccessKey>>, reported: &mut Reported) {
+    let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
+    let mut providers: BTreeMap<String, Option<Arc<dyn Provider>>> = BTreeMap::new();
+    // Every issuer is listed at least in its default scope: orphans of an issuer nobody uses
+    // any more are found too.
+    let mut defaults: Vec<(IssuerRef, String, KeyProvider, Option<Candidate>)> = Vec::new();
+    for i in ctx.caches.key_issuers.state() {
+        let r = IssuerRef { name: i.name_any(), kind: IssuerKind::KeyIssuer };
+        defaults.push((r, i.namespace().unwrap_or_default(), default_spec(&i.spec.provider), None));
+    }
+    for i in ctx.caches.cluster_issuers.state() {
+        let r = IssuerRef { name: i.name_any(), kind: IssuerKind::ClusterKeyIssuer };
+        defaults.push((r, String::new(), default_spec(&i.spec.provider), None));
+    }
+    let checked = candidates(&ctx.caches.access_keys.state())
+        .into_iter()
+        .map(|c| (c.issuer.clone(), c.namespace.clone(), c.spec.clone(), Some(c)));
+    for (issuer_ref, namespace, spec, candidate) in checked.chain(defaults) {
+        let issuer = IssuerId::from_ref(&issuer_ref, &namespace).to_string();
         let provider = match providers.get(&issuer) {
-            Some(p) => Option::clone(p),
+            Some(p) => p.clone(),
             None => {
                 let loaded = ctx
                     .registry
-                    .load(&ctx.client, &ctx.caches, &c.namespace, &c.issuer, &ctx.cluster_resource_namespace)
+                    .load(&ctx.client, &ctx.caches, &namespace, &issuer_ref, &ctx.cluster_resource_namespace)
                     .await;
                 let provider = match loaded {
                     Ok(Some(l)) if !l.deleting => l.provider.ok(),
@@ -110,12 +163,19 @@ pub async fn sweep(ctx: &Context, found: &UnboundedSender<ObjectRef<AccessKey>>)
             }
         };
         let Some(provider) = provider else { continue };
-        let scope = provider.listing_scope(&c.spec);
-        let group =
-            groups.entry((issuer, scope)).or_insert_with(|| (c.issuer.clone(), c.namespace.clone(), Vec::new()));
-        group.2.push(c);
+        let scope = provider.listing_scope(&spec);
+        let group = groups.entry((issuer, scope)).or_insert_with(|| Group {
+            issuer: issuer_ref.clone(),
+            namespace: namespace.clone(),
+            spec,
+            checked: Vec::new(),
+        });
+        group.checked.extend(candidate);
     }
-    for ((issuer, scope), (_, _, checked)) in groups {
+
+    let mut orphaned: BTreeMap<String, (IssuerRef, String, Vec<ListedKey>)> = BTreeMap::new();
+    let mut listed_ok: BTreeSet<String> = BTreeSet::new();
+    for ((issuer, scope), group) in groups {
         let Some(provider) = providers.get(&issuer).cloned().flatten() else { continue };
         // Below issuance in priority: a busy issuer is checked next time.
         let Some(slot) = ctx.issuer_slot(&issuer).await else {
@@ -124,7 +184,7 @@ pub async fn sweep(ctx: &Context, found: &UnboundedSender<ObjectRef<AccessKey>>)
         };
         let listed_at = jiff::Timestamp::now();
         let bounded = Bounded::new(provider.clone(), tokio::time::Instant::now() + ctx.limits.provider_timeout);
-        let listed = bounded.list_marked(&checked[0].spec).await;
+        let listed = bounded.list_marked(&group.spec).await;
         drop(slot);
         crate::metrics::global().drift_listed(provider.name(), &issuer, listed.is_ok());
         let listed = match listed {
@@ -134,11 +194,152 @@ pub async fn sweep(ctx: &Context, found: &UnboundedSender<ObjectRef<AccessKey>>)
                 continue;
             }
         };
-        for c in gone(&checked, &listed, listed_at) {
+        listed_ok.insert(issuer.clone());
+        for c in gone(&group.checked, &listed, listed_at) {
             report_gone(ctx, c, provider.name(), found).await;
+        }
+        // Owners as the cache shows them after the listing: every key listed was created by an
+        // AccessKey the cache had before.
+        let owners: BTreeSet<String> =
+            ctx.caches.access_keys.state().iter().filter_map(|ak| ak.metadata.uid.clone()).collect();
+        let held: BTreeSet<String> = ctx
+            .caches
+            .secrets
+            .state()
+            .iter()
+            .filter_map(|s| s.annotation(KEY_ID_ANNOTATION).map(String::from))
+            .collect();
+        let entry =
+            orphaned.entry(issuer).or_insert_with(|| (group.issuer.clone(), group.namespace.clone(), Vec::new()));
+        entry.2.extend(orphans(&listed, &ctx.installation, &owners, &held).into_iter().cloned());
+    }
+    for (issuer, (issuer_ref, namespace, keys)) in orphaned {
+        if !listed_ok.contains(&issuer) {
+            continue;
+        }
+        let Some(provider) = providers.get(&issuer).cloned().flatten() else { continue };
+        handle_orphans(ctx, &issuer, &issuer_ref, &namespace, provider, keys, reported).await;
+    }
+}
+
+/// Counts an issuer's orphans in its status (when the count changed), says so in an event
+/// (when they changed), and revokes them if the issuer asks for it.
+async fn handle_orphans(
+    ctx: &Context,
+    issuer: &str,
+    issuer_ref: &IssuerRef,
+    namespace: &str,
+    provider: Arc<dyn Provider>,
+    keys: Vec<ListedKey>,
+    reported: &mut Reported,
+) {
+    let (revoke, current) = match issuer_ref.kind {
+        IssuerKind::KeyIssuer => {
+            let Some(i) = ctx.caches.key_issuers.get(&ObjectRef::new(&issuer_ref.name).within(namespace)) else {
+                return;
+            };
+            (i.spec.revoke_orphans, i.status.as_ref().and_then(|s| s.orphaned_keys))
+        }
+        IssuerKind::ClusterKeyIssuer => {
+            let Some(i) = ctx.caches.cluster_issuers.get(&ObjectRef::new(&issuer_ref.name)) else { return };
+            (i.spec.revoke_orphans, i.status.as_ref().and_then(|s| s.orphaned_keys))
+        }
+    };
+    let mut left = Vec::new();
+    let mut revoked = Vec::new();
+    for key in keys {
+        if !revoke {
+            left.push(key.access_key_id);
+            continue;
+        }
+        let bounded = Bounded::new(provider.clone(), tokio::time::Instant::now() + ctx.limits.provider_timeout);
+        match bounded.revoke_key(&key.key_ref, key.marker.owner()).await {
+            Ok(r) if r.is_done() => revoked.push(key.access_key_id),
+            Ok(refused) => {
+                tracing::warn!(%issuer, key = %key.access_key_id, ?refused, "orphan not revoked");
+                left.push(key.access_key_id);
+            }
+            Err(e) => {
+                tracing::warn!(%issuer, key = %key.access_key_id, error = %e, "cannot revoke an orphaned key yet");
+                left.push(key.access_key_id);
+            }
+        }
+    }
+    let count = u32::try_from(left.len()).unwrap_or(u32::MAX);
+    crate::metrics::global().orphaned_keys(issuer, count);
+    let object = (issuer_ref.kind, issuer_ref.name.as_str(), namespace);
+    if !revoked.is_empty() {
+        let note = format!("revoked {} orphaned key(s): {}", revoked.len(), revoked.join(", "));
+        issuer_event(ctx, object, EventType::Normal, "OrphansRevoked", note).await;
+    }
+    let mut shown = left.clone();
+    shown.sort();
+    if !shown.is_empty() && reported.0.get(issuer) != Some(&shown) {
+        let note = format!(
+            "{} key(s) carry this installation's marker but their AccessKey no longer exists: {}; set \
+             spec.revokeOrphans: true to revoke them",
+            shown.len(),
+            shown.join(", ")
+        );
+        issuer_event(ctx, object, EventType::Warning, "OrphanedKeys", note).await;
+    }
+    reported.0.insert(issuer.to_string(), shown);
+    if current.unwrap_or(0) != count {
+        if let Err(e) = write_orphaned_keys(ctx, object, count).await {
+            tracing::warn!(%issuer, error = %e, "cannot record the orphaned keys in the issuer's status");
         }
     }
 }
+
+type IssuerObjectRef<'a> = (IssuerKind, &'a str, &'a str);
+
+/// `status.orphanedKeys`, applied under a field manager of its own: the issuer controller's
+/// applies of its conditions leave it alone.
+async fn write_orphaned_keys(
+    ctx: &Context,
+    (kind, name, namespace): IssuerObjectRef<'_>,
+    count: u32,
+) -> Result<(), kube::Error> {
+    let params = PatchParams::apply(FIELD_MANAGER_DRIFT).force();
+    let status = serde_json::json!({"orphanedKeys": count});
+    match kind {
+        IssuerKind::KeyIssuer => {
+            let patch = serde_json::json!({"apiVersion": KeyIssuer::api_version(&()), "kind": KeyIssuer::kind(&()), "status": status});
+            Api::<KeyIssuer>::namespaced(ctx.client.clone(), namespace)
+                .patch_status(name, &params, &Patch::Apply(&patch))
+                .await?;
+        }
+        IssuerKind::ClusterKeyIssuer => {
+            let patch = serde_json::json!({"apiVersion": ClusterKeyIssuer::api_version(&()), "kind": ClusterKeyIssuer::kind(&()), "status": status});
+            Api::<ClusterKeyIssuer>::all(ctx.client.clone()).patch_status(name, &params, &Patch::Apply(&patch)).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn issuer_event(
+    ctx: &Context,
+    (kind, name, namespace): IssuerObjectRef<'_>,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    match kind {
+        IssuerKind::KeyIssuer => {
+            if let Some(i) = ctx.caches.key_issuers.get(&ObjectRef::new(name).within(namespace)) {
+                ctx.event(&*i, type_, reason, note).await;
+            }
+        }
+        IssuerKind::ClusterKeyIssuer => {
+            if let Some(i) = ctx.caches.cluster_issuers.get(&ObjectRef::new(name)) {
+                ctx.event(&*i, type_, reason, note).await;
+            }
+        }
+    }
+}
+
+/// The field manager of what drift checks write.
+pub const FIELD_MANAGER_DRIFT: &str = "cloudkeys-drift";
 
 /// Hands an AccessKey whose key is gone to its controller, if the cache still shows that key.
 async fn report_gone(ctx: &Context, c: &Candidate, provider: &str, found: &UnboundedSender<ObjectRef<AccessKey>>) {
@@ -184,7 +385,7 @@ mod tests {
     }
 
     fn listed(id: &str, active: bool) -> ListedKey {
-        ListedKey { access_key_id: id.into(), marker: Marker::new_attempt(UID), active }
+        ListedKey { access_key_id: id.into(), key_ref: id.into(), marker: Marker::new_attempt(UID), active }
     }
 
     #[test]
@@ -199,6 +400,26 @@ mod tests {
         let gone: Vec<&str> =
             gone(&checked, &keys, at("2026-12-01T12:00:00Z")).iter().map(|c| c.access_key_id.as_str()).collect();
         assert_eq!(gone, ["K2", "K3"]);
+    }
+
+    #[test]
+    fn orphans_are_this_installations_keys_of_no_existing_access_key_and_in_no_secret() {
+        const GONE: &str = "1f8c2d7e-1b2a-4c3d-9e8f-0123456789ab";
+        let key =
+            |id: &str, marker: Marker| ListedKey { access_key_id: id.into(), key_ref: id.into(), marker, active: true };
+        let listed = [
+            key("K1", Marker::new_attempt(UID).within("0a1b2c3d")),
+            key("K2", Marker::new_attempt(GONE).within("0a1b2c3d")),
+            key("K3", Marker::new_attempt(GONE).within("ffffffff")),
+            key("K4", Marker::new_attempt(GONE)),
+            key("K5", Marker::new_attempt(GONE).within("0a1b2c3d")),
+        ];
+        let owners = BTreeSet::from([UID.to_string()]);
+        let held = BTreeSet::from(["K5".to_string()]);
+        let found: Vec<&str> =
+            orphans(&listed, "0a1b2c3d", &owners, &held).iter().map(|k| k.access_key_id.as_str()).collect();
+        // K3: another installation's; K4: older than installation ids; K5: a Secret holds it.
+        assert_eq!(found, ["K2"]);
     }
 
     #[test]

@@ -169,6 +169,8 @@ async fn write_condition<K: IssuerObject>(
         observed_generation: generation,
         conditions: vec![condition],
         provider: Some(issuer.provider().name().to_string()),
+        // Drift checks own it (under a field manager of their own).
+        orphaned_keys: None,
     };
     if changed || previous.provider.is_none() {
         let api = K::api(ctx, issuer.namespace().as_deref());

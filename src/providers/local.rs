@@ -121,7 +121,12 @@ impl Provider for LocalProvider {
         let keys = self.store.lock();
         let live = keys.iter().filter(|(_, k)| !k.revoked);
         Ok(live
-            .map(|(id, k)| ListedKey { access_key_id: id.clone(), marker: k.marker.clone(), active: true })
+            .map(|(id, k)| ListedKey {
+                access_key_id: id.clone(),
+                key_ref: id.clone(),
+                marker: k.marker.clone(),
+                active: true,
+            })
             .collect())
     }
 

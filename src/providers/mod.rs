@@ -57,6 +57,8 @@ pub struct OwnedKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedKey {
     pub access_key_id: String,
+    /// What revokes it (`status.keyRef` form).
+    pub key_ref: String,
     pub marker: Marker,
     /// Usable: not deactivated (an Outscale key can be `INACTIVE`).
     pub active: bool,

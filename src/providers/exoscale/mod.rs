@@ -404,20 +404,33 @@ impl Provider for ExoscaleProvider {
     }
 
     async fn list_marked(&self, spec: &KeyProvider) -> Result<Vec<ListedKey>, ProviderError> {
-        let named: Vec<(String, String)> = if is_legacy(spec) {
+        let listed = |key: String, name: &str, key_ref: KeyRef| {
+            let marker = Marker::at_end(name, '.')?;
+            Some(ListedKey { access_key_id: key, key_ref: key_ref.to_string(), marker, active: true })
+        };
+        if is_legacy(spec) {
             const OP: &str = "list-access-keys";
             let keys = self.get(OP, &["access-key"]).await?.json::<AccessKeyList>(OP)?.access_keys;
-            keys.into_iter().map(|k| (k.key, k.name)).collect()
-        } else {
-            const OP: &str = "list-api-keys";
-            let keys = self.get(OP, &["api-key"]).await?.json::<ApiKeyList>(OP)?.api_keys;
-            keys.into_iter().map(|k| (k.key, k.name)).collect()
-        };
-        Ok(named
+            return Ok(keys
+                .into_iter()
+                .filter_map(|k| listed(k.key.clone(), &k.name, KeyRef::AccessKey(k.key)))
+                .collect());
+        }
+        const OP: &str = "list-api-keys";
+        let keys = self.get(OP, &["api-key"]).await?.json::<ApiKeyList>(OP)?.api_keys;
+        // A key with a role of its own (mode b) is revoked together with it.
+        let own_roles: Vec<String> = self
+            .list_roles(false)
+            .await?
             .into_iter()
-            .filter_map(|(key, name)| {
-                let marker = Marker::at_end(&name, '.')?;
-                Some(ListedKey { access_key_id: key, marker, active: true })
+            .filter(|r| r.labels.as_ref().is_some_and(|l| l.contains_key(LABEL_OWNER)))
+            .map(|r| r.id)
+            .collect();
+        Ok(keys
+            .into_iter()
+            .filter_map(|k| {
+                let role = k.role_id.filter(|r| own_roles.contains(r));
+                listed(k.key.clone(), &k.name, KeyRef::ApiKey { key: k.key, role })
             })
             .collect())
     }

@@ -394,13 +394,15 @@ impl Provider for OutscaleProvider {
             Err(f) if f.is_gone() => Vec::new(),
             Err(f) => return Err(f.into()),
         };
+        let user = user_of(spec);
         Ok(keys
             .into_iter()
             .filter_map(|key| {
                 let marker = Marker::exactly(key.tag.as_deref()?)?;
                 let access_key_id = key.access_key_id.filter(|id| !id.is_empty())?;
                 let active = key.state.as_deref() != Some(INACTIVE);
-                Some(ListedKey { access_key_id, marker, active })
+                let key_ref = KeyRef { id: access_key_id.clone(), user: user.map(String::from) }.to_string();
+                Some(ListedKey { access_key_id, key_ref, marker, active })
             })
             .collect())
     }

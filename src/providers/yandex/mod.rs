@@ -337,7 +337,7 @@ impl Provider for YandexProvider {
             .into_iter()
             .filter_map(|key| {
                 let marker = Marker::at_end(&key.description, ' ')?;
-                Some(ListedKey { access_key_id: key.key_id, marker, active: true })
+                Some(ListedKey { access_key_id: key.key_id, key_ref: key.id, marker, active: true })
             })
             .collect())
     }
