@@ -324,7 +324,7 @@ impl Collector for AccessKeyCollector {
         }
         // Timestamps, as cert-manager exposes them: alerts compare them with time().
         type Field = fn(&AccessKeyStatus) -> Option<f64>;
-        let per_key: [(&str, &str, Field); 4] = [
+        let per_key: [(&str, &str, Field); 5] = [
             ("cloudkeys_access_key_issued_timestamp_seconds", "When each AccessKey's current key was issued", |s| {
                 stamp(&s.issued_at)
             }),
@@ -332,6 +332,11 @@ impl Collector for AccessKeyCollector {
                 "cloudkeys_access_key_expiration_timestamp_seconds",
                 "When each AccessKey's current key expires at the provider (keys that expire only)",
                 |s| stamp(&s.expires_at),
+            ),
+            (
+                "cloudkeys_access_key_last_used_timestamp_seconds",
+                "When the provider last saw each AccessKey's current key used (Yandex), as the last drift check found",
+                |s| stamp(&s.last_used_at),
             ),
             (
                 "cloudkeys_access_key_next_rotation_timestamp_seconds",

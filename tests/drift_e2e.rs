@@ -1,6 +1,7 @@
 //! Drift checks end to end: a key revoked at the provider behind the operator's back (deleted at
 //! Exoscale and Yandex, deactivated at OUTSCALE) is found by the next sweep and replaced at once;
-//! keys of this installation whose AccessKey is gone are counted, and revoked when the issuer
+//! what the provider shows of a key (Yandex's last use, an OUTSCALE expiry changed by hand) is
+//! recorded; keys of this installation whose AccessKey is gone are counted, and revoked when the issuer
 //! says so; keys of other installations and unmarked ones are never touched; sweeps that find
 //! nothing new write nothing.
 
@@ -138,6 +139,32 @@ async fn keys_revoked_at_the_provider_are_replaced_by_the_next_sweep() {
     })
     .await;
     assert_eq!(versions().await, before);
+
+    // What the provider shows of a key is recorded: Yandex's last use, and an expiry someone set
+    // by hand at OUTSCALE (with a warning; renewal follows it).
+    assert!(yandex.use_key(&old[1].1, "2026-12-01T10:00:00Z"));
+    let expiry = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + 30 * 86_400).expect("time");
+    outscale.set_expiration_by_hand(&old[2].0, expiry);
+    support::eventually("yc-key's last use recorded", keys::WAIT, || async {
+        let status = aks.get("yc-key").await.ok()?.status?;
+        (status.last_used_at?.0 == "2026-12-01T10:00:00Z".parse::<jiff::Timestamp>().ok()?).then_some(())
+    })
+    .await;
+    support::eventually("osc-key's new expiry recorded", keys::WAIT, || async {
+        let status = aks.get("osc-key").await.ok()?.status?;
+        (status.expires_at?.0 == expiry && status.renewal_time.is_some()).then_some(())
+    })
+    .await;
+    wait_event(&client, &ns, "osc-key", "KeyExpiryChanged", &old[2].0).await;
+    support::eventually("the last use as a metric", keys::WAIT, || async {
+        let metrics = reqwest::get(format!("{base}/metrics")).await.ok()?.text().await.ok()?;
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("cloudkeys_access_key_last_used_timestamp_seconds{") && l.contains("yc-key"))
+            .any(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) == Some(1_796_119_200.0))
+            .then_some(())
+    })
+    .await;
 
     // Revoked behind the operator's back, each the way its console does it.
     assert!(exoscale.delete_api_key_by_hand(&old[0].0));

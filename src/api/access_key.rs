@@ -341,6 +341,9 @@ pub struct AccessKeyStatus {
     /// The earlier of `issuedAt + rotation.every` and `renewalTime`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_rotation_time: Option<Time>,
+    /// When the provider last saw the current key used, as the last drift check found (Yandex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<Time>,
     /// The last `cloudkeys.io/rotate` annotation value handled: each value rotates once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rotate_request: Option<String>,

@@ -480,6 +480,7 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
         let secret_state = secret::observe_secret(&ak, observed_secret.as_ref());
         let now = jiff::Timestamp::now();
         let observed_consumers = cluster.observed_consumers(&status);
+        let provider_view = ctx.provider_view(&key, status.access_key_id.as_deref());
         let denial: Option<String>;
         let mut observed = Observed {
             status: &status,
@@ -496,6 +497,7 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
             blocked_until: ctx.blocked_until(&key, &hash),
             policy_denial: None,
             revoked_at_provider: ctx.is_revoked_externally(&key, status.access_key_id.as_deref()),
+            provider_view: provider_view.as_ref(),
             now,
         };
         let mut step = decide(&observed);
@@ -854,6 +856,28 @@ async fn act(
                 .map(|t| Duration::try_from(t.duration_since(jiff::Timestamp::now())).unwrap_or(Duration::ZERO));
             let wait = due.map_or(wait, |d| d.min(wait));
             Ok(Some(Action::requeue(wait.max(Duration::from_secs(1)))))
+        }
+        Step::RecordProviderView { last_used_at, expires_at } => {
+            if let Some(t) = last_used_at {
+                status.last_used_at = Some(Time(rotation::whole_seconds(t)));
+            }
+            if let Some(expires) = expires_at {
+                let id = status.access_key_id.clone().unwrap_or_default();
+                let shown = |t: Option<jiff::Timestamp>| t.map_or_else(|| "never".to_string(), |t| t.to_string());
+                let recorded = status.expires_at.as_ref().map(|t| t.0);
+                let note = format!(
+                    "key {id} expires {} at the provider, not {} as recorded (changed outside cloudkeys); renewal follows the provider's date",
+                    shown(expires),
+                    shown(recorded)
+                );
+                c.ctx.event(c.ak, EventType::Warning, "KeyExpiryChanged", note).await;
+                let issued = status.issued_at.as_ref().map_or(jiff::Timestamp::now(), |t| t.0);
+                status.expires_at = expires.map(|e| Time(rotation::whole_seconds(e)));
+                status.renewal_time = expires.map(|e| Time(renewal_time(issued, e)));
+                status.next_rotation_time = rotation::next_rotation_time(status, settings).map(Time);
+            }
+            c.write_status(status).await?;
+            Ok(None)
         }
         Step::UpdateSecretMetadata => {
             let key_id = status.access_key_id.clone().unwrap_or_default();

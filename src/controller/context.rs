@@ -59,6 +59,8 @@ pub struct Context {
     pub installation: String,
     /// Per AccessKey: the key id a drift check found gone at the provider.
     revoked_externally: Mutex<HashMap<String, String>>,
+    /// Per AccessKey: the key id and what the last drift check found about it at the provider.
+    provider_views: Mutex<HashMap<String, (String, super::decide::ProviderView)>>,
 }
 
 /// Taken by the reconcile that may write an issuer's in-use hold. Inside: the resourceVersion
@@ -234,6 +236,7 @@ impl Context {
             blocked: Mutex::new(HashMap::new()),
             installation: String::new(),
             revoked_externally: Mutex::new(HashMap::new()),
+            provider_views: Mutex::new(HashMap::new()),
         }
     }
 
@@ -279,6 +282,18 @@ impl Context {
         }
         lock(&self.blocked).remove(key);
         lock(&self.revoked_externally).remove(key);
+        lock(&self.provider_views).remove(key);
+    }
+
+    /// What a drift check found about the key `key_id` of AccessKey `key` at the provider.
+    pub fn saw_at_provider(&self, key: &str, key_id: &str, view: super::decide::ProviderView) {
+        lock(&self.provider_views).insert(key.to_string(), (key_id.to_string(), view));
+    }
+
+    /// What the last drift check found about the current key `key_id` of AccessKey `key`.
+    pub fn provider_view(&self, key: &str, key_id: Option<&str>) -> Option<super::decide::ProviderView> {
+        let views = lock(&self.provider_views);
+        views.get(key).filter(|(id, _)| Some(id.as_str()) == key_id).map(|(_, view)| *view)
     }
 
     /// A drift check found the key `key_id` of AccessKey `key` gone at the provider.
@@ -294,6 +309,7 @@ impl Context {
     /// The AccessKey `key` has a new key: what a drift check found about the old one is moot.
     pub fn replaced(&self, key: &str) {
         lock(&self.revoked_externally).remove(key);
+        lock(&self.provider_views).remove(key);
     }
 
     /// Records that the provider refused a new key for `key` (with spec fingerprint `spec`);

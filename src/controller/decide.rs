@@ -46,6 +46,8 @@ pub struct Observed<'a> {
     pub policy_denial: Option<&'a str>,
     /// A drift check found the current key gone (or deactivated) at the provider.
     pub revoked_at_provider: bool,
+    /// What the last drift check found about the current key at the provider.
+    pub provider_view: Option<&'a ProviderView>,
     pub now: jiff::Timestamp,
 }
 
@@ -80,10 +82,37 @@ pub enum Step {
     /// (see [`replacement_hold`]): wait this long, so that whatever keeps changing the Secret
     /// cannot make the operator mint keys in a loop.
     WaitBeforeReplacing(IssueReason, Duration),
+    /// The provider shows the current key other than the status records it: a new last use,
+    /// another expiry. `None`: nothing new about that one.
+    RecordProviderView {
+        last_used_at: Option<jiff::Timestamp>,
+        expires_at: Option<Option<jiff::Timestamp>>,
+    },
     /// Labels, annotations or owner reference of the Secret drifted: fix them in place.
     UpdateSecretMetadata,
     Ready,
     NotReady(Reason, String),
+}
+
+/// The current key as a drift check saw it at the provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProviderView {
+    pub last_used_at: Option<jiff::Timestamp>,
+    /// `None`: the provider does not say; `Some(None)`: the key never expires.
+    pub expires_at: Option<Option<jiff::Timestamp>>,
+}
+
+impl ProviderView {
+    /// What differs from the status, to the second (status keeps whole seconds).
+    pub fn news(&self, status: &AccessKeyStatus) -> Option<Step> {
+        let second = |t: Option<jiff::Timestamp>| t.map(|t| t.as_second());
+        let recorded_use = second(status.last_used_at.as_ref().map(|t| t.0));
+        let last_used_at = self.last_used_at.filter(|t| Some(t.as_second()) != recorded_use);
+        let recorded_expiry = second(status.expires_at.as_ref().map(|t| t.0));
+        let expires_at = self.expires_at.filter(|e| second(*e) != recorded_expiry);
+        (last_used_at.is_some() || expires_at.is_some())
+            .then_some(Step::RecordProviderView { last_used_at, expires_at })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,6 +326,9 @@ pub fn decide(o: &Observed<'_>) -> Step {
     if o.status.next_rotation_time.as_ref().map(|t| t.0) != schedule {
         return Step::UpdateSchedule(schedule);
     }
+    if let Some(step) = o.provider_view.and_then(|v| v.news(o.status)) {
+        return step;
+    }
     if !metadata_current {
         return Step::UpdateSecretMetadata;
     }
@@ -420,6 +452,7 @@ mod tests {
         blocked_until: Option<jiff::Timestamp>,
         policy_denial: Option<&'static str>,
         revoked_at_provider: bool,
+        provider_view: Option<ProviderView>,
         now: jiff::Timestamp,
     }
 
@@ -439,6 +472,7 @@ mod tests {
                 blocked_until: None,
                 policy_denial: None,
                 revoked_at_provider: false,
+                provider_view: None,
                 now: "2026-11-23T12:00:00Z".parse().expect("time"),
             }
         }
@@ -460,6 +494,7 @@ mod tests {
                 blocked_until: self.blocked_until,
                 policy_denial: self.policy_denial,
                 revoked_at_provider: self.revoked_at_provider,
+                provider_view: self.provider_view.as_ref(),
                 now: self.now,
             })
         }
@@ -486,6 +521,25 @@ mod tests {
         s.spec_hash = "h1";
         s.policy_denial = Some("no");
         assert!(matches!(s.decide(), Step::NotReady(Reason::PolicyDenied, _)));
+    }
+
+    #[test]
+    fn what_the_provider_shows_of_the_key_is_recorded_when_it_is_new() {
+        let mut s = Scenario::new(issued("K1"), ours("K1"));
+        let used: jiff::Timestamp = "2026-11-23T11:00:00.5Z".parse().expect("time");
+        s.provider_view = Some(ProviderView { last_used_at: Some(used), expires_at: None });
+        assert_eq!(s.decide(), Step::RecordProviderView { last_used_at: Some(used), expires_at: None });
+        // Recorded to the second: the same use is nothing new.
+        s.status.last_used_at = Some(Time("2026-11-23T11:00:00Z".parse().expect("time")));
+        assert_eq!(s.decide(), Step::Ready);
+        // A key that now expires (set by hand at the provider).
+        let expiry: jiff::Timestamp = "2026-11-30T00:00:00Z".parse().expect("time");
+        s.provider_view = Some(ProviderView { last_used_at: None, expires_at: Some(Some(expiry)) });
+        assert_eq!(s.decide(), Step::RecordProviderView { last_used_at: None, expires_at: Some(Some(expiry)) });
+        s.status.expires_at = Some(Time(expiry));
+        assert_eq!(s.decide(), Step::Ready);
+        s.provider_view = Some(ProviderView { last_used_at: None, expires_at: Some(None) });
+        assert_eq!(s.decide(), Step::RecordProviderView { last_used_at: None, expires_at: Some(None) });
     }
 
     #[test]

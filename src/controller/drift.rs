@@ -19,6 +19,7 @@ use kube::{Resource, ResourceExt};
 use rand::Rng;
 
 use super::context::{display_name, Context};
+use super::decide::ProviderView;
 use super::in_use::IssuerId;
 use super::secret::KEY_ID_ANNOTATION;
 use crate::api::{AccessKey, ClusterKeyIssuer, IssuerKind, IssuerProvider, IssuerRef, KeyIssuer, KeyProvider};
@@ -198,6 +199,9 @@ pub async fn sweep(ctx: &Context, found: &UnboundedSender<ObjectRef<AccessKey>>,
         for c in gone(&group.checked, &listed, listed_at) {
             report_gone(ctx, c, provider.name(), found).await;
         }
+        for c in &group.checked {
+            noticed(ctx, c, &listed, found);
+        }
         // Owners as the cache shows them after the listing: every key listed was created by an
         // AccessKey the cache had before.
         let owners: BTreeSet<String> =
@@ -341,6 +345,22 @@ async fn issuer_event(
 /// The field manager of what drift checks write.
 pub const FIELD_MANAGER_DRIFT: &str = "cloudkeys-drift";
 
+/// Tells the controller of an AccessKey what the provider shows of its key (its last use, its
+/// expiry), when that is news to the status.
+fn noticed(ctx: &Context, c: &Candidate, listed: &[ListedKey], found: &UnboundedSender<ObjectRef<AccessKey>>) {
+    let Some(key) = listed.iter().find(|k| k.active && k.access_key_id == c.access_key_id) else { return };
+    let view = ProviderView { last_used_at: key.last_used_at, expires_at: key.expires_at };
+    let object = ObjectRef::<AccessKey>::new(&c.name).within(&c.namespace);
+    let Some(ak) = ctx.caches.access_keys.get(&object) else { return };
+    let Some(status) = ak.status.as_ref() else { return };
+    if status.access_key_id.as_deref() != Some(c.access_key_id.as_str()) || view.news(status).is_none() {
+        return;
+    }
+    ctx.saw_at_provider(&display_name(&*ak), &c.access_key_id, view);
+    // A send fails only once the controllers are stopping.
+    drop(found.unbounded_send(object));
+}
+
 /// Hands an AccessKey whose key is gone to its controller, if the cache still shows that key.
 async fn report_gone(ctx: &Context, c: &Candidate, provider: &str, found: &UnboundedSender<ObjectRef<AccessKey>>) {
     let key = ObjectRef::<AccessKey>::new(&c.name).within(&c.namespace);
@@ -385,7 +405,14 @@ mod tests {
     }
 
     fn listed(id: &str, active: bool) -> ListedKey {
-        ListedKey { access_key_id: id.into(), key_ref: id.into(), marker: Marker::new_attempt(UID), active }
+        ListedKey {
+            access_key_id: id.into(),
+            key_ref: id.into(),
+            marker: Marker::new_attempt(UID),
+            active,
+            expires_at: None,
+            last_used_at: None,
+        }
     }
 
     #[test]
@@ -405,8 +432,7 @@ mod tests {
     #[test]
     fn orphans_are_this_installations_keys_of_no_existing_access_key_and_in_no_secret() {
         const GONE: &str = "1f8c2d7e-1b2a-4c3d-9e8f-0123456789ab";
-        let key =
-            |id: &str, marker: Marker| ListedKey { access_key_id: id.into(), key_ref: id.into(), marker, active: true };
+        let key = |id: &str, marker: Marker| ListedKey { marker, ..listed(id, true) };
         let listed = [
             key("K1", Marker::new_attempt(UID).within("0a1b2c3d")),
             key("K2", Marker::new_attempt(GONE).within("0a1b2c3d")),

@@ -126,6 +126,8 @@ impl Provider for LocalProvider {
                 key_ref: id.clone(),
                 marker: k.marker.clone(),
                 active: true,
+                expires_at: None,
+                last_used_at: None,
             })
             .collect())
     }

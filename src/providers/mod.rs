@@ -62,6 +62,11 @@ pub struct ListedKey {
     pub marker: Marker,
     /// Usable: not deactivated (an Outscale key can be `INACTIVE`).
     pub active: bool,
+    /// When the provider says it expires: `None` if it does not say, `Some(None)` if never
+    /// (Outscale says).
+    pub expires_at: Option<Option<Timestamp>>,
+    /// When the provider last saw it used, if it says (Yandex).
+    pub last_used_at: Option<Timestamp>,
 }
 
 /// What a revocation did. The provider reads the key first: only a key carrying a marker of

@@ -219,6 +219,14 @@ impl OutscaleFake {
         self.shared.state().requests.clone()
     }
 
+    /// Sets a key's expiration date directly, as `UpdateAccessKey` by hand would.
+    pub fn set_expiration_by_hand(&self, access_key_id: &str, at: Timestamp) {
+        let mut st = self.shared.state();
+        if let Some(key) = st.keys.iter_mut().find(|k| k.id == access_key_id) {
+            key.expiration = Some(at);
+        }
+    }
+
     /// Moves a key's expiration date one second into the past: it no longer signs requests,
     /// and stays listed.
     pub fn expire_key(&self, access_key_id: &str) {

@@ -239,7 +239,11 @@ impl YandexFake {
     /// Adds a key directly (e.g. one the operator does not own); no secret is issued.
     pub fn add_key(&self, service_account_id: &str, description: &str) -> FakeKey {
         let key = new_fake_key(service_account_id, description);
-        self.shared.state().keys.push(KeyEntry { key: key.clone(), created_at: rfc3339(SystemTime::now()) });
+        self.shared.state().keys.push(KeyEntry {
+            key: key.clone(),
+            created_at: rfc3339(SystemTime::now()),
+            last_used_at: None,
+        });
         key
     }
 
@@ -250,6 +254,14 @@ impl YandexFake {
         let before = st.keys.len();
         st.keys.retain(|k| k.key.id != id);
         st.keys.len() < before
+    }
+
+    /// Records a use of the key (by resource id) at `at` (RFC 3339), as an S3 request with it
+    /// would; `false` if there is no such key.
+    pub fn use_key(&self, id: &str, at: &str) -> bool {
+        let mut st = self.shared.state();
+        let key = st.keys.iter_mut().find(|k| k.key.id == id);
+        key.map(|k| k.last_used_at = Some(at.to_owned())).is_some()
     }
 
     /// Every secret the fake ever returned.
@@ -369,6 +381,8 @@ struct Shared {
 struct KeyEntry {
     key: FakeKey,
     created_at: String,
+    /// `lastUsedAt`, once the key was used.
+    last_used_at: Option<String>,
 }
 
 struct Operation {
@@ -697,6 +711,9 @@ fn key_json(entry: &KeyEntry) -> Value {
         "createdAt": entry.created_at,
         "keyId": k.key_id,
     });
+    if let Some(at) = &entry.last_used_at {
+        v["lastUsedAt"] = json!(at);
+    }
     // proto3 JSON leaves out empty strings.
     if !k.description.is_empty() {
         v["description"] = json!(k.description);
@@ -771,7 +788,11 @@ async fn create_key(
     let created = {
         let mut st = s.state();
         let account = account_or_caller(&st, given, &subject)?;
-        let entry = KeyEntry { key: new_fake_key(&account, &description), created_at: rfc3339(SystemTime::now()) };
+        let entry = KeyEntry {
+            key: new_fake_key(&account, &description),
+            created_at: rfc3339(SystemTime::now()),
+            last_used_at: None,
+        };
         let secret = format!("YC{}", random_string(MIXED, 38));
         let body = json!({"accessKey": key_json(&entry), "secret": secret});
         st.keys.push(entry);

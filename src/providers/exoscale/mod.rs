@@ -406,7 +406,14 @@ impl Provider for ExoscaleProvider {
     async fn list_marked(&self, spec: &KeyProvider) -> Result<Vec<ListedKey>, ProviderError> {
         let listed = |key: String, name: &str, key_ref: KeyRef| {
             let marker = Marker::at_end(name, '.')?;
-            Some(ListedKey { access_key_id: key, key_ref: key_ref.to_string(), marker, active: true })
+            Some(ListedKey {
+                access_key_id: key,
+                key_ref: key_ref.to_string(),
+                marker,
+                active: true,
+                expires_at: None,
+                last_used_at: None,
+            })
         };
         if is_legacy(spec) {
             const OP: &str = "list-access-keys";

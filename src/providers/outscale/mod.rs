@@ -402,7 +402,8 @@ impl Provider for OutscaleProvider {
                 let access_key_id = key.access_key_id.filter(|id| !id.is_empty())?;
                 let active = key.state.as_deref() != Some(INACTIVE);
                 let key_ref = KeyRef { id: access_key_id.clone(), user: user.map(String::from) }.to_string();
-                Some(ListedKey { access_key_id, key_ref, marker, active })
+                let expires_at = Some(key.expiration_date.as_deref().and_then(parse_timestamp));
+                Some(ListedKey { access_key_id, key_ref, marker, active, expires_at, last_used_at: None })
             })
             .collect())
     }

@@ -62,6 +62,9 @@ pub struct AccessKey {
     pub description: String,
     #[serde(default)]
     pub key_id: String,
+    /// The last authentication with the key (RFC 3339), when there was one.
+    #[serde(default)]
+    pub last_used_at: Option<String>,
 }
 
 /// `GET /iam/aws-compatibility/v1/accessKeys`; proto3 JSON leaves out empty fields, so both

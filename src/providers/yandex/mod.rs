@@ -337,7 +337,15 @@ impl Provider for YandexProvider {
             .into_iter()
             .filter_map(|key| {
                 let marker = Marker::at_end(&key.description, ' ')?;
-                Some(ListedKey { access_key_id: key.key_id, key_ref: key.id, marker, active: true })
+                let last_used_at = key.last_used_at.as_deref().and_then(|t| t.parse().ok());
+                Some(ListedKey {
+                    access_key_id: key.key_id,
+                    key_ref: key.id,
+                    marker,
+                    active: true,
+                    expires_at: None,
+                    last_used_at,
+                })
             })
             .collect())
     }
@@ -666,6 +674,7 @@ mod tests {
             service_account_id: "aje0".into(),
             description,
             key_id: format!("YC{id}"),
+            last_used_at: None,
         };
         let keys = vec![
             key("k1", format!("rack backups {a1}")),
