@@ -7,7 +7,9 @@
 //! Knobs (environment): `BENCH_LOCAL` (10000 AccessKeys on the local provider),
 //! `BENCH_EXOSCALE` (1000 on an Exoscale fake), `BENCH_LATENCY_MS` (50, the fake's latency),
 //! `BENCH_RPS` (100, the Exoscale issuer's `rateLimit.requestsPerSecond`), `BENCH_IDLE_S` (120,
-//! the idle window), `BENCH_CONCURRENCY` (the operator's `--concurrency`; its default if unset).
+//! the idle window), `BENCH_CONCURRENCY` (the operator's `--concurrency`; its default if unset),
+//! `BENCH_DRIFT_S` (20, the operator's `--drift-check-interval`, so that the idle window holds
+//! several sweeps).
 //!
 //! The operator runs as its own user, `cloudkeys-operator`, whose requests alone the test
 //! apiserver writes to its audit log: every figure about requests comes from there.
@@ -146,6 +148,7 @@ async fn bench() {
     let latency = Duration::from_millis(knob("BENCH_LATENCY_MS", 50));
     let rps = knob("BENCH_RPS", 100);
     let idle = Duration::from_secs(knob("BENCH_IDLE_S", 120));
+    let drift = format!("{}s", knob("BENCH_DRIFT_S", 20));
 
     let client = support::client().await;
     support::install_crds(&client).await;
@@ -178,7 +181,11 @@ async fn bench() {
     let operator_kubeconfig = support::control_plane().dir.join("operator.kubeconfig");
     let kubeconfig = operator_kubeconfig.to_string_lossy().into_owned();
     let concurrency = std::env::var("BENCH_CONCURRENCY").ok();
-    let mut env = vec![("KUBECONFIG", kubeconfig.as_str()), ("RUST_LOG", "info")];
+    let mut env = vec![
+        ("KUBECONFIG", kubeconfig.as_str()),
+        ("RUST_LOG", "info"),
+        ("CLOUDKEYS_DRIFT_CHECK_INTERVAL", drift.as_str()),
+    ];
     if let Some(c) = concurrency.as_deref() {
         env.push(("CLOUDKEYS_CONCURRENCY", c));
     }
@@ -266,6 +273,8 @@ async fn bench() {
 
     // Idle: nothing changes; what does the operator still do?
     let reconciles_before = metric(&base, "cloudkeys_reconciles_total").await;
+    let exoscale_listings = "cloudkeys_drift_listings_total{provider=\"exoscale\",result=\"ok\"}";
+    let sweeps_before = metric(&base, exoscale_listings).await;
     let calls_before = fake.requests().len();
     tokio::time::sleep(idle).await;
     let (requests, end) = audited_since(mark);
@@ -287,6 +296,16 @@ async fn bench() {
         "  cloud calls:            {:.0} per hour; reconciles {:.0} per hour",
         (fake.requests().len() - calls_before) as f64 * per_hour,
         (metric(&base, "cloudkeys_reconciles_total").await - reconciles_before) * per_hour
+    );
+    // Every idle cloud call is a drift listing: nothing else has a reason to call.
+    let sweeps = metric(&base, exoscale_listings).await - sweeps_before;
+    let idle_calls = (fake.requests().len() - calls_before) as f64;
+    let per_sweep = idle_calls / sweeps.max(1.0);
+    println!(
+        "  drift checks ({drift}):  {sweeps:.0} sweeps; {per_sweep:.1} Exoscale calls per sweep for {n_exo} AccessKeys \
+         = {per_sweep:.1} per hour at the default 1h ({:.4} per key); apiserver writes per sweep {:.1} (target 0)",
+        per_sweep / n_exo.max(1) as f64,
+        writes.len() as f64 / sweeps.max(1.0)
     );
 
     // Deleting everything revokes everything.

@@ -7,7 +7,7 @@
 //! A sweep takes one of the issuer's slots for its listing, and only when one is free: issuance
 //! goes first. Nothing is written to the cluster by a sweep that finds nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,14 +60,19 @@ pub fn candidates(access_keys: &[Arc<AccessKey>]) -> Vec<Candidate> {
         .collect()
 }
 
-/// Which of `checked` lost their key: it is not among the active keys `listed` at `listed_at`.
+/// The active keys of a listing, by key id.
+pub fn active_by_id(listed: &[ListedKey]) -> HashMap<&str, &ListedKey> {
+    listed.iter().filter(|k| k.active).map(|k| (k.access_key_id.as_str(), k)).collect()
+}
+
+/// Which of `checked` lost their key: it is not among the `active` keys listed at `listed_at`.
 /// A key issued after the listing began proves nothing by its absence.
-pub fn gone<'a>(checked: &'a [Candidate], listed: &[ListedKey], listed_at: jiff::Timestamp) -> Vec<&'a Candidate> {
-    checked
-        .iter()
-        .filter(|c| c.issued_at < listed_at)
-        .filter(|c| !listed.iter().any(|k| k.active && k.access_key_id == c.access_key_id))
-        .collect()
+pub fn gone<'a>(
+    checked: &'a [Candidate],
+    active: &HashMap<&str, &ListedKey>,
+    listed_at: jiff::Timestamp,
+) -> Vec<&'a Candidate> {
+    checked.iter().filter(|c| c.issued_at < listed_at && !active.contains_key(c.access_key_id.as_str())).collect()
 }
 
 /// `interval` ± 10 %, so that operators started together do not list together.
@@ -175,12 +180,13 @@ pub async fn sweep(ctx: &Context, found: &UnboundedSender<ObjectRef<AccessKey>>,
     }
 
     let mut orphaned: BTreeMap<String, (IssuerRef, String, Vec<ListedKey>)> = BTreeMap::new();
-    let mut listed_ok: BTreeSet<String> = BTreeSet::new();
+    let mut unlisted: BTreeSet<String> = BTreeSet::new();
     for ((issuer, scope), group) in groups {
         let Some(provider) = providers.get(&issuer).cloned().flatten() else { continue };
         // Below issuance in priority: a busy issuer is checked next time.
         let Some(slot) = ctx.issuer_slot(&issuer).await else {
             tracing::debug!(%issuer, %scope, "issuer busy; drift check postponed");
+            unlisted.insert(issuer);
             continue;
         };
         let listed_at = jiff::Timestamp::now();
@@ -192,36 +198,37 @@ pub async fn sweep(ctx: &Context, found: &UnboundedSender<ObjectRef<AccessKey>>,
             Ok(listed) => listed,
             Err(e) => {
                 tracing::warn!(%issuer, %scope, error = %e, "drift check: cannot list the keys; trying again next time");
+                unlisted.insert(issuer);
                 continue;
             }
         };
-        listed_ok.insert(issuer.clone());
-        for c in gone(&group.checked, &listed, listed_at) {
+        let active = active_by_id(&listed);
+        for c in gone(&group.checked, &active, listed_at) {
             report_gone(ctx, c, provider.name(), found).await;
         }
         for c in &group.checked {
-            noticed(ctx, c, &listed, found);
+            if let Some(key) = active.get(c.access_key_id.as_str()) {
+                noticed(ctx, c, key, found);
+            }
         }
-        // Owners as the cache shows them after the listing: every key listed was created by an
-        // AccessKey the cache had before.
-        let owners: BTreeSet<String> =
-            ctx.caches.access_keys.state().iter().filter_map(|ak| ak.metadata.uid.clone()).collect();
-        let held: BTreeSet<String> = ctx
-            .caches
-            .secrets
-            .state()
-            .iter()
-            .filter_map(|s| s.annotation(KEY_ID_ANNOTATION).map(String::from))
-            .collect();
+        let ours = listed.into_iter().filter(|k| k.marker.installation() == Some(ctx.installation.as_str()));
         let entry =
             orphaned.entry(issuer).or_insert_with(|| (group.issuer.clone(), group.namespace.clone(), Vec::new()));
-        entry.2.extend(orphans(&listed, &ctx.installation, &owners, &held).into_iter().cloned());
+        entry.2.extend(ours);
     }
+    // Owners as the cache shows them after the listings: every key listed was created by an
+    // AccessKey the cache had before.
+    let owners: BTreeSet<String> =
+        ctx.caches.access_keys.state().iter().filter_map(|ak| ak.metadata.uid.clone()).collect();
+    let held: BTreeSet<String> =
+        ctx.caches.secrets.state().iter().filter_map(|s| s.annotation(KEY_ID_ANNOTATION).map(String::from)).collect();
     for (issuer, (issuer_ref, namespace, keys)) in orphaned {
-        if !listed_ok.contains(&issuer) {
+        // A partial view of an issuer's keys would count its orphans wrong.
+        if unlisted.contains(&issuer) {
             continue;
         }
         let Some(provider) = providers.get(&issuer).cloned().flatten() else { continue };
+        let keys = orphans(&keys, &ctx.installation, &owners, &held).into_iter().cloned().collect();
         handle_orphans(ctx, &issuer, &issuer_ref, &namespace, provider, keys, reported).await;
     }
 }
@@ -347,8 +354,7 @@ pub const FIELD_MANAGER_DRIFT: &str = "cloudkeys-drift";
 
 /// Tells the controller of an AccessKey what the provider shows of its key (its last use, its
 /// expiry), when that is news to the status.
-fn noticed(ctx: &Context, c: &Candidate, listed: &[ListedKey], found: &UnboundedSender<ObjectRef<AccessKey>>) {
-    let Some(key) = listed.iter().find(|k| k.active && k.access_key_id == c.access_key_id) else { return };
+fn noticed(ctx: &Context, c: &Candidate, key: &ListedKey, found: &UnboundedSender<ObjectRef<AccessKey>>) {
     let view = ProviderView { last_used_at: key.last_used_at, expires_at: key.expires_at };
     let object = ObjectRef::<AccessKey>::new(&c.name).within(&c.namespace);
     let Some(ak) = ctx.caches.access_keys.get(&object) else { return };
@@ -424,8 +430,9 @@ mod tests {
             candidate("K4", "2026-12-01T12:00:01Z"),
         ];
         let keys = [listed("K1", true), listed("K3", false)];
+        let active = active_by_id(&keys);
         let gone: Vec<&str> =
-            gone(&checked, &keys, at("2026-12-01T12:00:00Z")).iter().map(|c| c.access_key_id.as_str()).collect();
+            gone(&checked, &active, at("2026-12-01T12:00:00Z")).iter().map(|c| c.access_key_id.as_str()).collect();
         assert_eq!(gone, ["K2", "K3"]);
     }
 
