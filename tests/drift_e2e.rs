@@ -5,29 +5,22 @@
 //! says so; keys of other installations and unmarked ones are never touched; sweeps that find
 //! nothing new write nothing.
 
+mod clouds;
 mod fakes;
 mod support;
 
 use cloudkeys::api::KeyIssuer;
-use fakes::exoscale::{ExoscaleFake, PREEXISTING_ROLE_ID};
-use fakes::outscale::OutscaleFake;
-use fakes::yandex::YandexFake;
+use fakes::exoscale::PREEXISTING_ROLE_ID;
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::Client;
-use serde_json::{json, Value};
-use support::exoscale::{ADMIN_KEY, ADMIN_SECRET, CREDENTIALS};
+use serde_json::json;
 use support::keys;
 use support::operator::Operator;
 
 const INSTALLATION: &str = "0a1b2c3d";
 /// The UID of an AccessKey that no longer exists.
 const GONE_UID: &str = "0f8c2d7e-1b2a-4c3d-9e8f-0123456789ab";
-
-fn key_issuer(name: &str, provider: &str, block: Value) -> Value {
-    json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "KeyIssuer", "metadata": {"name": name},
-        "spec": {provider: block}})
-}
 
 /// The AccessKey's current key id and reference.
 async fn current(client: &Client, ns: &str, name: &str) -> (String, String) {
@@ -65,23 +58,7 @@ async fn keys_revoked_at_the_provider_are_replaced_by_the_next_sweep() {
     let client = support::client().await;
     support::install_crds(&client).await;
     let ns = support::namespace(&client, "drift").await;
-    let exoscale = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
-    support::exoscale::credentials(&client, &ns, ADMIN_SECRET).await;
-    let exo = json!({"endpoint": exoscale.endpoint(), "credentialsSecretRef": {"name": CREDENTIALS}});
-    support::apply_json(&client, &ns, key_issuer("exo", "exoscale", exo)).await;
-    let yandex = YandexFake::start();
-    support::create_secret(&client, &ns, "yc-admin", json!({"key.json": yandex.authorized_key_json()})).await;
-    let yc = json!({"endpoint": yandex.endpoint(), "operationEndpoint": yandex.operation_endpoint(),
-        "serviceAccountId": yandex.service_account_id(), "serviceAccountKeySecretRef": {"name": "yc-admin"}});
-    support::apply_json(&client, &ns, key_issuer("yc", "yandex", yc)).await;
-    let (osc_ak, osc_sk) = ("ADMINAK0123456789ABC", "adminsecretkey0123456789adminsecretkey01");
-    let outscale = OutscaleFake::start("eu-west-2", osc_ak, osc_sk);
-    outscale.add_user("app-web");
-    support::create_secret(&client, &ns, "osc-admin", json!({"OSC_ACCESS_KEY": osc_ak, "OSC_SECRET_KEY": osc_sk}))
-        .await;
-    let osc =
-        json!({"region": "eu-west-2", "endpoint": outscale.endpoint(), "credentialsSecretRef": {"name": "osc-admin"}});
-    support::apply_json(&client, &ns, key_issuer("osc", "outscale", osc)).await;
+    let clouds::Clouds { exoscale, yandex, outscale } = clouds::issuers(&client, &ns).await;
     // Keys of this installation whose AccessKey is gone (a finalizer removed by hand, a restored
     // backup), one per provider owner; and keys that are not this installation's.
     let orphan = format!("ck-{INSTALLATION}-{GONE_UID}-aaaaaaaaaa");

@@ -831,16 +831,6 @@ async fn provider_revokes_only_what_carries_the_owners_marker() {
     assert!(fake.requests().iter().all(|r| r.signature_ok));
 }
 
-/// What a provider error shows, checked against the credentials a fake echoed.
-/// `since`: how many credentials had been echoed before the call that failed.
-fn assert_no_echoed_credential(shown: &str, since: usize) {
-    let echoed = fakes::echoed_credentials();
-    assert!(echoed.len() > since, "the fake echoed the request");
-    for secret in &echoed[since..] {
-        assert!(!shown.contains(secret.as_str()), "{shown:?} shows {secret:?}");
-    }
-}
-
 #[tokio::test]
 async fn a_proxy_echoing_the_signed_request_shows_no_signature() {
     let fake = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
@@ -855,7 +845,7 @@ async fn a_proxy_echoing_the_signed_request_shows_no_signature() {
         assert_eq!(e.status, Some(400));
         assert!(e.message.contains("proxy refused the request"), "{e}");
         assert!(e.message.contains("[redacted]"), "{e}");
-        assert_no_echoed_credential(&e.to_string(), since);
+        fakes::assert_no_echoed_credential(&e.to_string(), since);
     }
 }
 

@@ -2,6 +2,7 @@
 //! message naming the field, the value and what is allowed, a Warning event, and not one
 //! request at the provider's fake; and lets through what it allows.
 
+mod clouds;
 mod fakes;
 mod support;
 
@@ -400,23 +401,8 @@ async fn a_status_naming_foreign_keys_revokes_none_of_them() {
     let client = support::client().await;
     support::install_crds(&client).await;
     let ns = support::namespace(&client, "policy-foreign-keys").await;
-    let exoscale = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
-    support::exoscale::credentials(&client, &ns, ADMIN_SECRET).await;
-    let exo = json!({"endpoint": exoscale.endpoint(), "credentialsSecretRef": {"name": CREDENTIALS}});
-    support::apply_json(&client, &ns, key_issuer("exo", "exoscale", exo, Value::Null)).await;
-    let yandex = YandexFake::start();
-    support::create_secret(&client, &ns, "yc-admin", json!({"key.json": yandex.authorized_key_json()})).await;
-    let yc = json!({"endpoint": yandex.endpoint(), "operationEndpoint": yandex.operation_endpoint(),
-        "serviceAccountId": yandex.service_account_id(), "serviceAccountKeySecretRef": {"name": "yc-admin"}});
-    support::apply_json(&client, &ns, key_issuer("yc", "yandex", yc, Value::Null)).await;
-    let (osc_ak, osc_sk) = ("ADMINAK0123456789ABC", "adminsecretkey0123456789adminsecretkey01");
-    let outscale = OutscaleFake::start("eu-west-2", osc_ak, osc_sk);
-    outscale.add_user("app-web");
-    support::create_secret(&client, &ns, "osc-admin", json!({"OSC_ACCESS_KEY": osc_ak, "OSC_SECRET_KEY": osc_sk}))
-        .await;
-    let osc =
-        json!({"region": "eu-west-2", "endpoint": outscale.endpoint(), "credentialsSecretRef": {"name": "osc-admin"}});
-    support::apply_json(&client, &ns, key_issuer("osc", "outscale", osc, Value::Null)).await;
+    let clouds::Clouds { exoscale, yandex, outscale } = clouds::issuers(&client, &ns).await;
+    let osc_ak = clouds::OSC_AK;
     let _op = Operator::start(&ns);
     for issuer in ["exo", "yc", "osc"] {
         wait_issuer_ready(&client, &ns, issuer).await;

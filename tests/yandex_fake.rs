@@ -785,15 +785,6 @@ fn spec_fits() -> KeyProvider {
     spec(None, Some(&"d".repeat(205)))
 }
 
-/// `since`: how many credentials had been echoed before the call that failed.
-fn assert_no_echoed_credential(shown: &str, since: usize) {
-    let echoed = fakes::echoed_credentials();
-    assert!(echoed.len() > since, "the fake echoed the request");
-    for secret in &echoed[since..] {
-        assert!(!shown.contains(secret.as_str()), "{shown:?} shows {secret:?}");
-    }
-}
-
 #[tokio::test]
 async fn a_proxy_echoing_the_jwt_or_the_iam_token_shows_neither() {
     let fake = YandexFake::start();
@@ -805,7 +796,7 @@ async fn a_proxy_echoing_the_jwt_or_the_iam_token_shows_neither() {
         let e = p.check_credentials().await.expect_err("the proxy refuses");
         assert!(e.message.contains("proxy refused the request"), "{e}");
         assert!(!e.to_string().contains("eyJ"), "{e}");
-        assert_no_echoed_credential(&e.to_string(), since);
+        fakes::assert_no_echoed_credential(&e.to_string(), since);
         // The IAM token, echoed.
         fake.set_faults(Faults::default());
         p.check_credentials().await.expect("a token");
@@ -813,6 +804,6 @@ async fn a_proxy_echoing_the_jwt_or_the_iam_token_shows_neither() {
         let since = fakes::echoed_credentials().len();
         let e = p.check_credentials().await.expect_err("the proxy refuses");
         assert!(e.message.contains("Bearer [redacted]") || e.message.contains("authorization: [redacted]"), "{e}");
-        assert_no_echoed_credential(&e.to_string(), since);
+        fakes::assert_no_echoed_credential(&e.to_string(), since);
     }
 }

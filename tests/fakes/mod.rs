@@ -21,6 +21,16 @@ pub fn echoed_credentials() -> Vec<String> {
     ECHOED.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
+/// Checks what a provider error shows against the credentials echoed since `since` (how many
+/// had been echoed before the call that failed): there must be some, and none may show.
+pub fn assert_no_echoed_credential(shown: &str, since: usize) {
+    let echoed = echoed_credentials();
+    assert!(echoed.len() > since, "the fake echoed the request");
+    for secret in &echoed[since..] {
+        assert!(!shown.contains(secret.as_str()), "{shown:?} shows {secret:?}");
+    }
+}
+
 fn remember_credentials(parts: &Parts, body: &[u8]) {
     let mut found: Vec<String> = Vec::new();
     if let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
