@@ -11,6 +11,7 @@ mod support;
 
 use cloudkeys::api::KeyIssuer;
 use fakes::exoscale::PREEXISTING_ROLE_ID;
+use fakes::yandex::SECOND_SERVICE_ACCOUNT_ID;
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::Client;
@@ -116,6 +117,19 @@ async fn keys_revoked_at_the_provider_are_replaced_by_the_next_sweep() {
     })
     .await;
     assert_eq!(versions().await, before);
+
+    // A listing of another scope than the key's is no proof it is gone: with the Yandex issuer's
+    // default service account changed, yc-key's key is not in the listing, but it exists, and
+    // stays.
+    let to = |sa: &str| json!({"spec": {"yandex": {"serviceAccountId": sa}}});
+    issuers.patch("yc", &PatchParams::default(), &Patch::Merge(&to(SECOND_SERVICE_ACCOUNT_ID))).await.expect("patched");
+    let seen = listings(&base).await;
+    support::eventually("two sweeps of the new scope", keys::WAIT, || async {
+        (listings(&base).await >= seen + 8).then_some(())
+    })
+    .await;
+    assert_eq!(current(&client, &ns, "yc-key").await.0, old[1].0, "a key that exists was replaced");
+    issuers.patch("yc", &PatchParams::default(), &Patch::Merge(&to(&yandex.service_account_id()))).await.expect("back");
 
     // What the provider shows of a key is recorded: Yandex's last use, and an expiry someone set
     // by hand at OUTSCALE (with a warning; renewal follows it).

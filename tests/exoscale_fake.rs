@@ -862,8 +862,8 @@ async fn provider_revokes_only_legacy_access_keys_named_with_the_owners_marker()
     assert_eq!(issued.key_ref, format!("access-key:{}", issued.access_key_id));
     let listed = p.list_marked(&spec).await.expect("listed");
     assert_eq!(
-        listed.iter().map(|k| (k.access_key_id.as_str(), &k.marker)).collect::<Vec<_>>(),
-        [(issued.access_key_id.as_str(), &marker)]
+        listed.iter().map(|k| (k.access_key_id.as_str(), k.marker.as_ref())).collect::<Vec<_>>(),
+        [(issued.access_key_id.as_str(), Some(&marker))]
     );
     let legacy = Api::new(&fake);
     let reply = legacy

@@ -866,7 +866,7 @@ async fn act(
                 let shown = |t: Option<jiff::Timestamp>| t.map_or_else(|| "never".to_string(), |t| t.to_string());
                 let recorded = status.expires_at.as_ref().map(|t| t.0);
                 let note = format!(
-                    "key {id} expires {} at the provider, not {} as recorded (changed outside cloudkeys); renewal follows the provider's date",
+                    "the provider says key {id} expires {}, not {} as recorded; renewal follows the provider's date",
                     shown(expires),
                     shown(recorded)
                 );

@@ -103,11 +103,14 @@ pub struct ProviderView {
 }
 
 impl ProviderView {
-    /// What differs from the status, to the second (status keeps whole seconds).
+    /// What differs from the status, to the second (status keeps whole seconds). A last use is
+    /// news once it is a day past the recorded one: a busy key costs a write a day, not one
+    /// per sweep.
     pub fn news(&self, status: &AccessKeyStatus) -> Option<Step> {
+        const DAY: i64 = 86_400;
         let second = |t: Option<jiff::Timestamp>| t.map(|t| t.as_second());
         let recorded_use = second(status.last_used_at.as_ref().map(|t| t.0));
-        let last_used_at = self.last_used_at.filter(|t| Some(t.as_second()) != recorded_use);
+        let last_used_at = self.last_used_at.filter(|t| recorded_use.is_none_or(|r| t.as_second() >= r + DAY));
         let recorded_expiry = second(status.expires_at.as_ref().map(|t| t.0));
         let expires_at = self.expires_at.filter(|e| second(*e) != recorded_expiry);
         (last_used_at.is_some() || expires_at.is_some())
@@ -529,9 +532,15 @@ mod tests {
         let used: jiff::Timestamp = "2026-11-23T11:00:00.5Z".parse().expect("time");
         s.provider_view = Some(ProviderView { last_used_at: Some(used), expires_at: None });
         assert_eq!(s.decide(), Step::RecordProviderView { last_used_at: Some(used), expires_at: None });
-        // Recorded to the second: the same use is nothing new.
+        // Recorded: a later use is news only a day later.
         s.status.last_used_at = Some(Time("2026-11-23T11:00:00Z".parse().expect("time")));
         assert_eq!(s.decide(), Step::Ready);
+        let later: jiff::Timestamp = "2026-11-24T10:59:59Z".parse().expect("time");
+        s.provider_view = Some(ProviderView { last_used_at: Some(later), expires_at: None });
+        assert_eq!(s.decide(), Step::Ready);
+        let day_later: jiff::Timestamp = "2026-11-24T11:00:00Z".parse().expect("time");
+        s.provider_view = Some(ProviderView { last_used_at: Some(day_later), expires_at: None });
+        assert_eq!(s.decide(), Step::RecordProviderView { last_used_at: Some(day_later), expires_at: None });
         // A key that now expires (set by hand at the provider).
         let expiry: jiff::Timestamp = "2026-11-30T00:00:00Z".parse().expect("time");
         s.provider_view = Some(ProviderView { last_used_at: None, expires_at: Some(Some(expiry)) });

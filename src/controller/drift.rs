@@ -24,7 +24,7 @@ use super::in_use::IssuerId;
 use super::secret::KEY_ID_ANNOTATION;
 use crate::api::{AccessKey, ClusterKeyIssuer, IssuerKind, IssuerProvider, IssuerRef, KeyIssuer, KeyProvider};
 use crate::providers::bounded::Bounded;
-use crate::providers::{ListedKey, Provider};
+use crate::providers::{ListedKey, Marker, Provider};
 
 /// An AccessKey whose current key a sweep checks.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +34,7 @@ pub struct Candidate {
     pub issuer: IssuerRef,
     pub spec: KeyProvider,
     pub access_key_id: String,
+    pub key_ref: String,
     pub issued_at: jiff::Timestamp,
 }
 
@@ -54,6 +55,7 @@ pub fn candidates(access_keys: &[Arc<AccessKey>]) -> Vec<Candidate> {
                 issuer: status.issued_by.clone()?,
                 spec: ak.spec.provider.clone(),
                 access_key_id: status.access_key_id.clone()?,
+                key_ref: status.key_ref.clone()?,
                 issued_at: status.issued_at.as_ref()?.0,
             })
         })
@@ -87,6 +89,14 @@ pub async fn run(ctx: Arc<Context>, interval: Duration, found: UnboundedSender<O
         return;
     }
     let mut reported = Reported::default();
+    // Orphans are judged against the caches: never against caches not filled yet. (Polled: a
+    // store's readiness signal wakes only its latest waiter, and the controllers wait on it.)
+    while !ctx.health.synced.load(std::sync::atomic::Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if found.is_closed() {
+            return;
+        }
+    }
     loop {
         tokio::time::sleep(jittered(interval)).await;
         if found.is_closed() {
@@ -118,8 +128,9 @@ pub fn orphans<'a>(
 ) -> Vec<&'a ListedKey> {
     listed
         .iter()
-        .filter(|k| k.marker.installation() == Some(installation))
-        .filter(|k| !owners.contains(k.marker.owner()) && !held.contains(&k.access_key_id))
+        .filter(|k| k.marker.as_ref().and_then(Marker::installation) == Some(installation))
+        .filter(|k| k.marker.as_ref().is_some_and(|m| !owners.contains(m.owner())))
+        .filter(|k| !held.contains(&k.access_key_id))
         .collect()
 }
 
@@ -203,15 +214,33 @@ pub async fn sweep(ctx: &Context, found: &UnboundedSender<ObjectRef<AccessKey>>,
             }
         };
         let active = active_by_id(&listed);
-        for c in gone(&group.checked, &active, listed_at) {
-            report_gone(ctx, c, provider.name(), found).await;
+        let missing = gone(&group.checked, &active, listed_at);
+        // Most of a listing's keys missing at once is the listing's problem (the issuer's
+        // credentials or default service account changed), not a mass revocation.
+        if missing.len() > 3 && missing.len() * 2 > group.checked.len() {
+            tracing::warn!(%issuer, %scope, missing = missing.len(), of = group.checked.len(), "drift check: most keys are missing from the listing; replacing none (check the issuer's credentials and settings)");
+            unlisted.insert(issuer);
+            continue;
+        }
+        for c in missing {
+            // Asked by id, where the key was made: the listing covers the scope the spec names
+            // now, which may not be the one the key was made in.
+            let bounded = Bounded::new(provider.clone(), tokio::time::Instant::now() + ctx.limits.provider_timeout);
+            match bounded.key_present(&c.key_ref).await {
+                Ok(None | Some(false)) => report_gone(ctx, c, provider.name(), found).await,
+                Ok(Some(true)) => tracing::debug!(key = %c.access_key_id, %scope, "not in the listing, but present"),
+                Err(e) => {
+                    tracing::warn!(key = %c.access_key_id, error = %e, "drift check: cannot read the key; trying again next time")
+                }
+            }
         }
         for c in &group.checked {
             if let Some(key) = active.get(c.access_key_id.as_str()) {
                 noticed(ctx, c, key, found);
             }
         }
-        let ours = listed.into_iter().filter(|k| k.marker.installation() == Some(ctx.installation.as_str()));
+        let ours =
+            listed.into_iter().filter(|k| k.marker.as_ref().and_then(Marker::installation) == Some(&*ctx.installation));
         let entry =
             orphaned.entry(issuer).or_insert_with(|| (group.issuer.clone(), group.namespace.clone(), Vec::new()));
         entry.2.extend(ours);
@@ -228,9 +257,17 @@ pub async fn sweep(ctx: &Context, found: &UnboundedSender<ObjectRef<AccessKey>>,
             continue;
         }
         let Some(provider) = providers.get(&issuer).cloned().flatten() else { continue };
-        let keys = orphans(&keys, &ctx.installation, &owners, &held).into_iter().cloned().collect();
-        handle_orphans(ctx, &issuer, &issuer_ref, &namespace, provider, keys, reported).await;
+        let found: Vec<ListedKey> = orphans(&keys, &ctx.installation, &owners, &held).into_iter().cloned().collect();
+        let implausible = found.len() > 3 && found.len() * 2 > keys.len();
+        let view = OrphanView { keys: found, implausible };
+        handle_orphans(ctx, &issuer, &issuer_ref, &namespace, provider, view, reported).await;
     }
+}
+
+/// An issuer's orphans, and whether they are too many of its keys to be believed.
+struct OrphanView {
+    keys: Vec<ListedKey>,
+    implausible: bool,
 }
 
 /// Counts an issuer's orphans in its status (when the count changed), says so in an event
@@ -241,7 +278,7 @@ async fn handle_orphans(
     issuer_ref: &IssuerRef,
     namespace: &str,
     provider: Arc<dyn Provider>,
-    keys: Vec<ListedKey>,
+    OrphanView { keys, implausible }: OrphanView,
     reported: &mut Reported,
 ) {
     let (revoke, current) = match issuer_ref.kind {
@@ -256,15 +293,19 @@ async fn handle_orphans(
             (i.spec.revoke_orphans, i.status.as_ref().and_then(|s| s.orphaned_keys))
         }
     };
+    // Orphans past their share of the issuer's keys of this installation, or found while a
+    // watch is failing, are counted but never revoked: the view of what exists may be wrong.
+    let revoke = revoke && ctx.health.synced.load(std::sync::atomic::Ordering::Relaxed) && !implausible;
     let mut left = Vec::new();
     let mut revoked = Vec::new();
     for key in keys {
+        let Some(marker) = key.marker.as_ref() else { continue };
         if !revoke {
             left.push(key.access_key_id);
             continue;
         }
         let bounded = Bounded::new(provider.clone(), tokio::time::Instant::now() + ctx.limits.provider_timeout);
-        match bounded.revoke_key(&key.key_ref, key.marker.owner()).await {
+        match bounded.revoke_key(&key.key_ref, marker.owner()).await {
             Ok(r) if r.is_done() => revoked.push(key.access_key_id),
             Ok(refused) => {
                 tracing::warn!(%issuer, key = %key.access_key_id, ?refused, "orphan not revoked");
@@ -376,6 +417,10 @@ async fn report_gone(ctx: &Context, c: &Candidate, provider: &str, found: &Unbou
         return;
     }
     let access_key = display_name(&*ak);
+    // Reported once: a replacement that cannot go ahead (a policy, a refusal) is not news.
+    if ctx.is_revoked_externally(&access_key, Some(&c.access_key_id)) {
+        return;
+    }
     ctx.revoked_externally(&access_key, &c.access_key_id);
     crate::metrics::global().revoked_externally(provider);
     tracing::warn!(%access_key, key_id = %c.access_key_id, "key revoked at the provider; replacing it");
@@ -391,7 +436,6 @@ async fn report_gone(ctx: &Context, c: &Candidate, provider: &str, found: &Unbou
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::Marker;
 
     const UID: &str = "0f8c2d7e-1b2a-4c3d-9e8f-0123456789ab";
 
@@ -406,6 +450,7 @@ mod tests {
             issuer: IssuerRef { name: "i".into(), kind: Default::default() },
             spec: KeyProvider::Local(Default::default()),
             access_key_id: id.into(),
+            key_ref: format!("ref-{id}"),
             issued_at: at(issued),
         }
     }
@@ -414,7 +459,7 @@ mod tests {
         ListedKey {
             access_key_id: id.into(),
             key_ref: id.into(),
-            marker: Marker::new_attempt(UID),
+            marker: Some(Marker::new_attempt(UID)),
             active,
             expires_at: None,
             last_used_at: None,
@@ -439,7 +484,7 @@ mod tests {
     #[test]
     fn orphans_are_this_installations_keys_of_no_existing_access_key_and_in_no_secret() {
         const GONE: &str = "1f8c2d7e-1b2a-4c3d-9e8f-0123456789ab";
-        let key = |id: &str, marker: Marker| ListedKey { marker, ..listed(id, true) };
+        let key = |id: &str, marker: Marker| ListedKey { marker: Some(marker), ..listed(id, true) };
         let listed = [
             key("K1", Marker::new_attempt(UID).within("0a1b2c3d")),
             key("K2", Marker::new_attempt(GONE).within("0a1b2c3d")),

@@ -20,12 +20,23 @@ pub async fn installation_id(client: &Client, args: &RunArgs) -> Result<String, 
             Err(Error::Startup(format!("--installation-id {id:?}: expected 8 lowercase hex digits, e.g. 0a1b2c3d")))
         };
     }
-    // The UID of kube-system is the closest thing a cluster has to an id of its own.
-    let cluster = match Api::<Namespace>::all(client.clone()).get("kube-system").await {
-        Ok(ns) => ns.uid().unwrap_or_default(),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read namespace kube-system; the installation id is derived from the operator's namespaces alone (set --installation-id where two clusters share a cloud account)");
-            String::new()
+    // The UID of kube-system is the closest thing a cluster has to an id of its own. Without it
+    // the id would be the same on every cluster installed alike: no start rather than that.
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let mut wait = std::time::Duration::from_millis(500);
+    let cluster = loop {
+        match namespaces.get("kube-system").await {
+            Ok(ns) => break ns.uid().unwrap_or_default(),
+            Err(e) if wait < std::time::Duration::from_secs(8) => {
+                tracing::warn!(error = %e, "cannot read namespace kube-system yet; trying again");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(e) => {
+                return Err(Error::Startup(format!(
+                    "cannot read namespace kube-system to derive the installation id ({e}); grant get on it, or set --installation-id"
+                )))
+            }
         }
     };
     Ok(derive(&cluster, &args.leader_election_namespace(), args.namespace.as_deref()))

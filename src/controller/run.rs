@@ -344,7 +344,8 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
 
     // Keys a drift check found revoked at the provider: their AccessKeys get new ones.
     let (drift_triggers, drifted) = futures::channel::mpsc::unbounded::<ObjectRef<AccessKey>>();
-    tokio::spawn(super::drift::run(ctx.clone(), args.drift_check_interval, drift_triggers));
+    // Stopped with the controllers: a former leader must not sweep (nor revoke orphans).
+    let sweeps = tokio::spawn(super::drift::run(ctx.clone(), args.drift_check_interval, drift_triggers));
 
     let access_key_controller = Controller::for_stream(stream, reader)
         .with_config(controller_config.clone())
@@ -401,6 +402,7 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
         .for_each(|_| futures::future::ready(()));
 
     tokio::join!(access_key_controller, key_issuers, cluster_issuers);
+    sweeps.abort();
     tracing::info!("controllers stopped");
 }
 

@@ -69,6 +69,10 @@ impl Provider for Bounded {
         self.within("list-keys", self.inner.list_marked(spec)).await
     }
 
+    async fn key_present(&self, key_ref: &str) -> Result<Option<bool>, ProviderError> {
+        self.within("read-key", self.inner.key_present(key_ref)).await
+    }
+
     fn check_spec(&self, spec: &KeyProvider) -> Result<(), String> {
         self.inner.check_spec(spec)
     }
@@ -109,6 +113,9 @@ mod tests {
             String::new()
         }
         async fn list_marked(&self, _: &KeyProvider) -> Result<Vec<ListedKey>, ProviderError> {
+            std::future::pending().await
+        }
+        async fn key_present(&self, _: &str) -> Result<Option<bool>, ProviderError> {
             std::future::pending().await
         }
         fn template_vars(&self) -> TemplateVars {

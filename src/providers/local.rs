@@ -124,12 +124,16 @@ impl Provider for LocalProvider {
             .map(|(id, k)| ListedKey {
                 access_key_id: id.clone(),
                 key_ref: id.clone(),
-                marker: k.marker.clone(),
+                marker: Some(k.marker.clone()),
                 active: true,
                 expires_at: None,
                 last_used_at: None,
             })
             .collect())
+    }
+
+    async fn key_present(&self, key_ref: &str) -> Result<Option<bool>, ProviderError> {
+        Ok(self.store.lock().get(key_ref).filter(|k| !k.revoked).map(|_| true))
     }
 
     fn template_vars(&self) -> TemplateVars {

@@ -53,13 +53,15 @@ pub struct OwnedKey {
     pub marker: Marker,
 }
 
-/// A key a drift check found at the provider, carrying a marker of any owner.
+/// A key a drift check found at the provider.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedKey {
     pub access_key_id: String,
     /// What revokes it (`status.keyRef` form).
     pub key_ref: String,
-    pub marker: Marker,
+    /// Where the operator puts one; `None` for keys without (made by hand, or with the marker
+    /// edited away): they still prove a key exists.
+    pub marker: Option<Marker>,
     /// Usable: not deactivated (an Outscale key can be `INACTIVE`).
     pub active: bool,
     /// When the provider says it expires: `None` if it does not say, `Some(None)` if never
@@ -114,9 +116,14 @@ pub trait Provider: Send + Sync {
     /// scope share one listing.
     fn listing_scope(&self, spec: &KeyProvider) -> String;
 
-    /// Every key in `spec`'s listing scope that carries an ownership marker (of any owner or
-    /// installation), in one batched listing (all pages).
+    /// Every key in `spec`'s listing scope, with its ownership marker where it has one (of any
+    /// owner or installation), in one batched listing (all pages).
     async fn list_marked(&self, spec: &KeyProvider) -> Result<Vec<ListedKey>, ProviderError>;
+
+    /// Whether the key `key_ref` names exists, asked by id: `Some(active)`, or `None` when it is
+    /// gone. A drift check asks before it replaces a key its listing did not show (the listing
+    /// may cover another scope than the one the key was made in).
+    async fn key_present(&self, key_ref: &str) -> Result<Option<bool>, ProviderError>;
 
     /// Provider-specific rules of the AccessKey's provider block, checked before anything is
     /// created; the message names the field and says what to do.

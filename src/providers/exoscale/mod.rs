@@ -404,29 +404,23 @@ impl Provider for ExoscaleProvider {
     }
 
     async fn list_marked(&self, spec: &KeyProvider) -> Result<Vec<ListedKey>, ProviderError> {
-        let listed = |key: String, name: &str, key_ref: KeyRef| {
-            let marker = Marker::at_end(name, '.')?;
-            Some(ListedKey {
-                access_key_id: key,
-                key_ref: key_ref.to_string(),
-                marker,
-                active: true,
-                expires_at: None,
-                last_used_at: None,
-            })
+        let listed = |key: String, name: &str, key_ref: KeyRef| ListedKey {
+            access_key_id: key,
+            key_ref: key_ref.to_string(),
+            marker: Marker::at_end(name, '.'),
+            active: true,
+            expires_at: None,
+            last_used_at: None,
         };
         if is_legacy(spec) {
             const OP: &str = "list-access-keys";
             let keys = self.get(OP, &["access-key"]).await?.json::<AccessKeyList>(OP)?.access_keys;
-            return Ok(keys
-                .into_iter()
-                .filter_map(|k| listed(k.key.clone(), &k.name, KeyRef::AccessKey(k.key)))
-                .collect());
+            return Ok(keys.into_iter().map(|k| listed(k.key.clone(), &k.name, KeyRef::AccessKey(k.key))).collect());
         }
         const OP: &str = "list-api-keys";
         let keys = self.get(OP, &["api-key"]).await?.json::<ApiKeyList>(OP)?.api_keys;
         // A key with a role of its own (mode b) is revoked together with it.
-        let own_roles: Vec<String> = self
+        let own_roles: std::collections::HashSet<String> = self
             .list_roles(false)
             .await?
             .into_iter()
@@ -435,11 +429,22 @@ impl Provider for ExoscaleProvider {
             .collect();
         Ok(keys
             .into_iter()
-            .filter_map(|k| {
+            .map(|k| {
                 let role = k.role_id.filter(|r| own_roles.contains(r));
                 listed(k.key.clone(), &k.name, KeyRef::ApiKey { key: k.key, role })
             })
             .collect())
+    }
+
+    async fn key_present(&self, key_ref: &str) -> Result<Option<bool>, ProviderError> {
+        let Ok(parsed) = KeyRef::parse(key_ref) else { return Ok(Some(true)) };
+        let (kind, id) = match &parsed {
+            KeyRef::ApiKey { key, .. } => ("api-key", key),
+            KeyRef::AccessKey(key) => ("access-key", key),
+            // A role alone is no key a workload uses.
+            KeyRef::Role(_) => return Ok(Some(true)),
+        };
+        Ok(self.read_named(kind, id).await?.map(|_| true))
     }
 
     fn template_vars(&self) -> TemplateVars {

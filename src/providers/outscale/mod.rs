@@ -398,7 +398,7 @@ impl Provider for OutscaleProvider {
         Ok(keys
             .into_iter()
             .filter_map(|key| {
-                let marker = Marker::exactly(key.tag.as_deref()?)?;
+                let marker = key.tag.as_deref().and_then(Marker::exactly);
                 let access_key_id = key.access_key_id.filter(|id| !id.is_empty())?;
                 let active = key.state.as_deref() != Some(INACTIVE);
                 let key_ref = KeyRef { id: access_key_id.clone(), user: user.map(String::from) }.to_string();
@@ -406,6 +406,16 @@ impl Provider for OutscaleProvider {
                 Some(ListedKey { access_key_id, key_ref, marker, active, expires_at, last_used_at: None })
             })
             .collect())
+    }
+
+    async fn key_present(&self, key_ref: &str) -> Result<Option<bool>, ProviderError> {
+        let Ok(key) = KeyRef::parse(key_ref) else { return Ok(Some(true)) };
+        let live = match self.read_keys(Some(&key.id), key.user.as_deref()).await {
+            Ok(keys) => keys.into_iter().find(|k| k.access_key_id.as_deref() == Some(key.id.as_str())),
+            Err(f) if f.is_gone() => None,
+            Err(f) => return Err(f.into()),
+        };
+        Ok(live.map(|k| k.state.as_deref() != Some(INACTIVE)))
     }
 
     async fn revoke_key(&self, key_ref: &str, owner_uid: &str) -> Result<Revocation, ProviderError> {

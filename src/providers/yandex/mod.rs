@@ -335,19 +335,27 @@ impl Provider for YandexProvider {
         let keys = self.list_keys(service_account_id, PAGE_SIZE, true).await?;
         Ok(keys
             .into_iter()
-            .filter_map(|key| {
-                let marker = Marker::at_end(&key.description, ' ')?;
-                let last_used_at = key.last_used_at.as_deref().and_then(|t| t.parse().ok());
-                Some(ListedKey {
-                    access_key_id: key.key_id,
-                    key_ref: key.id,
-                    marker,
-                    active: true,
-                    expires_at: None,
-                    last_used_at,
-                })
+            .map(|key| ListedKey {
+                marker: Marker::at_end(&key.description, ' '),
+                last_used_at: key.last_used_at.as_deref().and_then(|t| t.parse().ok()),
+                access_key_id: key.key_id,
+                key_ref: key.id,
+                active: true,
+                expires_at: None,
             })
             .collect())
+    }
+
+    async fn key_present(&self, key_ref: &str) -> Result<Option<bool>, ProviderError> {
+        const GET: &str = "get-access-key";
+        if key_ref.is_empty() || !key_ref.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Ok(Some(true));
+        }
+        match self.get(GET, &self.access_keys_url(&[key_ref])?).await {
+            Ok(_) => Ok(Some(true)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn template_vars(&self) -> TemplateVars {
