@@ -1066,7 +1066,7 @@ async fn issue(
         Some(old) => (
             "Rotated",
             format!(
-                "key {} replaces {old} in Secret {}: {}",
+                "key {} replaces {old} in Secret {}: {} (reason {reason:?})",
                 key.access_key_id,
                 ak.spec.secret_name,
                 reason.describe()
