@@ -261,6 +261,8 @@ pub trait Issuer {
     /// `spec.rateLimit` after applying its defaults.
     fn rate_limit(&self) -> RateLimit;
     fn policy(&self) -> Option<&IssuerPolicy>;
+    /// `spec.revokeOrphans`.
+    fn revoke_orphans(&self) -> bool;
 }
 
 impl Issuer for KeyIssuer {
@@ -273,6 +275,9 @@ impl Issuer for KeyIssuer {
     fn policy(&self) -> Option<&IssuerPolicy> {
         self.spec.policy.as_ref()
     }
+    fn revoke_orphans(&self) -> bool {
+        self.spec.revoke_orphans
+    }
 }
 
 impl Issuer for ClusterKeyIssuer {
@@ -284,5 +289,8 @@ impl Issuer for ClusterKeyIssuer {
     }
     fn policy(&self) -> Option<&IssuerPolicy> {
         self.spec.policy.as_ref()
+    }
+    fn revoke_orphans(&self) -> bool {
+        self.spec.revoke_orphans
     }
 }

@@ -12,17 +12,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::channel::mpsc::UnboundedSender;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use rand::Rng;
 
 use super::context::{display_name, Context};
 use super::decide::ProviderView;
 use super::in_use::IssuerId;
+use super::issuer::IssuerObject;
 use super::secret::KEY_ID_ANNOTATION;
-use crate::api::{AccessKey, ClusterKeyIssuer, IssuerKind, IssuerProvider, IssuerRef, KeyIssuer, KeyProvider};
+use crate::api::{AccessKey, IssuerKind, IssuerProvider, IssuerRef, KeyProvider};
 use crate::providers::bounded::Bounded;
 use crate::providers::{ListedKey, Marker, Provider};
 
@@ -110,6 +111,23 @@ pub async fn run(ctx: Arc<Context>, interval: Duration, found: UnboundedSender<O
 #[derive(Debug, Default)]
 pub struct Reported(BTreeMap<String, Vec<String>>);
 
+/// What a sweep lists for: an AccessKey's current key, or an issuer's default scope (where
+/// orphans of an issuer nobody uses any more are found).
+enum Target {
+    Key(Candidate),
+    Default(IssuerRef, String, KeyProvider),
+}
+
+impl Target {
+    /// The issuer, the namespace it is named from, and the spec whose scope is listed.
+    fn parts(&self) -> (&IssuerRef, &str, &KeyProvider) {
+        match self {
+            Self::Key(c) => (&c.issuer, &c.namespace, &c.spec),
+            Self::Default(issuer, namespace, spec) => (issuer, namespace, spec),
+        }
+    }
+}
+
 /// What one listing covers, and the AccessKeys whose current keys it checks.
 struct Group {
     issuer: IssuerRef,
@@ -150,26 +168,24 @@ pub async fn sweep(ctx: &Context, found: &UnboundedSender<ObjectRef<AccessKey>>,
     let mut providers: BTreeMap<String, Option<Arc<dyn Provider>>> = BTreeMap::new();
     // Every issuer is listed at least in its default scope: orphans of an issuer nobody uses
     // any more are found too.
-    let mut defaults: Vec<(IssuerRef, String, KeyProvider, Option<Candidate>)> = Vec::new();
+    let mut targets: Vec<Target> = candidates(&ctx.caches.access_keys.state()).into_iter().map(Target::Key).collect();
     for i in ctx.caches.key_issuers.state() {
         let r = IssuerRef { name: i.name_any(), kind: IssuerKind::KeyIssuer };
-        defaults.push((r, i.namespace().unwrap_or_default(), default_spec(&i.spec.provider), None));
+        targets.push(Target::Default(r, i.namespace().unwrap_or_default(), default_spec(&i.spec.provider)));
     }
     for i in ctx.caches.cluster_issuers.state() {
         let r = IssuerRef { name: i.name_any(), kind: IssuerKind::ClusterKeyIssuer };
-        defaults.push((r, String::new(), default_spec(&i.spec.provider), None));
+        targets.push(Target::Default(r, String::new(), default_spec(&i.spec.provider)));
     }
-    let checked = candidates(&ctx.caches.access_keys.state())
-        .into_iter()
-        .map(|c| (c.issuer.clone(), c.namespace.clone(), c.spec.clone(), Some(c)));
-    for (issuer_ref, namespace, spec, candidate) in checked.chain(defaults) {
-        let issuer = IssuerId::from_ref(&issuer_ref, &namespace).to_string();
+    for target in targets {
+        let (issuer_ref, namespace, spec) = target.parts();
+        let issuer = IssuerId::from_ref(issuer_ref, namespace).to_string();
         let provider = match providers.get(&issuer) {
             Some(p) => p.clone(),
             None => {
                 let loaded = ctx
                     .registry
-                    .load(&ctx.client, &ctx.caches, &namespace, &issuer_ref, &ctx.cluster_resource_namespace)
+                    .load(&ctx.client, &ctx.caches, namespace, issuer_ref, &ctx.cluster_resource_namespace)
                     .await;
                 let provider = match loaded {
                     Ok(Some(l)) if !l.deleting => l.provider.ok(),
@@ -180,14 +196,16 @@ pub async fn sweep(ctx: &Context, found: &UnboundedSender<ObjectRef<AccessKey>>,
             }
         };
         let Some(provider) = provider else { continue };
-        let scope = provider.listing_scope(&spec);
+        let scope = provider.listing_scope(spec);
         let group = groups.entry((issuer, scope)).or_insert_with(|| Group {
             issuer: issuer_ref.clone(),
-            namespace: namespace.clone(),
-            spec,
+            namespace: namespace.to_string(),
+            spec: spec.clone(),
             checked: Vec::new(),
         });
-        group.checked.extend(candidate);
+        if let Target::Key(c) = target {
+            group.checked.push(c);
+        }
     }
 
     let mut orphaned: BTreeMap<String, (IssuerRef, String, Vec<ListedKey>)> = BTreeMap::new();
@@ -260,7 +278,19 @@ pub async fn sweep(ctx: &Context, found: &UnboundedSender<ObjectRef<AccessKey>>,
         let found: Vec<ListedKey> = orphans(&keys, &ctx.installation, &owners, &held).into_iter().cloned().collect();
         let implausible = found.len() > 3 && found.len() * 2 > keys.len();
         let view = OrphanView { keys: found, implausible };
-        handle_orphans(ctx, &issuer, &issuer_ref, &namespace, provider, view, reported).await;
+        match issuer_ref.kind {
+            IssuerKind::KeyIssuer => {
+                let cached = ctx.caches.key_issuers.get(&ObjectRef::new(&issuer_ref.name).within(&namespace));
+                if let Some(i) = cached {
+                    handle_orphans(ctx, &*i, provider, view, reported).await;
+                }
+            }
+            IssuerKind::ClusterKeyIssuer => {
+                if let Some(i) = ctx.caches.cluster_issuers.get(&ObjectRef::new(&issuer_ref.name)) {
+                    handle_orphans(ctx, &*i, provider, view, reported).await;
+                }
+            }
+        }
     }
 }
 
@@ -272,30 +302,18 @@ struct OrphanView {
 
 /// Counts an issuer's orphans in its status (when the count changed), says so in an event
 /// (when they changed), and revokes them if the issuer asks for it.
-async fn handle_orphans(
+async fn handle_orphans<K: IssuerObject>(
     ctx: &Context,
-    issuer: &str,
-    issuer_ref: &IssuerRef,
-    namespace: &str,
+    issuer: &K,
     provider: Arc<dyn Provider>,
     OrphanView { keys, implausible }: OrphanView,
     reported: &mut Reported,
 ) {
-    let (revoke, current) = match issuer_ref.kind {
-        IssuerKind::KeyIssuer => {
-            let Some(i) = ctx.caches.key_issuers.get(&ObjectRef::new(&issuer_ref.name).within(namespace)) else {
-                return;
-            };
-            (i.spec.revoke_orphans, i.status.as_ref().and_then(|s| s.orphaned_keys))
-        }
-        IssuerKind::ClusterKeyIssuer => {
-            let Some(i) = ctx.caches.cluster_issuers.get(&ObjectRef::new(&issuer_ref.name)) else { return };
-            (i.spec.revoke_orphans, i.status.as_ref().and_then(|s| s.orphaned_keys))
-        }
-    };
+    let id = issuer.id().to_string();
     // Orphans past their share of the issuer's keys of this installation, or found while a
     // watch is failing, are counted but never revoked: the view of what exists may be wrong.
-    let revoke = revoke && ctx.health.synced.load(std::sync::atomic::Ordering::Relaxed) && !implausible;
+    let revoke =
+        issuer.revoke_orphans() && ctx.health.synced.load(std::sync::atomic::Ordering::Relaxed) && !implausible;
     let mut left = Vec::new();
     let mut revoked = Vec::new();
     for key in keys {
@@ -308,84 +326,42 @@ async fn handle_orphans(
         match bounded.revoke_key(&key.key_ref, marker.owner()).await {
             Ok(r) if r.is_done() => revoked.push(key.access_key_id),
             Ok(refused) => {
-                tracing::warn!(%issuer, key = %key.access_key_id, ?refused, "orphan not revoked");
+                tracing::warn!(issuer = %id, key = %key.access_key_id, ?refused, "orphan not revoked");
                 left.push(key.access_key_id);
             }
             Err(e) => {
-                tracing::warn!(%issuer, key = %key.access_key_id, error = %e, "cannot revoke an orphaned key yet");
+                tracing::warn!(issuer = %id, key = %key.access_key_id, error = %e, "cannot revoke an orphaned key yet");
                 left.push(key.access_key_id);
             }
         }
     }
     let count = u32::try_from(left.len()).unwrap_or(u32::MAX);
-    crate::metrics::global().orphaned_keys(issuer, count);
-    let object = (issuer_ref.kind, issuer_ref.name.as_str(), namespace);
+    crate::metrics::global().orphaned_keys(&id, count);
     if !revoked.is_empty() {
         let note = format!("revoked {} orphaned key(s): {}", revoked.len(), revoked.join(", "));
-        issuer_event(ctx, object, EventType::Normal, "OrphansRevoked", note).await;
+        ctx.event(issuer, EventType::Normal, "OrphansRevoked", note).await;
     }
-    let mut shown = left.clone();
-    shown.sort();
-    if !shown.is_empty() && reported.0.get(issuer) != Some(&shown) {
+    left.sort();
+    if !left.is_empty() && reported.0.get(&id) != Some(&left) {
         let note = format!(
             "{} key(s) carry this installation's marker but their AccessKey no longer exists: {}; set \
              spec.revokeOrphans: true to revoke them",
-            shown.len(),
-            shown.join(", ")
+            left.len(),
+            left.join(", ")
         );
-        issuer_event(ctx, object, EventType::Warning, "OrphanedKeys", note).await;
+        ctx.event(issuer, EventType::Warning, "OrphanedKeys", note).await;
     }
-    reported.0.insert(issuer.to_string(), shown);
-    if current.unwrap_or(0) != count {
-        if let Err(e) = write_orphaned_keys(ctx, object, count).await {
-            tracing::warn!(%issuer, error = %e, "cannot record the orphaned keys in the issuer's status");
-        }
-    }
-}
-
-type IssuerObjectRef<'a> = (IssuerKind, &'a str, &'a str);
-
-/// `status.orphanedKeys`, applied under a field manager of its own: the issuer controller's
-/// applies of its conditions leave it alone.
-async fn write_orphaned_keys(
-    ctx: &Context,
-    (kind, name, namespace): IssuerObjectRef<'_>,
-    count: u32,
-) -> Result<(), kube::Error> {
-    let params = PatchParams::apply(FIELD_MANAGER_DRIFT).force();
-    let status = serde_json::json!({"orphanedKeys": count});
-    match kind {
-        IssuerKind::KeyIssuer => {
-            let patch = serde_json::json!({"apiVersion": KeyIssuer::api_version(&()), "kind": KeyIssuer::kind(&()), "status": status});
-            Api::<KeyIssuer>::namespaced(ctx.client.clone(), namespace)
-                .patch_status(name, &params, &Patch::Apply(&patch))
-                .await?;
-        }
-        IssuerKind::ClusterKeyIssuer => {
-            let patch = serde_json::json!({"apiVersion": ClusterKeyIssuer::api_version(&()), "kind": ClusterKeyIssuer::kind(&()), "status": status});
-            Api::<ClusterKeyIssuer>::all(ctx.client.clone()).patch_status(name, &params, &Patch::Apply(&patch)).await?;
-        }
-    }
-    Ok(())
-}
-
-async fn issuer_event(
-    ctx: &Context,
-    (kind, name, namespace): IssuerObjectRef<'_>,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    match kind {
-        IssuerKind::KeyIssuer => {
-            if let Some(i) = ctx.caches.key_issuers.get(&ObjectRef::new(name).within(namespace)) {
-                ctx.event(&*i, type_, reason, note).await;
-            }
-        }
-        IssuerKind::ClusterKeyIssuer => {
-            if let Some(i) = ctx.caches.cluster_issuers.get(&ObjectRef::new(name)) {
-                ctx.event(&*i, type_, reason, note).await;
-            }
+    reported.0.insert(id.clone(), left);
+    if issuer.status().and_then(|s| s.orphaned_keys).unwrap_or(0) != count {
+        // Applied under a field manager of its own: the issuer controller's applies of its
+        // conditions leave it alone.
+        let patch = serde_json::json!({
+            "apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": {"orphanedKeys": count},
+        });
+        let params = PatchParams::apply(FIELD_MANAGER_DRIFT).force();
+        let api = K::api(ctx, issuer.namespace().as_deref());
+        if let Err(e) = api.patch_status(&issuer.name_any(), &params, &Patch::Apply(&patch)).await {
+            tracing::warn!(issuer = %id, error = %e, "cannot record the orphaned keys in the issuer's status");
         }
     }
 }

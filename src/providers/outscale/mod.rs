@@ -223,6 +223,15 @@ impl OutscaleProvider {
         Ok(list.access_keys)
     }
 
+    /// The key `key` names, `None` when it is gone (or its user is).
+    async fn read_one(&self, key: &KeyRef) -> Result<Option<AccessKey>, Failure> {
+        match self.read_keys(Some(&key.id), key.user.as_deref()).await {
+            Ok(keys) => Ok(keys.into_iter().find(|k| k.access_key_id.as_deref() == Some(key.id.as_str()))),
+            Err(f) if f.is_gone() => Ok(None),
+            Err(f) => Err(f),
+        }
+    }
+
     async fn set_inactive(&self, key: &KeyRef, expiration: Option<&str>) -> Result<(), Failure> {
         let body = UpdateAccessKey {
             access_key_id: &key.id,
@@ -244,12 +253,7 @@ impl OutscaleProvider {
         }
         // Read first, as Terraform does: an empty list is the one reliable "already gone", and
         // the live expiration date is the one to re-send.
-        let live = match self.read_keys(Some(&key.id), key.user.as_deref()).await {
-            Ok(keys) => keys.into_iter().find(|k| k.access_key_id.as_deref() == Some(key.id.as_str())),
-            Err(f) if f.is_gone() => None,
-            Err(f) => return Err(f),
-        };
-        let Some(live) = live else {
+        let Some(live) = self.read_one(key).await? else {
             tracing::debug!(key = %key.id, "access key already gone");
             return Ok(Revocation::AlreadyGone);
         };
@@ -410,12 +414,7 @@ impl Provider for OutscaleProvider {
 
     async fn key_present(&self, key_ref: &str) -> Result<Option<bool>, ProviderError> {
         let Ok(key) = KeyRef::parse(key_ref) else { return Ok(Some(true)) };
-        let live = match self.read_keys(Some(&key.id), key.user.as_deref()).await {
-            Ok(keys) => keys.into_iter().find(|k| k.access_key_id.as_deref() == Some(key.id.as_str())),
-            Err(f) if f.is_gone() => None,
-            Err(f) => return Err(f.into()),
-        };
-        Ok(live.map(|k| k.state.as_deref() != Some(INACTIVE)))
+        Ok(self.read_one(&key).await?.map(|k| k.state.as_deref() != Some(INACTIVE)))
     }
 
     async fn revoke_key(&self, key_ref: &str, owner_uid: &str) -> Result<Revocation, ProviderError> {

@@ -286,8 +286,7 @@ impl Provider for YandexProvider {
     async fn revoke_key(&self, key_ref: &str, owner_uid: &str) -> Result<Revocation, ProviderError> {
         const OP: &str = "delete-access-key";
         const GET: &str = "get-access-key";
-        // Resource ids are letters and digits: nothing that could change the request's path.
-        if key_ref.is_empty() || !key_ref.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        if !is_resource_id(key_ref) {
             return Ok(Revocation::NotOwned(format!("{key_ref:?} is not a Yandex access key id")));
         }
         let url = self.access_keys_url(&[key_ref])?;
@@ -348,7 +347,7 @@ impl Provider for YandexProvider {
 
     async fn key_present(&self, key_ref: &str) -> Result<Option<bool>, ProviderError> {
         const GET: &str = "get-access-key";
-        if key_ref.is_empty() || !key_ref.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        if !is_resource_id(key_ref) {
             return Ok(Some(true));
         }
         match self.get(GET, &self.access_keys_url(&[key_ref])?).await {
@@ -392,6 +391,12 @@ fn description_with_marker(user: Option<&str>, marker: &Marker) -> Result<String
         ));
     }
     Ok(description)
+}
+
+/// Whether `key_ref` can be an access key's resource id: letters and digits, nothing that could
+/// change the path of the request it goes into.
+fn is_resource_id(key_ref: &str) -> bool {
+    !key_ref.is_empty() && key_ref.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// The keys whose description carries a marker of this owner.
