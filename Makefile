@@ -7,7 +7,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 HELM_SDKPY_VERSION := 0.1.32
 PYTHON ?= python3
 
-.PHONY: test demo lint crds control-plane build bench helm-deps
+.PHONY: test demo lint crds control-plane build bench helm-deps install
 
 ## Everything CI runs: formatting, clippy, unit and integration tests against a real apiserver.
 # The end-to-end tests mostly wait (on rollouts, grace periods, the apiserver): more of them at
@@ -27,9 +27,14 @@ lint:
 build:
 	$(CARGO) build --locked
 
+## Install `cloudkeys` and the kubectl plugin `kubectl-cloudkeys` (the same commands, as
+## `kubectl cloudkeys …`) into ~/.cargo/bin, or PREFIX/bin with PREFIX=….
+install:
+	$(CARGO) install --locked --path . $(if $(PREFIX),--root $(PREFIX))
+
 ## Regenerate crds/ from the Rust types, and the chart's copy (charts/cloudkeys/crds/).
 crds:
-	$(CARGO) run --quiet --locked -- crds > crds/cloudkeys.io_crds.yaml
+	$(CARGO) run --quiet --locked --bin cloudkeys -- crds > crds/cloudkeys.io_crds.yaml
 	cp crds/cloudkeys.io_crds.yaml charts/cloudkeys/crds/cloudkeys.io_crds.yaml
 
 ## Install helm-sdkpy (Helm's Go library for Python) and PyYAML for the chart tests; skipped when

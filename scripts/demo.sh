@@ -19,7 +19,9 @@ target/debug/cloudkeys crds | $kubectl create --validate=false -f -
 $kubectl wait --for condition=established --timeout=60s crd/accesskeys.cloudkeys.io crd/keyissuers.cloudkeys.io crd/clusterkeyissuers.cloudkeys.io
 
 step "Starting the operator: cloudkeys run (logs in $state/operator.log)"
-target/debug/cloudkeys run --leader-election=false --metrics-address 127.0.0.1:0 >"$state/operator.log" 2>&1 &
+# Its namespace holds the leader-election Lease (and a ClusterKeyIssuer's credentials).
+$kubectl create namespace cloudkeys
+target/debug/cloudkeys run --metrics-address 127.0.0.1:0 >"$state/operator.log" 2>&1 &
 operator=$!
 trap 'kill $operator 2>/dev/null; wait $operator 2>/dev/null; scripts/control-plane.sh stop "$state"; rm -rf "$state"' EXIT
 
@@ -34,6 +36,18 @@ $kubectl get cloudkeys -n team-a
 step "The Secret demo-credentials: its keys (values stay secret)"
 $kubectl get secret -n team-a demo-credentials -o go-template='{{range $k, $v := .data}}{{printf "  %s\n" $k}}{{end}}'
 $kubectl get secret -n team-a demo-credentials -o jsonpath='{.metadata.annotations.cloudkeys\.io/access-key-id}{"\n"}' | sed 's/^/  annotation cloudkeys.io\/access-key-id: /'
+
+step "The CLI: cloudkeys status, inspect, rotate, check (also kubectl cloudkeys, once on PATH)"
+target/debug/cloudkeys status -n team-a
+target/debug/cloudkeys inspect demo -n team-a
+old_key=$($kubectl get accesskey -n team-a demo -o jsonpath='{.status.accessKeyId}')
+target/debug/cloudkeys rotate demo -n team-a
+for _ in $(seq 1 100); do
+  [ "$($kubectl get accesskey -n team-a demo -o jsonpath='{.status.accessKeyId}')" != "$old_key" ] && break
+  sleep 0.2
+done
+target/debug/cloudkeys status -n team-a -o wide
+target/debug/cloudkeys check
 
 step "The schema refuses a bad AccessKey at admission"
 $kubectl apply -n team-a -f - <<'YAML' || true

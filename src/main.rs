@@ -19,20 +19,6 @@ pub static MALLOC_CONF: &[u8; 34] = b"dirty_decay_ms:0,muzzy_decay_ms:0\0";
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Crds => match cloudkeys::api::crds_yaml() {
-            Ok(yaml) => {
-                print!("{yaml}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("cloudkeys: cannot render CRDs: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Version => {
-            println!("cloudkeys {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
         Command::Run(args) => {
             cloudkeys::telemetry::init(args.log_format);
             let client = match cloudkeys::controller::client::client(args.kube_api_qps, args.kube_api_burst).await {
@@ -50,5 +36,6 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        command => cloudkeys::cli::execute(command).await,
     }
 }

@@ -115,7 +115,7 @@ async fn every_example_manifest_is_accepted() {
     assert!(files.len() >= 10, "expected the examples of every provider, found {files:?}");
     for file in files {
         let text = std::fs::read_to_string(&file).expect("example readable");
-        for doc in serde_yaml::Deserializer::from_str(&text) {
+        for doc in serde_norway::Deserializer::from_str(&text) {
             let manifest: Value = serde::Deserialize::deserialize(doc).expect("example is YAML");
             apply(&client, &ns, &manifest).await.unwrap_or_else(|e| panic!("{} was refused: {e}", file.display()));
         }

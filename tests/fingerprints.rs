@@ -24,10 +24,10 @@ const PINNED: &[(&str, &str)] = &[
 /// The AccessKeys of one example file.
 fn access_keys(path: &Path) -> Vec<AccessKey> {
     let text = std::fs::read_to_string(path).expect("example readable");
-    serde_yaml::Deserializer::from_str(&text)
-        .filter_map(|doc| serde_yaml::Value::deserialize(doc).ok())
+    serde_norway::Deserializer::from_str(&text)
+        .filter_map(|doc| serde_norway::Value::deserialize(doc).ok())
         .filter(|v| v.get("kind").and_then(|k| k.as_str()) == Some("AccessKey"))
-        .map(|v| serde_yaml::from_value(v).expect("an example AccessKey parses"))
+        .map(|v| serde_norway::from_value(v).expect("an example AccessKey parses"))
         .collect()
 }
 

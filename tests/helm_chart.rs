@@ -378,13 +378,13 @@ impl Drop for ChartOperator {
 }
 
 fn write_kubeconfig_with_token(admin: &Path, target: &Path, token: &str) {
-    let mut config: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(admin).expect("admin kubeconfig")).expect("kubeconfig YAML");
+    let mut config: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(admin).expect("admin kubeconfig")).expect("kubeconfig YAML");
     let users = config["users"].as_sequence_mut().expect("users");
     for user in users.iter_mut() {
-        user["user"] = serde_yaml::to_value(json!({ "token": token })).expect("token YAML");
+        user["user"] = serde_norway::to_value(json!({ "token": token })).expect("token YAML");
     }
-    std::fs::write(target, serde_yaml::to_string(&config).expect("kubeconfig YAML")).expect("kubeconfig written");
+    std::fs::write(target, serde_norway::to_string(&config).expect("kubeconfig YAML")).expect("kubeconfig written");
 }
 
 /// A KeyIssuer, an AccessKey on it (deletionPolicy Delete), an AccessKey on a ClusterKeyIssuer
@@ -501,8 +501,9 @@ fn chart_crds_are_the_repos_crds_byte_for_byte() {
         assert!(in_chart[name] == *bytes, "charts/cloudkeys/crds/{name} differs from crds/{name}: run `make crds`");
     }
 
-    let meta: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).expect("Chart.yaml")).expect("YAML");
+    let meta: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).expect("Chart.yaml"))
+            .expect("YAML");
     assert_eq!(
         meta["appVersion"].as_str(),
         Some(env!("CARGO_PKG_VERSION")),
@@ -857,8 +858,8 @@ async fn template_renders_the_watch_namespace_variant() {
     let watched = support::namespace(&client, "helm-template-watched").await;
     let out = helm_release("template", &ns, &ns, &[&format!("watchNamespace={watched}")]);
     assert!(out.ok, "helm template failed:\n{}", out.output());
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&out.stdout)
-        .filter_map(|d| serde_yaml::Value::deserialize(d).ok())
+    let docs: Vec<serde_norway::Value> = serde_norway::Deserializer::from_str(&out.stdout)
+        .filter_map(|d| serde_norway::Value::deserialize(d).ok())
         .filter(|v| !v.is_null())
         .collect();
     let kinds: Vec<(String, String)> = docs

@@ -19,17 +19,42 @@ pub const GROUP: &str = "cloudkeys.io";
 pub const VERSION: &str = "v1alpha1";
 pub const CATEGORY: &str = "cloudkeys";
 
-/// Every CRD this operator serves, in the order `cloudkeys crds` prints them.
+/// On each CRD: the cloudkeys version that generated it.
+pub const CRD_VERSION_ANNOTATION: &str = "cloudkeys.io/version";
+/// On each CRD: a digest of its spec, which `cloudkeys check` compares with its own. (The
+/// apiserver keeps annotations verbatim, where an older one drops schema fields it does not
+/// know, so the live spec itself cannot be compared.)
+pub const CRD_DIGEST_ANNOTATION: &str = "cloudkeys.io/schema-digest";
+
+/// Every CRD this operator serves, in the order `cloudkeys crds` prints them, annotated with
+/// this version and the digest of its spec.
 pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
-    vec![AccessKey::crd(), KeyIssuer::crd(), ClusterKeyIssuer::crd()]
+    let mut crds = vec![AccessKey::crd(), KeyIssuer::crd(), ClusterKeyIssuer::crd()];
+    for crd in &mut crds {
+        let digest = crd_digest(&crd.spec);
+        let annotations = crd.metadata.annotations.get_or_insert_with(Default::default);
+        annotations.insert(CRD_VERSION_ANNOTATION.to_string(), env!("CARGO_PKG_VERSION").to_string());
+        annotations.insert(CRD_DIGEST_ANNOTATION.to_string(), digest);
+    }
+    crds
+}
+
+/// The first 16 hex digits of the SHA-256 of a CRD spec's JSON (field order is fixed by the
+/// types, map order by `BTreeMap`).
+pub fn crd_digest(
+    spec: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinitionSpec,
+) -> String {
+    use sha2::Digest;
+    let json = serde_json::to_vec(spec).unwrap_or_default();
+    hex::encode(&sha2::Sha256::digest(&json)[..8])
 }
 
 /// The CRDs as one multi-document YAML stream: the exact content of `crds/cloudkeys.io_crds.yaml`.
-pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
+pub fn crds_yaml() -> Result<String, serde_norway::Error> {
     let mut out = String::new();
     for crd in crds() {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&crd)?);
+        out.push_str(&serde_norway::to_string(&crd)?);
     }
     Ok(out)
 }

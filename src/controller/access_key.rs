@@ -20,20 +20,17 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
-use crate::api::{
-    validation, AccessKey, AccessKeyStatus, ConsumerTarget, DeletionPolicy, IssuerRef, PendingKey, WorkloadKind,
-};
+use crate::api::{AccessKey, AccessKeyStatus, ConsumerTarget, DeletionPolicy, IssuerRef, PendingKey, WorkloadKind};
 use crate::providers::bounded::Bounded;
 use crate::providers::{IssuedKey, KeyRequest, Marker, OwnedKey, Provider, ProviderError, Revocation};
 
 use super::conditions::{ready_condition, Reason, READY};
 use super::consumers::{self, Workload, WorkloadObject};
 use super::context::{display_name, patch_params, Context, LoadedIssuer, FIELD_MANAGER};
-use super::decide::{
-    decide, forced_replacement_wait, forced_replacements_after, IssueReason, IssuerState, Observed, Step,
-};
+use super::decide::{decide, forced_replacement_wait, forced_replacements_after, IssueReason, Observed, Step};
 use super::error::Error;
 use super::in_use::IssuerId;
+use super::observe;
 use super::rotation::{self, RotatingState, RotationSettings};
 use super::secret::{self, SecretState};
 
@@ -172,7 +169,7 @@ impl<'a> Cluster<'a> {
                 let provider = loaded.provider.map_err(|m| Error::Issuer(format!("{}: {m}", loaded.display)))?;
                 self.at_provider(r, provider).await
             }
-            None => Err(Error::Issuer(format!("{} {} not found", kind_name(r), r.name))),
+            None => Err(Error::Issuer(format!("{} {} not found", observe::kind_name(r), r.name))),
         }
     }
 
@@ -215,51 +212,24 @@ impl<'a> Cluster<'a> {
     /// The workloads `spec.consumers` names, from the caches (or as this reconcile restarted
     /// them). Looked up only while a replaced key waits for them.
     fn observed_consumers(&self, status: &AccessKeyStatus) -> Vec<Workload> {
-        let Some(spec) = &self.ak.spec.consumers else {
-            return Vec::new();
-        };
-        if !status.retired.iter().any(rotation::awaits_rollout) {
+        if !observe::consumers_wanted(self.ak, status) {
             return Vec::new();
         }
-        // An invalid selector is reported as the spec's problem; here it selects nothing.
-        let selector = consumers::selector(spec).ok().flatten();
-        let secret = &self.ak.spec.secret_name;
         let workloads = &self.ctx.caches.workloads;
-        let mut found = Vec::new();
-        fn matching<K: WorkloadObject + Clone>(
-            store: &kube::runtime::reflector::Store<K>,
-            ns: &str,
-            keep: impl Fn(&K) -> bool,
-            found: &mut Vec<Workload>,
-        ) {
-            let mine = store.state().into_iter().filter(|w| w.meta().namespace.as_deref() == Some(ns));
-            found.extend(mine.filter(|w| keep(w)).map(|w| w.observe()));
-        }
-        matching(
-            &workloads.deployments,
-            &self.ns,
-            |w| consumers::is_consumer(spec, selector.as_ref(), secret, w),
-            &mut found,
-        );
-        matching(
-            &workloads.stateful_sets,
-            &self.ns,
-            |w| consumers::is_consumer(spec, selector.as_ref(), secret, w),
-            &mut found,
-        );
-        matching(
-            &workloads.daemon_sets,
-            &self.ns,
-            |w| consumers::is_consumer(spec, selector.as_ref(), secret, w),
-            &mut found,
-        );
+        let (deployments, stateful_sets, daemon_sets) =
+            (workloads.deployments.state(), workloads.stateful_sets.state(), workloads.daemon_sets.state());
+        let read = observe::WorkloadsRead {
+            deployments: &deployments,
+            stateful_sets: &stateful_sets,
+            daemon_sets: &daemon_sets,
+        };
+        let mut found = observe::observe_consumers(self.ak, status, read);
         let seen = self.workloads_seen.lock().unwrap_or_else(|p| p.into_inner());
         for w in found.iter_mut() {
             if let Some(newer) = seen.iter().find(|s| s.kind == w.kind && s.name == w.name) {
                 *w = newer.clone();
             }
         }
-        found.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
         found
     }
 
@@ -379,13 +349,6 @@ fn issued_message(key_id: &str, secret: &str) -> String {
     format!("key {key_id} is in Secret {secret}")
 }
 
-fn kind_name(r: &IssuerRef) -> &'static str {
-    match r.kind {
-        crate::api::IssuerKind::KeyIssuer => "KeyIssuer",
-        crate::api::IssuerKind::ClusterKeyIssuer => "ClusterKeyIssuer",
-    }
-}
-
 fn now() -> Time {
     Time(jiff::Timestamp::now())
 }
@@ -398,39 +361,6 @@ fn display_name_at_provider(ak: &AccessKey) -> String {
         }
     }
     format!("{}-{}", ak.namespace().unwrap_or_default(), ak.name_any())
-}
-
-/// Why the spec cannot be acted on with this issuer, if it cannot.
-fn spec_problem(ak: &AccessKey, issuer: Option<&LoadedIssuer>) -> Option<String> {
-    if let Err(e) = validation::validate_access_key(&ak.spec) {
-        return Some(e.to_string());
-    }
-    if let Err(e) = RotationSettings::of(&ak.spec) {
-        return Some(e.to_string());
-    }
-    // Read in place: this runs on every reconcile, and a copy of the status is not needed.
-    let no_status = AccessKeyStatus::default();
-    let status = ak.status.as_ref().unwrap_or(&no_status);
-    if let Err(e) = rotation::grace_for_replacement(ak.annotations(), status, &RotationSettings::default()) {
-        return Some(e.to_string());
-    }
-    if let Some(Err(e)) = ak.spec.consumers.as_deref().map(consumers::selector) {
-        return Some(e);
-    }
-    let issuer = issuer?;
-    let (wanted, has) = (ak.spec.provider.name(), issuer.settings.name());
-    if wanted != has {
-        return Some(format!("spec.{wanted} does not match {}, which is a {has} issuer", issuer.display));
-    }
-    if let Ok(p) = &issuer.provider {
-        if let Err(e) = p.check_spec(&ak.spec.provider) {
-            return Some(e);
-        }
-        if let Err(e) = secret::check_templates(ak, p.name(), &p.template_vars()) {
-            return Some(format!("spec.{e}"));
-        }
-    }
-    None
 }
 
 /// The AccessKey as the apiserver has it now, when the cache may be behind and the decision
@@ -464,12 +394,9 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
     let hash = spec_hash(&ak);
     let issuer_ref = ak.spec.issuer_ref.clone();
     let issuer = cluster.issuer(&issuer_ref).await?;
-    let issuer_state = match &issuer {
-        None => IssuerState::NotFound(format!("{} {} not found", kind_name(&issuer_ref), issuer_ref.name)),
-        Some(i) if !i.is_ready() || i.provider.is_err() => IssuerState::NotReady(i.not_ready_message()),
-        Some(_) => IssuerState::Ready,
-    };
-    let problem = spec_problem(&ak, issuer.as_ref());
+    let facts = issuer.as_ref().map(LoadedIssuer::facts);
+    let issuer_state = observe::issuer_state(&issuer_ref, facts.as_ref());
+    let problem = observe::spec_problem(&ak, facts.as_ref());
     let key = display_name(&*ak);
     let mut owned: Option<Vec<OwnedKey>> = None;
     let mut retired_tried = false;
@@ -483,22 +410,23 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
         let provider_view = ctx.provider_view(&key, status.access_key_id.as_deref());
         let denial: Option<String>;
         let mut observed = Observed {
-            status: &status,
-            spec_problem: problem.clone(),
-            issuer: issuer_state.clone(),
-            issuer_ref: &issuer_ref,
-            spec_hash: &hash,
-            secret: &secret_state,
             owned_keys: owned.as_deref(),
             retired_tried,
-            rotation: &cluster.settings,
-            rotate_request: rotation::rotate_request(ak.annotations(), &status),
-            consumers: &observed_consumers,
             blocked_until: ctx.blocked_until(&key, &hash),
-            policy_denial: None,
             revoked_at_provider: ctx.is_revoked_externally(&key, status.access_key_id.as_deref()),
             provider_view: provider_view.as_ref(),
-            now,
+            ..observe::observed(
+                &status,
+                ak.annotations(),
+                problem.clone(),
+                issuer_state.clone(),
+                &issuer_ref,
+                &hash,
+                &secret_state,
+                &cluster.settings,
+                &observed_consumers,
+                now,
+            )
         };
         let mut step = decide(&observed);
         // The policy is looked at only when a key is to be minted (it may need a read).
@@ -554,46 +482,19 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
 /// labels are read only for a ClusterKeyIssuer that selects namespaces by them, and the keys of
 /// the namespace are counted from the cache only under `maxKeysPerNamespace`.
 async fn policy_denial(c: &Cluster<'_>, issuer: &LoadedIssuer) -> Result<Option<String>, Error> {
-    let policy = issuer.policy.as_ref();
-    let namespaces = policy.and_then(|p| p.namespaces.as_ref());
-    let needs_labels =
-        issuer.cluster_scoped && namespaces.is_some_and(|n| n.selector.is_some() && !n.names.contains(&c.ns));
-    let labels = if needs_labels {
+    let facts = issuer.facts();
+    let labels = if observe::needs_namespace_labels(&facts, &c.ns) {
         let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.ctx.client.clone());
         api.get_opt(&c.ns).await?.and_then(|n| n.metadata.labels)
     } else {
         None
     };
-    let keys_in_namespace = if policy.and_then(|p| p.max_keys_per_namespace).is_some() {
-        let this = IssuerId::from_ref(&c.ak.spec.issuer_ref, &c.ns);
-        c.ctx
-            .caches
-            .access_keys
-            .state()
-            .iter()
-            .filter(|ak| {
-                ak.metadata.namespace.as_deref() == Some(c.ns.as_str())
-                    && ak.metadata.uid.as_deref() != Some(c.uid.as_str())
-            })
-            .filter(|ak| {
-                let status = ak.status.as_ref();
-                let holder = status.and_then(|s| s.access_key_id.as_ref().and(s.issued_by.as_ref()));
-                holder.is_some_and(|r| IssuerId::from_ref(r, &c.ns) == this)
-            })
-            .count()
+    let keys_in_namespace = if observe::counts_keys(&facts) {
+        observe::keys_in_namespace(c.ak, c.ctx.caches.access_keys.state().iter().map(|a| &**a))
     } else {
         0
     };
-    let request = super::policy::Request {
-        policy,
-        cluster_scoped: issuer.cluster_scoped,
-        issuer: &issuer.settings,
-        spec: &c.ak.spec,
-        namespace: &c.ns,
-        namespace_labels: labels.as_ref(),
-        keys_in_namespace,
-    };
-    Ok(super::policy::check(&request).err().map(|d| format!("{}: {d}", issuer.display)))
+    Ok(observe::policy_denial(&facts, c.ak, labels.as_ref(), keys_in_namespace))
 }
 
 /// A new key refused by the provider while the current one works: the current key stays in the

@@ -23,7 +23,6 @@ use crate::health::Health;
 use crate::providers::{self, http::HttpConfig, local::LocalStore, Credentials, Provider};
 
 use super::cached_secret::CachedSecret;
-use super::conditions;
 use super::guard::TenantGuard;
 use super::in_use::IssuerId;
 
@@ -414,17 +413,17 @@ pub struct LoadedIssuer {
 }
 
 impl LoadedIssuer {
-    pub fn is_ready(&self) -> bool {
-        !self.deleting && conditions::is_ready(&self.status.conditions, self.generation)
-    }
-
-    pub fn not_ready_message(&self) -> String {
-        if self.deleting {
-            return format!("{} is being deleted", self.display);
-        }
-        match conditions::ready_message(&self.status.conditions) {
-            Some(m) if !m.is_empty() => format!("{} is not ready: {m}", self.display),
-            _ => format!("{} has not been checked yet", self.display),
+    /// What the AccessKey's decisions see of it.
+    pub fn facts(&self) -> super::observe::IssuerFacts<'_> {
+        super::observe::IssuerFacts {
+            display: &self.display,
+            settings: &self.settings,
+            status: &self.status,
+            generation: self.generation,
+            deleting: self.deleting,
+            policy: self.policy.as_ref(),
+            cluster_scoped: self.cluster_scoped,
+            provider_error: self.provider.as_ref().err().map(String::as_str),
         }
     }
 }

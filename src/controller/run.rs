@@ -30,7 +30,7 @@ use super::secret::{MANAGED_BY, MANAGED_BY_LABEL};
 use super::watch::{slimmed, watched, NoBackoff};
 use super::{access_key, in_use, issuer};
 
-const LEASE_NAME: &str = "cloudkeys-leader";
+pub const LEASE_NAME: &str = "cloudkeys-leader";
 /// A standby takes over at most this long after the leader stops renewing.
 const LEASE_SECONDS: u64 = 15;
 const LEASE_GRACE_SECONDS: u64 = 5;

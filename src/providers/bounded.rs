@@ -73,10 +73,6 @@ impl Provider for Bounded {
         self.within("read-key", self.inner.key_present(key_ref)).await
     }
 
-    fn check_spec(&self, spec: &KeyProvider) -> Result<(), String> {
-        self.inner.check_spec(spec)
-    }
-
     fn lifetime(&self, spec: &KeyProvider) -> Option<std::time::Duration> {
         self.inner.lifetime(spec)
     }

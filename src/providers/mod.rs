@@ -125,12 +125,6 @@ pub trait Provider: Send + Sync {
     /// may cover another scope than the one the key was made in).
     async fn key_present(&self, key_ref: &str) -> Result<Option<bool>, ProviderError>;
 
-    /// Provider-specific rules of the AccessKey's provider block, checked before anything is
-    /// created; the message names the field and says what to do.
-    fn check_spec(&self, _spec: &KeyProvider) -> Result<(), String> {
-        Ok(())
-    }
-
     /// How long a key made for `spec` lives, if the provider expires it (to know the expiry of a
     /// key adopted after a crash, whose create answer was never seen).
     fn lifetime(&self, _spec: &KeyProvider) -> Option<std::time::Duration> {
@@ -139,6 +133,28 @@ pub trait Provider: Send + Sync {
 
     /// `zone`, `region`, `endpoint`: what `secretTemplate.data` may use besides the key.
     fn template_vars(&self) -> TemplateVars;
+}
+
+/// Provider-specific rules of an AccessKey's provider block, checked before anything is created;
+/// the message names the field and says what to do. From the issuer's settings alone, so that a
+/// spec is judged alike by the operator and by `cloudkeys inspect`, credentials or not.
+pub fn check_spec(settings: &IssuerProvider, spec: &KeyProvider) -> Result<(), String> {
+    match settings {
+        IssuerProvider::Yandex(y) => yandex::check_spec(y, spec),
+        IssuerProvider::Outscale(_) => outscale::check_spec(spec),
+        IssuerProvider::Exoscale(_) | IssuerProvider::Local(_) => Ok(()),
+    }
+}
+
+/// `zone`, `region`, `endpoint`: what `secretTemplate.data` may use besides the key, from the
+/// issuer's settings alone (what [`Provider::template_vars`] of its client says).
+pub fn template_vars(settings: &IssuerProvider) -> TemplateVars {
+    match settings {
+        IssuerProvider::Exoscale(e) => exoscale::template_vars(e),
+        IssuerProvider::Outscale(o) => outscale::template_vars(o),
+        IssuerProvider::Yandex(y) => yandex::template_vars(y),
+        IssuerProvider::Local(_) => TemplateVars::new(),
+    }
 }
 
 /// The Secret in the issuer's Secret namespace holding its admin credentials, if the provider

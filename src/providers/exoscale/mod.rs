@@ -58,10 +58,7 @@ impl ExoscaleProvider {
         api_secret: SecretString,
         http: HttpConfig,
     ) -> Result<Self, ProviderError> {
-        let endpoint = match settings.endpoint.as_deref() {
-            Some(e) => e.trim_end_matches('/').to_string(),
-            None => format!("https://api-{}.exoscale.com/v2", settings.zone),
-        };
+        let endpoint = endpoint_of(settings);
         let base = Url::parse(&endpoint)
             .ok()
             .filter(|u| !u.cannot_be_a_base() && u.query().is_none() && u.fragment().is_none())
@@ -450,6 +447,19 @@ impl Provider for ExoscaleProvider {
     fn template_vars(&self) -> TemplateVars {
         TemplateVars::from([("zone", self.zone.clone()), ("endpoint", self.endpoint.clone())])
     }
+}
+
+/// The API endpoint an issuer names, or its zone's.
+fn endpoint_of(settings: &ExoscaleIssuer) -> String {
+    match settings.endpoint.as_deref() {
+        Some(e) => e.trim_end_matches('/').to_string(),
+        None => format!("https://api-{}.exoscale.com/v2", settings.zone),
+    }
+}
+
+/// What `secretTemplate.data` may use besides the key, from the issuer's settings alone.
+pub fn template_vars(settings: &ExoscaleIssuer) -> TemplateVars {
+    TemplateVars::from([("zone", settings.zone.clone()), ("endpoint", endpoint_of(settings))])
 }
 
 fn is_legacy(spec: &KeyProvider) -> bool {

@@ -104,10 +104,7 @@ impl OutscaleProvider {
                 format!("invalid Outscale region {region:?}: expected a name such as eu-west-2 or cloudgouv-eu-west-1"),
             ));
         }
-        let endpoint = match settings.endpoint.as_deref().map(str::trim) {
-            Some(e) if !e.is_empty() => e.trim_end_matches('/').to_string(),
-            _ => format!("https://api.{region}.outscale.com/api/v1"),
-        };
+        let endpoint = endpoint_of(settings);
         let base = Url::parse(&endpoint)
             .ok()
             .filter(|u| {
@@ -431,17 +428,31 @@ impl Provider for OutscaleProvider {
         }
     }
 
-    fn check_spec(&self, spec: &KeyProvider) -> Result<(), String> {
-        match spec {
-            KeyProvider::Outscale(OutscaleKey { expires_after: Some(text), .. }) => {
-                parse_lifetime(text).map(|_| ()).map_err(|e| format!("spec.outscale.expiresAfter: {e}"))
-            }
-            _ => Ok(()),
-        }
-    }
-
     fn template_vars(&self) -> TemplateVars {
         TemplateVars::from([("region", self.region.clone()), ("endpoint", self.endpoint.clone())])
+    }
+}
+
+/// The API endpoint an issuer names, or its region's.
+fn endpoint_of(settings: &OutscaleIssuer) -> String {
+    match settings.endpoint.as_deref().map(str::trim) {
+        Some(e) if !e.is_empty() => e.trim_end_matches('/').to_string(),
+        _ => format!("https://api.{}.outscale.com/api/v1", settings.region.trim()),
+    }
+}
+
+/// What `secretTemplate.data` may use besides the key, from the issuer's settings alone.
+pub fn template_vars(settings: &OutscaleIssuer) -> TemplateVars {
+    TemplateVars::from([("region", settings.region.trim().to_string()), ("endpoint", endpoint_of(settings))])
+}
+
+/// OUTSCALE's rules of an AccessKey's provider block.
+pub fn check_spec(spec: &KeyProvider) -> Result<(), String> {
+    match spec {
+        KeyProvider::Outscale(OutscaleKey { expires_after: Some(text), .. }) => {
+            parse_lifetime(text).map(|_| ()).map_err(|e| format!("spec.outscale.expiresAfter: {e}"))
+        }
+        _ => Ok(()),
     }
 }
 

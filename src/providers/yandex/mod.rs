@@ -66,7 +66,7 @@ impl YandexProvider {
         authorized_key_json: Option<SecretString>,
         http: HttpConfig,
     ) -> Result<Self, ProviderError> {
-        let endpoint = settings.endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT).trim_end_matches('/').to_string();
+        let endpoint = endpoint_of(settings);
         let base = parse_base("endpoint", &endpoint)?;
         let operation_base = parse_base(
             "operationEndpoint",
@@ -98,23 +98,14 @@ impl YandexProvider {
             endpoint,
             base,
             operation_base,
-            default_service_account: settings
-                .service_account_id
-                .as_deref()
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string),
+            default_service_account: default_service_account(settings).map(str::to_string),
             tokens: TokenCache::new(source),
         })
     }
 
     /// The service account of a key: the AccessKey's, else the issuer's default.
     fn service_account<'a>(&'a self, spec: &'a KeyProvider) -> Option<&'a str> {
-        let from_spec = match spec {
-            KeyProvider::Yandex(key) => key.service_account_id.as_deref(),
-            _ => None,
-        };
-        from_spec.map(str::trim).filter(|s| !s.is_empty()).or(self.default_service_account.as_deref())
+        service_account_of(self.default_service_account.as_deref(), spec)
     }
 
     /// One API call with the cached token; a 401 drops the token and the call is made once
@@ -360,17 +351,41 @@ impl Provider for YandexProvider {
     fn template_vars(&self) -> TemplateVars {
         TemplateVars::from([("endpoint", self.endpoint.clone())])
     }
+}
 
-    fn check_spec(&self, spec: &KeyProvider) -> Result<(), String> {
-        if self.service_account(spec).is_none() {
-            return Err("spec.yandex.serviceAccountId: set it, or set serviceAccountId on the issuer".into());
-        }
-        let user = match spec {
-            KeyProvider::Yandex(key) => key.description.as_deref(),
-            _ => None,
-        };
-        description_with_marker(user, &Marker::longest()).map(|_| ()).map_err(|e| e.message)
+/// What `secretTemplate.data` may use besides the key, from the issuer's settings alone.
+pub fn template_vars(settings: &YandexIssuer) -> TemplateVars {
+    TemplateVars::from([("endpoint", endpoint_of(settings))])
+}
+
+fn endpoint_of(settings: &YandexIssuer) -> String {
+    settings.endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT).trim_end_matches('/').to_string()
+}
+
+/// The issuer's default service account, if it names one.
+fn default_service_account(settings: &YandexIssuer) -> Option<&str> {
+    settings.service_account_id.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// The service account of a key: the AccessKey's, else the issuer's default.
+fn service_account_of<'a>(default: Option<&'a str>, spec: &'a KeyProvider) -> Option<&'a str> {
+    let from_spec = match spec {
+        KeyProvider::Yandex(key) => key.service_account_id.as_deref(),
+        _ => None,
+    };
+    from_spec.map(str::trim).filter(|s| !s.is_empty()).or(default)
+}
+
+/// Yandex's rules of an AccessKey's provider block.
+pub fn check_spec(settings: &YandexIssuer, spec: &KeyProvider) -> Result<(), String> {
+    if service_account_of(default_service_account(settings), spec).is_none() {
+        return Err("spec.yandex.serviceAccountId: set it, or set serviceAccountId on the issuer".into());
     }
+    let user = match spec {
+        KeyProvider::Yandex(key) => key.description.as_deref(),
+        _ => None,
+    };
+    description_with_marker(user, &Marker::longest()).map(|_| ()).map_err(|e| e.message)
 }
 
 /// The key's description: the user's, a space, the marker; refused when over 256 characters.

@@ -1,25 +1,6 @@
-//! Command-line interface.
-
-use clap::{Parser, Subcommand};
+//! The flags of `cloudkeys run`, the operator itself.
 
 use crate::telemetry::LogFormat;
-
-#[derive(Debug, Parser)]
-#[command(name = "cloudkeys", version, about = "Issues cloud API keys into Kubernetes Secrets and revokes them")]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the controllers (uses KUBECONFIG or the in-cluster configuration).
-    Run(Box<RunArgs>),
-    /// Print every CRD as one multi-document YAML stream.
-    Crds,
-    /// Print the version.
-    Version,
-}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {

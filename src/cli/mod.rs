@@ -1,0 +1,96 @@
+//! The `cloudkeys` command line: the operator (`run`), its CRDs (`crds`), and the commands a
+//! platform engineer uses to see and steer it (`status`, `rotate`, `inspect`, `check`), also
+//! installed as the kubectl plugin `kubectl-cloudkeys`.
+//!
+//! Exit codes: 0 success, 1 when what a command reports is unhealthy (or it could not find
+//! out), 2 on usage errors (clap's own, and those found once the arguments are read).
+
+mod check;
+mod cluster;
+mod inspect;
+mod output;
+mod rotate;
+mod run_args;
+mod status;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use self::cluster::{CliError, ClusterArgs, Scope, ScopeArgs};
+pub use self::output::OutputFormat;
+pub use self::run_args::RunArgs;
+
+#[derive(Debug, Parser)]
+#[command(name = "cloudkeys", version, about = "Issues cloud API keys into Kubernetes Secrets and revokes them")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controllers (uses KUBECONFIG or the in-cluster configuration).
+    Run(Box<RunArgs>),
+    /// AccessKeys: Ready and reason, issuer, key id, age, expiry, next rotation, replaced keys
+    /// awaiting revocation, consumers. Exits 1 if one is not Ready.
+    Status(status::StatusArgs),
+    /// Request a rotation (the `cloudkeys.io/rotate` annotation) and print what was requested.
+    Rotate(rotate::RotateArgs),
+    /// Everything about one AccessKey, and what the operator will do next.
+    Inspect(inspect::InspectArgs),
+    /// CRDs installed, operator leader, issuers Ready, unrestricted issuers, orphaned keys.
+    /// Exits 1 if something is wrong.
+    Check(check::CheckArgs),
+    /// Print every CRD as one multi-document YAML stream.
+    Crds,
+    /// Print the version.
+    Version,
+}
+
+/// What a command found: 0 or 1 as its exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    Unhealthy,
+}
+
+impl Health {
+    fn of(healthy: bool) -> Self {
+        if healthy {
+            Self::Healthy
+        } else {
+            Self::Unhealthy
+        }
+    }
+}
+
+/// Runs one of the commands that talk to a cluster as a user (not `run`).
+pub async fn execute(command: Command) -> ExitCode {
+    let outcome = match command {
+        Command::Status(args) => status::run(&args).await,
+        Command::Rotate(args) => rotate::run(&args).await,
+        Command::Inspect(args) => inspect::run(&args).await,
+        Command::Check(args) => check::run(&args).await,
+        Command::Crds => match crate::api::crds_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                Ok(Health::Healthy)
+            }
+            Err(e) => Err(CliError::Output(e.to_string())),
+        },
+        Command::Version => {
+            println!("cloudkeys {}", env!("CARGO_PKG_VERSION"));
+            Ok(Health::Healthy)
+        }
+        Command::Run(_) => Err(CliError::Usage("`run` is started by the binary's main, not here".into())),
+    };
+    match outcome {
+        Ok(Health::Healthy) => ExitCode::SUCCESS,
+        Ok(Health::Unhealthy) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! How the commands print: tables that fit 100 columns (kubectl's look: no borders, upper-case
+//! headers), `-o wide` without that limit, JSON and YAML for scripts; times as kubectl shows
+//! them (`3m`, `in 29d`).
+
+use comfy_table::{presets, ContentArrangement, Table};
+use serde::Serialize;
+
+use super::CliError;
+
+/// The terminal width the tables are made for; `-o wide` is not limited.
+pub const WIDTH: u16 = 100;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// A table that fits 100 columns (the default).
+    #[default]
+    Table,
+    /// A table with every column.
+    Wide,
+    Json,
+    Yaml,
+}
+
+impl OutputFormat {
+    pub fn is_wide(self) -> bool {
+        self == Self::Wide
+    }
+}
+
+/// A table with `headers`: at most [`WIDTH`] columns wide unless `wide` (long cells wrap).
+pub fn table(headers: &[&str], wide: bool) -> Table {
+    let mut t = Table::new();
+    t.load_preset(presets::NOTHING);
+    if wide {
+        t.set_content_arrangement(ContentArrangement::Disabled);
+    } else {
+        t.set_content_arrangement(ContentArrangement::Dynamic).set_width(WIDTH);
+    }
+    t.set_header(headers.to_vec());
+    // Flush left, as kubectl prints: no padding before the first column.
+    if let Some(first) = t.column_mut(0) {
+        first.set_padding((0, 1));
+    }
+    t
+}
+
+/// Prints a table without trailing blanks.
+pub fn print_table(t: &Table) {
+    println!("{}", t.trim_fmt());
+}
+
+/// Prints `value` as JSON or YAML.
+pub fn print_structured<T: Serialize>(value: &T, format: OutputFormat) -> Result<(), CliError> {
+    let text = match format {
+        OutputFormat::Yaml => serde_norway::to_string(value).map_err(|e| CliError::Output(e.to_string()))?,
+        _ => serde_json::to_string_pretty(value).map_err(|e| CliError::Output(e.to_string()))? + "\n",
+    };
+    print!("{text}");
+    Ok(())
+}
+
+/// A duration as kubectl shows ages: `45s`, `12m`, `5h`, `3d`, `2y`.
+pub fn short_duration(seconds: i64) -> String {
+    let s = seconds.max(0);
+    match s {
+        0..120 => format!("{s}s"),
+        120..7_200 => format!("{}m", s / 60),
+        7_200..172_800 => format!("{}h", s / 3_600),
+        172_800..63_072_000 => format!("{}d", s / 86_400),
+        _ => format!("{}y", s / 31_536_000),
+    }
+}
+
+/// How long ago `t` was: `3m`.
+pub fn age(t: jiff::Timestamp, now: jiff::Timestamp) -> String {
+    short_duration(now.as_second() - t.as_second())
+}
+
+/// When `t` comes, seen from `now`: `in 29d`, or `5m ago` once it has passed.
+pub fn when(t: jiff::Timestamp, now: jiff::Timestamp) -> String {
+    let d = t.as_second() - now.as_second();
+    match d {
+        0 => "now".to_string(),
+        1.. => format!("in {}", short_duration(d)),
+        _ => format!("{} ago", short_duration(-d)),
+    }
+}
+
+/// `t` as RFC 3339 and relative to `now`: `2026-12-01T10:00:00Z (in 3d)`.
+pub fn at(t: jiff::Timestamp, now: jiff::Timestamp) -> String {
+    format!("{} ({})", t.strftime("%Y-%m-%dT%H:%M:%SZ"), when(t, now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_kubectl() {
+        assert_eq!(short_duration(-3), "0s");
+        assert_eq!(short_duration(119), "119s");
+        assert_eq!(short_duration(600), "10m");
+        assert_eq!(short_duration(7_200), "2h");
+        assert_eq!(short_duration(30 * 86_400), "30d");
+        assert_eq!(short_duration(3 * 31_536_000), "3y");
+        let now = jiff::Timestamp::from_second(1_000_000).expect("time");
+        assert_eq!(when(jiff::Timestamp::from_second(1_000_000 + 86_400 * 3).expect("time"), now), "in 3d");
+        assert_eq!(when(jiff::Timestamp::from_second(1_000_000 - 300).expect("time"), now), "5m ago");
+    }
+
+    #[test]
+    fn tables_fit_100_columns_unless_wide() {
+        let long = "x".repeat(150);
+        let mut t = table(&["NAME", "MESSAGE"], false);
+        t.add_row(vec!["a", long.as_str()]);
+        assert!(t.trim_fmt().lines().all(|l| l.chars().count() <= usize::from(WIDTH)));
+        assert!(t.trim_fmt().starts_with("NAME"), "flush left: {:?}", t.trim_fmt());
+        let mut t = table(&["NAME", "MESSAGE"], true);
+        t.add_row(vec!["a", long.as_str()]);
+        assert!(t.trim_fmt().lines().any(|l| l.contains(long.as_str())));
+    }
+}

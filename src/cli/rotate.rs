@@ -1,0 +1,157 @@
+//! `cloudkeys rotate NAME… | -l SELECTOR | --all [-n NS | -A] [--immediate]`: sets
+//! `cloudkeys.io/rotate` to a value not used before (and, with `--immediate`,
+//! `cloudkeys.io/rotate-grace-period: 0s`); the operator does the rest.
+
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+
+use crate::api::AccessKey;
+use crate::controller::rotation::{RotationSettings, ROTATE_ANNOTATION, ROTATE_GRACE_ANNOTATION};
+
+use super::{CliError, ClusterArgs, Health, ScopeArgs};
+
+/// Who the annotations are written as (kubectl shows it in managedFields).
+const FIELD_MANAGER: &str = "cloudkeys-cli";
+
+#[derive(Debug, Clone, clap::Args)]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["names", "selector", "all"]))]
+pub struct RotateArgs {
+    /// The AccessKeys to rotate.
+    #[arg(conflicts_with = "all_namespaces")]
+    pub names: Vec<String>,
+    /// Rotate the AccessKeys whose labels match (`app=web,tier!=db`).
+    #[arg(short = 'l', long, value_name = "SELECTOR", conflicts_with = "all")]
+    pub selector: Option<String>,
+    /// Rotate every AccessKey of the namespace (or of every namespace with -A).
+    #[arg(long)]
+    pub all: bool,
+    /// Revoke each replaced key at once instead of after its grace period (a leaked key).
+    #[arg(long)]
+    pub immediate: bool,
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// A `cloudkeys.io/rotate` value that this AccessKey has not seen: the time in seconds, with a
+/// suffix when that is the value it holds or handled last (two requests in one second).
+pub fn next_request_value(ak: &AccessKey, now: jiff::Timestamp) -> String {
+    let current = ak.annotations().get(ROTATE_ANNOTATION).map(String::as_str);
+    let handled = ak.status.as_ref().and_then(|s| s.last_rotate_request.as_deref());
+    let base = now.as_second().to_string();
+    let mut value = base.clone();
+    let mut n = 1;
+    while Some(value.as_str()) == current || Some(value.as_str()) == handled {
+        value = format!("{base}.{n}");
+        n += 1;
+    }
+    value
+}
+
+/// The merge patch of one request; without `immediate` an earlier `--immediate`'s grace
+/// annotation goes, so that it cannot make this rotation revoke the old key at once too.
+pub fn request_patch(value: &str, immediate: bool) -> serde_json::Value {
+    let grace = if immediate { serde_json::json!("0s") } else { serde_json::Value::Null };
+    serde_json::json!({"metadata": {"annotations": {ROTATE_ANNOTATION: value, ROTATE_GRACE_ANNOTATION: grace}}})
+}
+
+pub async fn run(args: &RotateArgs) -> Result<Health, CliError> {
+    let (client, context_ns) = args.cluster.connect().await?;
+    let scope = args.scope.scope(&context_ns);
+    let targets: Vec<AccessKey> = if !args.names.is_empty() {
+        let mut found = Vec::new();
+        for name in &args.names {
+            found.extend(super::status::access_keys(&client, &scope, Some(name)).await?);
+        }
+        found
+    } else {
+        let api = scope.api::<AccessKey>(&client);
+        let mut params = ListParams::default();
+        if let Some(selector) = &args.selector {
+            params = params.labels(selector);
+        }
+        let listed = api.list(&params).await.map_err(|e| match e {
+            kube::Error::Api(s) if s.code == 400 => CliError::Usage(format!("invalid selector: {}", s.message)),
+            e => CliError::listing("accesskeys.cloudkeys.io", e),
+        })?;
+        listed.items
+    };
+    if targets.is_empty() {
+        eprintln!("No AccessKeys matched {}: nothing was requested.", scope.describe());
+        return Ok(Health::Unhealthy);
+    }
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    let mut all_done = true;
+    for ak in &targets {
+        let ns = ak.namespace().unwrap_or_default();
+        let name = ak.name_any();
+        let value = next_request_value(ak, jiff::Timestamp::now());
+        let api: Api<AccessKey> = Api::namespaced(client.clone(), &ns);
+        match api.patch(&name, &params, &Patch::Merge(request_patch(&value, args.immediate))).await {
+            Ok(_) => println!("{}", requested_line(ak, &value, args.immediate)),
+            Err(e) => {
+                all_done = false;
+                eprintln!("accesskey {ns}/{name}: rotation not requested: {e}");
+            }
+        }
+    }
+    Ok(Health::of(all_done))
+}
+
+/// What was requested, in one line.
+fn requested_line(ak: &AccessKey, value: &str, immediate: bool) -> String {
+    let then = if immediate {
+        "the replaced key is revoked at once".to_string()
+    } else {
+        let after = if ak.spec.consumers.is_some() { " after the consumers roll out" } else { " later" };
+        match RotationSettings::of(&ak.spec) {
+            Ok(s) => {
+                format!("the replaced key is revoked {}{after}", crate::api::duration::format_duration(s.grace_period))
+            }
+            Err(_) => "the replaced key is revoked after its grace period".to_string(),
+        }
+    };
+    format!(
+        "accesskey {}/{}: rotation requested ({ROTATE_ANNOTATION}={value}); {then}",
+        ak.namespace().unwrap_or_default(),
+        ak.name_any()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access_key(annotation: Option<&str>, handled: Option<&str>) -> AccessKey {
+        let mut ak: AccessKey = serde_json::from_value(serde_json::json!({
+            "apiVersion": "cloudkeys.io/v1alpha1", "kind": "AccessKey",
+            "metadata": {"name": "a", "namespace": "n"},
+            "spec": {"issuerRef": {"name": "i"}, "secretName": "s", "local": {}},
+        }))
+        .expect("AccessKey literal");
+        if let Some(v) = annotation {
+            ak.annotations_mut().insert(ROTATE_ANNOTATION.into(), v.into());
+        }
+        ak.status =
+            Some(crate::api::AccessKeyStatus { last_rotate_request: handled.map(Into::into), ..Default::default() });
+        ak
+    }
+
+    #[test]
+    fn each_request_is_a_value_the_access_key_has_not_seen() {
+        let now = jiff::Timestamp::from_second(1_764_547_200).expect("time");
+        assert_eq!(next_request_value(&access_key(None, None), now), "1764547200");
+        assert_eq!(next_request_value(&access_key(Some("1764547200"), None), now), "1764547200.1");
+        assert_eq!(next_request_value(&access_key(Some("1764547200.1"), Some("1764547200")), now), "1764547200.2");
+    }
+
+    #[test]
+    fn only_an_immediate_request_keeps_a_zero_grace_period() {
+        let p = request_patch("1", true);
+        assert_eq!(p["metadata"]["annotations"][ROTATE_GRACE_ANNOTATION], "0s");
+        let p = request_patch("2", false);
+        assert!(p["metadata"]["annotations"][ROTATE_GRACE_ANNOTATION].is_null());
+        assert_eq!(p["metadata"]["annotations"][ROTATE_ANNOTATION], "2");
+    }
+}

@@ -1,0 +1,348 @@
+//! What one AccessKey's reconcile observes, assembled from what was read: the operator reads it
+//! from its caches, `cloudkeys inspect` from the apiserver, and both hand the same [`Observed`]
+//! to the same [`decide`]. Pure functions; the reading is the caller's.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+
+use crate::api::{
+    validation, AccessKey, AccessKeyStatus, IssuerKind, IssuerPolicy, IssuerProvider, IssuerRef, IssuerStatus,
+};
+use crate::providers;
+
+use super::conditions;
+use super::consumers::{self, Workload, WorkloadObject};
+use super::decide::{decide, IssuerState, Observed, Step};
+use super::in_use::IssuerId;
+use super::rotation::{self, RotationSettings};
+use super::secret::{self, SecretState};
+
+/// An issuer as an AccessKey's decisions see it: its spec and status, without its credentials.
+#[derive(Debug, Clone, Copy)]
+pub struct IssuerFacts<'a> {
+    /// `KeyIssuer ns/name` or `ClusterKeyIssuer name`, for messages.
+    pub display: &'a str,
+    pub settings: &'a IssuerProvider,
+    pub status: &'a IssuerStatus,
+    pub generation: Option<i64>,
+    /// Being deleted: it still revokes, but mints nothing.
+    pub deleting: bool,
+    pub policy: Option<&'a IssuerPolicy>,
+    /// A ClusterKeyIssuer.
+    pub cluster_scoped: bool,
+    /// Why the operator has no provider client for it (credentials, endpoint), when it knows.
+    pub provider_error: Option<&'a str>,
+}
+
+impl IssuerFacts<'_> {
+    pub fn is_ready(&self) -> bool {
+        !self.deleting && conditions::is_ready(&self.status.conditions, self.generation)
+    }
+
+    pub fn not_ready_message(&self) -> String {
+        if self.deleting {
+            return format!("{} is being deleted", self.display);
+        }
+        match conditions::ready_message(&self.status.conditions) {
+            Some(m) if !m.is_empty() => format!("{} is not ready: {m}", self.display),
+            _ => format!("{} has not been checked yet", self.display),
+        }
+    }
+}
+
+pub fn kind_name(r: &IssuerRef) -> &'static str {
+    match r.kind {
+        IssuerKind::KeyIssuer => "KeyIssuer",
+        IssuerKind::ClusterKeyIssuer => "ClusterKeyIssuer",
+    }
+}
+
+/// The issuer `r` names, as the AccessKey sees it.
+pub fn issuer_state(r: &IssuerRef, issuer: Option<&IssuerFacts<'_>>) -> IssuerState {
+    match issuer {
+        None => IssuerState::NotFound(format!("{} {} not found", kind_name(r), r.name)),
+        Some(i) if !i.is_ready() || i.provider_error.is_some() => IssuerState::NotReady(i.not_ready_message()),
+        Some(_) => IssuerState::Ready,
+    }
+}
+
+/// Why the spec cannot be acted on with this issuer, if it cannot.
+pub fn spec_problem(ak: &AccessKey, issuer: Option<&IssuerFacts<'_>>) -> Option<String> {
+    if let Err(e) = validation::validate_access_key(&ak.spec) {
+        return Some(e.to_string());
+    }
+    if let Err(e) = RotationSettings::of(&ak.spec) {
+        return Some(e.to_string());
+    }
+    // Read in place: this runs on every reconcile, and a copy of the status is not needed.
+    let no_status = AccessKeyStatus::default();
+    let status = ak.status.as_ref().unwrap_or(&no_status);
+    if let Err(e) = rotation::grace_for_replacement(ak.annotations(), status, &RotationSettings::default()) {
+        return Some(e.to_string());
+    }
+    if let Some(Err(e)) = ak.spec.consumers.as_deref().map(consumers::selector) {
+        return Some(e);
+    }
+    let issuer = issuer?;
+    let (wanted, has) = (ak.spec.provider.name(), issuer.settings.name());
+    if wanted != has {
+        return Some(format!("spec.{wanted} does not match {}, which is a {has} issuer", issuer.display));
+    }
+    if let Err(e) = providers::check_spec(issuer.settings, &ak.spec.provider) {
+        return Some(e);
+    }
+    if let Err(e) = secret::check_templates(ak, has, &providers::template_vars(issuer.settings)) {
+        return Some(format!("spec.{e}"));
+    }
+    None
+}
+
+/// The workloads of the AccessKey's namespace, as read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorkloadsRead<'a> {
+    pub deployments: &'a [Arc<Deployment>],
+    pub stateful_sets: &'a [Arc<StatefulSet>],
+    pub daemon_sets: &'a [Arc<DaemonSet>],
+}
+
+/// Whether the consumers matter now: only while a replaced key waits for their rollout.
+pub fn consumers_wanted(ak: &AccessKey, status: &AccessKeyStatus) -> bool {
+    ak.spec.consumers.is_some() && status.retired.iter().any(rotation::awaits_rollout)
+}
+
+/// The workloads `spec.consumers` names among `read` (objects of other namespaces are skipped),
+/// sorted by kind and name; none unless [`consumers_wanted`].
+pub fn observe_consumers(ak: &AccessKey, status: &AccessKeyStatus, read: WorkloadsRead<'_>) -> Vec<Workload> {
+    let Some(spec) = ak.spec.consumers.as_deref() else {
+        return Vec::new();
+    };
+    if !consumers_wanted(ak, status) {
+        return Vec::new();
+    }
+    let ns = ak.namespace().unwrap_or_default();
+    // An invalid selector is reported as the spec's problem; here it selects nothing.
+    let selector = consumers::selector(spec).ok().flatten();
+    let secret = ak.spec.secret_name.as_str();
+    fn matching<'o, K: WorkloadObject>(
+        objects: &'o [Arc<K>],
+        ns: &'o str,
+        keep: impl Fn(&K) -> bool + 'o,
+    ) -> impl Iterator<Item = Workload> + 'o {
+        objects.iter().filter(move |w| w.meta().namespace.as_deref() == Some(ns) && keep(w)).map(|w| w.observe())
+    }
+    let mut found: Vec<Workload> = Vec::new();
+    found.extend(matching(read.deployments, &ns, |w| consumers::is_consumer(spec, selector.as_ref(), secret, w)));
+    found.extend(matching(read.stateful_sets, &ns, |w| consumers::is_consumer(spec, selector.as_ref(), secret, w)));
+    found.extend(matching(read.daemon_sets, &ns, |w| consumers::is_consumer(spec, selector.as_ref(), secret, w)));
+    found.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+    found
+}
+
+/// Whether the policy check needs the namespace's labels: a ClusterKeyIssuer selecting
+/// namespaces by label that does not name this one outright.
+pub fn needs_namespace_labels(issuer: &IssuerFacts<'_>, namespace: &str) -> bool {
+    let namespaces = issuer.policy.and_then(|p| p.namespaces.as_ref());
+    issuer.cluster_scoped && namespaces.is_some_and(|n| n.selector.is_some() && !n.names.iter().any(|m| m == namespace))
+}
+
+/// Whether the policy check counts the namespace's keys (`maxKeysPerNamespace`).
+pub fn counts_keys(issuer: &IssuerFacts<'_>) -> bool {
+    issuer.policy.and_then(|p| p.max_keys_per_namespace).is_some()
+}
+
+/// The other AccessKeys of `ak`'s namespace among `access_keys` that hold a key of its issuer.
+pub fn keys_in_namespace<'a>(ak: &AccessKey, access_keys: impl IntoIterator<Item = &'a AccessKey>) -> usize {
+    let ns = ak.namespace().unwrap_or_default();
+    let this = IssuerId::from_ref(&ak.spec.issuer_ref, &ns);
+    access_keys
+        .into_iter()
+        .filter(|other| {
+            other.metadata.namespace.as_deref() == Some(ns.as_str()) && other.metadata.uid != ak.metadata.uid
+        })
+        .filter(|other| {
+            let status = other.status.as_ref();
+            let holder = status.and_then(|s| s.access_key_id.as_ref().and(s.issued_by.as_ref()));
+            holder.is_some_and(|r| IssuerId::from_ref(r, &ns) == this)
+        })
+        .count()
+}
+
+/// Why the issuer's policy refuses the key `ak` asks for, if it does.
+pub fn policy_denial(
+    issuer: &IssuerFacts<'_>,
+    ak: &AccessKey,
+    namespace_labels: Option<&BTreeMap<String, String>>,
+    keys_in_namespace: usize,
+) -> Option<String> {
+    let ns = ak.namespace().unwrap_or_default();
+    let request = super::policy::Request {
+        policy: issuer.policy,
+        cluster_scoped: issuer.cluster_scoped,
+        issuer: issuer.settings,
+        spec: &ak.spec,
+        namespace: &ns,
+        namespace_labels,
+        keys_in_namespace,
+    };
+    super::policy::check(&request).err().map(|d| format!("{}: {d}", issuer.display))
+}
+
+/// What every reconcile observes of the AccessKey; what only a running reconcile learns (keys
+/// listed at the provider, a refusal, a drift check's findings) starts as not known.
+#[allow(clippy::too_many_arguments)]
+pub fn observed<'a>(
+    status: &'a AccessKeyStatus,
+    annotations: &'a BTreeMap<String, String>,
+    spec_problem: Option<String>,
+    issuer: IssuerState,
+    issuer_ref: &'a IssuerRef,
+    spec_hash: &'a str,
+    secret: &'a SecretState,
+    rotation_settings: &'a RotationSettings,
+    consumers: &'a [Workload],
+    now: jiff::Timestamp,
+) -> Observed<'a> {
+    Observed {
+        status,
+        spec_problem,
+        issuer,
+        issuer_ref,
+        spec_hash,
+        secret,
+        owned_keys: None,
+        retired_tried: false,
+        rotation: rotation_settings,
+        rotate_request: rotation::rotate_request(annotations, status),
+        consumers,
+        blocked_until: None,
+        policy_denial: None,
+        revoked_at_provider: false,
+        provider_view: None,
+        now,
+    }
+}
+
+/// Everything read about one AccessKey from the apiserver (by `cloudkeys inspect`).
+#[derive(Clone, Copy)]
+pub struct Snapshot<'a> {
+    pub ak: &'a AccessKey,
+    pub issuer: Option<IssuerFacts<'a>>,
+    pub secret: Option<&'a Secret>,
+    pub workloads: WorkloadsRead<'a>,
+    /// The namespace's labels, if read (see [`needs_namespace_labels`]).
+    pub namespace_labels: Option<&'a BTreeMap<String, String>>,
+    /// The AccessKeys of the namespace, if listed (see [`counts_keys`]).
+    pub access_keys: &'a [AccessKey],
+    pub now: jiff::Timestamp,
+}
+
+/// What the operator's next reconcile of `s.ak` would do first, decided as the operator decides
+/// it. What only the running operator knows is taken as not known: after an interrupted
+/// creation the answer is to list the keys at the provider; a provider's recent refusal and a
+/// drift check's findings are not seen.
+pub fn next_step(s: &Snapshot<'_>) -> Step {
+    let ak = s.ak;
+    let no_status = AccessKeyStatus::default();
+    let status = ak.status.as_ref().unwrap_or(&no_status);
+    let hash = super::access_key::spec_hash(ak);
+    let settings = RotationSettings::of(&ak.spec).unwrap_or_default();
+    let secret_state = secret::observe_secret(ak, s.secret);
+    let consumers = observe_consumers(ak, status, s.workloads);
+    let issuer = s.issuer.as_ref();
+    let mut o = observed(
+        status,
+        ak.annotations(),
+        spec_problem(ak, issuer),
+        issuer_state(&ak.spec.issuer_ref, issuer),
+        &ak.spec.issuer_ref,
+        &hash,
+        &secret_state,
+        &settings,
+        &consumers,
+        s.now,
+    );
+    let step = decide(&o);
+    let denial = match (&step, issuer) {
+        (Step::Issue { .. }, Some(i)) => policy_denial(i, ak, s.namespace_labels, keys_in_namespace(ak, s.access_keys)),
+        _ => None,
+    };
+    if denial.is_none() {
+        return step;
+    }
+    o.policy_denial = denial.as_deref();
+    decide(&o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::conditions::Reason;
+    use crate::controller::decide::IssueReason;
+
+    fn access_key(extra: serde_json::Value) -> AccessKey {
+        let mut spec = serde_json::json!({"issuerRef": {"name": "i"}, "secretName": "s", "local": {}});
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "cloudkeys.io/v1alpha1", "kind": "AccessKey",
+            "metadata": {"name": "a", "namespace": "team-a", "uid": "u1", "generation": 1},
+            "spec": spec,
+        }))
+        .expect("AccessKey literal")
+    }
+
+    fn ready_status() -> IssuerStatus {
+        serde_json::from_value(serde_json::json!({"conditions": [{"type": "Ready", "status": "True", "reason": "Ready",
+            "message": "ok", "lastTransitionTime": "2026-12-01T00:00:00Z", "observedGeneration": 1}]}))
+        .expect("status literal")
+    }
+
+    fn step(ak: &AccessKey, issuer: Option<IssuerFacts<'_>>) -> Step {
+        next_step(&Snapshot {
+            ak,
+            issuer,
+            secret: None,
+            workloads: WorkloadsRead::default(),
+            namespace_labels: None,
+            access_keys: &[],
+            now: jiff::Timestamp::now(),
+        })
+    }
+
+    #[test]
+    fn the_cli_decides_as_the_operator_from_what_it_read() {
+        let settings = IssuerProvider::Local(Default::default());
+        let status = ready_status();
+        let facts = |policy: Option<&'static IssuerPolicy>, cluster_scoped: bool| IssuerFacts {
+            display: "KeyIssuer team-a/i",
+            settings: &settings,
+            status: &status,
+            generation: Some(1),
+            deleting: false,
+            policy,
+            cluster_scoped,
+            provider_error: None,
+        };
+        let ak = access_key(serde_json::json!({}));
+        assert_eq!(step(&ak, Some(facts(None, false))), Step::Issue { reason: IssueReason::FirstKey });
+        assert!(matches!(step(&ak, None), Step::NotReady(Reason::IssuerNotFound, _)));
+        let unchecked = IssuerStatus::default();
+        let not_checked = IssuerFacts { status: &unchecked, ..facts(None, false) };
+        assert!(
+            matches!(step(&ak, Some(not_checked)), Step::NotReady(Reason::IssuerNotReady, m) if m.contains("not been checked"))
+        );
+        // The policy is consulted only for a new key, as the operator does.
+        static ELSEWHERE: std::sync::LazyLock<IssuerPolicy> = std::sync::LazyLock::new(|| {
+            serde_json::from_value(serde_json::json!({"namespaces": {"names": ["team-b"]}})).expect("policy literal")
+        });
+        assert!(matches!(step(&ak, Some(facts(Some(&ELSEWHERE), true))), Step::NotReady(Reason::PolicyDenied, _)));
+        // A template error is found from the issuer's settings, without its credentials.
+        let bad = access_key(serde_json::json!({"secretTemplate": {"data": {"x": "{{ nope( }}"}}}));
+        assert!(matches!(step(&bad, Some(facts(None, false))), Step::NotReady(Reason::InvalidSpec, _)));
+    }
+}
