@@ -8,7 +8,9 @@ use cloudkeys::cli::Cli;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let matches = Cli::command().name("kubectl-cloudkeys").bin_name("kubectl cloudkeys").get_matches();
+    // `run` is the operator, not a kubectl command.
+    let command = Cli::command().name("kubectl-cloudkeys").bin_name("kubectl cloudkeys");
+    let matches = command.mut_subcommand("run", |c| c.hide(true)).get_matches();
     match Cli::from_arg_matches(&matches) {
         Ok(cli) => cloudkeys::cli::execute(cli.command).await,
         Err(e) => e.exit(),

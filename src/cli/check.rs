@@ -31,7 +31,8 @@ pub struct CheckArgs {
     pub cluster: ClusterArgs,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Ordered from best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     Ok,
@@ -72,7 +73,9 @@ pub struct IssuerLine {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     pub policy: &'static str,
-    pub unrestricted: bool,
+    /// A ClusterKeyIssuer without a policy (unrestricted, as API.md says), or whose policy does
+    /// not limit the namespaces.
+    pub open_to_every_namespace: bool,
     pub orphaned_keys: u32,
 }
 
@@ -87,7 +90,11 @@ impl IssuerLine {
         let cluster_scoped = kind == "ClusterKeyIssuer";
         let conditions = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
         let ready = conditions::is_ready(conditions, meta.generation) && meta.deletion_timestamp.is_none();
-        let condition = conditions.iter().find(|c| c.type_ == READY);
+        // A condition of an older generation says nothing about the spec as it is now.
+        let condition = conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .filter(|c| meta.generation.is_none() || c.observed_generation == meta.generation);
         Self {
             kind,
             namespace: meta.namespace.clone(),
@@ -97,7 +104,7 @@ impl IssuerLine {
             reason: condition.map(|c| c.reason.clone()),
             message: condition.map(|c| c.message.clone()),
             policy: policy::describe(policy, cluster_scoped),
-            unrestricted: cluster_scoped && policy.is_none(),
+            open_to_every_namespace: cluster_scoped && policy.and_then(|p| p.namespaces.as_ref()).is_none(),
             orphaned_keys: status.and_then(|s| s.orphaned_keys).unwrap_or(0),
         }
     }
@@ -120,10 +127,18 @@ struct Report {
 pub async fn run(args: &CheckArgs) -> Result<Health, CliError> {
     let (client, _) = args.cluster.connect().await?;
     let now = jiff::Timestamp::now();
-    let mut checks = vec![crds(&client).await?];
-    checks.push(leader(&client, args.operator_namespace.as_deref(), now).await?);
-    let issuers = issuers(&client, args.namespace.as_deref()).await?;
-    checks.extend(issuer_findings(&issuers));
+    let mut checks = vec![unreadable("crds", crds(&client).await)?];
+    checks.push(unreadable("leader", leader(&client, args.operator_namespace.as_deref(), now).await)?);
+    let issuers = match issuers(&client, args.namespace.as_deref()).await {
+        Ok(issuers) => {
+            checks.extend(issuer_findings(&issuers));
+            issuers
+        }
+        Err(e) => {
+            checks.push(unreadable("issuers", Err(e))?);
+            Vec::new()
+        }
+    };
     let healthy = checks.iter().all(|c| c.result != Verdict::Fail);
     let report = Report { healthy, checks, issuers };
     match args.output {
@@ -131,6 +146,17 @@ pub async fn run(args: &CheckArgs) -> Result<Health, CliError> {
         _ => print_report(&report),
     }
     Ok(Health::of(healthy))
+}
+
+/// A check whose objects this user may not read fails with the reason, and the others still
+/// run; any other error ends the command.
+fn unreadable(check: &'static str, result: Result<Finding, CliError>) -> Result<Finding, CliError> {
+    match result {
+        Err(CliError::Kube(kube::Error::Api(s))) if s.code == 403 => {
+            Ok(Finding { check, result: Verdict::Fail, detail: format!("cannot be checked: {}", s.message) })
+        }
+        other => other,
+    }
 }
 
 fn print_report(report: &Report) {
@@ -218,36 +244,37 @@ async fn leader(client: &Client, namespace: Option<&str>, now: jiff::Timestamp) 
         return Ok(Finding {
             check: "leader",
             result: Verdict::Fail,
-            detail: format!("no Lease {LEASE_NAME}{where_}: is the operator running?"),
+            detail: format!("no Lease {LEASE_NAME}{where_}: is the operator running, with leader election?"),
         });
     }
-    let mut details = Vec::new();
-    let mut fresh_all = true;
-    for lease in &leases {
-        let ns = lease.namespace().unwrap_or_default();
-        let spec = lease.spec.clone().unwrap_or_default();
-        let renewed = spec.renew_time.as_ref().map(|t| t.0);
-        let duration = i64::from(spec.lease_duration_seconds.unwrap_or(0));
-        let fresh = spec.holder_identity.as_deref().is_some_and(|h| !h.is_empty())
-            && renewed.is_some_and(|r| now.as_second() - r.as_second() <= duration);
-        fresh_all &= fresh;
-        let holder = spec.holder_identity.filter(|h| !h.is_empty());
-        details.push(match (holder, renewed) {
-            (Some(h), Some(r)) if fresh => {
-                format!("{ns}/{LEASE_NAME} held by {h}, renewed {} ago", output::age(r, now))
-            }
-            (Some(h), Some(r)) => format!(
-                "{ns}/{LEASE_NAME} held by {h} but not renewed for {} (lease {duration}s): the leader is stuck or gone",
-                output::age(r, now)
-            ),
-            _ => format!("{ns}/{LEASE_NAME} has no holder: no operator replica is leading"),
-        });
+    let findings: Vec<(Verdict, String)> = leases.iter().map(|l| lease_verdict(l, now)).collect();
+    let worst = findings.iter().map(|(v, _)| *v).max().unwrap_or(Verdict::Ok);
+    let detail = findings.into_iter().map(|(_, d)| d).collect::<Vec<_>>().join("; ");
+    Ok(Finding { check: "leader", result: worst, detail })
+}
+
+/// Whether a leader Lease is held and renewed in time. Renewed within its duration: ok; within
+/// twice that: a warning (a late renewal, or this machine's clock ahead of the cluster's);
+/// later, or held by no one: a failure.
+pub fn lease_verdict(lease: &Lease, now: jiff::Timestamp) -> (Verdict, String) {
+    let name = format!("{}/{LEASE_NAME}", lease.namespace().unwrap_or_default());
+    let spec = lease.spec.clone().unwrap_or_default();
+    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(0));
+    let holder = spec.holder_identity.filter(|h| !h.is_empty());
+    let (Some(holder), Some(renewed)) = (holder, spec.renew_time.map(|t| t.0)) else {
+        return (Verdict::Fail, format!("{name} has no holder: no operator replica is leading"));
+    };
+    let age = now.as_second() - renewed.as_second();
+    let ago = output::age(renewed, now);
+    if age <= duration {
+        (Verdict::Ok, format!("{name} held by {holder}, renewed {ago} ago"))
+    } else if age <= 2 * duration {
+        let why = "late, or this machine's clock is ahead of the cluster's";
+        (Verdict::Warn, format!("{name} held by {holder}, renewed {ago} ago (lease {duration}s): {why}"))
+    } else {
+        let why = "the leader is stuck or gone";
+        (Verdict::Fail, format!("{name} held by {holder}, not renewed for {ago} (lease {duration}s): {why}"))
     }
-    Ok(Finding {
-        check: "leader",
-        result: if fresh_all { Verdict::Ok } else { Verdict::Fail },
-        detail: details.join("; "),
-    })
 }
 
 async fn issuers(client: &Client, namespace: Option<&str>) -> Result<Vec<IssuerLine>, CliError> {
@@ -300,17 +327,24 @@ pub fn issuer_findings(issuers: &[IssuerLine]) -> Vec<Finding> {
             detail: format!("{} of {} not Ready: {}", not_ready.len(), issuers.len(), not_ready.join(", ")),
         },
     };
-    let unrestricted: Vec<String> = issuers.iter().filter(|i| i.unrestricted).map(IssuerLine::display).collect();
-    let unrestricted = match unrestricted.is_empty() {
+    let open: Vec<String> = issuers
+        .iter()
+        .filter(|i| i.open_to_every_namespace)
+        .map(|i| match i.policy {
+            p if p.starts_with("unrestricted") => format!("{} (no policy)", i.display()),
+            _ => format!("{} (its policy sets no namespaces)", i.display()),
+        })
+        .collect();
+    let unrestricted = match open.is_empty() {
         true => Finding {
             check: "unrestricted",
             result: Verdict::Ok,
-            detail: "no ClusterKeyIssuer without a policy".into(),
+            detail: "every ClusterKeyIssuer limits the namespaces it serves".into(),
         },
         false => Finding {
             check: "unrestricted",
             result: Verdict::Warn,
-            detail: format!("{}: any namespace may mint any key (set spec.policy)", unrestricted.join(", ")),
+            detail: format!("{}: every namespace may mint keys (set spec.policy.namespaces)", open.join(", ")),
         },
     };
     let orphaned: Vec<String> = issuers
@@ -345,8 +379,8 @@ mod tests {
             ready,
             reason: (!ready).then(|| "InvalidCredentials".to_string()),
             message: None,
-            policy: "",
-            unrestricted,
+            policy: if unrestricted { "unrestricted: no policy" } else { "" },
+            open_to_every_namespace: unrestricted,
             orphaned_keys,
         }
     }
@@ -361,7 +395,32 @@ mod tests {
         assert_eq!(verdicts(&[line(false, false, 0)]), [Verdict::Fail, Verdict::Ok, Verdict::Ok]);
         assert_eq!(verdicts(&[line(true, true, 0)]), [Verdict::Ok, Verdict::Warn, Verdict::Ok]);
         assert_eq!(verdicts(&[line(true, false, 2)]), [Verdict::Ok, Verdict::Ok, Verdict::Fail]);
+        assert!(issuer_findings(&[line(true, true, 0)])[1].detail.contains("(no policy)"));
         let f = issuer_findings(&[line(false, false, 0)]);
         assert!(f[0].detail.contains("KeyIssuer team-a/i (InvalidCredentials)"), "{}", f[0].detail);
+    }
+
+    fn lease(holder: Option<&str>, renewed: Option<i64>) -> Lease {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": LEASE_NAME, "namespace": "cloudkeys"},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                "renewTime": renewed.map(|s| jiff::Timestamp::from_second(s).expect("time").strftime("%Y-%m-%dT%H:%M:%S.000000Z").to_string())},
+        }))
+        .expect("Lease literal")
+    }
+
+    #[test]
+    fn a_lease_is_fresh_within_its_duration_late_within_twice_that_then_stale() {
+        let now = jiff::Timestamp::from_second(1_000_000).expect("time");
+        assert_eq!(lease_verdict(&lease(Some("op-1"), Some(1_000_000 - 10)), now).0, Verdict::Ok);
+        let (v, d) = lease_verdict(&lease(Some("op-1"), Some(1_000_000 - 25)), now);
+        assert_eq!(v, Verdict::Warn, "{d}");
+        let (v, d) = lease_verdict(&lease(Some("op-1"), Some(1_000_000 - 120)), now);
+        assert_eq!(v, Verdict::Fail);
+        assert!(d.contains("held by op-1, not renewed for 2m"), "{d}");
+        let (v, d) = lease_verdict(&lease(None, Some(1_000_000)), now);
+        assert_eq!(v, Verdict::Fail);
+        assert!(d.contains("has no holder"), "{d}");
+        assert_eq!(lease_verdict(&lease(Some(""), Some(1_000_000)), now).0, Verdict::Fail);
     }
 }

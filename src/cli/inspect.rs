@@ -14,7 +14,7 @@ use crate::api::{AccessKey, ClusterKeyIssuer, IssuerKind, KeyIssuer, KeyProvider
 use crate::controller::decide::{IssueReason, Step};
 use crate::controller::observe::{self, IssuerFacts, Snapshot, WorkloadsRead};
 use crate::controller::rotation::{self, RotationSettings};
-use crate::controller::secret::{ACCESS_KEY_LABEL, DATA_HASH_ANNOTATION, KEY_ID_ANNOTATION};
+use crate::controller::secret::{DATA_HASH_ANNOTATION, KEY_ID_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL};
 
 use super::output::{self, at};
 use super::status::issuer_name;
@@ -271,7 +271,7 @@ fn print_conditions(ak: &AccessKey, now: jiff::Timestamp) {
         println!("  none: the operator has not reconciled it yet");
         return;
     }
-    let mut t = output::table(&["TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"], false);
+    let mut t = output::table_within(&["TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"], Some(output::WIDTH - 2));
     for c in conditions {
         t.add_row(vec![
             c.type_.clone(),
@@ -358,10 +358,10 @@ fn print_secret(ak: &AccessKey, secret: Option<Option<&Secret>>) {
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     line("Annotations", if shown.is_empty() { "none".to_string() } else { shown.join(", ") });
-    if labels.get(ACCESS_KEY_LABEL) != Some(&ak.name_any()) {
+    if labels.get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGED_BY) {
         line(
             "Note",
-            format!("no {ACCESS_KEY_LABEL} label naming this AccessKey: the operator does not watch it as its own"),
+            format!("no label {MANAGED_BY_LABEL}={MANAGED_BY}: the operator's watch does not see this Secret"),
         );
     }
 }
@@ -373,7 +373,7 @@ fn print_events(events: &[Event], now: jiff::Timestamp) {
         println!("  none");
         return;
     }
-    let mut t = output::table(&["AGE", "TYPE", "REASON", "MESSAGE"], false);
+    let mut t = output::table_within(&["AGE", "TYPE", "REASON", "MESSAGE"], Some(output::WIDTH - 2));
     for e in events {
         let age = event_time(e).map(|t| output::age(t, now)).unwrap_or_else(|| "-".into());
         t.add_row(vec![

@@ -29,13 +29,17 @@ impl OutputFormat {
 
 /// A table with `headers`: at most [`WIDTH`] columns wide unless `wide` (long cells wrap).
 pub fn table(headers: &[&str], wide: bool) -> Table {
+    table_within(headers, (!wide).then_some(WIDTH))
+}
+
+/// A table with `headers`, at most `width` columns wide if given (long cells wrap).
+pub fn table_within(headers: &[&str], width: Option<u16>) -> Table {
     let mut t = Table::new();
     t.load_preset(presets::NOTHING);
-    if wide {
-        t.set_content_arrangement(ContentArrangement::Disabled);
-    } else {
-        t.set_content_arrangement(ContentArrangement::Dynamic).set_width(WIDTH);
-    }
+    match width {
+        None => t.set_content_arrangement(ContentArrangement::Disabled),
+        Some(w) => t.set_content_arrangement(ContentArrangement::Dynamic).set_width(w),
+    };
     t.set_header(headers.to_vec());
     // Flush left, as kubectl prints: no padding before the first column.
     if let Some(first) = t.column_mut(0) {

@@ -17,10 +17,11 @@ const FIELD_MANAGER: &str = "cloudkeys-cli";
 #[command(group = clap::ArgGroup::new("which").required(true).args(["names", "selector", "all"]))]
 pub struct RotateArgs {
     /// The AccessKeys to rotate.
-    #[arg(conflicts_with = "all_namespaces")]
+    #[arg(conflicts_with = "all_namespaces", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub names: Vec<String>,
-    /// Rotate the AccessKeys whose labels match (`app=web,tier!=db`).
-    #[arg(short = 'l', long, value_name = "SELECTOR", conflicts_with = "all")]
+    /// Rotate the AccessKeys whose labels match (`app=web,tier!=db`); an empty selector, which
+    /// would match every AccessKey, is refused.
+    #[arg(short = 'l', long, value_name = "SELECTOR", conflicts_with = "all", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub selector: Option<String>,
     /// Rotate every AccessKey of the namespace (or of every namespace with -A).
     #[arg(long)]

@@ -15,6 +15,7 @@ use super::{CliError, ClusterArgs, Health, Scope, ScopeArgs};
 #[derive(Debug, Clone, clap::Args)]
 pub struct StatusArgs {
     /// One AccessKey (default: all of the namespace).
+    #[arg(conflicts_with = "all_namespaces", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub name: Option<String>,
     #[command(flatten)]
     pub scope: ScopeArgs,
@@ -149,9 +150,6 @@ pub async fn access_keys(client: &kube::Client, scope: &Scope, name: Option<&str
 pub async fn run(args: &StatusArgs) -> Result<Health, CliError> {
     let (client, context_ns) = args.cluster.connect().await?;
     let scope = args.scope.scope(&context_ns);
-    if args.name.is_some() && scope == Scope::All {
-        return Err(CliError::Usage("a NAME cannot be looked up in every namespace: use -n".into()));
-    }
     let keys: Vec<KeyStatus> =
         access_keys(&client, &scope, args.name.as_deref()).await?.iter().map(KeyStatus::of).collect();
     let health = Health::of(keys.iter().all(KeyStatus::is_ready));
