@@ -161,8 +161,8 @@ async fn retain_leaves_key_and_secret() {
     env.apply(access_key("kept", role_id_mode(), json!({"deletionPolicy": "Retain"}))).await;
     let id = env.issued("kept").await;
     keys::delete_access_key(&env.client, &env.ns, "kept").await;
+    // The finalizer goes only once cleanup is done: what it did to the key is done now.
     keys::wait_gone(&env.client, &env.ns, "kept").await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(env.live_ids(), vec![id.clone()]);
     let secret = keys::secret(&env.client, &env.ns, "kept-credentials").await.expect("Secret survives");
     assert_eq!(secret_value(&secret, "EXOSCALE_API_KEY"), id);
@@ -173,8 +173,8 @@ async fn secret_conflict_creates_no_key() {
     let env = setup("exo-conflict").await;
     support::create_secret(&env.client, &env.ns, "taken-credentials", json!({"x": "y"})).await;
     env.apply(access_key("taken", role_id_mode(), json!({}))).await;
+    // The reconcile that wrote this condition decided against any key, before any provider call.
     keys::wait_reason(&env.client, &env.ns, "taken", "SecretConflict").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(env.fake.live_api_keys().is_empty(), "a key was created despite the conflict");
     assert!(env.fake.requests().iter().all(|r| r.method != "POST"), "the provider was asked to create something");
 }

@@ -144,10 +144,20 @@ async fn unknown_template_variable_is_invalid_spec_and_creates_nothing() {
 async fn retain_keeps_the_secret_after_the_access_key_is_deleted() {
     let (client, ns, _op) = setup("local-retain").await;
     support::apply_json(&client, &ns, access_key("kept", json!({"deletionPolicy": "Retain"}))).await;
-    keys::wait_issued(&client, &ns, "kept").await;
+    let uid = keys::wait_issued(&client, &ns, "kept").await.metadata.uid.expect("uid");
+    // A canary the garbage collector deletes once it has dealt with the AccessKey's deletion.
+    let canary: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({"metadata": {
+        "name": "canary", "ownerReferences": [{"apiVersion": "cloudkeys.io/v1alpha1", "kind": "AccessKey",
+            "name": "kept", "uid": uid}]}}))
+    .expect("ConfigMap literal");
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &ns);
+    config_maps.create(&Default::default(), &canary).await.expect("canary created");
     keys::delete_access_key(&client, &ns, "kept").await;
     keys::wait_gone(&client, &ns, "kept").await;
-    tokio::time::sleep(Duration::from_secs(3)).await; // give the garbage collector its chance
+    support::eventually("the garbage collector to take the canary", keys::WAIT, || async {
+        config_maps.get_opt("canary").await.ok()?.is_none().then_some(())
+    })
+    .await;
     let secret = keys::secret(&client, &ns, "kept-credentials").await.expect("Secret survives");
     assert!(secret.metadata.owner_references.unwrap_or_default().is_empty());
 }

@@ -97,7 +97,7 @@ async fn reconcile_inner(ak: Arc<AccessKey>, ctx: &Arc<Context>) -> Result<Actio
     .await
     .map_err(|e| match e {
         kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
+        other => Error::Finalizer(Box::new(other)),
     });
     if result.is_ok() {
         ctx.record_success(&key);
@@ -166,10 +166,11 @@ impl<'a> Cluster<'a> {
     async fn provider_of(&self, r: &IssuerRef) -> Result<Arc<dyn Provider>, Error> {
         match self.issuer(r).await? {
             Some(loaded) => {
-                let provider = loaded.provider.map_err(|m| Error::Issuer(format!("{}: {m}", loaded.display)))?;
+                let issuer = loaded.display;
+                let provider = loaded.provider.map_err(|cause| Error::IssuerUnusable { issuer, cause })?;
                 self.at_provider(r, provider).await
             }
-            None => Err(Error::Issuer(format!("{} {} not found", observe::kind_name(r), r.name))),
+            None => Err(Error::IssuerNotFound(format!("{} {}", observe::kind_name(r), r.name))),
         }
     }
 
@@ -400,7 +401,7 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
     let key = display_name(&*ak);
     let mut owned: Option<Vec<OwnedKey>> = None;
     let mut retired_tried = false;
-    let mut retired_failure: Option<String> = None;
+    let mut retired_failure: Option<usize> = None;
 
     for _ in 0..MAX_STEPS {
         let observed_secret = cluster.observed_secret();
@@ -452,11 +453,11 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
             // A replaced key that could not be revoked: the AccessKey itself is fine, but the
             // next try follows the error backoff, never a fixed short requeue.
             Ok(Some(_)) if retired_failure.is_some() => {
-                return Err(Error::Issuer(retired_failure.take().unwrap_or_default()));
+                return Err(Error::RetiredNotRevoked(retired_failure.take().unwrap_or_default()));
             }
             Ok(Some(action)) => return Ok(action),
             Ok(None) if revoking_retired && status.retired.iter().any(|r| rotation::retired_due(r, now)) => {
-                retired_failure = Some(format!("{} replaced key(s) not revoked yet", status.retired.len()));
+                retired_failure = Some(status.retired.len());
                 continue;
             }
             // The provider refused the new key (a quota, a permission): the current one stays,
@@ -589,14 +590,14 @@ async fn act(
     let settings = &c.settings;
     match step {
         Step::ListOwnedKeys => {
-            let pending = status.pending.clone().ok_or_else(|| Error::Finalizer("no pending attempt".into()))?;
+            let pending = status.pending.clone().ok_or(Error::NoPendingAttempt)?;
             let provider = c.provider_of(&pending.issuer).await?;
             *owned = Some(provider.find_keys(&c.uid, &c.attempt_spec(&pending)).await?);
             Ok(None)
         }
         Step::Adopt(key) => {
             // The attempt stays recorded: the next step revokes whatever else it left behind.
-            let pending = status.pending.clone().ok_or_else(|| Error::Finalizer("no pending attempt".into()))?;
+            let pending = status.pending.clone().ok_or(Error::NoPendingAttempt)?;
             let grace = pending.grace_period_seconds.map_or(settings.grace_period, Duration::from_secs);
             retire_current(status, grace, jiff::Timestamp::now());
             if pending.rotate_request.is_some() {
@@ -640,7 +641,7 @@ async fn act(
             Ok(None)
         }
         Step::ResolvePending { revoke } => {
-            let pending = status.pending.clone().ok_or_else(|| Error::Finalizer("no pending attempt".into()))?;
+            let pending = status.pending.clone().ok_or(Error::NoPendingAttempt)?;
             if !revoke.is_empty() {
                 let provider = c.provider_of(&pending.issuer).await?;
                 for k in &revoke {
@@ -705,9 +706,11 @@ async fn act(
             }
         }
         Step::Issue { reason } => {
-            let issuer = issuer.ok_or_else(|| Error::Issuer("issuer vanished".into()))?;
-            let provider =
-                c.at_provider(&c.ak.spec.issuer_ref, issuer.provider.clone().map_err(Error::Issuer)?).await?;
+            let r = &c.ak.spec.issuer_ref;
+            let issuer =
+                issuer.ok_or_else(|| Error::IssuerNotFound(format!("{} {}", observe::kind_name(r), r.name)))?;
+            let unusable = |cause| Error::IssuerUnusable { issuer: issuer.display.clone(), cause };
+            let provider = c.at_provider(r, issuer.provider.clone().map_err(unusable)?).await?;
             issue(c, status, provider, hash, reason).await?;
             Ok(None)
         }
@@ -870,8 +873,7 @@ async fn issue(
     let ak = c.ak;
     let settings = &c.settings;
     let rotate_request = ak.annotations().get(rotation::ROTATE_ANNOTATION).cloned();
-    let grace = rotation::grace_for_replacement(ak.annotations(), status, settings)
-        .map_err(|e| Error::Issuer(e.to_string()))?;
+    let grace = rotation::grace_for_replacement(ak.annotations(), status, settings)?;
     // The old key is dead: nothing to wait for before it goes from the status.
     let grace = if reason == IssueReason::RevokedAtProvider { Duration::ZERO } else { grace };
     let marker = Marker::new_attempt(&c.uid).within(&c.ctx.installation);
@@ -1003,8 +1005,7 @@ async fn write_secret(c: &Cluster<'_>, provider: &Arc<dyn Provider>, key: Option
         Some(k) => (k.access_key_id.as_str(), &k.secret),
         None => ("DRYRUN", &placeholder),
     };
-    let data = secret::render_data(c.ak, provider.name(), &provider.template_vars(), id, value)
-        .map_err(|e| Error::Issuer(format!("spec.{e}")))?;
+    let data = secret::render_data(c.ak, provider.name(), &provider.template_vars(), id, value)?;
     let key_id = id;
     let api = c.secrets();
     let dry_run = key.is_none();
@@ -1022,10 +1023,7 @@ async fn write_secret(c: &Cluster<'_>, provider: &Arc<dyn Provider>, key: Option
         // rendered data (keys of an old template go), and nobody's concurrent change is lost.
         Some(existing) => {
             if secret::observe_secret(c.ak, Some(&existing)) == SecretState::Foreign {
-                return Err(Error::Issuer(format!(
-                    "Secret {} is not controlled by this AccessKey",
-                    c.ak.spec.secret_name
-                )));
+                return Err(Error::SecretForeign(c.ak.spec.secret_name.clone()));
             }
             let desired = secret::replaced_secret(c.ak, key_id, &data, existing);
             let replaced = api.replace(&c.ak.spec.secret_name, &params, &desired).await?;
@@ -1167,7 +1165,7 @@ async fn release_secret(c: &Cluster<'_>) -> Result<(), Error> {
         {"op": "test", "path": "/metadata/resourceVersion", "value": secret.resource_version()},
         {"op": "replace", "path": "/metadata/ownerReferences", "value": remaining},
     ]);
-    let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| Error::Finalizer(e.to_string()))?;
+    let patch: json_patch::Patch = serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
     api.patch(&c.ak.spec.secret_name, &patch_params(), &Patch::<()>::Json(patch)).await?;
     Ok(())
 }

@@ -23,6 +23,7 @@ use crate::health::Health;
 use crate::providers::{self, http::HttpConfig, local::LocalStore, Credentials, Provider};
 
 use super::cached_secret::CachedSecret;
+use super::error::IssuerUnusable;
 use super::guard::TenantGuard;
 use super::in_use::IssuerId;
 
@@ -406,7 +407,7 @@ pub struct LoadedIssuer {
     pub fingerprint: String,
     /// Being deleted: it still revokes, but mints nothing.
     pub deleting: bool,
-    pub provider: Result<Arc<dyn Provider>, String>,
+    pub provider: Result<Arc<dyn Provider>, IssuerUnusable>,
     pub policy: Option<IssuerPolicy>,
     /// A ClusterKeyIssuer.
     pub cluster_scoped: bool,
@@ -423,7 +424,7 @@ impl LoadedIssuer {
             deleting: self.deleting,
             policy: self.policy.as_ref(),
             cluster_scoped: self.cluster_scoped,
-            provider_error: self.provider.as_ref().err().map(String::as_str),
+            provider_error: self.provider.as_ref().err(),
         }
     }
 }
@@ -557,13 +558,14 @@ impl Registry {
                         }
                     }
                 }
-                None => missing = Some(format!("credentials Secret {secret_ns}/{secret_name} not found")),
+                None => missing = Some(IssuerUnusable::SecretNotFound(format!("{secret_ns}/{secret_name}"))),
             }
         }
         // A KeyIssuer pointing at a host no tenant may name gets no client: nothing is ever sent
         // there, not even a revocation.
         let provider = match (self.guard(&settings, namespaced), missing) {
-            (Err(m), _) | (Ok(()), Some(m)) => Err(m),
+            (Err(m), _) => Err(IssuerUnusable::Refused(m)),
+            (Ok(()), Some(m)) => Err(m),
             (Ok(()), None) => self.provider(&cache_key, &fingerprint, &settings, rate_limit, &credentials),
         };
         let deleting = meta.deletion_timestamp.is_some();
@@ -587,7 +589,7 @@ impl Registry {
         settings: &IssuerProvider,
         rate_limit: RateLimit,
         credentials: &Credentials,
-    ) -> Result<Arc<dyn Provider>, String> {
+    ) -> Result<Arc<dyn Provider>, IssuerUnusable> {
         if let Some((fp, p)) = lock(&self.cache).get(cache_key) {
             if fp == fingerprint {
                 return Ok(p.clone());

@@ -2,7 +2,11 @@
 
 use std::time::Duration;
 
-use crate::providers::{ErrorKind, ProviderError};
+use crate::api::validation::InvalidSpec;
+use crate::providers::{BuildError, ErrorKind, ProviderError};
+
+use super::conditions::Reason;
+use super::secret::TemplateError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -10,10 +14,35 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("{0}")]
     Provider(#[from] ProviderError),
+    /// The issuer an AccessKey names does not exist (`KeyIssuer ns/name`, `ClusterKeyIssuer name`).
+    #[error("{0} not found")]
+    IssuerNotFound(String),
+    /// It is being deleted: it still revokes, but mints nothing.
+    #[error("{0} is being deleted")]
+    IssuerDeleting(String),
+    /// The issuer exists, but the operator has no provider client for it.
+    #[error("{issuer}: {cause}")]
+    IssuerUnusable { issuer: String, cause: IssuerUnusable },
+    /// Replaced keys whose grace period is over are still live (the provider failed).
+    #[error("{0} replaced key(s) not revoked yet")]
+    RetiredNotRevoked(usize),
+    /// `secretTemplate` does not render (checked before any key is created).
+    #[error("spec.{0}")]
+    Template(#[from] TemplateError),
     #[error("{0}")]
-    Issuer(String),
+    InvalidSpec(#[from] InvalidSpec),
+    /// A Secret of the AccessKey's `secretName` that another owner controls.
+    #[error("Secret {0} is not controlled by this AccessKey")]
+    SecretForeign(String),
+    /// Someone kept writing the Secret while its in-use finalizer was being updated.
+    #[error("Secret {0} kept changing while its in-use finalizer was updated")]
+    SecretContended(String),
+    /// A step that resolves a creation attempt found none recorded.
+    #[error("no creation attempt is recorded in the status")]
+    NoPendingAttempt,
+    /// The finalizer itself could not be added or removed.
     #[error("finalizer: {0}")]
-    Finalizer(String),
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("{0}")]
     Startup(String),
     /// Every slot of this issuer (`--issuer-concurrency`) is taken: not a failure, the AccessKey
@@ -34,7 +63,11 @@ impl Error {
                 ErrorKind::Permanent => "provider_permanent",
                 ErrorKind::Auth => "provider_auth",
             },
-            Self::Issuer(_) => "issuer",
+            Self::IssuerNotFound(_) | Self::IssuerDeleting(_) | Self::IssuerUnusable { .. } => "issuer",
+            Self::RetiredNotRevoked(_) => "retired_not_revoked",
+            Self::Template(_) | Self::InvalidSpec(_) => "invalid_spec",
+            Self::SecretForeign(_) | Self::SecretContended(_) => "secret",
+            Self::NoPendingAttempt => "no_pending_attempt",
             Self::Finalizer(_) => "finalizer",
             Self::Startup(_) => "startup",
             Self::IssuerBusy(_) => "issuer_busy",
@@ -53,18 +86,56 @@ impl Error {
             Self::Provider(e) if e.kind == ErrorKind::Auth => exp(60, 600),
             Self::Provider(e) if e.kind == ErrorKind::Permanent => exp(30, 600),
             Self::Provider(e) => exp(2, 300).max(e.retry_after.unwrap_or_default()),
-            Self::Issuer(_) => exp(10, 300),
+            Self::IssuerNotFound(_)
+            | Self::IssuerDeleting(_)
+            | Self::IssuerUnusable { .. }
+            | Self::RetiredNotRevoked(_)
+            | Self::Template(_)
+            | Self::InvalidSpec(_)
+            | Self::SecretForeign(_) => exp(10, 300),
             Self::IssuerBusy(_) => Duration::from_secs(1),
             Self::TimedOut(_) => exp(30, 600),
             // A conflict means the cache was a moment behind a write: it catches up within a
             // second or two, and growing the wait would only leave the AccessKey unhandled.
             Self::Kube(kube::Error::Api(e)) if e.code == 409 => Duration::from_secs(1),
             // The apiserver answered and refused (or throttled): asking again soon is no kinder.
-            Self::Kube(kube::Error::Api(_)) | Self::Finalizer(_) | Self::Startup(_) => exp(1, 60),
+            Self::Kube(kube::Error::Api(_))
+            | Self::Finalizer(_)
+            | Self::Startup(_)
+            | Self::SecretContended(_)
+            | Self::NoPendingAttempt => exp(1, 60),
             // No answer at all: the apiserver is away (a restart, an upgrade). Retrying costs it
             // nothing, and a short cap brings every AccessKey back within seconds of its return
             // instead of a minute later.
             Self::Kube(_) => exp(1, 10),
+        }
+    }
+}
+
+/// Why the operator has no provider client for an issuer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IssuerUnusable {
+    /// `namespace/name` of the missing credentials Secret.
+    #[error("credentials Secret {0} not found")]
+    SecretNotFound(String),
+    /// The tenant guard refuses its endpoint or its ambient credentials.
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+impl IssuerUnusable {
+    /// The issuer's `Ready=False` reason.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Self::SecretNotFound(_) => Reason::SecretNotFound,
+            Self::Refused(_) => Reason::InvalidSpec,
+            Self::Build(BuildError::MissingCredential { .. }) => Reason::InvalidCredentials,
+            Self::Build(BuildError::Invalid(e)) => match e.kind {
+                ErrorKind::Auth => Reason::InvalidCredentials,
+                ErrorKind::Permanent | ErrorKind::Retryable => Reason::InvalidSpec,
+            },
         }
     }
 }

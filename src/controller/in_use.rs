@@ -231,7 +231,7 @@ pub async fn hold_before_issuing(ctx: &Context, r: &IssuerRef, namespace: &str) 
     let writer = ctx.hold_writer(&id.holder_key());
     let mut written_over = writer.lock().await;
     // The cache, or the apiserver for an issuer the cache has not seen yet (just after start-up).
-    let not_found = || Error::Issuer(format!("{id} not found"));
+    let not_found = || Error::IssuerNotFound(id.to_string());
     let (meta, settings, secret_ns) = match &id.namespace {
         Some(ns) => {
             let cached = ctx.caches.key_issuers.get(&ObjectRef::new(&id.name).within(ns));
@@ -258,7 +258,7 @@ pub async fn hold_before_issuing(ctx: &Context, r: &IssuerRef, namespace: &str) 
         }
     };
     if meta.deletion_timestamp.is_some() {
-        return Err(Error::Issuer(format!("{id} is being deleted")));
+        return Err(Error::IssuerDeleting(id.to_string()));
     }
     let secret = crate::providers::credentials_secret(&settings);
     if Hold::of(&meta) == (Hold { held: true, secret: secret.map(String::from) }) {
@@ -352,7 +352,7 @@ pub async fn set_secret_holder(
             Err(e) => return Err(e.into()),
         }
     }
-    Err(Error::Issuer(format!("Secret {namespace}/{name} kept changing while its in-use finalizer was updated")))
+    Err(Error::SecretContended(format!("{namespace}/{name}")))
 }
 
 #[cfg(test)]

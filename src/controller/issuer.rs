@@ -214,16 +214,7 @@ async fn check<K: IssuerObject>(issuer: &K, ctx: &Context) -> Result<(Reason, St
         .await?;
     let provider = match loaded.provider {
         Ok(p) => p,
-        Err(message) => {
-            let reason = if message.contains("not found") {
-                Reason::SecretNotFound
-            } else if message.contains("not available") {
-                Reason::InvalidSpec
-            } else {
-                Reason::InvalidCredentials
-            };
-            return Ok((reason, message, Duration::from_secs(60)));
-        }
+        Err(cause) => return Ok((cause.reason(), cause.to_string(), Duration::from_secs(60))),
     };
     let key = issuer.describe();
     if let Some(not_before) = ctx.next_check(&key, &loaded.fingerprint) {

@@ -35,7 +35,7 @@ pub struct IssuerFacts<'a> {
     /// A ClusterKeyIssuer.
     pub cluster_scoped: bool,
     /// Why the operator has no provider client for it (credentials, endpoint), when it knows.
-    pub provider_error: Option<&'a str>,
+    pub provider_error: Option<&'a super::error::IssuerUnusable>,
 }
 
 impl IssuerFacts<'_> {

@@ -120,17 +120,19 @@ impl Http {
     }
 
     /// Sends a request built by `build` (called again for each attempt), mapping non-2xx
-    /// answers through `classify`.
-    pub async fn send<B, C>(
+    /// answers through `classify` into the provider's own error type (which may carry more than
+    /// a [`ProviderError`], such as the codes of the answer).
+    pub async fn send<B, C, E>(
         &self,
         operation: &str,
         idempotency: Idempotency,
         build: B,
         classify: C,
-    ) -> Result<Response, ProviderError>
+    ) -> Result<Response, E>
     where
         B: Fn(&reqwest::Client) -> Result<reqwest::Request, ProviderError>,
-        C: Fn(ErrorResponse<'_>) -> ProviderError,
+        C: Fn(ErrorResponse<'_>) -> E,
+        E: CallError,
     {
         let mut attempt = 0u32;
         loop {
@@ -144,21 +146,24 @@ impl Http {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
                     let headers = resp.headers().clone();
-                    let body = resp.bytes().await.map_err(|e| transport_error(operation, &e))?;
+                    let body = resp.bytes().await.map_err(|e| E::from(transport_error(operation, &e)))?;
                     if (200..300).contains(&status) {
                         return Ok(Response { status, headers, body });
                     }
-                    let retry_after = retry_after(&headers);
-                    let err = classify(ErrorResponse { status, headers: &headers, body: &body });
-                    let err = if err.retry_after.is_none() { err.with_retry_after(retry_after) } else { err };
+                    let mut err = classify(ErrorResponse { status, headers: &headers, body: &body });
+                    let common = err.provider_error_mut();
+                    if common.retry_after.is_none() {
+                        common.retry_after = retry_after(&headers);
+                    }
                     (err, status == 429)
                 }
-                Err(e) => (transport_error(operation, &e), e.is_connect()),
+                Err(e) => (E::from(transport_error(operation, &e)), e.is_connect()),
             };
-            let may_retry = error.kind == ErrorKind::Retryable
+            let common = error.provider_error();
+            let may_retry = common.kind == ErrorKind::Retryable
                 && attempt < self.config.max_retries
                 && (idempotency == Idempotency::Idempotent || provider_did_not_act);
-            let wait = self.backoff(attempt).max(error.retry_after.unwrap_or_default());
+            let wait = self.backoff(attempt).max(common.retry_after.unwrap_or_default());
             if !may_retry || wait > self.config.max_backoff {
                 return Err(error);
             }
@@ -177,6 +182,22 @@ impl Http {
             .min(self.config.max_backoff);
         let millis = cap.as_millis().min(u64::MAX as u128) as u64;
         Duration::from_millis(rand::rng().random_range(0..=millis))
+    }
+}
+
+/// What [`Http::send`] needs of a provider's error type: the [`ProviderError`] in it (its kind
+/// decides on retries, its `retry_after` on the wait).
+pub trait CallError: From<ProviderError> + std::fmt::Display {
+    fn provider_error(&self) -> &ProviderError;
+    fn provider_error_mut(&mut self) -> &mut ProviderError;
+}
+
+impl CallError for ProviderError {
+    fn provider_error(&self) -> &ProviderError {
+        self
+    }
+    fn provider_error_mut(&mut self) -> &mut ProviderError {
+        self
     }
 }
 

@@ -171,8 +171,21 @@ pub fn credentials_secret(settings: &IssuerProvider) -> Option<&str> {
 /// Admin credentials read from the issuer's Secret, by data key.
 pub type Credentials = BTreeMap<String, SecretString>;
 
-fn credential(credentials: &Credentials, secret: &str, key: &str) -> Result<SecretString, String> {
-    credentials.get(key).cloned().ok_or_else(|| format!("Secret {secret} has no data key {key}"))
+/// Why no provider client could be built from an issuer's settings and credentials.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BuildError {
+    #[error("Secret {secret} has no data key {key}")]
+    MissingCredential { secret: String, key: String },
+    /// The settings or the credentials do not make a client (its kind says which).
+    #[error(transparent)]
+    Invalid(#[from] ProviderError),
+}
+
+fn credential(credentials: &Credentials, secret: &str, key: &str) -> Result<SecretString, BuildError> {
+    credentials
+        .get(key)
+        .cloned()
+        .ok_or_else(|| BuildError::MissingCredential { secret: secret.to_string(), key: key.to_string() })
 }
 
 /// Builds the provider client an issuer describes. The error says what the user must fix.
@@ -181,7 +194,7 @@ pub fn build(
     credentials: &Credentials,
     local: &local::LocalStore,
     http: &http::HttpConfig,
-) -> Result<Arc<dyn Provider>, String> {
+) -> Result<Arc<dyn Provider>, BuildError> {
     let secret = credentials_secret(settings).unwrap_or_default();
     let http = &http::HttpConfig { provider: settings.name(), ..http.clone() };
     match settings {
@@ -190,16 +203,14 @@ pub fn build(
             let key = credential(credentials, secret, "EXOSCALE_API_KEY")?;
             let api_secret = credential(credentials, secret, "EXOSCALE_API_SECRET")?;
             let provider =
-                exoscale::ExoscaleProvider::new(e, key.expose_secret().trim().to_string(), api_secret, http.clone())
-                    .map_err(|e| e.to_string())?;
+                exoscale::ExoscaleProvider::new(e, key.expose_secret().trim().to_string(), api_secret, http.clone())?;
             Ok(Arc::new(provider))
         }
         IssuerProvider::Outscale(o) => {
             let key = credential(credentials, secret, "OSC_ACCESS_KEY")?;
             let secret_key = credential(credentials, secret, "OSC_SECRET_KEY")?;
             let provider =
-                outscale::OutscaleProvider::new(o, key.expose_secret().trim().to_string(), secret_key, http.clone())
-                    .map_err(|e| e.to_string())?;
+                outscale::OutscaleProvider::new(o, key.expose_secret().trim().to_string(), secret_key, http.clone())?;
             Ok(Arc::new(provider))
         }
         IssuerProvider::Yandex(y) => {
@@ -208,7 +219,7 @@ pub fn build(
                 Some(r) => Some(credential(credentials, secret, &r.key)?),
                 None => None,
             };
-            let provider = yandex::YandexProvider::new(y, key_json, http.clone()).map_err(|e| e.to_string())?;
+            let provider = yandex::YandexProvider::new(y, key_json, http.clone())?;
             Ok(Arc::new(provider))
         }
     }

@@ -20,7 +20,6 @@ mod api;
 mod sign;
 
 use std::fmt;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -164,23 +163,19 @@ impl OutscaleProvider {
             serde_json::to_vec(body)
                 .map_err(|e| ProviderError::permanent(call, format!("cannot encode the request: {e}")))?,
         );
-        // The classifier runs inside the HTTP layer; the codes it saw are kept for callers that
-        // treat some of them as success ("already gone").
-        let codes = Mutex::new(Vec::new());
-        let result = self
-            .http
+        // The codes of the answer stay with the error, for callers that treat some of them as
+        // success ("already gone").
+        self.http
             .send(
                 call,
                 idempotency,
                 |client| self.build(client, call, &url, &body),
                 |response| {
-                    let (error, seen) = classify(call, response);
-                    *codes.lock().unwrap_or_else(|p| p.into_inner()) = seen;
-                    error
+                    let (error, codes) = classify(call, response);
+                    Failure { error, codes }
                 },
             )
-            .await;
-        result.map_err(|error| Failure { codes: codes.into_inner().unwrap_or_else(|p| p.into_inner()), error })
+            .await
     }
 
     /// Called once per attempt: `X-Osc-Date` must be within five minutes of Outscale's clock.
@@ -493,6 +488,21 @@ fn owned_keys(owner_uid: &str, user: Option<&str>, keys: Vec<AccessKey>) -> Vec<
 struct Failure {
     error: ProviderError,
     codes: Vec<String>,
+}
+
+impl super::http::CallError for Failure {
+    fn provider_error(&self) -> &ProviderError {
+        &self.error
+    }
+    fn provider_error_mut(&mut self) -> &mut ProviderError {
+        &mut self.error
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
 }
 
 impl Failure {
