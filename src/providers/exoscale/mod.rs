@@ -5,10 +5,11 @@
 //! owner and attempt as labels, because a role whose key was never created has no other trace.
 
 mod api;
+mod errors;
+mod key_ref;
 mod sign;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,13 +22,12 @@ use url::Url;
 
 use self::api::{
     AccessKeyCreated, AccessKeyList, AccessKeyResource, ApiKeyCreated, ApiKeyList, CreateAccessKey, CreateApiKey,
-    CreateRole, ErrorBody, NamedKey, Operation, OperationState, Policy, RoleList, LABEL_ATTEMPT, LABEL_MANAGED_BY,
-    LABEL_OWNER,
+    CreateRole, NamedKey, Operation, OperationState, Policy, RoleList, LABEL_ATTEMPT, LABEL_MANAGED_BY, LABEL_OWNER,
 };
-use super::http::{ErrorResponse, Http, HttpConfig, Idempotency, Response};
-use super::{
-    ErrorKind, IssuedKey, KeyRequest, ListedKey, Marker, OwnedKey, Provider, ProviderError, Revocation, TemplateVars,
-};
+use self::errors::{classify, succeeded};
+use self::key_ref::KeyRef;
+use super::http::{Http, HttpConfig, Idempotency, Response};
+use super::{IssuedKey, KeyRequest, ListedKey, Marker, OwnedKey, Provider, ProviderError, Revocation, TemplateVars};
 use crate::api::validation::{ExoscaleMode, ExoscaleResource};
 use crate::api::{ExoscaleIssuer, ExoscaleKey, ExoscaleRole, KeyProvider};
 
@@ -36,9 +36,6 @@ use crate::api::{ExoscaleIssuer, ExoscaleKey, ExoscaleRole, KeyProvider};
 const POLL_FIRST: Duration = Duration::from_millis(250);
 const POLL_MAX: Duration = Duration::from_secs(5);
 const POLL_GIVE_UP: Duration = Duration::from_secs(120);
-
-/// Provider error messages are shown in conditions; keep them readable.
-const MAX_MESSAGE_CHARS: usize = 300;
 
 pub struct ExoscaleProvider {
     http: Http,
@@ -476,51 +473,6 @@ fn exoscale_spec<'a>(operation: &str, spec: &'a KeyProvider) -> Result<&'a Exosc
     }
 }
 
-/// What `status.keyRef` holds: `api-key:<key>`, `api-key:<key>;role:<role id>`,
-/// `access-key:<key>`, or `role:<role id>` for a role whose key was never created.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum KeyRef {
-    ApiKey { key: String, role: Option<String> },
-    AccessKey(String),
-    Role(String),
-}
-
-impl KeyRef {
-    fn parse(text: &str) -> Result<Self, ProviderError> {
-        let invalid = || ProviderError::permanent("revoke-key", format!("not an Exoscale key reference: {text:?}"));
-        // Key and role ids are letters, digits and dashes (`EXO…`, UUIDs): nothing that could
-        // change the path of the request it goes into.
-        let id_ok = |id: &str| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        let mut parts =
-            text.split(';').map(|part| part.split_once(':').filter(|(_, id)| id_ok(id)).ok_or_else(invalid));
-        let first = parts.next().ok_or_else(invalid)??;
-        let second = parts.next().transpose()?;
-        if parts.next().is_some() {
-            return Err(invalid());
-        }
-        match (first, second) {
-            (("api-key", key), None) => Ok(Self::ApiKey { key: key.to_string(), role: None }),
-            (("api-key", key), Some(("role", role))) => {
-                Ok(Self::ApiKey { key: key.to_string(), role: Some(role.to_string()) })
-            }
-            (("access-key", key), None) => Ok(Self::AccessKey(key.to_string())),
-            (("role", role), None) => Ok(Self::Role(role.to_string())),
-            _ => Err(invalid()),
-        }
-    }
-}
-
-impl fmt::Display for KeyRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::ApiKey { key, role: None } => write!(f, "api-key:{key}"),
-            Self::ApiKey { key, role: Some(role) } => write!(f, "api-key:{key};role:{role}"),
-            Self::AccessKey(key) => write!(f, "access-key:{key}"),
-            Self::Role(role) => write!(f, "role:{role}"),
-        }
-    }
-}
-
 /// This owner's marker in a name.
 fn marker_in(name: &str, owner_uid: &str) -> Option<Marker> {
     Marker::at_end(name, '.').filter(|m| m.owner() == owner_uid)
@@ -575,292 +527,5 @@ fn owned_keys(
     found
 }
 
-/// A finished operation that did not succeed, as an error. Reasons that say the request itself
-/// was wrong are permanent; the rest (busy, fault, unavailable, timeout…) may pass.
-fn succeeded(operation: &str, op: Operation) -> Result<Operation, ProviderError> {
-    if op.state == OperationState::Success {
-        return Ok(op);
-    }
-    let permanent = op.state == OperationState::Failure
-        && matches!(op.reason.as_deref(), Some("incorrect" | "forbidden" | "unsupported" | "conflict"));
-    let state = match op.state {
-        OperationState::Failure => "failed",
-        OperationState::Timeout => "timed out",
-        _ => "ended in an unknown state",
-    };
-    let mut message = format!("operation {} {state}", op.id.as_deref().unwrap_or("?"));
-    if let Some(reason) = &op.reason {
-        message.push_str(&format!(" ({reason})"));
-    }
-    if let Some(detail) = op.message.as_deref().filter(|m| !m.is_empty()) {
-        message.push_str(": ");
-        message.push_str(&truncate(detail));
-    }
-    let kind = if permanent { ErrorKind::Permanent } else { ErrorKind::Retryable };
-    Err(ProviderError::new(kind, operation, message))
-}
-
-/// Classifies a non-2xx answer from its status and the provider's own words.
-fn classify(operation: &str, response: ErrorResponse<'_>) -> ProviderError {
-    let parsed: Option<ErrorBody> = serde_json::from_slice(response.body).ok();
-    let retry_after =
-        parsed.as_ref().and_then(|b| b.retry_after).filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64);
-    let message = parsed
-        .as_ref()
-        .and_then(message_of)
-        .unwrap_or_else(|| String::from_utf8_lossy(response.body).trim().to_string());
-    let message = if message.is_empty() { "no error message".to_string() } else { truncate(&message) };
-    ProviderError::from_status(operation, response.status, message).with_retry_after(retry_after)
-}
-
-fn message_of(body: &ErrorBody) -> Option<String> {
-    fn non_empty(s: &Option<String>) -> Option<&str> {
-        s.as_deref().map(str::trim).filter(|s| !s.is_empty())
-    }
-    if let Some(m) = non_empty(&body.message).or_else(|| non_empty(&body.error)) {
-        return Some(m.to_string());
-    }
-    match (non_empty(&body.title), non_empty(&body.detail)) {
-        (Some(t), Some(d)) => Some(format!("{t}: {d}")),
-        (Some(one), None) | (None, Some(one)) => Some(one.to_string()),
-        (None, None) => None,
-    }
-}
-
-fn truncate(text: &str) -> String {
-    super::error::sanitize_message(text, MAX_MESSAGE_CHARS)
-}
-
 #[cfg(test)]
-mod tests {
-    use reqwest::header::HeaderMap;
-
-    use super::*;
-
-    const UID: &str = "0f8c2d7e-1b2a-4c3d-9e8f-0123456789ab";
-    const OTHER: &str = "11111111-2222-4333-8444-555555555555";
-
-    fn issuer(endpoint: Option<&str>) -> ExoscaleIssuer {
-        ExoscaleIssuer {
-            zone: "de-fra-1".into(),
-            endpoint: endpoint.map(String::from),
-            credentials_secret_ref: crate::api::SecretRef { name: "s".into() },
-        }
-    }
-
-    fn provider(endpoint: Option<&str>) -> ExoscaleProvider {
-        ExoscaleProvider::new(
-            &issuer(endpoint),
-            "EXOxxxxxxxxxxxxxxxxxxxxxxxx".into(),
-            SecretString::from("X".repeat(43)),
-            HttpConfig::default(),
-        )
-        .unwrap_or_else(|e| panic!("provider builds: {e}"))
-    }
-
-    fn error(status: u16, body: &str) -> ProviderError {
-        let headers = HeaderMap::new();
-        classify("create-api-key", ErrorResponse { status, headers: &headers, body: body.as_bytes() })
-    }
-
-    fn op(json: &str) -> Operation {
-        serde_json::from_str(json).expect("operation parses")
-    }
-
-    #[test]
-    fn key_refs_round_trip() {
-        for text in [
-            "api-key:EXO19c207e5f483f2d85f99b709",
-            "api-key:EXO19c207e5f483f2d85f99b709;role:7b1e0000-0000-4000-8000-000000000001",
-            "access-key:EXOabc",
-            "role:7b1e0000-0000-4000-8000-000000000001",
-        ] {
-            let parsed = KeyRef::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
-            assert_eq!(parsed.to_string(), text);
-        }
-        assert_eq!(
-            KeyRef::parse("api-key:K;role:R").expect("parses"),
-            KeyRef::ApiKey { key: "K".into(), role: Some("R".into()) }
-        );
-    }
-
-    #[test]
-    fn malformed_key_refs_are_permanent_errors() {
-        for text in [
-            "",
-            "EXO19c207e5f483f2d85f99b709",
-            "api-key:",
-            "api-key:K;",
-            "api-key:K;role:",
-            "role:R;api-key:K",
-            "access-key:K;role:R",
-            "api-key:K;role:R;role:S",
-            "bucket:K",
-        ] {
-            let e = KeyRef::parse(text).expect_err(text);
-            assert_eq!(e.kind, ErrorKind::Permanent, "{text}");
-        }
-    }
-
-    #[test]
-    fn endpoint_defaults_to_the_zone_and_loses_a_trailing_slash() {
-        let p = provider(None);
-        assert_eq!(p.endpoint, "https://api-de-fra-1.exoscale.com/v2");
-        assert_eq!(
-            p.template_vars(),
-            TemplateVars::from([
-                ("zone", "de-fra-1".to_string()),
-                ("endpoint", "https://api-de-fra-1.exoscale.com/v2".to_string()),
-            ])
-        );
-        assert_eq!(provider(Some("http://127.0.0.1:8080/v2/")).endpoint, "http://127.0.0.1:8080/v2");
-    }
-
-    #[test]
-    fn request_paths_extend_the_endpoint_and_escape_ids() {
-        let p = provider(Some("http://127.0.0.1:8080/v2/"));
-        let url = p.url("t", &["api-key", "EXO1"]).expect("url");
-        assert_eq!(url.as_str(), "http://127.0.0.1:8080/v2/api-key/EXO1");
-        assert_eq!(url.path(), "/v2/api-key/EXO1");
-        let url = p.url("t", &["api-key", "a/../b c"]).expect("url");
-        assert_eq!(url.path(), "/v2/api-key/a%2F..%2Fb%20c");
-        for bad in ["", ".", ".."] {
-            assert_eq!(p.url("t", &["api-key", bad]).expect_err(bad).kind, ErrorKind::Permanent);
-        }
-    }
-
-    #[test]
-    fn bad_settings_are_refused_at_construction() {
-        let bad_key =
-            ExoscaleProvider::new(&issuer(None), "EXO1\n".into(), SecretString::from("s"), HttpConfig::default());
-        assert!(matches!(bad_key, Err(e) if e.kind == ErrorKind::Auth));
-        let bad_endpoint = ExoscaleProvider::new(
-            &issuer(Some("not a url")),
-            "EXO1".into(),
-            SecretString::from("s"),
-            HttpConfig::default(),
-        );
-        assert!(matches!(bad_endpoint, Err(e) if e.kind == ErrorKind::Permanent));
-    }
-
-    #[test]
-    fn error_messages_come_from_the_body_in_each_known_shape() {
-        let e =
-            error(400, r#"{"message":"invalid request: Cannot generate IAMv2 `Access Key` using a IAMv3 `Api Key`"}"#);
-        assert_eq!(e.kind, ErrorKind::Permanent);
-        assert_eq!(e.message, "invalid request: Cannot generate IAMv2 `Access Key` using a IAMv3 `Api Key`");
-        assert_eq!(e.status, Some(400));
-        assert_eq!(e.operation, "create-api-key");
-
-        let e = error(403, r#"{"message":"Invalid request signature"}"#);
-        assert_eq!(e.kind, ErrorKind::Auth);
-
-        let e = error(429, r#"{"error":"rate limited","retry_after":2.5}"#);
-        assert_eq!(e.kind, ErrorKind::Retryable);
-        assert_eq!(e.message, "rate limited");
-        assert_eq!(e.retry_after, Some(Duration::from_millis(2500)));
-
-        let e = error(422, r#"{"type":"about:blank","title":"Unprocessable","detail":"bad policy"}"#);
-        assert_eq!(e.message, "Unprocessable: bad policy");
-
-        let e = error(502, "<html>Bad Gateway</html>\n");
-        assert_eq!(e.kind, ErrorKind::Retryable);
-        assert_eq!(e.message, "Bad Gateway", "markup is dropped");
-
-        assert_eq!(error(404, "").message, "no error message");
-        assert!(error(404, "").is_not_found());
-    }
-
-    #[test]
-    fn long_error_bodies_are_cut() {
-        let e = error(500, &"é".repeat(1000));
-        assert_eq!(e.message.chars().count(), MAX_MESSAGE_CHARS + 1);
-        assert!(e.message.ends_with('…'));
-    }
-
-    #[test]
-    fn failed_operations_are_permanent_only_for_refused_requests() {
-        let e = succeeded(
-            "create-iam-role",
-            op(r#"{"id":"o1","state":"failure","reason":"incorrect","message":"bad expression"}"#),
-        )
-        .expect_err("failure");
-        assert_eq!(e.kind, ErrorKind::Permanent);
-        assert_eq!(e.message, "operation o1 failed (incorrect): bad expression");
-
-        for json in [
-            r#"{"id":"o1","state":"failure","reason":"busy"}"#,
-            r#"{"id":"o1","state":"timeout"}"#,
-            r#"{"id":"o1","state":"something-new"}"#,
-        ] {
-            let e = succeeded("create-iam-role", op(json)).expect_err(json);
-            assert_eq!(e.kind, ErrorKind::Retryable, "{json}");
-        }
-        assert!(succeeded("x", op(r#"{"id":"o1","state":"success"}"#)).is_ok());
-    }
-
-    #[test]
-    fn markers_are_found_behind_display_names_that_contain_ck() {
-        let marker = Marker::of(UID, "abc0123456");
-        let name = format!("rack-backups.{marker}");
-        assert_eq!(marker_in(&name, UID), Some(marker));
-        assert_eq!(marker_in(&name, OTHER), None);
-        assert_eq!(marker_in("backups", UID), None);
-    }
-
-    fn api_key(name: &str, key: &str, role: &str) -> api::ApiKey {
-        api::ApiKey { name: name.into(), key: key.into(), role_id: Some(role.into()) }
-    }
-
-    fn role(id: &str, owner: &str, attempt: Option<&str>) -> api::Role {
-        let mut labels = BTreeMap::from([(LABEL_OWNER.to_string(), owner.to_string())]);
-        if let Some(a) = attempt {
-            labels.insert(LABEL_ATTEMPT.to_string(), a.to_string());
-        }
-        api::Role {
-            id: id.into(),
-            name: format!("n.ck-{owner}-{}", attempt.unwrap_or("zzzzzzzzzz")),
-            labels: Some(labels),
-        }
-    }
-
-    #[test]
-    fn keys_pair_with_their_own_roles_and_orphan_roles_stand_alone() {
-        let a1 = Marker::of(UID, "aaaaaaaaaa");
-        let a2 = Marker::of(UID, "bbbbbbbbbb");
-        let a3 = Marker::of(UID, "cccccccccc");
-        let keys = vec![
-            api_key(&format!("ns-k.{a1}"), "EXO1", "R1"),
-            api_key(&format!("ns-k.{a2}"), "EXO2", "shared-role"),
-            api_key("someone-else", "EXO3", "R1"),
-            api_key(&format!("ns-k.ck-{OTHER}-aaaaaaaaaa"), "EXO4", "R9"),
-        ];
-        let roles = vec![
-            role("R1", UID, Some("aaaaaaaaaa")),
-            role("R3", UID, Some("cccccccccc")),
-            role("R9", OTHER, Some("aaaaaaaaaa")),
-            api::Role { id: "unlabelled".into(), name: format!("x.{a3}"), labels: None },
-        ];
-        let access = vec![
-            api::AccessKey { name: format!("legacy.{a3}"), key: "EXO5".into() },
-            api::AccessKey { name: "legacy".into(), key: "EXO6".into() },
-        ];
-        assert_eq!(
-            owned_keys(UID, keys, roles, access),
-            vec![
-                OwnedKey { access_key_id: Some("EXO1".into()), key_ref: "api-key:EXO1;role:R1".into(), marker: a1 },
-                OwnedKey { access_key_id: Some("EXO2".into()), key_ref: "api-key:EXO2".into(), marker: a2 },
-                OwnedKey { access_key_id: None, key_ref: "role:R3".into(), marker: a3.clone() },
-                OwnedKey { access_key_id: Some("EXO5".into()), key_ref: "access-key:EXO5".into(), marker: a3 },
-            ]
-        );
-    }
-
-    #[test]
-    fn a_role_without_the_attempt_label_is_still_reported() {
-        let found = owned_keys(UID, vec![], vec![role("R", UID, None)], vec![]);
-        assert_eq!(found.len(), 1);
-        assert_eq!(found[0].key_ref, "role:R");
-        assert_eq!(found[0].marker, Marker::of(UID, "zzzzzzzzzz"));
-    }
-}
+mod tests;
