@@ -16,6 +16,7 @@ pub mod installation;
 pub mod issuer;
 pub mod observe;
 pub mod policy;
+pub mod registry;
 pub mod rotation;
 pub mod run;
 pub mod secret;

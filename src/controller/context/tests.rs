@@ -1,6 +1,7 @@
 use super::*;
 use crate::api::IssuerKind;
-use crate::providers::local::LocalProvider;
+use crate::providers::local::{LocalProvider, LocalStore};
+use crate::providers::Provider;
 
 /// A context whose client has no apiserver behind it: for what is decided in memory.
 fn offline_context() -> Context {

@@ -1,0 +1,233 @@
+//! What one reconcile reads from the cluster about an AccessKey, and the writes that keep
+//! that view current (status, Secret, restarted consumers).
+
+use super::*;
+
+/// Everything one reconcile reads from the cluster about an AccessKey.
+pub(super) struct Cluster<'a> {
+    pub(super) ctx: &'a Context,
+    pub(super) ak: &'a AccessKey,
+    pub(super) ns: String,
+    pub(super) uid: String,
+    /// The AccessKey's resourceVersion this reconcile last saw: every status write is
+    /// conditional on it, so a reconcile that started from a stale cached copy fails with a
+    /// conflict instead of overwriting a newer record of a key (and losing track of it).
+    pub(super) resource_version: std::sync::Mutex<Option<String>>,
+    /// The issuer slots this reconcile holds, released when it ends.
+    pub(super) slots: std::sync::Mutex<Vec<(String, crate::controller::context::IssuerSlot)>>,
+    /// When this reconcile stops waiting on providers (`--provider-timeout`).
+    pub(super) deadline: tokio::time::Instant,
+    /// The AccessKey's Secret as this reconcile last wrote or read it from the apiserver: newer
+    /// than the cache, which sees our own writes only a moment later. `None`: nothing yet.
+    pub(super) secret_seen: std::sync::Mutex<Option<Option<Secret>>>,
+    /// Consumers as this reconcile restarted them: newer than the caches.
+    pub(super) workloads_seen: std::sync::Mutex<Vec<Workload>>,
+    /// `spec.rotation` with its defaults (an invalid one is reported as the spec's problem).
+    pub(super) settings: RotationSettings,
+}
+
+impl<'a> Cluster<'a> {
+    pub(super) fn api(&self) -> Api<AccessKey> {
+        Api::namespaced(self.ctx.client.clone(), &self.ns)
+    }
+
+    pub(super) fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.ctx.client.clone(), &self.ns)
+    }
+
+    pub(super) async fn issuer(&self, r: &IssuerRef) -> Result<Option<LoadedIssuer>, Error> {
+        let ctx = self.ctx;
+        Ok(ctx.registry.load(&ctx.client, &ctx.caches, &self.ns, r, &ctx.cluster_resource_namespace).await?)
+    }
+
+    /// A provider client for revoking or listing through `r`, whatever its Ready condition says.
+    pub(super) async fn provider_of(&self, r: &IssuerRef) -> Result<Arc<dyn Provider>, Error> {
+        match self.issuer(r).await? {
+            Some(loaded) => {
+                let issuer = loaded.display;
+                let provider = loaded.provider.map_err(|cause| Error::IssuerUnusable { issuer, cause })?;
+                self.at_provider(r, provider).await
+            }
+            None => Err(Error::IssuerNotFound(format!("{} {}", observe::kind_name(r), r.name))),
+        }
+    }
+
+    /// `provider`, bounded by this reconcile's deadline, once this reconcile holds one of the
+    /// issuer's slots (`--issuer-concurrency`): when all are taken, `Error::IssuerBusy` sends the
+    /// AccessKey back to the queue instead of letting it hold a worker.
+    pub(super) async fn at_provider(
+        &self,
+        r: &IssuerRef,
+        provider: Arc<dyn Provider>,
+    ) -> Result<Arc<dyn Provider>, Error> {
+        let issuer = IssuerId::from_ref(r, &self.ns).to_string();
+        // The built-in provider answers from memory: it can neither hang nor hold a worker.
+        let networked = provider.name() != "local";
+        let held = self.slots.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|(held, _)| *held == issuer);
+        if networked && !held {
+            let slot = self.ctx.issuer_slot(&issuer).await.ok_or_else(|| Error::IssuerBusy(issuer.clone()))?;
+            self.slots.lock().unwrap_or_else(|p| p.into_inner()).push((issuer, slot));
+        }
+        Ok(Arc::new(Bounded::new(provider, self.deadline)))
+    }
+
+    /// Lets go of the issuer slots held so far: once the provider has answered, the apiserver
+    /// writes that follow need no slot, and the next AccessKey of the issuer may go.
+    pub(super) fn release_slots(&self) {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    pub(super) fn new(ctx: &'a Context, ak: &'a AccessKey) -> Self {
+        Cluster {
+            ctx,
+            ak,
+            ns: ak.namespace().unwrap_or_default(),
+            uid: ak.uid().unwrap_or_default(),
+            resource_version: std::sync::Mutex::new(ak.resource_version()),
+            slots: std::sync::Mutex::new(Vec::new()),
+            deadline: tokio::time::Instant::now() + ctx.limits.provider_timeout,
+            secret_seen: std::sync::Mutex::new(None),
+            workloads_seen: std::sync::Mutex::new(Vec::new()),
+            settings: RotationSettings::of(&ak.spec).unwrap_or_default(),
+        }
+    }
+
+    /// The workloads `spec.consumers` names, from the caches (or as this reconcile restarted
+    /// them). Looked up only while a replaced key waits for them.
+    pub(super) fn observed_consumers(&self, status: &AccessKeyStatus) -> Vec<Workload> {
+        if !observe::consumers_wanted(self.ak, status) {
+            return Vec::new();
+        }
+        let workloads = &self.ctx.caches.workloads;
+        let (deployments, stateful_sets, daemon_sets) =
+            (workloads.deployments.state(), workloads.stateful_sets.state(), workloads.daemon_sets.state());
+        let read = observe::WorkloadsRead {
+            deployments: &deployments,
+            stateful_sets: &stateful_sets,
+            daemon_sets: &daemon_sets,
+        };
+        let mut found = observe::observe_consumers(self.ak, status, read);
+        let seen = self.workloads_seen.lock().unwrap_or_else(|p| p.into_inner());
+        for w in found.iter_mut() {
+            if let Some(newer) = seen.iter().find(|s| s.kind == w.kind && s.name == w.name) {
+                *w = newer.clone();
+            }
+        }
+        found
+    }
+
+    /// Restarts one consumer for `key_id` (a pod-template annotation; a workload that has it
+    /// already is not changed, so this never rolls anything twice for one key).
+    pub(super) async fn restart(&self, target: &ConsumerTarget, key_id: &str) -> Result<(), Error> {
+        let patch = Patch::Merge(consumers::restart_patch(key_id));
+        let params = patch_params();
+        let client = self.ctx.client.clone();
+        let name = &target.name;
+        let observed = match target.kind {
+            WorkloadKind::Deployment => Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client, &self.ns)
+                .patch(name, &params, &patch)
+                .await?
+                .observe(),
+            WorkloadKind::StatefulSet => Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(client, &self.ns)
+                .patch(name, &params, &patch)
+                .await?
+                .observe(),
+            WorkloadKind::DaemonSet => Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(client, &self.ns)
+                .patch(name, &params, &patch)
+                .await?
+                .observe(),
+        };
+        let mut seen = self.workloads_seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.retain(|w| !(w.kind == observed.kind && w.name == observed.name));
+        seen.push(observed);
+        Ok(())
+    }
+
+    /// The AccessKey's Secret: as last written or read by this reconcile, else from the cache
+    /// of the Secrets this operator manages (labelled).
+    pub(super) fn observed_secret(&self) -> Option<Secret> {
+        if let Some(seen) = self.secret_seen.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return seen;
+        }
+        let key = ObjectRef::new(&self.ak.spec.secret_name).within(&self.ns);
+        self.ctx.caches.secrets.get(&key).map(|s| s.to_secret())
+    }
+
+    pub(super) fn saw_secret(&self, secret: Option<Secret>) {
+        *self.secret_seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(secret);
+    }
+
+    /// Whether the Secret was read from the apiserver (or written) in this reconcile.
+    pub(super) fn secret_confirmed(&self) -> bool {
+        self.secret_seen.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    pub(super) async fn write_status(&self, status: &mut AccessKeyStatus) -> Result<(), Error> {
+        // The Rotating condition follows the replaced keys in every write; `Blocked` stays until
+        // a new key is had or none is wanted any more (cleared explicitly).
+        if !rotation::is_blocked(&status.conditions) {
+            let state = RotatingState::of(status);
+            rotation::put_rotating(&mut status.conditions, &state, self.ak.meta().generation, jiff::Timestamp::now());
+        }
+        let rv = self.resource_version.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": rv},
+            "status": status_merge_patch(status),
+        });
+        let updated = self.api().patch_status(&self.ak.name_any(), &patch_params(), &Patch::Merge(&patch)).await?;
+        let cached = || {
+            let key = ObjectRef::new(&self.ak.name_any()).within(&self.ns);
+            self.ctx.caches.access_keys.get(&key).and_then(|a| a.resource_version())
+        };
+        self.ctx.own_writes.wrote_status(&self.uid, rv, updated.resource_version(), cached);
+        *self.resource_version.lock().unwrap_or_else(|p| p.into_inner()) = updated.resource_version();
+        Ok(())
+    }
+
+    /// The provider block a pending attempt was made with (the current one if not recorded).
+    pub(super) fn attempt_spec(&self, pending: &PendingKey) -> crate::api::KeyProvider {
+        pending
+            .provider
+            .clone()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_else(|| self.ak.spec.provider.clone())
+    }
+
+    /// Puts the Ready condition into `status` (not written yet); false if it was there already.
+    pub(super) fn put_condition(&self, status: &mut AccessKeyStatus, reason: Reason, message: &str) -> bool {
+        let generation = self.ak.meta().generation;
+        let condition = ready_condition(&status.conditions, reason, message, generation, now());
+        let unchanged = status.observed_generation == generation
+            && status.conditions.iter().any(|c| {
+                c.type_ == READY
+                    && c.reason == condition.reason
+                    && c.message == condition.message
+                    && c.status == condition.status
+            });
+        if unchanged {
+            return false;
+        }
+        status.conditions.retain(|c| c.type_ != READY);
+        status.conditions.insert(0, condition);
+        status.observed_generation = generation;
+        true
+    }
+
+    pub(super) async fn set_condition(
+        &self,
+        status: &mut AccessKeyStatus,
+        reason: Reason,
+        message: String,
+    ) -> Result<(), Error> {
+        if !self.put_condition(status, reason, &message) {
+            return Ok(());
+        }
+        self.write_status(status).await?;
+        // Revoking is progress, announced by the Revoked event that follows.
+        if !reason.is_ready() && reason != Reason::Revoking {
+            self.ctx.event(self.ak, EventType::Warning, reason.as_str(), message.clone()).await;
+        }
+        tracing::info!(access_key = %display_name(self.ak), reason = reason.as_str(), %message, "condition");
+        Ok(())
+    }
+}
