@@ -13,7 +13,8 @@ pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Json => registry.with(fmt::layer().json().with_current_span(false)).init(),
+        // The reconcile's span (naming its AccessKey) on each line, not the whole stack.
+        LogFormat::Json => registry.with(fmt::layer().json().with_current_span(true).with_span_list(false)).init(),
         LogFormat::Text => registry.with(fmt::layer().with_target(false)).init(),
     }
 }

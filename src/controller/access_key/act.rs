@@ -149,7 +149,7 @@ pub(super) async fn act(
             }
             crashpoint("after-consumer-restart");
             let names: Vec<String> = targets.iter().map(|t| format!("{}/{}", t.kind.as_str(), t.name)).collect();
-            tracing::info!(access_key = %display_name(c.ak), key_id = %key_id, consumers = ?names, "consumers restarted");
+            tracing::info!(key_id = %key_id, consumers = ?names, "consumers restarted");
             let note = format!("restarted {} for key {key_id}", names.join(", "));
             c.ctx.event(c.ak, EventType::Normal, "ConsumersRestarted", note).await;
             Ok(None)
@@ -180,7 +180,7 @@ pub(super) async fn act(
             Ok(None)
         }
         Step::WaitBeforeReplacing(reason, wait) => {
-            tracing::info!(access_key = %display_name(c.ak), reason = reason.describe(), wait_s = wait.as_secs(), "replacing the key after a wait");
+            tracing::info!(reason = reason.describe(), wait_s = wait.as_secs(), "replacing the key after a wait");
             // Back sooner if a replaced key is due for revocation (or its rollout for a timeout).
             let due = rotation::next_wakeup(status, settings)
                 .map(|t| Duration::try_from(t.duration_since(jiff::Timestamp::now())).unwrap_or(Duration::ZERO));
@@ -231,7 +231,7 @@ pub(super) async fn act(
             let changed = c.put_condition(status, Reason::Issued, &issued_message(&id, &c.ak.spec.secret_name));
             if rotation::put_rotating(&mut status.conditions, &rotating, c.ak.meta().generation, now) || changed {
                 c.write_status(status).await?;
-                tracing::info!(access_key = %display_name(c.ak), key_id = %id, rotating = ?rotating, "ready");
+                tracing::info!(key_id = %id, rotating = ?rotating, "ready");
             }
             // Only what is due by the clock (a revocation, a rollout's timeout, a rotation) has a
             // timer; every other change (AccessKey, Secret, issuer, credentials, consumers)
@@ -351,10 +351,10 @@ pub(super) async fn issue(
                 let _ = c.write_status(status).await;
             }
             Ok(refused) => {
-                tracing::warn!(access_key = %display_name(ak), ?refused, "the unwritten key was not revoked; it will be found by its marker")
+                tracing::warn!(?refused, "the unwritten key was not revoked; it will be found by its marker")
             }
             Err(re) => {
-                tracing::warn!(access_key = %display_name(ak), error = %re, "cannot revoke the unwritten key; it will be found by its marker")
+                tracing::warn!(error = %re, "cannot revoke the unwritten key; it will be found by its marker")
             }
         }
         return Err(e);
@@ -403,7 +403,7 @@ pub(super) async fn issue(
         ),
         None => ("Issued", format!("issued key {} into Secret {}", key.access_key_id, ak.spec.secret_name)),
     };
-    tracing::info!(access_key = %display_name(ak), key_id = %key.access_key_id, reason = reason.describe(), "{event}");
+    tracing::info!(key_id = %key.access_key_id, reason = reason.describe(), "{event}");
     c.ctx.event(ak, EventType::Normal, event, note).await;
     Ok(())
 }

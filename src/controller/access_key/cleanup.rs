@@ -113,7 +113,7 @@ pub(super) async fn revoke_recorded(
     match provider.revoke_key(key_ref, &c.uid).await? {
         Revocation::NotOwned(why) => {
             crate::metrics::global().revocation_refused(provider.name());
-            tracing::warn!(access_key = %display_name(c.ak), key = %id, %why, "not revoking a key this AccessKey does not own");
+            tracing::warn!(key = %id, %why, "not revoking a key this AccessKey does not own");
             let note = format!(
                 "did not revoke key {id}: {why}; only keys issued for this AccessKey are revoked, and the \
                  status no longer lists it"

@@ -227,7 +227,7 @@ impl<'a> Cluster<'a> {
         if !reason.is_ready() && reason != Reason::Revoking {
             self.ctx.event(self.ak, EventType::Warning, reason.as_str(), message.clone()).await;
         }
-        tracing::info!(access_key = %display_name(self.ak), reason = reason.as_str(), %message, "condition");
+        tracing::info!(reason = reason.as_str(), %message, "condition");
         Ok(())
     }
 }

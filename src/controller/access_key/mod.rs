@@ -19,6 +19,7 @@ use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 
 use crate::api::{AccessKey, AccessKeyStatus, ConsumerTarget, DeletionPolicy, IssuerRef, PendingKey, WorkloadKind};
 use crate::providers::bounded::Bounded;
@@ -64,7 +65,9 @@ pub async fn reconcile(ak: Arc<AccessKey>, ctx: Arc<Context>) -> Result<Action, 
     // Provider calls end by --provider-timeout; this bounds the rest (an apiserver that accepts
     // requests and never answers), so that no reconcile holds a worker for ever.
     let bound = ctx.limits.provider_timeout + KUBE_TIME_BUDGET;
-    let result = match tokio::time::timeout(bound, reconcile_inner(ak, &ctx)).await {
+    // Every line logged while reconciling names the AccessKey once, through this span.
+    let span = tracing::info_span!("reconcile", access_key = %key);
+    let result = match tokio::time::timeout(bound, reconcile_inner(ak, &ctx)).instrument(span).await {
         Ok(result) => result,
         Err(_) => Err(Error::TimedOut(bound)),
     };
@@ -170,7 +173,7 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
         match fresh(&ak, ctx).await? {
             Some(now) if now.resource_version() == ak.resource_version() => {}
             Some(_) => {
-                tracing::debug!(access_key = %display_name(&*ak), "cache behind the apiserver; looking again shortly");
+                tracing::debug!("cache behind the apiserver; looking again shortly");
                 return Ok(Action::requeue(Duration::from_secs(1)));
             }
             None => return Ok(Action::await_change()),
@@ -227,7 +230,7 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
                 step = decide(&observed);
             }
         }
-        tracing::debug!(access_key = %display_name(&*ak), ?step, "step");
+        tracing::debug!(?step, "step");
         if let Step::Issue { reason } = step {
             warn_of_secret_fight(&cluster, &status, reason, now).await;
         }
@@ -318,7 +321,7 @@ async fn rotation_blocked(
     );
     c.write_status(status).await?;
     crate::metrics::global().rotation_blocked(c.ak.spec.provider.name());
-    tracing::warn!(access_key = %key, reason = reason.describe(), retry_in_s = wait.as_secs(), error = %error, "rotation blocked");
+    tracing::warn!(reason = reason.describe(), retry_in_s = wait.as_secs(), error = %error, "rotation blocked");
     c.ctx.event(c.ak, EventType::Warning, "RotationBlocked", message).await;
     Ok(Action::requeue(wait))
 }
