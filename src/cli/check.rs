@@ -339,7 +339,7 @@ pub fn issuer_findings(issuers: &[IssuerLine]) -> Vec<Finding> {
         true => Finding {
             check: "unrestricted",
             result: Verdict::Ok,
-            detail: "every ClusterKeyIssuer limits the namespaces it serves".into(),
+            detail: "no ClusterKeyIssuer serves every namespace".into(),
         },
         false => Finding {
             check: "unrestricted",
