@@ -9,7 +9,8 @@ use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 
 use crate::api::{ClusterKeyIssuer, IssuerStatus, KeyIssuer, CRD_DIGEST_ANNOTATION, CRD_VERSION_ANNOTATION};
-use crate::controller::conditions::{self, READY};
+use crate::controller::conditions::READY;
+use crate::controller::observe::IssuerFacts;
 use crate::controller::policy;
 use crate::controller::run::LEASE_NAME;
 
@@ -80,18 +81,17 @@ pub struct IssuerLine {
 }
 
 impl IssuerLine {
-    fn of(
+    fn of<K: crate::api::Issuer + kube::Resource>(
         kind: &'static str,
-        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-        provider: &crate::api::IssuerProvider,
+        issuer: &K,
         status: Option<&IssuerStatus>,
-        policy: Option<&crate::api::IssuerPolicy>,
     ) -> Self {
-        let cluster_scoped = kind == "ClusterKeyIssuer";
-        let conditions = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
-        let ready = conditions::is_ready(conditions, meta.generation) && meta.deletion_timestamp.is_none();
+        let facts = IssuerFacts::of(issuer, kind, status);
+        let meta = issuer.meta();
         // A condition of an older generation says nothing about the spec as it is now.
-        let condition = conditions
+        let condition = facts
+            .status
+            .conditions
             .iter()
             .find(|c| c.type_ == READY)
             .filter(|c| meta.generation.is_none() || c.observed_generation == meta.generation);
@@ -99,13 +99,13 @@ impl IssuerLine {
             kind,
             namespace: meta.namespace.clone(),
             name: meta.name.clone().unwrap_or_default(),
-            provider: provider.name(),
-            ready,
+            provider: facts.settings.name(),
+            ready: facts.is_ready(),
             reason: condition.map(|c| c.reason.clone()),
             message: condition.map(|c| c.message.clone()),
-            policy: policy::describe(policy, cluster_scoped),
-            open_to_every_namespace: cluster_scoped && policy.and_then(|p| p.namespaces.as_ref()).is_none(),
-            orphaned_keys: status.and_then(|s| s.orphaned_keys).unwrap_or(0),
+            policy: policy::describe(facts.policy, facts.cluster_scoped),
+            open_to_every_namespace: facts.cluster_scoped && facts.policy.and_then(|p| p.namespaces.as_ref()).is_none(),
+            orphaned_keys: facts.status.orphaned_keys.unwrap_or(0),
         }
     }
 
@@ -291,18 +291,10 @@ async fn issuers(client: &Client, namespace: Option<&str>) -> Result<Vec<IssuerL
         .list(&ListParams::default())
         .await
         .map_err(|e| CliError::listing("clusterkeyissuers.cloudkeys.io", e))?;
-    let mut lines: Vec<IssuerLine> = cluster_issuers
-        .items
-        .iter()
-        .map(|i| {
-            IssuerLine::of("ClusterKeyIssuer", &i.metadata, &i.spec.provider, i.status.as_ref(), i.spec.policy.as_ref())
-        })
-        .collect();
-    let mut namespaced: Vec<IssuerLine> = key_issuers
-        .items
-        .iter()
-        .map(|i| IssuerLine::of("KeyIssuer", &i.metadata, &i.spec.provider, i.status.as_ref(), i.spec.policy.as_ref()))
-        .collect();
+    let mut lines: Vec<IssuerLine> =
+        cluster_issuers.items.iter().map(|i| IssuerLine::of("ClusterKeyIssuer", i, i.status.as_ref())).collect();
+    let mut namespaced: Vec<IssuerLine> =
+        key_issuers.items.iter().map(|i| IssuerLine::of("KeyIssuer", i, i.status.as_ref())).collect();
     lines.sort_by(|a, b| a.name.cmp(&b.name));
     namespaced.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     lines.extend(namespaced);

@@ -41,20 +41,9 @@ enum IssuerRead {
 
 impl IssuerRead {
     fn facts<'a>(&'a self, display: &'a str) -> IssuerFacts<'a> {
-        let (meta, settings, status, policy, cluster_scoped) = match self {
-            Self::Key(i) => (&i.metadata, &i.spec.provider, i.status.as_ref(), i.spec.policy.as_ref(), false),
-            Self::Cluster(i) => (&i.metadata, &i.spec.provider, i.status.as_ref(), i.spec.policy.as_ref(), true),
-        };
-        static NO_STATUS: std::sync::OnceLock<crate::api::IssuerStatus> = std::sync::OnceLock::new();
-        IssuerFacts {
-            display,
-            settings,
-            status: status.unwrap_or_else(|| NO_STATUS.get_or_init(Default::default)),
-            generation: meta.generation,
-            deleting: meta.deletion_timestamp.is_some(),
-            policy,
-            cluster_scoped,
-            provider_error: None,
+        match self {
+            Self::Key(i) => IssuerFacts::of(i, display, i.status.as_ref()),
+            Self::Cluster(i) => IssuerFacts::of(i, display, i.status.as_ref()),
         }
     }
 }
@@ -339,12 +328,7 @@ fn print_secret(ak: &AccessKey, secret: Option<Option<&Secret>>) {
     line("Data keys", if keys.is_empty() { "none".to_string() } else { keys.join(", ") });
     let annotations = secret.metadata.annotations.clone().unwrap_or_default();
     line("Key ID", annotations.get(KEY_ID_ANNOTATION).map(String::as_str).unwrap_or("-"));
-    let controlled = secret
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .any(|o| o.controller == Some(true) && Some(&o.uid) == ak.metadata.uid.as_ref());
+    let controlled = crate::controller::secret::is_controlled_by(secret, ak);
     line("Controlled by", if controlled { "this AccessKey" } else { "not this AccessKey" });
     let labels = secret.metadata.labels.clone().unwrap_or_default();
     let shown: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();

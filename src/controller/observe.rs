@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
 
 use crate::api::{
-    validation, AccessKey, AccessKeyStatus, IssuerKind, IssuerPolicy, IssuerProvider, IssuerRef, IssuerStatus,
+    validation, AccessKey, AccessKeyStatus, Issuer, IssuerKind, IssuerPolicy, IssuerProvider, IssuerRef, IssuerStatus,
 };
 use crate::providers;
 
@@ -38,7 +38,27 @@ pub struct IssuerFacts<'a> {
     pub provider_error: Option<&'a super::error::IssuerUnusable>,
 }
 
-impl IssuerFacts<'_> {
+/// The status of an issuer not checked yet.
+static NO_STATUS: IssuerStatus =
+    IssuerStatus { observed_generation: None, conditions: Vec::new(), provider: None, orphaned_keys: None };
+
+impl<'a> IssuerFacts<'a> {
+    /// An issuer object as read from the apiserver: what only the operator knows (whether it
+    /// could build a provider client) is not in it.
+    pub fn of<K: Issuer + Resource>(issuer: &'a K, display: &'a str, status: Option<&'a IssuerStatus>) -> Self {
+        let meta = issuer.meta();
+        IssuerFacts {
+            display,
+            settings: issuer.provider(),
+            status: status.unwrap_or(&NO_STATUS),
+            generation: meta.generation,
+            deleting: meta.deletion_timestamp.is_some(),
+            policy: issuer.policy(),
+            cluster_scoped: meta.namespace.is_none(),
+            provider_error: None,
+        }
+    }
+
     pub fn is_ready(&self) -> bool {
         !self.deleting && conditions::is_ready(&self.status.conditions, self.generation)
     }

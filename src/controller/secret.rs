@@ -263,18 +263,17 @@ pub enum SecretState {
     },
 }
 
+/// Whether `ak` is the Secret's controller (its controlling owner reference).
+pub fn is_controlled_by(secret: &Secret, ak: &AccessKey) -> bool {
+    let uid = ak.metadata.uid.as_ref();
+    secret.metadata.owner_references.iter().flatten().any(|r| r.controller == Some(true) && Some(&r.uid) == uid)
+}
+
 pub fn observe_secret(ak: &AccessKey, secret: Option<&Secret>) -> SecretState {
     let Some(secret) = secret else {
         return SecretState::Absent;
     };
-    let uid = ak.uid();
-    let controlled = secret
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .any(|r| r.controller == Some(true) && Some(&r.uid) == uid.as_ref());
-    if !controlled {
+    if !is_controlled_by(secret, ak) {
         return SecretState::Foreign;
     }
     let annotations = secret.metadata.annotations.clone().unwrap_or_default();
