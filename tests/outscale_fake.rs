@@ -807,7 +807,7 @@ fn provider(fake: &OutscaleFake) -> OutscaleProvider {
 fn spec(user: Option<&str>, expires_after: Option<&str>) -> KeyProvider {
     KeyProvider::Outscale(OutscaleKey {
         user_name: user.map(str::to_owned),
-        expires_after: expires_after.map(str::to_owned),
+        expires_after: expires_after.map(Into::into),
     })
 }
 

@@ -65,17 +65,17 @@ pub struct Rotation {
     /// Replace the key this long after it was issued (at least 1m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::duration")]
-    pub every: Option<String>,
+    pub every: Option<super::duration::ApiDuration>,
     /// How long a replaced key stays live once the new key is in the Secret and every restarted
     /// consumer rolled out (default 10m; 0s revokes it at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::duration")]
-    pub grace_period: Option<String>,
+    pub grace_period: Option<super::duration::ApiDuration>,
     /// The longest wait for a consumer's rollout before the grace period starts anyway
     /// (default 30m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::duration")]
-    pub rollout_timeout: Option<String>,
+    pub rollout_timeout: Option<super::duration::ApiDuration>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -305,7 +305,7 @@ pub struct OutscaleKey {
     /// Key lifetime, e.g. `2160h`: the provider expires the key this long after creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::duration")]
-    pub expires_after: Option<String>,
+    pub expires_after: Option<super::duration::ApiDuration>,
 }
 
 /// The built-in provider has no settings.
@@ -387,7 +387,7 @@ pub struct PendingKey {
     /// the spec has changed since (another service account, EIM user or Exoscale mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::schema::preserve_unknown")]
-    pub provider: Option<serde_json::Value>,
+    pub provider: Option<super::Recorded<KeyProvider>>,
     /// The spec fingerprint the key was asked for (recorded as `keySpecHash` on adoption).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec_hash: Option<String>,

@@ -3,6 +3,74 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A duration field of the API (`rotation.every`, `outscale.expiresAfter`, …): serialized as the
+/// user wrote it, parsed once when read. A text that does not parse (the schema's pattern lets
+/// through a number of hours past any date) still reads, so that the object does and its
+/// reconcile can name the field; [`ApiDuration::get`] says what is wrong.
+#[derive(Clone, Debug)]
+pub struct ApiDuration {
+    text: String,
+    parsed: Result<Duration, String>,
+}
+
+impl ApiDuration {
+    pub fn new(text: impl Into<String>) -> Self {
+        let text = text.into();
+        let parsed = parse_duration(&text);
+        Self { text, parsed }
+    }
+
+    /// As written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The duration, or why the text is not one.
+    pub fn get(&self) -> Result<Duration, String> {
+        self.parsed.clone()
+    }
+}
+
+impl PartialEq for ApiDuration {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for ApiDuration {}
+
+impl std::fmt::Display for ApiDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl From<&str> for ApiDuration {
+    fn from(text: &str) -> Self {
+        Self::new(text)
+    }
+}
+
+impl From<String> for ApiDuration {
+    fn from(text: String) -> Self {
+        Self::new(text)
+    }
+}
+
+impl Serialize for ApiDuration {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for ApiDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self::new)
+    }
+}
+
 /// Parses a sequence of `<digits><h|m|s>` parts (the schema's `DURATION_PATTERN`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let invalid = || format!("{text:?} is not a duration such as 2160h, 90m or 1h30m");
@@ -73,5 +141,16 @@ mod tests {
         assert!(parse_duration("99999999999999999999h").is_err());
         assert!(parse_duration("9999999999999999h").is_err());
         assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
+    }
+
+    #[test]
+    fn api_durations_read_as_written_and_parse_once() {
+        let d: ApiDuration = serde_json::from_str(r#""1h30m""#).expect("reads");
+        assert_eq!(d.get(), Ok(Duration::from_secs(5400)));
+        assert_eq!(serde_json::to_string(&d).expect("writes"), r#""1h30m""#);
+        // Past what the schema's pattern can catch: the object still reads, the field says why.
+        let d: ApiDuration = serde_json::from_str(r#""9999999999999999h""#).expect("reads");
+        assert!(d.get().expect_err("too long").contains("too long"));
+        assert_eq!(d.to_string(), "9999999999999999h");
     }
 }

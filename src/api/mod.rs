@@ -6,12 +6,15 @@ mod access_key;
 pub mod duration;
 mod issuer;
 mod policy;
+mod recorded;
 mod schema;
 pub mod validation;
 
 pub use access_key::*;
+pub use duration::ApiDuration;
 pub use issuer::*;
 pub use policy::*;
+pub use recorded::Recorded;
 
 use kube::{CustomResourceExt, Resource};
 

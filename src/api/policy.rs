@@ -83,5 +83,5 @@ pub struct OutscaleAllowed {
     /// `expiresAfter` becomes required, and at most this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::duration")]
-    pub max_expires_after: Option<String>,
+    pub max_expires_after: Option<super::duration::ApiDuration>,
 }

@@ -166,8 +166,8 @@ pub fn validate_policy(policy: Option<&crate::api::IssuerPolicy>, cluster_scoped
                 .map_err(|e| InvalidSpec::new("policy.namespaces.selector", e.to_string()))?;
         }
     }
-    if let Some(max) = policy.outscale.as_ref().and_then(|o| o.max_expires_after.as_deref()) {
-        super::duration::parse_duration(max).map_err(|e| InvalidSpec::new("policy.outscale.maxExpiresAfter", e))?;
+    if let Some(max) = policy.outscale.as_ref().and_then(|o| o.max_expires_after.as_ref()) {
+        max.get().map_err(|e| InvalidSpec::new("policy.outscale.maxExpiresAfter", e))?;
     }
     Ok(())
 }

@@ -246,7 +246,7 @@ fn provider_summary(p: &KeyProvider) -> String {
         KeyProvider::Outscale(o) => format!(
             "outscale, {}{}",
             o.user_name.as_deref().map(|u| format!("EIM user {u}")).unwrap_or_else(|| "the issuer's account".into()),
-            o.expires_after.as_deref().map(|e| format!(", expires after {e}")).unwrap_or_default()
+            o.expires_after.as_ref().map(|e| format!(", expires after {e}")).unwrap_or_default()
         ),
         KeyProvider::Local(_) => "local".to_string(),
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::api::duration::parse_duration;
+use crate::api::duration::{parse_duration, ApiDuration};
 use crate::api::validation::InvalidSpec;
 use crate::api::{AccessKeySpec, AccessKeyStatus, RetiredKey};
 
@@ -52,16 +52,20 @@ impl RotationSettings {
         let Some(r) = &spec.rotation else {
             return Ok(Self::default());
         };
-        let parse = |field: &str, text: &Option<String>, default: Duration| match text {
+        let parse = |field: &str, value: &Option<ApiDuration>, default: Duration| match value {
             None => Ok(default),
-            Some(t) => parse_duration(t).map_err(|e| InvalidSpec::new(format!("rotation.{field}"), e)),
+            Some(d) => d.get().map_err(|e| InvalidSpec::new(format!("rotation.{field}"), e)),
         };
         let every = match &r.every {
             None => None,
-            Some(t) => {
-                let every = parse_duration(t).map_err(|e| InvalidSpec::new("rotation.every", e))?;
+            Some(d) => {
+                let every = d.get().map_err(|e| InvalidSpec::new("rotation.every", e))?;
                 if every < MIN_EVERY {
-                    return Err(InvalidSpec::new("rotation.every", format!("{t:?} is shorter than the minimum of 1m")));
+                    let text = d.as_str();
+                    return Err(InvalidSpec::new(
+                        "rotation.every",
+                        format!("{text:?} is shorter than the minimum of 1m"),
+                    ));
                 }
                 Some(every)
             }

@@ -3,6 +3,14 @@
 
 use std::time::Duration;
 
+/// Provider error messages are shown in conditions and Events; longer ones are cut.
+pub const MAX_MESSAGE_CHARS: usize = 400;
+
+/// A provider's error text as conditions show it: [`sanitize_message`] at [`MAX_MESSAGE_CHARS`].
+pub fn excerpt(text: &str) -> String {
+    sanitize_message(text, MAX_MESSAGE_CHARS)
+}
+
 /// An error text from a provider as conditions and Events may show it: anything that looks like
 /// a credential or a signature replaced by `[redacted]` (a proxy in front of the API may echo
 /// the request, Authorization header and JWT included), whitespace runs made one space, and

@@ -2,12 +2,14 @@
 //! shared HTTP layer (`http`); the controller never sees a provider's wire format.
 
 pub mod bounded;
+pub mod endpoint;
 pub mod error;
 pub mod exoscale;
 pub mod http;
 pub mod local;
 pub mod marker;
 pub mod outscale;
+pub mod poll;
 pub mod yandex;
 
 use std::collections::BTreeMap;
@@ -186,6 +188,17 @@ fn credential(credentials: &Credentials, secret: &str, key: &str) -> Result<Secr
         .get(key)
         .cloned()
         .ok_or_else(|| BuildError::MissingCredential { secret: secret.to_string(), key: key.to_string() })
+}
+
+/// An admin key id goes into a header verbatim; one that cannot is a copy slip to name at once.
+fn header_safe_key(name: &str, key: &str) -> Result<(), ProviderError> {
+    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ProviderError::auth(
+            "configure",
+            format!("{name} is empty or holds whitespace or non-ASCII characters"),
+        ));
+    }
+    Ok(())
 }
 
 /// Builds the provider client an issuer describes. The error says what the user must fix.

@@ -321,7 +321,7 @@ pub(super) async fn issue(
         attempt: marker.attempt().to_string(),
         issuer: ak.spec.issuer_ref.clone(),
         started_at: now(),
-        provider: serde_json::to_value(&ak.spec.provider).ok(),
+        provider: Some(crate::api::Recorded::Known(ak.spec.provider.clone())),
         spec_hash: Some(hash.to_string()),
         rotate_request: rotate_request.clone(),
         grace_period_seconds: status.access_key_id.is_some().then_some(grace.as_secs()),

@@ -184,13 +184,22 @@ impl<'a> Cluster<'a> {
         Ok(())
     }
 
-    /// The provider block a pending attempt was made with (the current one if not recorded).
+    /// The provider block a pending attempt was made with: the current one if none is recorded
+    /// (an operator older than the field) or the recorded one cannot be read.
     pub(super) fn attempt_spec(&self, pending: &PendingKey) -> crate::api::KeyProvider {
-        pending
-            .provider
-            .clone()
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_else(|| self.ak.spec.provider.clone())
+        match &pending.provider {
+            Some(crate::api::Recorded::Known(provider)) => provider.clone(),
+            Some(crate::api::Recorded::Unreadable(_)) => {
+                // A key asked for under another spec may be missed here; the issuer's sweep for
+                // marked keys nothing tracks still counts it in `orphanedKeys`.
+                tracing::warn!(
+                    attempt = %pending.attempt,
+                    "status.pendingKey.provider does not parse; looking for the pending key with the current spec"
+                );
+                self.ak.spec.provider.clone()
+            }
+            None => self.ak.spec.provider.clone(),
+        }
     }
 
     /// Puts the Ready condition into `status` (not written yet); false if it was there already.

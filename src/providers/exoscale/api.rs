@@ -185,6 +185,12 @@ pub struct Operation {
     pub reference: Option<Reference>,
 }
 
+impl crate::providers::poll::Operation for Operation {
+    fn running(&self) -> Option<Option<&str>> {
+        (self.state == OperationState::Pending).then_some(self.id.as_deref())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OperationState {

@@ -3,11 +3,9 @@
 use std::time::Duration;
 
 use super::api::{ErrorBody, Operation, OperationState};
+use crate::providers::error::excerpt;
 use crate::providers::http::ErrorResponse;
 use crate::providers::{ErrorKind, ProviderError};
-
-/// Provider error messages are shown in conditions; keep them readable.
-pub(super) const MAX_MESSAGE_CHARS: usize = 300;
 
 /// A finished operation that did not succeed, as an error. Reasons that say the request itself
 /// was wrong are permanent; the rest (busy, fault, unavailable, timeout…) may pass.
@@ -28,7 +26,7 @@ pub(super) fn succeeded(operation: &str, op: Operation) -> Result<Operation, Pro
     }
     if let Some(detail) = op.message.as_deref().filter(|m| !m.is_empty()) {
         message.push_str(": ");
-        message.push_str(&truncate(detail));
+        message.push_str(&excerpt(detail));
     }
     let kind = if permanent { ErrorKind::Permanent } else { ErrorKind::Retryable };
     Err(ProviderError::new(kind, operation, message))
@@ -43,7 +41,7 @@ pub(super) fn classify(operation: &str, response: ErrorResponse<'_>) -> Provider
         .as_ref()
         .and_then(message_of)
         .unwrap_or_else(|| String::from_utf8_lossy(response.body).trim().to_string());
-    let message = if message.is_empty() { "no error message".to_string() } else { truncate(&message) };
+    let message = if message.is_empty() { "no error message".to_string() } else { excerpt(&message) };
     ProviderError::from_status(operation, response.status, message).with_retry_after(retry_after)
 }
 
@@ -59,8 +57,4 @@ fn message_of(body: &ErrorBody) -> Option<String> {
         (Some(one), None) | (None, Some(one)) => Some(one.to_string()),
         (None, None) => None,
     }
-}
-
-pub(super) fn truncate(text: &str) -> String {
-    crate::providers::error::sanitize_message(text, MAX_MESSAGE_CHARS)
 }

@@ -10,7 +10,6 @@ mod key_ref;
 mod sign;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -27,15 +26,10 @@ use self::api::{
 use self::errors::{classify, succeeded};
 use self::key_ref::KeyRef;
 use super::http::{Http, HttpConfig, Idempotency, Response};
+use super::{endpoint, poll};
 use super::{IssuedKey, KeyRequest, ListedKey, Marker, OwnedKey, Provider, ProviderError, Revocation, TemplateVars};
 use crate::api::validation::{ExoscaleMode, ExoscaleResource};
 use crate::api::{ExoscaleIssuer, ExoscaleKey, ExoscaleRole, KeyProvider};
-
-/// Operations settle within seconds; two minutes of polling means something is stuck, and the
-/// controller's own retry (which finds leftovers by marker) is the better place to wait.
-const POLL_FIRST: Duration = Duration::from_millis(250);
-const POLL_MAX: Duration = Duration::from_secs(5);
-const POLL_GIVE_UP: Duration = Duration::from_secs(120);
 
 pub struct ExoscaleProvider {
     http: Http,
@@ -56,35 +50,14 @@ impl ExoscaleProvider {
         http: HttpConfig,
     ) -> Result<Self, ProviderError> {
         let endpoint = endpoint_of(settings);
-        let base = Url::parse(&endpoint)
-            .ok()
-            .filter(|u| !u.cannot_be_a_base() && u.query().is_none() && u.fragment().is_none())
-            .ok_or_else(|| {
-                ProviderError::permanent("configure", format!("invalid Exoscale API endpoint {endpoint:?}"))
-            })?;
-        // The key goes into a header verbatim; a stray newline from `echo` would otherwise
-        // surface as an opaque transport error on every call.
-        if api_key.is_empty() || !api_key.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(ProviderError::auth(
-                "configure",
-                "EXOSCALE_API_KEY is empty or holds whitespace or non-ASCII characters",
-            ));
-        }
+        let base = endpoint::parse("Exoscale API endpoint", &endpoint)?;
+        // A stray newline from `echo` would otherwise surface as a transport error on every call.
+        super::header_safe_key("EXOSCALE_API_KEY", &api_key)?;
         Ok(Self { http: Http::new(http)?, base, endpoint, zone: settings.zone.clone(), api_key, api_secret })
     }
 
-    /// The endpoint with `segments` appended, each percent-encoded so that an id can never
-    /// change the path (`/` becomes `%2F`; `.` and `..` are refused since `Url` would drop them).
     fn url(&self, operation: &str, segments: &[&str]) -> Result<Url, ProviderError> {
-        if let Some(bad) = segments.iter().find(|s| s.is_empty() || **s == "." || **s == "..") {
-            return Err(ProviderError::permanent(operation, format!("invalid path segment {bad:?}")));
-        }
-        let mut url = self.base.clone();
-        url.path_segments_mut()
-            .map_err(|()| ProviderError::permanent(operation, "the endpoint cannot take a path"))?
-            .pop_if_empty()
-            .extend(segments);
-        Ok(url)
+        endpoint::join(operation, &self.base, segments)
     }
 
     async fn call(
@@ -153,25 +126,12 @@ impl ExoscaleProvider {
         request.build().map_err(|e| ProviderError::permanent(operation, format!("cannot build the request: {e}")))
     }
 
-    /// Polls an operation until it leaves `pending`, with doubling pauses.
-    async fn wait(&self, operation: &str, mut op: Operation) -> Result<Operation, ProviderError> {
-        let deadline = tokio::time::Instant::now() + POLL_GIVE_UP;
-        let mut pause = POLL_FIRST;
-        while op.state == OperationState::Pending {
-            let id = op.id.clone().ok_or_else(|| {
-                ProviderError::retryable(operation, "the API returned a pending operation without an id")
-            })?;
-            if tokio::time::Instant::now() + pause > deadline {
-                return Err(ProviderError::retryable(
-                    operation,
-                    format!("operation {id} still pending after {} s", POLL_GIVE_UP.as_secs()),
-                ));
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(POLL_MAX);
-            op = self.get("get-operation", &["operation", &id]).await?.json("get-operation")?;
-        }
-        Ok(op)
+    /// Polls an operation until it leaves `pending`.
+    async fn wait(&self, operation: &str, op: Operation) -> Result<Operation, ProviderError> {
+        poll::until_settled(operation, op, |id| async move {
+            self.get("get-operation", &["operation", &id]).await?.json("get-operation")
+        })
+        .await
     }
 
     async fn create_api_key(&self, name: &str, role_id: &str) -> Result<ApiKeyCreated, ProviderError> {

@@ -1,7 +1,9 @@
+use std::time::Duration;
+
 use reqwest::header::HeaderMap;
 
-use super::errors::MAX_MESSAGE_CHARS;
 use super::*;
+use crate::providers::error::MAX_MESSAGE_CHARS;
 use crate::providers::http::ErrorResponse;
 use crate::providers::ErrorKind;
 

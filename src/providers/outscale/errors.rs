@@ -5,14 +5,12 @@ use std::time::Duration;
 
 use super::api::{self, ErrorResponse};
 use super::KEYS_PER_USER;
+use crate::providers::error::excerpt;
 use crate::providers::http::{CallError, ErrorResponse as HttpError};
 use crate::providers::{ErrorKind, ProviderError};
 
 /// Outscale locks a key out for a minute after four bad signatures in a row (error 13).
 pub(super) const LOCKOUT: Duration = Duration::from_secs(60);
-
-/// Provider error messages are shown in conditions; keep them readable.
-pub(super) const MAX_MESSAGE_CHARS: usize = 400;
 
 /// Error codes (outscale.md §3). Codes are strings in the API; these are their values.
 pub(super) const THROTTLED: &[u32] = &[6, 24, 25];
@@ -127,7 +125,7 @@ pub(super) fn classify(operation: &str, response: HttpError<'_>) -> (ProviderErr
     } else {
         ProviderError::from_status(operation, status, "").kind
     };
-    let error = ProviderError::new(kind, operation, truncate(&message))
+    let error = ProviderError::new(kind, operation, excerpt(&message))
         .with_status(status)
         .with_request_id(request_id)
         .with_retry_after(retry_after);
@@ -158,8 +156,4 @@ fn describe(errors: &[api::ApiError]) -> Option<String> {
         })
         .collect();
     (!parts.is_empty()).then(|| parts.join("; "))
-}
-
-fn truncate(text: &str) -> String {
-    crate::providers::error::sanitize_message(text, MAX_MESSAGE_CHARS)
 }

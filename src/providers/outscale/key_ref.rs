@@ -7,6 +7,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 
 use super::{MIN_LIFETIME, RESEND_MARGIN};
+use crate::api::OutscaleKey;
 use crate::providers::ProviderError;
 
 /// `status.keyRef`: `<AccessKeyId>` or `<AccessKeyId>;user=<UserName>` (see the module docs).
@@ -55,14 +56,16 @@ pub(super) fn is_region(region: &str) -> bool {
         && !parts[words].is_empty()
 }
 
-/// Parses `expiresAfter` (`^([0-9]+(h|m|s))+$`, e.g. `2160h`, `1h30m`) into a lifetime of at
-/// least [`MIN_LIFETIME`].
-pub fn parse_lifetime(text: &str) -> Result<Duration, String> {
-    let lifetime = crate::api::duration::parse_duration(text)?;
+/// The lifetime `expiresAfter` asks for (`None`: the key never expires); at least
+/// [`MIN_LIFETIME`].
+pub fn lifetime_of(spec: &OutscaleKey) -> Result<Option<Duration>, String> {
+    let Some(expires_after) = &spec.expires_after else { return Ok(None) };
+    let lifetime = expires_after.get()?;
     if lifetime < MIN_LIFETIME {
+        let text = expires_after.as_str();
         return Err(format!("{text:?} is shorter than the minimum key lifetime of {} s", MIN_LIFETIME.as_secs()));
     }
-    Ok(lifetime)
+    Ok(Some(lifetime))
 }
 
 /// `now + lifetime`, cut to whole seconds; `None` past the year 9999.

@@ -37,7 +37,8 @@ use self::api::{
 };
 use self::errors::{classify, Failure};
 use self::key_ref::{api_date, expiration, is_region, resend_date, KeyRef};
-pub use self::key_ref::{parse_lifetime, parse_timestamp};
+pub use self::key_ref::{lifetime_of, parse_timestamp};
+use super::endpoint;
 use super::http::{Http, HttpConfig, Idempotency, Response};
 use super::{IssuedKey, KeyRequest, ListedKey, Marker, OwnedKey, Provider, ProviderError, Revocation, TemplateVars};
 use crate::api::{KeyProvider, OutscaleIssuer, OutscaleKey};
@@ -83,30 +84,11 @@ impl OutscaleProvider {
             ));
         }
         let endpoint = endpoint_of(settings);
-        let base = Url::parse(&endpoint)
-            .ok()
-            .filter(|u| {
-                !u.cannot_be_a_base()
-                    && matches!(u.scheme(), "https" | "http")
-                    && u.host_str().is_some()
-                    && u.query().is_none()
-                    && u.fragment().is_none()
-            })
-            .ok_or_else(|| {
-                ProviderError::permanent("configure", format!("invalid Outscale API endpoint {endpoint:?}"))
-            })?;
-        let host = match (base.host_str().unwrap_or_default(), base.port()) {
-            (h, Some(p)) => format!("{h}:{p}"),
-            (h, None) => h.to_string(),
-        };
-        // The key goes into a header verbatim; a stray newline from `echo` would otherwise
-        // surface as a refused signature, and four of those lock the key out.
-        if access_key.is_empty() || !access_key.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(ProviderError::auth(
-                "configure",
-                "OSC_ACCESS_KEY is empty or holds whitespace or non-ASCII characters",
-            ));
-        }
+        let base = endpoint::parse("Outscale API endpoint", &endpoint)?;
+        let host = endpoint::authority(&base);
+        // A stray newline from `echo` would otherwise surface as a refused signature, and four of
+        // those lock the key out.
+        super::header_safe_key("OSC_ACCESS_KEY", &access_key)?;
         // Same for the secret: Outscale secret keys hold no whitespace, so any is a copy slip.
         let trimmed = secret_key.expose_secret().trim();
         if trimmed.is_empty() {
@@ -121,12 +103,7 @@ impl OutscaleProvider {
     }
 
     fn url(&self, call: &str) -> Result<Url, Failure> {
-        let mut url = self.base.clone();
-        url.path_segments_mut()
-            .map_err(|()| Failure::from(ProviderError::permanent(call, "the endpoint cannot take a path")))?
-            .pop_if_empty()
-            .push(call);
-        Ok(url)
+        Ok(endpoint::join(call, &self.base, &[call])?)
     }
 
     /// One call; `call` is the OSC API call name, also used as the error's operation.
@@ -286,17 +263,12 @@ impl Provider for OutscaleProvider {
         const CALL: &str = "CreateAccessKey";
         let spec = outscale_spec(CALL, request.spec)?;
         let user = spec.user_name.as_deref().filter(|u| !u.is_empty());
-        let expires = match spec.expires_after.as_deref() {
-            Some(text) => {
-                let lifetime = parse_lifetime(text)
-                    .map_err(|e| ProviderError::permanent(CALL, format!("spec.outscale.expiresAfter: {e}")))?;
-                Some(expiration(request.now, lifetime).ok_or_else(|| {
-                    ProviderError::permanent(
-                        CALL,
-                        format!("spec.outscale.expiresAfter: {text} is too far in the future"),
-                    )
-                })?)
-            }
+        let lifetime = lifetime_of(spec)
+            .map_err(|e| ProviderError::permanent(CALL, format!("spec.outscale.expiresAfter: {e}")))?;
+        let expires = match lifetime {
+            Some(lifetime) => Some(expiration(request.now, lifetime).ok_or_else(|| {
+                ProviderError::permanent(CALL, "spec.outscale.expiresAfter is too far in the future")
+            })?),
             None => None,
         };
         let expiration_text = expires.map(api_date);
@@ -397,7 +369,7 @@ impl Provider for OutscaleProvider {
 
     fn lifetime(&self, spec: &KeyProvider) -> Option<Duration> {
         match spec {
-            KeyProvider::Outscale(OutscaleKey { expires_after: Some(text), .. }) => parse_lifetime(text).ok(),
+            KeyProvider::Outscale(key) => lifetime_of(key).ok().flatten(),
             _ => None,
         }
     }
@@ -423,8 +395,8 @@ pub fn template_vars(settings: &OutscaleIssuer) -> TemplateVars {
 /// OUTSCALE's rules of an AccessKey's provider block.
 pub fn check_spec(spec: &KeyProvider) -> Result<(), String> {
     match spec {
-        KeyProvider::Outscale(OutscaleKey { expires_after: Some(text), .. }) => {
-            parse_lifetime(text).map(|_| ()).map_err(|e| format!("spec.outscale.expiresAfter: {e}"))
+        KeyProvider::Outscale(key) => {
+            lifetime_of(key).map(|_| ()).map_err(|e| format!("spec.outscale.expiresAfter: {e}"))
         }
         _ => Ok(()),
     }

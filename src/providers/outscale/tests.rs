@@ -1,7 +1,8 @@
 use reqwest::header::HeaderMap;
 
-use super::errors::{LOCKOUT, MAX_MESSAGE_CHARS};
+use super::errors::LOCKOUT;
 use super::*;
+use crate::providers::error::MAX_MESSAGE_CHARS;
 use crate::providers::http::ErrorResponse as HttpError;
 use crate::providers::ErrorKind;
 
@@ -285,6 +286,11 @@ fn dates_are_sent_in_the_spec_form_and_resent_from_the_live_value() {
     assert_eq!(expiration(now, Duration::from_secs(u64::MAX / 4)), None);
 }
 
+fn parse_lifetime(text: &str) -> Result<Duration, String> {
+    let key = OutscaleKey { expires_after: Some(text.into()), ..Default::default() };
+    lifetime_of(&key).map(|lifetime| lifetime.expect("expiresAfter is set"))
+}
+
 #[test]
 fn lifetimes_parse_and_have_a_minimum() {
     for (text, secs) in
@@ -302,6 +308,7 @@ fn lifetimes_parse_and_have_a_minimum() {
     }
     assert!(parse_lifetime("99999999999999999999h").is_err());
     assert!(parse_lifetime("9999999999999999h").is_err());
+    assert_eq!(lifetime_of(&OutscaleKey::default()), Ok(None));
 }
 
 fn listed(id: &str, tag: Option<String>) -> AccessKey {

@@ -90,6 +90,12 @@ pub struct Operation {
     pub error: Option<Status>,
 }
 
+impl crate::providers::poll::Operation for Operation {
+    fn running(&self) -> Option<Option<&str>> {
+        (!self.done).then_some(Some(self.id.as_str()))
+    }
+}
+
 /// `google.rpc.Status`: the body of every error, and `Operation.error`.
 #[derive(Debug, Default, Deserialize)]
 pub struct Status {

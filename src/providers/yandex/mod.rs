@@ -8,8 +8,6 @@
 mod api;
 mod auth;
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
@@ -19,7 +17,9 @@ use url::Url;
 
 use self::api::{code, AccessKeyCreated, AccessKeyList, CreateAccessKey, Operation, Status};
 use self::auth::{JwtSigner, Token, TokenCache, TokenSource};
+use super::error::excerpt;
 use super::http::{ErrorResponse, Http, HttpConfig, Idempotency, Response};
+use super::{endpoint, poll};
 use super::{
     ErrorKind, IssuedKey, KeyRequest, ListedKey, Marker, OwnedKey, Provider, ProviderError, Revocation, TemplateVars,
 };
@@ -31,20 +31,11 @@ pub const DEFAULT_OPERATION_ENDPOINT: &str = "https://operation.api.cloud.yandex
 /// `AccessKey.description` holds at most this many characters (proto and REST docs).
 pub const MAX_DESCRIPTION_CHARS: usize = 256;
 
-/// Deletions settle within seconds; two minutes of polling means something is stuck, and the
-/// controller's own retry is the better place to wait.
-const POLL_FIRST: Duration = Duration::from_millis(250);
-const POLL_MAX: Duration = Duration::from_secs(5);
-const POLL_GIVE_UP: Duration = Duration::from_secs(120);
-
 /// The most keys one list page may hold (the API's limit); fewer pages, fewer calls.
 const PAGE_SIZE: u32 = 1000;
 /// A service account has at most 1,000 keys per cloud quota; this many pages means the
 /// service keeps handing out page tokens, and following them further would never end.
 const MAX_PAGES: usize = 100;
-
-/// Provider error messages are shown in conditions; keep them readable.
-const MAX_MESSAGE_CHARS: usize = 300;
 
 const ACCESS_KEYS: [&str; 4] = ["iam", "aws-compatibility", "v1", "accessKeys"];
 
@@ -67,20 +58,21 @@ impl YandexProvider {
         http: HttpConfig,
     ) -> Result<Self, ProviderError> {
         let endpoint = endpoint_of(settings);
-        let base = parse_base("endpoint", &endpoint)?;
-        let operation_base = parse_base(
-            "operationEndpoint",
+        let base = endpoint::parse("Yandex endpoint", &endpoint)?;
+        let operation_base = endpoint::parse(
+            "Yandex operationEndpoint",
             settings.operation_endpoint.as_deref().unwrap_or(DEFAULT_OPERATION_ENDPOINT),
         )?;
         let source = match (authorized_key_json, &settings.metadata_service) {
             (Some(json), _) => TokenSource::AuthorizedKey {
                 signer: Box::new(JwtSigner::from_authorized_key(&json)?),
-                token_url: join(&base, &["iam", "v1", "tokens"])?,
+                token_url: endpoint::join("configure", &base, &["iam", "v1", "tokens"])?,
             },
             (None, Some(metadata)) => {
-                let metadata_base = parse_base("metadataService.endpoint", &metadata.endpoint)?;
+                let metadata_base = endpoint::parse("Yandex metadataService.endpoint", &metadata.endpoint)?;
                 TokenSource::Metadata {
-                    token_url: join(
+                    token_url: endpoint::join(
+                        "configure",
                         &metadata_base,
                         &["computeMetadata", "v1", "instance", "service-accounts", "default", "token"],
                     )?,
@@ -151,7 +143,7 @@ impl YandexProvider {
 
     fn access_keys_url(&self, extra: &[&str]) -> Result<Url, ProviderError> {
         let segments: Vec<&str> = ACCESS_KEYS.iter().chain(extra).copied().collect();
-        join(&self.base, &segments)
+        endpoint::join("build-url", &self.base, &segments)
     }
 
     /// Every key of a service account, following every page.
@@ -190,30 +182,14 @@ impl YandexProvider {
         Err(ProviderError::retryable(OP, format!("more than {MAX_PAGES} pages of access keys")))
     }
 
-    /// Polls an operation until it is done, with doubling pauses.
-    async fn wait(&self, operation: &str, mut op: Operation) -> Result<Operation, ProviderError> {
-        let deadline = tokio::time::Instant::now() + POLL_GIVE_UP;
-        let mut pause = POLL_FIRST;
-        while !op.done {
-            if op.id.is_empty() {
-                return Err(ProviderError::retryable(
-                    operation,
-                    "the API returned an unfinished operation without an id",
-                ));
-            }
-            if tokio::time::Instant::now() + pause > deadline {
-                return Err(ProviderError::retryable(
-                    operation,
-                    format!("operation {} not done after {} s", op.id, POLL_GIVE_UP.as_secs()),
-                ));
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(POLL_MAX);
+    /// Polls an operation until it is done.
+    async fn wait(&self, operation: &str, op: Operation) -> Result<Operation, ProviderError> {
+        poll::until_settled(operation, op, |id| async move {
             const GET_OP: &str = "get-operation";
-            let url = join(&self.operation_base, &["operations", &op.id])?;
-            op = self.get(GET_OP, &url).await?.json(GET_OP)?;
-        }
-        Ok(op)
+            let url = endpoint::join(GET_OP, &self.operation_base, &["operations", &id])?;
+            self.get(GET_OP, &url).await?.json(GET_OP)
+        })
+        .await
     }
 }
 
@@ -424,33 +400,6 @@ fn owned_keys(owner_uid: &str, keys: Vec<api::AccessKey>) -> Vec<OwnedKey> {
         .collect()
 }
 
-/// `url` parsed as a base to which paths are appended.
-fn parse_base(field: &str, url: &str) -> Result<Url, ProviderError> {
-    Url::parse(url.trim_end_matches('/'))
-        .ok()
-        .filter(|u| {
-            !u.cannot_be_a_base()
-                && matches!(u.scheme(), "http" | "https")
-                && u.query().is_none()
-                && u.fragment().is_none()
-        })
-        .ok_or_else(|| ProviderError::permanent("configure", format!("invalid Yandex {field} {url:?}")))
-}
-
-/// `base` with `segments` appended, each percent-encoded so that an id can never change the
-/// path (`/` becomes `%2F`; `.` and `..` are refused since `Url` would drop them).
-fn join(base: &Url, segments: &[&str]) -> Result<Url, ProviderError> {
-    if let Some(bad) = segments.iter().find(|s| s.is_empty() || **s == "." || **s == "..") {
-        return Err(ProviderError::permanent("build-url", format!("invalid path segment {bad:?}")));
-    }
-    let mut url = base.clone();
-    url.path_segments_mut()
-        .map_err(|()| ProviderError::permanent("build-url", "the endpoint cannot take a path"))?
-        .pop_if_empty()
-        .extend(segments);
-    Ok(url)
-}
-
 /// Called once per attempt.
 fn build(
     client: &reqwest::Client,
@@ -498,9 +447,9 @@ fn from_status(status: &Status) -> (ErrorKind, String) {
     };
     let text = status.message.trim();
     let message = match (code::name(status.code), text.is_empty()) {
-        (Some(name), false) => format!("{name}: {}", truncate(text)),
+        (Some(name), false) => format!("{name}: {}", excerpt(text)),
         (Some(name), true) => name.to_string(),
-        (None, false) => format!("code {}: {}", status.code, truncate(text)),
+        (None, false) => format!("code {}: {}", status.code, excerpt(text)),
         (None, true) => format!("code {}", status.code),
     };
     (kind, message)
@@ -513,7 +462,7 @@ fn classify(operation: &str, response: ErrorResponse<'_>) -> ProviderError {
     let status = serde_json::from_slice::<Status>(response.body).ok().filter(|s| s.code != 0);
     let Some(status) = status else {
         let text = String::from_utf8_lossy(response.body).trim().to_string();
-        let message = if text.is_empty() { "no error message".to_string() } else { truncate(&text) };
+        let message = if text.is_empty() { "no error message".to_string() } else { excerpt(&text) };
         return ProviderError::from_status(operation, response.status, message).with_request_id(request_id);
     };
     let (kind, message) = from_status(&status);
@@ -535,11 +484,7 @@ fn header_request_id(headers: &HeaderMap) -> Option<String> {
         .find_map(|name| headers.get(*name)?.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())
-        .map(truncate)
-}
-
-fn truncate(text: &str) -> String {
-    super::error::sanitize_message(text, MAX_MESSAGE_CHARS)
+        .map(excerpt)
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@ use serde_json::json;
 
 use super::*;
 use crate::api::{MetadataService, SecretKeyRef, YandexKey};
+use crate::providers::error::MAX_MESSAGE_CHARS;
 
 const UID: &str = "0f8c2d7e-1b2a-4c3d-9e8f-0123456789ab";
 const OTHER: &str = "11111111-2222-4333-8444-555555555555";
@@ -189,7 +190,7 @@ fn endpoints_default_to_yandex_and_paths_escape_ids() {
     assert_eq!(p.access_keys_url(&["a/../b"]).expect("url").path(), "/iam/aws-compatibility/v1/accessKeys/a%2F..%2Fb");
     assert!(p.access_keys_url(&[".."]).is_err());
     assert_eq!(
-        join(&p.operation_base, &["operations", "op1"]).expect("url").as_str(),
+        crate::providers::endpoint::join("test", &p.operation_base, &["operations", "op1"]).expect("url").as_str(),
         "https://operation.api.cloud.yandex.net/operations/op1"
     );
     match p.tokens.source() {
