@@ -57,9 +57,16 @@ async fn local_key_is_issued_into_the_secret_and_the_finalizer_released_on_delet
     let ak_json = serde_json::to_string(&ak).expect("json");
     assert!(!ak_json.contains(&secret_value_text));
     assert!(!op.logs().contains(&secret_value_text), "the operator logged a secret");
+    let minted = op.local_keys().await;
+    assert_eq!((minted.live, minted.revoked), (vec![key_id.clone()], vec![]), "the provider holds the one key");
+    let served = reqwest::get(format!("{}/local/keys", op.http_base().await)).await.expect("GET").text().await;
+    assert!(!served.expect("body").contains(&secret_value_text), "/local/keys shows a secret");
 
     keys::delete_access_key(&client, &ns, "demo").await;
     keys::wait_gone(&client, &ns, "demo").await;
+    // The finalizer went last: by now the key is revoked at the provider.
+    let minted = op.local_keys().await;
+    assert_eq!((minted.live, minted.revoked), (vec![], vec![key_id.clone()]), "the key was not revoked");
     support::eventually("the Secret to be garbage-collected", Duration::from_secs(60), || {
         let client = client.clone();
         let ns = ns.clone();
@@ -91,7 +98,7 @@ async fn secret_of_someone_else_is_a_conflict_and_never_touched() {
 
 #[tokio::test]
 async fn secret_deleted_by_hand_issues_new_key() {
-    let (client, ns, _op) = setup("local-secret-deleted").await;
+    let (client, ns, op) = setup("local-secret-deleted").await;
     support::apply_json(&client, &ns, access_key("k", keys::no_grace_period())).await;
     let first = keys::wait_issued(&client, &ns, "k").await.status.and_then(|s| s.access_key_id).expect("id");
     Api::<Secret>::namespaced(client.clone(), &ns)
@@ -126,6 +133,9 @@ async fn secret_deleted_by_hand_issues_new_key() {
         }
     })
     .await;
+    // Not only out of the status: revoked at the provider, and the new key live there.
+    let minted = op.local_keys().await;
+    assert_eq!((minted.live, minted.revoked), (vec![second], vec![first]));
 }
 
 #[tokio::test]
@@ -142,9 +152,11 @@ async fn unknown_template_variable_is_invalid_spec_and_creates_nothing() {
 
 #[tokio::test]
 async fn retain_keeps_the_secret_after_the_access_key_is_deleted() {
-    let (client, ns, _op) = setup("local-retain").await;
+    let (client, ns, op) = setup("local-retain").await;
     support::apply_json(&client, &ns, access_key("kept", json!({"deletionPolicy": "Retain"}))).await;
-    let uid = keys::wait_issued(&client, &ns, "kept").await.metadata.uid.expect("uid");
+    let issued = keys::wait_issued(&client, &ns, "kept").await;
+    let uid = issued.metadata.uid.expect("uid");
+    let key_id = issued.status.and_then(|s| s.access_key_id).expect("accessKeyId");
     // A canary the garbage collector deletes once it has dealt with the AccessKey's deletion.
     let canary: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({"metadata": {
         "name": "canary", "ownerReferences": [{"apiVersion": "cloudkeys.io/v1alpha1", "kind": "AccessKey",
@@ -159,7 +171,11 @@ async fn retain_keeps_the_secret_after_the_access_key_is_deleted() {
     })
     .await;
     let secret = keys::secret(&client, &ns, "kept-credentials").await.expect("Secret survives");
+    assert_eq!(secret_value(&secret, "ACCESS_KEY_ID"), key_id);
     assert!(secret.metadata.owner_references.unwrap_or_default().is_empty());
+    // Retained: the key in the Secret still works.
+    let minted = op.local_keys().await;
+    assert_eq!((minted.live, minted.revoked), (vec![key_id], vec![]), "a retained key was revoked");
 }
 
 #[tokio::test]

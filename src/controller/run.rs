@@ -107,10 +107,10 @@ pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
         .with_installation(installation),
     );
     let registry = crate::metrics::registry(reader.clone());
-    let bound = serve(args.metrics_address, health.clone(), registry)
+    let bound = serve(args.metrics_address, health.clone(), registry, ctx.registry.local_store().clone())
         .await
         .map_err(|e| Error::Startup(format!("cannot serve metrics on {}: {e}", args.metrics_address)))?;
-    tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
+    tracing::info!(address = %bound, "serving /metrics, /healthz, /readyz and /local/keys");
 
     if !args.leader_election {
         controllers(client, &args, ctx, writers).await;

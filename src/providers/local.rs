@@ -18,6 +18,13 @@ struct LocalKey {
     revoked: bool,
 }
 
+/// The key ids of the local provider; never a secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LocalKeyIds {
+    pub live: Vec<String>,
+    pub revoked: Vec<String>,
+}
+
 /// Every key the local provider minted in this process, by key id.
 #[derive(Debug, Default, Clone)]
 pub struct LocalStore {
@@ -28,6 +35,17 @@ impl LocalStore {
     /// Key ids not revoked yet (for tests and the demo).
     pub fn live_keys(&self) -> Vec<String> {
         self.lock().iter().filter(|(_, k)| !k.revoked).map(|(id, _)| id.clone()).collect()
+    }
+
+    /// Every key id minted, live and revoked: what `/local/keys` shows, so that tests can check
+    /// revocation at the "provider" rather than trust the operator's status.
+    pub fn key_ids(&self) -> LocalKeyIds {
+        let mut ids = LocalKeyIds::default();
+        for (id, key) in self.lock().iter() {
+            let list = if key.revoked { &mut ids.revoked } else { &mut ids.live };
+            list.push(id.clone());
+        }
+        ids
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, LocalKey>> {

@@ -108,6 +108,15 @@ impl Operator {
         }
     }
 
+    /// The key ids this operator's `local` provider minted, live and revoked (`/local/keys`):
+    /// what the "provider" itself holds, whatever the AccessKeys' status says.
+    pub async fn local_keys(&self) -> cloudkeys::providers::local::LocalKeyIds {
+        let url = format!("{}/local/keys", self.http_base().await);
+        let response = reqwest::get(&url).await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        assert!(response.status().is_success(), "GET {url}: {}", response.status());
+        response.json().await.unwrap_or_else(|e| panic!("GET {url}: not the key ids: {e}"))
+    }
+
     /// Sends SIGTERM and waits for the process to end; returns whether it exited successfully.
     pub async fn terminate(&mut self, timeout: std::time::Duration) -> bool {
         let Some(child) = self.child.as_mut() else { return false };
