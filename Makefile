@@ -11,10 +11,11 @@ PYTHON ?= python3
 
 ## Everything CI runs: formatting, clippy, unit and integration tests against a real apiserver.
 # The end-to-end tests mostly wait (on rollouts, grace periods, the apiserver): more of them at
-# once than there are cores, each in a namespace of its own.
-TEST_THREADS ?= 6
+# once than there are cores, each in a namespace of its own (scripts/test.sh).
+TEST_THREADS ?= 8
 test: control-plane helm-deps lint
-	$(CARGO) test --all-targets --locked -- --test-threads=$(TEST_THREADS)
+	$(CARGO) test --all-targets --locked --no-run
+	scripts/test.sh $(TEST_THREADS)
 
 ## Build the operator, start a real control plane, issue a key with the local provider, clean up.
 demo: control-plane build

@@ -93,6 +93,9 @@ fn labelled(mut manifest: Value, labels: Value) -> Value {
 
 #[tokio::test]
 async fn status_inspect_and_rotate_show_and_steer_keys_without_printing_a_secret() {
+    // Both tests here take a cluster of their own: `check` judges every ClusterKeyIssuer in the
+    // cluster, other tests' too, and under plain `cargo test` the two share one process.
+    support::own_control_plane();
     let client = support::client().await;
     support::install_crds(&client).await;
     let ns = support::namespace(&client, "cli").await;
@@ -234,6 +237,7 @@ async fn status_inspect_and_rotate_show_and_steer_keys_without_printing_a_secret
 
 #[tokio::test]
 async fn check_fails_while_an_issuer_is_not_ready_and_passes_when_all_is_well() {
+    support::own_control_plane();
     let client = support::client().await;
     support::install_crds(&client).await;
     let ns = support::namespace(&client, "cli-check").await;

@@ -26,6 +26,8 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 /// A namespace with the admin credentials Secret `exoscale-admin` for a fresh Exoscale fake.
 async fn setup(test: &str) -> (Client, String, ExoscaleFake) {
+    // kube-apiserver is restarted here: not in the middle of other tests.
+    support::own_control_plane();
     let client = support::client().await;
     support::install_crds(&client).await;
     let ns = support::namespace(&client, test).await;

@@ -53,6 +53,14 @@ impl Helm {
     }
 }
 
+/// A client of a control plane of this test's own: the chart's operator watches every namespace,
+/// and would take the AccessKeys of other tests for its own (and all tests here take one, since
+/// under plain `cargo test` they share one process).
+async fn own_cluster() -> Client {
+    support::own_control_plane();
+    support::client().await
+}
+
 /// Runs `python3 tests/helm/helm.py ARGS` (`$PYTHON` instead of python3 when set, as in the Makefile).
 fn helm(args: &[&str]) -> Helm {
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
@@ -545,7 +553,7 @@ fn lint_is_clean_with_defaults_a_watched_namespace_two_replicas_and_every_option
 
 #[tokio::test]
 async fn the_values_schema_rejects_bad_values_at_lint_and_install() {
-    let client = support::client().await;
+    let client = own_cluster().await;
     let ns = support::namespace(&client, "helm-schema").await;
     for (set, complaint) in [
         ("logFormat=xml", "/logFormat"),
@@ -574,7 +582,7 @@ async fn the_values_schema_rejects_bad_values_at_lint_and_install() {
 
 #[tokio::test]
 async fn replicas_without_leader_election_fail_with_a_clear_message() {
-    let client = support::client().await;
+    let client = own_cluster().await;
     let ns = support::namespace(&client, "helm-replicas").await;
     let sets = ["replicas=2", "leaderElection.enabled=false"];
     let message = "replicas: 2 needs leaderElection.enabled=true";
@@ -603,7 +611,7 @@ async fn replicas_without_leader_election_fail_with_a_clear_message() {
 
 #[tokio::test]
 async fn install_upgrade_and_uninstall_in_the_real_apiserver() {
-    let client = support::client().await;
+    let client = own_cluster().await;
     let ns = support::namespace(&client, "helm-install").await;
     let release = ns.clone();
     let name = format!("{release}-cloudkeys");
@@ -737,7 +745,7 @@ async fn install_upgrade_and_uninstall_in_the_real_apiserver() {
 #[tokio::test]
 async fn the_operator_works_with_nothing_but_the_charts_rbac() {
     let _alone = CLUSTER_WIDE_OPERATOR.lock().await;
-    let client = support::client().await;
+    let client = own_cluster().await;
 
     // All namespaces: one ClusterRole.
     let ns = support::namespace(&client, "helm-rbac-cluster").await;
@@ -853,7 +861,7 @@ async fn the_operator_works_with_nothing_but_the_charts_rbac() {
 
 #[tokio::test]
 async fn template_renders_the_watch_namespace_variant() {
-    let client = support::client().await;
+    let client = own_cluster().await;
     let ns = support::namespace(&client, "helm-template").await;
     let watched = support::namespace(&client, "helm-template-watched").await;
     let out = helm_release("template", &ns, &ns, &[&format!("watchNamespace={watched}")]);
@@ -887,7 +895,7 @@ async fn template_renders_the_watch_namespace_variant() {
 #[tokio::test]
 async fn a_verb_removed_from_the_cluster_role_makes_the_operator_fail() {
     let _alone = CLUSTER_WIDE_OPERATOR.lock().await;
-    let client = support::client().await;
+    let client = own_cluster().await;
     let ns = support::namespace(&client, "helm-rbac-missing-verb").await;
     let team = support::namespace(&client, "helm-rbac-missing-verb-team").await;
     let name = format!("{ns}-cloudkeys");

@@ -1,8 +1,12 @@
 //! A real Kubernetes control plane for the integration tests.
 //!
-//! One etcd + kube-apiserver + kube-controller-manager per test binary, started on free loopback
-//! ports by `scripts/control-plane.sh`, which stops it and removes its state when the test binary
-//! exits. Each test gets a namespace of its own.
+//! `make test` starts one etcd + kube-apiserver + kube-controller-manager for the whole run
+//! (`scripts/test.sh`) and names it in `CLOUDKEYS_TEST_CONTROL_PLANE`; every test gets a
+//! namespace of its own in it. Run without it (`cargo test --test …`), a test process starts a
+//! control plane of its own on free loopback ports with `scripts/control-plane.sh`, which stops it
+//! and removes its state when the process exits. Tests that disturb the control plane as a whole
+//! (restarting kube-apiserver, or judging every cluster-wide object) take their own control plane
+//! in any case: [`own_control_plane`].
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
@@ -20,10 +24,17 @@ use kube::{Client, Config};
 
 pub const FIELD_MANAGER: &str = "cloudkeys-tests";
 
+/// The directory of a running control plane that the tests of this run share.
+pub const SHARED_CONTROL_PLANE: &str = "CLOUDKEYS_TEST_CONTROL_PLANE";
+
 pub struct ControlPlane {
     pub dir: PathBuf,
     pub kubeconfig: PathBuf,
+    /// Started by this process, for it alone.
+    pub own: bool,
 }
+
+static CONTROL_PLANE: OnceLock<ControlPlane> = OnceLock::new();
 
 pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -33,33 +44,52 @@ fn script() -> PathBuf {
     repo_root().join("scripts/control-plane.sh")
 }
 
-/// The control plane of this test binary, started on first use.
+/// The control plane of this test process: the run's shared one if there is one, else one of
+/// its own, started on first use.
 pub fn control_plane() -> &'static ControlPlane {
-    static CP: OnceLock<ControlPlane> = OnceLock::new();
-    CP.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("cloudkeys-cp-{}", std::process::id()));
-        let out = Command::new(script())
-            .arg("start")
-            .arg(&dir)
-            .arg(std::process::id().to_string())
-            .output()
-            .expect("cannot run scripts/control-plane.sh");
-        if !out.status.success() {
-            panic!(
-                "the test control plane did not start:\n{}\n\
-                 If the binaries are missing, build them once with `make control-plane` \
-                 (or `scripts/control-plane.sh deps && scripts/control-plane.sh build`).",
-                String::from_utf8_lossy(&out.stderr)
-            );
+    CONTROL_PLANE.get_or_init(|| match std::env::var_os(SHARED_CONTROL_PLANE) {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            assert!(dir.join("kubeconfig").is_file(), "{SHARED_CONTROL_PLANE}={} holds no kubeconfig", dir.display());
+            ControlPlane { kubeconfig: dir.join("kubeconfig"), dir, own: false }
         }
-        ControlPlane { kubeconfig: dir.join("kubeconfig"), dir }
+        None => start_own(),
     })
 }
 
-/// Kills this test binary's kube-apiserver (SIGKILL) and, after `down`, starts it again with the
+/// A control plane for this test process alone, even when the run shares one: for a test that
+/// restarts kube-apiserver, or asserts on every cluster-wide object. Call it before anything
+/// else in the process touches the control plane.
+pub fn own_control_plane() -> &'static ControlPlane {
+    let cp = CONTROL_PLANE.get_or_init(start_own);
+    assert!(cp.own, "this process already uses the shared control plane: call own_control_plane() first");
+    cp
+}
+
+fn start_own() -> ControlPlane {
+    let dir = std::env::temp_dir().join(format!("cloudkeys-cp-{}", std::process::id()));
+    let out = Command::new(script())
+        .arg("start")
+        .arg(&dir)
+        .arg(std::process::id().to_string())
+        .output()
+        .expect("cannot run scripts/control-plane.sh");
+    if !out.status.success() {
+        panic!(
+            "the test control plane did not start:\n{}\n\
+             If the binaries are missing, build them once with `make control-plane` \
+             (or `scripts/control-plane.sh deps && scripts/control-plane.sh build`).",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    ControlPlane { kubeconfig: dir.join("kubeconfig"), dir, own: true }
+}
+
+/// Kills this test process's kube-apiserver (SIGKILL) and, after `down`, starts it again with the
 /// same flags and data, as a crash or a control-plane upgrade would; returns once it is ready.
 pub fn restart_apiserver(down: Duration) {
     let cp = control_plane();
+    assert!(cp.own, "restarting kube-apiserver needs own_control_plane(): other tests share this one");
     let out = Command::new(script())
         .arg("restart-apiserver")
         .arg(&cp.dir)
@@ -134,7 +164,8 @@ pub async fn namespace(client: &Client, test: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let slug: String =
         test.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).take(40).collect();
-    let name = format!("{}-{}", slug.trim_matches('-'), N.fetch_add(1, Ordering::Relaxed));
+    // Other test processes share the control plane: the process id keeps their names apart.
+    let name = format!("{}-{}-{}", slug.trim_matches('-'), std::process::id(), N.fetch_add(1, Ordering::Relaxed));
     let ns: Namespace =
         serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("namespace literal");
     Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("namespace created");
