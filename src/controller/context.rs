@@ -343,6 +343,11 @@ impl Context {
     }
 
     /// Emits a Kubernetes Event on `obj`. Failing to record an event never fails a reconcile.
+    ///
+    /// A Recorder per event, on purpose: kube's Recorder keeps every event it sent in the last
+    /// six minutes, to turn a repeat into a count on the first one, and a repeat is the same
+    /// object and reason, whatever the note. Shared, it would hold an event per AccessKey through
+    /// a mass issuance, and show a second `Revoked` within minutes with the first one's key id.
     pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, type_: EventType, reason: &str, note: String) {
         let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
         let ev = Event { type_, reason: reason.into(), note: Some(note), action: reason.into(), secondary: None };
