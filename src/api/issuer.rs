@@ -11,72 +11,77 @@ use serde::{Deserialize, Serialize};
 use super::schema;
 use super::IssuerPolicy;
 
-/// Settings shared by `KeyIssuer` and `ClusterKeyIssuer`: exactly one provider block.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[kube(
-    group = "cloudkeys.io",
-    version = "v1alpha1",
-    kind = "KeyIssuer",
-    namespaced,
-    shortname = "ki",
-    category = "cloudkeys",
-    status = "IssuerStatus",
-    derive = "PartialEq",
-    doc = "A provider account, in this namespace, that AccessKeys of this namespace can mint keys from.",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Provider", type_ = "string", json_path = ".status.provider"),
-    printcolumn(name = "Orphans", type_ = "integer", json_path = ".status.orphanedKeys", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
-)]
-// The rules evaluated client-side too, in the unit tests.
-#[cfg_attr(test, kube(cel))]
-#[serde(rename_all = "camelCase")]
-pub struct KeyIssuerSpec {
-    #[serde(flatten)]
-    pub provider: IssuerProvider,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<RateLimit>,
-    /// What this issuer may mint, for whom (the limits with defaults apply without it too).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<IssuerPolicy>,
-    /// Revoke the keys drift checks find carrying this installation's marker whose AccessKey no
-    /// longer exists; otherwise they are only counted in `status.orphanedKeys`.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub revoke_orphans: bool,
+/// The spec of each issuer CRD and its [`Issuer`] view: kube's derive needs a type per CRD, and
+/// this writes the fields (which must stay the same for both) once.
+macro_rules! issuer_spec {
+    ($(#[$attr:meta])* $name:ident for $kind:ident) => {
+        #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+        #[kube(
+            group = "cloudkeys.io",
+            version = "v1alpha1",
+            category = "cloudkeys",
+            status = "IssuerStatus",
+            derive = "PartialEq",
+            printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+            printcolumn(name = "Provider", type_ = "string", json_path = ".status.provider"),
+            printcolumn(name = "Orphans", type_ = "integer", json_path = ".status.orphanedKeys", priority = 1),
+            printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+        )]
+        $(#[$attr])*
+        // The rules evaluated client-side too, in the unit tests.
+        #[cfg_attr(test, kube(cel))]
+        #[serde(rename_all = "camelCase")]
+        pub struct $name {
+            #[serde(flatten)]
+            pub provider: IssuerProvider,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub rate_limit: Option<RateLimit>,
+            /// What this issuer may mint, for whom (the limits with defaults apply without it too).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub policy: Option<IssuerPolicy>,
+            /// Revoke the keys drift checks find carrying this installation's marker whose AccessKey no
+            /// longer exists; otherwise they are only counted in `status.orphanedKeys`.
+            #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+            pub revoke_orphans: bool,
+        }
+
+        impl Issuer for $kind {
+            fn provider(&self) -> &IssuerProvider {
+                &self.spec.provider
+            }
+            fn rate_limit(&self) -> RateLimit {
+                self.spec.rate_limit.unwrap_or_default()
+            }
+            fn policy(&self) -> Option<&IssuerPolicy> {
+                self.spec.policy.as_ref()
+            }
+            fn revoke_orphans(&self) -> bool {
+                self.spec.revoke_orphans
+            }
+        }
+    };
 }
 
-/// The same settings as a `KeyIssuer`, usable from every namespace; its Secrets live in the
-/// operator's cluster resource namespace.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[kube(
-    group = "cloudkeys.io",
-    version = "v1alpha1",
-    kind = "ClusterKeyIssuer",
-    shortname = "cki",
-    category = "cloudkeys",
-    status = "IssuerStatus",
-    derive = "PartialEq",
-    doc = "A provider account that AccessKeys of every namespace can mint keys from.",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Provider", type_ = "string", json_path = ".status.provider"),
-    printcolumn(name = "Orphans", type_ = "integer", json_path = ".status.orphanedKeys", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
-)]
-// The rules evaluated client-side too, in the unit tests.
-#[cfg_attr(test, kube(cel))]
-#[serde(rename_all = "camelCase")]
-pub struct ClusterKeyIssuerSpec {
-    #[serde(flatten)]
-    pub provider: IssuerProvider,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<RateLimit>,
-    /// What this issuer may mint, for whom (the limits with defaults apply without it too).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<IssuerPolicy>,
-    /// Revoke the keys drift checks find carrying this installation's marker whose AccessKey no
-    /// longer exists; otherwise they are only counted in `status.orphanedKeys`.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub revoke_orphans: bool,
+issuer_spec! {
+    /// Settings shared by `KeyIssuer` and `ClusterKeyIssuer`: exactly one provider block.
+    #[kube(
+        kind = "KeyIssuer",
+        namespaced,
+        shortname = "ki",
+        doc = "A provider account, in this namespace, that AccessKeys of this namespace can mint keys from."
+    )]
+    KeyIssuerSpec for KeyIssuer
+}
+
+issuer_spec! {
+    /// The same settings as a `KeyIssuer`, usable from every namespace; its Secrets live in the
+    /// operator's cluster resource namespace.
+    #[kube(
+        kind = "ClusterKeyIssuer",
+        shortname = "cki",
+        doc = "A provider account that AccessKeys of every namespace can mint keys from."
+    )]
+    ClusterKeyIssuerSpec for ClusterKeyIssuer
 }
 
 /// Requests the operator sends to this issuer's provider account, all its AccessKeys together.
@@ -263,34 +268,4 @@ pub trait Issuer {
     fn policy(&self) -> Option<&IssuerPolicy>;
     /// `spec.revokeOrphans`.
     fn revoke_orphans(&self) -> bool;
-}
-
-impl Issuer for KeyIssuer {
-    fn provider(&self) -> &IssuerProvider {
-        &self.spec.provider
-    }
-    fn rate_limit(&self) -> RateLimit {
-        self.spec.rate_limit.unwrap_or_default()
-    }
-    fn policy(&self) -> Option<&IssuerPolicy> {
-        self.spec.policy.as_ref()
-    }
-    fn revoke_orphans(&self) -> bool {
-        self.spec.revoke_orphans
-    }
-}
-
-impl Issuer for ClusterKeyIssuer {
-    fn provider(&self) -> &IssuerProvider {
-        &self.spec.provider
-    }
-    fn rate_limit(&self) -> RateLimit {
-        self.spec.rate_limit.unwrap_or_default()
-    }
-    fn policy(&self) -> Option<&IssuerPolicy> {
-        self.spec.policy.as_ref()
-    }
-    fn revoke_orphans(&self) -> bool {
-        self.spec.revoke_orphans
-    }
 }
