@@ -15,7 +15,7 @@ PYTHON ?= python3
 TEST_THREADS ?= 8
 test: control-plane helm-deps lint
 	$(CARGO) test --all-targets --locked --no-run
-	scripts/test.sh $(TEST_THREADS)
+	CARGO="$(CARGO)" scripts/test.sh $(TEST_THREADS)
 
 ## Build the operator, start a real control plane, issue a key with the local provider, clean up.
 demo: control-plane build

@@ -8,15 +8,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads="${1:-8}"
+cargo="${CARGO:-cargo}"
 
 dir="$(mktemp -d "${TMPDIR:-/tmp}/cloudkeys-test-cp.XXXXXX")"
 # The control plane stops by itself when this script ends, however it ends.
 scripts/control-plane.sh start "$dir" $$
 export CLOUDKEYS_TEST_CONTROL_PLANE="$dir"
 
-if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --all-targets --locked --test-threads "$threads"
+if "$cargo" nextest --version >/dev/null 2>&1; then
+  "$cargo" nextest run --all-targets --locked --test-threads "$threads"
 else
   echo "test: cargo-nextest not found; running the test binaries one after another" >&2
-  cargo test --all-targets --locked -- --test-threads="$threads"
+  "$cargo" test --all-targets --locked -- --test-threads="$threads"
 fi

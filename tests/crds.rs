@@ -11,6 +11,9 @@ use kube::Client;
 use serde_json::{json, Value};
 
 async fn setup(test: &str) -> (Client, String) {
+    // The examples hold ClusterKeyIssuers with fixed names, one of them on the real Exoscale API:
+    // in a shared cluster every test's operator would check them. A cluster of its own.
+    support::own_control_plane();
     let client = support::client().await;
     support::install_crds(&client).await;
     let ns = support::namespace(&client, test).await;

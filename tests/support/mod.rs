@@ -4,9 +4,11 @@
 //! (`scripts/test.sh`) and names it in `CLOUDKEYS_TEST_CONTROL_PLANE`; every test gets a
 //! namespace of its own in it. Run without it (`cargo test --test …`), a test process starts a
 //! control plane of its own on free loopback ports with `scripts/control-plane.sh`, which stops it
-//! and removes its state when the process exits. Tests that disturb the control plane as a whole
-//! (restarting kube-apiserver, or judging every cluster-wide object) take their own control plane
-//! in any case: [`own_control_plane`].
+//! and removes its state when the process exits. Cluster-scoped objects are seen by every
+//! test's operator, so tests name theirs after their namespace. Tests that disturb the control
+//! plane as a whole (restarting kube-apiserver, judging every cluster-wide object, an operator
+//! watching every namespace, objects with fixed names) take their own control plane in any case:
+//! [`own_control_plane`].
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
