@@ -2,9 +2,11 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A typed value from a status, or, when it does not parse as one (written by another version
-/// of the operator, or edited by hand), the value as it stands. A status field must never fail to
-/// parse: the watch lists every AccessKey at once, and one bad status would stall them all.
+/// A typed value from a status, or, when it does not parse as one (edited by hand, or written by
+/// another version in a shape this one cannot read), the value as it stands. A status field must
+/// never fail to parse: the watch lists every AccessKey at once, and one bad status would stall
+/// them all. (A newer block that parses but has fields this version does not know reads as
+/// `Known`, without them.)
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(untagged)]
 pub enum Recorded<T> {
