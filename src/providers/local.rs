@@ -32,11 +32,6 @@ pub struct LocalStore {
 }
 
 impl LocalStore {
-    /// Key ids not revoked yet (for tests and the demo).
-    pub fn live_keys(&self) -> Vec<String> {
-        self.lock().iter().filter(|(_, k)| !k.revoked).map(|(id, _)| id.clone()).collect()
-    }
-
     /// Every key id minted, live and revoked: what `/local/keys` shows, so that tests can check
     /// revocation at the "provider" rather than trust the operator's status.
     pub fn key_ids(&self) -> LocalKeyIds {
@@ -184,6 +179,6 @@ mod tests {
         assert_eq!(p.revoke_key(&a.key_ref, owner).await.expect("revoked"), Revocation::Revoked);
         assert_eq!(p.revoke_key(&a.key_ref, owner).await.expect("twice is fine"), Revocation::AlreadyGone);
         assert_eq!(p.revoke_key("unknown", owner).await.expect("unknown is gone"), Revocation::AlreadyGone);
-        assert_eq!(store.live_keys(), vec![b.access_key_id]);
+        assert_eq!(store.key_ids(), LocalKeyIds { live: vec![b.access_key_id], revoked: vec![a.access_key_id] });
     }
 }
