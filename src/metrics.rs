@@ -68,6 +68,11 @@ pub struct ListingLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct IssuerLabels {
     pub issuer: String,
 }
@@ -92,6 +97,7 @@ pub struct Metrics {
     pub drift_last_sweep: Family<IssuerLabels, Gauge<f64, AtomicU64>>,
     pub revoked_externally: Family<ProviderLabels, Counter>,
     pub orphaned_keys: Family<IssuerLabels, Gauge>,
+    pub undecodable_objects: Family<KindLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -112,6 +118,7 @@ impl Default for Metrics {
             drift_last_sweep: Family::default(),
             revoked_externally: Family::default(),
             orphaned_keys: Family::default(),
+            undecodable_objects: Family::default(),
         }
     }
 }
@@ -185,6 +192,15 @@ impl Metrics {
             "Keys of this installation whose AccessKey no longer exists, per issuer, at the last drift check",
             self.orphaned_keys.clone(),
         );
+        registry.register(
+            "cloudkeys_undecodable_objects",
+            "Objects of each kind the operator cannot read and skips (each has a Warning event), as watched now",
+            self.undecodable_objects.clone(),
+        );
+    }
+
+    pub fn undecodable(&self, kind: &'static str, count: usize) {
+        self.undecodable_objects.get_or_create(&KindLabels { kind }).set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// Records one provider call (from the shared HTTP layer).

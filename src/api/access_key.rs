@@ -396,6 +396,7 @@ pub struct PendingKey {
     pub rotate_request: Option<String>,
     /// The grace period the key this attempt replaces gets, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 3_153_600_000u64))] // 876000h, the longest duration the API takes
     pub grace_period_seconds: Option<u64>,
 }
 
@@ -415,6 +416,7 @@ pub struct RetiredKey {
     pub revoke_after: Option<Time>,
     /// The grace period this key gets once the consumers rolled out, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 3_153_600_000u64))] // 876000h, the longest duration the API takes
     pub grace_period_seconds: Option<u64>,
     /// When this key expires at the provider, if it does: the grace period ends by then.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -3,6 +3,7 @@
 //! The contract these types implement is `API.md`; field names and defaults are fixed there.
 
 mod access_key;
+mod decoded;
 pub mod duration;
 mod issuer;
 mod policy;
@@ -11,11 +12,15 @@ mod schema;
 pub mod validation;
 
 pub use access_key::*;
+pub use decoded::Decoded;
 pub use duration::ApiDuration;
 pub use issuer::*;
 pub use policy::*;
 pub use recorded::Recorded;
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use kube::{CustomResourceExt, Resource};
 
 pub const GROUP: &str = "cloudkeys.io";
@@ -34,12 +39,54 @@ pub const CRD_DIGEST_ANNOTATION: &str = "cloudkeys.io/schema-digest";
 pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
     let mut crds = vec![AccessKey::crd(), KeyIssuer::crd(), ClusterKeyIssuer::crd()];
     for crd in &mut crds {
+        for version in &mut crd.spec.versions {
+            if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+                bound_integers(schema);
+            }
+        }
         let digest = crd_digest(&crd.spec);
         let annotations = crd.metadata.annotations.get_or_insert_with(Default::default);
         annotations.insert(CRD_VERSION_ANNOTATION.to_string(), env!("CARGO_PKG_VERSION").to_string());
         annotations.insert(CRD_DIGEST_ANNOTATION.to_string(), digest);
     }
     crds
+}
+
+/// Every integer of the schema in a format Kubernetes knows (`int32`, `int64`), within what its
+/// Rust type holds: the apiserver enforces `minimum` and `maximum` but not a format it does not
+/// know (schemars writes `uint32`), and one stored object past the type's range would fail the
+/// typed list of its kind for every namespace. A tighter bound set on a field stays.
+fn bound_integers(schema: &mut JSONSchemaProps) {
+    let known = match schema.format.as_deref() {
+        Some("uint8") => Some(("int32", f64::from(u8::MAX))),
+        Some("uint16") => Some(("int32", f64::from(u16::MAX))),
+        Some("uint32") => Some(("int64", f64::from(u32::MAX))),
+        Some("uint64") => Some(("int64", i64::MAX as f64)),
+        _ => None,
+    };
+    if let Some((format, max)) = known {
+        schema.format = Some(format.to_string());
+        schema.minimum = Some(schema.minimum.map_or(0.0, |m| m.max(0.0)));
+        schema.maximum = Some(schema.maximum.map_or(max, |m| m.min(max)));
+    }
+    let nested = schema
+        .properties
+        .iter_mut()
+        .flat_map(|p| p.values_mut())
+        .chain(schema.items.iter_mut().flat_map(|items| match items {
+            JSONSchemaPropsOrArray::Schema(s) => std::slice::from_mut(s.as_mut()),
+            JSONSchemaPropsOrArray::Schemas(s) => s.as_mut_slice(),
+        }))
+        .chain(schema.additional_properties.iter_mut().filter_map(|a| match a {
+            JSONSchemaPropsOrBool::Schema(s) => Some(s.as_mut()),
+            JSONSchemaPropsOrBool::Bool(_) => None,
+        }))
+        .chain(schema.all_of.iter_mut().flatten())
+        .chain(schema.any_of.iter_mut().flatten())
+        .chain(schema.one_of.iter_mut().flatten());
+    for s in nested {
+        bound_integers(s);
+    }
 }
 
 /// The first 16 hex digits of the SHA-256 of a CRD spec's JSON (field order is fixed by the

@@ -19,9 +19,9 @@ pub struct IssuerPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub deletion_policies: Option<Vec<DeletionPolicy>>,
-    /// At most this many AccessKeys of one namespace hold a key of this issuer.
+    /// At most this many AccessKeys of one namespace hold a key of this issuer (at most 10000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 10000))]
     pub max_keys_per_namespace: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exoscale: Option<ExoscaleAllowed>,

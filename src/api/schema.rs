@@ -4,7 +4,9 @@
 
 use schemars::{json_schema, Schema, SchemaGenerator};
 
-use super::validation::{API_ENDPOINT_PATTERN, DNS1123_SUBDOMAIN_PATTERN, DURATION_PATTERN, METADATA_ENDPOINT_PATTERN};
+use super::validation::{
+    API_ENDPOINT_PATTERN, DNS1123_SUBDOMAIN_PATTERN, DURATION_PATTERN, MAX_DURATION_TEXT, METADATA_ENDPOINT_PATTERN,
+};
 
 pub(crate) const API_ENDPOINT_MESSAGE: &str =
     "endpoint must be an https:// URL; http:// is allowed only for loopback hosts (127.0.0.0/8, ::1, localhost)";
@@ -51,7 +53,13 @@ pub(crate) fn preserve_unknown(_: &mut SchemaGenerator) -> Schema {
 pub(crate) fn duration(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "string",
-        "description": "A duration such as 2160h or 90m (units h, m, s).",
+        "description": "A duration such as 2160h, 90m or 1h30m (units h, m, s, in that order); at most 876000h.",
+        "minLength": 2,
+        "maxLength": 24,
         "pattern": DURATION_PATTERN,
+        "x-kubernetes-validations": [{
+            "rule": format!("duration(self) <= duration('{MAX_DURATION_TEXT}')"),
+            "message": format!("must be at most {MAX_DURATION_TEXT} (100 years)"),
+        }],
     })
 }

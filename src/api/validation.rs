@@ -14,7 +14,12 @@ pub const DNS1123_SUBDOMAIN_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[
 pub const API_ENDPOINT_PATTERN: &str =
     r"^(https://[^\s/?#@]+|http://(localhost|127(\.[0-9]{1,3}){3}|\[::1\])(:[0-9]{1,5})?)(/[^\s?#]*)?$";
 pub const METADATA_ENDPOINT_PATTERN: &str = r"^(https://[^\s/?#@]+|http://(localhost|127(\.[0-9]{1,3}){3}|\[::1\]|169\.254\.169\.254)(:[0-9]{1,5})?)(/[^\s?#]*)?$";
-pub const DURATION_PATTERN: &str = r"^([0-9]+(h|m|s))+$";
+/// Hours, minutes and seconds in that order, each at most a few digits: the largest value
+/// (about 165 years) fits every type a duration is held in, Go's and CEL's nanoseconds included,
+/// so the CEL rule that refuses more than [`MAX_DURATION_TEXT`] never overflows on its way.
+pub const DURATION_PATTERN: &str = r"^([0-9]{1,6}h)?([0-9]{1,7}m)?([0-9]{1,9}s)?$";
+/// The longest duration any field accepts (100 years, as `parse_duration` refuses beyond).
+pub const MAX_DURATION_TEXT: &str = "876000h";
 pub const EXOSCALE_RESOURCE_PATTERN: &str = r"^[^/:\s]+/[^/:\s]+:\S+$";
 pub const SECRET_DATA_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
 

@@ -2,13 +2,14 @@
 //! renewing its Lease, every issuer Ready, no unrestricted ClusterKeyIssuer (a warning), no
 //! orphaned keys. Exits 1 on any failure; warnings alone exit 0.
 
+use super::output::say;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 
-use crate::api::{ClusterKeyIssuer, IssuerStatus, KeyIssuer, CRD_DIGEST_ANNOTATION, CRD_VERSION_ANNOTATION};
+use crate::api::{ClusterKeyIssuer, Decoded, IssuerStatus, KeyIssuer, CRD_DIGEST_ANNOTATION, CRD_VERSION_ANNOTATION};
 use crate::controller::conditions::READY;
 use crate::controller::observe::IssuerFacts;
 use crate::controller::policy;
@@ -168,7 +169,7 @@ fn print_report(report: &Report) {
     if report.issuers.is_empty() {
         return;
     }
-    println!();
+    say!();
     let mut t = output::table(&["ISSUER", "PROVIDER", "READY", "REASON", "ORPHANS"], false);
     for i in &report.issuers {
         let ready = if i.ready { "True" } else { "False" };
@@ -283,18 +284,22 @@ async fn issuers(client: &Client, namespace: Option<&str>) -> Result<Vec<IssuerL
         None => Scope::All,
     };
     let key_issuers = scope
-        .api::<KeyIssuer>(client)
+        .api::<Decoded<KeyIssuer>>(client)
         .list(&ListParams::default())
         .await
         .map_err(|e| CliError::listing("keyissuers.cloudkeys.io", e))?;
-    let cluster_issuers = Api::<ClusterKeyIssuer>::all(client.clone())
+    let cluster_issuers = Api::<Decoded<ClusterKeyIssuer>>::all(client.clone())
         .list(&ListParams::default())
         .await
         .map_err(|e| CliError::listing("clusterkeyissuers.cloudkeys.io", e))?;
-    let mut lines: Vec<IssuerLine> =
-        cluster_issuers.items.iter().map(|i| IssuerLine::of("ClusterKeyIssuer", i, i.status.as_ref())).collect();
-    let mut namespaced: Vec<IssuerLine> =
-        key_issuers.items.iter().map(|i| IssuerLine::of("KeyIssuer", i, i.status.as_ref())).collect();
+    let mut lines: Vec<IssuerLine> = super::cluster::readable(cluster_issuers.items)
+        .iter()
+        .map(|i| IssuerLine::of("ClusterKeyIssuer", i, i.status.as_ref()))
+        .collect();
+    let mut namespaced: Vec<IssuerLine> = super::cluster::readable(key_issuers.items)
+        .iter()
+        .map(|i| IssuerLine::of("KeyIssuer", i, i.status.as_ref()))
+        .collect();
     lines.sort_by(|a, b| a.name.cmp(&b.name));
     namespaced.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     lines.extend(namespaced);

@@ -133,3 +133,27 @@ impl Scope {
         }
     }
 }
+
+/// The objects of a list that read. One that does not (a field its type cannot hold) is named
+/// on stderr and left out, as the operator skips it: it never hides the others.
+pub fn readable<K: kube::Resource<DynamicType = ()>>(items: Vec<crate::api::Decoded<K>>) -> Vec<K> {
+    items
+        .into_iter()
+        .filter_map(|d| match d {
+            crate::api::Decoded::Read(obj) => Some(obj),
+            crate::api::Decoded::Unreadable { metadata, error } => {
+                let name = match &metadata.namespace {
+                    Some(ns) => format!("{ns}/{}", metadata.name.unwrap_or_default()),
+                    None => metadata.name.unwrap_or_default(),
+                };
+                eprintln!(
+                    "warning: {} {} cannot be read and is left out: {}",
+                    K::kind(&()),
+                    super::output::printable(&name),
+                    super::output::printable(&error)
+                );
+                None
+            }
+        })
+        .collect()
+}

@@ -2,6 +2,7 @@
 //! metadata (its data's key names only), recent events, and what the operator will do next —
 //! decided by the operator's own `decide` on what this command read.
 
+use super::output::say;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use k8s_openapi::api::core::v1::{Event, Namespace, Secret};
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
-use crate::api::{AccessKey, ClusterKeyIssuer, IssuerKind, KeyIssuer, KeyProvider};
+use crate::api::{AccessKey, ClusterKeyIssuer, Decoded, IssuerKind, KeyIssuer, KeyProvider};
 use crate::controller::decide::{IssueReason, Step};
 use crate::controller::observe::{self, IssuerFacts, Snapshot, WorkloadsRead};
 use crate::controller::rotation::{self, RotationSettings};
@@ -124,9 +125,10 @@ pub async fn run(args: &InspectArgs) -> Result<Health, CliError> {
             labels = optional("the namespace", read, &mut caveats).flatten().and_then(|n| n.metadata.labels);
         }
         if observe::counts_keys(f) {
-            let read = Api::<AccessKey>::namespaced(client.clone(), &ns).list(&ListParams::default()).await;
-            access_keys =
-                optional("the namespace's AccessKeys", read, &mut caveats).map(|l| l.items).unwrap_or_default();
+            let read = Api::<Decoded<AccessKey>>::namespaced(client.clone(), &ns).list(&ListParams::default()).await;
+            access_keys = optional("the namespace's AccessKeys", read, &mut caveats)
+                .map(|l| super::cluster::readable(l.items))
+                .unwrap_or_default();
         }
     }
     let next = secret.as_ref().map(|secret| {
@@ -151,18 +153,18 @@ pub async fn run(args: &InspectArgs) -> Result<Health, CliError> {
     print_status(&ak, now);
     print_secret(&ak, secret.as_ref().map(Option::as_ref));
     print_events(&events, now);
-    println!();
-    println!("Next:");
+    say!();
+    say!("Next:");
     match &next {
-        Some(step) => println!("  {}", describe(step, &ak, now)),
-        None => println!("  cannot tell without the Secret"),
+        Some(step) => say!("  {}", describe(step, &ak, now)),
+        None => say!("  cannot tell without the Secret"),
     }
     if !caveats.is_empty() || next.is_some() {
-        println!("  (decided as the operator decides, from what this command read; it cannot see the operator's");
-        println!("  memory: keys listed at the provider, a provider's recent refusal, the last drift check)");
+        say!("  (decided as the operator decides, from what this command read; it cannot see the operator's");
+        say!("  memory: keys listed at the provider, a provider's recent refusal, the last drift check)");
     }
     for c in &caveats {
-        println!("  note: {c}");
+        say!("  note: {c}");
     }
     let ready = super::status::KeyStatus::of(&ak).is_ready();
     Ok(Health::of(ready))
@@ -187,11 +189,11 @@ fn event_time(e: &Event) -> Option<jiff::Timestamp> {
 }
 
 fn line(label: &str, value: impl std::fmt::Display) {
-    println!("  {:<16}{value}", format!("{label}:"));
+    say!("  {:<16}{value}", format!("{label}:"));
 }
 
 fn print_spec(ak: &AccessKey, issuer: Option<&IssuerFacts<'_>>) {
-    println!("AccessKey {}/{}", ak.namespace().unwrap_or_default(), ak.name_any());
+    say!("AccessKey {}/{}", ak.namespace().unwrap_or_default(), ak.name_any());
     let issuer_state = match issuer {
         None => "not found".to_string(),
         Some(i) if i.is_ready() => "Ready".to_string(),
@@ -253,11 +255,11 @@ fn provider_summary(p: &KeyProvider) -> String {
 }
 
 fn print_conditions(ak: &AccessKey, now: jiff::Timestamp) {
-    println!();
-    println!("Conditions:");
+    say!();
+    say!("Conditions:");
     let conditions = ak.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     if conditions.is_empty() {
-        println!("  none: the operator has not reconciled it yet");
+        say!("  none: the operator has not reconciled it yet");
         return;
     }
     let mut t = output::table_within(&["TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"], Some(output::WIDTH - 2));
@@ -275,14 +277,14 @@ fn print_conditions(ak: &AccessKey, now: jiff::Timestamp) {
 
 fn indent(t: &comfy_table::Table) {
     for l in t.trim_fmt().lines() {
-        println!("  {l}");
+        say!("  {l}");
     }
 }
 
 fn print_status(ak: &AccessKey, now: jiff::Timestamp) {
     let Some(s) = &ak.status else { return };
-    println!();
-    println!("Status:");
+    say!();
+    say!("Status:");
     let time = |t: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>, none: &str| {
         t.as_ref().map(|t| at(t.0, now)).unwrap_or_else(|| none.to_string())
     };
@@ -316,12 +318,12 @@ fn print_status(ak: &AccessKey, now: jiff::Timestamp) {
 
 /// The Secret's metadata and the names of its data keys: never a value.
 fn print_secret(ak: &AccessKey, secret: Option<Option<&Secret>>) {
-    println!();
+    say!();
     let name = &ak.spec.secret_name;
-    println!("Secret {}/{name}:", ak.namespace().unwrap_or_default());
+    say!("Secret {}/{name}:", ak.namespace().unwrap_or_default());
     let secret = match secret {
-        None => return println!("  could not be read"),
-        Some(None) => return println!("  does not exist"),
+        None => return say!("  could not be read"),
+        Some(None) => return say!("  does not exist"),
         Some(Some(s)) => s,
     };
     let keys: Vec<&str> = secret.data.iter().flatten().map(|(k, _)| k.as_str()).collect();
@@ -351,10 +353,10 @@ fn print_secret(ak: &AccessKey, secret: Option<Option<&Secret>>) {
 }
 
 fn print_events(events: &[Event], now: jiff::Timestamp) {
-    println!();
-    println!("Events:");
+    say!();
+    say!("Events:");
     if events.is_empty() {
-        println!("  none");
+        say!("  none");
         return;
     }
     let mut t = output::table_within(&["AGE", "TYPE", "REASON", "MESSAGE"], Some(output::WIDTH - 2));

@@ -9,6 +9,7 @@ mod check;
 mod cluster;
 mod inspect;
 mod output;
+use output::{say, warn_user};
 mod rotate;
 mod run_args;
 mod status;
@@ -80,7 +81,7 @@ pub async fn execute(command: Command) -> ExitCode {
             Err(e) => Err(CliError::Output(e.to_string())),
         },
         Command::Version => {
-            println!("cloudkeys {}", env!("CARGO_PKG_VERSION"));
+            say!("cloudkeys {}", env!("CARGO_PKG_VERSION"));
             Ok(Health::Healthy)
         }
         Command::Run(_) => Err(CliError::Usage("`run` is started by the binary's main, not here".into())),
@@ -89,7 +90,7 @@ pub async fn execute(command: Command) -> ExitCode {
         Ok(Health::Healthy) => ExitCode::SUCCESS,
         Ok(Health::Unhealthy) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("error: {e}");
+            warn_user!("error: {e}");
             ExitCode::from(e.exit_code())
         }
     }

@@ -50,8 +50,36 @@ pub fn table_within(headers: &[&str], width: Option<u16>) -> Table {
 
 /// Prints a table without trailing blanks.
 pub fn print_table(t: &Table) {
-    println!("{}", t.trim_fmt());
+    println!("{}", printable(&t.trim_fmt()));
 }
+
+/// `text` safe for a terminal: what comes from cluster objects or provider messages may hold
+/// escape sequences (clearing the screen, rewriting earlier lines, a hyperlink), carriage
+/// returns or bidirectional overrides that make a line read as something else. Each becomes
+/// U+FFFD; line breaks and tabs stay.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(text.chars().map(|c| if unsafe_char(c) { '\u{fffd}' } else { c }).collect())
+}
+
+/// `println!` for text that may hold what cluster objects or providers said: see [`printable`].
+macro_rules! say {
+    () => { println!() };
+    ($($arg:tt)*) => { println!("{}", $crate::cli::output::printable(&format!($($arg)*))) };
+}
+
+/// `eprintln!` likewise.
+macro_rules! warn_user {
+    ($($arg:tt)*) => { eprintln!("{}", $crate::cli::output::printable(&format!($($arg)*))) };
+}
+
+pub(crate) use {say, warn_user};
 
 /// Prints `value` as JSON or YAML.
 pub fn print_structured<T: Serialize>(value: &T, format: OutputFormat) -> Result<(), CliError> {
@@ -122,5 +150,20 @@ mod tests {
         let mut t = table(&["NAME", "MESSAGE"], true);
         t.add_row(vec!["a", long.as_str()]);
         assert!(t.trim_fmt().lines().any(|l| l.contains(long.as_str())));
+    }
+}
+
+#[cfg(test)]
+mod printable_tests {
+    use super::printable;
+
+    #[test]
+    fn escape_sequences_and_overrides_never_reach_the_terminal() {
+        let hostile = "ok\x1b[2J\x1b]8;;http://x\x07link\rFAKE\u{202e}txt.exe\u{9b}31m";
+        let shown = printable(hostile);
+        assert!(!shown.chars().any(|c| c.is_control() || c == '\u{202e}'), "{shown:?}");
+        assert!(shown.contains("link") && shown.contains("FAKE"), "{shown:?}");
+        assert_eq!(printable("two\nlines\tand a tab"), "two\nlines\tand a tab");
+        assert!(matches!(printable("plain"), std::borrow::Cow::Borrowed(_)));
     }
 }

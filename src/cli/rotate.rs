@@ -2,10 +2,11 @@
 //! `cloudkeys.io/rotate` to a value not used before (and, with `--immediate`,
 //! `cloudkeys.io/rotate-grace-period: 0s`); the operator does the rest.
 
+use super::output::{say, warn_user};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
-use crate::api::AccessKey;
+use crate::api::{AccessKey, Decoded};
 use crate::controller::rotation::{RotationSettings, ROTATE_ANNOTATION, ROTATE_GRACE_ANNOTATION};
 
 use super::{CliError, ClusterArgs, Health, ScopeArgs};
@@ -67,7 +68,7 @@ pub async fn run(args: &RotateArgs) -> Result<Health, CliError> {
         }
         found
     } else {
-        let api = scope.api::<AccessKey>(&client);
+        let api = scope.api::<Decoded<AccessKey>>(&client);
         let mut params = ListParams::default();
         if let Some(selector) = &args.selector {
             params = params.labels(selector);
@@ -76,10 +77,10 @@ pub async fn run(args: &RotateArgs) -> Result<Health, CliError> {
             kube::Error::Api(s) if s.code == 400 => CliError::Usage(format!("invalid selector: {}", s.message)),
             e => CliError::listing("accesskeys.cloudkeys.io", e),
         })?;
-        listed.items
+        super::cluster::readable(listed.items)
     };
     if targets.is_empty() {
-        eprintln!("No AccessKeys matched {}: nothing was requested.", scope.describe());
+        warn_user!("No AccessKeys matched {}: nothing was requested.", scope.describe());
         return Ok(Health::Unhealthy);
     }
     let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
@@ -90,10 +91,10 @@ pub async fn run(args: &RotateArgs) -> Result<Health, CliError> {
         let value = next_request_value(ak, jiff::Timestamp::now());
         let api: Api<AccessKey> = Api::namespaced(client.clone(), &ns);
         match api.patch(&name, &params, &Patch::Merge(request_patch(&value, args.immediate))).await {
-            Ok(_) => println!("{}", requested_line(ak, &value, args.immediate)),
+            Ok(_) => say!("{}", requested_line(ak, &value, args.immediate)),
             Err(e) => {
                 all_done = false;
-                eprintln!("accesskey {ns}/{name}: rotation not requested: {e}");
+                warn_user!("accesskey {ns}/{name}: rotation not requested: {e}");
             }
         }
     }

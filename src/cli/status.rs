@@ -1,11 +1,12 @@
 //! `cloudkeys status [NAME] [-n NS | -A] [-o wide|json|yaml]`.
 
+use super::output::warn_user;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ListParams;
 use kube::ResourceExt;
 use serde::Serialize;
 
-use crate::api::{AccessKey, ConsumerStatus, IssuerKind, IssuerRef};
+use crate::api::{AccessKey, ConsumerStatus, Decoded, IssuerKind, IssuerRef};
 use crate::controller::conditions::READY;
 use crate::controller::rotation;
 
@@ -138,9 +139,12 @@ pub async fn access_keys(client: &kube::Client, scope: &Scope, name: Option<&str
             None => Err(CliError::NotFound { what: format!("AccessKey {name} {}", scope.describe()) }),
         },
         None => {
-            let list =
-                api.list(&ListParams::default()).await.map_err(|e| CliError::listing("accesskeys.cloudkeys.io", e))?;
-            let mut items = list.items;
+            let list = scope
+                .api::<Decoded<AccessKey>>(client)
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| CliError::listing("accesskeys.cloudkeys.io", e))?;
+            let mut items = super::cluster::readable(list.items);
             items.sort_by_key(|a| (a.namespace(), a.name_any()));
             Ok(items)
         }
@@ -160,7 +164,7 @@ pub async fn run(args: &StatusArgs) -> Result<Health, CliError> {
         },
         format => {
             if keys.is_empty() {
-                eprintln!("No AccessKeys found {}.", scope.describe());
+                warn_user!("No AccessKeys found {}.", scope.describe());
             } else {
                 output::print_table(&status_table(
                     &keys,

@@ -17,6 +17,7 @@ use crate::health::Health;
 use crate::providers::http::HttpConfig;
 
 use super::cached_secret::CachedSecret;
+use super::fair_share::{FairShare, Share};
 use super::guard::TenantGuard;
 use super::in_use::IssuerId;
 pub use super::registry::{LoadedIssuer, Registry};
@@ -44,6 +45,8 @@ pub struct Context {
     checks: Mutex<HashMap<String, CheckState>>,
     /// Per issuer: the reconciles that may wait on its provider at once.
     issuer_slots: Mutex<HashMap<String, Arc<IssuerSlots>>>,
+    /// The places of all issuers together among the workers (a slot takes one of each).
+    fair_share: Arc<FairShare>,
     /// Per issuer: one reconcile at a time sets its in-use hold (see [`Context::hold_writer`]).
     hold_writers: Mutex<HashMap<String, HoldWriter>>,
     /// Per AccessKey: the provider refused a new key for this spec fingerprint; no new attempt
@@ -147,7 +150,7 @@ impl IssuerSlots {
             }
             Err(_) => return None,
         };
-        Some(IssuerSlot { _permit: permit, slots: self })
+        Some(IssuerSlot { _permit: permit, slots: self, share: None })
     }
 }
 
@@ -155,6 +158,7 @@ impl IssuerSlots {
 pub struct IssuerSlot {
     _permit: OwnedSemaphorePermit,
     slots: Arc<IssuerSlots>,
+    share: Option<Share>,
 }
 
 impl Drop for IssuerSlot {
@@ -198,6 +202,9 @@ impl Default for Workloads {
 /// How much of the operator's time one provider may take.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Reconcile workers (`--concurrency`): how many of them may wait on providers, shared
+    /// fairly between issuers and namespaces, follows from it (see `fair_share`).
+    pub workers: usize,
     /// Reconciles of one issuer that may wait on its provider at once.
     pub issuer_concurrency: usize,
     /// Longest one reconcile waits on providers, all calls together.
@@ -226,6 +233,7 @@ impl Context {
             own_writes: OwnStatusWrites::default(),
             checks: Mutex::new(HashMap::new()),
             issuer_slots: Mutex::new(HashMap::new()),
+            fair_share: FairShare::for_workers(limits.workers),
             hold_writers: Mutex::new(HashMap::new()),
             blocked: Mutex::new(HashMap::new()),
             installation: String::new(),
@@ -244,12 +252,17 @@ impl Context {
     /// `--issuer-concurrency` allows already do and none has finished lately: the caller comes
     /// back later instead of holding a worker that AccessKeys of other issuers could use. An
     /// issuer whose slots keep turning over (busy, not stuck) is waited for, briefly.
-    pub async fn issuer_slot(&self, issuer: &str) -> Option<IssuerSlot> {
+    ///
+    /// The slot is also one of the places all issuers share fairly (`fair_share`), counted for
+    /// `namespace` (the AccessKey's): an issuer or namespace past its share waits its turn too.
+    pub async fn issuer_slot(&self, issuer: &str, namespace: &str) -> Option<IssuerSlot> {
         let slots = lock(&self.issuer_slots)
             .entry(issuer.to_string())
             .or_insert_with(|| Arc::new(IssuerSlots::new(self.limits.issuer_concurrency)))
             .clone();
-        slots.acquire().await
+        let mut slot = slots.acquire().await?;
+        slot.share = Some(self.fair_share.take(issuer, namespace)?);
+        Some(slot)
     }
 
     /// The lock for writing the in-use hold of `issuer`: without it, the first AccessKeys of an

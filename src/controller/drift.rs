@@ -103,7 +103,16 @@ pub async fn run(ctx: Arc<Context>, interval: Duration, found: UnboundedSender<O
         if found.is_closed() {
             return;
         }
-        sweep(&ctx, &found, &mut reported).await;
+        // A bug met on one issuer's answers must not end drift checks for every issuer.
+        let swept = super::caught::caught(async {
+            sweep(&ctx, &found, &mut reported).await;
+            Ok(())
+        })
+        .await;
+        if let Err(e) = swept {
+            crate::metrics::global().reconciled("drift", Duration::ZERO, Some(e.label()));
+            tracing::error!(error = %e, "drift sweep stopped; the next one starts on schedule");
+        }
     }
 }
 
@@ -213,7 +222,7 @@ pub async fn sweep(ctx: &Context, found: &UnboundedSender<ObjectRef<AccessKey>>,
     for ((issuer, scope), group) in groups {
         let Some(provider) = providers.get(&issuer).cloned().flatten() else { continue };
         // Below issuance in priority: a busy issuer is checked next time.
-        let Some(slot) = ctx.issuer_slot(&issuer).await else {
+        let Some(slot) = ctx.issuer_slot(&issuer, &group.namespace).await else {
             tracing::debug!(%issuer, %scope, "issuer busy; drift check postponed");
             unlisted.insert(issuer);
             continue;

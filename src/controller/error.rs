@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::api::validation::InvalidSpec;
+use crate::providers::http::MAX_PROVIDER_DELAY;
 use crate::providers::{BuildError, ErrorKind, ProviderError};
 
 use super::conditions::Reason;
@@ -51,6 +52,10 @@ pub enum Error {
     IssuerBusy(String),
     #[error("the reconcile took longer than {}s and was stopped; it will be retried", .0.as_secs())]
     TimedOut(Duration),
+    /// A bug met while handling this object (see `caught`): the object backs off, the rest of
+    /// the operator goes on.
+    #[error("internal error while handling this object (please report it): {0}")]
+    Panicked(String),
 }
 
 impl Error {
@@ -72,6 +77,7 @@ impl Error {
             Self::Startup(_) => "startup",
             Self::IssuerBusy(_) => "issuer_busy",
             Self::TimedOut(_) => "timed_out",
+            Self::Panicked(_) => "panicked",
         }
     }
 
@@ -85,7 +91,8 @@ impl Error {
             // Refused credentials never get better by asking again soon.
             Self::Provider(e) if e.kind == ErrorKind::Auth => exp(60, 600),
             Self::Provider(e) if e.kind == ErrorKind::Permanent => exp(30, 600),
-            Self::Provider(e) => exp(2, 300).max(e.retry_after.unwrap_or_default()),
+            // Clamped again here: a delay set anywhere but the HTTP layer must not outgrow it.
+            Self::Provider(e) => exp(2, 300).max(e.retry_after.unwrap_or_default().min(MAX_PROVIDER_DELAY)),
             Self::IssuerNotFound(_)
             | Self::IssuerDeleting(_)
             | Self::IssuerUnusable { .. }
@@ -94,7 +101,7 @@ impl Error {
             | Self::InvalidSpec(_)
             | Self::SecretForeign(_) => exp(10, 300),
             Self::IssuerBusy(_) => Duration::from_secs(1),
-            Self::TimedOut(_) => exp(30, 600),
+            Self::TimedOut(_) | Self::Panicked(_) => exp(30, 600),
             // A conflict means the cache was a moment behind a write: it catches up within a
             // second or two, and growing the wait would only leave the AccessKey unhandled.
             Self::Kube(kube::Error::Api(e)) if e.code == 409 => Duration::from_secs(1),
@@ -155,6 +162,10 @@ mod tests {
         let throttled =
             Error::Provider(ProviderError::retryable("op", "429").with_retry_after(Some(Duration::from_secs(20))));
         assert_eq!(throttled.backoff(0), Duration::from_secs(20));
+        let hostile = Error::Provider(
+            ProviderError::retryable("op", "429").with_retry_after(Some(Duration::from_secs(u64::MAX))),
+        );
+        assert_eq!(hostile.backoff(0), MAX_PROVIDER_DELAY);
     }
 
     #[test]

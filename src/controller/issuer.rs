@@ -91,7 +91,10 @@ impl IssuerObject for ClusterKeyIssuer {
 pub async fn reconcile<K: IssuerObject>(issuer: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
     let _progress = ctx.health.reconcile_started();
-    let result = reconcile_inner(issuer, ctx.clone()).await;
+    let result = super::caught::caught(reconcile_inner(issuer.clone(), ctx.clone())).await;
+    if let Err(e @ Error::Panicked(_)) = &result {
+        ctx.event(&*issuer, EventType::Warning, "InternalError", format!("{e}; retried with backoff")).await;
+    }
     crate::metrics::global().reconciled(K::CONTROLLER, started.elapsed(), result.as_ref().err().map(Error::label));
     result
 }

@@ -3,6 +3,7 @@
 
 pub mod access_key;
 pub mod cached_secret;
+pub mod caught;
 pub mod client;
 pub mod conditions;
 pub mod consumers;
@@ -10,6 +11,7 @@ pub mod context;
 pub mod decide;
 pub mod drift;
 pub mod error;
+pub mod fair_share;
 pub mod guard;
 pub mod in_use;
 pub mod installation;
@@ -20,4 +22,5 @@ pub mod registry;
 pub mod rotation;
 pub mod run;
 pub mod secret;
+pub mod unreadable;
 pub mod watch;

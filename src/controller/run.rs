@@ -12,7 +12,7 @@ use kube::runtime::watcher::{self, Config};
 use kube::runtime::{Controller, WatchStreamExt};
 use kube::{Client, Resource};
 
-use crate::api::{AccessKey, ClusterKeyIssuer, KeyIssuer};
+use crate::api::{AccessKey, ClusterKeyIssuer, Decoded, KeyIssuer};
 use crate::cli::RunArgs;
 use crate::providers::http::HttpConfig;
 
@@ -27,6 +27,7 @@ use super::context::{display_name, Caches, Context, Limits, Workloads};
 use super::error::Error;
 use super::issuer::IssuerObject;
 use super::secret::{MANAGED_BY, MANAGED_BY_LABEL};
+use super::unreadable::{read_only, Unreadable};
 use super::watch::{slimmed, watched, NoBackoff};
 use super::{access_key, in_use, issuer};
 
@@ -91,7 +92,11 @@ pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
     // A reconcile may take --provider-timeout plus its apiserver budget before it is stopped.
     let longest_reconcile = args.provider_timeout + access_key::KUBE_TIME_BUDGET;
     let health = Arc::new(Health::new(args.stall_timeout, longest_reconcile));
-    let limits = Limits { issuer_concurrency: args.issuer_concurrency(), provider_timeout: args.provider_timeout };
+    let limits = Limits {
+        workers: usize::from(args.concurrency),
+        issuer_concurrency: args.issuer_concurrency(),
+        provider_timeout: args.provider_timeout,
+    };
     let installation = super::installation::installation_id(&client, &args).await?;
     tracing::info!(%installation, "ownership markers carry this installation id");
     let ctx = Arc::new(
@@ -239,7 +244,9 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
 
     // AccessKeys: their own changes, their Secrets, and their issuers.
     let reader = ctx.caches.access_keys.clone();
-    let stream = watched(api_for::<AccessKey>(&client, ns), Config::default(), "accesskeys", &health)
+    let access_key_events =
+        watched(api_for::<Decoded<AccessKey>>(&client, ns), Config::default(), "accesskeys", &health);
+    let stream = read_only(access_key_events, Unreadable::new("AccessKey", Some(client.clone())))
         .modify(slimmed)
         // After the cache has the event: the issuer reconcile it triggers must see the AccessKey gone.
         .reflect(writers.access_keys)
@@ -359,7 +366,9 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
         .run(access_key::reconcile, access_key::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
 
-    let key_issuer_stream = watched(api_for::<KeyIssuer>(&client, ns), Config::default(), "keyissuers", &health)
+    let key_issuer_events =
+        watched(api_for::<Decoded<KeyIssuer>>(&client, ns), Config::default(), "keyissuers", &health);
+    let key_issuer_stream = read_only(key_issuer_events, Unreadable::new("KeyIssuer", Some(client.clone())))
         .modify(slimmed)
         .reflect(writers.key_issuers)
         .inspect_ok(move |event| {
@@ -379,8 +388,10 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
         .shutdown_on_signal()
         .run(issuer::reconcile::<KeyIssuer>, issuer_error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
+    let cluster_issuer_events =
+        watched(Api::<Decoded<ClusterKeyIssuer>>::all(client.clone()), Config::default(), "clusterkeyissuers", &health);
     let cluster_issuer_stream =
-        watched(Api::<ClusterKeyIssuer>::all(client.clone()), Config::default(), "clusterkeyissuers", &health)
+        read_only(cluster_issuer_events, Unreadable::new("ClusterKeyIssuer", Some(client.clone())))
             .modify(slimmed)
             .reflect(writers.cluster_issuers)
             .inspect_ok(move |event| {

@@ -1,6 +1,10 @@
 //! The one HTTP layer every provider uses: rustls, timeouts, a per-issuer rate limit, and
 //! retries with jittered exponential backoff that honour `Retry-After`.
 //!
+//! A tenant's KeyIssuer may point the operator at any server its endpoint guard admits, so every
+//! answer is treated as hostile: a delay it asks for is clamped to [`MAX_PROVIDER_DELAY`], and
+//! at most [`ERROR_BODY_LIMIT`] of an error answer and [`BODY_LIMIT`] of any other is read.
+//!
 //! Requests are rebuilt (and so re-signed) for every attempt, because signatures carry
 //! timestamps. A request that may create something is retried only when the provider cannot
 //! have acted on it (connection refused, 429); otherwise the error goes back to the controller,
@@ -9,12 +13,32 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 use super::error::{ErrorKind, ProviderError};
+
+/// The most of an error answer that is read. Every provider's error document fits many times
+/// over; what comes after is never downloaded, so an endless body costs nothing.
+pub const ERROR_BODY_LIMIT: usize = 64 * 1024;
+/// The most of a successful answer that is read: a listing of every key of a large account fits
+/// many times over. A longer answer is an error, and is not read further.
+pub const BODY_LIMIT: usize = 8 * 1024 * 1024;
+/// The longest wait a provider may ask for (`Retry-After`, a body's `retry-after`): the
+/// controller's backoff ceiling for provider errors. Asking for more waits this long.
+pub const MAX_PROVIDER_DELAY: Duration = Duration::from_secs(300);
+
+/// A delay in seconds as a provider states it, clamped to [`MAX_PROVIDER_DELAY`]; `None` for a
+/// value that is no delay at all (negative, not a number).
+pub fn provider_delay(seconds: f64) -> Option<Duration> {
+    if seconds.is_nan() || seconds < 0.0 {
+        return None;
+    }
+    let clamped = seconds.min(MAX_PROVIDER_DELAY.as_secs_f64());
+    Some(Duration::try_from_secs_f64(clamped).unwrap_or(MAX_PROVIDER_DELAY))
+}
 
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
@@ -146,10 +170,24 @@ impl Http {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
                     let headers = resp.headers().clone();
-                    let body = resp.bytes().await.map_err(|e| E::from(transport_error(operation, &e)))?;
-                    if (200..300).contains(&status) {
-                        return Ok(Response { status, headers, body });
+                    let success = (200..300).contains(&status);
+                    let limit = if success { BODY_LIMIT } else { ERROR_BODY_LIMIT };
+                    let body = read_prefix(resp, limit).await.map_err(|e| E::from(transport_error(operation, &e)))?;
+                    if success {
+                        return match body {
+                            Prefix::Whole(body) => Ok(Response { status, headers, body }),
+                            // Like an answer that does not parse: whatever it created is found
+                            // again by its marker.
+                            Prefix::Cut(_) => Err(E::from(
+                                ProviderError::retryable(
+                                    operation,
+                                    format!("the answer is larger than {} MiB; not read", BODY_LIMIT >> 20),
+                                )
+                                .with_status(status),
+                            )),
+                        };
                     }
+                    let body = body.into_bytes();
                     let mut err = classify(ErrorResponse { status, headers: &headers, body: &body });
                     let common = err.provider_error_mut();
                     if common.retry_after.is_none() {
@@ -224,10 +262,44 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is rare for APIs and ignored).
+/// `Retry-After` in seconds, clamped to [`MAX_PROVIDER_DELAY`] (the HTTP-date form is rare for
+/// APIs and ignored).
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64)
+    value.trim().parse::<f64>().ok().and_then(provider_delay)
+}
+
+/// A body as far as it was read.
+enum Prefix {
+    Whole(Bytes),
+    /// The first `limit` bytes of a longer body; the rest was not downloaded.
+    Cut(Bytes),
+}
+
+impl Prefix {
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Self::Whole(b) | Self::Cut(b) => b,
+        }
+    }
+}
+
+/// Reads at most `limit` bytes of a body, chunk by chunk: a longer body is cut there and the
+/// connection dropped, whatever its `Content-Length` says.
+async fn read_prefix(mut resp: reqwest::Response, limit: usize) -> Result<Prefix, reqwest::Error> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) && (200..300).contains(&resp.status().as_u16()) {
+        return Ok(Prefix::Cut(Bytes::new()));
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = limit - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok(Prefix::Cut(body.freeze()));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Prefix::Whole(body.freeze()))
 }
 
 #[cfg(test)]
@@ -257,6 +329,23 @@ mod tests {
         let e = response.json::<Created>("create").expect_err("wrong type");
         assert!(!e.to_string().contains("s3cr3t"), "{e}");
         assert!(e.message.contains("not of the expected shape"), "{e}");
+    }
+
+    #[test]
+    fn provider_delays_are_clamped_to_the_backoff_ceiling() {
+        assert_eq!(provider_delay(1.5), Some(Duration::from_millis(1500)));
+        assert_eq!(provider_delay(0.0), Some(Duration::ZERO));
+        for huge in [301.0, 1e20, f64::MAX, f64::INFINITY] {
+            assert_eq!(provider_delay(huge), Some(MAX_PROVIDER_DELAY), "{huge}");
+        }
+        for nonsense in [-1.0, f64::NEG_INFINITY, f64::NAN] {
+            assert_eq!(provider_delay(nonsense), None, "{nonsense}");
+        }
+        let mut h = HeaderMap::new();
+        for huge in ["1e20", "99999999999999999999999", "1e400"] {
+            h.insert(RETRY_AFTER, huge.parse().expect("header value"));
+            assert_eq!(retry_after(&h), Some(MAX_PROVIDER_DELAY), "{huge}");
+        }
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub struct Operator {
     child: Option<Child>,
     log: PathBuf,
     namespace: String,
+    /// Watches every namespace, not only `namespace` (which then holds ClusterKeyIssuers' Secrets).
+    everywhere: bool,
     env: Vec<(String, String)>,
 }
 
@@ -21,6 +23,18 @@ impl Operator {
     }
 
     pub fn start_with(namespace: &str, env: &[(&str, &str)]) -> Self {
+        Self::launch(namespace, env, false)
+    }
+
+    /// Starts `cloudkeys run` watching every namespace, as a cluster's one operator does, with
+    /// `namespace` as its cluster resource namespace. Only for a test with a control plane of its
+    /// own (`support::own_control_plane`): it acts on every other test's objects too.
+    pub fn start_everywhere(namespace: &str, env: &[(&str, &str)]) -> Self {
+        assert!(control_plane().own, "an all-namespaces operator needs own_control_plane()");
+        Self::launch(namespace, env, true)
+    }
+
+    fn launch(namespace: &str, env: &[(&str, &str)], everywhere: bool) -> Self {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = control_plane().dir.join(format!("operator-{namespace}-{n}.log"));
@@ -28,6 +42,7 @@ impl Operator {
             child: None,
             log,
             namespace: namespace.to_string(),
+            everywhere,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         op.spawn();
@@ -37,8 +52,11 @@ impl Operator {
     fn spawn(&mut self) {
         let out = File::options().create(true).append(true).open(&self.log).expect("operator log file");
         let err = out.try_clone().expect("log file handle");
+        let watched: &[&str] = if self.everywhere { &[] } else { &["--namespace", &self.namespace] };
         let child = Command::new(env!("CARGO_BIN_EXE_cloudkeys"))
-            .args(["run", "--namespace", &self.namespace, "--cluster-resource-namespace", &self.namespace])
+            .arg("run")
+            .args(watched)
+            .args(["--cluster-resource-namespace", &self.namespace])
             .args(["--metrics-address", "127.0.0.1:0", "--log-format", "json"])
             .env("KUBECONFIG", &control_plane().kubeconfig)
             .env("RUST_LOG", "info,cloudkeys=debug")
@@ -54,6 +72,22 @@ impl Operator {
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process started last is still running (it has not crashed or exited).
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Resident memory of the process, in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.pid().expect("the operator runs");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status readable");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc status")
     }
 
     /// SIGKILL: no chance to finish anything, as in a node crash.

@@ -65,7 +65,8 @@ impl<'a> Cluster<'a> {
         let networked = provider.name() != "local";
         let held = self.slots.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|(held, _)| *held == issuer);
         if networked && !held {
-            let slot = self.ctx.issuer_slot(&issuer).await.ok_or_else(|| Error::IssuerBusy(issuer.clone()))?;
+            let slot =
+                self.ctx.issuer_slot(&issuer, &self.ns).await.ok_or_else(|| Error::IssuerBusy(issuer.clone()))?;
             self.slots.lock().unwrap_or_else(|p| p.into_inner()).push((issuer, slot));
         }
         Ok(Arc::new(Bounded::new(provider, self.deadline)))

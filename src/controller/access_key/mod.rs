@@ -67,10 +67,14 @@ pub async fn reconcile(ak: Arc<AccessKey>, ctx: Arc<Context>) -> Result<Action, 
     let bound = ctx.limits.provider_timeout + KUBE_TIME_BUDGET;
     // Every line logged while reconciling names the AccessKey once, through this span.
     let span = tracing::info_span!("reconcile", access_key = %key);
-    let result = match tokio::time::timeout(bound, reconcile_inner(ak, &ctx)).instrument(span).await {
+    let work = super::caught::caught(reconcile_inner(ak.clone(), &ctx));
+    let result = match tokio::time::timeout(bound, work).instrument(span).await {
         Ok(result) => result,
         Err(_) => Err(Error::TimedOut(bound)),
     };
+    if let Err(e @ Error::Panicked(_)) = &result {
+        ctx.event(&*ak, EventType::Warning, "InternalError", format!("{e}; retried with backoff")).await;
+    }
     crate::metrics::global().reconciled("accesskey", started.elapsed(), result.as_ref().err().map(Error::label));
     match result {
         // Not a failure: the issuer's slots are all taken by other AccessKeys; come back soon.

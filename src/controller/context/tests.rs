@@ -17,7 +17,7 @@ fn offline_context() -> Context {
         workloads: Workloads::default(),
     };
     let health = Arc::new(Health::new(Duration::from_secs(60), Duration::from_secs(60)));
-    let limits = Limits { issuer_concurrency: 2, provider_timeout: Duration::from_secs(10) };
+    let limits = Limits { workers: 4, issuer_concurrency: 2, provider_timeout: Duration::from_secs(10) };
     let guard = TenantGuard::default();
     Context::new(
         Client::new(offline, "default"),
@@ -39,7 +39,7 @@ async fn a_deleted_issuer_or_access_key_leaves_nothing_behind_in_memory() {
     for id in [&gone, &kept] {
         let name = id.to_string();
         ctx.record_check(&name, "fp", true, Duration::from_secs(300));
-        assert!(ctx.issuer_slot(&name).await.is_some());
+        assert!(ctx.issuer_slot(&name, "team").await.is_some());
         drop(ctx.hold_writer(&id.holder_key()));
         let client: Arc<dyn Provider> = Arc::new(LocalProvider::new(LocalStore::default()));
         lock(&ctx.registry.cache).insert(format!("{name}@uid-1"), ("fp".into(), client));

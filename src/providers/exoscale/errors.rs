@@ -1,10 +1,8 @@
 //! Exoscale's errors: a non-2xx answer and a failed operation, as a [`ProviderError`].
 
-use std::time::Duration;
-
 use super::api::{ErrorBody, Operation, OperationState};
 use crate::providers::error::excerpt;
-use crate::providers::http::ErrorResponse;
+use crate::providers::http::{provider_delay, ErrorResponse};
 use crate::providers::{ErrorKind, ProviderError};
 
 /// A finished operation that did not succeed, as an error. Reasons that say the request itself
@@ -35,8 +33,7 @@ pub(super) fn succeeded(operation: &str, op: Operation) -> Result<Operation, Pro
 /// Classifies a non-2xx answer from its status and the provider's own words.
 pub(super) fn classify(operation: &str, response: ErrorResponse<'_>) -> ProviderError {
     let parsed: Option<ErrorBody> = serde_json::from_slice(response.body).ok();
-    let retry_after =
-        parsed.as_ref().and_then(|b| b.retry_after).filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64);
+    let retry_after = parsed.as_ref().and_then(|b| b.retry_after).and_then(provider_delay);
     let message = parsed
         .as_ref()
         .and_then(message_of)
