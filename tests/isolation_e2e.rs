@@ -3,8 +3,8 @@
 //! cannot hold. Each time, a bystander AccessKey in another namespace is issued by the same
 //! operator process, which never stopped.
 //!
-//! Both tests run an operator that watches every namespace, and the second one changes the CRDs:
-//! each takes a control plane of its own.
+//! Every test runs an operator that watches every namespace, and one changes the CRDs: each
+//! takes a control plane of its own.
 
 mod fakes;
 mod support;
@@ -23,7 +23,9 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::Client;
 use serde_json::{json, Value};
 
-use cloudkeys::api::KeyIssuer;
+use cloudkeys::api::{AccessKey, KeyIssuer};
+use fakes::exoscale::{ExoscaleFake, Faults, PREEXISTING_ROLE_ID};
+use support::exoscale::{ADMIN_KEY, ADMIN_SECRET, CREDENTIALS};
 use support::keys;
 use support::operator::Operator;
 
@@ -250,4 +252,82 @@ async fn an_object_the_types_cannot_hold_is_refused_or_skipped_and_every_other_o
     let second = bystander(&client, "iso-restarted").await;
     keys::wait_issued(&client, &second, "bystander").await;
     assert!(op.is_running(), "the operator process ended");
+}
+
+/// A KeyIssuer `name` in `ns` at its own Exoscale fake, Ready once the fake answered.
+async fn exoscale_issuer(client: &Client, ns: &str, name: &str) -> ExoscaleFake {
+    let fake = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
+    support::exoscale::credentials(client, ns, ADMIN_SECRET).await;
+    let spec = json!({"exoscale": {"endpoint": fake.endpoint(), "credentialsSecretRef": {"name": CREDENTIALS}}});
+    support::apply_json(client, ns, key_issuer(name, spec)).await;
+    support::eventually(&format!("KeyIssuer {ns}/{name} Ready"), WAIT, || async move {
+        issuer_ready(client, ns, name).await.filter(|(s, ..)| s == "True")
+    })
+    .await;
+    fake
+}
+
+fn role_key(name: &str, issuer: &str) -> Value {
+    keys::manifest(name, issuer, "exoscale", json!({"roleId": PREEXISTING_ROLE_ID}), json!({}))
+}
+
+async fn issued(client: &Client, ns: &str) -> usize {
+    let list = Api::<AccessKey>::namespaced(client.clone(), ns).list(&ListParams::default()).await;
+    let items = list.map(|l| l.items).unwrap_or_default();
+    items.iter().filter(|ak| keys::ready_condition(ak).is_some_and(|(s, ..)| s == "True")).count()
+}
+
+#[tokio::test]
+async fn slow_providers_delay_only_the_access_keys_of_their_own_issuers() {
+    support::own_control_plane();
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    let operator_ns = support::namespace(&client, "iso-operator3").await;
+    // The default --concurrency: 16 workers.
+    let op = Operator::start_everywhere(&operator_ns, &[]);
+
+    // Three tenants whose provider takes half a minute to answer, each with a handful of
+    // AccessKeys: more than the operator has workers.
+    let mut slow = Vec::new();
+    for tenant in ["iso-slow-a", "iso-slow-b", "iso-slow-c"] {
+        let ns = support::namespace(&client, tenant).await;
+        let fake = exoscale_issuer(&client, &ns, "slow").await;
+        fake.set_faults(Faults { latency: Duration::from_secs(30), ..Faults::default() });
+        let answered_before = fake.requests().len();
+        for i in 0..6 {
+            support::apply_json(&client, &ns, role_key(&format!("key-{i}"), "slow")).await;
+        }
+        slow.push((ns, fake, answered_before));
+    }
+    // Requests a slow provider answered since it became slow.
+    let answered = |(_, fake, before): &(String, ExoscaleFake, usize)| {
+        fake.requests().len() - *before - fake.in_flight() as usize
+    };
+    let waiting = || slow.iter().map(|(_, f, _)| f.in_flight()).collect::<Vec<_>>();
+    support::eventually("every slow tenant to hold the operator's workers", WAIT, || {
+        let w = waiting();
+        async move { (w.iter().all(|n| *n >= 1) && w.iter().sum::<u32>() >= 6).then_some(()) }
+    })
+    .await;
+    println!("requests waiting at the slow providers: {:?}", waiting());
+
+    // A tenant with a healthy provider is served while every slow call is still unanswered.
+    let healthy_ns = support::namespace(&client, "iso-healthy").await;
+    let _healthy = exoscale_issuer(&client, &healthy_ns, "healthy").await;
+    support::apply_json(&client, &healthy_ns, role_key("bystander", "healthy")).await;
+    keys::wait_issued(&client, &healthy_ns, "bystander").await;
+    // Not one slow answer came before the bystander was served: it never waited for a worker
+    // held by a slow provider. (Each slow answer takes 30 s; every AccessKey needs two.)
+    let answered_slow: Vec<usize> = slow.iter().map(answered).collect();
+    println!(
+        "when the bystander was issued: requests waiting at the slow providers {:?}, answered {answered_slow:?}",
+        waiting()
+    );
+    assert!(answered_slow.iter().all(|n| *n == 0), "the bystander waited for slow answers: {answered_slow:?}");
+    let mut slow_issued = 0;
+    for (ns, ..) in &slow {
+        slow_issued += issued(&client, ns).await;
+    }
+    assert_eq!(slow_issued, 0);
+    assert!(op.pid().is_some());
 }
