@@ -300,9 +300,8 @@ async fn slow_providers_delay_only_the_access_keys_of_their_own_issuers() {
         slow.push((ns, fake, answered_before));
     }
     // Requests a slow provider answered since it became slow.
-    let answered = |(_, fake, before): &(String, ExoscaleFake, usize)| {
-        fake.requests().len() - *before - fake.in_flight() as usize
-    };
+    let answered =
+        |(_, fake, before): &(String, ExoscaleFake, usize)| fake.requests().len() - *before - fake.in_flight() as usize;
     let waiting = || slow.iter().map(|(_, f, _)| f.in_flight()).collect::<Vec<_>>();
     support::eventually("every slow tenant to hold the operator's workers", WAIT, || {
         let w = waiting();

@@ -91,17 +91,40 @@ fn map<V, W: Clone>(pairs: &[(Text, V)], value: impl Fn(&V) -> W) -> Option<BTre
     (!pairs.is_empty()).then(|| pairs.iter().map(|(k, v)| (k.as_str().to_string(), value(v))).collect())
 }
 
+/// Whether an AccessKey controls the Secret: only then is its data kept. Any tenant can label a
+/// Secret `managed-by: cloudkeys`, and the operator never writes a Secret it does not control,
+/// so of those it needs the name and its own labels and annotations, not megabytes of data.
+fn controlled_by_an_access_key(s: &Secret) -> bool {
+    s.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && r.kind == "AccessKey" && r.api_version.starts_with("cloudkeys.io/"))
+}
+
+fn ours(key: &str) -> bool {
+    key.starts_with("cloudkeys.io/") || key == MANAGED_BY_LABEL
+}
+
 impl From<&Secret> for CachedSecret {
     fn from(s: &Secret) -> Self {
         let m = &s.metadata;
+        let controlled = controlled_by_an_access_key(s);
+        let kept = |map: Option<&BTreeMap<String, String>>| -> Pairs<Text> {
+            map.into_iter()
+                .flatten()
+                .filter(|(k, _)| controlled || ours(k))
+                .map(|(k, v)| (Text::new(k), Text::new(v)))
+                .collect()
+        };
         Self {
             name: m.name.as_deref().unwrap_or_default().into(),
             namespace: boxed(m.namespace.as_ref()),
             uid: boxed(m.uid.as_ref()),
             resource_version: boxed(m.resource_version.as_ref()),
             deletion_timestamp: m.deletion_timestamp.clone(),
-            labels: pairs(m.labels.as_ref(), |v| Text::new(v)),
-            annotations: pairs(m.annotations.as_ref(), |v| Text::new(v)),
+            labels: kept(m.labels.as_ref()),
+            annotations: kept(m.annotations.as_ref()),
             owner_references: m
                 .owner_references
                 .iter()
@@ -118,7 +141,7 @@ impl From<&Secret> for CachedSecret {
             finalizers: m.finalizers.iter().flatten().map(|f| f.as_str().into()).collect(),
             type_: s.type_.as_deref().map(Text::new),
             immutable: s.immutable,
-            data: pairs(s.data.as_ref(), |v| v.0.as_slice().into()),
+            data: if controlled { pairs(s.data.as_ref(), |v| v.0.as_slice().into()) } else { Box::new([]) },
         }
     }
 }
@@ -241,5 +264,33 @@ mod tests {
         let bare =
             Secret { metadata: ObjectMeta { name: Some("b".into()), ..ObjectMeta::default() }, ..Secret::default() };
         assert_eq!(CachedSecret::from(&bare).to_secret(), bare, "absent maps stay absent, not empty");
+    }
+
+    #[test]
+    fn a_labelled_secret_no_access_key_controls_is_cached_without_its_data() {
+        let forged: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "big", "namespace": "n",
+                "labels": {"app.kubernetes.io/managed-by": "cloudkeys", "bulk": "x".repeat(63)},
+                "annotations": {"cloudkeys.io/access-key-id": "K1", "bulk": "x".repeat(4096)},
+                "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "uid": "u", "controller": true}]},
+            "data": {"blob": base64_of(&"x".repeat(8192))},
+        }))
+        .expect("Secret");
+        let cached = CachedSecret::from(&forged).to_secret();
+        assert_eq!(cached.data, None);
+        assert_eq!(
+            cached.metadata.annotations.map(|a| a.into_keys().collect::<Vec<_>>()),
+            Some(vec!["cloudkeys.io/access-key-id".to_string()])
+        );
+        assert_eq!(
+            cached.metadata.labels.map(|l| l.into_keys().collect::<Vec<_>>()),
+            Some(vec![MANAGED_BY_LABEL.to_string()])
+        );
+        assert_eq!(cached.metadata.name.as_deref(), Some("big"));
+    }
+
+    fn base64_of(s: &str) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(s)
     }
 }

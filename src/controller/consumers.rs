@@ -31,6 +31,7 @@ impl Workload {
 pub trait WorkloadObject: kube::Resource<DynamicType = ()> {
     const KIND: WorkloadKind;
     fn template(&self) -> Option<&PodTemplateSpec>;
+    fn template_mut(&mut self) -> Option<&mut PodTemplateSpec>;
     /// What `kubectl rollout status` checks.
     fn rolled_out(&self) -> bool;
 
@@ -60,6 +61,9 @@ impl WorkloadObject for Deployment {
     fn template(&self) -> Option<&PodTemplateSpec> {
         Some(&self.spec.template)
     }
+    fn template_mut(&mut self) -> Option<&mut PodTemplateSpec> {
+        Some(&mut self.spec.template)
+    }
 
     fn rolled_out(&self) -> bool {
         let (spec, Some(status)) = (&self.spec, &self.status) else {
@@ -80,6 +84,9 @@ impl WorkloadObject for StatefulSet {
     fn template(&self) -> Option<&PodTemplateSpec> {
         Some(&self.spec.template)
     }
+    fn template_mut(&mut self) -> Option<&mut PodTemplateSpec> {
+        Some(&mut self.spec.template)
+    }
 
     fn rolled_out(&self) -> bool {
         let (spec, Some(status)) = (&self.spec, &self.status) else {
@@ -99,6 +106,9 @@ impl WorkloadObject for DaemonSet {
     fn template(&self) -> Option<&PodTemplateSpec> {
         Some(&self.spec.template)
     }
+    fn template_mut(&mut self) -> Option<&mut PodTemplateSpec> {
+        Some(&mut self.spec.template)
+    }
 
     fn rolled_out(&self) -> bool {
         let Some(status) = &self.status else {
@@ -108,6 +118,63 @@ impl WorkloadObject for DaemonSet {
             && status.updated_number_scheduled.unwrap_or(0) == status.desired_number_scheduled
             && status.number_available.unwrap_or(0) == status.desired_number_scheduled
     }
+}
+
+/// A workload as the cache keeps it: what [`WorkloadObject::observe`] and
+/// [`reads_secret_unrefreshed`] read, and nothing else of its pod template. Any tenant can create
+/// workloads, with pod templates as large as the apiserver takes; the operator must not hold
+/// their images, probes, plain environment values or volumes of other kinds. (Workloads are only
+/// ever patched, never written back from the cache.)
+pub fn slim_workload<K: WorkloadObject>(w: &mut K) {
+    let Some(template) = w.template_mut() else { return };
+    if let Some(meta) = template.metadata.as_mut() {
+        let annotations = meta.annotations.take().unwrap_or_default();
+        let ours: std::collections::BTreeMap<String, String> =
+            annotations.into_iter().filter(|(k, _)| k == KEY_ID_ANNOTATION).collect();
+        *meta = Default::default();
+        meta.annotations = (!ours.is_empty()).then_some(ours);
+    }
+    let Some(pod) = template.spec.take() else { return };
+    let slim_container = |c: k8s_openapi::api::core::v1::Container| k8s_openapi::api::core::v1::Container {
+        name: c.name,
+        env: c.env.map(|env| {
+            env.into_iter().filter(|e| e.value_from.as_ref().is_some_and(|v| v.secret_key_ref.is_some())).collect()
+        }),
+        env_from: c.env_from.map(|from| from.into_iter().filter(|e| e.secret_ref.is_some()).collect()),
+        volume_mounts: c.volume_mounts.map(|mounts| {
+            mounts
+                .into_iter()
+                .filter(|m| {
+                    m.sub_path.as_deref().is_some_and(|p| !p.is_empty())
+                        || m.sub_path_expr.as_deref().is_some_and(|p| !p.is_empty())
+                })
+                .collect()
+        }),
+        ..Default::default()
+    };
+    let volumes = pod.volumes.map(|volumes| {
+        volumes
+            .into_iter()
+            .filter_map(|v| {
+                let projected = v.projected.and_then(|mut p| {
+                    p.sources = p.sources.map(|s| s.into_iter().filter(|s| s.secret.is_some()).collect());
+                    p.sources.as_ref().is_some_and(|s| !s.is_empty()).then_some(p)
+                });
+                (v.secret.is_some() || projected.is_some()).then(|| k8s_openapi::api::core::v1::Volume {
+                    name: v.name,
+                    secret: v.secret,
+                    projected,
+                    ..Default::default()
+                })
+            })
+            .collect()
+    });
+    template.spec = Some(PodSpec {
+        containers: pod.containers.into_iter().map(slim_container).collect(),
+        init_containers: pod.init_containers.map(|c| c.into_iter().map(slim_container).collect()),
+        volumes,
+        ..Default::default()
+    });
 }
 
 /// Whether a pod reads the Secret in a way the kubelet never refreshes: an environment variable
@@ -185,6 +252,39 @@ mod tests {
 
     fn pod(spec: serde_json::Value) -> PodSpec {
         serde_json::from_value(spec).expect("PodSpec")
+    }
+
+    #[test]
+    fn a_slimmed_workload_reads_the_same_and_keeps_nothing_else_of_its_pod_template() {
+        let secret_env =
+            |name: &str| json!({"name": name, "valueFrom": {"secretKeyRef": {"name": "creds", "key": "k"}}});
+        let template = json!({
+            "metadata": {"labels": {"app": "api"}, "annotations": {KEY_ID_ANNOTATION: "K1", "big": "x".repeat(4096)}},
+            "spec": {
+                "containers": [{"name": "c", "image": "registry/app:1", "args": ["x".repeat(4096)],
+                    "env": [{"name": "PLAIN", "value": "x".repeat(4096)}, secret_env("A")],
+                    "envFrom": [{"configMapRef": {"name": "cm"}}, {"secretRef": {"name": "other"}}],
+                    "volumeMounts": [{"name": "v", "mountPath": "/a"}, {"name": "s", "mountPath": "/b", "subPath": "k"}]}],
+                "initContainers": [{"name": "i", "image": "init", "env": [secret_env("B")]}],
+                "volumes": [{"name": "v", "emptyDir": {}}, {"name": "s", "secret": {"secretName": "creds"}},
+                    {"name": "p", "projected": {"sources": [{"configMap": {"name": "cm"}}, {"secret": {"name": "creds"}}]}}],
+                "tolerations": [{"key": "x".repeat(4096)}],
+            },
+        });
+        let mut d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "api", "labels": {"app": "api"}, "generation": 2},
+            "spec": {"replicas": 1, "selector": {}, "template": template},
+            "status": {"observedGeneration": 2, "updatedReplicas": 1, "availableReplicas": 1, "replicas": 1},
+        }))
+        .expect("Deployment");
+        let before = (d.observe(), reads_secret_unrefreshed(d.spec.template.spec.as_ref().expect("pod"), "creds"));
+        slim_workload(&mut d);
+        let pod = d.spec.template.spec.as_ref().expect("pod");
+        assert_eq!((d.observe(), reads_secret_unrefreshed(pod, "creds")), before);
+        assert!(before.1);
+        let kept = serde_json::to_string(&d).expect("JSON");
+        assert!(kept.len() < 2048 && !kept.contains("xxxx") && !kept.contains("registry"), "{kept}");
+        assert!(kept.contains("secretKeyRef") && kept.contains("subPath") && kept.contains("\"other\""), "{kept}");
     }
 
     #[test]

@@ -426,10 +426,11 @@ fn spawn_workload_watch<K>(
     writer: reflector::store::Writer<K>,
     changed: impl Fn(Option<&str>) + Send + 'static,
 ) where
-    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K: super::consumers::WorkloadObject + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
     let stream = watched(api, Config::default(), name, health)
         .modify(slimmed)
+        .modify(super::consumers::slim_workload)
         .reflect(writer)
         .inspect_ok(move |event| match event {
             watcher::Event::Apply(w) | watcher::Event::Delete(w) => {
