@@ -13,7 +13,8 @@ pub struct RunArgs {
     pub namespace: Option<String>,
     /// How many AccessKeys are reconciled at once. Most of a reconcile is waiting on the
     /// apiserver or a provider, and each issuer limits itself (--issuer-concurrency, its
-    /// `rateLimit`), so more workers than cores pay off.
+    /// `rateLimit`), so more workers than cores pay off. All but an eighth of them may wait on
+    /// providers, shared fairly between issuers and namespaces.
     #[arg(long, env = "CLOUDKEYS_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
     /// How many of those reconciles may wait on one issuer's provider at once, so that one slow
