@@ -11,6 +11,8 @@ pub struct Operator {
     child: Option<Child>,
     log: PathBuf,
     namespace: String,
+    /// Watches every namespace (`namespace` holds its Lease and ClusterKeyIssuers' Secrets).
+    all_namespaces: bool,
     env: Vec<(String, String)>,
 }
 
@@ -20,25 +22,44 @@ impl Operator {
         Self::start_with(namespace, &[])
     }
 
+    /// Starts `cloudkeys run` watching every namespace, as one operator serves many tenants;
+    /// only for a test on a control plane of its own (`own_control_plane`), since it would serve
+    /// other tests' namespaces too.
+    pub fn start_all_namespaces(namespace: &str) -> Self {
+        assert!(control_plane().own, "an operator of every namespace needs own_control_plane()");
+        let mut op = Self::prepare(namespace, &[]);
+        op.all_namespaces = true;
+        op.spawn();
+        op
+    }
+
     pub fn start_with(namespace: &str, env: &[(&str, &str)]) -> Self {
+        let mut op = Self::prepare(namespace, env);
+        op.spawn();
+        op
+    }
+
+    fn prepare(namespace: &str, env: &[(&str, &str)]) -> Self {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = control_plane().dir.join(format!("operator-{namespace}-{n}.log"));
-        let mut op = Self {
+        Self {
             child: None,
             log,
             namespace: namespace.to_string(),
+            all_namespaces: false,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        };
-        op.spawn();
-        op
+        }
     }
 
     fn spawn(&mut self) {
         let out = File::options().create(true).append(true).open(&self.log).expect("operator log file");
         let err = out.try_clone().expect("log file handle");
+        let watched: &[&str] = if self.all_namespaces { &[] } else { &["--namespace", &self.namespace] };
         let child = Command::new(env!("CARGO_BIN_EXE_cloudkeys"))
-            .args(["run", "--namespace", &self.namespace, "--cluster-resource-namespace", &self.namespace])
+            .arg("run")
+            .args(watched)
+            .args(["--cluster-resource-namespace", &self.namespace])
             .args(["--metrics-address", "127.0.0.1:0", "--log-format", "json"])
             .env("KUBECONFIG", &control_plane().kubeconfig)
             .env("RUST_LOG", "info,cloudkeys=debug")
