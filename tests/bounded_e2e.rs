@@ -90,9 +90,14 @@ async fn rotate(api: &Api<AccessKey>, value: &str) {
 }
 
 /// Waits until the rotation `value` was handled and the AccessKey is back at rest: a current key
-/// Ready, one replaced key in its grace period.
-async fn rotated(api: &Api<AccessKey>, value: &str) -> AccessKeyStatus {
+/// Ready, one replaced key in its grace period. Never more than two keys live meanwhile.
+async fn rotated(api: &Api<AccessKey>, fake: &ExoscaleFake, value: &str) -> AccessKeyStatus {
     support::eventually_explained(&format!("rotation {value} handled"), keys::WAIT, || async {
+        let most = fake.max_live_api_keys();
+        assert!(
+            most <= 2,
+            "{most} keys of one AccessKey were live at once at the provider, waiting for rotation {value}"
+        );
         let ak = api.get("k").await.map_err(|e| e.to_string())?;
         let s = ak.status.clone().unwrap_or_default();
         let (_, reason, message) = keys::ready_condition(&ak).unwrap_or_default();
@@ -167,14 +172,14 @@ async fn a_tenant_can_neither_stack_keys_nor_exceed_its_namespace_quota_and_byst
     for i in 1..=8 {
         rotate(&api, &i.to_string()).await;
     }
-    rotated(&api, "8").await;
+    rotated(&api, &rot_fake, "8").await;
     let mut early = 0;
     for i in 9..=12 {
         let before = status(&api).await;
         let waiting = before.retired[0].clone();
         let ends = waiting.revoke_after.as_ref().expect("grace period started").0;
         rotate(&api, &i.to_string()).await;
-        let after = rotated(&api, &i.to_string()).await;
+        let after = rotated(&api, &rot_fake, &i.to_string()).await;
         assert_eq!(after.retired[0].access_key_id, before.access_key_id.clone().unwrap_or_default());
         // The key that waited went first, and the event says its grace period ended early.
         let says = format!(
