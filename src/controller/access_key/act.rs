@@ -349,6 +349,9 @@ async fn make_room(
             c.ctx.event(c.ak, EventType::Warning, "RevocationFailed", message).await;
         }
     }
+    if revoked_any {
+        crashpoint("after-early-revoke");
+    }
     if revoked_any || failed.as_ref().is_some_and(|(_, e)| !matches!(e, Error::IssuerBusy(_))) {
         c.write_status(status).await?;
     }

@@ -531,7 +531,8 @@ fn a_third_key_first_revokes_the_oldest_replaced_key() {
 
 #[test]
 fn every_replacement_makes_room_first_even_while_the_consumers_roll_out() {
-    let reasons: [(&str, fn(&mut Scenario), IssueReason); 5] = [
+    type Change = fn(&mut Scenario);
+    let reasons: [(&str, Change, IssueReason); 5] = [
         ("spec", |s| s.spec_hash = "h2", IssueReason::SpecChanged),
         ("secret deleted", |s| s.secret = SecretState::Absent, IssueReason::SecretDeleted),
         ("secret edited", |s| s.secret = ours("K9"), IssueReason::SecretModified),
