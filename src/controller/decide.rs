@@ -346,8 +346,9 @@ pub fn decide(o: &Observed<'_>) -> Step {
 }
 
 /// Bounded keys: a replacement that comes while a replaced key still waits revokes that older
-/// key first, so that keys never stack (see [`rotation::MAX_LIVE_KEYS`]). The first key of an
-/// AccessKey needs no room.
+/// key first, so that keys never stack (see [`rotation::MAX_LIVE_KEYS`]). Asked only once the new
+/// key may go ahead (not held back, not refused), so that no grace period is cut short for a key
+/// that is not minted.
 fn make_room(status: &AccessKeyStatus, reason: IssueReason) -> Option<Step> {
     let key_refs: Vec<String> = rotation::revoke_before_minting(status).iter().map(|r| r.key_ref.clone()).collect();
     (!key_refs.is_empty()).then_some(Step::RevokeEarly { reason, key_refs })

@@ -132,7 +132,7 @@ pub(super) async fn act(
             }
         }
         Step::RevokeEarly { reason, key_refs } => {
-            make_room(c, status, reason, &key_refs).await?;
+            revoke_early(c, status, reason, &key_refs).await?;
             Ok(None)
         }
         Step::Issue { reason } => {
@@ -297,7 +297,7 @@ pub(super) fn retire_current(status: &mut AccessKeyStatus, grace: Duration, now:
 /// provider confirmed (a crash before the write revokes it again: already gone is success). A
 /// revocation that fails mints nothing: `Rotating=False` (`Blocked`) says which key holds the
 /// new one back, and the reconcile fails, to be retried with backoff.
-async fn make_room(
+async fn revoke_early(
     c: &Cluster<'_>,
     status: &mut AccessKeyStatus,
     reason: IssueReason,
