@@ -187,7 +187,8 @@ async fn status_inspect_and_rotate_show_and_steer_keys_without_printing_a_secret
         support::eventually(&format!("{name} rotated at once"), keys::WAIT, || async {
             let s = screen.status_json(&ns, name).await;
             let replaced = s["replacedKeys"].as_array().map(Vec::len).unwrap_or(0);
-            // exo-key's first replaced key keeps its own grace period; the one replaced now goes.
+            // exo-key's first replaced key went first (two live keys at most); the one replaced
+            // now goes at once.
             let gone = !s["replacedKeys"].to_string().contains(before);
             (s["keyId"] != before && gone && replaced <= 1).then_some(())
         })

@@ -12,7 +12,7 @@ mod support;
 use std::time::Duration;
 
 use cloudkeys::api::{AccessKey, AccessKeyStatus};
-use fakes::exoscale::{ExoscaleFake, PREEXISTING_ROLE_ID};
+use fakes::exoscale::{ExoscaleFake, Faults, PREEXISTING_ROLE_ID};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -418,11 +418,15 @@ async fn spec_changes_and_secret_deletions_replace_the_key_through_the_same_grac
         .expect("Secret deleted");
     let third = env.replaced(&second).await;
     let second_revoke = env.revoke_after(&second, keys::WAIT).await;
-    // Three live at most here: two replacements asked for in a row overlap.
     assert!(env.live().contains(&second), "the Secret deletion revoked the old key at once");
-    assert!(env.live().len() <= 3);
-    env.wait_live("both replaced keys revoked after their grace periods", vec![third.clone()]).await;
-    assert_revoked_on_time(&env, &first, first_revoke);
+    // Two replacements in a row never overlap: the first replaced key goes before the third key
+    // is minted, early if its grace period was not over yet, and the event says so.
+    assert!(env.fake.max_live_api_keys() <= 2, "{} keys were live at once", env.fake.max_live_api_keys());
+    let first_gone = env.revoked_at(&first).unwrap_or_else(|| panic!("{first} was not revoked before {third}"));
+    if first_gone < first_revoke {
+        env.wait_event("Revoked", &format!("revoked replaced key {first}: its grace period ends early")).await;
+    }
+    env.wait_live("the second replaced key revoked after its grace period", vec![third.clone()]).await;
     assert_revoked_on_time(&env, &second, second_revoke);
     env.wait_event("Rotated", "the spec changed").await;
     env.wait_event("Rotated", "the Secret was deleted").await;
@@ -460,6 +464,69 @@ async fn killed_at(point: &str) {
     assert_eq!(env.template_key_id("Deployment", "api").await, Some(second.clone()), "{point}");
     assert_eq!(env.deployment("api").await.metadata.generation, generation.map(|g| g + 1), "restarted twice ({point})");
     assert_eq!(env.fake.issued_secrets().len(), 2, "a key too many after a crash {point}");
+}
+
+/// kill -9 once the provider confirmed the early revocation of a replaced key, before the status
+/// forgets it: the next operator revokes it again (gone already: done), says so, and only then
+/// mints the new key. Never a third live key, never a key minted twice.
+#[tokio::test]
+async fn an_operator_killed_after_an_early_revocation_mints_the_next_key_once_with_two_live_at_most() {
+    let mut env = setup("rot-crash-early").await;
+    env.apply(access_key(json!({"rotation": {"gracePeriod": "1h"}}))).await;
+    let first = env.issued().await;
+    env.rotate("1", None).await;
+    let second = env.replaced(&first).await;
+    env.revoke_after(&first, keys::WAIT).await;
+    env.op.restart_with(&[("CLOUDKEYS_CRASH_AT", "after-early-revoke")]);
+    env.rotate("2", None).await;
+    assert!(env.op.wait_exit(Duration::from_secs(60)).await, "the operator did not reach after-early-revoke");
+    assert!(!env.live().contains(&first), "{first} was not revoked at the provider before the crash");
+    let recorded: Vec<String> = env.status().await.retired.into_iter().map(|r| r.access_key_id).collect();
+    assert_eq!(recorded, vec![first.clone()], "the record of {first} outlives the crash");
+    env.op.restart_with(&[]);
+    let third = env.replaced(&second).await;
+    env.wait_live("the current key and one replaced key", vec![second.clone(), third.clone()]).await;
+    let recorded: Vec<String> = env.status().await.retired.into_iter().map(|r| r.access_key_id).collect();
+    assert_eq!(recorded, vec![second.clone()]);
+    env.wait_event("Revoked", &format!("revoked replaced key {first}: its grace period ends early")).await;
+    assert_eq!(env.fake.issued_secrets().len(), 3, "a key minted twice");
+    assert_eq!(env.fake.max_live_api_keys(), 2, "more than two keys were live at once");
+}
+
+/// The provider fails the early revocation of the replaced key: no new key is even asked for,
+/// `Rotating=False` (`Blocked`) names the key holding it back, the current key stays `Ready`;
+/// once the provider answers again, the rotation goes ahead.
+#[tokio::test]
+async fn a_replaced_key_that_cannot_be_revoked_early_holds_the_new_key_back() {
+    let env = setup("rot-room-blocked").await;
+    env.apply(access_key(json!({"rotation": {"gracePeriod": "1h"}}))).await;
+    let first = env.issued().await;
+    env.rotate("1", None).await;
+    let second = env.replaced(&first).await;
+    env.revoke_after(&first, keys::WAIT).await;
+    let failing_since = std::time::Instant::now();
+    env.fake.set_faults(Faults { error_rate: 1.0, ..Faults::default() });
+    env.rotate("2", None).await;
+    let blocked = support::eventually(&format!("Rotating Blocked by {first}"), keys::WAIT, || async {
+        let status = env.access_keys().get("k").await.ok()?.status?;
+        let c = status.conditions.into_iter().find(|c| c.type_ == "Rotating" && c.reason == "Blocked")?;
+        c.message.contains(&first).then_some(c)
+    })
+    .await;
+    assert_eq!(blocked.status, "False");
+    assert!(blocked.message.contains("at most 2 live keys"), "{}", blocked.message);
+    env.wait_event("RevocationFailed", &first).await;
+    let ak = env.access_keys().get("k").await.expect("AccessKey");
+    let (ready, reason, message) = keys::ready_condition(&ak).expect("Ready");
+    assert_eq!((ready.as_str(), reason.as_str()), ("True", "Issued"));
+    assert!(message.contains(&second), "{message}");
+    let mints = env.fake.requests().into_iter().filter(|r| r.at >= failing_since && r.method == "POST").count();
+    assert_eq!(mints, 0, "a new key was asked for while {first} could not be revoked");
+
+    env.fake.set_faults(Faults::default());
+    let third = env.replaced(&second).await;
+    env.wait_live("the current key and one replaced key", vec![second.clone(), third]).await;
+    assert_eq!(env.fake.max_live_api_keys(), 2, "more than two keys were live at once");
 }
 
 /// kill -9 while the consumer rolls out, and again during the grace period: the rollout timeout

@@ -412,6 +412,21 @@ pub fn describe(step: &Step, ak: &AccessKey, now: jiff::Timestamp) -> String {
         Step::RecordConsumers { .. } => "record the consumers' rollout, and wait for it".into(),
         Step::UpdateSchedule(Some(t)) => format!("record the next rotation: {}", at(*t, now)),
         Step::UpdateSchedule(None) => "clear the next rotation time: none is scheduled".into(),
+        Step::RevokeEarly { reason, key_refs } => {
+            let ids: Vec<&str> = status
+                .retired
+                .iter()
+                .filter(|r| key_refs.contains(&r.key_ref))
+                .map(|r| r.access_key_id.as_str())
+                .collect();
+            format!(
+                "revoke replaced key {} now, ending its grace period early: a new key is due ({}), and an \
+                 AccessKey holds at most {} live keys",
+                ids.join(", "),
+                reason.describe(),
+                rotation::MAX_LIVE_KEYS
+            )
+        }
         Step::Issue { reason } => {
             let then = match (&status.access_key_id, reason) {
                 (None, _) => String::new(),

@@ -20,6 +20,7 @@ use super::cached_secret::CachedSecret;
 use super::fair_share::{FairShare, Share};
 use super::guard::TenantGuard;
 use super::in_use::IssuerId;
+use super::namespace_keys::NamespaceKeys;
 pub use super::registry::{LoadedIssuer, Registry};
 
 pub const FIELD_MANAGER: &str = "cloudkeys";
@@ -58,6 +59,8 @@ pub struct Context {
     revoked_externally: Mutex<HashMap<String, String>>,
     /// Per AccessKey: the key id and what the last drift check found about it at the provider.
     provider_views: Mutex<HashMap<String, (String, super::decide::ProviderView)>>,
+    /// Places taken under `maxKeysPerNamespace` that the AccessKey cache does not show yet.
+    pub namespace_keys: NamespaceKeys,
 }
 
 /// Taken by the reconcile that may write an issuer's in-use hold. Inside: the resourceVersion
@@ -239,6 +242,7 @@ impl Context {
             installation: String::new(),
             revoked_externally: Mutex::new(HashMap::new()),
             provider_views: Mutex::new(HashMap::new()),
+            namespace_keys: NamespaceKeys::default(),
         }
     }
 

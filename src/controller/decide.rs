@@ -74,6 +74,13 @@ pub enum Step {
     },
     /// `status.nextRotationTime` is not what the schedule says (issued, or `rotation` edited).
     UpdateSchedule(Option<jiff::Timestamp>),
+    /// A new key is due for `reason`, but with it the AccessKey would hold more than two live
+    /// keys: first revoke these replaced keys (by `keyRef`, oldest first), their grace period
+    /// cut short. Nothing is minted until the provider confirmed.
+    RevokeEarly {
+        reason: IssueReason,
+        key_refs: Vec<String>,
+    },
     /// Create a key, write the Secret, record the key (the old one, if any, is retired).
     Issue {
         reason: IssueReason,
@@ -275,7 +282,7 @@ pub fn decide(o: &Observed<'_>) -> Step {
         if let Some(denial) = o.policy_denial {
             return Step::NotReady(Reason::PolicyDenied, denial.to_string());
         }
-        return Step::Issue { reason: IssueReason::FirstKey };
+        return make_room(o.status, IssueReason::FirstKey).unwrap_or(Step::Issue { reason: IssueReason::FirstKey });
     };
     let scheduled_due = rotation::scheduled_rotation(o.status, o.rotation).is_some_and(|t| t <= o.now);
     let renewal_due = o.status.renewal_time.as_ref().is_some_and(|t| t.0 <= o.now);
@@ -315,7 +322,7 @@ pub fn decide(o: &Observed<'_>) -> Step {
         Some(Step::WaitBeforeReplacing(reason, wait))
     });
     match (reason, held) {
-        (Some(reason), None) => return Step::Issue { reason },
+        (Some(reason), None) => return make_room(o.status, reason).unwrap_or(Step::Issue { reason }),
         (_, held) => {
             if let Some(step) = consumer_step(o, current) {
                 return step;
@@ -336,6 +343,15 @@ pub fn decide(o: &Observed<'_>) -> Step {
         return Step::UpdateSecretMetadata;
     }
     Step::Ready
+}
+
+/// Bounded keys: a replacement that comes while a replaced key still waits revokes that older
+/// key first, so that keys never stack (see [`rotation::MAX_LIVE_KEYS`]). Asked only once the new
+/// key may go ahead (not held back, not refused), so that no grace period is cut short for a key
+/// that is not minted.
+fn make_room(status: &AccessKeyStatus, reason: IssueReason) -> Option<Step> {
+    let key_refs: Vec<String> = rotation::revoke_before_minting(status).iter().map(|r| r.key_ref.clone()).collect();
+    (!key_refs.is_empty()).then_some(Step::RevokeEarly { reason, key_refs })
 }
 
 /// While replaced keys wait for the rollout: restart the consumers not restarted for the

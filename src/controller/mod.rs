@@ -16,6 +16,7 @@ pub mod guard;
 pub mod in_use;
 pub mod installation;
 pub mod issuer;
+pub mod namespace_keys;
 pub mod observe;
 pub mod policy;
 pub mod registry;

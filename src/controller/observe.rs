@@ -174,21 +174,28 @@ pub fn counts_keys(issuer: &IssuerFacts<'_>) -> bool {
     issuer.policy.and_then(|p| p.max_keys_per_namespace).is_some()
 }
 
-/// The other AccessKeys of `ak`'s namespace among `access_keys` that hold a key of its issuer.
+/// The other AccessKeys of `ak`'s namespace among `access_keys` that hold a key of its issuer
+/// (or are minting one).
 pub fn keys_in_namespace<'a>(ak: &AccessKey, access_keys: impl IntoIterator<Item = &'a AccessKey>) -> usize {
     let ns = ak.namespace().unwrap_or_default();
     let this = IssuerId::from_ref(&ak.spec.issuer_ref, &ns);
     access_keys
         .into_iter()
-        .filter(|other| {
-            other.metadata.namespace.as_deref() == Some(ns.as_str()) && other.metadata.uid != ak.metadata.uid
-        })
-        .filter(|other| {
-            let status = other.status.as_ref();
-            let holder = status.and_then(|s| s.access_key_id.as_ref().and(s.issued_by.as_ref()));
-            holder.is_some_and(|r| IssuerId::from_ref(r, &ns) == this)
-        })
+        .filter(|other| other.metadata.uid != ak.metadata.uid && holds_key_of(other, &this, &ns))
         .count()
+}
+
+/// Whether `ak`, of namespace `ns`, counts against `maxKeysPerNamespace` of `issuer`: its
+/// current key is of that issuer, or it records an attempt at one (`status.pending`: the key
+/// may exist at the provider already, and is adopted without asking the policy again).
+pub fn holds_key_of(ak: &AccessKey, issuer: &IssuerId, ns: &str) -> bool {
+    if ak.metadata.namespace.as_deref() != Some(ns) {
+        return false;
+    }
+    let Some(status) = ak.status.as_ref() else { return false };
+    let current = status.access_key_id.as_ref().and(status.issued_by.as_ref());
+    let attempt = status.pending.as_ref().map(|p| &p.issuer);
+    current.into_iter().chain(attempt).any(|r| IssuerId::from_ref(r, ns) == *issuer)
 }
 
 /// Why the issuer's policy refuses the key `ak` asks for, if it does.
@@ -287,7 +294,9 @@ pub fn next_step(s: &Snapshot<'_>) -> Step {
     );
     let step = decide(&o);
     let denial = match (&step, issuer) {
-        (Step::Issue { .. }, Some(i)) => policy_denial(i, ak, s.namespace_labels, keys_in_namespace(ak, s.access_keys)),
+        (Step::Issue { .. } | Step::RevokeEarly { .. }, Some(i)) => {
+            policy_denial(i, ak, s.namespace_labels, keys_in_namespace(ak, s.access_keys))
+        }
         _ => None,
     };
     if denial.is_none() {

@@ -130,6 +130,41 @@ pub fn retired_due(r: &RetiredKey, now: jiff::Timestamp) -> bool {
         || r.expires_at.as_ref().is_some_and(|t| t.0 <= now)
 }
 
+/// The most keys an AccessKey holds live at once: its current key and one replaced key awaiting
+/// revocation. A rotation loop (`cloudkeys.io/rotate` set again and again, with a long grace
+/// period) would otherwise stack keys until a provider quota shared with other tenants is full
+/// (OUTSCALE: 10 keys per user).
+pub const MAX_LIVE_KEYS: usize = 2;
+
+/// The replaced keys to revoke before a new key is minted, oldest first, so that with the new
+/// key the AccessKey holds at most [`MAX_LIVE_KEYS`]: their grace period ends early.
+pub fn revoke_before_minting(status: &AccessKeyStatus) -> Vec<&RetiredKey> {
+    let live_after = usize::from(status.access_key_id.is_some()) + status.retired.len() + 1;
+    let excess = live_after.saturating_sub(MAX_LIVE_KEYS);
+    let mut oldest_first: Vec<&RetiredKey> = status.retired.iter().collect();
+    // Stable: keys retired in the same second keep the order they were replaced in; those of an
+    // operator older than rotation (no `retiredAt`) come first.
+    oldest_first.sort_by_key(|r| r.retired_at.as_ref().map(|t| t.0));
+    oldest_first.truncate(excess);
+    oldest_first
+}
+
+/// The `Revoked` event of a replaced key revoked early to make room for a new key: it says that
+/// its grace period ended early, when it would have ended, and why.
+pub fn early_revocation_note(r: &RetiredKey, new_key_for: &str, now: jiff::Timestamp) -> String {
+    let grace = match &r.revoke_after {
+        Some(t) if t.0 > now => format!("its grace period ends early (it was to end at {})", t.0),
+        Some(_) => "its grace period was over".to_string(),
+        None if r.retired_at.is_none() => "it had no grace period".to_string(),
+        None => "its grace period ends early (it had not started: the consumers were still rolling out)".into(),
+    };
+    format!(
+        "revoked replaced key {}: {grace}, because a new key is due ({new_key_for}) and an AccessKey holds at most \
+         {MAX_LIVE_KEYS} live keys (its current key and one replaced key)",
+        r.access_key_id
+    )
+}
+
 /// A replaced key still waiting for the consumers of the current key to roll out.
 pub fn awaits_rollout(r: &RetiredKey) -> bool {
     r.retired_at.is_some() && r.revoke_after.is_none()
@@ -386,6 +421,34 @@ mod tests {
             expires_at: None,
         };
         assert!(retired_due(&old, t("2026-01-01T00:00:00Z")));
+    }
+
+    #[test]
+    fn with_a_new_key_an_access_key_holds_at_most_two_live_keys() {
+        let now = t("2026-01-01T00:00:00Z");
+        let mut status = AccessKeyStatus { access_key_id: Some("K2".into()), ..Default::default() };
+        assert!(revoke_before_minting(&status).is_empty(), "current + new");
+        status.retired.push(retire("K1".into(), "r1".into(), issuer(), None, Duration::from_secs(3600), now));
+        let ids = |s: &AccessKeyStatus| -> Vec<String> {
+            revoke_before_minting(s).iter().map(|r| r.access_key_id.clone()).collect()
+        };
+        assert_eq!(ids(&status), vec!["K1".to_string()], "current + replaced + new would be three");
+        status.access_key_id = None;
+        assert_eq!(ids(&status), Vec::<String>::new(), "no current key: the replaced one may stay");
+    }
+
+    #[test]
+    fn the_revoked_event_names_the_early_end_of_the_grace_period() {
+        let now = t("2026-01-01T00:00:00Z");
+        let mut r = retire("K1".into(), "r1".into(), issuer(), None, Duration::from_secs(3600), now);
+        let rolling = early_revocation_note(&r, "rotation requested", now);
+        assert!(rolling.contains("K1") && rolling.contains("grace period ends early"), "{rolling}");
+        assert!(rolling.contains("rotation requested") && rolling.contains("at most 2 live keys"), "{rolling}");
+        let mut status = AccessKeyStatus { retired: vec![r.clone()], ..Default::default() };
+        start_grace(&mut status, now);
+        r = status.retired[0].clone();
+        let note = early_revocation_note(&r, "rotation requested", now);
+        assert!(note.contains("ends early (it was to end at 2026-01-01T01:00:00Z)"), "{note}");
     }
 
     #[test]

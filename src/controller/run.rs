@@ -231,6 +231,7 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
         watcher::Event::Delete(ak) => {
             seen_by_cache.own_writes.cache_saw(ak.metadata.uid.as_deref().unwrap_or_default(), None);
             seen_by_cache.forget_access_key(&display_name(ak));
+            seen_by_cache.namespace_keys.forget(ak.metadata.uid.as_deref().unwrap_or_default());
             for id in in_use::needed_issuers(ak) {
                 // A send fails only once the controllers are stopping: nothing to release then.
                 match &id.namespace {

@@ -152,6 +152,12 @@ impl ExoscaleFake {
         self.shared.state().legacy_enabled = enabled;
     }
 
+    /// The most API keys that were ever live at once (created through the API), whenever anyone
+    /// looked: a bound on live keys holds at every moment, not just when a test polls.
+    pub fn max_live_api_keys(&self) -> usize {
+        self.shared.state().max_live_api_keys
+    }
+
     pub fn live_api_keys(&self) -> Vec<FakeApiKey> {
         self.shared.state().api_keys.clone()
     }
@@ -335,6 +341,8 @@ struct FakeState {
     /// Requests being handled now, and the most there ever were at once.
     in_flight: u32,
     max_in_flight: u32,
+    /// The most API keys that were ever live at once.
+    max_live_api_keys: usize,
     fault_rng: StdRng,
 }
 
@@ -367,6 +375,7 @@ impl Shared {
                 requests: Vec::new(),
                 in_flight: 0,
                 max_in_flight: 0,
+                max_live_api_keys: 0,
                 fault_rng: StdRng::seed_from_u64(0xE705_CA1E),
             }),
         }
@@ -725,6 +734,7 @@ async fn create_api_key(State(s): State<Arc<Shared>>, headers: HeaderMap, body: 
         let key = FakeApiKey { name, key: new_key(), role_id };
         let secret = new_secret();
         st.api_keys.push(key.clone());
+        st.max_live_api_keys = st.max_live_api_keys.max(st.api_keys.len());
         st.issued_secrets.push(secret.clone());
         json!({"name": key.name, "key": key.key, "secret": secret, "role-id": key.role_id})
     };

@@ -131,6 +131,10 @@ pub(super) async fn act(
                 None => Ok(None),
             }
         }
+        Step::RevokeEarly { reason, key_refs } => {
+            revoke_early(c, status, reason, &key_refs).await?;
+            Ok(None)
+        }
         Step::Issue { reason } => {
             let r = &c.ak.spec.issuer_ref;
             let issuer =
@@ -288,6 +292,80 @@ pub(super) fn retire_current(status: &mut AccessKeyStatus, grace: Duration, now:
     status.renewal_time = None;
 }
 
+/// Bounded keys: revokes the replaced keys `key_refs` before their time, so that the new key
+/// due for `reason` leaves at most two live. Each entry leaves `status.retired` only once the
+/// provider confirmed (a crash before the write revokes it again: already gone is success). A
+/// revocation that fails mints nothing: `Rotating=False` (`Blocked`) says which key holds the
+/// new one back, and the reconcile fails, to be retried with backoff.
+async fn revoke_early(
+    c: &Cluster<'_>,
+    status: &mut AccessKeyStatus,
+    reason: IssueReason,
+    key_refs: &[String],
+) -> Result<(), Error> {
+    let now = jiff::Timestamp::now();
+    let mut notes = Vec::new();
+    let mut revoked_any = false;
+    let mut failed = None;
+    for key_ref in key_refs {
+        let Some(r) = status.retired.iter().find(|r| &r.key_ref == key_ref).cloned() else { continue };
+        crashpoint("before-early-revoke");
+        let revoked = match c.provider_of(&r.issuer).await {
+            Ok(p) => revoke_recorded(c, p.as_ref(), &r.key_ref, &r.access_key_id).await,
+            Err(e) => Err(e),
+        };
+        match revoked {
+            // Refused (not this AccessKey's key, and said so): it leaves the status all the same.
+            Ok(done) => {
+                status.retired.retain(|k| k.key_ref != r.key_ref);
+                revoked_any = true;
+                if done {
+                    notes.push(rotation::early_revocation_note(&r, reason.describe(), now));
+                }
+            }
+            Err(e) => {
+                failed = Some((r, e));
+                break;
+            }
+        }
+    }
+    if let Some((r, e)) = &failed {
+        if !matches!(e, Error::IssuerBusy(_)) {
+            crate::metrics::global().revocation_failed(c.ak.spec.provider.name());
+            let message = format!(
+                "no new key ({}) until replaced key {} is revoked: an AccessKey holds at most {} live keys; \
+                 revoking it failed: {e}; retried with backoff",
+                reason.describe(),
+                r.access_key_id,
+                rotation::MAX_LIVE_KEYS,
+            );
+            rotation::put_rotating(
+                &mut status.conditions,
+                &RotatingState::Blocked(message.clone()),
+                c.ak.meta().generation,
+                now,
+            );
+            tracing::warn!(key = %r.access_key_id, error = %e, "cannot make room for a new key");
+            c.ctx.event(c.ak, EventType::Warning, "RevocationFailed", message).await;
+        }
+    }
+    if revoked_any {
+        crashpoint("after-early-revoke");
+    }
+    if revoked_any || failed.as_ref().is_some_and(|(_, e)| !matches!(e, Error::IssuerBusy(_))) {
+        c.write_status(status).await?;
+    }
+    for note in notes {
+        tracing::info!(%note, "replaced key revoked early");
+        c.ctx.event(c.ak, EventType::Normal, "Revoked", note).await;
+    }
+    match failed {
+        Some((_, e @ Error::IssuerBusy(_))) => Err(e),
+        Some(_) => Err(Error::RetiredNotRevoked(status.retired.len())),
+        None => Ok(()),
+    }
+}
+
 /// Creates a key and writes it to the Secret, in the crash-safe order described above.
 pub(super) async fn issue(
     c: &Cluster<'_>,
@@ -326,7 +404,16 @@ pub(super) async fn issue(
         rotate_request: rotate_request.clone(),
         grace_period_seconds: status.access_key_id.is_some().then_some(grace.as_secs()),
     }));
-    c.write_status(status).await?;
+    // From here the attempt counts under `maxKeysPerNamespace` until the cache shows it; an
+    // apiserver that answered with an error did not record it.
+    c.attempt_recorded(true);
+    match c.write_status(status).await {
+        Err(e @ Error::Kube(kube::Error::Api(_))) => {
+            c.attempt_recorded(false);
+            return Err(e);
+        }
+        other => other?,
+    }
     crashpoint("after-intent");
 
     // (2) Create. If this fails or never answers, the recorded attempt leads the next

@@ -2,6 +2,7 @@
 //! that view current (status, Secret, restarted consumers).
 
 use super::*;
+use crate::controller::namespace_keys::Admission;
 
 /// Everything one reconcile reads from the cluster about an AccessKey.
 pub(super) struct Cluster<'a> {
@@ -24,6 +25,8 @@ pub(super) struct Cluster<'a> {
     pub(super) workloads_seen: std::sync::Mutex<Vec<Workload>>,
     /// `spec.rotation` with its defaults (an invalid one is reported as the spec's problem).
     pub(super) settings: RotationSettings,
+    /// The place this reconcile took under `maxKeysPerNamespace` for the key it mints, if any.
+    pub(super) admission: std::sync::Mutex<Option<Admission<'a>>>,
 }
 
 impl<'a> Cluster<'a> {
@@ -90,6 +93,19 @@ impl<'a> Cluster<'a> {
             secret_seen: std::sync::Mutex::new(None),
             workloads_seen: std::sync::Mutex::new(Vec::new()),
             settings: RotationSettings::of(&ak.spec).unwrap_or_default(),
+            admission: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Keeps the place taken for the key about to be minted until this reconcile ends.
+    pub(super) fn admitted(&self, admission: Option<Admission<'a>>) {
+        *self.admission.lock().unwrap_or_else(|p| p.into_inner()) = admission;
+    }
+
+    /// Whether the attempt holding this reconcile's place is (or may be) recorded in the status.
+    pub(super) fn attempt_recorded(&self, recorded: bool) {
+        if let Some(a) = self.admission.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            a.recorded(recorded);
         }
     }
 

@@ -226,8 +226,10 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
             )
         };
         let mut step = decide(&observed);
-        // The policy is looked at only when a key is to be minted (it may need a read).
-        if let (Step::Issue { .. }, Some(i)) = (&step, issuer.as_ref()) {
+        // The policy is looked at only when a key is to be minted (it may need a read): before a
+        // replaced key is revoked early to make room for it too, so that a key the policy refuses
+        // cuts no grace period short.
+        if let (Step::Issue { .. } | Step::RevokeEarly { .. }, Some(i)) = (&step, issuer.as_ref()) {
             denial = policy_denial(&cluster, i).await?;
             if denial.is_some() {
                 observed.policy_denial = denial.as_deref();
@@ -277,8 +279,9 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
 
 /// Why the issuer's policy refuses the key this AccessKey asks for, if it does: the namespace's
 /// labels are read only for a ClusterKeyIssuer that selects namespaces by them, and the keys of
-/// the namespace are counted from the cache only under `maxKeysPerNamespace`.
-async fn policy_denial(c: &Cluster<'_>, issuer: &LoadedIssuer) -> Result<Option<String>, Error> {
+/// the namespace are counted (from the cache and the places taken by reconciles under way, see
+/// `namespace_keys`) only under `maxKeysPerNamespace`; allowed, this reconcile takes a place.
+async fn policy_denial<'a>(c: &Cluster<'a>, issuer: &LoadedIssuer) -> Result<Option<String>, Error> {
     let facts = issuer.facts();
     let labels = if observe::needs_namespace_labels(&facts, &c.ns) {
         let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.ctx.client.clone());
@@ -286,12 +289,25 @@ async fn policy_denial(c: &Cluster<'_>, issuer: &LoadedIssuer) -> Result<Option<
     } else {
         None
     };
-    let keys_in_namespace = if observe::counts_keys(&facts) {
-        observe::keys_in_namespace(c.ak, c.ctx.caches.access_keys.state().iter().map(|a| &**a))
-    } else {
-        0
-    };
-    Ok(observe::policy_denial(&facts, c.ak, labels.as_ref(), keys_in_namespace))
+    if !observe::counts_keys(&facts) {
+        return Ok(observe::policy_denial(&facts, c.ak, labels.as_ref(), 0));
+    }
+    let ctx: &'a Context = c.ctx;
+    let admitted = ctx.namespace_keys.admit(
+        c.ak,
+        || ctx.caches.access_keys.state(),
+        |keys_in_namespace| observe::policy_denial(&facts, c.ak, labels.as_ref(), keys_in_namespace),
+    );
+    match admitted {
+        Ok(admission) => {
+            c.admitted(Some(admission));
+            Ok(None)
+        }
+        Err(denial) => {
+            c.admitted(None);
+            Ok(Some(denial))
+        }
+    }
 }
 
 /// A new key refused by the provider while the current one works: the current key stays in the

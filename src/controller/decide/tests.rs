@@ -512,7 +512,79 @@ fn rotation_is_scheduled_requested_or_waits_for_the_replaced_key() {
     s.rotation.every = Some(Duration::from_secs(60));
     assert_ne!(s.decide(), Step::Issue { reason: IssueReason::Scheduled });
     s.rotate_request = Some("2");
+    // At once, but never a third live key: the replaced key waiting goes first (see below).
+    let early = Step::RevokeEarly { reason: IssueReason::Requested, key_refs: vec!["ref-K1".into()] };
+    assert_eq!(s.decide(), early);
+}
+
+#[test]
+fn a_third_key_first_revokes_the_oldest_replaced_key() {
+    // K1 was replaced by K2 a minute ago and is in its grace period; a rotation request comes.
+    let mut s = rotated(60);
+    rotation::start_grace(&mut s.status, s.now - jiff::SignedDuration::from_secs(30));
+    s.rotate_request = Some("2");
+    assert_eq!(s.decide(), Step::RevokeEarly { reason: IssueReason::Requested, key_refs: vec!["ref-K1".into()] });
+    // Revoked (its entry gone only once the provider confirmed): now the new key is minted.
+    s.status.retired.clear();
     assert_eq!(s.decide(), Step::Issue { reason: IssueReason::Requested });
+}
+
+#[test]
+fn every_replacement_makes_room_first_even_while_the_consumers_roll_out() {
+    type Change = fn(&mut Scenario);
+    let reasons: [(&str, Change, IssueReason); 5] = [
+        ("spec", |s| s.spec_hash = "h2", IssueReason::SpecChanged),
+        ("secret deleted", |s| s.secret = SecretState::Absent, IssueReason::SecretDeleted),
+        ("secret edited", |s| s.secret = ours("K9"), IssueReason::SecretModified),
+        ("expiry", |s| s.status.renewal_time = Some(Time(s.now)), IssueReason::ExpiresSoon),
+        ("revoked at the provider", |s| s.revoked_at_provider = true, IssueReason::RevokedAtProvider),
+    ];
+    for (what, change, reason) in reasons {
+        // Old enough for any hold; K1 still awaits the rollout of K2's consumers.
+        let mut s = rotated(7200);
+        s.consumers = vec![workload("api", Some("K2"), false)];
+        change(&mut s);
+        assert_eq!(s.decide(), Step::RevokeEarly { reason, key_refs: vec!["ref-K1".into()] }, "{what}");
+    }
+}
+
+#[test]
+fn keys_stacked_by_an_older_operator_are_revoked_down_to_one_replaced_key_oldest_first() {
+    let mut s = rotated(60);
+    s.status.retired.insert(0, legacy_retired("K0"));
+    let later = s.now - jiff::SignedDuration::from_secs(30);
+    s.status.retired.push(rotation::retire("K1b".into(), "ref-K1b".into(), issuer(), None, Duration::ZERO, later));
+    s.rotate_request = Some("3");
+    // K0 is due anyway; past that pass, all three go before a fourth key is minted.
+    s.retired_tried = true;
+    let refs = vec!["ref-K0".to_string(), "ref-K1".into(), "ref-K1b".into()];
+    assert_eq!(s.decide(), Step::RevokeEarly { reason: IssueReason::Requested, key_refs: refs });
+    // Without a current key (none recorded), one replaced key may stay next to the first key.
+    let mut status = AccessKeyStatus::default();
+    status.retired.push(legacy_retired("K0"));
+    let mut s = Scenario::new(status, SecretState::Absent);
+    s.retired_tried = true;
+    assert_eq!(s.decide(), Step::Issue { reason: IssueReason::FirstKey });
+}
+
+#[test]
+fn a_replacement_that_cannot_go_ahead_cuts_no_grace_period_short() {
+    let mut s = rotated(60);
+    rotation::start_grace(&mut s.status, s.now - jiff::SignedDuration::from_secs(30));
+    s.rotate_request = Some("2");
+    // Refused by the provider a moment ago: wait, K1 keeps its grace period.
+    s.blocked_until = Some(s.now + jiff::SignedDuration::from_secs(60));
+    assert_eq!(s.decide(), Step::WaitBeforeReplacing(IssueReason::Requested, Duration::from_secs(60)));
+    // Refused by the policy: no new key, so no early revocation either.
+    s.blocked_until = None;
+    s.policy_denial = Some("denied");
+    assert_eq!(s.decide(), Step::NotReady(Reason::PolicyDenied, "denied".into()));
+    // A Secret overwritten again too soon waits its turn, with K1 still live.
+    s.policy_denial = None;
+    s.rotate_request = None;
+    s.secret = SecretState::Absent;
+    s.status.forced_replacements = Some(5);
+    assert!(matches!(s.decide(), Step::WaitBeforeReplacing(IssueReason::SecretDeleted, _)), "{:?}", s.decide());
 }
 
 #[test]
