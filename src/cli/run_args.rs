@@ -50,9 +50,16 @@ pub struct RunArgs {
     /// namespace.
     #[arg(long, env = "CLOUDKEYS_LEADER_ELECTION_NAMESPACE")]
     pub leader_election_namespace: Option<String>,
-    /// Hosts a KeyIssuer's endpoint may name, comma-separated: names, `*.` prefixes for
-    /// subdomains, `loopback` for 127.0.0.0/8, ::1 and localhost. ClusterKeyIssuers may name any.
-    #[arg(long, env = "CLOUDKEYS_ALLOWED_ENDPOINT_HOSTS", default_value = crate::controller::guard::DEFAULT_ALLOWED_HOSTS)]
+    /// Hosts a KeyIssuer's endpoint may name, comma-separated: host names, patterns where `*`
+    /// matches within one DNS label (`api-*.exoscale.com`; never in the last two labels), and
+    /// `loopback` for 127.0.0.0/8, ::1 and localhost. Default: the providers' own API hosts.
+    /// ClusterKeyIssuers may name any.
+    #[arg(
+        long,
+        env = "CLOUDKEYS_ALLOWED_ENDPOINT_HOSTS",
+        default_value = crate::controller::guard::DEFAULT_ALLOWED_HOSTS,
+        value_parser = crate::controller::guard::parse_allowed_hosts
+    )]
     pub allowed_endpoint_hosts: String,
     /// How often the keys at each provider are listed to find those revoked behind the
     /// operator's back (one listing per provider owner, ± 10 %); 0 disables drift checks.

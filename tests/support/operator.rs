@@ -11,6 +11,8 @@ pub struct Operator {
     child: Option<Child>,
     log: PathBuf,
     namespace: String,
+    /// Watches every namespace (`namespace` is then only its cluster resource namespace).
+    everywhere: bool,
     env: Vec<(String, String)>,
 }
 
@@ -21,6 +23,18 @@ impl Operator {
     }
 
     pub fn start_with(namespace: &str, env: &[(&str, &str)]) -> Self {
+        Self::launch(namespace, false, env)
+    }
+
+    /// An operator watching every namespace, as a cluster-wide installation does, with its
+    /// ClusterKeyIssuers' Secrets in `cluster_resource_namespace`. Only for a test process with a
+    /// control plane of its own (see `own_control_plane`): it would reconcile other tests' objects.
+    pub fn start_everywhere(cluster_resource_namespace: &str, env: &[(&str, &str)]) -> Self {
+        assert!(control_plane().own, "an operator watching every namespace needs a control plane of its own");
+        Self::launch(cluster_resource_namespace, true, env)
+    }
+
+    fn launch(namespace: &str, everywhere: bool, env: &[(&str, &str)]) -> Self {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = control_plane().dir.join(format!("operator-{namespace}-{n}.log"));
@@ -28,17 +42,26 @@ impl Operator {
             child: None,
             log,
             namespace: namespace.to_string(),
+            everywhere,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         op.spawn();
         op
     }
 
+    /// Whether the process is still running (it has not exited by itself, or been killed).
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     fn spawn(&mut self) {
         let out = File::options().create(true).append(true).open(&self.log).expect("operator log file");
         let err = out.try_clone().expect("log file handle");
+        let watched: &[&str] = if self.everywhere { &[] } else { &["--namespace", &self.namespace] };
         let child = Command::new(env!("CARGO_BIN_EXE_cloudkeys"))
-            .args(["run", "--namespace", &self.namespace, "--cluster-resource-namespace", &self.namespace])
+            .arg("run")
+            .args(watched)
+            .args(["--cluster-resource-namespace", &self.namespace])
             .args(["--metrics-address", "127.0.0.1:0", "--log-format", "json"])
             .env("KUBECONFIG", &control_plane().kubeconfig)
             .env("RUST_LOG", "info,cloudkeys=debug")
