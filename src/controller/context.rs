@@ -15,6 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::api::{AccessKey, ClusterKeyIssuer, KeyIssuer};
 use crate::health::Health;
 use crate::providers::http::HttpConfig;
+use crate::providers::policy_read::{Answer, Question};
 
 use super::cached_secret::CachedSecret;
 use super::guard::TenantGuard;
@@ -55,6 +56,38 @@ pub struct Context {
     revoked_externally: Mutex<HashMap<String, String>>,
     /// Per AccessKey: the key id and what the last drift check found about it at the provider.
     provider_views: Mutex<HashMap<String, (String, super::decide::ProviderView)>>,
+    /// Per issuer and question: what the provider answered a policy question (see
+    /// [`POLICY_ANSWER_TTL`]). Behind an async lock each, so that AccessKeys asking the same
+    /// question at once wait for one read instead of each sending their own.
+    policy_answers: Mutex<HashMap<(String, Question), PolicyAnswerSlot>>,
+}
+
+/// The last answer to one policy question of one issuer, if any.
+pub type PolicyAnswerSlot = Arc<tokio::sync::Mutex<Option<PolicyAnswer>>>;
+
+/// How long the provider's answer to a policy question is used before it is read again. A
+/// role's policy, or which user owns a key, can change at the provider without the cluster
+/// seeing it; a minute bounds how long a change goes unnoticed (a denied AccessKey is looked at
+/// again every minute too), while a burst of AccessKeys naming one role or user costs one read
+/// a minute per issuer. Errors are not kept: the next reconcile asks again.
+pub const POLICY_ANSWER_TTL: Duration = Duration::from_secs(60);
+
+pub struct PolicyAnswer {
+    /// The issuer's fingerprint when it was read: new credentials may be another identity.
+    pub fingerprint: String,
+    pub read_at: Instant,
+    pub answer: Answer,
+}
+
+impl PolicyAnswer {
+    pub fn new(fingerprint: &str, answer: Answer) -> Self {
+        Self { fingerprint: fingerprint.to_string(), read_at: Instant::now(), answer }
+    }
+
+    /// Still to be used for an issuer with this fingerprint.
+    pub fn current(&self, fingerprint: &str) -> bool {
+        self.fingerprint == fingerprint && self.read_at.elapsed() < POLICY_ANSWER_TTL
+    }
 }
 
 /// Taken by the reconcile that may write an issuer's in-use hold. Inside: the resourceVersion
@@ -231,6 +264,7 @@ impl Context {
             installation: String::new(),
             revoked_externally: Mutex::new(HashMap::new()),
             provider_views: Mutex::new(HashMap::new()),
+            policy_answers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -265,7 +299,22 @@ impl Context {
         lock(&self.checks).remove(&name);
         lock(&self.issuer_slots).remove(&name);
         lock(&self.hold_writers).remove(&id.holder_key());
+        lock(&self.policy_answers).retain(|(issuer, _), _| *issuer != name);
         self.registry.forget(&name);
+    }
+
+    /// Where the answer to `question` for `issuer` (its display name) is kept. Answers past
+    /// their time that no reconcile is reading are dropped on the way, so that AccessKeys naming
+    /// ever new roles or users cannot grow this for ever.
+    pub fn policy_answer_slot(&self, issuer: &str, question: &Question) -> PolicyAnswerSlot {
+        let mut answers = lock(&self.policy_answers);
+        answers.retain(|_, slot| {
+            Arc::strong_count(slot) > 1
+                || slot
+                    .try_lock()
+                    .map_or(true, |kept| kept.as_ref().is_some_and(|k| k.read_at.elapsed() < POLICY_ANSWER_TTL))
+        });
+        answers.entry((issuer.to_string(), question.clone())).or_default().clone()
     }
 
     /// Lets go of the failure count of the AccessKey `key` (`namespace/name`) once it is deleted.

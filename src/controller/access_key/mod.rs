@@ -27,11 +27,12 @@ use crate::providers::{IssuedKey, KeyRequest, Marker, OwnedKey, Provider, Provid
 
 use super::conditions::{ready_condition, Reason, READY};
 use super::consumers::{self, Workload, WorkloadObject};
-use super::context::{display_name, patch_params, Context, LoadedIssuer, FIELD_MANAGER};
+use super::context::{display_name, patch_params, Context, LoadedIssuer, PolicyAnswer, FIELD_MANAGER};
 use super::decide::{decide, forced_replacement_wait, forced_replacements_after, IssueReason, Observed, Step};
 use super::error::Error;
 use super::in_use::IssuerId;
 use super::observe;
+use super::policy::Verdict;
 use super::rotation::{self, RotatingState, RotationSettings};
 use super::secret::{self, SecretState};
 
@@ -272,8 +273,9 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
 }
 
 /// Why the issuer's policy refuses the key this AccessKey asks for, if it does: the namespace's
-/// labels are read only for a ClusterKeyIssuer that selects namespaces by them, and the keys of
-/// the namespace are counted from the cache only under `maxKeysPerNamespace`.
+/// labels are read only for a ClusterKeyIssuer that selects namespaces by them, the keys of the
+/// namespace are counted from the cache only under `maxKeysPerNamespace`, and the provider is
+/// asked (one read, kept for a minute) only when every rule the spec answers has passed.
 async fn policy_denial(c: &Cluster<'_>, issuer: &LoadedIssuer) -> Result<Option<String>, Error> {
     let facts = issuer.facts();
     let labels = if observe::needs_namespace_labels(&facts, &c.ns) {
@@ -287,7 +289,38 @@ async fn policy_denial(c: &Cluster<'_>, issuer: &LoadedIssuer) -> Result<Option<
     } else {
         0
     };
-    Ok(observe::policy_denial(&facts, c.ak, labels.as_ref(), keys_in_namespace))
+    let question = match observe::policy_verdict(&facts, c.ak, labels.as_ref(), keys_in_namespace, None) {
+        Verdict::Allowed => return Ok(None),
+        Verdict::Denied(denial) => return Ok(Some(observe::denial_message(&facts, &denial))),
+        Verdict::Ask(question) => question,
+    };
+    let slot = c.ctx.policy_answer_slot(&issuer.display, &question);
+    let mut kept = slot.lock().await;
+    let answer = match kept.as_ref().filter(|k| k.current(&issuer.fingerprint)) {
+        Some(k) => k.answer.clone(),
+        None => {
+            let provider = issuer
+                .provider
+                .clone()
+                .map_err(|cause| Error::IssuerUnusable { issuer: issuer.display.clone(), cause })?;
+            let provider = c.at_provider(&c.ak.spec.issuer_ref, provider).await?;
+            let answer = provider.answer(&question).await?;
+            tracing::debug!(%question, ?answer, "policy question answered by the provider");
+            *kept = Some(PolicyAnswer::new(&issuer.fingerprint, answer.clone()));
+            answer
+        }
+    };
+    drop(kept);
+    match observe::policy_verdict(&facts, c.ak, labels.as_ref(), keys_in_namespace, Some((&question, &answer))) {
+        Verdict::Allowed => Ok(None),
+        Verdict::Denied(denial) => Ok(Some(observe::denial_message(&facts, &denial))),
+        // Answered, and asked again: another question, which no provider asks today. Refused
+        // rather than minted unjudged.
+        Verdict::Ask(other) => Ok(Some(format!(
+            "{}: the issuer's policy cannot be checked ({other} after {question}); report this as a bug",
+            issuer.display
+        ))),
+    }
 }
 
 /// A new key refused by the provider while the current one works: the current key stays in the

@@ -1,6 +1,7 @@
 use super::*;
 use crate::api::IssuerKind;
 use crate::providers::local::{LocalProvider, LocalStore};
+use crate::providers::policy_read::{Answer, Question};
 use crate::providers::Provider;
 
 /// A context whose client has no apiserver behind it: for what is decided in memory.
@@ -43,6 +44,8 @@ async fn a_deleted_issuer_or_access_key_leaves_nothing_behind_in_memory() {
         drop(ctx.hold_writer(&id.holder_key()));
         let client: Arc<dyn Provider> = Arc::new(LocalProvider::new(LocalStore::default()));
         lock(&ctx.registry.cache).insert(format!("{name}@uid-1"), ("fp".into(), client));
+        let slot = ctx.policy_answer_slot(&name, &role());
+        *slot.lock().await = Some(PolicyAnswer::new("fp", Answer::NoSuchRole));
     }
     ctx.forget_issuer(&gone);
     let remembered = |id: &IssuerId| {
@@ -52,10 +55,11 @@ async fn a_deleted_issuer_or_access_key_leaves_nothing_behind_in_memory() {
             lock(&ctx.issuer_slots).contains_key(&name),
             lock(&ctx.hold_writers).contains_key(&id.holder_key()),
             lock(&ctx.registry.cache).contains_key(&format!("{name}@uid-1")),
+            lock(&ctx.policy_answers).contains_key(&(name.clone(), role())),
         ]
     };
-    assert_eq!(remembered(&gone), [false; 4]);
-    assert_eq!(remembered(&kept), [true; 4]);
+    assert_eq!(remembered(&gone), [false; 5]);
+    assert_eq!(remembered(&kept), [true; 5]);
 
     ctx.record_failure("team/backups");
     assert_eq!(ctx.record_failure("team/backups"), 1, "failures before this one");
@@ -68,6 +72,36 @@ async fn a_deleted_issuer_or_access_key_leaves_nothing_behind_in_memory() {
     assert_eq!(ctx.record_failure("team/backups"), 0, "a re-created AccessKey starts afresh");
     assert_eq!(ctx.record_failure("team/backups#busy"), 0);
     assert_eq!((ctx.refusals("team/backups"), ctx.blocked_until("team/backups", "h1")), (0, None));
+}
+
+fn role() -> Question {
+    Question::ExoscaleRole("r".into())
+}
+
+#[tokio::test]
+async fn a_policy_answer_is_kept_a_while_for_one_issuer_fingerprint_and_shared_by_its_askers() {
+    let ctx = offline_context();
+    let slot = ctx.policy_answer_slot("KeyIssuer team/exo", &role());
+    assert!(slot.lock().await.is_none(), "nothing read yet");
+    *slot.lock().await = Some(PolicyAnswer::new("fp1", Answer::NoSuchRole));
+    drop(slot);
+    // Everyone asking the same question of the same issuer gets the same place.
+    let again = ctx.policy_answer_slot("KeyIssuer team/exo", &role());
+    let kept = again.lock().await;
+    let answer = kept.as_ref().expect("kept");
+    assert!(answer.current("fp1"));
+    assert!(!answer.current("fp2"), "new credentials may be another identity: read again");
+    drop(kept);
+    let other = ctx.policy_answer_slot("KeyIssuer team/other", &role());
+    assert!(other.lock().await.is_none(), "another issuer's answer is its own");
+    // Past its time, an answer is not used, and dropped once no one holds it.
+    let old =
+        PolicyAnswer { read_at: Instant::now() - POLICY_ANSWER_TTL, ..PolicyAnswer::new("fp1", Answer::NoSuchRole) };
+    assert!(!old.current("fp1"));
+    *again.lock().await = Some(old);
+    drop((again, other));
+    let _ = ctx.policy_answer_slot("KeyIssuer team/third", &role());
+    assert!(!lock(&ctx.policy_answers).contains_key(&("KeyIssuer team/exo".to_string(), role())));
 }
 
 #[test]
