@@ -57,19 +57,18 @@ pub struct Context {
     /// Per AccessKey: the key id and what the last drift check found about it at the provider.
     provider_views: Mutex<HashMap<String, (String, super::decide::ProviderView)>>,
     /// Per issuer and question: what the provider answered a policy question (see
-    /// [`POLICY_ANSWER_TTL`]). Behind an async lock each, so that AccessKeys asking the same
-    /// question at once wait for one read instead of each sending their own.
-    policy_answers: Mutex<HashMap<(String, Question), PolicyAnswerSlot>>,
+    /// [`POLICY_ANSWER_TTL`]).
+    policy_answers: Mutex<HashMap<(String, Question), PolicyAnswer>>,
 }
-
-/// The last answer to one policy question of one issuer, if any.
-pub type PolicyAnswerSlot = Arc<tokio::sync::Mutex<Option<PolicyAnswer>>>;
 
 /// How long the provider's answer to a policy question is used before it is read again. A
 /// role's policy, or which user owns a key, can change at the provider without the cluster
 /// seeing it; a minute bounds how long a change goes unnoticed (a denied AccessKey is looked at
 /// again every minute too), while a burst of AccessKeys naming one role or user costs one read
-/// a minute per issuer. Errors are not kept: the next reconcile asks again.
+/// a minute per issuer. Errors are not kept: the next reconcile asks again. AccessKeys that ask
+/// the same question at the same moment each read: like any provider call, their reads take
+/// the issuer's slots (`--issuer-concurrency`), so a provider that hangs on them holds no more
+/// workers than it would otherwise, where waiting for one another's answer would hold them all.
 pub const POLICY_ANSWER_TTL: Duration = Duration::from_secs(60);
 
 pub struct PolicyAnswer {
@@ -303,18 +302,20 @@ impl Context {
         self.registry.forget(&name);
     }
 
-    /// Where the answer to `question` for `issuer` (its display name) is kept. Answers past
-    /// their time that no reconcile is reading are dropped on the way, so that AccessKeys naming
-    /// ever new roles or users cannot grow this for ever.
-    pub fn policy_answer_slot(&self, issuer: &str, question: &Question) -> PolicyAnswerSlot {
+    /// The provider's answer to `question` for `issuer` (its display name) as it is now
+    /// (`fingerprint`), if read less than [`POLICY_ANSWER_TTL`] ago.
+    pub fn policy_answer(&self, issuer: &str, fingerprint: &str, question: &Question) -> Option<Answer> {
+        let answers = lock(&self.policy_answers);
+        let kept = answers.get(&(issuer.to_string(), question.clone()))?;
+        kept.current(fingerprint).then(|| kept.answer.clone())
+    }
+
+    /// Keeps the provider's answer to `question` for `issuer`. Answers past their time are
+    /// dropped on the way, so that AccessKeys naming ever new roles or users cannot grow this.
+    pub fn remember_policy_answer(&self, issuer: &str, question: &Question, answer: PolicyAnswer) {
         let mut answers = lock(&self.policy_answers);
-        answers.retain(|_, slot| {
-            Arc::strong_count(slot) > 1
-                || slot
-                    .try_lock()
-                    .map_or(true, |kept| kept.as_ref().is_some_and(|k| k.read_at.elapsed() < POLICY_ANSWER_TTL))
-        });
-        answers.entry((issuer.to_string(), question.clone())).or_default().clone()
+        answers.retain(|_, kept| kept.read_at.elapsed() < POLICY_ANSWER_TTL);
+        answers.insert((issuer.to_string(), question.clone()), answer);
     }
 
     /// Lets go of the failure count of the AccessKey `key` (`namespace/name`) once it is deleted.

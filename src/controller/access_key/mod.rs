@@ -294,10 +294,8 @@ async fn policy_denial(c: &Cluster<'_>, issuer: &LoadedIssuer) -> Result<Option<
         Verdict::Denied(denial) => return Ok(Some(observe::denial_message(&facts, &denial))),
         Verdict::Ask(question) => question,
     };
-    let slot = c.ctx.policy_answer_slot(&issuer.display, &question);
-    let mut kept = slot.lock().await;
-    let answer = match kept.as_ref().filter(|k| k.current(&issuer.fingerprint)) {
-        Some(k) => k.answer.clone(),
+    let answer = match c.ctx.policy_answer(&issuer.display, &issuer.fingerprint, &question) {
+        Some(answer) => answer,
         None => {
             let provider = issuer
                 .provider
@@ -306,11 +304,11 @@ async fn policy_denial(c: &Cluster<'_>, issuer: &LoadedIssuer) -> Result<Option<
             let provider = c.at_provider(&c.ak.spec.issuer_ref, provider).await?;
             let answer = provider.answer(&question).await?;
             tracing::debug!(%question, ?answer, "policy question answered by the provider");
-            *kept = Some(PolicyAnswer::new(&issuer.fingerprint, answer.clone()));
+            let kept = PolicyAnswer::new(&issuer.fingerprint, answer.clone());
+            c.ctx.remember_policy_answer(&issuer.display, &question, kept);
             answer
         }
     };
-    drop(kept);
     match observe::policy_verdict(&facts, c.ak, labels.as_ref(), keys_in_namespace, Some((&question, &answer))) {
         Verdict::Allowed => Ok(None),
         Verdict::Denied(denial) => Ok(Some(observe::denial_message(&facts, &denial))),

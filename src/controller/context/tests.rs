@@ -44,8 +44,7 @@ async fn a_deleted_issuer_or_access_key_leaves_nothing_behind_in_memory() {
         drop(ctx.hold_writer(&id.holder_key()));
         let client: Arc<dyn Provider> = Arc::new(LocalProvider::new(LocalStore::default()));
         lock(&ctx.registry.cache).insert(format!("{name}@uid-1"), ("fp".into(), client));
-        let slot = ctx.policy_answer_slot(&name, &role());
-        *slot.lock().await = Some(PolicyAnswer::new("fp", Answer::NoSuchRole));
+        ctx.remember_policy_answer(&name, &role(), PolicyAnswer::new("fp", Answer::NoSuchRole));
     }
     ctx.forget_issuer(&gone);
     let remembered = |id: &IssuerId| {
@@ -79,28 +78,21 @@ fn role() -> Question {
 }
 
 #[tokio::test]
-async fn a_policy_answer_is_kept_a_while_for_one_issuer_fingerprint_and_shared_by_its_askers() {
+async fn a_policy_answer_is_kept_a_while_for_one_issuer_fingerprint() {
     let ctx = offline_context();
-    let slot = ctx.policy_answer_slot("KeyIssuer team/exo", &role());
-    assert!(slot.lock().await.is_none(), "nothing read yet");
-    *slot.lock().await = Some(PolicyAnswer::new("fp1", Answer::NoSuchRole));
-    drop(slot);
-    // Everyone asking the same question of the same issuer gets the same place.
-    let again = ctx.policy_answer_slot("KeyIssuer team/exo", &role());
-    let kept = again.lock().await;
-    let answer = kept.as_ref().expect("kept");
-    assert!(answer.current("fp1"));
-    assert!(!answer.current("fp2"), "new credentials may be another identity: read again");
-    drop(kept);
-    let other = ctx.policy_answer_slot("KeyIssuer team/other", &role());
-    assert!(other.lock().await.is_none(), "another issuer's answer is its own");
-    // Past its time, an answer is not used, and dropped once no one holds it.
-    let old =
-        PolicyAnswer { read_at: Instant::now() - POLICY_ANSWER_TTL, ..PolicyAnswer::new("fp1", Answer::NoSuchRole) };
-    assert!(!old.current("fp1"));
-    *again.lock().await = Some(old);
-    drop((again, other));
-    let _ = ctx.policy_answer_slot("KeyIssuer team/third", &role());
+    assert_eq!(ctx.policy_answer("KeyIssuer team/exo", "fp1", &role()), None, "nothing read yet");
+    ctx.remember_policy_answer("KeyIssuer team/exo", &role(), PolicyAnswer::new("fp1", Answer::NoSuchRole));
+    assert_eq!(ctx.policy_answer("KeyIssuer team/exo", "fp1", &role()), Some(Answer::NoSuchRole));
+    assert_eq!(ctx.policy_answer("KeyIssuer team/exo", "fp2", &role()), None, "new credentials: read again");
+    assert_eq!(ctx.policy_answer("KeyIssuer team/other", "fp1", &role()), None, "another issuer's is its own");
+    let user = Question::OutscaleUser("u".into());
+    assert_eq!(ctx.policy_answer("KeyIssuer team/exo", "fp1", &user), None, "another question");
+    // Past its time, an answer is not used, and dropped when the next one is kept.
+    let Some(long_ago) = Instant::now().checked_sub(POLICY_ANSWER_TTL) else { return };
+    let old = PolicyAnswer { read_at: long_ago, ..PolicyAnswer::new("fp1", Answer::NoSuchRole) };
+    ctx.remember_policy_answer("KeyIssuer team/exo", &role(), old);
+    assert_eq!(ctx.policy_answer("KeyIssuer team/exo", "fp1", &role()), None);
+    ctx.remember_policy_answer("KeyIssuer team/third", &role(), PolicyAnswer::new("fp1", Answer::NoSuchRole));
     assert!(!lock(&ctx.policy_answers).contains_key(&("KeyIssuer team/exo".to_string(), role())));
 }
 
