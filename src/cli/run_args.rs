@@ -101,3 +101,31 @@ impl RunArgs {
             .unwrap_or_else(|| "cloudkeys".to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+
+    fn run(args: &[&str]) -> Result<String, clap::Error> {
+        let mut argv = vec!["cloudkeys", "run"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Run(run) => Ok(run.allowed_endpoint_hosts),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_allowed_hosts_default_to_the_providers_api_hosts_and_bad_patterns_are_usage_errors() {
+        assert_eq!(run(&[]).expect("default"), crate::controller::guard::DEFAULT_ALLOWED_HOSTS);
+        let given = run(&["--allowed-endpoint-hosts", "api-*.exoscale.com, loopback"]).expect("valid");
+        assert_eq!(given, "api-*.exoscale.com,loopback");
+        for bad in ["*.com", "*", "api.*"] {
+            let e = run(&["--allowed-endpoint-hosts", bad]).expect_err(bad);
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
+            assert!(e.to_string().contains("last two labels"), "{e}");
+        }
+    }
+}
