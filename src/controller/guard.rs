@@ -157,7 +157,7 @@ impl TenantGuard {
         ];
         for (field, endpoint, default) in fields {
             let Some(endpoint) = endpoint else { continue };
-            if endpoint.trim_end_matches('/') == default {
+            if same_endpoint(endpoint, default) {
                 continue;
             }
             let host = host_of(field, endpoint)?;
@@ -190,6 +190,17 @@ fn host_of(field: &str, endpoint: &str) -> Result<String, InvalidSpec> {
         return Err(InvalidSpec::new(field, format!("{endpoint:?} names no host")));
     };
     Ok(host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_string())
+}
+
+/// Whether `endpoint` is on the same origin as `default` (scheme, host, port; a path on the
+/// provider's own API host keeps the tokens there).
+fn same_endpoint(endpoint: &str, default: &str) -> bool {
+    let parts = |u: &str| {
+        url::Url::parse(u)
+            .ok()
+            .map(|u| (u.scheme().to_string(), u.host_str().map(str::to_ascii_lowercase), u.port_or_known_default()))
+    };
+    matches!((parts(endpoint), parts(default)), (Some(a), Some(b)) if a == b)
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -343,6 +354,8 @@ mod tests {
         for default in [
             ambient("endpoint", "https://iam.api.cloud.yandex.net"),
             ambient("endpoint", "https://iam.api.cloud.yandex.net/"),
+            ambient("endpoint", "https://IAM.api.cloud.yandex.net:443"),
+            ambient("operationEndpoint", "https://operation.api.cloud.yandex.net/v1"),
             ambient("operationEndpoint", "https://operation.api.cloud.yandex.net"),
         ] {
             assert_eq!(allowing.check(&default, true), Ok(()));
@@ -357,6 +370,7 @@ mod tests {
             ambient("endpoint", "https://d5d0000.apigw.yandexcloud.net"),
             ambient("operationEndpoint", "https://proxy.example.com"),
             ambient("endpoint", "https://iam.api.cloud.yandex.net:8443"),
+            ambient("endpoint", "http://iam.api.cloud.yandex.net"),
         ] {
             assert!(allowing.check(&elsewhere, true).is_err(), "{elsewhere:?}");
             assert!(allowing.check(&elsewhere, false).is_err(), "{elsewhere:?} on a ClusterKeyIssuer");
