@@ -64,11 +64,7 @@ impl HostPattern {
 
 /// The hosts of `--allowed-endpoint-hosts`, checked: a usage error names the bad entry.
 pub fn parse_allowed_hosts(list: &str) -> Result<String, String> {
-    let entries: Vec<&str> = list.split(',').map(str::trim).filter(|h| !h.is_empty()).collect();
-    for entry in &entries {
-        HostPattern::parse(entry)?;
-    }
-    Ok(entries.join(","))
+    TenantGuard::new(list, false).map(|guard| guard.allowed_hosts.join(","))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +89,7 @@ impl Default for TenantGuard {
 impl TenantGuard {
     pub fn new(allowed_hosts: &str, allow_namespaced_ambient: bool) -> Result<Self, String> {
         let allowed_hosts: Vec<String> =
-            allowed_hosts.split(',').map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()).collect();
+            allowed_hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).map(str::to_string).collect();
         let patterns = allowed_hosts.iter().map(|h| HostPattern::parse(h)).collect::<Result<_, _>>()?;
         Ok(Self { allowed_hosts, patterns, allow_namespaced_ambient })
     }
