@@ -261,7 +261,7 @@ async fn check_fails_while_an_issuer_is_not_ready_and_passes_when_all_is_well() 
         }
     })
     .await;
-    for (line, says) in [("crds", "ok"), ("leader", "ok"), ("issuers", "ok"), ("orphans", "ok")] {
+    for (line, says) in [("crds", "ok"), ("leader", "ok"), ("issuers", "ok"), ("grants", "ok"), ("orphans", "ok")] {
         assert!(out.stdout.lines().any(|l| l.starts_with(line) && l.contains(says)), "{line} {says}: {}", out.stdout);
     }
     assert!(out.stdout.contains("KeyIssuer ") && out.stdout.contains("/local"), "{}", out.stdout);
@@ -282,6 +282,46 @@ async fn check_fails_while_an_issuer_is_not_ready_and_passes_when_all_is_well() 
     let out = screen.cloudkeys(&["check", "-n", &ns, "--operator-namespace", &ns, "-o", "json"]).await;
     let report: Value = serde_json::from_str(&out.stdout).expect("check -o json is JSON");
     assert_eq!(report["healthy"], false);
+
+    // Every unbounded grant is a warning naming the issuer and what would bound it: any role (and
+    // any role policy, legacy keys without resources) for exo-broken, which has no policy, any
+    // service account and any user for these two.
+    let open = [
+        json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "KeyIssuer", "metadata": {"name": "yc-any"},
+            "spec": {"yandex": {"serviceAccountKeySecretRef": {"name": "nowhere"}},
+                "policy": {"yandex": {"serviceAccountIds": ["*"]}}}}),
+        json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "KeyIssuer", "metadata": {"name": "osc-any"},
+            "spec": {"outscale": {"region": "eu-west-2", "credentialsSecretRef": {"name": "nowhere"}},
+                "policy": {"outscale": {"allowIssuerIdentity": true}}}}),
+    ];
+    for issuer in &open {
+        support::apply_json(&client, &ns, issuer.clone()).await;
+    }
+    // Wide: one line per finding, however long.
+    let out = screen.cloudkeys(&["check", "-n", &ns, "--operator-namespace", &ns, "-o", "wide"]).await;
+    let warning = |issuer: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.starts_with("grants") && l.contains(&format!("KeyIssuer {ns}/{issuer} ")))
+            .unwrap_or_else(|| panic!("no grants line for {issuer}: {}", out.stdout))
+            .to_string()
+    };
+    let exo = warning("exo-broken");
+    assert!(exo.contains("warn") && exo.contains("any existing role") && exo.contains("roleIds"), "{exo}");
+    assert!(exo.contains("legacy access keys") && exo.contains("without resources"), "{exo}");
+    let yc = warning("yc-any");
+    assert!(yc.contains("warn") && yc.contains("any service account"), "{yc}");
+    let osc = warning("osc-any");
+    assert!(osc.contains("any EIM user") && osc.contains("allowIssuerIdentity: true"), "{osc}");
+    assert!(!out.stdout.lines().any(|l| l.starts_with("grants") && l.contains("/local ")), "{}", out.stdout);
+    let out = screen.cloudkeys(&["check", "-n", &ns, "--operator-namespace", &ns, "-o", "json"]).await;
+    let report: Value = serde_json::from_str(&out.stdout).expect("check -o json is JSON");
+    let listed = report["issuers"].as_array().expect("issuers").iter().find(|i| i["name"] == "yc-any").cloned();
+    let grants = listed.expect("yc-any listed")["unboundedGrants"].to_string();
+    assert!(grants.contains("any service account"), "{grants}");
+    for name in ["yc-any", "osc-any"] {
+        issuers.delete(name, &Default::default()).await.expect("deleted");
+    }
 
     // A Lease nobody holds is a failure too.
     let out = screen.cloudkeys(&["check", "-n", &ns, "--operator-namespace", "kube-public"]).await;

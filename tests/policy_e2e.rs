@@ -264,6 +264,121 @@ async fn outscale_keys_need_an_allowed_user_an_allowed_identity_and_a_bounded_li
     keys::wait_issued(&client, &ns, "web").await;
 }
 
+/// Mode (a) under `allowIAM: false` (the default) with no `roleIds`: the operator reads the role
+/// (once for many AccessKeys) and refuses one that grants IAM rights, as it refuses such a role
+/// made for the key; with `allowIAM: true` the same role is issued.
+#[tokio::test]
+async fn an_existing_role_with_iam_rights_is_refused_unless_the_policy_allows_iam() {
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    let ns = support::namespace(&client, "policy-existing-role").await;
+    let fake = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
+    let iam_role = "00000000-0000-4000-8000-0000000001a0";
+    let policy = json!({"default-service-strategy": "deny", "services": {"iam": {"type": "allow"}}});
+    fake.add_role(iam_role, "iam-admin", policy, &[]);
+    support::exoscale::credentials(&client, &ns, ADMIN_SECRET).await;
+    let exo = json!({"endpoint": fake.endpoint(), "credentialsSecretRef": {"name": CREDENTIALS}});
+    support::apply_json(&client, &ns, key_issuer("defaults", "exoscale", exo.clone(), Value::Null)).await;
+    let iam_ok = json!({"exoscale": {"allowIAM": true}});
+    support::apply_json(&client, &ns, key_issuer("iam-ok", "exoscale", exo, iam_ok)).await;
+    let _op = Operator::start(&ns);
+    wait_issuer_ready(&client, &ns, "defaults").await;
+    wait_issuer_ready(&client, &ns, "iam-ok").await;
+    // The first refusal reads the role; those after it use that answer (kept for a minute).
+    let refused = ["iam-1", "iam-2", "iam-3", "iam-4"];
+    for (i, name) in refused.iter().enumerate() {
+        support::apply_json(&client, &ns, key(name, "defaults", "exoscale", json!({"roleId": iam_role}), json!({})))
+            .await;
+        if i == 0 {
+            keys::wait_reason(&client, &ns, name, "PolicyDenied").await;
+        }
+    }
+    for name in refused {
+        assert_denied(
+            &client,
+            &ns,
+            name,
+            &["spec.exoscale.roleId", iam_role, "iam service of type allow", "allowIAM: false", "roleIds"],
+        )
+        .await;
+    }
+    let role_path = format!("/v2/iam-role/{iam_role}");
+    let reads = fake.requests().iter().filter(|r| r.method == "GET" && r.path == role_path).count();
+    assert!(reads >= 1 && reads < refused.len(), "{reads} reads of the role for {} AccessKeys", refused.len());
+    assert!(fake.live_api_keys().iter().all(|k| k.role_id != iam_role), "a key was bound to the IAM role");
+    assert!(fake.requests().iter().all(|r| r.method != "POST"), "a denied AccessKey created something");
+
+    // The narrow role the fake starts with is read and issued; allowIAM: true issues the IAM role.
+    support::apply_json(
+        &client,
+        &ns,
+        key("narrow", "defaults", "exoscale", json!({"roleId": PREEXISTING_ROLE_ID}), json!({})),
+    )
+    .await;
+    support::apply_json(&client, &ns, key("iam", "iam-ok", "exoscale", json!({"roleId": iam_role}), json!({}))).await;
+    keys::wait_issued(&client, &ns, "narrow").await;
+    let issued = keys::wait_issued(&client, &ns, "iam").await;
+    let key_id = issued.status.and_then(|s| s.access_key_id).expect("key id");
+    assert!(fake.live_api_keys().iter().any(|k| k.key == key_id && k.role_id == iam_role));
+}
+
+/// An OUTSCALE issuer whose access key belongs to an EIM user: naming that user is naming the
+/// issuer's own identity, refused unless `allowIssuerIdentity`; another user is issued.
+#[tokio::test]
+async fn an_outscale_issuers_own_eim_user_falls_under_allow_issuer_identity() {
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    let ns = support::namespace(&client, "policy-osc-identity").await;
+    let fake = OutscaleFake::start("eu-west-2", "ROOTAK0123456789ABCD", "rootsecretkey0123456789rootsecretkey0123");
+    fake.add_user("app-web");
+    // The issuer signs as the EIM user operator-bot.
+    let (own, own_secret) = fake.add_key(Some("operator-bot"), None);
+    support::create_secret(
+        &client,
+        &ns,
+        "osc-bot",
+        json!({"OSC_ACCESS_KEY": own.access_key_id, "OSC_SECRET_KEY": own_secret}),
+    )
+    .await;
+    let osc = json!({"region": "eu-west-2", "endpoint": fake.endpoint(), "credentialsSecretRef": {"name": "osc-bot"}});
+    support::apply_json(&client, &ns, key_issuer("bot", "outscale", osc.clone(), Value::Null)).await;
+    let identity_ok = json!({"outscale": {"allowIssuerIdentity": true}});
+    support::apply_json(&client, &ns, key_issuer("bot-identity", "outscale", osc, identity_ok)).await;
+    let _op = Operator::start(&ns);
+    wait_issuer_ready(&client, &ns, "bot").await;
+    wait_issuer_ready(&client, &ns, "bot-identity").await;
+    support::apply_json(
+        &client,
+        &ns,
+        key("own-user", "bot", "outscale", json!({"userName": "operator-bot"}), json!({})),
+    )
+    .await;
+    assert_denied(
+        &client,
+        &ns,
+        "own-user",
+        &["spec.outscale.userName", "operator-bot", "issuer's own identity", "allowIssuerIdentity: false"],
+    )
+    .await;
+    let created = |user: &str| {
+        fake.requests().iter().filter(|r| r.action == "CreateAccessKey" && r.body["UserName"] == user).count()
+    };
+    assert_eq!(created("operator-bot"), 0, "a key of the issuer's own user was created");
+
+    support::apply_json(&client, &ns, key("web", "bot", "outscale", json!({"userName": "app-web"}), json!({}))).await;
+    support::apply_json(
+        &client,
+        &ns,
+        key("allowed-own", "bot-identity", "outscale", json!({"userName": "operator-bot"}), json!({})),
+    )
+    .await;
+    keys::wait_issued(&client, &ns, "web").await;
+    keys::wait_issued(&client, &ns, "allowed-own").await;
+    let users: Vec<Option<String>> =
+        fake.live_keys().into_iter().filter(|k| k.tag.is_some()).map(|k| k.user_name).collect();
+    assert!(users.contains(&Some("app-web".into())) && users.contains(&Some("operator-bot".into())), "{users:?}");
+}
+
 /// ClusterKeyIssuers say when they are unrestricted, and serve only the namespaces their
 /// policy names or selects.
 #[tokio::test]

@@ -21,24 +21,15 @@ struct Env {
     op: Operator,
 }
 
-async fn setup(test: &str, faults: Faults, key_json: Option<fn(&YandexFake) -> String>) -> Env {
+async fn setup(test: &str, faults: Faults, key_json: fn(&YandexFake) -> String) -> Env {
     let client = support::client().await;
     support::install_crds(&client).await;
     let ns = support::namespace(&client, test).await;
     let fake = YandexFake::start();
     fake.set_faults(faults);
-    let auth = match key_json {
-        Some(key) => {
-            support::create_secret(&client, &ns, "yc-admin", json!({"key.json": key(&fake)})).await;
-            json!({"serviceAccountKeySecretRef": {"name": "yc-admin"}})
-        }
-        None => json!({"metadataService": {"endpoint": fake.metadata_endpoint()}}),
-    };
-    let mut yandex = json!({"endpoint": fake.endpoint(), "operationEndpoint": fake.operation_endpoint(),
-        "serviceAccountId": fake.service_account_id()});
-    if let (Some(y), Some(a)) = (yandex.as_object_mut(), auth.as_object()) {
-        y.extend(a.clone());
-    }
+    support::create_secret(&client, &ns, "yc-admin", json!({"key.json": key_json(&fake)})).await;
+    let yandex = json!({"endpoint": fake.endpoint(), "operationEndpoint": fake.operation_endpoint(),
+        "serviceAccountId": fake.service_account_id(), "serviceAccountKeySecretRef": {"name": "yc-admin"}});
     support::apply_json(
         &client,
         &ns,
@@ -48,9 +39,7 @@ async fn setup(test: &str, faults: Faults, key_json: Option<fn(&YandexFake) -> S
             "policy": {"yandex": {"serviceAccountIds": [fake.service_account_id(), SECOND_SERVICE_ACCOUNT_ID]}}}}),
     )
     .await;
-    // The node's identity on a KeyIssuer is refused unless the operator is told to allow it.
-    let ambient = [("CLOUDKEYS_ALLOW_NAMESPACED_AMBIENT_CREDENTIALS", "true")];
-    let op = Operator::start_with(&ns, if key_json.is_none() { &ambient[..] } else { &[] });
+    let op = Operator::start(&ns);
     Env { client, ns, fake, op }
 }
 
@@ -97,8 +86,7 @@ impl Env {
 
 #[tokio::test]
 async fn static_key_is_issued_and_deleted_with_the_operation_polled_to_done() {
-    let env =
-        setup("yc-issue-delete", Faults { operations_pending_polls: 2, ..Faults::default() }, Some(with_key)).await;
+    let env = setup("yc-issue-delete", Faults { operations_pending_polls: 2, ..Faults::default() }, with_key).await;
     env.apply(access_key("storage", json!({"description": "object storage of team a"}), json!({}))).await;
     let id = env.issued("storage").await;
     let live = env.fake.live_keys();
@@ -114,7 +102,7 @@ async fn static_key_is_issued_and_deleted_with_the_operation_polled_to_done() {
 
 #[tokio::test]
 async fn service_account_of_the_access_key_wins_and_retain_keeps_the_key() {
-    let env = setup("yc-retain", Faults::default(), Some(with_key)).await;
+    let env = setup("yc-retain", Faults::default(), with_key).await;
     env.apply(access_key(
         "kept",
         json!({"serviceAccountId": SECOND_SERVICE_ACCOUNT_ID}),
@@ -132,7 +120,7 @@ async fn service_account_of_the_access_key_wins_and_retain_keeps_the_key() {
 
 #[tokio::test]
 async fn operator_killed_during_an_unanswered_create_ends_with_one_live_key() {
-    let mut env = setup("yc-crash", Faults { hang_creates: true, ..Faults::default() }, Some(with_key)).await;
+    let mut env = setup("yc-crash", Faults { hang_creates: true, ..Faults::default() }, with_key).await;
     env.apply(access_key("k", json!({}), json!({}))).await;
     support::eventually("the unanswered key to exist", keys::WAIT, || {
         let n = env.fake.live_keys().len();
@@ -151,7 +139,7 @@ async fn operator_killed_during_an_unanswered_create_ends_with_one_live_key() {
 
 #[tokio::test]
 async fn spec_change_replaces_the_key() {
-    let env = setup("yc-spec-change", Faults::default(), Some(with_key)).await;
+    let env = setup("yc-spec-change", Faults::default(), with_key).await;
     env.apply(access_key("k", json!({"description": "v1"}), keys::no_grace_period())).await;
     let first = env.issued("k").await;
     env.apply(access_key("k", json!({"description": "v2"}), keys::no_grace_period())).await;
@@ -168,8 +156,7 @@ async fn spec_change_replaces_the_key() {
 #[tokio::test]
 async fn iam_token_expiry_mid_run_is_refreshed_transparently() {
     let env =
-        setup("yc-token-expiry", Faults { token_ttl: Duration::from_secs(3), ..Faults::default() }, Some(with_key))
-            .await;
+        setup("yc-token-expiry", Faults { token_ttl: Duration::from_secs(3), ..Faults::default() }, with_key).await;
     env.apply(access_key("a", json!({}), json!({}))).await;
     env.issued("a").await;
     let tokens = env.fake.tokens_issued();
@@ -183,17 +170,65 @@ async fn iam_token_expiry_mid_run_is_refreshed_transparently() {
     assert_eq!(env.fake.live_keys().len(), 1);
 }
 
+/// The node's identity (`metadataService`) on a ClusterKeyIssuer: tokens from the metadata
+/// service, no admin key in the cluster. Its endpoints are the fake's, on loopback: besides
+/// Yandex's own API, a proxy in the operator's own pod is the one place the node's tokens may go,
+/// and only a cluster admin can name it. A tenant's KeyIssuer, even where the operator lets
+/// KeyIssuers use the node's identity, may not name any endpoint with it: refused before a token
+/// is fetched.
 #[tokio::test]
 async fn metadata_service_tokens_need_no_admin_key_in_the_cluster() {
-    let env = setup("yc-metadata", Faults::default(), None).await;
-    env.apply(access_key("k", json!({}), json!({}))).await;
-    env.issued("k").await;
-    assert!(env.fake.requests().iter().any(|r| r.path.contains("computeMetadata")));
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    let ns = support::namespace(&client, "yc-metadata").await;
+    let fake = YandexFake::start();
+    let ambient = |fake: &YandexFake| {
+        json!({"metadataService": {"endpoint": fake.metadata_endpoint()}, "endpoint": fake.endpoint(),
+            "operationEndpoint": fake.operation_endpoint(), "serviceAccountId": fake.service_account_id()})
+    };
+    let node = format!("{ns}-node");
+    support::apply_json(
+        &client,
+        &ns,
+        json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "ClusterKeyIssuer", "metadata": {"name": node},
+            "spec": {"yandex": ambient(&fake)}}),
+    )
+    .await;
+    let tenants_fake = YandexFake::start();
+    support::apply_json(
+        &client,
+        &ns,
+        json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "KeyIssuer", "metadata": {"name": "node-elsewhere"},
+            "spec": {"yandex": ambient(&tenants_fake)}}),
+    )
+    .await;
+    let _op = Operator::start_with(&ns, &[("CLOUDKEYS_ALLOW_NAMESPACED_AMBIENT_CREDENTIALS", "true")]);
+
+    let mut on_node = access_key("k", json!({}), json!({}));
+    on_node["spec"]["issuerRef"] = json!({"name": node, "kind": "ClusterKeyIssuer"});
+    support::apply_json(&client, &ns, on_node).await;
+    let issued = keys::wait_issued(&client, &ns, "k").await;
+    let key_id = issued.status.and_then(|s| s.access_key_id).expect("key id");
+    assert!(fake.live_keys().iter().any(|k| k.key_id == key_id));
+    assert!(fake.requests().iter().any(|r| r.path.contains("computeMetadata")));
+
+    let issuers: Api<cloudkeys::api::KeyIssuer> = Api::namespaced(client.clone(), &ns);
+    let message = support::eventually("the tenant's issuer refused", keys::WAIT, || async {
+        let i = issuers.get_opt("node-elsewhere").await.ok()??;
+        let c = i.status?.conditions.into_iter().find(|c| c.type_ == "Ready" && c.reason == "InvalidSpec")?;
+        Some(c.message)
+    })
+    .await;
+    assert!(message.contains("yandex.endpoint") && message.contains("metadataService"), "{message}");
+    support::apply_json(&client, &ns, keys::manifest("elsewhere", "node-elsewhere", "yandex", json!({}), json!({})))
+        .await;
+    keys::wait_reason(&client, &ns, "elsewhere", "IssuerNotReady").await;
+    assert!(tenants_fake.requests().is_empty(), "a request went to the metadata service or IAM");
 }
 
 #[tokio::test]
 async fn wrong_authorized_key_makes_the_issuer_not_ready_without_a_hot_loop() {
-    let env = setup("yc-wrong-key", Faults::default(), Some(with_wrong_key)).await;
+    let env = setup("yc-wrong-key", Faults::default(), with_wrong_key).await;
     env.apply(access_key("k", json!({}), json!({}))).await;
     let issuers: Api<cloudkeys::api::KeyIssuer> = Api::namespaced(env.client.clone(), &env.ns);
     support::eventually("the issuer to be not ready", keys::WAIT, || {

@@ -1,5 +1,6 @@
 //! `cloudkeys check`: is the installation healthy? The CRDs at this binary's version, a leader
-//! renewing its Lease, every issuer Ready, no unrestricted ClusterKeyIssuer (a warning), no
+//! renewing its Lease, every issuer Ready, no unrestricted ClusterKeyIssuer and no unbounded
+//! grant (any role, any user, any service account, legacy keys without resources: warnings), no
 //! orphaned keys. Exits 1 on any failure; warnings alone exit 0.
 
 use super::output::say;
@@ -26,7 +27,7 @@ pub struct CheckArgs {
     /// The namespace of the operator's leader Lease (default: wherever one is found).
     #[arg(long, value_name = "NS")]
     pub operator_namespace: Option<String>,
-    /// Output format (`wide` is the table).
+    /// Output format (`wide`: the table without wrapping long details).
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
     #[command(flatten)]
@@ -78,6 +79,9 @@ pub struct IssuerLine {
     /// A ClusterKeyIssuer without a policy (unrestricted, as API.md says), or whose policy does
     /// not limit the namespaces.
     pub open_to_every_namespace: bool,
+    /// What its policy lets AccessKeys ask for without a bound (any role, any user, …).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unbounded_grants: Vec<String>,
     pub orphaned_keys: u32,
 }
 
@@ -106,6 +110,7 @@ impl IssuerLine {
             message: condition.map(|c| c.message.clone()),
             policy: policy::describe(facts.policy, facts.cluster_scoped),
             open_to_every_namespace: facts.cluster_scoped && facts.policy.and_then(|p| p.namespaces.as_ref()).is_none(),
+            unbounded_grants: policy::unbounded_grants(facts.settings, facts.policy),
             orphaned_keys: facts.status.orphaned_keys.unwrap_or(0),
         }
     }
@@ -144,7 +149,7 @@ pub async fn run(args: &CheckArgs) -> Result<Health, CliError> {
     let report = Report { healthy, checks, issuers };
     match args.output {
         OutputFormat::Json | OutputFormat::Yaml => output::print_structured(&report, args.output)?,
-        _ => print_report(&report),
+        format => print_report(&report, format.is_wide()),
     }
     Ok(Health::of(healthy))
 }
@@ -160,8 +165,9 @@ fn unreadable(check: &'static str, result: Result<Finding, CliError>) -> Result<
     }
 }
 
-fn print_report(report: &Report) {
-    let mut t = output::table(&["CHECK", "RESULT", "DETAIL"], false);
+/// The report as tables; `wide`: long details on one line each.
+fn print_report(report: &Report, wide: bool) {
+    let mut t = output::table(&["CHECK", "RESULT", "DETAIL"], wide);
     for f in &report.checks {
         t.add_row(vec![f.check.to_string(), f.result.as_str().to_string(), f.detail.clone()]);
     }
@@ -170,7 +176,7 @@ fn print_report(report: &Report) {
         return;
     }
     say!();
-    let mut t = output::table(&["ISSUER", "PROVIDER", "READY", "REASON", "ORPHANS"], false);
+    let mut t = output::table(&["ISSUER", "PROVIDER", "READY", "REASON", "ORPHANS"], wide);
     for i in &report.issuers {
         let ready = if i.ready { "True" } else { "False" };
         let reason = i.reason.clone().unwrap_or_else(|| "-".into());
@@ -306,7 +312,8 @@ async fn issuers(client: &Client, namespace: Option<&str>) -> Result<Vec<IssuerL
     Ok(lines)
 }
 
-/// Issuers Ready, unrestricted ClusterKeyIssuers, orphaned keys.
+/// Issuers Ready, unrestricted ClusterKeyIssuers, unbounded grants (a warning per issuer),
+/// orphaned keys.
 pub fn issuer_findings(issuers: &[IssuerLine]) -> Vec<Finding> {
     let not_ready: Vec<String> = issuers
         .iter()
@@ -344,6 +351,19 @@ pub fn issuer_findings(issuers: &[IssuerLine]) -> Vec<Finding> {
             detail: format!("{}: every namespace may mint keys (set spec.policy.namespaces)", open.join(", ")),
         },
     };
+    let mut grants: Vec<Finding> = issuers
+        .iter()
+        .filter(|i| !i.unbounded_grants.is_empty())
+        .map(|i| Finding {
+            check: "grants",
+            result: Verdict::Warn,
+            detail: format!("{} mints {}", i.display(), i.unbounded_grants.join("; ")),
+        })
+        .collect();
+    if grants.is_empty() {
+        let detail = "every issuer's policy bounds the roles, users and service accounts it grants".into();
+        grants.push(Finding { check: "grants", result: Verdict::Ok, detail });
+    }
     let orphaned: Vec<String> = issuers
         .iter()
         .filter(|i| i.orphaned_keys > 0)
@@ -360,7 +380,10 @@ pub fn issuer_findings(issuers: &[IssuerLine]) -> Vec<Finding> {
             ),
         },
     };
-    vec![ready, unrestricted, orphans]
+    let mut findings = vec![ready, unrestricted];
+    findings.extend(grants);
+    findings.push(orphans);
+    findings
 }
 
 #[cfg(test)]
@@ -378,6 +401,7 @@ mod tests {
             message: None,
             policy: if unrestricted { "unrestricted: no policy" } else { "" },
             open_to_every_namespace: unrestricted,
+            unbounded_grants: Vec::new(),
             orphaned_keys,
         }
     }
@@ -388,13 +412,33 @@ mod tests {
 
     #[test]
     fn a_not_ready_issuer_and_orphans_fail_an_unrestricted_one_warns() {
-        assert_eq!(verdicts(&[line(true, false, 0)]), [Verdict::Ok, Verdict::Ok, Verdict::Ok]);
-        assert_eq!(verdicts(&[line(false, false, 0)]), [Verdict::Fail, Verdict::Ok, Verdict::Ok]);
-        assert_eq!(verdicts(&[line(true, true, 0)]), [Verdict::Ok, Verdict::Warn, Verdict::Ok]);
-        assert_eq!(verdicts(&[line(true, false, 2)]), [Verdict::Ok, Verdict::Ok, Verdict::Fail]);
+        let ok = Verdict::Ok;
+        assert_eq!(verdicts(&[line(true, false, 0)]), [ok, ok, ok, ok]);
+        assert_eq!(verdicts(&[line(false, false, 0)]), [Verdict::Fail, ok, ok, ok]);
+        assert_eq!(verdicts(&[line(true, true, 0)]), [ok, Verdict::Warn, ok, ok]);
+        assert_eq!(verdicts(&[line(true, false, 2)]), [ok, ok, ok, Verdict::Fail]);
         assert!(issuer_findings(&[line(true, true, 0)])[1].detail.contains("(no policy)"));
         let f = issuer_findings(&[line(false, false, 0)]);
         assert!(f[0].detail.contains("KeyIssuer team-a/i (InvalidCredentials)"), "{}", f[0].detail);
+    }
+
+    #[test]
+    fn every_issuer_with_unbounded_grants_gets_a_warning_line() {
+        let mut open = line(true, false, 0);
+        open.unbounded_grants = vec!["keys of any EIM user (set policy.outscale.userNames)".into()];
+        let mut other = line(true, false, 0);
+        other.name = "j".into();
+        other.unbounded_grants = vec!["a".into(), "b".into()];
+        let findings = issuer_findings(&[open, other, line(true, false, 0)]);
+        let grants: Vec<&Finding> = findings.iter().filter(|f| f.check == "grants").collect();
+        assert_eq!(grants.len(), 2);
+        assert!(grants.iter().all(|f| f.result == Verdict::Warn));
+        assert_eq!(grants[0].detail, "KeyIssuer team-a/i mints keys of any EIM user (set policy.outscale.userNames)");
+        assert_eq!(grants[1].detail, "KeyIssuer team-a/j mints a; b");
+        // Warnings alone keep the installation healthy.
+        assert!(findings.iter().all(|f| f.result != Verdict::Fail));
+        let bounded = issuer_findings(&[line(true, false, 0)]);
+        assert_eq!(bounded.iter().filter(|f| f.check == "grants" && f.result == Verdict::Ok).count(), 1);
     }
 
     fn lease(holder: Option<&str>, renewed: Option<i64>) -> Lease {

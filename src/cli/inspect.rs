@@ -161,7 +161,8 @@ pub async fn run(args: &InspectArgs) -> Result<Health, CliError> {
     }
     if !caveats.is_empty() || next.is_some() {
         say!("  (decided as the operator decides, from what this command read; it cannot see the operator's");
-        say!("  memory: keys listed at the provider, a provider's recent refusal, the last drift check)");
+        say!("  memory: keys listed at the provider, a provider's recent refusal, what it answered the");
+        say!("  issuer's policy (an Exoscale role's rights, an OUTSCALE user's identity), the last drift check)");
     }
     for c in &caveats {
         say!("  note: {c}");

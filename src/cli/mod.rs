@@ -40,8 +40,8 @@ pub enum Command {
     Rotate(rotate::RotateArgs),
     /// Everything about one AccessKey, and what the operator will do next.
     Inspect(inspect::InspectArgs),
-    /// CRDs installed, operator leader, issuers Ready, unrestricted issuers, orphaned keys.
-    /// Exits 1 if something is wrong.
+    /// CRDs installed, operator leader, issuers Ready, unrestricted issuers, unbounded grants,
+    /// orphaned keys. Exits 1 if something is wrong (warnings alone exit 0).
     Check(check::CheckArgs),
     /// Print every CRD as one multi-document YAML stream.
     Crds,

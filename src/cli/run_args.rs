@@ -51,9 +51,16 @@ pub struct RunArgs {
     /// namespace.
     #[arg(long, env = "CLOUDKEYS_LEADER_ELECTION_NAMESPACE")]
     pub leader_election_namespace: Option<String>,
-    /// Hosts a KeyIssuer's endpoint may name, comma-separated: names, `*.` prefixes for
-    /// subdomains, `loopback` for 127.0.0.0/8, ::1 and localhost. ClusterKeyIssuers may name any.
-    #[arg(long, env = "CLOUDKEYS_ALLOWED_ENDPOINT_HOSTS", default_value = crate::controller::guard::DEFAULT_ALLOWED_HOSTS)]
+    /// Hosts a KeyIssuer's endpoint may name, comma-separated: host names, patterns where `*`
+    /// matches within one DNS label (`api-*.exoscale.com`; never in the last two labels), and
+    /// `loopback` for 127.0.0.0/8, ::1 and localhost. Default: the providers' own API hosts.
+    /// ClusterKeyIssuers may name any.
+    #[arg(
+        long,
+        env = "CLOUDKEYS_ALLOWED_ENDPOINT_HOSTS",
+        default_value = crate::controller::guard::DEFAULT_ALLOWED_HOSTS,
+        value_parser = crate::controller::guard::parse_allowed_hosts
+    )]
     pub allowed_endpoint_hosts: String,
     /// How often the keys at each provider are listed to find those revoked behind the
     /// operator's back (one listing per provider owner, ± 10 %); 0 disables drift checks.
@@ -93,5 +100,33 @@ impl RunArgs {
             .clone()
             .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|s| !s.is_empty()))
             .unwrap_or_else(|| "cloudkeys".to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+
+    fn run(args: &[&str]) -> Result<String, clap::Error> {
+        let mut argv = vec!["cloudkeys", "run"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Run(run) => Ok(run.allowed_endpoint_hosts),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_allowed_hosts_default_to_the_providers_api_hosts_and_bad_patterns_are_usage_errors() {
+        assert_eq!(run(&[]).expect("default"), crate::controller::guard::DEFAULT_ALLOWED_HOSTS);
+        let given = run(&["--allowed-endpoint-hosts", "api-*.exoscale.com, loopback"]).expect("valid");
+        assert_eq!(given, "api-*.exoscale.com,loopback");
+        for bad in ["*.com", "*", "api.*"] {
+            let e = run(&["--allowed-endpoint-hosts", bad]).expect_err(bad);
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
+            assert!(e.to_string().contains("last two labels"), "{e}");
+        }
     }
 }

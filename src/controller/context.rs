@@ -15,6 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::api::{AccessKey, ClusterKeyIssuer, KeyIssuer};
 use crate::health::Health;
 use crate::providers::http::HttpConfig;
+use crate::providers::policy_read::{Answer, Question};
 
 use super::cached_secret::CachedSecret;
 use super::fair_share::{FairShare, Share};
@@ -61,6 +62,37 @@ pub struct Context {
     provider_views: Mutex<HashMap<String, (String, super::decide::ProviderView)>>,
     /// Places taken under `maxKeysPerNamespace` that the AccessKey cache does not show yet.
     pub namespace_keys: NamespaceKeys,
+    /// Per issuer and question: what the provider answered a policy question (see
+    /// [`POLICY_ANSWER_TTL`]).
+    policy_answers: Mutex<HashMap<(String, Question), PolicyAnswer>>,
+}
+
+/// How long the provider's answer to a policy question is used before it is read again. A
+/// role's policy, or which user owns a key, can change at the provider without the cluster
+/// seeing it; a minute bounds how long a change goes unnoticed (a denied AccessKey is looked at
+/// again every minute too), while a burst of AccessKeys naming one role or user costs one read
+/// a minute per issuer. Errors are not kept: the next reconcile asks again. AccessKeys that ask
+/// the same question at the same moment each read: like any provider call, their reads take
+/// the issuer's slots (`--issuer-concurrency`), so a provider that hangs on them holds no more
+/// workers than it would otherwise, where waiting for one another's answer would hold them all.
+pub const POLICY_ANSWER_TTL: Duration = Duration::from_secs(60);
+
+pub struct PolicyAnswer {
+    /// The issuer's fingerprint when it was read: new credentials may be another identity.
+    pub fingerprint: String,
+    pub read_at: Instant,
+    pub answer: Answer,
+}
+
+impl PolicyAnswer {
+    pub fn new(fingerprint: &str, answer: Answer) -> Self {
+        Self { fingerprint: fingerprint.to_string(), read_at: Instant::now(), answer }
+    }
+
+    /// Still to be used for an issuer with this fingerprint.
+    pub fn current(&self, fingerprint: &str) -> bool {
+        self.fingerprint == fingerprint && self.read_at.elapsed() < POLICY_ANSWER_TTL
+    }
 }
 
 /// Taken by the reconcile that may write an issuer's in-use hold. Inside: the resourceVersion
@@ -243,6 +275,7 @@ impl Context {
             revoked_externally: Mutex::new(HashMap::new()),
             provider_views: Mutex::new(HashMap::new()),
             namespace_keys: NamespaceKeys::default(),
+            policy_answers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -282,7 +315,24 @@ impl Context {
         lock(&self.checks).remove(&name);
         lock(&self.issuer_slots).remove(&name);
         lock(&self.hold_writers).remove(&id.holder_key());
+        lock(&self.policy_answers).retain(|(issuer, _), _| *issuer != name);
         self.registry.forget(&name);
+    }
+
+    /// The provider's answer to `question` for `issuer` (its display name) as it is now
+    /// (`fingerprint`), if read less than [`POLICY_ANSWER_TTL`] ago.
+    pub fn policy_answer(&self, issuer: &str, fingerprint: &str, question: &Question) -> Option<Answer> {
+        let answers = lock(&self.policy_answers);
+        let kept = answers.get(&(issuer.to_string(), question.clone()))?;
+        kept.current(fingerprint).then(|| kept.answer.clone())
+    }
+
+    /// Keeps the provider's answer to `question` for `issuer`. Answers past their time are
+    /// dropped on the way, so that AccessKeys naming ever new roles or users cannot grow this.
+    pub fn remember_policy_answer(&self, issuer: &str, question: &Question, answer: PolicyAnswer) {
+        let mut answers = lock(&self.policy_answers);
+        answers.retain(|_, kept| kept.read_at.elapsed() < POLICY_ANSWER_TTL);
+        answers.insert((issuer.to_string(), question.clone()), answer);
     }
 
     /// Lets go of the failure count of the AccessKey `key` (`namespace/name`) once it is deleted.

@@ -18,6 +18,7 @@ use super::conditions;
 use super::consumers::{self, Workload, WorkloadObject};
 use super::decide::{decide, IssuerState, Observed, Step};
 use super::in_use::IssuerId;
+use super::policy::{Answer, Question, Verdict};
 use super::rotation::{self, RotationSettings};
 use super::secret::{self, SecretState};
 
@@ -198,13 +199,15 @@ pub fn holds_key_of(ak: &AccessKey, issuer: &IssuerId, ns: &str) -> bool {
     current.into_iter().chain(attempt).any(|r| IssuerId::from_ref(r, ns) == *issuer)
 }
 
-/// Why the issuer's policy refuses the key `ak` asks for, if it does.
-pub fn policy_denial(
+/// What the issuer's policy says of the key `ak` asks for, given the provider's answer to the
+/// question it asked before, if any.
+pub fn policy_verdict(
     issuer: &IssuerFacts<'_>,
     ak: &AccessKey,
     namespace_labels: Option<&BTreeMap<String, String>>,
     keys_in_namespace: usize,
-) -> Option<String> {
+    answered: Option<(&Question, &Answer)>,
+) -> Verdict {
     let ns = ak.namespace().unwrap_or_default();
     let request = super::policy::Request {
         policy: issuer.policy,
@@ -214,8 +217,28 @@ pub fn policy_denial(
         namespace: &ns,
         namespace_labels,
         keys_in_namespace,
+        answered,
     };
-    super::policy::check(&request).err().map(|d| format!("{}: {d}", issuer.display))
+    super::policy::evaluate(&request)
+}
+
+/// A denial as the AccessKey's condition says it: which issuer, and why.
+pub fn denial_message(issuer: &IssuerFacts<'_>, denial: &super::policy::Denial) -> String {
+    format!("{}: {denial}", issuer.display)
+}
+
+/// Why the issuer's policy refuses the key `ak` asks for, as far as can be told without asking
+/// the provider (what `cloudkeys inspect` can tell; the operator reads the provider's answer).
+pub fn policy_denial(
+    issuer: &IssuerFacts<'_>,
+    ak: &AccessKey,
+    namespace_labels: Option<&BTreeMap<String, String>>,
+    keys_in_namespace: usize,
+) -> Option<String> {
+    match policy_verdict(issuer, ak, namespace_labels, keys_in_namespace, None) {
+        Verdict::Denied(denial) => Some(denial_message(issuer, &denial)),
+        Verdict::Allowed | Verdict::Ask(_) => None,
+    }
 }
 
 /// What every reconcile observes of the AccessKey; what only a running reconcile learns (keys
@@ -269,8 +292,8 @@ pub struct Snapshot<'a> {
 
 /// What the operator's next reconcile of `s.ak` would do first, decided as the operator decides
 /// it. What only the running operator knows is taken as not known: after an interrupted
-/// creation the answer is to list the keys at the provider; a provider's recent refusal and a
-/// drift check's findings are not seen.
+/// creation the answer is to list the keys at the provider; a provider's recent refusal, its
+/// answers to the policy's questions and a drift check's findings are not seen.
 pub fn next_step(s: &Snapshot<'_>) -> Step {
     let ak = s.ak;
     let no_status = AccessKeyStatus::default();

@@ -99,6 +99,15 @@ pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
     };
     let installation = super::installation::installation_id(&client, &args).await?;
     tracing::info!(%installation, "ownership markers carry this installation id");
+    let guard = super::guard::TenantGuard::new(&args.allowed_endpoint_hosts, args.allow_namespaced_ambient_credentials)
+        .map_err(|e| Error::Startup(format!("--allowed-endpoint-hosts: {e}")))?;
+    for entry in guard.one_label_wildcards() {
+        tracing::warn!(
+            entry,
+            "--allowed-endpoint-hosts: a `*` matches within one DNS label, so this entry allows one label under \
+             its domain, not every subdomain; name the API hosts (e.g. api-*.exoscale.com)"
+        );
+    }
     let ctx = Arc::new(
         Context::new(
             client.clone(),
@@ -107,7 +116,7 @@ pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
             caches,
             health.clone(),
             limits,
-            super::guard::TenantGuard::new(&args.allowed_endpoint_hosts, args.allow_namespaced_ambient_credentials),
+            guard,
         )
         .with_installation(installation),
     );

@@ -49,6 +49,13 @@ impl Provider for Bounded {
         self.within("check-credentials", self.inner.check_credentials()).await
     }
 
+    async fn answer(
+        &self,
+        question: &super::policy_read::Question,
+    ) -> Result<super::policy_read::Answer, ProviderError> {
+        self.within("policy-read", self.inner.answer(question)).await
+    }
+
     async fn create_key(&self, request: &KeyRequest<'_>) -> Result<IssuedKey, ProviderError> {
         self.within("create-key", self.inner.create_key(request)).await
     }

@@ -9,6 +9,7 @@ pub mod http;
 pub mod local;
 pub mod marker;
 pub mod outscale;
+pub mod policy_read;
 pub mod poll;
 pub mod yandex;
 
@@ -135,6 +136,12 @@ pub trait Provider: Send + Sync {
 
     /// `zone`, `region`, `endpoint`: what `secretTemplate.data` may use besides the key.
     fn template_vars(&self) -> TemplateVars;
+
+    /// Answers a question of the issuer's policy with one read-only call (see `policy_read`).
+    /// Providers whose policy needs no read are never asked.
+    async fn answer(&self, question: &policy_read::Question) -> Result<policy_read::Answer, ProviderError> {
+        Err(ProviderError::permanent("policy-read", format!("{} cannot tell about {question}", self.name())))
+    }
 }
 
 /// Provider-specific rules of an AccessKey's provider block, checked before anything is created;

@@ -41,7 +41,8 @@ use rand::{Rng, RngCore, SeedableRng};
 use serde_json::{json, Map, Value};
 use sha2::Sha256;
 
-/// The role the fake starts with, for issuers that name an existing role (`roleId`).
+/// The role the fake starts with, for issuers that name an existing role (`roleId`): object
+/// storage only (a default of deny, `sos` allowed), so that it grants no IAM rights.
 pub const PREEXISTING_ROLE_ID: &str = "7b1e0000-0000-4000-8000-000000000001";
 pub const PREEXISTING_ROLE_NAME: &str = "preexisting";
 /// The error the real API gives when an IAMv3 API key asks for a legacy access key.
@@ -185,6 +186,20 @@ impl ExoscaleFake {
         let before = st.api_keys.len();
         st.api_keys.retain(|k| k.key != key);
         st.api_keys.len() < before
+    }
+
+    /// Adds a role directly, as an administrator at the console would (`policy` in the API's
+    /// kebab-case, `permissions` such as `reset-iam-organization-policy`).
+    pub fn add_role(&self, id: &str, name: &str, policy: Value, permissions: &[&str]) {
+        let role =
+            FakeRole { id: id.to_owned(), name: name.to_owned(), description: None, labels: BTreeMap::new(), policy };
+        self.shared.state().roles.push(RoleEntry {
+            role,
+            editable: true,
+            permissions: permissions.iter().map(|p| p.to_string()).collect(),
+            assume_role_policy: None,
+            max_session_ttl: None,
+        });
     }
 
     /// Adds an API key directly (e.g. one the operator does not own); the role is not checked.
@@ -354,7 +369,7 @@ impl Shared {
                 name: PREEXISTING_ROLE_NAME.to_owned(),
                 description: Some("role that exists before the tests".to_owned()),
                 labels: BTreeMap::new(),
-                policy: default_policy(),
+                policy: json!({"default-service-strategy": "deny", "services": {"sos": {"type": "allow"}}}),
             },
             editable: true,
             permissions: Vec::new(),

@@ -27,11 +27,12 @@ use crate::providers::{IssuedKey, KeyRequest, Marker, OwnedKey, Provider, Provid
 
 use super::conditions::{ready_condition, Reason, READY};
 use super::consumers::{self, Workload, WorkloadObject};
-use super::context::{display_name, patch_params, Context, LoadedIssuer, FIELD_MANAGER};
+use super::context::{display_name, patch_params, Context, LoadedIssuer, PolicyAnswer, FIELD_MANAGER};
 use super::decide::{decide, forced_replacement_wait, forced_replacements_after, IssueReason, Observed, Step};
 use super::error::Error;
 use super::in_use::IssuerId;
 use super::observe;
+use super::policy::Verdict;
 use super::rotation::{self, RotatingState, RotationSettings};
 use super::secret::{self, SecretState};
 
@@ -278,9 +279,11 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
 }
 
 /// Why the issuer's policy refuses the key this AccessKey asks for, if it does: the namespace's
-/// labels are read only for a ClusterKeyIssuer that selects namespaces by them, and the keys of
-/// the namespace are counted (from the cache and the places taken by reconciles under way, see
-/// `namespace_keys`) only under `maxKeysPerNamespace`; allowed, this reconcile takes a place.
+/// labels are read only for a ClusterKeyIssuer that selects namespaces by them; the provider is
+/// asked (one read, kept for a minute) only when every rule the spec answers has passed; and the
+/// keys of the namespace are counted (from the cache and the places taken by reconciles under
+/// way, see `namespace_keys`) only under `maxKeysPerNamespace`: allowed, this reconcile takes a
+/// place.
 async fn policy_denial<'a>(c: &Cluster<'a>, issuer: &LoadedIssuer) -> Result<Option<String>, Error> {
     let facts = issuer.facts();
     let labels = if observe::needs_namespace_labels(&facts, &c.ns) {
@@ -289,16 +292,48 @@ async fn policy_denial<'a>(c: &Cluster<'a>, issuer: &LoadedIssuer) -> Result<Opt
     } else {
         None
     };
+    // What the provider answers does not depend on the count: asked with the most lenient one,
+    // so that the count below is judged under its lock with nothing left to ask.
+    let answered = match observe::policy_verdict(&facts, c.ak, labels.as_ref(), 0, None) {
+        Verdict::Allowed => None,
+        Verdict::Denied(denial) => return Ok(Some(observe::denial_message(&facts, &denial))),
+        Verdict::Ask(question) => {
+            let answer = match c.ctx.policy_answer(&issuer.display, &issuer.fingerprint, &question) {
+                Some(answer) => answer,
+                None => {
+                    let provider = issuer
+                        .provider
+                        .clone()
+                        .map_err(|cause| Error::IssuerUnusable { issuer: issuer.display.clone(), cause })?;
+                    let provider = c.at_provider(&c.ak.spec.issuer_ref, provider).await?;
+                    let answer = provider.answer(&question).await?;
+                    tracing::debug!(%question, ?answer, "policy question answered by the provider");
+                    let kept = PolicyAnswer::new(&issuer.fingerprint, answer.clone());
+                    c.ctx.remember_policy_answer(&issuer.display, &question, kept);
+                    answer
+                }
+            };
+            Some((question, answer))
+        }
+    };
+    let judge = |keys_in_namespace: usize| {
+        let answered = answered.as_ref().map(|(q, a)| (q, a));
+        match observe::policy_verdict(&facts, c.ak, labels.as_ref(), keys_in_namespace, answered) {
+            Verdict::Allowed => None,
+            Verdict::Denied(denial) => Some(observe::denial_message(&facts, &denial)),
+            // Answered, and asked again: another question, which no provider asks today. Refused
+            // rather than minted unjudged.
+            Verdict::Ask(other) => Some(format!(
+                "{}: the issuer's policy cannot be checked (asks {other} after it was answered); report this as a bug",
+                issuer.display
+            )),
+        }
+    };
     if !observe::counts_keys(&facts) {
-        return Ok(observe::policy_denial(&facts, c.ak, labels.as_ref(), 0));
+        return Ok(judge(0));
     }
     let ctx: &'a Context = c.ctx;
-    let admitted = ctx.namespace_keys.admit(
-        c.ak,
-        || ctx.caches.access_keys.state(),
-        |keys_in_namespace| observe::policy_denial(&facts, c.ak, labels.as_ref(), keys_in_namespace),
-    );
-    match admitted {
+    match ctx.namespace_keys.admit(c.ak, || ctx.caches.access_keys.state(), judge) {
         Ok(admission) => {
             c.admitted(Some(admission));
             Ok(None)

@@ -1,6 +1,7 @@
 use super::*;
 use crate::api::IssuerKind;
 use crate::providers::local::{LocalProvider, LocalStore};
+use crate::providers::policy_read::{Answer, Question};
 use crate::providers::Provider;
 
 /// A context whose client has no apiserver behind it: for what is decided in memory.
@@ -43,6 +44,7 @@ async fn a_deleted_issuer_or_access_key_leaves_nothing_behind_in_memory() {
         drop(ctx.hold_writer(&id.holder_key()));
         let client: Arc<dyn Provider> = Arc::new(LocalProvider::new(LocalStore::default()));
         lock(&ctx.registry.cache).insert(format!("{name}@uid-1"), ("fp".into(), client));
+        ctx.remember_policy_answer(&name, &role(), PolicyAnswer::new("fp", Answer::NoSuchRole));
     }
     ctx.forget_issuer(&gone);
     let remembered = |id: &IssuerId| {
@@ -52,10 +54,11 @@ async fn a_deleted_issuer_or_access_key_leaves_nothing_behind_in_memory() {
             lock(&ctx.issuer_slots).contains_key(&name),
             lock(&ctx.hold_writers).contains_key(&id.holder_key()),
             lock(&ctx.registry.cache).contains_key(&format!("{name}@uid-1")),
+            lock(&ctx.policy_answers).contains_key(&(name.clone(), role())),
         ]
     };
-    assert_eq!(remembered(&gone), [false; 4]);
-    assert_eq!(remembered(&kept), [true; 4]);
+    assert_eq!(remembered(&gone), [false; 5]);
+    assert_eq!(remembered(&kept), [true; 5]);
 
     ctx.record_failure("team/backups");
     assert_eq!(ctx.record_failure("team/backups"), 1, "failures before this one");
@@ -68,6 +71,29 @@ async fn a_deleted_issuer_or_access_key_leaves_nothing_behind_in_memory() {
     assert_eq!(ctx.record_failure("team/backups"), 0, "a re-created AccessKey starts afresh");
     assert_eq!(ctx.record_failure("team/backups#busy"), 0);
     assert_eq!((ctx.refusals("team/backups"), ctx.blocked_until("team/backups", "h1")), (0, None));
+}
+
+fn role() -> Question {
+    Question::ExoscaleRole("r".into())
+}
+
+#[tokio::test]
+async fn a_policy_answer_is_kept_a_while_for_one_issuer_fingerprint() {
+    let ctx = offline_context();
+    assert_eq!(ctx.policy_answer("KeyIssuer team/exo", "fp1", &role()), None, "nothing read yet");
+    ctx.remember_policy_answer("KeyIssuer team/exo", &role(), PolicyAnswer::new("fp1", Answer::NoSuchRole));
+    assert_eq!(ctx.policy_answer("KeyIssuer team/exo", "fp1", &role()), Some(Answer::NoSuchRole));
+    assert_eq!(ctx.policy_answer("KeyIssuer team/exo", "fp2", &role()), None, "new credentials: read again");
+    assert_eq!(ctx.policy_answer("KeyIssuer team/other", "fp1", &role()), None, "another issuer's is its own");
+    let user = Question::OutscaleUser("u".into());
+    assert_eq!(ctx.policy_answer("KeyIssuer team/exo", "fp1", &user), None, "another question");
+    // Past its time, an answer is not used, and dropped when the next one is kept.
+    let Some(long_ago) = Instant::now().checked_sub(POLICY_ANSWER_TTL) else { return };
+    let old = PolicyAnswer { read_at: long_ago, ..PolicyAnswer::new("fp1", Answer::NoSuchRole) };
+    ctx.remember_policy_answer("KeyIssuer team/exo", &role(), old);
+    assert_eq!(ctx.policy_answer("KeyIssuer team/exo", "fp1", &role()), None);
+    ctx.remember_policy_answer("KeyIssuer team/third", &role(), PolicyAnswer::new("fp1", Answer::NoSuchRole));
+    assert!(!lock(&ctx.policy_answers).contains_key(&("KeyIssuer team/exo".to_string(), role())));
 }
 
 #[test]

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::validation::ExoscaleResource;
 use crate::api::{ExoscalePolicy, ExoscalePolicyRule, ExoscaleServicePolicy, PolicyStrategy, ServicePolicyType};
+use crate::providers::policy_read::RoleGrants;
 
 pub const LABEL_OWNER: &str = "cloudkeys.io/owner";
 pub const LABEL_ATTEMPT: &str = "cloudkeys.io/attempt";
@@ -114,6 +115,32 @@ pub struct Role {
     pub name: String,
     #[serde(default)]
     pub labels: Option<BTreeMap<String, String>>,
+    /// Kept as sent: a role policy of a shape this version does not know must not fail the
+    /// listing of every role; [`Role::grants`] reads what the issuer policy needs.
+    #[serde(default)]
+    pub policy: Option<serde_json::Value>,
+    #[serde(default)]
+    pub permissions: Option<serde_json::Value>,
+}
+
+impl Role {
+    /// What the role grants, as far as IAM rights go.
+    pub fn grants(&self) -> RoleGrants {
+        let policy = self.policy.as_ref().filter(|p| !p.is_null());
+        let text = |v: Option<&serde_json::Value>| v.map(|v| v.as_str().unwrap_or("(unreadable)").to_string());
+        let iam = policy.and_then(|p| p.get("services")).and_then(|s| s.get("iam")).filter(|i| !i.is_null());
+        RoleGrants {
+            default_service_strategy: policy.and_then(|p| text(p.get("default-service-strategy"))),
+            // An `iam` entry whose type cannot be read is not taken for a `deny`.
+            iam_service: iam.map(|i| text(i.get("type")).unwrap_or_else(|| "(unreadable)".to_string())),
+            permissions: self
+                .permissions
+                .as_ref()
+                .and_then(|p| p.as_array())
+                .map(|a| a.iter().map(|v| v.as_str().unwrap_or("(unreadable)").to_string()).collect())
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// `POST /access-key` (legacy). Lists the user left out are not sent at all.
@@ -354,6 +381,29 @@ mod tests {
         assert_eq!(op.reference.and_then(|r| r.id).as_deref(), Some("r1"));
         let op: Operation = serde_json::from_str(r#"{"state":"exploded"}"#).expect("deserializes");
         assert_eq!(op.state, OperationState::Unknown);
+    }
+
+    #[test]
+    fn a_roles_iam_grants_are_read_from_its_policy_and_permissions() {
+        let role = |v: serde_json::Value| -> Role { serde_json::from_value(v).expect("role") };
+        let narrow = role(json!({"id": "r", "policy": {"default-service-strategy": "deny",
+            "services": {"sos": {"type": "allow"}}}, "permissions": []}));
+        assert_eq!(
+            narrow.grants(),
+            RoleGrants { default_service_strategy: Some("deny".into()), iam_service: None, permissions: vec![] }
+        );
+        let iam = role(json!({"id": "r", "policy": {"default-service-strategy": "deny",
+            "services": {"iam": {"type": "rules", "rules": []}}}, "permissions": ["reset-iam-organization-policy"]}));
+        let grants = iam.grants();
+        assert_eq!(grants.iam_service.as_deref(), Some("rules"));
+        assert_eq!(grants.permissions, vec!["reset-iam-organization-policy".to_string()]);
+        // No policy at all: the API's default, allow all.
+        assert_eq!(role(json!({"id": "r"})).grants().default_service_strategy, None);
+        assert_eq!(role(json!({"id": "r", "policy": null})).grants().default_service_strategy, None);
+        // Shapes this version does not know are not read as a deny.
+        let odd = role(json!({"id": "r", "policy": {"default-service-strategy": 1, "services": {"iam": {}}}}));
+        assert_eq!(odd.grants().default_service_strategy.as_deref(), Some("(unreadable)"));
+        assert_eq!(odd.grants().iam_service.as_deref(), Some("(unreadable)"));
     }
 
     #[test]

@@ -26,6 +26,7 @@ use self::api::{
 use self::errors::{classify, succeeded};
 use self::key_ref::KeyRef;
 use super::http::{Http, HttpConfig, Idempotency, Response};
+use super::policy_read::{Answer, Question};
 use super::{endpoint, poll};
 use super::{IssuedKey, KeyRequest, ListedKey, Marker, OwnedKey, Provider, ProviderError, Revocation, TemplateVars};
 use crate::api::validation::{ExoscaleMode, ExoscaleResource};
@@ -403,6 +404,20 @@ impl Provider for ExoscaleProvider {
 
     fn template_vars(&self) -> TemplateVars {
         TemplateVars::from([("zone", self.zone.clone()), ("endpoint", self.endpoint.clone())])
+    }
+
+    /// `GET /v2/iam-role/{id}`: what an existing role grants. A key that may not read roles
+    /// (403) gets an answer too: the policy refuses what it cannot judge.
+    async fn answer(&self, question: &Question) -> Result<Answer, ProviderError> {
+        let Question::ExoscaleRole(id) = question else {
+            return Err(ProviderError::permanent("policy-read", format!("Exoscale cannot tell about {question}")));
+        };
+        match self.read_role(id).await {
+            Ok(Some(role)) => Ok(Answer::Role(role.grants())),
+            Ok(None) => Ok(Answer::NoSuchRole),
+            Err(e) if e.status == Some(403) => Ok(Answer::RoleUnreadable(e.to_string())),
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -185,7 +185,8 @@ fn role(id: &str, owner: &str, attempt: Option<&str>) -> api::Role {
     if let Some(a) = attempt {
         labels.insert(LABEL_ATTEMPT.to_string(), a.to_string());
     }
-    api::Role { id: id.into(), name: format!("n.ck-{owner}-{}", attempt.unwrap_or("zzzzzzzzzz")), labels: Some(labels) }
+    let name = format!("n.ck-{owner}-{}", attempt.unwrap_or("zzzzzzzzzz"));
+    api::Role { id: id.into(), name, labels: Some(labels), policy: None, permissions: None }
 }
 
 #[test]
@@ -203,7 +204,7 @@ fn keys_pair_with_their_own_roles_and_orphan_roles_stand_alone() {
         role("R1", UID, Some("aaaaaaaaaa")),
         role("R3", UID, Some("cccccccccc")),
         role("R9", OTHER, Some("aaaaaaaaaa")),
-        api::Role { id: "unlabelled".into(), name: format!("x.{a3}"), labels: None },
+        api::Role { id: "unlabelled".into(), name: format!("x.{a3}"), labels: None, policy: None, permissions: None },
     ];
     let access = vec![
         api::AccessKey { name: format!("legacy.{a3}"), key: "EXO5".into() },

@@ -40,6 +40,7 @@ use self::key_ref::{api_date, expiration, is_region, resend_date, KeyRef};
 pub use self::key_ref::{lifetime_of, parse_timestamp};
 use super::endpoint;
 use super::http::{Http, HttpConfig, Idempotency, Response};
+use super::policy_read::{Answer, Question};
 use super::{IssuedKey, KeyRequest, ListedKey, Marker, OwnedKey, Provider, ProviderError, Revocation, TemplateVars};
 use crate::api::{KeyProvider, OutscaleIssuer, OutscaleKey};
 
@@ -376,6 +377,24 @@ impl Provider for OutscaleProvider {
 
     fn template_vars(&self) -> TemplateVars {
         TemplateVars::from([("region", self.region.clone()), ("endpoint", self.endpoint.clone())])
+    }
+
+    /// Whether an EIM user is the issuer's own identity: `ReadAccessKeys` of that user, filtered
+    /// on the issuer's own access key, lists it only if the user owns it. The OSC API has no
+    /// "who am I"; this needs only the permission the operator needs to serve that user anyway.
+    async fn answer(&self, question: &Question) -> Result<Answer, ProviderError> {
+        let Question::OutscaleUser(user) = question else {
+            return Err(ProviderError::permanent("policy-read", format!("OUTSCALE cannot tell about {question}")));
+        };
+        match self.read_keys(Some(&self.access_key), Some(user)).await {
+            Ok(keys) => {
+                let own = keys.iter().any(|k| k.access_key_id.as_deref() == Some(self.access_key.as_str()));
+                Ok(Answer::IssuerIdentity(own))
+            }
+            // No such user: not the issuer (and no key can be made for it either).
+            Err(f) if f.is_gone() => Ok(Answer::IssuerIdentity(false)),
+            Err(f) => Err(f.into()),
+        }
     }
 }
 
