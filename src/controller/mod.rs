@@ -17,6 +17,7 @@ pub mod issuer;
 pub mod observe;
 pub mod policy;
 pub mod registry;
+pub mod retained;
 pub mod rotation;
 pub mod run;
 pub mod secret;

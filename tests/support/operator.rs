@@ -11,6 +11,8 @@ pub struct Operator {
     child: Option<Child>,
     log: PathBuf,
     namespace: String,
+    /// Watches every namespace (`namespace` is then only its cluster resource namespace).
+    cluster_wide: bool,
     env: Vec<(String, String)>,
 }
 
@@ -21,6 +23,18 @@ impl Operator {
     }
 
     pub fn start_with(namespace: &str, env: &[(&str, &str)]) -> Self {
+        Self::launch(namespace, false, env)
+    }
+
+    /// Starts `cloudkeys run` watching every namespace, its ClusterKeyIssuers' Secrets (and its
+    /// Lease) in `namespace`: only in a test process with a control plane of its own
+    /// (`own_control_plane`), where no other test's objects are.
+    pub fn start_cluster_wide(namespace: &str, env: &[(&str, &str)]) -> Self {
+        assert!(control_plane().own, "an operator watching every namespace needs own_control_plane()");
+        Self::launch(namespace, true, env)
+    }
+
+    fn launch(namespace: &str, cluster_wide: bool, env: &[(&str, &str)]) -> Self {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = control_plane().dir.join(format!("operator-{namespace}-{n}.log"));
@@ -28,6 +42,7 @@ impl Operator {
             child: None,
             log,
             namespace: namespace.to_string(),
+            cluster_wide,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         op.spawn();
@@ -37,8 +52,10 @@ impl Operator {
     fn spawn(&mut self) {
         let out = File::options().create(true).append(true).open(&self.log).expect("operator log file");
         let err = out.try_clone().expect("log file handle");
+        let watched: &[&str] = if self.cluster_wide { &[] } else { &["--namespace", &self.namespace] };
         let child = Command::new(env!("CARGO_BIN_EXE_cloudkeys"))
-            .args(["run", "--namespace", &self.namespace, "--cluster-resource-namespace", &self.namespace])
+            .args(["run", "--cluster-resource-namespace", &self.namespace])
+            .args(watched)
             .args(["--metrics-address", "127.0.0.1:0", "--log-format", "json"])
             .env("KUBECONFIG", &control_plane().kubeconfig)
             .env("RUST_LOG", "info,cloudkeys=debug")
@@ -54,6 +71,11 @@ impl Operator {
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process is still running (it has not exited, crashed or been killed).
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// SIGKILL: no chance to finish anything, as in a node crash.
