@@ -285,6 +285,17 @@ pub async fn sweep(ctx: &Context, found: &UnboundedSender<ObjectRef<AccessKey>>,
     // AccessKey the cache had before.
     let owners: BTreeSet<String> =
         ctx.caches.access_keys.state().iter().filter_map(|ak| ak.metadata.uid.clone()).collect();
+    // Issuers may share one provider account, and list each other's keys: a key any issuer's
+    // record holds (for the owner its marker names) is no orphan of any.
+    let recorded: Vec<RetainedKey> = ctx
+        .caches
+        .key_issuers
+        .state()
+        .iter()
+        .filter_map(|i| i.status.as_ref()?.retained_keys.clone())
+        .chain(ctx.caches.cluster_issuers.state().iter().filter_map(|i| i.status.as_ref()?.retained_keys.clone()))
+        .flatten()
+        .collect();
     for (issuer, listing) in orphaned {
         // A partial view of an issuer's keys would count its orphans wrong.
         if unlisted.contains(&issuer) {
@@ -295,13 +306,13 @@ pub async fn sweep(ctx: &Context, found: &UnboundedSender<ObjectRef<AccessKey>>,
         match listing.issuer.kind {
             IssuerKind::KeyIssuer => {
                 if let Some(i) = KeyIssuer::cached(ctx, &id) {
-                    let view = settle_retained(ctx, &*i, &provider, &listing, &owners).await;
+                    let view = settle_retained(ctx, &*i, &provider, &listing, &owners, &recorded).await;
                     handle_orphans(ctx, &*i, provider, view, reported).await;
                 }
             }
             IssuerKind::ClusterKeyIssuer => {
                 if let Some(i) = ClusterKeyIssuer::cached(ctx, &id) {
-                    let view = settle_retained(ctx, &*i, &provider, &listing, &owners).await;
+                    let view = settle_retained(ctx, &*i, &provider, &listing, &owners, &recorded).await;
                     handle_orphans(ctx, &*i, provider, view, reported).await;
                 }
             }
@@ -337,6 +348,7 @@ async fn settle_retained<K: IssuerObject>(
     provider: &Arc<dyn Provider>,
     listing: &Listing,
     owners: &BTreeSet<String>,
+    elsewhere: &[RetainedKey],
 ) -> OrphanView {
     let status = issuer.status();
     let before = status.and_then(|s| s.retained_keys.clone()).unwrap_or_default();
@@ -368,7 +380,7 @@ async fn settle_retained<K: IssuerObject>(
                     })
                 })
                 .collect();
-            let found = orphans(&listing.keys, &ctx.installation, owners, &record);
+            let found = orphans(&listing.keys, &ctx.installation, owners, &[&record[..], elsewhere].concat());
             let adopted = retained::adopt(&found, &listing.scope_of, &held, jiff::Timestamp::now());
             if !adopted.is_empty() {
                 tracing::info!(issuer = %issuer.id(), keys = adopted.len(), "taking over the keys retained before the record of retained keys existed");
@@ -386,8 +398,9 @@ async fn settle_retained<K: IssuerObject>(
             tracing::warn!(issuer = %issuer.id(), error = %e, "cannot update the issuer's record of retained keys");
         }
     }
+    let retained = [&record[..], elsewhere].concat();
     let found: Vec<ListedKey> =
-        orphans(&listing.keys, &ctx.installation, owners, &record).into_iter().cloned().collect();
+        orphans(&listing.keys, &ctx.installation, owners, &retained).into_iter().cloned().collect();
     let implausible = overflow || (found.len() > 3 && found.len() * 2 > listing.keys.len());
     OrphanView { keys: found, implausible }
 }
