@@ -205,3 +205,71 @@ async fn keys_revoked_at_the_provider_are_replaced_by_the_next_sweep() {
     assert!(outscale.live_keys().iter().all(|k| k.access_key_id != osc_orphan.access_key_id));
     wait_event(&client, &ns, "exo", "OrphansRevoked", &exo_orphan.key).await;
 }
+
+/// An operator upgrade: keys an older operator retained were known only by their Secrets. The
+/// first complete sweep of an issuer from before the record takes them over into
+/// `status.retainedKeys`, once; the other orphans are revoked as ever. A Secret written after
+/// that proves nothing.
+#[tokio::test]
+async fn keys_retained_before_the_record_existed_are_taken_over_once_and_kept() {
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    let ns = support::namespace(&client, "drift-upgrade").await;
+    let fake = fakes::exoscale::ExoscaleFake::start(support::exoscale::ADMIN_KEY, support::exoscale::ADMIN_SECRET);
+    support::exoscale::credentials(&client, &ns, support::exoscale::ADMIN_SECRET).await;
+    let spec = json!({"exoscale": {"endpoint": fake.endpoint(), "credentialsSecretRef": {"name": support::exoscale::CREDENTIALS}},
+        "revokeOrphans": true});
+    support::apply_json(
+        &client,
+        &ns,
+        json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "KeyIssuer", "metadata": {"name": "exo"}, "spec": spec}),
+    )
+    .await;
+    // The issuer's status as an older operator left it: its provider, and no record.
+    let issuers: Api<KeyIssuer> = Api::namespaced(client.clone(), &ns);
+    let old_status = json!({"status": {"provider": "exoscale"}});
+    issuers.patch_status("exo", &PatchParams::default(), &Patch::Merge(&old_status)).await.expect("old status");
+    let marker = |attempt: &str| format!("ck-{INSTALLATION}-{GONE_UID}-{attempt}");
+    let kept = fake.add_api_key(&format!("app.{}", marker("aaaaaaaaaa")), PREEXISTING_ROLE_ID);
+    let orphan = fake.add_api_key(&format!("other.{}", marker("bbbbbbbbbb")), PREEXISTING_ROLE_ID);
+    let stray = fake.add_api_key(&format!("stray.{}", marker("cccccccccc")), PREEXISTING_ROLE_ID);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    let released = |name: &str, key: &str| -> k8s_openapi::api::core::v1::Secret {
+        serde_json::from_value(json!({"metadata": {"name": name,
+            "labels": {"app.kubernetes.io/managed-by": "cloudkeys"},
+            "annotations": {"cloudkeys.io/access-key-id": key}}}))
+        .expect("Secret literal")
+    };
+    let params = kube::api::PostParams::default();
+    secrets.create(&params, &released("app-credentials", &kept.key)).await.expect("the old operator's Secret");
+    let _op = Operator::start_with(
+        &ns,
+        &[("CLOUDKEYS_DRIFT_CHECK_INTERVAL", "2s"), ("CLOUDKEYS_INSTALLATION_ID", INSTALLATION)],
+    );
+    let status = support::eventually("the retained key taken over", keys::WAIT, || async {
+        let status = issuers.get("exo").await.ok()?.status?;
+        status.retained_keys_since.as_ref()?;
+        Some(status)
+    })
+    .await;
+    let record = status.retained_keys.expect("record");
+    assert_eq!(record.len(), 1, "{record:?}");
+    assert_eq!((record[0].access_key_id.as_str(), record[0].owner.as_str()), (kept.key.as_str(), GONE_UID));
+    assert_eq!((record[0].namespace.as_str(), record[0].secret_name.as_str()), (ns.as_str(), "app-credentials"));
+    let live = || fake.live_api_keys().into_iter().map(|k| k.key).collect::<Vec<_>>();
+    support::eventually("the other orphans revoked", keys::WAIT, || async {
+        let live = live();
+        (!live.contains(&orphan.key) && !live.contains(&stray.key)).then_some(())
+    })
+    .await;
+    assert!(live().contains(&kept.key), "the key retained before the upgrade was revoked");
+
+    // Once: a Secret claiming a key after the takeover keeps nothing.
+    let another = fake.add_api_key(&format!("forged.{}", marker("dddddddddd")), PREEXISTING_ROLE_ID);
+    secrets.create(&params, &released("forged", &another.key)).await.expect("forged Secret");
+    support::eventually("the key the forged Secret names revoked", keys::WAIT, || async {
+        (!live().contains(&another.key)).then_some(())
+    })
+    .await;
+    assert!(live().contains(&kept.key));
+}

@@ -4,7 +4,8 @@
 //! operator process, which never stopped.
 //!
 //! Every test runs an operator that watches every namespace, and one changes the CRDs: each
-//! takes a control plane of its own.
+//! takes a control plane of its own, and where tests share a process (plain `cargo test`), they
+//! take turns ([`one_at_a_time`]).
 
 mod fakes;
 mod support;
@@ -30,6 +31,13 @@ use support::keys;
 use support::operator::Operator;
 
 const WAIT: Duration = Duration::from_secs(90);
+
+/// Tests of one process share its control plane: two operators watching every namespace would
+/// both act on each test's objects. (Under cargo-nextest every test has a process of its own.)
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
+}
 /// Each hostile body: far more than the operator's whole memory.
 const HUGE_MIB: usize = 300;
 
@@ -96,6 +104,7 @@ async fn issuer_ready(client: &Client, ns: &str, name: &str) -> Option<(String, 
 
 #[tokio::test]
 async fn a_hostile_provider_cannot_crash_the_operator_or_grow_its_memory() {
+    let _turn = one_at_a_time().await;
     support::own_control_plane();
     let client = support::client().await;
     support::install_crds(&client).await;
@@ -205,6 +214,7 @@ async fn refused(client: &Client, ns: &str, manifest: Value) -> String {
 
 #[tokio::test]
 async fn an_object_the_types_cannot_hold_is_refused_or_skipped_and_every_other_one_served() {
+    let _turn = one_at_a_time().await;
     support::own_control_plane();
     let client = support::client().await;
     // An older CRD stored a KeyIssuer whose maxKeysPerNamespace no u32 holds…
@@ -279,6 +289,7 @@ async fn issued(client: &Client, ns: &str) -> usize {
 
 #[tokio::test]
 async fn slow_providers_delay_only_the_access_keys_of_their_own_issuers() {
+    let _turn = one_at_a_time().await;
     support::own_control_plane();
     let client = support::client().await;
     support::install_crds(&client).await;

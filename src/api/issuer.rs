@@ -3,7 +3,7 @@
 // kube's `printcolumn(...)` repeats `type_ = "string"` by design; clippy reads it as a duplicate.
 #![allow(clippy::duplicated_attributes)]
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -258,6 +258,56 @@ pub struct IssuerStatus {
     /// longer exists (revoked when `spec.revokeOrphans` is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub orphaned_keys: Option<u32>,
+    /// Keys the operator kept when their AccessKey was deleted with `deletionPolicy: Retain`
+    /// (this issuer's policy allowing it): drift checks count a key as retained only when it is
+    /// here, never because a Secret names it. Written by the operator alone; an entry whose key
+    /// is gone at the provider is dropped. Absent on an issuer no operator of this version has
+    /// looked at yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1000))]
+    pub retained_keys: Option<Vec<RetainedKey>>,
+    /// Since when `retainedKeys` is the whole record: set when an operator of this version first
+    /// looks at a new issuer; on an older one, by its first drift check, which takes over once
+    /// the keys Secrets held as retained before the record existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained_keys_since: Option<Time>,
+}
+
+/// The most keys an issuer's `status.retainedKeys` records (its schema's `maxItems`).
+pub const MAX_RETAINED_KEYS: usize = 1000;
+
+/// A key kept at the provider after its AccessKey was deleted: what finds it again in a
+/// listing (its id and the owner its marker names), and where it went. Never a secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetainedKey {
+    /// The key id at the provider.
+    #[schemars(length(max = 512))]
+    pub access_key_id: String,
+    /// How the provider names the key (to ask for it by id), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub key_ref: Option<String>,
+    /// UID of the deleted AccessKey: the owner the key's marker names.
+    #[schemars(length(max = 64))]
+    pub owner: String,
+    /// Namespace of the AccessKey and of the Secret that holds the key.
+    #[schemars(length(max = 63))]
+    pub namespace: String,
+    /// Name of the deleted AccessKey (absent for keys retained before the record existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub access_key: Option<String>,
+    /// The Secret left holding the key.
+    #[schemars(length(max = 253))]
+    pub secret_name: String,
+    /// Where the provider lists the key (an Exoscale key family, a Yandex service account, an
+    /// OUTSCALE user), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub scope: Option<String>,
+    /// When the operator kept it.
+    pub retained_at: Time,
 }
 
 /// What the controller needs from either issuer kind.

@@ -20,6 +20,8 @@ pub enum Reason {
     ProviderError,
     Revoking,
     RevocationFailed,
+    /// A `Retain` that cannot be recorded in the issuer's status (its record is full).
+    RetainFailed,
     SecretNotFound,
     InvalidCredentials,
     ProviderUnreachable,
@@ -40,6 +42,7 @@ impl Reason {
             Self::ProviderError => "ProviderError",
             Self::Revoking => "Revoking",
             Self::RevocationFailed => "RevocationFailed",
+            Self::RetainFailed => "RetainFailed",
             Self::SecretNotFound => "SecretNotFound",
             Self::InvalidCredentials => "InvalidCredentials",
             Self::ProviderUnreachable => "ProviderUnreachable",

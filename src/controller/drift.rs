@@ -18,12 +18,18 @@ use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
 use rand::Rng;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
 use super::context::{display_name, Context};
 use super::decide::ProviderView;
 use super::in_use::IssuerId;
 use super::issuer::IssuerObject;
+use super::retained::{self, LegacyHold};
 use super::secret::KEY_ID_ANNOTATION;
-use crate::api::{AccessKey, IssuerKind, IssuerProvider, IssuerRef, KeyProvider};
+use crate::api::{
+    AccessKey, ClusterKeyIssuer, IssuerKind, IssuerProvider, IssuerRef, KeyIssuer, KeyProvider, RetainedKey,
+    MAX_RETAINED_KEYS,
+};
 use crate::providers::bounded::Bounded;
 use crate::providers::{ListedKey, Marker, Provider};
 
@@ -146,18 +152,19 @@ struct Group {
 }
 
 /// The keys listed that are orphans: this installation's marker, an owner that is none of the
-/// AccessKeys that exist, and not a key a Secret still holds (a `Retain`ed one).
+/// AccessKeys that exist, and not a key the issuer's record says was retained (a Secret that
+/// claims to hold it proves nothing: tenants write Secrets).
 pub fn orphans<'a>(
     listed: &'a [ListedKey],
     installation: &str,
     owners: &BTreeSet<String>,
-    held: &BTreeSet<String>,
+    retained: &[RetainedKey],
 ) -> Vec<&'a ListedKey> {
     listed
         .iter()
         .filter(|k| k.marker.as_ref().and_then(Marker::installation) == Some(installation))
         .filter(|k| k.marker.as_ref().is_some_and(|m| !owners.contains(m.owner())))
-        .filter(|k| !held.contains(&k.access_key_id))
+        .filter(|k| !retained::is_retained(retained, k))
         .collect()
 }
 
@@ -217,7 +224,7 @@ pub async fn sweep(ctx: &Context, found: &UnboundedSender<ObjectRef<AccessKey>>,
         }
     }
 
-    let mut orphaned: BTreeMap<String, (IssuerRef, String, Vec<ListedKey>)> = BTreeMap::new();
+    let mut orphaned: BTreeMap<String, Listing> = BTreeMap::new();
     let mut unlisted: BTreeSet<String> = BTreeSet::new();
     for ((issuer, scope), group) in groups {
         let Some(provider) = providers.get(&issuer).cloned().flatten() else { continue };
@@ -266,36 +273,55 @@ pub async fn sweep(ctx: &Context, found: &UnboundedSender<ObjectRef<AccessKey>>,
                 noticed(ctx, c, key, found);
             }
         }
-        let ours =
-            listed.into_iter().filter(|k| k.marker.as_ref().and_then(Marker::installation) == Some(&*ctx.installation));
-        let entry =
-            orphaned.entry(issuer).or_insert_with(|| (group.issuer.clone(), group.namespace.clone(), Vec::new()));
-        entry.2.extend(ours);
+        let entry = orphaned.entry(issuer).or_insert_with(|| Listing {
+            issuer: group.issuer.clone(),
+            namespace: group.namespace.clone(),
+            keys: Vec::new(),
+            scope_of: HashMap::new(),
+            ids: BTreeSet::new(),
+            scopes: BTreeSet::new(),
+        });
+        entry.ids.extend(listed.iter().map(|k| k.access_key_id.clone()));
+        entry.scopes.insert(scope.clone());
+        for key in listed {
+            if key.marker.as_ref().and_then(Marker::installation) == Some(&*ctx.installation) {
+                entry.scope_of.insert(key.access_key_id.clone(), scope.clone());
+                entry.keys.push(key);
+            }
+        }
     }
     // Owners as the cache shows them after the listings: every key listed was created by an
     // AccessKey the cache had before.
     let owners: BTreeSet<String> =
         ctx.caches.access_keys.state().iter().filter_map(|ak| ak.metadata.uid.clone()).collect();
-    let held: BTreeSet<String> =
-        ctx.caches.secrets.state().iter().filter_map(|s| s.annotation(KEY_ID_ANNOTATION).map(String::from)).collect();
-    for (issuer, (issuer_ref, namespace, keys)) in orphaned {
+    // Issuers may share one provider account, and list each other's keys: a key any issuer's
+    // record holds (for the owner its marker names) is no orphan of any.
+    let recorded: Vec<RetainedKey> = ctx
+        .caches
+        .key_issuers
+        .state()
+        .iter()
+        .filter_map(|i| i.status.as_ref()?.retained_keys.clone())
+        .chain(ctx.caches.cluster_issuers.state().iter().filter_map(|i| i.status.as_ref()?.retained_keys.clone()))
+        .flatten()
+        .collect();
+    for (issuer, listing) in orphaned {
         // A partial view of an issuer's keys would count its orphans wrong.
         if unlisted.contains(&issuer) {
             continue;
         }
         let Some(provider) = providers.get(&issuer).cloned().flatten() else { continue };
-        let found: Vec<ListedKey> = orphans(&keys, &ctx.installation, &owners, &held).into_iter().cloned().collect();
-        let implausible = found.len() > 3 && found.len() * 2 > keys.len();
-        let view = OrphanView { keys: found, implausible };
-        match issuer_ref.kind {
+        let id = IssuerId::from_ref(&listing.issuer, &listing.namespace);
+        match listing.issuer.kind {
             IssuerKind::KeyIssuer => {
-                let cached = ctx.caches.key_issuers.get(&ObjectRef::new(&issuer_ref.name).within(&namespace));
-                if let Some(i) = cached {
+                if let Some(i) = KeyIssuer::cached(ctx, &id) {
+                    let view = settle_retained(ctx, &*i, &provider, &listing, &owners, &recorded).await;
                     handle_orphans(ctx, &*i, provider, view, reported).await;
                 }
             }
             IssuerKind::ClusterKeyIssuer => {
-                if let Some(i) = ctx.caches.cluster_issuers.get(&ObjectRef::new(&issuer_ref.name)) {
+                if let Some(i) = ClusterKeyIssuer::cached(ctx, &id) {
+                    let view = settle_retained(ctx, &*i, &provider, &listing, &owners, &recorded).await;
                     handle_orphans(ctx, &*i, provider, view, reported).await;
                 }
             }
@@ -303,10 +329,89 @@ pub async fn sweep(ctx: &Context, found: &UnboundedSender<ObjectRef<AccessKey>>,
     }
 }
 
+/// Everything the listings of one sweep showed of an issuer.
+struct Listing {
+    issuer: IssuerRef,
+    namespace: String,
+    /// The keys carrying this installation's marker.
+    keys: Vec<ListedKey>,
+    /// The scope each of those was listed in.
+    scope_of: HashMap<String, String>,
+    /// Every key id listed, marked or not.
+    ids: BTreeSet<String>,
+    scopes: BTreeSet<String>,
+}
+
 /// An issuer's orphans, and whether they are too many of its keys to be believed.
 struct OrphanView {
     keys: Vec<ListedKey>,
     implausible: bool,
+}
+
+/// Brings the issuer's record of retained keys up to date with what its provider lists (an entry
+/// whose key is gone is dropped; on the first complete sweep of an issuer from before the record,
+/// the orphans Secrets held are taken over), and returns the orphans it leaves.
+async fn settle_retained<K: IssuerObject>(
+    ctx: &Context,
+    issuer: &K,
+    provider: &Arc<dyn Provider>,
+    listing: &Listing,
+    owners: &BTreeSet<String>,
+    elsewhere: &[RetainedKey],
+) -> OrphanView {
+    let status = issuer.status();
+    let before = status.and_then(|s| s.retained_keys.clone()).unwrap_or_default();
+    let mut record = before.clone();
+    for entry in retained::unlisted(&before, &listing.scopes, &listing.ids) {
+        let Some(key_ref) = entry.key_ref.as_deref() else { continue };
+        let bounded = Bounded::new(provider.clone(), tokio::time::Instant::now() + ctx.limits.provider_timeout);
+        match bounded.key_present(key_ref).await {
+            Ok(None | Some(false)) => record.retain(|r| r != entry),
+            Ok(Some(true)) => {}
+            Err(e) => tracing::warn!(issuer = %issuer.id(), key = %entry.access_key_id, error = %e,
+                "drift check: cannot read a retained key; trying again next time"),
+        }
+    }
+    let since = match status.and_then(|s| s.retained_keys_since.clone()) {
+        Some(_) => None,
+        None => {
+            use kube::runtime::reflector::Lookup as _;
+            let held: Vec<LegacyHold> = ctx
+                .caches
+                .secrets
+                .state()
+                .iter()
+                .filter_map(|s| {
+                    Some(LegacyHold {
+                        namespace: s.namespace()?.to_string(),
+                        secret_name: s.name()?.to_string(),
+                        key_id: s.annotation(KEY_ID_ANNOTATION)?.to_string(),
+                    })
+                })
+                .collect();
+            let found = orphans(&listing.keys, &ctx.installation, owners, &[&record[..], elsewhere].concat());
+            let adopted = retained::adopt(&found, &listing.scope_of, &held, jiff::Timestamp::now());
+            if !adopted.is_empty() {
+                tracing::info!(issuer = %issuer.id(), keys = adopted.len(), "taking over the keys retained before the record of retained keys existed");
+            }
+            record.extend(adopted);
+            Some(Time(jiff::Timestamp::now()))
+        }
+    };
+    // Past the bound (only by taking over): the rest stay unrevoked orphans, below.
+    let overflow = record.len() > MAX_RETAINED_KEYS;
+    record.truncate(MAX_RETAINED_KEYS);
+    if record != before || since.is_some() {
+        if let Err(e) = retained::write(ctx, issuer, &record, since.as_ref()).await {
+            // (A conflict: a deletion recorded a key meanwhile.) Next time.
+            tracing::warn!(issuer = %issuer.id(), error = %e, "cannot update the issuer's record of retained keys");
+        }
+    }
+    let retained = [&record[..], elsewhere].concat();
+    let found: Vec<ListedKey> =
+        orphans(&listing.keys, &ctx.installation, owners, &retained).into_iter().cloned().collect();
+    let implausible = overflow || (found.len() > 3 && found.len() * 2 > listing.keys.len());
+    OrphanView { keys: found, implausible }
 }
 
 /// Counts an issuer's orphans in its status (when the count changed), says so in an event
@@ -467,7 +572,7 @@ mod tests {
     }
 
     #[test]
-    fn orphans_are_this_installations_keys_of_no_existing_access_key_and_in_no_secret() {
+    fn orphans_are_this_installations_keys_of_no_existing_access_key_not_recorded_as_retained() {
         const GONE: &str = "1f8c2d7e-1b2a-4c3d-9e8f-0123456789ab";
         let key = |id: &str, marker: Marker| ListedKey { marker: Some(marker), ..listed(id, true) };
         let listed = [
@@ -478,11 +583,24 @@ mod tests {
             key("K5", Marker::new_attempt(GONE).within("0a1b2c3d")),
         ];
         let owners = BTreeSet::from([UID.to_string()]);
-        let held = BTreeSet::from(["K5".to_string()]);
+        let entry = |id: &str, owner: &str| RetainedKey {
+            access_key_id: id.into(),
+            key_ref: None,
+            owner: owner.into(),
+            namespace: "n".into(),
+            access_key: None,
+            secret_name: "s".into(),
+            scope: None,
+            retained_at: Time(at("2026-12-01T00:00:00Z")),
+        };
+        // K5 recorded as retained; K6 too, but for another owner than its marker names (as a
+        // tenant who could make the operator record any id would have it).
+        let listed = [&listed[..], &[key("K6", Marker::new_attempt(GONE).within("0a1b2c3d"))]].concat();
+        let retained = [entry("K5", GONE), entry("K6", UID)];
         let found: Vec<&str> =
-            orphans(&listed, "0a1b2c3d", &owners, &held).iter().map(|k| k.access_key_id.as_str()).collect();
-        // K3: another installation's; K4: older than installation ids; K5: a Secret holds it.
-        assert_eq!(found, ["K2"]);
+            orphans(&listed, "0a1b2c3d", &owners, &retained).iter().map(|k| k.access_key_id.as_str()).collect();
+        // K3: another installation's; K4: older than installation ids; K5: retained.
+        assert_eq!(found, ["K2", "K6"]);
     }
 
     #[test]

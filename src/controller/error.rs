@@ -27,6 +27,9 @@ pub enum Error {
     /// Replaced keys whose grace period is over are still live (the provider failed).
     #[error("{0} replaced key(s) not revoked yet")]
     RetiredNotRevoked(usize),
+    /// A key to keep cannot be recorded: the issuer's `status.retainedKeys` is full.
+    #[error("{0} records as many retained keys as it can")]
+    RetainedRecordFull(String),
     /// `secretTemplate` does not render (checked before any key is created).
     #[error("spec.{0}")]
     Template(#[from] TemplateError),
@@ -70,6 +73,7 @@ impl Error {
             },
             Self::IssuerNotFound(_) | Self::IssuerDeleting(_) | Self::IssuerUnusable { .. } => "issuer",
             Self::RetiredNotRevoked(_) => "retired_not_revoked",
+            Self::RetainedRecordFull(_) => "retained_record_full",
             Self::Template(_) | Self::InvalidSpec(_) => "invalid_spec",
             Self::SecretForeign(_) | Self::SecretContended(_) => "secret",
             Self::NoPendingAttempt => "no_pending_attempt",
@@ -97,6 +101,7 @@ impl Error {
             | Self::IssuerDeleting(_)
             | Self::IssuerUnusable { .. }
             | Self::RetiredNotRevoked(_)
+            | Self::RetainedRecordFull(_)
             | Self::Template(_)
             | Self::InvalidSpec(_)
             | Self::SecretForeign(_) => exp(10, 300),

@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -48,6 +49,8 @@ pub trait IssuerObject:
     fn status(&self) -> Option<&IssuerStatus>;
     fn describe(&self) -> String;
     fn id(&self) -> IssuerId;
+    /// The issuer `id` names, from the cache.
+    fn cached(ctx: &Context, id: &IssuerId) -> Option<Arc<Self>>;
 }
 
 impl IssuerObject for KeyIssuer {
@@ -67,6 +70,10 @@ impl IssuerObject for KeyIssuer {
     fn id(&self) -> IssuerId {
         IssuerId { kind: IssuerKind::KeyIssuer, name: self.name_any(), namespace: self.namespace() }
     }
+    fn cached(ctx: &Context, id: &IssuerId) -> Option<Arc<Self>> {
+        let namespace = id.namespace.as_deref().unwrap_or_default();
+        ctx.caches.key_issuers.get(&ObjectRef::new(&id.name).within(namespace))
+    }
 }
 
 impl IssuerObject for ClusterKeyIssuer {
@@ -85,6 +92,9 @@ impl IssuerObject for ClusterKeyIssuer {
     }
     fn id(&self) -> IssuerId {
         IssuerId { kind: IssuerKind::ClusterKeyIssuer, name: self.name_any(), namespace: None }
+    }
+    fn cached(ctx: &Context, id: &IssuerId) -> Option<Arc<Self>> {
+        ctx.caches.cluster_issuers.get(&ObjectRef::new(&id.name))
     }
 }
 
@@ -172,9 +182,18 @@ async fn write_condition<K: IssuerObject>(
         observed_generation: generation,
         conditions: vec![condition],
         provider: Some(issuer.provider().name().to_string()),
-        // Drift checks own it (under a field manager of their own).
+        // Drift checks and deletions own these (under field managers of their own).
         orphaned_keys: None,
+        retained_keys: None,
+        retained_keys_since: None,
     };
+    // Never looked at before (no provider recorded): a new issuer, with no key retained before
+    // the record of retained keys existed. (An older one is taken over by its first drift check.)
+    // Marked before the first write that records the provider, so a crash in between cannot
+    // leave it looking old.
+    if previous.provider.is_none() && previous.retained_keys_since.is_none() {
+        super::retained::begin(ctx, issuer).await?;
+    }
     if changed || previous.provider.is_none() {
         let api = K::api(ctx, issuer.namespace().as_deref());
         let patch = serde_json::json!({

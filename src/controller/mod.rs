@@ -20,6 +20,7 @@ pub mod namespace_keys;
 pub mod observe;
 pub mod policy;
 pub mod registry;
+pub mod retained;
 pub mod rotation;
 pub mod run;
 pub mod secret;

@@ -40,8 +40,14 @@ pub struct IssuerFacts<'a> {
 }
 
 /// The status of an issuer not checked yet.
-static NO_STATUS: IssuerStatus =
-    IssuerStatus { observed_generation: None, conditions: Vec::new(), provider: None, orphaned_keys: None };
+static NO_STATUS: IssuerStatus = IssuerStatus {
+    observed_generation: None,
+    conditions: Vec::new(),
+    provider: None,
+    orphaned_keys: None,
+    retained_keys: None,
+    retained_keys_since: None,
+};
 
 impl<'a> IssuerFacts<'a> {
     /// An issuer object as read from the apiserver: what only the operator knows (whether it

@@ -2,7 +2,8 @@
 //! spec and what is observed around it (the namespace's labels, the keys its AccessKeys hold,
 //! and — where the spec cannot tell — one answer read from the provider, see [`Verdict::Ask`]).
 //! No I/O. Checked before any key is created, and only when a key is to be minted: a policy
-//! tightened after issuance stops new keys, it revokes none.
+//! tightened after issuance stops new keys, it revokes none, with one exception:
+//! `deletionPolicies` is asked again when the AccessKey is deleted (see `retained`).
 
 use std::collections::BTreeMap;
 
@@ -87,10 +88,8 @@ fn check(r: &Request<'_>) -> Rule {
     if r.cluster_scoped {
         check_namespace(policy, r)?;
     }
-    let allowed_deletion =
-        policy.deletion_policies.clone().unwrap_or_else(|| vec![DeletionPolicy::Delete, DeletionPolicy::Retain]);
-    if !allowed_deletion.contains(&r.spec.deletion_policy) {
-        let names: Vec<String> = allowed_deletion.iter().map(|p| format!("{p:?}")).collect();
+    if !allows_deletion(Some(policy), r.spec.deletion_policy) {
+        let names: Vec<String> = deletion_policies(Some(policy)).iter().map(|p| format!("{p:?}")).collect();
         return deny("spec.deletionPolicy", format!("{:?}", r.spec.deletion_policy), list(&names));
     }
     if let Some(max) = policy.max_keys_per_namespace {
@@ -110,6 +109,20 @@ fn check(r: &Request<'_>) -> Rule {
         (KeyProvider::Outscale(k), _) => check_outscale(policy, k, r),
         _ => Ok(None),
     }
+}
+
+/// `policy.deletionPolicies` with its default: both.
+fn deletion_policies(policy: Option<&IssuerPolicy>) -> Vec<DeletionPolicy> {
+    policy
+        .and_then(|p| p.deletion_policies.clone())
+        .unwrap_or_else(|| vec![DeletionPolicy::Delete, DeletionPolicy::Retain])
+}
+
+/// Whether the policy lets a key end this way. Asked when a key is minted, and again when its
+/// AccessKey is deleted: a key minted under `Retain` is revoked all the same by an issuer that
+/// no longer allows it.
+pub fn allows_deletion(policy: Option<&IssuerPolicy>, deletion: DeletionPolicy) -> bool {
+    deletion_policies(policy).contains(&deletion)
 }
 
 fn check_namespace(policy: &IssuerPolicy, r: &Request<'_>) -> Result<(), Denial> {
