@@ -302,6 +302,25 @@ impl Context {
         Some(slot)
     }
 
+    /// Whether an issuer in the caches reads its credentials from `secret`: a KeyIssuer of its
+    /// namespace, or a ClusterKeyIssuer when it is in the cluster resource namespace.
+    pub fn names_credentials(&self, secret: &Secret) -> bool {
+        let (Some(ns), Some(name)) = (secret.metadata.namespace.as_deref(), secret.metadata.name.as_deref()) else {
+            return false;
+        };
+        let names =
+            |settings: &crate::api::IssuerProvider| crate::providers::credentials_secret(settings) == Some(name);
+        let namespaced = self
+            .caches
+            .key_issuers
+            .state()
+            .iter()
+            .any(|i| i.metadata.namespace.as_deref() == Some(ns) && names(&i.spec.provider));
+        namespaced
+            || (ns == self.cluster_resource_namespace
+                && self.caches.cluster_issuers.state().iter().any(|i| names(&i.spec.provider)))
+    }
+
     /// The lock for writing the in-use hold of `issuer`: without it, the first AccessKeys of an
     /// issuer reconciled together all find it unheld and all write, and all but one get a 409.
     pub fn hold_writer(&self, issuer: &str) -> HoldWriter {

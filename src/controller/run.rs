@@ -284,11 +284,32 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
     let held = Config::default().labels(&format!("{}=true", in_use::CREDENTIALS_LABEL));
     // Slimmed: never written back, and a `kubectl apply`'d Secret's last-applied annotation is a
     // second copy of the credentials.
+    //
+    // Only the Secrets an issuer names are kept: any tenant can put the label on any Secret, and
+    // the operator must not hold the data of Secrets it never reads. The issuer caches decide,
+    // so the watch starts once they are filled (the operator labels a Secret only for an issuer
+    // it has in its cache, which brings it here again with an event).
+    let named = ctx.clone();
     let credentials = watched(api_for::<Secret>(&client, ns), held, "credentials", &health)
         .modify(slimmed)
+        .try_filter(move |event| {
+            let keep = match event {
+                watcher::Event::Apply(s) | watcher::Event::InitApply(s) => named.names_credentials(s),
+                watcher::Event::Delete(_) | watcher::Event::Init | watcher::Event::InitDone => true,
+            };
+            futures::future::ready(keep)
+        })
         .reflect(writers.credentials)
         .for_each(|_| futures::future::ready(()));
-    tokio::spawn(credentials);
+    let filled = health.clone();
+    tokio::spawn(async move {
+        // Polled: a store's readiness signal wakes only its latest waiter, and the controllers
+        // wait on them too.
+        while !filled.synced.load(Ordering::Relaxed) {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        credentials.await
+    });
     let caches = ctx.caches.clone();
     let synced_health = health.clone();
     tokio::spawn(async move {

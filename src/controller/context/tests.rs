@@ -6,6 +6,13 @@ use crate::providers::Provider;
 
 /// A context whose client has no apiserver behind it: for what is decided in memory.
 fn offline_context() -> Context {
+    offline_context_with(kube::runtime::reflector::store().0, kube::runtime::reflector::store().0)
+}
+
+fn offline_context_with(
+    key_issuers: kube::runtime::reflector::Store<KeyIssuer>,
+    cluster_issuers: kube::runtime::reflector::Store<ClusterKeyIssuer>,
+) -> Context {
     let offline = tower::service_fn(|_: http::Request<kube::client::Body>| async {
         Err::<http::Response<kube::client::Body>, _>(std::io::Error::other("no apiserver in unit tests"))
     });
@@ -13,8 +20,8 @@ fn offline_context() -> Context {
         access_keys: kube::runtime::reflector::store().0,
         secrets: kube::runtime::reflector::store().0,
         credentials: kube::runtime::reflector::store().0,
-        key_issuers: kube::runtime::reflector::store().0,
-        cluster_issuers: kube::runtime::reflector::store().0,
+        key_issuers,
+        cluster_issuers,
         workloads: Workloads::default(),
     };
     let health = Arc::new(Health::new(Duration::from_secs(60), Duration::from_secs(60)));
@@ -141,4 +148,30 @@ async fn a_stuck_issuer_turns_callers_away_and_a_busy_one_makes_them_wait_their_
     assert!(!waiter.is_finished());
     drop(second);
     assert!(waiter.await.expect("waiter ran").is_some(), "the waiter did not get the slot");
+}
+
+#[tokio::test]
+async fn only_secrets_an_issuer_names_are_credentials_to_cache() {
+    let (key_issuers, mut key_issuer_writer) = kube::runtime::reflector::store::<KeyIssuer>();
+    let (cluster_issuers, mut cluster_issuer_writer) = kube::runtime::reflector::store::<ClusterKeyIssuer>();
+    let exoscale = |secret: &str| serde_json::json!({"exoscale": {"credentialsSecretRef": {"name": secret}}});
+    let key_issuer: KeyIssuer = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "exo", "namespace": "team-a"}, "spec": exoscale("exo-admin")}))
+    .expect("KeyIssuer");
+    let cluster_issuer: ClusterKeyIssuer =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "shared"}, "spec": exoscale("shared-admin")}))
+            .expect("ClusterKeyIssuer");
+    key_issuer_writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(key_issuer));
+    cluster_issuer_writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(cluster_issuer));
+    let ctx = offline_context_with(key_issuers, cluster_issuers);
+    let secret = |ns: &str, name: &str| Secret {
+        metadata: kube::api::ObjectMeta { name: Some(name.into()), namespace: Some(ns.into()), ..Default::default() },
+        ..Secret::default()
+    };
+    assert!(ctx.names_credentials(&secret("team-a", "exo-admin")));
+    assert!(ctx.names_credentials(&secret("cloudkeys", "shared-admin")));
+    // Labelled by a tenant, named by no issuer, or named from elsewhere: not cached.
+    for (ns, name) in [("team-a", "bulk"), ("team-b", "exo-admin"), ("team-a", "shared-admin")] {
+        assert!(!ctx.names_credentials(&secret(ns, name)), "{ns}/{name}");
+    }
 }
