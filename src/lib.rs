@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod health;
+pub mod kube_error;
 pub mod metrics;
 pub mod providers;
 pub mod server;

@@ -101,7 +101,14 @@ async fn crds_install_and_kubectl_get_cloudkeys_lists_every_kind() {
     let (ok, out, err) = support::run_kubectl(&["get", "ak", "-n", &ns]);
     assert!(ok, "{err}");
     let header: Vec<&str> = out.lines().next().unwrap_or_default().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "READY", "ISSUER", "SECRET", "KEY", "ID", "AGE"]);
+    // The Ready condition's reason says why at a glance; the issuer's kind (defaulted by the
+    // schema) tells a KeyIssuer from a ClusterKeyIssuer of the same name.
+    assert_eq!(header, ["NAME", "READY", "REASON", "ISSUER", "ISSUER", "KIND", "SECRET", "KEY", "ID", "AGE"]);
+    assert!(out.lines().nth(1).is_some_and(|row| row.contains("KeyIssuer")), "{out}");
+    let (ok, out, err) = support::run_kubectl(&["get", "ak", "-n", &ns, "-o", "wide"]);
+    assert!(ok, "{err}");
+    let header = out.lines().next().unwrap_or_default();
+    assert!(header.contains("EXPIRES") && header.contains("NEXT ROTATION"), "{out}");
     for short in ["ki", "cki"] {
         let (ok, _, err) = support::run_kubectl(&["get", short, "-A"]);
         assert!(ok, "kubectl get {short}: {err}");

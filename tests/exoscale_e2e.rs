@@ -174,9 +174,52 @@ async fn secret_conflict_creates_no_key() {
     support::create_secret(&env.client, &env.ns, "taken-credentials", json!({"x": "y"})).await;
     env.apply(access_key("taken", role_id_mode(), json!({}))).await;
     // The reconcile that wrote this condition decided against any key, before any provider call.
-    keys::wait_reason(&env.client, &env.ns, "taken", "SecretConflict").await;
+    let ak = keys::wait_reason(&env.client, &env.ns, "taken", "SecretConflict").await;
     assert!(env.fake.live_api_keys().is_empty(), "a key was created despite the conflict");
     assert!(env.fake.requests().iter().all(|r| r.method != "POST"), "the provider was asked to create something");
+    let (_, _, message) = keys::ready_condition(&ak).expect("condition");
+    assert!(
+        message.starts_with("Secret taken-credentials exists") && message.contains("another secretName"),
+        "{message}"
+    );
+    // The user does what it says: the key follows without any change to the AccessKey (whose
+    // next periodic look is an hour away).
+    let generation = ak.metadata.generation;
+    Api::<Secret>::namespaced(env.client.clone(), &env.ns)
+        .delete("taken-credentials", &DeleteParams::default())
+        .await
+        .expect("deleted");
+    let ak = keys::wait_issued(&env.client, &env.ns, "taken").await;
+    assert_eq!(ak.metadata.generation, generation);
+    assert_eq!(env.live_ids().len(), 1);
+}
+
+/// A KeyIssuer and an AccessKey applied together, as the examples invite: the AccessKey waits
+/// for the issuer's first check, and records no Warning on the way.
+#[tokio::test]
+async fn an_issuer_and_its_access_key_applied_together_record_no_warning() {
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    let ns = support::namespace(&client, "exo-together").await;
+    let fake = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
+    // The first check takes a while, so the AccessKey is surely looked at before it is done.
+    fake.set_faults(Faults { latency: Duration::from_secs(5), ..Faults::default() });
+    let _op = Operator::start(&ns);
+    exoscale::issuer_with_credentials(&client, &ns, &fake.endpoint(), ADMIN_SECRET).await;
+    support::apply_json(&client, &ns, access_key("together", role_id_mode(), json!({}))).await;
+    let waiting = keys::wait_reason(&client, &ns, "together", "IssuerNotReady").await;
+    let (_, _, message) = keys::ready_condition(&waiting).expect("condition");
+    assert!(message.contains("has not been checked yet"), "{message}");
+    keys::wait_issued(&client, &ns, "together").await;
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), &ns);
+    let listed = events.list(&kube::api::ListParams::default()).await.expect("events");
+    let warnings: Vec<String> = listed
+        .items
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .map(|e| format!("{:?} {:?}", e.reason, e.message))
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:?}");
 }
 
 #[tokio::test]

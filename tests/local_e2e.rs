@@ -217,3 +217,21 @@ async fn a_template_bomb_is_invalid_spec_at_once_and_stalls_no_one() {
     }
     println!("bomb refused and {} neighbours issued in {:?}", others.len(), started.elapsed());
 }
+
+/// Started where the leader-election Lease's namespace does not exist (by hand, outside a
+/// cluster): one line that says what to do, and no debug structure of a kube error.
+#[tokio::test]
+async fn a_missing_lease_namespace_is_one_line_that_says_what_to_do() {
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    let ns = support::namespace(&client, "local-no-lease-ns").await;
+    let missing = format!("{ns}-missing");
+    let mut op = Operator::start_with(&ns, &[("CLOUDKEYS_LEADER_ELECTION_NAMESPACE", &missing)]);
+    assert!(op.wait_exit(Duration::from_secs(60)).await, "the operator kept running without its Lease");
+    let logs = op.logs();
+    let line = logs.lines().find(|l| l.contains("controller failed")).unwrap_or_else(|| panic!("{logs}"));
+    for says in [format!("namespace {missing}"), "does not exist".into(), "--leader-election=false".into()] {
+        assert!(line.contains(&says), "{line}");
+    }
+    assert!(!logs.contains("Status {") && !logs.contains("ErrorResponse"), "{logs}");
+}

@@ -431,6 +431,22 @@ async fn cluster_issuers_serve_the_namespaces_their_policy_names_or_selects() {
     keys::wait_issued(&client, &ns, "by-labels").await;
     support::apply_json(&client, &ns, cluster_key("open", &open)).await;
     keys::wait_issued(&client, &ns, "open").await;
+
+    // The kind left out (the most common mistake): not found, saying where it looked, which
+    // issuer of that name exists and how to name it; fixed, the key follows.
+    support::apply_json(&client, &ns, key("kind-left-out", &open, "local", json!({}), json!({}))).await;
+    let ak = keys::wait_reason(&client, &ns, "kind-left-out", "IssuerNotFound").await;
+    let (_, _, message) = keys::ready_condition(&ak).expect("condition");
+    let says = [format!("not found in namespace {ns}"), format!("a ClusterKeyIssuer {open} exists")];
+    for part in says.iter().map(String::as_str).chain(["kind: ClusterKeyIssuer"]) {
+        assert!(message.contains(part), "{message}");
+    }
+    let fixed = json!({"spec": {"issuerRef": {"kind": "ClusterKeyIssuer"}}});
+    Api::<cloudkeys::api::AccessKey>::namespaced(client.clone(), &ns)
+        .patch("kind-left-out", &PatchParams::default(), &Patch::Merge(&fixed))
+        .await
+        .expect("kind set");
+    keys::wait_issued(&client, &ns, "kind-left-out").await;
 }
 
 async fn wait_issuer_condition(client: &Client, ns: &str, name: &str, reason: &str) -> String {

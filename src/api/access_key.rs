@@ -24,9 +24,13 @@ use super::validation::{EXOSCALE_RESOURCE_PATTERN, SECRET_DATA_KEY_PATTERN};
     derive = "PartialEq",
     doc = "A cloud API key, issued by an issuer into a Secret of this namespace and revoked when the AccessKey is deleted.",
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Issuer", type_ = "string", json_path = ".spec.issuerRef.name"),
+    printcolumn(name = "Issuer Kind", type_ = "string", json_path = ".spec.issuerRef.kind"),
     printcolumn(name = "Secret", type_ = "string", json_path = ".spec.secretName"),
     printcolumn(name = "Key ID", type_ = "string", json_path = ".status.accessKeyId"),
+    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt", priority = 1),
+    printcolumn(name = "Next Rotation", type_ = "date", json_path = ".status.nextRotationTime", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 // The rules evaluated client-side too, in the unit tests.

@@ -20,22 +20,10 @@ pub enum CliError {
         "the cloudkeys CRDs are not installed in this cluster (no {0}): install the chart or `kubectl apply -f crds/`"
     )]
     NoCrds(String),
-    #[error("{}", kube_message(.0))]
+    #[error("{}", crate::kube_error::describe(.0))]
     Kube(#[from] kube::Error),
     #[error("cannot print: {0}")]
     Output(String),
-}
-
-/// A kube error for the screen. An exec credential plugin's failure is not quoted: kube's text
-/// carries the plugin's output, which may hold a token.
-fn kube_message(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Auth(_) => {
-            "the kubeconfig's credentials could not be used (its token or credential plugin failed)".to_string()
-        }
-        kube::Error::Api(s) => format!("the apiserver refused: {} ({} {})", s.message, s.code, s.reason),
-        other => other.to_string(),
-    }
 }
 
 impl CliError {

@@ -102,6 +102,16 @@ pub async fn run(args: &InspectArgs) -> Result<Health, CliError> {
         }
     };
     let facts = issuer.as_ref().map(|i| i.facts(&display));
+    // Not found: whether the other kind has one of that name (as the operator's message says).
+    let other_kind_exists = issuer.is_none()
+        && match r.kind {
+            IssuerKind::KeyIssuer => {
+                Api::<ClusterKeyIssuer>::all(client.clone()).get_opt(&r.name).await.is_ok_and(|i| i.is_some())
+            }
+            IssuerKind::ClusterKeyIssuer => {
+                Api::<KeyIssuer>::namespaced(client.clone(), &ns).get_opt(&r.name).await.is_ok_and(|i| i.is_some())
+            }
+        };
 
     // Only what the operator would read for this decision: the Secret always, the workloads
     // while a replaced key waits for them, the namespace and its keys when the policy asks.
@@ -143,6 +153,7 @@ pub async fn run(args: &InspectArgs) -> Result<Health, CliError> {
             },
             namespace_labels: labels.as_ref(),
             access_keys: &access_keys,
+            other_kind_exists,
             now,
         })
     });
@@ -451,5 +462,6 @@ pub fn describe(step: &Step, ak: &AccessKey, now: jiff::Timestamp) -> String {
             }
         }
         Step::NotReady(reason, message) => format!("report Ready=False ({}): {message}", reason.as_str()),
+        Step::AwaitIssuerCheck(message) => format!("wait for the issuer's first check ({message})"),
     }
 }

@@ -103,7 +103,10 @@ pub async fn run(args: &RotateArgs) -> Result<Health, CliError> {
 
 /// What was requested, in one line.
 fn requested_line(ak: &AccessKey, value: &str, immediate: bool) -> String {
-    let then = if immediate {
+    let has_key = ak.status.as_ref().is_some_and(|s| s.access_key_id.is_some());
+    let then = if !has_key {
+        "it has no key yet: nothing is replaced, its first key is issued as usual".to_string()
+    } else if immediate {
         "the replaced key is revoked at once".to_string()
     } else {
         let after = if ak.spec.consumers.is_some() { " after the consumers roll out" } else { " later" };
@@ -146,6 +149,19 @@ mod tests {
         assert_eq!(next_request_value(&access_key(None, None), now), "1764547200");
         assert_eq!(next_request_value(&access_key(Some("1764547200"), None), now), "1764547200.1");
         assert_eq!(next_request_value(&access_key(Some("1764547200.1"), Some("1764547200")), now), "1764547200.2");
+    }
+
+    #[test]
+    fn the_line_promises_a_revocation_only_when_there_is_a_key_to_replace() {
+        let fresh = access_key(None, None);
+        let line = requested_line(&fresh, "1", false);
+        assert!(line.contains("no key yet") && !line.contains("revoked"), "{line}");
+        let mut issued = access_key(None, None);
+        if let Some(s) = issued.status.as_mut() {
+            s.access_key_id = Some("K1".into());
+        }
+        assert!(requested_line(&issued, "1", false).contains("the replaced key is revoked 10m later"));
+        assert!(requested_line(&issued, "1", true).contains("revoked at once"));
     }
 
     #[test]

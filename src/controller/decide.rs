@@ -16,6 +16,9 @@ use super::secret::SecretState;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IssuerState {
     NotFound(String),
+    /// Exists and has not been checked yet (just created, say, with its AccessKeys): nothing is
+    /// wrong yet, it is waited for.
+    Unchecked(String),
     NotReady(String),
     Ready,
 }
@@ -99,6 +102,9 @@ pub enum Step {
     UpdateSecretMetadata,
     Ready,
     NotReady(Reason, String),
+    /// The issuer has not been checked yet: say so in the condition, without a Warning (an
+    /// issuer and its AccessKeys applied together is the happy path), and wait for its check.
+    AwaitIssuerCheck(String),
 }
 
 /// The current key as a drift check saw it at the provider.
@@ -264,19 +270,25 @@ pub fn decide(o: &Observed<'_>) -> Step {
     }
     match &o.issuer {
         IssuerState::NotFound(m) => return Step::NotReady(Reason::IssuerNotFound, m.clone()),
+        IssuerState::Unchecked(m) => return Step::AwaitIssuerCheck(m.clone()),
         IssuerState::NotReady(m) => return Step::NotReady(Reason::IssuerNotReady, m.clone()),
         IssuerState::Ready => {}
     }
     let (secret_key_id, data_intact, metadata_current) = match o.secret {
-        SecretState::Foreign => {
+        SecretState::Foreign(name) => {
             return Step::NotReady(
                 Reason::SecretConflict,
-                "a Secret of this name exists and is not controlled by this AccessKey; delete it or choose another secretName"
-                    .to_string(),
+                format!(
+                    "Secret {name} exists and is not controlled by this AccessKey: choose another secretName (that \
+                     Secret may belong to another application), or delete it if it is left over; the key is issued \
+                     once it is gone"
+                ),
             )
         }
         SecretState::Absent => (None, false, false),
-        SecretState::Ours { key_id, data_intact, metadata_current } => (key_id.as_deref(), *data_intact, *metadata_current),
+        SecretState::Ours { key_id, data_intact, metadata_current } => {
+            (key_id.as_deref(), *data_intact, *metadata_current)
+        }
     };
     let Some(current) = o.status.access_key_id.as_deref() else {
         if let Some(denial) = o.policy_denial {

@@ -466,7 +466,8 @@ async fn handle_orphans<K: IssuerObject>(
         ctx.event(issuer, EventType::Warning, "OrphanedKeys", note).await;
     }
     reported.0.insert(id.clone(), left);
-    if issuer.status().and_then(|s| s.orphaned_keys).unwrap_or(0) != count {
+    // Also a first 0: `kubectl get ki -o wide` then shows that the issuer was checked and has none.
+    if issuer.status().and_then(|s| s.orphaned_keys) != Some(count) {
         // Applied under a field manager of its own: the issuer controller's applies of its
         // conditions leave it alone.
         let patch = serde_json::json!({

@@ -11,7 +11,7 @@ use super::secret::TemplateError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API: {0}")]
+    #[error("Kubernetes API: {}", crate::kube_error::describe(.0))]
     Kube(#[from] kube::Error),
     #[error("{0}")]
     Provider(#[from] ProviderError),

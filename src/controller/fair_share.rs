@@ -3,14 +3,23 @@
 //!
 //! A reconcile that waits on a provider holds a worker all the while. Without a share, three
 //! tenants whose providers take half a minute to answer hold every worker, and an AccessKey on a
-//! healthy issuer elsewhere waits for them. So: at most `budget` reconciles wait on providers
-//! (the rest of the workers stay free for everything else); an issuer, or a namespace, may hold
-//! more than one of those only while as many places stay free as there are issuers (or
-//! namespaces) waiting, and the last place is always kept for an issuer of a namespace that holds
-//! none: the next tenant to come is served at once.
+//! healthy issuer elsewhere waits for them. So:
+//! - at most `budget` reconciles wait on providers; the rest of the workers stay free for
+//!   everything else;
+//! - an issuer may hold more than one of those only while as many places stay free as there are
+//!   issuers waiting, and the last place is kept for an issuer that holds none: the next issuer
+//!   to come, of this namespace or another, is served at once;
+//! - while AccessKeys of several namespaces wait (holding places, or refused one lately), a
+//!   namespace takes a place only below its share, so that a tenant with many issuers cannot
+//!   crowd the others out. With one namespace alone, only the issuer rules apply.
+//!
+//! Shares shrink only as places come back: what an issuer took while it was alone it keeps until
+//! its calls end. (A tenant cannot make its own provider slow on purpose: a KeyIssuer may name
+//! only the providers' own API hosts, see `guard`.)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::context::lock;
 
@@ -25,7 +34,13 @@ struct Held {
     total: usize,
     issuers: HashMap<String, usize>,
     namespaces: HashMap<String, usize>,
+    /// Namespaces refused a place lately, holding none: they wait too (their AccessKeys come
+    /// back within the busy backoff), and count when shares are made.
+    waiting: HashMap<String, Instant>,
 }
+
+/// How long a refused namespace counts as waiting: past the longest busy backoff of an AccessKey.
+const WAITING_FOR: Duration = Duration::from_secs(60);
 
 /// One reconcile's place among those waiting on providers, given back when dropped.
 #[derive(Debug)]
@@ -51,20 +66,14 @@ impl FairShare {
     /// issuer or the namespace holds its share already, or every place is taken.
     pub fn take(self: &Arc<Self>, issuer: &str, namespace: &str) -> Option<Share> {
         let mut held = lock(&self.held);
-        let by_issuer = held.issuers.get(issuer).copied().unwrap_or(0);
-        let by_namespace = held.namespaces.get(namespace).copied().unwrap_or(0);
-        // The last place is kept for a newcomer: shares shrink only as places come back, and
-        // those taken while an issuer was alone may be slow to.
-        let newcomer = by_issuer == 0 && by_namespace == 0;
-        let limit = if newcomer { self.budget } else { self.budget - 1 };
-        if held.total >= limit {
+        let allowed = held.allows(self.budget, issuer, namespace);
+        if !allowed {
+            if !held.namespaces.contains_key(namespace) {
+                held.waiting.insert(namespace.to_string(), Instant::now());
+            }
             return None;
         }
-        let issuers = held.issuers.len() + usize::from(by_issuer == 0);
-        let namespaces = held.namespaces.len() + usize::from(by_namespace == 0);
-        if by_issuer >= share(self.budget, issuers) || by_namespace >= share(self.budget, namespaces) {
-            return None;
-        }
+        held.waiting.remove(namespace);
         held.total += 1;
         *held.issuers.entry(issuer.to_string()).or_default() += 1;
         *held.namespaces.entry(namespace.to_string()).or_default() += 1;
@@ -74,6 +83,25 @@ impl FairShare {
     #[cfg(test)]
     fn total(&self) -> usize {
         lock(&self.held).total
+    }
+}
+
+impl Held {
+    fn allows(&mut self, budget: usize, issuer: &str, namespace: &str) -> bool {
+        let by_issuer = self.issuers.get(issuer).copied().unwrap_or(0);
+        let limit = if by_issuer == 0 { budget } else { budget - 1 };
+        if self.total >= limit {
+            return false;
+        }
+        let issuers = self.issuers.len() + usize::from(by_issuer == 0);
+        if by_issuer >= share(budget, issuers) {
+            return false;
+        }
+        self.waiting.retain(|_, since| since.elapsed() < WAITING_FOR);
+        let by_namespace = self.namespaces.get(namespace).copied().unwrap_or(0);
+        let others_waiting = self.waiting.keys().filter(|ns| *ns != namespace).count();
+        let namespaces = self.namespaces.len() + usize::from(by_namespace == 0) + others_waiting;
+        namespaces == 1 || by_namespace < share(budget, namespaces)
     }
 }
 
@@ -144,8 +172,7 @@ mod tests {
             held.extend((0..6).filter_map(|_| fair.take(issuer, ns)));
         }
         assert_eq!(fair.total(), fair.budget() - 1);
-        // Another issuer of a namespace already served waits; a new tenant does not.
-        assert!(fair.take("slow-4", "c").is_none());
+        // The last place goes to the next issuer that holds none.
         let healthy = fair.take("healthy", "d");
         assert!(healthy.is_some());
         assert!(fair.take("late", "e").is_none());
@@ -154,20 +181,36 @@ mod tests {
     }
 
     #[test]
-    fn a_namespace_with_many_issuers_gets_one_share_and_places_come_back() {
+    fn another_issuer_of_a_namespace_with_a_hanging_one_is_served() {
+        // Four workers: a hanging issuer holds its two slots (--issuer-concurrency).
+        let fair = FairShare::for_workers(4);
+        let hanging: Vec<Share> = (0..2).filter_map(|_| fair.take("hanging", "team")).collect();
+        assert_eq!(hanging.len(), 2);
+        let healthy = fair.take("healthy", "team");
+        assert!(healthy.is_some());
+        // One at a time beside the hang: the last place is kept for an issuer holding none.
+        assert!(fair.take("healthy", "team").is_none());
+    }
+
+    #[test]
+    fn a_namespace_with_many_issuers_yields_to_other_namespaces() {
         let fair = FairShare::for_workers(16);
-        let mut held = Vec::new();
+        let mut greedy = Vec::new();
         for i in 0..10 {
-            held.extend(fill(&fair, &format!("tenant-issuer-{i}"), "greedy"));
+            greedy.extend(fill(&fair, &format!("tenant-issuer-{i}"), "greedy"));
         }
-        let greedy = held.len();
-        assert!(greedy < fair.budget(), "{greedy}");
-        let other = fill(&fair, "other", "elsewhere");
-        assert!(!other.is_empty());
-        drop(held);
+        // Alone, it may take every place.
+        assert_eq!(greedy.len(), fair.budget());
+        assert!(fair.take("other", "elsewhere").is_none());
+        // A place comes back: the other namespace gets it, not one more of the greedy issuers.
+        greedy.pop();
+        assert!(fair.take("tenant-issuer-3", "greedy").is_none());
+        assert!(fair.take("tenant-issuer-11", "greedy").is_none());
+        let other = fair.take("other", "elsewhere");
+        assert!(other.is_some());
+        drop(greedy);
         drop(other);
         assert_eq!(fair.total(), 0);
-        assert_eq!(fill(&fair, "slow-1", "a").len(), 13);
     }
 
     #[test]

@@ -70,6 +70,13 @@ impl<'a> IssuerFacts<'a> {
         !self.deleting && conditions::is_ready(&self.status.conditions, self.generation)
     }
 
+    /// Not checked yet, and nothing known to be wrong with it.
+    pub fn is_unchecked(&self) -> bool {
+        !self.deleting
+            && self.provider_error.is_none()
+            && conditions::ready_message(&self.status.conditions).is_none_or(|m| m.is_empty())
+    }
+
     pub fn not_ready_message(&self) -> String {
         if self.deleting {
             return format!("{} is being deleted", self.display);
@@ -88,12 +95,37 @@ pub fn kind_name(r: &IssuerRef) -> &'static str {
     }
 }
 
-/// The issuer `r` names, as the AccessKey sees it.
-pub fn issuer_state(r: &IssuerRef, issuer: Option<&IssuerFacts<'_>>) -> IssuerState {
+/// The issuer `r` of an AccessKey of `namespace` names, as the AccessKey sees it.
+/// `other_kind_exists`: an issuer of that name exists with the other kind (asked only when
+/// `issuer` is `None`), the most common mistake being `kind` left out.
+pub fn issuer_state(
+    r: &IssuerRef,
+    namespace: &str,
+    issuer: Option<&IssuerFacts<'_>>,
+    other_kind_exists: bool,
+) -> IssuerState {
     match issuer {
-        None => IssuerState::NotFound(format!("{} {} not found", kind_name(r), r.name)),
+        None => IssuerState::NotFound(not_found_message(r, namespace, other_kind_exists)),
+        Some(i) if i.is_unchecked() => IssuerState::Unchecked(i.not_ready_message()),
         Some(i) if !i.is_ready() || i.provider_error.is_some() => IssuerState::NotReady(i.not_ready_message()),
         Some(_) => IssuerState::Ready,
+    }
+}
+
+/// Where the issuer was looked for, and what was probably meant.
+fn not_found_message(r: &IssuerRef, namespace: &str, other_kind_exists: bool) -> String {
+    let name = &r.name;
+    match (r.kind, other_kind_exists) {
+        (IssuerKind::KeyIssuer, false) => format!("KeyIssuer {name} not found in namespace {namespace}"),
+        (IssuerKind::KeyIssuer, true) => format!(
+            "KeyIssuer {name} not found in namespace {namespace}, but a ClusterKeyIssuer {name} exists: to use \
+             it, set spec.issuerRef.kind: ClusterKeyIssuer (issuerRef.kind defaults to KeyIssuer)"
+        ),
+        (IssuerKind::ClusterKeyIssuer, false) => format!("ClusterKeyIssuer {name} not found"),
+        (IssuerKind::ClusterKeyIssuer, true) => format!(
+            "ClusterKeyIssuer {name} not found, but a KeyIssuer {name} exists in namespace {namespace}: to use \
+             it, set spec.issuerRef.kind: KeyIssuer"
+        ),
     }
 }
 
@@ -293,6 +325,8 @@ pub struct Snapshot<'a> {
     pub namespace_labels: Option<&'a BTreeMap<String, String>>,
     /// The AccessKeys of the namespace, if listed (see [`counts_keys`]).
     pub access_keys: &'a [AccessKey],
+    /// With no issuer found: whether one of that name exists with the other kind.
+    pub other_kind_exists: bool,
     pub now: jiff::Timestamp,
 }
 
@@ -313,7 +347,7 @@ pub fn next_step(s: &Snapshot<'_>) -> Step {
         status,
         ak.annotations(),
         spec_problem(ak, issuer),
-        issuer_state(&ak.spec.issuer_ref, issuer),
+        issuer_state(&ak.spec.issuer_ref, &ak.namespace().unwrap_or_default(), issuer, s.other_kind_exists),
         &ak.spec.issuer_ref,
         &hash,
         &secret_state,
@@ -368,8 +402,31 @@ mod tests {
             workloads: WorkloadsRead::default(),
             namespace_labels: None,
             access_keys: &[],
+            other_kind_exists: false,
             now: jiff::Timestamp::now(),
         })
+    }
+
+    #[test]
+    fn an_issuer_not_found_says_where_it_was_looked_for_and_what_was_probably_meant() {
+        let not_found = |kind: IssuerKind, other: bool| match issuer_state(
+            &IssuerRef { name: "locla".into(), kind },
+            "team-a",
+            None,
+            other,
+        ) {
+            IssuerState::NotFound(m) => m,
+            state => panic!("{state:?}"),
+        };
+        assert_eq!(not_found(IssuerKind::KeyIssuer, false), "KeyIssuer locla not found in namespace team-a");
+        let hint = not_found(IssuerKind::KeyIssuer, true);
+        assert!(hint.contains("a ClusterKeyIssuer locla exists") && hint.contains("kind: ClusterKeyIssuer"), "{hint}");
+        assert_eq!(not_found(IssuerKind::ClusterKeyIssuer, false), "ClusterKeyIssuer locla not found");
+        let hint = not_found(IssuerKind::ClusterKeyIssuer, true);
+        assert!(
+            hint.contains("a KeyIssuer locla exists in namespace team-a") && hint.contains("kind: KeyIssuer"),
+            "{hint}"
+        );
     }
 
     #[test]
@@ -391,9 +448,7 @@ mod tests {
         assert!(matches!(step(&ak, None), Step::NotReady(Reason::IssuerNotFound, _)));
         let unchecked = IssuerStatus::default();
         let not_checked = IssuerFacts { status: &unchecked, ..facts(None, false) };
-        assert!(
-            matches!(step(&ak, Some(not_checked)), Step::NotReady(Reason::IssuerNotReady, m) if m.contains("not been checked"))
-        );
+        assert!(matches!(step(&ak, Some(not_checked)), Step::AwaitIssuerCheck(m) if m.contains("not been checked")));
         // The policy is consulted only for a new key, as the operator does.
         static ELSEWHERE: std::sync::LazyLock<IssuerPolicy> = std::sync::LazyLock::new(|| {
             serde_json::from_value(serde_json::json!({"namespaces": {"names": ["team-b"]}})).expect("policy literal")

@@ -143,7 +143,7 @@ pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
         .with_field_manager(super::context::FIELD_MANAGER)
         .build()
         .await
-        .map_err(|e| Error::Startup(format!("cannot use Lease {lease_ns}/{LEASE_NAME}: {e}")))?;
+        .map_err(|e| lease_error(&lease_ns, e))?;
     let (mut leader, lease_task) = manager.watch().await;
     health.standby.store(true, Ordering::Relaxed);
     tracing::info!(lease = %format!("{lease_ns}/{LEASE_NAME}"), %identity, "waiting for leadership");
@@ -182,6 +182,23 @@ pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
         tracing::warn!(error = %e, "cannot release the lease");
     }
     result
+}
+
+/// Why the leader-election Lease cannot be used, in one line that says what to do.
+fn lease_error(namespace: &str, e: kube_lease_manager::LeaseManagerError) -> Error {
+    use kube_lease_manager::LeaseManagerError as E;
+    match e {
+        E::KubeError(kube::Error::Api(s)) if s.code == 404 => Error::Startup(format!(
+            "the namespace {namespace} of the leader-election Lease does not exist: create it \
+             (kubectl create namespace {namespace}), choose another with --leader-election-namespace, \
+             or run a single replica with --leader-election=false"
+        )),
+        E::KubeError(k) => Error::Startup(format!(
+            "cannot use the Lease {namespace}/{LEASE_NAME}: {}",
+            crate::kube_error::describe(&k)
+        )),
+        other => Error::Startup(format!("cannot use the Lease {namespace}/{LEASE_NAME}: {other}")),
+    }
 }
 
 /// SIGTERM or Ctrl-C.
@@ -380,6 +397,12 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
     );
     spawn_workload_watch(api_for::<DaemonSet>(&client, ns), "daemonsets", &health, writers.daemon_sets, on_workload);
 
+    // A Secret in the way (`SecretConflict`) is not one the operator manages, so no cached watch
+    // sees it go: the names of every Secret deleted (metadata only, nothing kept) tell the
+    // AccessKeys waiting for it, which are issued at once.
+    let (freed_triggers, freed) = futures::channel::mpsc::unbounded::<ObjectRef<AccessKey>>();
+    spawn_secret_deletions(api_for(&client, ns), reader.clone(), freed_triggers);
+
     // Keys a drift check found revoked at the provider: their AccessKeys get new ones.
     let (drift_triggers, drifted) = futures::channel::mpsc::unbounded::<ObjectRef<AccessKey>>();
     // Stopped with the controllers: a former leader must not sweep (nor revoke orphans).
@@ -392,6 +415,7 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
         .reconcile_on(issuer_changes)
         .reconcile_on(rollouts)
         .reconcile_on(drifted)
+        .reconcile_on(freed)
         .reconcile_all_on(secret_relists)
         .shutdown_on_signal()
         .run(access_key::reconcile, access_key::error_policy, ctx.clone())
@@ -473,6 +497,45 @@ fn spawn_workload_watch<K>(
         })
         .for_each(|_| futures::future::ready(()));
     tokio::spawn(stream);
+}
+
+/// Tells `waiting` AccessKeys in `SecretConflict` whose Secret was deleted (or, after a re-list,
+/// every one of them: a deletion may have been missed while the watch was away).
+fn spawn_secret_deletions(
+    api: Api<kube::core::PartialObjectMeta<Secret>>,
+    access_keys: reflector::Store<AccessKey>,
+    waiting: futures::channel::mpsc::UnboundedSender<ObjectRef<AccessKey>>,
+) {
+    let conflicted = move |ak: &AccessKey| {
+        let conditions = ak.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+        conditions.iter().any(|c| c.type_ == "Ready" && c.reason == super::conditions::Reason::SecretConflict.as_str())
+    };
+    let deletions = watcher::watcher(api, Config::default()).backoff(super::watch::WatchBackoff::default()).for_each(
+        move |event| {
+            let gone = match &event {
+                Ok(watcher::Event::Delete(secret)) => {
+                    Some((secret.metadata.namespace.clone(), secret.metadata.name.clone()))
+                }
+                Ok(watcher::Event::InitDone) => None,
+                Ok(_) => return futures::future::ready(()),
+                Err(e) => {
+                    tracing::debug!(error = %e, "watch of Secret deletions failed; retrying");
+                    return futures::future::ready(());
+                }
+            };
+            for ak in access_keys.state() {
+                let named = gone.as_ref().is_none_or(|(ns, name)| {
+                    ak.metadata.namespace == *ns && Some(&ak.spec.secret_name) == name.as_ref()
+                });
+                if named && conflicted(&ak) {
+                    // A send fails only once the controllers are stopping.
+                    drop(waiting.unbounded_send(ObjectRef::from_obj(&*ak)));
+                }
+            }
+            futures::future::ready(())
+        },
+    );
+    tokio::spawn(deletions);
 }
 
 /// The object an event is about: applied (also while re-listing) or deleted.

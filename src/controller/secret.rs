@@ -251,8 +251,8 @@ pub fn desired_secret_metadata(ak: &AccessKey, access_key_id: &str, data_hash: &
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretState {
     Absent,
-    /// Exists and is not controlled by this AccessKey: never touched.
-    Foreign,
+    /// Exists and is not controlled by this AccessKey: never touched. Its name, for messages.
+    Foreign(String),
     Ours {
         /// The key id annotation.
         key_id: Option<String>,
@@ -274,7 +274,7 @@ pub fn observe_secret(ak: &AccessKey, secret: Option<&Secret>) -> SecretState {
         return SecretState::Absent;
     };
     if !is_controlled_by(secret, ak) {
-        return SecretState::Foreign;
+        return SecretState::Foreign(secret.metadata.name.clone().unwrap_or_default());
     }
     let annotations = secret.metadata.annotations.clone().unwrap_or_default();
     let key_id = annotations.get(KEY_ID_ANNOTATION).cloned();
@@ -414,7 +414,9 @@ mod tests {
         );
         let mut foreign = ours.clone();
         foreign.metadata.owner_references = None;
-        assert_eq!(observe_secret(&ak, Some(&foreign)), SecretState::Foreign);
+        assert!(
+            matches!(observe_secret(&ak, Some(&foreign)), SecretState::Foreign(name) if name == ak.spec.secret_name)
+        );
         ours.metadata.labels.as_mut().expect("labels").remove("team");
         assert!(matches!(
             observe_secret(&ak, Some(&ours)),

@@ -247,6 +247,13 @@ pub(super) async fn act(
             });
             Ok(Some(requeue.map_or_else(Action::await_change, Action::requeue)))
         }
+        Step::AwaitIssuerCheck(message) => {
+            // No event: a change of the issuer (its check) brings the AccessKey back at once.
+            if c.put_condition(status, Reason::IssuerNotReady, &message) {
+                c.write_status(status).await?;
+            }
+            Ok(Some(Action::requeue(Duration::from_secs(30))))
+        }
         Step::NotReady(reason, message) => {
             c.set_condition(status, reason, message).await?;
             let wait = match reason {
@@ -539,7 +546,7 @@ pub(super) async fn write_secret(
         // Replace, guarded by the observed resourceVersion: the data becomes exactly the
         // rendered data (keys of an old template go), and nobody's concurrent change is lost.
         Some(existing) => {
-            if secret::observe_secret(c.ak, Some(&existing)) == SecretState::Foreign {
+            if matches!(secret::observe_secret(c.ak, Some(&existing)), SecretState::Foreign(_)) {
                 return Err(Error::SecretForeign(c.ak.spec.secret_name.clone()));
             }
             let desired = secret::replaced_secret(c.ak, key_id, &data, existing);

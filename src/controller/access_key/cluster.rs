@@ -43,6 +43,17 @@ impl<'a> Cluster<'a> {
         Ok(ctx.registry.load(&ctx.client, &ctx.caches, &self.ns, r, &ctx.cluster_resource_namespace).await?)
     }
 
+    /// Whether an issuer named as `r` names one exists with the other kind (from the caches).
+    pub(super) fn other_kind_exists(&self, r: &IssuerRef) -> bool {
+        let caches = &self.ctx.caches;
+        match r.kind {
+            crate::api::IssuerKind::KeyIssuer => caches.cluster_issuers.get(&ObjectRef::new(&r.name)).is_some(),
+            crate::api::IssuerKind::ClusterKeyIssuer => {
+                caches.key_issuers.get(&ObjectRef::new(&r.name).within(&self.ns)).is_some()
+            }
+        }
+    }
+
     /// A provider client for revoking or listing through `r`, whatever its Ready condition says.
     pub(super) async fn provider_of(&self, r: &IssuerRef) -> Result<Arc<dyn Provider>, Error> {
         match self.issuer(r).await? {

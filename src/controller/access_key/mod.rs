@@ -193,7 +193,8 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
     let issuer_ref = ak.spec.issuer_ref.clone();
     let issuer = cluster.issuer(&issuer_ref).await?;
     let facts = issuer.as_ref().map(LoadedIssuer::facts);
-    let issuer_state = observe::issuer_state(&issuer_ref, facts.as_ref());
+    let other_kind_exists = issuer.is_none() && cluster.other_kind_exists(&issuer_ref);
+    let issuer_state = observe::issuer_state(&issuer_ref, &cluster.ns, facts.as_ref(), other_kind_exists);
     let problem = observe::spec_problem(&ak, facts.as_ref());
     let key = display_name(&*ak);
     let mut owned: Option<Vec<OwnedKey>> = None;

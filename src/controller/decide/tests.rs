@@ -174,9 +174,9 @@ fn missing_or_unready_issuer_blocks_issuance() {
 
 #[test]
 fn foreign_secret_is_a_conflict_and_creates_nothing() {
-    let s = Scenario::new(AccessKeyStatus::default(), SecretState::Foreign);
-    assert!(matches!(s.decide(), Step::NotReady(Reason::SecretConflict, _)));
-    let s = Scenario::new(issued("K1"), SecretState::Foreign);
+    let s = Scenario::new(AccessKeyStatus::default(), SecretState::Foreign("taken".into()));
+    assert!(matches!(s.decide(), Step::NotReady(Reason::SecretConflict, m) if m.starts_with("Secret taken exists")));
+    let s = Scenario::new(issued("K1"), SecretState::Foreign("taken".into()));
     assert!(matches!(s.decide(), Step::NotReady(Reason::SecretConflict, _)));
 }
 
