@@ -87,7 +87,9 @@ pub fn print_structured<T: Serialize>(value: &T, format: OutputFormat) -> Result
         OutputFormat::Yaml => serde_norway::to_string(value).map_err(|e| CliError::Output(e.to_string()))?,
         _ => serde_json::to_string_pretty(value).map_err(|e| CliError::Output(e.to_string()))? + "\n",
     };
-    print!("{text}");
+    // JSON escapes only C0 controls, and YAML keeps some others: DEL, C1 controls and
+    // bidirectional overrides from cluster objects would reach the terminal as they are.
+    print!("{}", printable(&text));
     Ok(())
 }
 

@@ -271,4 +271,23 @@ mod tests {
         let cached = vec![Arc::new(elsewhere), Arc::new(other_issuer), a.clone()];
         assert!(keys.admit(&a, || cached.clone(), at_most(1)).is_ok());
     }
+
+    // A replaced key of the issuer still live counts: switching issuerRef away (with a long
+    // grace period) frees no place.
+    #[test]
+    fn a_replaced_key_of_the_issuer_counts_against_its_namespace() {
+        let keys = NamespaceKeys::default();
+        // `a` was switched to issuer `other`; its key of `local` waits out a long grace period.
+        let a = access_key(
+            "a",
+            json!({"accessKeyId": "K2", "keyRef": "K2", "issuedBy": {"name": "other"},
+                   "retired": [{"accessKeyId": "K1", "keyRef": "K1", "issuer": {"name": "local"},
+                                "retiredAt": "2026-12-01T00:00:00Z", "revokeAfter": "2126-12-01T00:00:00Z"}]}),
+        );
+        let b = fresh("b");
+        assert!(
+            keys.admit(&b, || vec![a.clone(), b.clone()], at_most(1)).is_err(),
+            "a live key of `local` in team-a is not counted: a second one is admitted under maxKeysPerNamespace 1"
+        );
+    }
 }

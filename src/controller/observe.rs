@@ -234,7 +234,10 @@ pub fn holds_key_of(ak: &AccessKey, issuer: &IssuerId, ns: &str) -> bool {
     let Some(status) = ak.status.as_ref() else { return false };
     let current = status.access_key_id.as_ref().and(status.issued_by.as_ref());
     let attempt = status.pending.as_ref().map(|p| &p.issuer);
-    current.into_iter().chain(attempt).any(|r| IssuerId::from_ref(r, ns) == *issuer)
+    // A replaced key still live counts too: switching issuerRef away (with a long grace period)
+    // must not free a place while the key lives on.
+    let replaced = status.retired.iter().map(|r| &r.issuer);
+    current.into_iter().chain(attempt).chain(replaced).any(|r| IssuerId::from_ref(r, ns) == *issuer)
 }
 
 /// What the issuer's policy says of the key `ak` asks for, given the provider's answer to the

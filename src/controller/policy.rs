@@ -253,8 +253,42 @@ fn check_exoscale(policy: &IssuerPolicy, k: &ExoscaleKey, r: &Request<'_>) -> Ru
                 return deny("spec.exoscale.operations", op, list(allowed));
             }
         }
+        if !allow_iam {
+            legacy_without_iam(k)?;
+        }
     }
     Ok(None)
+}
+
+/// A legacy access key without IAM rights: its operations named (a key with neither operations
+/// nor tags is `unrestricted`), none of them about keys, roles or the organization's policy, and
+/// not the `iam` tag. An IAM right lets a key mint keys of any rights on the account, which
+/// `allowIAM: false` exists to prevent, whatever the mode.
+fn legacy_without_iam(k: &ExoscaleKey) -> Result<(), Denial> {
+    let operations = k.operations.as_deref().unwrap_or_default();
+    let tags = k.tags.as_deref().unwrap_or_default();
+    if operations.is_empty() && tags.is_empty() {
+        return deny(
+            "spec.exoscale.operations",
+            "(absent: an unrestricted key, IAM included)",
+            "operations or tags that grant no IAM rights (allowIAM: false)",
+        );
+    }
+    if let Some(tag) = tags.iter().find(|t| t.eq_ignore_ascii_case("iam")) {
+        return deny("spec.exoscale.tags", tag, "tags other than iam (allowIAM: false)");
+    }
+    let iam_operation = |op: &str| {
+        let op = op.to_ascii_lowercase();
+        ["access-key", "api-key", "iam"].iter().any(|word| op.contains(word))
+    };
+    if let Some(op) = operations.iter().find(|op| iam_operation(op)) {
+        return deny(
+            "spec.exoscale.operations",
+            op,
+            "operations on anything but keys, roles and IAM policies (allowIAM: false)",
+        );
+    }
+    Ok(())
 }
 
 fn check_yandex(policy: &IssuerPolicy, k: &YandexKey, issuers_own: Option<&str>) -> Result<(), Denial> {
@@ -542,6 +576,30 @@ mod tests {
         r.keys_in_namespace = 2;
         assert!(check(&r).expect_err("full").allowed.contains("at most 2"));
         assert_eq!(check_with(None, &local, &retain), Ok(()), "both allowed by default");
+    }
+
+    /// `allowIAM: false` (the default, also of an issuer with no policy) keeps IAM rights out of
+    /// legacy access keys too: no IAM operation, no `iam` tag, and no `unrestricted` key (neither
+    /// operations nor tags), which `resources` alone would make.
+    #[test]
+    fn a_legacy_key_gets_no_iam_rights_under_allow_iam_false() {
+        let exo = exoscale_issuer();
+        for key in [
+            json!({"exoscale": {"operations": ["create-api-key", "create-iam-role"]}}),
+            json!({"exoscale": {"operations": ["get-sos-object", "create-access-key"]}}),
+            json!({"exoscale": {"tags": ["iam"]}}),
+            json!({"exoscale": {"resources": ["sos/bucket:mine"]}}),
+        ] {
+            let legacy = spec(key.clone());
+            assert!(check_with(None, &exo, &legacy).is_err(), "no policy (allowIAM: false): {key} allowed");
+            let p = policy(json!({"exoscale": {"allowIAM": false}}));
+            assert!(check_with(Some(&p), &exo, &legacy).is_err(), "allowIAM: false: {key} allowed");
+            let p = policy(json!({"exoscale": {"allowIAM": true}}));
+            assert_eq!(check_with(Some(&p), &exo, &legacy), Ok(()), "allowIAM: true: {key} refused");
+        }
+        let sos = spec(json!({"exoscale": {"operations": ["get-sos-object"], "resources": ["sos/bucket:mine"]}}));
+        assert_eq!(check_with(None, &exo, &sos), Ok(()));
+        assert_eq!(check_with(None, &exo, &spec(json!({"exoscale": {"tags": ["compute"]}}))), Ok(()));
     }
 
     #[test]
