@@ -25,7 +25,9 @@ pub const MAX_SHORT_CHARS: usize = 100;
 /// the request, Authorization header and JWT included), whitespace runs made one space, and
 /// cut to `max` characters.
 pub fn sanitize_message(text: &str, max: usize) -> String {
-    let text = if text.trim_start().starts_with('<') { markup().replace_all(text, " ") } else { text.into() };
+    // Before the markup goes: the element's name is what says its content is a secret.
+    let text = secret_element().replace_all(text, "<$1$2>[redacted]");
+    let text = if text.trim_start().starts_with('<') { markup().replace_all(&text, " ") } else { text };
     // A body echoed inside a JSON string keeps its line breaks and quotes escaped; undone, the
     // header names stand on their own again.
     let mut text = text.replace("\\r", " ").replace("\\n", " ").replace("\\t", " ").replace("\\\"", "\"");
@@ -49,10 +51,29 @@ pub fn sanitize_message(text: &str, max: usize) -> String {
     }
 }
 
+/// The names that say a value is a credential, as a regex alternation (lower case; the patterns
+/// using it are case-insensitive).
+const SECRET_NAMES: &str =
+    r"signature|credential|[a-z_]*secret[a-z_-]*|password|passwd|[a-z_]*token|jwt|api[_-]?key|private[_-]?key";
+
+fn pattern(re: &str) -> regex::Regex {
+    regex::Regex::new(re).unwrap_or_else(|e| panic!("redaction pattern {re}: {e}"))
+}
+
+/// An XML element named like a credential (`<SecretKey>`, `<ns:Password>`, `<Authorization>`),
+/// up to the next tag: its text is the value.
+fn secret_element() -> &'static regex::Regex {
+    static ELEMENT: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        pattern(&format!(
+            r"(?i)<((?:[a-z0-9_.-]+:)?[a-z0-9_.-]*(?:{SECRET_NAMES}|authorization|cookie)[a-z0-9_.-]*)(\s[^>]{{0,200}})?>[^<]*"
+        ))
+    });
+    &ELEMENT
+}
+
 /// What is redacted, in this order; then [`opaque`] runs.
 fn secrets() -> &'static [(regex::Regex, &'static str)] {
     static PATTERNS: std::sync::LazyLock<Vec<(regex::Regex, &'static str)>> = std::sync::LazyLock::new(|| {
-        let pattern = |re: &str| regex::Regex::new(re).unwrap_or_else(|e| panic!("redaction pattern {re}: {e}"));
         // A name counts wherever it starts: `\b` would not see `access_token` as ending in one.
         let start = r"(^|[^A-Za-z0-9])";
         vec![
@@ -69,10 +90,19 @@ fn secrets() -> &'static [(regex::Regex, &'static str)] {
             (pattern(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), "$1 [redacted]"),
             // Yandex IAM tokens.
             (pattern(r"\bt1\.[A-Za-z0-9._-]+"), "[redacted]"),
+            // A quoted value is taken whole, blanks and all (a passphrase); an unquoted one ends
+            // at the first blank or separator. A quote left open takes the rest of the line.
             (
                 pattern(&format!(
-                    r#"(?i){start}(signature|credential|[a-z_]*secret[a-z_-]*|password|passwd|[a-z_]*token|jwt|api[_-]?key|private[_-]?key)(["']?\s*[:=]\s*)["']?[^\s,;&"'}}]+"#
+                    r#"(?i){start}({SECRET_NAMES})(["']?\s*[:=]\s*)(?:"[^"\r\n]*"?|'[^'\r\n]*'?|[^\s,;&"'}}]+)"#
                 )),
+                "$1$2$3[redacted]",
+            ),
+            // A name and its value with only blanks between them (`SecretKey ABC…`, as left by
+            // stripped markup or a log line) count when the value is long enough to be a key:
+            // "the secret key is invalid" stays as it is.
+            (
+                pattern(&format!(r#"(?i){start}({SECRET_NAMES})(["']?\s+)["']?[A-Za-z0-9+/=_.~-]{{16,}}["']?"#)),
                 "$1$2$3[redacted]",
             ),
         ]
