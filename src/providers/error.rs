@@ -291,10 +291,9 @@ mod tests {
         }
     }
 
-    // FINDING 6: markup is stripped *before* the keyword patterns run, so an XML error body
-    // (OUTSCALE's own format, or a proxy's) that carries a secret loses the tag that named it;
-    // the value then stands alone, and an OUTSCALE secret key (40 upper-case letters and digits:
-    // neither mixed case nor hex) is not caught by `opaque` either. It is shown as is.
+    // Stripped markup would take the tag that names the secret with it, and an OUTSCALE secret
+    // key (40 upper-case letters and digits: neither mixed case nor hex) is not caught by
+    // `opaque` on its own.
     #[test]
     fn a_secret_in_an_xml_element_is_redacted() {
         let secret = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCD";
@@ -304,19 +303,20 @@ mod tests {
         );
         let out = shown(&body);
         assert!(!out.contains(secret), "{out}");
+        assert!(out.contains("AKIAEXAMPLE0123456789"), "{out}");
         // The same without markup is caught only thanks to its keyword.
         let out = shown(&format!("SecretKey {secret}"));
         assert!(!out.contains(secret), "{out}");
     }
 
-    // FINDING 7: a keyword's value stops at the first blank, quoted or not: a quoted password or
-    // passphrase with spaces is shown from its second word on.
+    // A passphrase would otherwise be shown from its second word on.
     #[test]
     fn a_quoted_secret_with_blanks_is_redacted_whole() {
         let out = shown(r#"{"password": "correct horse battery staple"}"#);
         assert!(!out.contains("horse") && !out.contains("staple"), "{out}");
-        let out = shown(r#"client_secret='two words'"#);
+        let out = shown(r#"client_secret='two words' for app"#);
         assert!(!out.contains("words"), "{out}");
+        assert!(out.ends_with("for app"), "{out}");
     }
 
     #[test]

@@ -25,8 +25,8 @@ use self::api::{
 };
 use self::errors::{classify, succeeded};
 use self::key_ref::KeyRef;
-use super::http::{Http, HttpConfig, Idempotency, Response};
 use super::error::brief;
+use super::http::{Http, HttpConfig, Idempotency, Response};
 use super::listing::MAX_LISTED;
 use super::policy_read::{Answer, Question};
 use super::{endpoint, poll};
@@ -225,7 +225,10 @@ impl ExoscaleProvider {
             Ok(r) => {
                 let role: api::Role = r.json(OP)?;
                 if role.id != id {
-                    return Err(ProviderError::retryable(OP, format!("asked for IAM role {id}, got {}", brief(&role.id))));
+                    return Err(ProviderError::retryable(
+                        OP,
+                        format!("asked for IAM role {id}, got {}", brief(&role.id)),
+                    ));
                 }
                 Ok(Some(role))
             }
@@ -241,7 +244,11 @@ impl ExoscaleProvider {
 
     async fn list_access_keys(&self) -> Result<Vec<api::AccessKey>, ProviderError> {
         const OP: &str = "list-access-keys";
-        self.get(OP, &["access-key"]).await?.json::<AccessKeyList>(OP)?.access_keys.within(OP, MAX_LISTED, "access keys")
+        self.get(OP, &["access-key"]).await?.json::<AccessKeyList>(OP)?.access_keys.within(
+            OP,
+            MAX_LISTED,
+            "access keys",
+        )
     }
 
     async fn list_roles(&self, must_succeed: bool) -> Result<Vec<api::Role>, ProviderError> {
@@ -313,11 +320,7 @@ impl Provider for ExoscaleProvider {
 
         let api_keys = self.list_api_keys().await?;
         let roles = self.list_roles(own_role).await?;
-        let access_keys = if legacy {
-            self.list_access_keys().await?
-        } else {
-            Vec::new()
-        };
+        let access_keys = if legacy { self.list_access_keys().await? } else { Vec::new() };
         Ok(owned_keys(owner_uid, api_keys, roles, access_keys))
     }
 
@@ -350,7 +353,10 @@ impl Provider for ExoscaleProvider {
         if let Some(found) = &role_found {
             let labels = found.labels.as_ref();
             if labels.and_then(|l| l.get(LABEL_OWNER)).map(String::as_str) != Some(owner_uid) {
-                return Ok(Revocation::NotOwned(format!("IAM role {} is not labelled as this AccessKey's", brief(&found.id))));
+                return Ok(Revocation::NotOwned(format!(
+                    "IAM role {} is not labelled as this AccessKey's",
+                    brief(&found.id)
+                )));
             }
         }
         if let Some((kind, id, _)) = &key_found {

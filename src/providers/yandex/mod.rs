@@ -270,7 +270,10 @@ impl Provider for YandexProvider {
         };
         // Judged only on the key asked for (an answer of some other shape proves nothing).
         if key.id != key_ref {
-            return Err(ProviderError::retryable(GET, format!("asked for access key {key_ref}, got \"{}\"", brief(&key.id))));
+            return Err(ProviderError::retryable(
+                GET,
+                format!("asked for access key {key_ref}, got \"{}\"", brief(&key.id)),
+            ));
         }
         if owned_keys(owner_uid, vec![key]).is_empty() {
             return Ok(Revocation::NotOwned(format!(

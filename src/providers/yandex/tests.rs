@@ -282,14 +282,10 @@ fn hostile_yandex(rest: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static) -> cra
     })
 }
 
-// FINDING 1: a listing page is read whole up to 8 MiB and every entry kept, page after page
-// (up to MAX_PAGES = 100), though a service account has at most 1,000 keys and `pageSize` asks
-// for at most 1,000 per page. Each 11-byte `{"id":"a"},` becomes a 120-byte `AccessKey` plus
-// its heap strings: one 8 MiB page is ~760,000 keys, ~100 MB; a hostile or broken endpoint
-// (a KeyIssuer's, where --allowed-endpoint-hosts admits one; a compromised proxy of a
-// ClusterKeyIssuer) answering every drift sweep and reconcile with such pages (different page
-// tokens) takes gigabytes: the operator is OOM-killed, for every tenant. Same shape for
-// Exoscale's `api-key` and `iam-role` listings (one 8 MiB page each) and OUTSCALE's ReadAccessKeys.
+// Each 11-byte `{"id":"a"},` would become a 120-byte `AccessKey` plus its heap strings: one
+// 8 MiB page is ~760,000 keys, ~100 MB, and a listing follows up to 100 pages. A hostile or
+// broken endpoint answering every drift sweep with such pages would take the operator down for
+// every tenant.
 #[tokio::test]
 async fn a_listing_page_holds_no_more_keys_than_asked_for() {
     let entries = 200_000; // ~2 MiB of answer, a quarter of what BODY_LIMIT admits per page
@@ -302,17 +298,15 @@ async fn a_listing_page_holds_no_more_keys_than_asked_for() {
         !matches!(keys, Ok(n) if n > PAGE_SIZE as usize),
         "one page of {keys:?} keys accepted and held in memory (pageSize {PAGE_SIZE})"
     );
+    // A smaller page asked for is held to as well.
+    let e = p.list_keys("aje1aaaaaaaaaaaaaaaa", 1, false).await.expect_err("a page of 200,000");
+    assert_eq!(e.kind, ErrorKind::Retryable);
+    assert!(e.message.contains("more than 1 access keys"), "{}", e.message);
 }
 
-// FINDING 3a: text from a provider's *successful* answers goes into error messages (and from
-// there into the AccessKey's or issuer's Ready condition, Events and logs) without `excerpt`:
-// not sanitised, not cut. Here the token exchange's `expiresAt` (auth.rs: "unreadable
-// expiresAt {:?}"); likewise yandex/mod.rs "asked for access key {key_ref}, got {:?}" and
-// "operation {} failed" (op.id), exoscale/mod.rs "asked for {kind} {id}, the API answered with
-// {}" / "asked for IAM role {id}, got {}" / NotOwned "... {found.id}", exoscale/errors.rs
-// "operation {id} {state}", outscale/mod.rs NotOwned "{key.id} ...". A string of up to 8 MiB
-// lands in `status.conditions[].message` (the status write then fails on its size, so the
-// condition is never updated) and echoed credentials are shown as sent.
+// A successful answer is as much the provider's to write as an error body: its text reaches
+// `status.conditions[].message`, Events and logs. Uncut, a string of up to 8 MiB would make the
+// status write fail on its size, so the condition would never be updated.
 #[tokio::test]
 async fn text_of_a_successful_answer_is_excerpted_in_error_messages() {
     let answer: crate::providers::http::hostile::Answer = std::sync::Arc::new(|_: &str| {
@@ -329,7 +323,7 @@ async fn text_of_a_successful_answer_is_excerpted_in_error_messages() {
     assert!(!e.message.contains("s3cr3t-token"), "{}", &e.message[..200]);
 }
 
-// FINDING 3b: the same through a key id (revoke_key: "asked for access key {key_ref}, got {:?}").
+// The same through a key id other than the one asked for.
 #[tokio::test]
 async fn a_key_id_from_the_answer_is_excerpted_in_error_messages() {
     let answer = hostile_yandex(|_| {
