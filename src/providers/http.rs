@@ -302,8 +302,8 @@ async fn read_prefix(mut resp: reqwest::Response, limit: usize) -> Result<Prefix
     Ok(Prefix::Whole(body.freeze()))
 }
 
-/// A loopback HTTP/1.1 server that answers as a hostile endpoint would, for the attack tests
-/// (issue 22, second pass): `answer` gets the request line and returns the raw response bytes,
+/// A loopback HTTP/1.1 server that answers as a hostile endpoint would, byte for byte (no HTTP
+/// library in between to tidy the answer up): `answer` gets the request line and returns the raw response bytes,
 /// written in `chunks` pieces `pause` apart.
 #[cfg(test)]
 pub(crate) mod hostile {
@@ -420,8 +420,8 @@ mod tests {
         }
     }
 
-    // Held (checked by this attack pass): the whole-request timeout covers a body dripped a
-    // byte at a time, so a slow-drip answer under the timeout per byte still ends in time.
+    // A body dripped a byte at a time, each byte well within any per-read timeout, would hold a
+    // reconcile forever if only reads were timed; the whole-request timeout covers it.
     #[tokio::test]
     async fn a_slow_drip_body_ends_at_the_request_timeout() {
         let body = "{".to_string() + &" ".repeat(200) + "}";
@@ -442,8 +442,8 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     }
 
-    // Held (checked by this attack pass): an answer with thousands of headers, or one header of
-    // a megabyte, is a transport error (hyper's limits), not a crash or a stall.
+    // An answer with thousands of headers, or one header of a megabyte, is a transport error
+    // (hyper's limits), not a crash, a stall or memory held.
     #[tokio::test]
     async fn many_or_huge_headers_are_refused() {
         for head in [
