@@ -303,8 +303,8 @@ async fn read_prefix(mut resp: reqwest::Response, limit: usize) -> Result<Prefix
 }
 
 /// A loopback HTTP/1.1 server that answers as a hostile endpoint would, byte for byte (no HTTP
-/// library in between to tidy the answer up): `answer` gets the request line and returns the raw response bytes,
-/// written in `chunks` pieces `pause` apart.
+/// library in between to tidy the answer up): `answer` gets the request line and returns the
+/// raw response bytes, written in pieces of `chunk` bytes `pause` apart.
 #[cfg(test)]
 pub(crate) mod hostile {
     use std::sync::Arc;
