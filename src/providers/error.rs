@@ -11,12 +11,23 @@ pub fn excerpt(text: &str) -> String {
     sanitize_message(text, MAX_MESSAGE_CHARS)
 }
 
+/// A short text from a provider's answer (an id, a date) as messages show it: [`sanitize_message`]
+/// at [`MAX_SHORT_CHARS`]. Every such text is the provider's to choose, successful answers too.
+pub fn brief(text: &str) -> String {
+    sanitize_message(text, MAX_SHORT_CHARS)
+}
+
+/// Ids and dates are far shorter; a message quoting one stays about one line long.
+pub const MAX_SHORT_CHARS: usize = 100;
+
 /// An error text from a provider as conditions and Events may show it: anything that looks like
 /// a credential or a signature replaced by `[redacted]` (a proxy in front of the API may echo
 /// the request, Authorization header and JWT included), whitespace runs made one space, and
 /// cut to `max` characters.
 pub fn sanitize_message(text: &str, max: usize) -> String {
-    let text = if text.trim_start().starts_with('<') { markup().replace_all(text, " ") } else { text.into() };
+    // Before the markup goes: the element's name is what says its content is a secret.
+    let text = secret_element().replace_all(text, "<$1$2>[redacted]");
+    let text = if text.trim_start().starts_with('<') { markup().replace_all(&text, " ") } else { text };
     // A body echoed inside a JSON string keeps its line breaks and quotes escaped; undone, the
     // header names stand on their own again.
     let mut text = text.replace("\\r", " ").replace("\\n", " ").replace("\\t", " ").replace("\\\"", "\"");
@@ -40,10 +51,29 @@ pub fn sanitize_message(text: &str, max: usize) -> String {
     }
 }
 
+/// The names that say a value is a credential, as a regex alternation (lower case; the patterns
+/// using it are case-insensitive).
+const SECRET_NAMES: &str =
+    r"signature|credential|[a-z_]*secret[a-z_-]*|password|passwd|[a-z_]*token|jwt|api[_-]?key|private[_-]?key";
+
+fn pattern(re: &str) -> regex::Regex {
+    regex::Regex::new(re).unwrap_or_else(|e| panic!("redaction pattern {re}: {e}"))
+}
+
+/// An XML element named like a credential (`<SecretKey>`, `<ns:Password>`, `<Authorization>`),
+/// up to the next tag: its text is the value.
+fn secret_element() -> &'static regex::Regex {
+    static ELEMENT: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        pattern(&format!(
+            r"(?i)<((?:[a-z0-9_.-]+:)?[a-z0-9_.-]*(?:{SECRET_NAMES}|authorization|cookie)[a-z0-9_.-]*)(\s[^>]{{0,200}})?>[^<]*"
+        ))
+    });
+    &ELEMENT
+}
+
 /// What is redacted, in this order; then [`opaque`] runs.
 fn secrets() -> &'static [(regex::Regex, &'static str)] {
     static PATTERNS: std::sync::LazyLock<Vec<(regex::Regex, &'static str)>> = std::sync::LazyLock::new(|| {
-        let pattern = |re: &str| regex::Regex::new(re).unwrap_or_else(|e| panic!("redaction pattern {re}: {e}"));
         // A name counts wherever it starts: `\b` would not see `access_token` as ending in one.
         let start = r"(^|[^A-Za-z0-9])";
         vec![
@@ -60,10 +90,19 @@ fn secrets() -> &'static [(regex::Regex, &'static str)] {
             (pattern(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), "$1 [redacted]"),
             // Yandex IAM tokens.
             (pattern(r"\bt1\.[A-Za-z0-9._-]+"), "[redacted]"),
+            // A quoted value is taken whole, blanks and all (a passphrase); an unquoted one ends
+            // at the first blank or separator. A quote left open takes the rest of the line.
             (
                 pattern(&format!(
-                    r#"(?i){start}(signature|credential|[a-z_]*secret[a-z_-]*|password|passwd|[a-z_]*token|jwt|api[_-]?key|private[_-]?key)(["']?\s*[:=]\s*)["']?[^\s,;&"'}}]+"#
+                    r#"(?i){start}({SECRET_NAMES})(["']?\s*[:=]\s*)(?:"[^"\r\n]*"?|'[^'\r\n]*'?|[^\s,;&"'}}]+)"#
                 )),
+                "$1$2$3[redacted]",
+            ),
+            // A name and its value with only blanks between them (`SecretKey ABC…`, as left by
+            // stripped markup or a log line) count when the value is long enough to be a key:
+            // "the secret key is invalid" stays as it is.
+            (
+                pattern(&format!(r#"(?i){start}({SECRET_NAMES})(["']?\s+)["']?[A-Za-z0-9+/=_.~-]{{16,}}["']?"#)),
                 "$1$2$3[redacted]",
             ),
         ]
@@ -152,7 +191,7 @@ impl ProviderError {
 
     /// The provider's request id, as shown: it comes from the answer, like any other text.
     pub fn with_request_id(mut self, id: Option<String>) -> Self {
-        self.request_id = id.map(|id| sanitize_message(&id, 100));
+        self.request_id = id.map(|id| brief(&id));
         self
     }
 
@@ -250,6 +289,34 @@ mod tests {
         ] {
             assert_eq!(shown(text), text);
         }
+    }
+
+    // Stripped markup would take the tag that names the secret with it, and an OUTSCALE secret
+    // key (40 upper-case letters and digits: neither mixed case nor hex) is not caught by
+    // `opaque` on its own.
+    #[test]
+    fn a_secret_in_an_xml_element_is_redacted() {
+        let secret = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCD";
+        let body = format!(
+            "<CreateAccessKeyResponse><AccessKey><AccessKeyId>AKIAEXAMPLE0123456789</AccessKeyId>\
+             <SecretKey>{secret}</SecretKey></AccessKey></CreateAccessKeyResponse>"
+        );
+        let out = shown(&body);
+        assert!(!out.contains(secret), "{out}");
+        assert!(out.contains("AKIAEXAMPLE0123456789"), "{out}");
+        // The same without markup is caught only thanks to its keyword.
+        let out = shown(&format!("SecretKey {secret}"));
+        assert!(!out.contains(secret), "{out}");
+    }
+
+    // A passphrase would otherwise be shown from its second word on.
+    #[test]
+    fn a_quoted_secret_with_blanks_is_redacted_whole() {
+        let out = shown(r#"{"password": "correct horse battery staple"}"#);
+        assert!(!out.contains("horse") && !out.contains("staple"), "{out}");
+        let out = shown(r#"client_secret='two words' for app"#);
+        assert!(!out.contains("words"), "{out}");
+        assert!(out.ends_with("for app"), "{out}");
     }
 
     #[test]

@@ -302,6 +302,78 @@ async fn read_prefix(mut resp: reqwest::Response, limit: usize) -> Result<Prefix
     Ok(Prefix::Whole(body.freeze()))
 }
 
+/// A loopback HTTP/1.1 server that answers as a hostile endpoint would, byte for byte (no HTTP
+/// library in between to tidy the answer up): `answer` gets the request line and returns the
+/// raw response bytes, written in pieces of `chunk` bytes `pause` apart.
+#[cfg(test)]
+pub(crate) mod hostile {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    pub type Answer = Arc<dyn Fn(&str) -> Vec<u8> + Send + Sync>;
+
+    /// Serves until the test ends; returns `http://127.0.0.1:port`.
+    pub async fn serve(answer: Answer, chunk: usize, pause: Duration) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 8192];
+                    // Headers, then as much body as Content-Length says.
+                    loop {
+                        let Ok(n) = stream.read(&mut buf).await else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&request).to_string();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let length = text[..end]
+                                .lines()
+                                .find_map(|l| {
+                                    let (k, v) = l.split_once(':')?;
+                                    k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
+                                })
+                                .unwrap_or(0);
+                            if request.len() >= end + 4 + length {
+                                break;
+                            }
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    let line = text.lines().next().unwrap_or_default().to_string();
+                    let response = answer(&line);
+                    for piece in response.chunks(chunk.max(1)) {
+                        if stream.write_all(piece).await.is_err() {
+                            return;
+                        }
+                        let _ = stream.flush().await;
+                        if !pause.is_zero() {
+                            tokio::time::sleep(pause).await;
+                        }
+                    }
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        format!("http://{address}")
+    }
+
+    /// A whole response with `status` and a JSON `body`.
+    pub fn json(status: u16, body: &str) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,6 +417,55 @@ mod tests {
         for huge in ["1e20", "99999999999999999999999", "1e400"] {
             h.insert(RETRY_AFTER, huge.parse().expect("header value"));
             assert_eq!(retry_after(&h), Some(MAX_PROVIDER_DELAY), "{huge}");
+        }
+    }
+
+    // A body dripped a byte at a time, each byte well within any per-read timeout, would hold a
+    // reconcile forever if only reads were timed; the whole-request timeout covers it.
+    #[tokio::test]
+    async fn a_slow_drip_body_ends_at_the_request_timeout() {
+        let body = "{".to_string() + &" ".repeat(200) + "}";
+        let answer: hostile::Answer = std::sync::Arc::new(move |_: &str| hostile::json(200, &body));
+        let base = hostile::serve(answer, 1, Duration::from_millis(20)).await;
+        let config = HttpConfig { timeout: Duration::from_millis(500), max_retries: 0, ..HttpConfig::default() };
+        let http = Http::new(config).expect("client");
+        let started = std::time::Instant::now();
+        let result = http
+            .send(
+                "get",
+                Idempotency::Idempotent,
+                |c| c.get(format!("{base}/x")).build().map_err(|e| ProviderError::permanent("get", e.to_string())),
+                |r| ProviderError::from_status("get", r.status, ""),
+            )
+            .await;
+        assert!(result.is_err());
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    }
+
+    // An answer with thousands of headers, or one header of a megabyte, is a transport error
+    // (hyper's limits), not a crash, a stall or memory held.
+    #[tokio::test]
+    async fn many_or_huge_headers_are_refused() {
+        for head in [
+            (0..5000).map(|i| format!("x-h{i}: v\r\n")).collect::<String>(),
+            format!("x-big: {}\r\n", "v".repeat(1 << 20)),
+        ] {
+            let answer: hostile::Answer = std::sync::Arc::new(move |_: &str| {
+                format!("HTTP/1.1 200 OK\r\n{head}content-length: 2\r\n\r\n{{}}").into_bytes()
+            });
+            let base = hostile::serve(answer, 1 << 16, Duration::ZERO).await;
+            let http = Http::new(HttpConfig { max_retries: 0, ..HttpConfig::default() }).expect("client");
+            let started = std::time::Instant::now();
+            let result = http
+                .send(
+                    "get",
+                    Idempotency::Idempotent,
+                    |c| c.get(format!("{base}/x")).build().map_err(|e| ProviderError::permanent("get", e.to_string())),
+                    |r| ProviderError::from_status("get", r.status, ""),
+                )
+                .await;
+            assert!(result.is_err());
+            assert!(started.elapsed() < Duration::from_secs(5));
         }
     }
 

@@ -6,6 +6,7 @@ pub mod endpoint;
 pub mod error;
 pub mod exoscale;
 pub mod http;
+pub mod listing;
 pub mod local;
 pub mod marker;
 pub mod outscale;

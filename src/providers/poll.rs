@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use super::error::brief;
 use super::ProviderError;
 
 /// Operations settle within seconds; two minutes of polling means something is stuck, and the
@@ -34,7 +35,7 @@ where
         if tokio::time::Instant::now() + pause > deadline {
             return Err(ProviderError::retryable(
                 operation,
-                format!("operation {id} not done after {} s", GIVE_UP.as_secs()),
+                format!("operation {} not done after {} s", brief(&id), GIVE_UP.as_secs()),
             ));
         }
         tokio::time::sleep(pause).await;

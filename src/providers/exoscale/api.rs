@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::validation::ExoscaleResource;
 use crate::api::{ExoscalePolicy, ExoscalePolicyRule, ExoscaleServicePolicy, PolicyStrategy, ServicePolicyType};
+use crate::providers::listing::{Capped, MAX_LISTED};
 use crate::providers::policy_read::RoleGrants;
 
 pub const LABEL_OWNER: &str = "cloudkeys.io/owner";
@@ -29,11 +30,11 @@ pub struct ApiKeyCreated {
     pub secret: SecretString,
 }
 
-/// `GET /api-key`
+/// `GET /api-key`: unpaginated, so held to what any organisation may list.
 #[derive(Debug, Deserialize)]
 pub struct ApiKeyList {
     #[serde(rename = "api-keys", default)]
-    pub api_keys: Vec<ApiKey>,
+    pub api_keys: Capped<ApiKey, MAX_LISTED>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,11 +102,11 @@ impl<'a> From<&'a ExoscalePolicyRule> for PolicyRule<'a> {
     }
 }
 
-/// `GET /iam-role`
+/// `GET /iam-role`: unpaginated, like `GET /api-key`.
 #[derive(Debug, Deserialize)]
 pub struct RoleList {
     #[serde(rename = "iam-roles", default)]
-    pub iam_roles: Vec<Role>,
+    pub iam_roles: Capped<Role, MAX_LISTED>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,11 +177,11 @@ pub struct AccessKeyCreated {
     pub secret: SecretString,
 }
 
-/// `GET /access-key`
+/// `GET /access-key`: unpaginated, like `GET /api-key`.
 #[derive(Debug, Deserialize)]
 pub struct AccessKeyList {
     #[serde(rename = "access-keys", default)]
-    pub access_keys: Vec<AccessKey>,
+    pub access_keys: Capped<AccessKey, MAX_LISTED>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -410,8 +411,20 @@ mod tests {
     fn lists_parse_with_null_labels_and_missing_arrays() {
         let roles: RoleList =
             serde_json::from_str(r#"{"iam-roles":[{"id":"r","name":"n","labels":null}]}"#).expect("deserializes");
-        assert_eq!(roles.iam_roles[0].labels, None);
+        assert_eq!(roles.iam_roles.within("list", MAX_LISTED, "roles").expect("kept")[0].labels, None);
         let keys: ApiKeyList = serde_json::from_str("{}").expect("deserializes");
-        assert!(keys.api_keys.is_empty());
+        assert!(keys.api_keys.within("list", MAX_LISTED, "keys").expect("kept").is_empty());
+    }
+
+    // A hostile endpoint may nest JSON as deep as 8 MiB allows, in a field the operator keeps as
+    // a `Value` (a role's policy) or in one it ignores: serde_json's recursion limit makes that
+    // an error, never a stack overflow.
+    #[test]
+    fn deeply_nested_answers_do_not_overflow_the_stack() {
+        let deep = format!("{}{}", "[".repeat(1 << 20), "]".repeat(1 << 20));
+        let kept = format!(r#"{{"iam-roles":[{{"id":"r","policy":{deep}}}]}}"#);
+        assert!(serde_json::from_str::<RoleList>(&kept).is_err());
+        let ignored = format!(r#"{{"iam-roles":[{{"id":"r","other":{deep}}}]}}"#);
+        let _ = serde_json::from_str::<RoleList>(&ignored);
     }
 }

@@ -1,7 +1,7 @@
 //! Exoscale's errors: a non-2xx answer and a failed operation, as a [`ProviderError`].
 
 use super::api::{ErrorBody, Operation, OperationState};
-use crate::providers::error::excerpt;
+use crate::providers::error::{brief, excerpt};
 use crate::providers::http::{provider_delay, ErrorResponse};
 use crate::providers::{ErrorKind, ProviderError};
 
@@ -18,9 +18,9 @@ pub(super) fn succeeded(operation: &str, op: Operation) -> Result<Operation, Pro
         OperationState::Timeout => "timed out",
         _ => "ended in an unknown state",
     };
-    let mut message = format!("operation {} {state}", op.id.as_deref().unwrap_or("?"));
+    let mut message = format!("operation {} {state}", op.id.as_deref().map_or_else(|| "?".to_string(), brief));
     if let Some(reason) = &op.reason {
-        message.push_str(&format!(" ({reason})"));
+        message.push_str(&format!(" ({})", brief(reason)));
     }
     if let Some(detail) = op.message.as_deref().filter(|m| !m.is_empty()) {
         message.push_str(": ");

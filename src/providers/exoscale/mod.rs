@@ -25,7 +25,9 @@ use self::api::{
 };
 use self::errors::{classify, succeeded};
 use self::key_ref::KeyRef;
+use super::error::brief;
 use super::http::{Http, HttpConfig, Idempotency, Response};
+use super::listing::MAX_LISTED;
 use super::policy_read::{Answer, Question};
 use super::{endpoint, poll};
 use super::{IssuedKey, KeyRequest, ListedKey, Marker, OwnedKey, Provider, ProviderError, Revocation, TemplateVars};
@@ -207,7 +209,7 @@ impl ExoscaleProvider {
             Ok(r) => {
                 let found = r.json::<NamedKey>(operation)?;
                 if found.key != id {
-                    let message = format!("asked for {kind} {id}, the API answered with {}", found.key);
+                    let message = format!("asked for {kind} {id}, the API answered with {}", brief(&found.key));
                     return Err(ProviderError::retryable(operation, message));
                 }
                 Ok(Some(found.name))
@@ -223,7 +225,10 @@ impl ExoscaleProvider {
             Ok(r) => {
                 let role: api::Role = r.json(OP)?;
                 if role.id != id {
-                    return Err(ProviderError::retryable(OP, format!("asked for IAM role {id}, got {}", role.id)));
+                    return Err(ProviderError::retryable(
+                        OP,
+                        format!("asked for IAM role {id}, got {}", brief(&role.id)),
+                    ));
                 }
                 Ok(Some(role))
             }
@@ -232,10 +237,24 @@ impl ExoscaleProvider {
         }
     }
 
+    async fn list_api_keys(&self) -> Result<Vec<api::ApiKey>, ProviderError> {
+        const OP: &str = "list-api-keys";
+        self.get(OP, &["api-key"]).await?.json::<ApiKeyList>(OP)?.api_keys.within(OP, MAX_LISTED, "API keys")
+    }
+
+    async fn list_access_keys(&self) -> Result<Vec<api::AccessKey>, ProviderError> {
+        const OP: &str = "list-access-keys";
+        self.get(OP, &["access-key"]).await?.json::<AccessKeyList>(OP)?.access_keys.within(
+            OP,
+            MAX_LISTED,
+            "access keys",
+        )
+    }
+
     async fn list_roles(&self, must_succeed: bool) -> Result<Vec<api::Role>, ProviderError> {
         const OP: &str = "list-iam-roles";
         match self.get(OP, &["iam-role"]).await {
-            Ok(r) => Ok(r.json::<RoleList>(OP)?.iam_roles),
+            Ok(r) => r.json::<RoleList>(OP)?.iam_roles.within(OP, MAX_LISTED, "IAM roles"),
             // An issuer key scoped to API keys alone can still serve modes (a) and (c).
             Err(e) if !must_succeed && matches!(e.status, Some(403 | 404)) => {
                 tracing::debug!(error = %e, "cannot list IAM roles; looking for keys only");
@@ -268,13 +287,13 @@ impl Provider for ExoscaleProvider {
             }
             ExoscaleMode::OwnRole(role) => {
                 let role_id = self.create_role(&name, role, request.marker).await?;
-                tracing::debug!(role = %role_id, "created IAM role for the key");
+                tracing::debug!(role = %brief(&role_id), "created IAM role for the key");
                 let created = match self.create_api_key(&name, &role_id).await {
                     Ok(created) => created,
                     Err(e) => {
                         // Best effort: a role left behind is found again by its labels.
                         if let Err(cleanup) = self.delete_role(&role_id).await {
-                            tracing::warn!(role = %role_id, error = %cleanup, "cannot delete the role of a key that was not created");
+                            tracing::warn!(role = %brief(&role_id), error = %cleanup, "cannot delete the role of a key that was not created");
                         }
                         return Err(e);
                     }
@@ -299,15 +318,9 @@ impl Provider for ExoscaleProvider {
         let own_role = matches!(mode, Some(ExoscaleMode::OwnRole(_)));
         let legacy = matches!(mode, Some(ExoscaleMode::Legacy { .. }));
 
-        const LIST_KEYS: &str = "list-api-keys";
-        let api_keys = self.get(LIST_KEYS, &["api-key"]).await?.json::<ApiKeyList>(LIST_KEYS)?.api_keys;
+        let api_keys = self.list_api_keys().await?;
         let roles = self.list_roles(own_role).await?;
-        let access_keys = if legacy {
-            const LIST_ACCESS: &str = "list-access-keys";
-            self.get(LIST_ACCESS, &["access-key"]).await?.json::<AccessKeyList>(LIST_ACCESS)?.access_keys
-        } else {
-            Vec::new()
-        };
+        let access_keys = if legacy { self.list_access_keys().await? } else { Vec::new() };
         Ok(owned_keys(owner_uid, api_keys, roles, access_keys))
     }
 
@@ -340,7 +353,10 @@ impl Provider for ExoscaleProvider {
         if let Some(found) = &role_found {
             let labels = found.labels.as_ref();
             if labels.and_then(|l| l.get(LABEL_OWNER)).map(String::as_str) != Some(owner_uid) {
-                return Ok(Revocation::NotOwned(format!("IAM role {} is not labelled as this AccessKey's", found.id)));
+                return Ok(Revocation::NotOwned(format!(
+                    "IAM role {} is not labelled as this AccessKey's",
+                    brief(&found.id)
+                )));
             }
         }
         if let Some((kind, id, _)) = &key_found {
@@ -368,12 +384,10 @@ impl Provider for ExoscaleProvider {
             last_used_at: None,
         };
         if is_legacy(spec) {
-            const OP: &str = "list-access-keys";
-            let keys = self.get(OP, &["access-key"]).await?.json::<AccessKeyList>(OP)?.access_keys;
+            let keys = self.list_access_keys().await?;
             return Ok(keys.into_iter().map(|k| listed(k.key.clone(), &k.name, KeyRef::AccessKey(k.key))).collect());
         }
-        const OP: &str = "list-api-keys";
-        let keys = self.get(OP, &["api-key"]).await?.json::<ApiKeyList>(OP)?.api_keys;
+        let keys = self.list_api_keys().await?;
         // A key with a role of its own (mode b) is revoked together with it.
         let own_roles: std::collections::HashSet<String> = self
             .list_roles(false)

@@ -228,3 +228,44 @@ fn a_role_without_the_attempt_label_is_still_reported() {
     assert_eq!(found[0].key_ref, "role:R");
     assert_eq!(found[0].marker, Marker::of(UID, "zzzzzzzzzz"));
 }
+
+/// A loopback endpoint listing `api_keys` API keys and `roles` IAM roles.
+async fn listing(api_keys: usize, roles: usize) -> String {
+    use crate::providers::http::hostile;
+    let answer: hostile::Answer = std::sync::Arc::new(move |line: &str| {
+        let body = if line.contains("/iam-role") {
+            format!(r#"{{"iam-roles":[{}]}}"#, vec![r#"{"id":"r"}"#; roles].join(","))
+        } else {
+            format!(r#"{{"api-keys":[{}]}}"#, vec![r#"{"key":"k"}"#; api_keys].join(","))
+        };
+        hostile::json(200, &body)
+    });
+    hostile::serve(answer, 1 << 16, Duration::ZERO).await
+}
+
+// The listings are not paginated, so nothing was asked for: more entries than any organisation
+// holds is no real answer, and would be held in memory whole.
+#[tokio::test]
+async fn a_listing_longer_than_any_organisation_holds_is_refused() {
+    use crate::providers::listing::MAX_LISTED;
+    let spec = KeyProvider::Local(Default::default());
+    let p = provider(Some(&listing(2, 2).await));
+    assert!(p.find_keys(UID, &spec).await.expect("a short listing is read").is_empty());
+    for (api_keys, roles, what) in [(MAX_LISTED + 1, 1, "API keys"), (1, MAX_LISTED + 1, "IAM roles")] {
+        let p = provider(Some(&listing(api_keys, roles).await));
+        let e = p.find_keys(UID, &spec).await.expect_err("refused");
+        assert_eq!(e.kind, ErrorKind::Retryable);
+        assert!(e.message.contains(&format!("more than {MAX_LISTED} {what}")), "{}", e.message);
+    }
+}
+
+// An operation's id and reason come from a successful answer, and go into the condition as
+// much as an error body would.
+#[test]
+fn an_operations_id_and_reason_are_excerpted_in_error_messages() {
+    let junk = format!("password=hunter2 {}", "y".repeat(100_000));
+    let json = serde_json::json!({"id": junk, "state": "failure", "reason": junk}).to_string();
+    let e = succeeded("create-iam-role", op(&json)).expect_err("failed");
+    assert!(e.message.chars().count() <= MAX_MESSAGE_CHARS, "message of {} chars", e.message.chars().count());
+    assert!(!e.message.contains("hunter2"), "{}", e.message);
+}

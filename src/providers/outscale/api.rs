@@ -6,6 +6,8 @@
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
+use crate::providers::listing::{Capped, MAX_LISTED};
+
 /// `State` of a key that can no longer sign requests (the other one is `ACTIVE`).
 pub const INACTIVE: &str = "INACTIVE";
 
@@ -55,11 +57,13 @@ pub struct FiltersAccessKeys<'a> {
     pub access_key_ids: Vec<&'a str>,
 }
 
+/// `POST /ReadAccessKeys` response: unpaginated; one identity holds at most
+/// [`KEYS_PER_USER`](super::KEYS_PER_USER) keys, so anything near [`MAX_LISTED`] is no real answer.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct AccessKeyList {
     #[serde(default)]
-    pub access_keys: Vec<AccessKey>,
+    pub access_keys: Capped<AccessKey, MAX_LISTED>,
 }
 
 /// A key as `ReadAccessKeys` lists it (no secret).

@@ -39,7 +39,9 @@ use self::errors::{classify, Failure};
 use self::key_ref::{api_date, expiration, is_region, resend_date, KeyRef};
 pub use self::key_ref::{lifetime_of, parse_timestamp};
 use super::endpoint;
+use super::error::brief;
 use super::http::{Http, HttpConfig, Idempotency, Response};
+use super::listing::MAX_LISTED;
 use super::policy_read::{Answer, Question};
 use super::{IssuedKey, KeyRequest, ListedKey, Marker, OwnedKey, Provider, ProviderError, Revocation, TemplateVars};
 use crate::api::{KeyProvider, OutscaleIssuer, OutscaleKey};
@@ -169,7 +171,7 @@ impl OutscaleProvider {
         let body =
             ReadAccessKeys { filters: ids.map(|id| FiltersAccessKeys { access_key_ids: vec![id] }), user_name: user };
         let list: AccessKeyList = self.call(CALL, &body, Idempotency::Idempotent).await?.json(CALL)?;
-        Ok(list.access_keys)
+        Ok(list.access_keys.within(CALL, MAX_LISTED, "access keys")?)
     }
 
     /// The key `key` names, `None` when it is gone (or its user is).
@@ -198,7 +200,7 @@ impl OutscaleProvider {
 
     async fn revoke(&self, key: &KeyRef, owner_uid: &str) -> Result<Revocation, Failure> {
         if key.user.is_none() && key.id == self.access_key {
-            return Ok(Revocation::NotOwned(format!("{} is the issuer's own access key", key.id)));
+            return Ok(Revocation::NotOwned(format!("{} is the issuer's own access key", brief(&key.id))));
         }
         // Read first, as Terraform does: an empty list is the one reliable "already gone", and
         // the live expiration date is the one to re-send.
@@ -209,7 +211,7 @@ impl OutscaleProvider {
         if live.tag.as_deref().and_then(Marker::exactly).is_none_or(|m| m.owner() != owner_uid) {
             return Ok(Revocation::NotOwned(format!(
                 "access key {} is not tagged with this AccessKey's marker",
-                key.id
+                brief(&key.id)
             )));
         }
         self.remove(key, &live).await
@@ -298,7 +300,7 @@ impl Provider for OutscaleProvider {
             let removed = self.remove(&key_ref, &live).await;
             let what = match removed {
                 Ok(_) => "it was deleted again".to_string(),
-                Err(f) => format!("deleting it again failed ({}); delete access key {id} by hand", f.error),
+                Err(f) => format!("deleting it again failed ({}); delete access key {} by hand", f.error, brief(&id)),
             };
             return Err(ProviderError::permanent(
                 CALL,

@@ -331,3 +331,23 @@ fn only_this_owners_markers_are_found() {
     );
     assert_eq!(owned_keys(UID, None, keys)[0].key_ref, "AK1");
 }
+
+// ReadAccessKeys is not paginated and one identity holds at most ten keys: a listing far
+// longer is no real answer, and would be held in memory whole.
+#[tokio::test]
+async fn a_listing_longer_than_any_identity_holds_is_refused() {
+    use crate::providers::http::hostile;
+    use crate::providers::listing::MAX_LISTED;
+    let serve = |n: usize| {
+        let body = format!(r#"{{"AccessKeys":[{}]}}"#, vec![r#"{"AccessKeyId":"AK"}"#; n].join(","));
+        let answer: hostile::Answer = std::sync::Arc::new(move |_: &str| hostile::json(200, &body));
+        hostile::serve(answer, 1 << 16, std::time::Duration::ZERO)
+    };
+    let spec = KeyProvider::Local(Default::default());
+    let p = provider(Some(&serve(KEYS_PER_USER).await));
+    assert_eq!(p.list_marked(&spec).await.expect("a short listing is read").len(), KEYS_PER_USER);
+    let p = provider(Some(&serve(MAX_LISTED + 1).await));
+    let e = p.find_keys(UID, &spec).await.expect_err("refused");
+    assert_eq!(e.kind, ErrorKind::Retryable);
+    assert!(e.message.contains(&format!("more than {MAX_LISTED} access keys")), "{}", e.message);
+}

@@ -7,6 +7,8 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::providers::listing::Capped;
+
 /// The `aud` claim of every JWT: the public token URL, even when the issuer overrides the
 /// endpoint (a proxy or a fake in front of IAM still checks against this audience).
 pub const TOKEN_AUDIENCE: &str = "https://iam.api.cloud.yandex.net/iam/v1/tokens";
@@ -67,13 +69,16 @@ pub struct AccessKey {
     pub last_used_at: Option<String>,
 }
 
+/// The most keys one list page may hold (`pageSize`, 0–1000).
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
 /// `GET /iam/aws-compatibility/v1/accessKeys`; proto3 JSON leaves out empty fields, so both
 /// may be missing.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AccessKeyList {
     #[serde(default)]
-    pub access_keys: Vec<AccessKey>,
+    pub access_keys: Capped<AccessKey, { MAX_PAGE_SIZE as usize }>,
     #[serde(default)]
     pub next_page_token: Option<String>,
 }
@@ -196,12 +201,12 @@ mod tests {
     #[test]
     fn lists_parse_without_the_fields_proto3_leaves_out() {
         let list: AccessKeyList = serde_json::from_str("{}").expect("deserializes");
-        assert!(list.access_keys.is_empty());
         assert_eq!(list.next_page_token, None);
+        assert!(list.access_keys.within("list", 1, "keys").expect("kept").is_empty());
         let list: AccessKeyList =
             serde_json::from_str(r#"{"accessKeys":[{"id":"a"}],"nextPageToken":"p2"}"#).expect("deserializes");
-        assert_eq!(list.access_keys[0].description, "");
         assert_eq!(list.next_page_token.as_deref(), Some("p2"));
+        assert_eq!(list.access_keys.within("list", 1, "keys").expect("kept")[0].description, "");
     }
 
     #[test]

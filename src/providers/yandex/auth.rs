@@ -29,6 +29,7 @@ use url::Url;
 
 use super::api::{CreateIamToken, IamToken, MetadataToken, TOKEN_AUDIENCE};
 use super::classify;
+use crate::providers::error::brief;
 use crate::providers::http::{Http, Idempotency};
 use crate::providers::{ErrorKind, ProviderError};
 
@@ -296,7 +297,10 @@ impl TokenCache {
                     .await?;
                 let token: IamToken = response.json(CREATE_TOKEN)?;
                 let expires_at = token.expires_at.parse::<Timestamp>().map_err(|_| {
-                    ProviderError::retryable(CREATE_TOKEN, format!("unreadable expiresAt {:?}", token.expires_at))
+                    ProviderError::retryable(
+                        CREATE_TOKEN,
+                        format!("unreadable expiresAt \"{}\"", brief(&token.expires_at)),
+                    )
                 })?;
                 Ok((token.iam_token, expires_at))
             }

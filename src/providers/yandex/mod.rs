@@ -17,8 +17,9 @@ use url::Url;
 
 use self::api::{code, AccessKeyCreated, AccessKeyList, CreateAccessKey, Operation, Status};
 use self::auth::{JwtSigner, Token, TokenCache, TokenSource};
-use super::error::excerpt;
+use super::error::{brief, excerpt};
 use super::http::{ErrorResponse, Http, HttpConfig, Idempotency, Response};
+use super::listing::Total;
 use super::{endpoint, poll};
 use super::{
     ErrorKind, IssuedKey, KeyRequest, ListedKey, Marker, OwnedKey, Provider, ProviderError, Revocation, TemplateVars,
@@ -32,7 +33,7 @@ pub const DEFAULT_OPERATION_ENDPOINT: &str = "https://operation.api.cloud.yandex
 pub const MAX_DESCRIPTION_CHARS: usize = 256;
 
 /// The most keys one list page may hold (the API's limit); fewer pages, fewer calls.
-const PAGE_SIZE: u32 = 1000;
+const PAGE_SIZE: u32 = api::MAX_PAGE_SIZE;
 /// A service account has at most 1,000 keys per cloud quota; this many pages means the
 /// service keeps handing out page tokens, and following them further would never end.
 const MAX_PAGES: usize = 100;
@@ -155,6 +156,7 @@ impl YandexProvider {
     ) -> Result<Vec<api::AccessKey>, ProviderError> {
         const OP: &str = "list-access-keys";
         let mut keys = Vec::new();
+        let mut total = Total::default();
         let mut page_token: Option<String> = None;
         for _ in 0..MAX_PAGES {
             let mut url = self.access_keys_url(&[])?;
@@ -167,8 +169,12 @@ impl YandexProvider {
                     query.append_pair("pageToken", t);
                 }
             }
-            let page: AccessKeyList = self.get(OP, &url).await?.json(OP)?;
-            keys.extend(page.access_keys);
+            let response = self.get(OP, &url).await?;
+            total.read(OP, response.body.len())?;
+            let page: AccessKeyList = response.json(OP)?;
+            let entries = page.access_keys.within(OP, page_size as usize, "access keys")?;
+            total.kept(OP, entries.len(), "access keys")?;
+            keys.extend(entries);
             match page.next_page_token.filter(|t| !t.is_empty()) {
                 Some(next) if all_pages => {
                     if page_token.as_deref() == Some(next.as_str()) {
@@ -264,7 +270,10 @@ impl Provider for YandexProvider {
         };
         // Judged only on the key asked for (an answer of some other shape proves nothing).
         if key.id != key_ref {
-            return Err(ProviderError::retryable(GET, format!("asked for access key {key_ref}, got {:?}", key.id)));
+            return Err(ProviderError::retryable(
+                GET,
+                format!("asked for access key {key_ref}, got \"{}\"", brief(&key.id)),
+            ));
         }
         if owned_keys(owner_uid, vec![key]).is_empty() {
             return Ok(Revocation::NotOwned(format!(
@@ -282,7 +291,7 @@ impl Provider for YandexProvider {
             Some(status) if status.code == code::NOT_FOUND => Ok(Revocation::AlreadyGone),
             Some(status) => {
                 let (kind, message) = from_status(&status);
-                let mut e = ProviderError::new(kind, OP, format!("operation {} failed: {message}", op.id));
+                let mut e = ProviderError::new(kind, OP, format!("operation {} failed: {message}", brief(&op.id)));
                 e.request_id = status.request_id();
                 Err(e)
             }

@@ -270,3 +270,69 @@ fn failed_operations_report_their_status() {
     let status: Status = serde_json::from_str(r#"{"code":7,"message":"Permission denied"}"#).expect("parses");
     assert_eq!(from_status(&status), (ErrorKind::Auth, "PERMISSION_DENIED: Permission denied".to_string()));
 }
+
+/// The token exchange answered as Yandex does, anything else by `rest`.
+fn hostile_yandex(rest: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static) -> crate::providers::http::hostile::Answer {
+    std::sync::Arc::new(move |line: &str| {
+        if line.starts_with("POST /iam/v1/tokens") {
+            crate::providers::http::hostile::json(200, r#"{"iamToken":"t1.abc","expiresAt":"2099-01-01T00:00:00Z"}"#)
+        } else {
+            rest(line)
+        }
+    })
+}
+
+// Each 11-byte `{"id":"a"},` would become a 120-byte `AccessKey` plus its heap strings: one
+// 8 MiB page is ~760,000 keys, ~100 MB, and a listing follows up to 100 pages. A hostile or
+// broken endpoint answering every drift sweep with such pages would take the operator down for
+// every tenant.
+#[tokio::test]
+async fn a_listing_page_holds_no_more_keys_than_asked_for() {
+    let entries = 200_000; // ~2 MiB of answer, a quarter of what BODY_LIMIT admits per page
+    let page = format!(r#"{{"accessKeys":[{}]}}"#, vec![r#"{"id":"a"}"#; entries].join(","));
+    let answer = hostile_yandex(move |_| crate::providers::http::hostile::json(200, &page));
+    let base = crate::providers::http::hostile::serve(answer, 1 << 16, std::time::Duration::ZERO).await;
+    let p = provider(&issuer(Some(&base), None));
+    let keys = p.list_keys("aje1aaaaaaaaaaaaaaaa", PAGE_SIZE, true).await.map(|k| k.len());
+    assert!(
+        !matches!(keys, Ok(n) if n > PAGE_SIZE as usize),
+        "one page of {keys:?} keys accepted and held in memory (pageSize {PAGE_SIZE})"
+    );
+    // A smaller page asked for is held to as well.
+    let e = p.list_keys("aje1aaaaaaaaaaaaaaaa", 1, false).await.expect_err("a page of 200,000");
+    assert_eq!(e.kind, ErrorKind::Retryable);
+    assert!(e.message.contains("more than 1 access keys"), "{}", e.message);
+}
+
+// A successful answer is as much the provider's to write as an error body: its text reaches
+// `status.conditions[].message`, Events and logs. Uncut, a string of up to 8 MiB would make the
+// status write fail on its size, so the condition would never be updated.
+#[tokio::test]
+async fn text_of_a_successful_answer_is_excerpted_in_error_messages() {
+    let answer: crate::providers::http::hostile::Answer = std::sync::Arc::new(|_: &str| {
+        let junk = format!("authorization: Bearer s3cr3t-token {}", "x".repeat(100_000));
+        crate::providers::http::hostile::json(
+            200,
+            &serde_json::json!({"iamToken": "t1.abc", "expiresAt": junk}).to_string(),
+        )
+    });
+    let base = crate::providers::http::hostile::serve(answer, 1 << 16, std::time::Duration::ZERO).await;
+    let p = provider(&issuer(Some(&base), None));
+    let e = p.check_credentials().await.expect_err("unreadable expiresAt");
+    assert!(e.message.chars().count() <= MAX_MESSAGE_CHARS + 100, "message of {} chars", e.message.chars().count());
+    assert!(!e.message.contains("s3cr3t-token"), "{}", &e.message[..200]);
+}
+
+// The same through a key id other than the one asked for.
+#[tokio::test]
+async fn a_key_id_from_the_answer_is_excerpted_in_error_messages() {
+    let answer = hostile_yandex(|_| {
+        let id = format!("password=hunter2 {}", "y".repeat(100_000));
+        crate::providers::http::hostile::json(200, &serde_json::json!({"id": id}).to_string())
+    });
+    let base = crate::providers::http::hostile::serve(answer, 1 << 16, std::time::Duration::ZERO).await;
+    let p = provider(&issuer(Some(&base), None));
+    let e = p.revoke_key("aje0aaaaaaaaaaaaaaaa", UID).await.expect_err("another id");
+    assert!(e.message.chars().count() <= MAX_MESSAGE_CHARS + 100, "message of {} chars", e.message.chars().count());
+    assert!(!e.message.contains("hunter2"), "{}", &e.message[..200]);
+}
