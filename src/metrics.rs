@@ -252,6 +252,14 @@ impl Metrics {
         self.orphaned_keys.get_or_create(&IssuerLabels { issuer: issuer.into() }).set(i64::from(count));
     }
 
+    /// Drops the series of an issuer that is gone: tenants create and delete issuers, and each
+    /// one left behind would stay in every scrape for the life of the process.
+    pub fn forget_issuer(&self, issuer: &str) {
+        let labels = IssuerLabels { issuer: issuer.into() };
+        self.drift_last_sweep.remove(&labels);
+        self.orphaned_keys.remove(&labels);
+    }
+
     pub fn revoked_externally(&self, provider: &str) {
         self.revoked_externally.get_or_create(&ProviderLabels { provider: provider.into() }).inc();
     }
@@ -397,4 +405,25 @@ pub fn encode(registry: &Registry) -> String {
         tracing::warn!(error = %e, "cannot encode metrics");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_issuer_forgotten_leaves_no_series_behind() {
+        let metrics = Metrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        metrics.drift_listed("exoscale", "KeyIssuer team-a/gone", true);
+        metrics.orphaned_keys("KeyIssuer team-a/gone", 2);
+        metrics.orphaned_keys("KeyIssuer team-b/kept", 1);
+        assert_eq!(encode(&registry).matches("team-a/gone").count(), 2);
+
+        metrics.forget_issuer("KeyIssuer team-a/gone");
+        let text = encode(&registry);
+        assert!(!text.contains("team-a/gone"), "{text}");
+        assert!(text.contains(r#"cloudkeys_orphaned_keys{issuer="KeyIssuer team-b/kept"} 1"#), "{text}");
+    }
 }

@@ -173,7 +173,7 @@ async fn keys_revoked_at_the_provider_are_replaced_by_the_next_sweep() {
         let secret = keys::secret(&client, &ns, &format!("{name}-credentials")).await.expect("Secret");
         let annotations = secret.metadata.annotations.unwrap_or_default();
         assert_eq!(annotations.get("cloudkeys.io/access-key-id"), Some(&id), "{name}: the new key is in the Secret");
-        wait_event(&client, &ns, name, "Rotated", "(reason RevokedAtProvider)").await;
+        wait_event(&client, &ns, name, "Rotated", "the key was revoked at the provider").await;
     }
     assert_eq!(exoscale.live_api_keys().len(), 5, "the new key, the orphan and three foreign ones");
     assert_eq!(yandex.live_keys().len(), 2, "the new key and the orphan");

@@ -5,7 +5,7 @@
 //!
 //! Every test runs an operator that watches every namespace, and one changes the CRDs: each
 //! takes a control plane of its own, and where tests share a process (plain `cargo test`), they
-//! take turns ([`one_at_a_time`]).
+//! take turns (`support::one_at_a_time`).
 
 mod fakes;
 mod support;
@@ -32,12 +32,6 @@ use support::operator::Operator;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-/// Tests of one process share its control plane: two operators watching every namespace would
-/// both act on each test's objects. (Under cargo-nextest every test has a process of its own.)
-async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
-    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    TURN.lock().await
-}
 /// Each hostile body: far more than the operator's whole memory.
 const HUGE_MIB: usize = 300;
 
@@ -104,7 +98,7 @@ async fn issuer_ready(client: &Client, ns: &str, name: &str) -> Option<(String, 
 
 #[tokio::test]
 async fn a_hostile_provider_cannot_crash_the_operator_or_grow_its_memory() {
-    let _turn = one_at_a_time().await;
+    let _turn = support::one_at_a_time().await;
     support::own_control_plane();
     let client = support::client().await;
     support::install_crds(&client).await;
@@ -214,7 +208,7 @@ async fn refused(client: &Client, ns: &str, manifest: Value) -> String {
 
 #[tokio::test]
 async fn an_object_the_types_cannot_hold_is_refused_or_skipped_and_every_other_one_served() {
-    let _turn = one_at_a_time().await;
+    let _turn = support::one_at_a_time().await;
     support::own_control_plane();
     let client = support::client().await;
     // An older CRD stored a KeyIssuer whose maxKeysPerNamespace no u32 holds…
@@ -289,7 +283,7 @@ async fn issued(client: &Client, ns: &str) -> usize {
 
 #[tokio::test]
 async fn slow_providers_delay_only_the_access_keys_of_their_own_issuers() {
-    let _turn = one_at_a_time().await;
+    let _turn = support::one_at_a_time().await;
     support::own_control_plane();
     let client = support::client().await;
     support::install_crds(&client).await;
@@ -340,4 +334,65 @@ async fn slow_providers_delay_only_the_access_keys_of_their_own_issuers() {
     }
     assert_eq!(slow_issued, 0);
     assert!(op.pid().is_some());
+}
+
+#[tokio::test]
+async fn issuers_at_a_hanging_provider_delay_neither_another_tenants_first_check_nor_its_drift_checks() {
+    let _turn = support::one_at_a_time().await;
+    support::own_control_plane();
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    let operator_ns = support::namespace(&client, "iso-operator4").await;
+    // The default --concurrency (16 workers); provider calls may take ten minutes, so that a
+    // hanging provider holds whatever waits on it for the whole test; drift checks every 3 s.
+    let mut op = Operator::start_everywhere(
+        &operator_ns,
+        &[("CLOUDKEYS_PROVIDER_TIMEOUT", "10m"), ("CLOUDKEYS_DRIFT_CHECK_INTERVAL", "3s")],
+    );
+
+    // A tenant with more KeyIssuers than the operator has workers, at a provider that never
+    // answers within the test: each first check hangs.
+    let hanging_ns = support::namespace(&client, "iso-a-hanging").await;
+    let hanging = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
+    hanging.set_faults(Faults { latency: Duration::from_secs(900), ..Faults::default() });
+    support::exoscale::credentials(&client, &hanging_ns, ADMIN_SECRET).await;
+    let spec = json!({"exoscale": {"endpoint": hanging.endpoint(), "credentialsSecretRef": {"name": CREDENTIALS}}});
+    const HANGING: usize = 20;
+    for i in 0..HANGING {
+        support::apply_json(&client, &hanging_ns, key_issuer(&format!("hanging-{i}"), spec.clone())).await;
+    }
+    support::eventually("the hanging issuers' checks to wait at their provider", WAIT, || {
+        let waiting = hanging.in_flight();
+        async move { (waiting >= 10).then_some(()) }
+    })
+    .await;
+
+    // Another tenant's first issuer is checked and its AccessKey issued, while every hanging
+    // check still waits (no hanging issuer has a verdict yet).
+    let healthy_ns = support::namespace(&client, "iso-b-healthy").await;
+    let healthy = exoscale_issuer(&client, &healthy_ns, "healthy").await;
+    support::apply_json(&client, &healthy_ns, role_key("bystander", "healthy")).await;
+    let ak = keys::wait_issued(&client, &healthy_ns, "bystander").await;
+    let mut checked = Vec::new();
+    for i in 0..HANGING {
+        if let Some(verdict) = issuer_ready(&client, &hanging_ns, &format!("hanging-{i}")).await {
+            checked.push(verdict);
+        }
+    }
+    println!("requests waiting at the hanging provider: {}", hanging.in_flight());
+    assert!(checked.is_empty(), "hanging issuers were checked before the bystander was served: {checked:?}");
+
+    // The bystander's key is revoked by hand: the next drift check replaces it, though the
+    // hanging issuers' listings (sorted before it) never end.
+    let old = ak.status.and_then(|s| s.access_key_id).expect("bystander's key");
+    assert!(healthy.delete_api_key_by_hand(&old));
+    let api: Api<AccessKey> = Api::namespaced(client.clone(), &healthy_ns);
+    support::eventually("the bystander's revoked key replaced by a drift check", WAIT, || async {
+        let ak = api.get("bystander").await.ok()?;
+        let id = ak.status?.access_key_id?;
+        (id != old).then_some(())
+    })
+    .await;
+    assert!(hanging.requests().iter().all(|r| r.status == 0), "the hanging provider answered");
+    assert!(op.is_running(), "the operator process ended");
 }

@@ -38,6 +38,12 @@ async fn local_key_is_issued_into_the_secret_and_the_finalizer_released_on_delet
     let key_id = status.access_key_id.clone().expect("accessKeyId");
     assert_eq!(status.secret_name.as_deref(), Some("demo-credentials"));
     assert!(ak.metadata.finalizers.clone().unwrap_or_default().contains(&"cloudkeys.io/revoke".to_string()));
+    // Every write of the operator names it, the finalizer's included: the test applied the rest.
+    let managers: Vec<String> = ak.metadata.managed_fields.iter().flatten().filter_map(|f| f.manager.clone()).collect();
+    assert!(
+        managers.iter().all(|m| m.starts_with("cloudkeys") || m == support::FIELD_MANAGER),
+        "field managers of the AccessKey: {managers:?}"
+    );
 
     let secret = keys::secret(&client, &ns, "demo-credentials").await.expect("Secret written");
     assert_eq!(secret.type_.as_deref(), Some("Opaque"));

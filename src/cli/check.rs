@@ -169,7 +169,7 @@ fn unreadable(check: &'static str, result: Result<Finding, CliError>) -> Result<
 fn print_report(report: &Report, wide: bool) {
     let mut t = output::table(&["CHECK", "RESULT", "DETAIL"], wide);
     for f in &report.checks {
-        t.add_row(vec![f.check.to_string(), f.result.as_str().to_string(), f.detail.clone()]);
+        output::add_row(&mut t, [f.check.to_string(), f.result.as_str().to_string(), f.detail.clone()]);
     }
     output::print_table(&t);
     if report.issuers.is_empty() {
@@ -180,7 +180,10 @@ fn print_report(report: &Report, wide: bool) {
     for i in &report.issuers {
         let ready = if i.ready { "True" } else { "False" };
         let reason = i.reason.clone().unwrap_or_else(|| "-".into());
-        t.add_row(vec![i.display(), i.provider.to_string(), ready.to_string(), reason, i.orphaned_keys.to_string()]);
+        output::add_row(
+            &mut t,
+            [i.display(), i.provider.to_string(), ready.to_string(), reason, i.orphaned_keys.to_string()],
+        );
     }
     output::print_table(&t);
 }

@@ -276,13 +276,16 @@ fn print_conditions(ak: &AccessKey, now: jiff::Timestamp) {
     }
     let mut t = output::table_within(&["TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"], Some(output::WIDTH - 2));
     for c in conditions {
-        t.add_row(vec![
-            c.type_.clone(),
-            c.status.clone(),
-            c.reason.clone(),
-            output::age(c.last_transition_time.0, now),
-            c.message.clone(),
-        ]);
+        output::add_row(
+            &mut t,
+            [
+                c.type_.clone(),
+                c.status.clone(),
+                c.reason.clone(),
+                output::age(c.last_transition_time.0, now),
+                c.message.clone(),
+            ],
+        );
     }
     indent(&t);
 }
@@ -374,12 +377,15 @@ fn print_events(events: &[Event], now: jiff::Timestamp) {
     let mut t = output::table_within(&["AGE", "TYPE", "REASON", "MESSAGE"], Some(output::WIDTH - 2));
     for e in events {
         let age = event_time(e).map(|t| output::age(t, now)).unwrap_or_else(|| "-".into());
-        t.add_row(vec![
-            age,
-            e.type_.clone().unwrap_or_default(),
-            e.reason.clone().unwrap_or_default(),
-            e.message.clone().unwrap_or_default(),
-        ]);
+        output::add_row(
+            &mut t,
+            [
+                age,
+                e.type_.clone().unwrap_or_default(),
+                e.reason.clone().unwrap_or_default(),
+                e.message.clone().unwrap_or_default(),
+            ],
+        );
     }
     indent(&t);
 }

@@ -48,6 +48,18 @@ pub fn table_within(headers: &[&str], width: Option<u16>) -> Table {
     t
 }
 
+/// Adds a row of one line per cell: a line break in a value from a cluster object (a condition
+/// message, a provider's answer) would otherwise print as a line of its own, one that can read
+/// like another row of the table.
+pub fn add_row<S: AsRef<str>>(t: &mut Table, cells: impl IntoIterator<Item = S>) {
+    t.add_row(cells.into_iter().map(|c| one_line(c.as_ref())).collect::<Vec<_>>());
+}
+
+fn one_line(text: &str) -> String {
+    let breaks = ['\n', '\r', '\t', '\u{b}', '\u{c}', '\u{85}', '\u{2028}', '\u{2029}'];
+    text.split(breaks).collect::<Vec<_>>().join(" ")
+}
+
 /// Prints a table without trailing blanks.
 pub fn print_table(t: &Table) {
     println!("{}", printable(&t.trim_fmt()));
@@ -158,6 +170,16 @@ mod tests {
 #[cfg(test)]
 mod printable_tests {
     use super::printable;
+
+    #[test]
+    fn a_line_break_in_a_cell_cannot_forge_a_row() {
+        let mut t = super::table(&["NAME", "READY"], false);
+        super::add_row(&mut t, ["real", "False\nforged          True"]);
+        super::add_row(&mut t, ["next\r\u{2028}line", "True"]);
+        let shown = t.trim_fmt();
+        assert_eq!(shown.lines().count(), 3, "{shown}");
+        assert!(shown.lines().nth(1).is_some_and(|l| l.starts_with("real") && l.contains("forged")), "{shown}");
+    }
 
     #[test]
     fn escape_sequences_and_overrides_never_reach_the_terminal() {

@@ -211,7 +211,7 @@ fn status_table(keys: &[KeyStatus], namespaces: bool, wide: bool, now: jiff::Tim
         if namespaces {
             row.insert(0, k.namespace.clone());
         }
-        t.add_row(row);
+        output::add_row(&mut t, row);
     }
     t
 }

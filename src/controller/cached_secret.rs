@@ -91,15 +91,31 @@ fn map<V, W: Clone>(pairs: &[(Text, V)], value: impl Fn(&V) -> W) -> Option<BTre
     (!pairs.is_empty()).then(|| pairs.iter().map(|(k, v)| (k.as_str().to_string(), value(v))).collect())
 }
 
-/// Whether an AccessKey controls the Secret: only then is its data kept. Any tenant can label a
-/// Secret `managed-by: cloudkeys`, and the operator never writes a Secret it does not control,
-/// so of those it needs the name and its own labels and annotations, not megabytes of data.
-fn controlled_by_an_access_key(s: &Secret) -> bool {
+/// The AccessKey the Secret names as its controller, if any.
+fn controlling_access_key(s: &Secret) -> Option<&OwnerReference> {
     s.metadata
         .owner_references
         .iter()
         .flatten()
-        .any(|r| r.controller == Some(true) && r.kind == "AccessKey" && r.api_version.starts_with("cloudkeys.io/"))
+        .find(|r| r.controller == Some(true) && r.kind == "AccessKey" && r.api_version.starts_with("cloudkeys.io/"))
+}
+
+/// Whether the Secret is one an AccessKey writes: only then is its data kept. Any tenant can
+/// label a Secret `managed-by: cloudkeys`, and claim its own AccessKey as the controller too; the
+/// operator writes only the Secret an AccessKey names, so of the others it needs the name and its
+/// own labels and annotations, not megabytes of data.
+///
+/// `owner` is the claimed controller as the AccessKey cache shows it, looked up by name in the
+/// Secret's namespace. Not in the cache (yet): kept, since the Secret may be that AccessKey's
+/// (a Secret whose owner never existed is deleted by the garbage collector).
+pub fn written_for(s: &Secret, owner: impl FnOnce(&str) -> Option<(Option<String>, String)>) -> bool {
+    let Some(claimed) = controlling_access_key(s) else { return false };
+    match owner(&claimed.name) {
+        None => true,
+        Some((uid, secret_name)) => {
+            uid.as_deref() == Some(claimed.uid.as_str()) && s.metadata.name.as_deref() == Some(secret_name.as_str())
+        }
+    }
 }
 
 fn ours(key: &str) -> bool {
@@ -107,9 +123,17 @@ fn ours(key: &str) -> bool {
 }
 
 impl From<&Secret> for CachedSecret {
+    /// Keeps the data of a Secret that names an AccessKey as its controller (see [`Self::new`]).
     fn from(s: &Secret) -> Self {
+        Self::new(s, controlling_access_key(s).is_some())
+    }
+}
+
+impl CachedSecret {
+    /// `s` in the cache's form; its data and foreign labels and annotations kept only when
+    /// `controlled` (see [`written_for`]).
+    pub fn new(s: &Secret, controlled: bool) -> Self {
         let m = &s.metadata;
-        let controlled = controlled_by_an_access_key(s);
         let kept = |map: Option<&BTreeMap<String, String>>| -> Pairs<Text> {
             map.into_iter()
                 .flatten()
@@ -144,9 +168,7 @@ impl From<&Secret> for CachedSecret {
             data: if controlled { pairs(s.data.as_ref(), |v| v.0.as_slice().into()) } else { Box::new([]) },
         }
     }
-}
 
-impl CachedSecret {
     /// One annotation's value, without rebuilding the Secret.
     pub fn annotation(&self, name: &str) -> Option<&str> {
         self.annotations.iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| v.as_str())
@@ -188,12 +210,17 @@ impl CachedSecret {
     }
 }
 
-/// A watch event of Secrets as the cache takes it.
-pub fn cached_event(event: &watcher::Event<Secret>) -> watcher::Event<CachedSecret> {
+/// A watch event of Secrets as the cache takes it; `controlled` tells which Secrets' data to
+/// keep (see [`written_for`]).
+pub fn cached_event(
+    event: &watcher::Event<Secret>,
+    controlled: impl Fn(&Secret) -> bool,
+) -> watcher::Event<CachedSecret> {
+    let cached = |s: &Secret| CachedSecret::new(s, controlled(s));
     match event {
-        watcher::Event::Apply(s) => watcher::Event::Apply(s.into()),
-        watcher::Event::Delete(s) => watcher::Event::Delete(s.into()),
-        watcher::Event::InitApply(s) => watcher::Event::InitApply(s.into()),
+        watcher::Event::Apply(s) => watcher::Event::Apply(cached(s)),
+        watcher::Event::Delete(s) => watcher::Event::Delete(cached(s)),
+        watcher::Event::InitApply(s) => watcher::Event::InitApply(cached(s)),
         watcher::Event::Init => watcher::Event::Init,
         watcher::Event::InitDone => watcher::Event::InitDone,
     }
@@ -287,6 +314,29 @@ mod tests {
             Some(vec![MANAGED_BY_LABEL.to_string()])
         );
         assert_eq!(cached.metadata.name.as_deref(), Some("big"));
+    }
+
+    #[test]
+    fn only_the_secret_its_access_key_names_is_written_for_it() {
+        let secret = |name: &str, owner_uid: &str| -> Secret {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "n",
+                    "ownerReferences": [{"apiVersion": "cloudkeys.io/v1alpha1", "kind": "AccessKey", "name": "k",
+                        "uid": owner_uid, "controller": true}]},
+            }))
+            .expect("Secret")
+        };
+        let k = |name: &str| (Some("ak-1".to_string()), name.to_string());
+        assert!(written_for(&secret("k-credentials", "ak-1"), |owner| (owner == "k").then(|| k("k-credentials"))));
+        // The tenant's own AccessKey claimed by a Secret it does not name, or by a stale uid.
+        assert!(!written_for(&secret("bulk-1", "ak-1"), |_| Some(k("k-credentials"))));
+        assert!(!written_for(&secret("k-credentials", "ak-0"), |_| Some(k("k-credentials"))));
+        // An AccessKey the cache does not show yet: kept.
+        assert!(written_for(&secret("k-credentials", "ak-1"), |_| None));
+        // No AccessKey as controller: never.
+        let mut foreign = secret("k-credentials", "ak-1");
+        foreign.metadata.owner_references = None;
+        assert!(!written_for(&foreign, |_| Some(k("k-credentials"))));
     }
 
     fn base64_of(s: &str) -> String {

@@ -21,6 +21,12 @@ use super::error::Error;
 pub async fn client(qps: u32, burst: u32) -> Result<Client, Error> {
     let mut config = kube::Config::infer().await.map_err(|e| Error::Startup(e.to_string()))?;
     config.connect_timeout = Some(crate::health::CONNECT_TIMEOUT);
+    // The apiserver names the field manager of a write that names none (the finalizer patches of
+    // kube's `finalizer` helper) after the user agent: `cloudkeys`, rather than `unknown`.
+    config.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_static(concat!("cloudkeys/", env!("CARGO_PKG_VERSION"))),
+    ));
     let builder = ClientBuilder::try_from(config).map_err(|e| Error::Startup(e.to_string()))?;
     Ok(builder.with_layer(&ApiRateLimit::new(qps, burst)).build())
 }

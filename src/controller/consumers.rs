@@ -34,6 +34,9 @@ pub trait WorkloadObject: kube::Resource<DynamicType = ()> {
     fn template_mut(&mut self) -> Option<&mut PodTemplateSpec>;
     /// What `kubectl rollout status` checks.
     fn rolled_out(&self) -> bool;
+    /// Drops every field of the spec and status but the pod template and what
+    /// [`Self::rolled_out`] reads.
+    fn keep_rollout_fields(&mut self);
 
     fn observe(&self) -> Workload {
         let key_id = self
@@ -76,6 +79,19 @@ impl WorkloadObject for Deployment {
             // Old pods still terminating count in `replicas`, as kubectl waits for them too.
             && status.replicas.unwrap_or(0) <= replicas
     }
+
+    fn keep_rollout_fields(&mut self) {
+        use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
+        let spec = std::mem::take(&mut self.spec);
+        self.spec = DeploymentSpec { replicas: spec.replicas, template: spec.template, ..Default::default() };
+        self.status = self.status.take().map(|s| DeploymentStatus {
+            observed_generation: s.observed_generation,
+            updated_replicas: s.updated_replicas,
+            available_replicas: s.available_replicas,
+            replicas: s.replicas,
+            ..Default::default()
+        });
+    }
 }
 
 impl WorkloadObject for StatefulSet {
@@ -98,6 +114,19 @@ impl WorkloadObject for StatefulSet {
             && status.current_revision.is_some()
             && status.current_revision == status.update_revision
     }
+
+    fn keep_rollout_fields(&mut self) {
+        use k8s_openapi::api::apps::v1::{StatefulSetSpec, StatefulSetStatus};
+        let spec = std::mem::take(&mut self.spec);
+        self.spec = StatefulSetSpec { replicas: spec.replicas, template: spec.template, ..Default::default() };
+        self.status = self.status.take().map(|s| StatefulSetStatus {
+            observed_generation: s.observed_generation,
+            updated_replicas: s.updated_replicas,
+            current_revision: s.current_revision,
+            update_revision: s.update_revision,
+            ..Default::default()
+        });
+    }
 }
 
 impl WorkloadObject for DaemonSet {
@@ -118,14 +147,42 @@ impl WorkloadObject for DaemonSet {
             && status.updated_number_scheduled.unwrap_or(0) == status.desired_number_scheduled
             && status.number_available.unwrap_or(0) == status.desired_number_scheduled
     }
+
+    fn keep_rollout_fields(&mut self) {
+        use k8s_openapi::api::apps::v1::{DaemonSetSpec, DaemonSetStatus};
+        let spec = std::mem::take(&mut self.spec);
+        self.spec = DaemonSetSpec { template: spec.template, ..Default::default() };
+        self.status = self.status.take().map(|s| DaemonSetStatus {
+            observed_generation: s.observed_generation,
+            updated_number_scheduled: s.updated_number_scheduled,
+            desired_number_scheduled: s.desired_number_scheduled,
+            number_available: s.number_available,
+            ..Default::default()
+        });
+    }
 }
 
-/// A workload as the cache keeps it: what [`WorkloadObject::observe`] and
-/// [`reads_secret_unrefreshed`] read, and nothing else of its pod template. Any tenant can create
-/// workloads, with pod templates as large as the apiserver takes; the operator must not hold
-/// their images, probes, plain environment values or volumes of other kinds. (Workloads are only
-/// ever patched, never written back from the cache.)
+/// A workload as the cache keeps it: what [`WorkloadObject::observe`], [`reads_secret_unrefreshed`]
+/// and a consumer selector read, and nothing else. Any tenant can create workloads, with pod
+/// templates, annotations and volume claim templates as large as the apiserver takes; the
+/// operator must not hold their images, probes, plain environment values, volumes of other
+/// kinds, annotations or conditions. (Workloads are only ever patched, never written back from
+/// the cache.)
 pub fn slim_workload<K: WorkloadObject>(w: &mut K) {
+    let meta = w.meta_mut();
+    let own = std::mem::take(meta);
+    *meta = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        name: own.name,
+        namespace: own.namespace,
+        uid: own.uid,
+        resource_version: own.resource_version,
+        generation: own.generation,
+        deletion_timestamp: own.deletion_timestamp,
+        // What `consumers.selector` matches.
+        labels: own.labels,
+        ..Default::default()
+    };
+    w.keep_rollout_fields();
     let Some(template) = w.template_mut() else { return };
     if let Some(meta) = template.metadata.as_mut() {
         let annotations = meta.annotations.take().unwrap_or_default();
@@ -271,10 +328,14 @@ mod tests {
                 "tolerations": [{"key": "x".repeat(4096)}],
             },
         });
+        let bulk = "x".repeat(4096);
         let mut d: Deployment = serde_json::from_value(json!({
-            "metadata": {"name": "api", "labels": {"app": "api"}, "generation": 2},
-            "spec": {"replicas": 1, "selector": {}, "template": template},
-            "status": {"observedGeneration": 2, "updatedReplicas": 1, "availableReplicas": 1, "replicas": 1},
+            "metadata": {"name": "api", "labels": {"app": "api"}, "generation": 2,
+                "annotations": {"note": bulk}, "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap",
+                    "name": bulk, "uid": "u"}], "finalizers": [bulk]},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": bulk}}, "template": template},
+            "status": {"observedGeneration": 2, "updatedReplicas": 1, "availableReplicas": 1, "replicas": 1,
+                "conditions": [{"type": "Available", "status": "True", "message": bulk}]},
         }))
         .expect("Deployment");
         let before = (d.observe(), reads_secret_unrefreshed(d.spec.template.spec.as_ref().expect("pod"), "creds"));
@@ -285,6 +346,18 @@ mod tests {
         let kept = serde_json::to_string(&d).expect("JSON");
         assert!(kept.len() < 2048 && !kept.contains("xxxx") && !kept.contains("registry"), "{kept}");
         assert!(kept.contains("secretKeyRef") && kept.contains("subPath") && kept.contains("\"other\""), "{kept}");
+
+        let mut s: StatefulSet = serde_json::from_value(json!({"metadata": {"name": "db", "generation": 1},
+            "spec": {"replicas": 1, "selector": {}, "serviceName": bulk, "template": {},
+                "volumeClaimTemplates": [{"metadata": {"name": bulk}}]},
+            "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "currentRevision": "a",
+                "updateRevision": "a", "conditions": [{"type": "x", "status": "True", "message": bulk}]}}))
+        .expect("StatefulSet");
+        assert!(s.rolled_out());
+        slim_workload(&mut s);
+        assert!(s.rolled_out());
+        let kept = serde_json::to_string(&s).expect("JSON");
+        assert!(!kept.contains("xxxx"), "{kept}");
     }
 
     #[test]

@@ -332,10 +332,12 @@ impl Context {
     pub fn forget_issuer(&self, id: &IssuerId) {
         let name = id.to_string();
         lock(&self.checks).remove(&name);
+        lock(&self.failures).remove(&format!("{name}{BUSY}"));
         lock(&self.issuer_slots).remove(&name);
         lock(&self.hold_writers).remove(&id.holder_key());
         lock(&self.policy_answers).retain(|(issuer, _), _| *issuer != name);
         self.registry.forget(&name);
+        crate::metrics::global().forget_issuer(&name);
     }
 
     /// The provider's answer to `question` for `issuer` (its display name) as it is now
@@ -476,6 +478,16 @@ struct CheckState {
 
 /// Suffixes of the failure counters kept next to an AccessKey's own.
 pub const BUSY: &str = "#busy";
+/// First retry of an object whose issuer had no free place, doubling up to the maximum.
+const BUSY_RETRY: Duration = Duration::from_secs(1);
+const BUSY_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// How long an object refused a place at its issuer `turns` times in a row waits, jittered so
+/// that the objects of a busy issuer do not all come back at once.
+pub fn busy_wait(turns: u32) -> Duration {
+    let wait = BUSY_RETRY.saturating_mul(1 << turns.min(5)).min(BUSY_RETRY_MAX);
+    wait.mul_f64(rand::Rng::random_range(&mut rand::rng(), 0.75..1.25))
+}
 pub const BLOCKED: &str = "#blocked";
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

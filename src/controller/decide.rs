@@ -156,19 +156,24 @@ pub fn forced_replacement_wait(forced: u32) -> Duration {
     FORCED_REPLACEMENT_WAIT.saturating_mul(1u32 << forced.min(16)).min(FORCED_REPLACEMENT_MAX_WAIT)
 }
 
-/// How old the current key must be before it may be replaced for `reason`: never for the
-/// user's own changes, briefly for expiry, and with exponential backoff for the Secret.
+/// The user's own replacements (spec changes, rotation requests) that go at once in a row; each
+/// further one waits as a replacement forced by the Secret does.
+pub const FREE_REPEATS: u32 = 5;
+
+/// How old the current key must be before it may be replaced for `reason`: briefly for expiry,
+/// with exponential backoff for the Secret, and for the user's own changes at once, unless more
+/// than [`FREE_REPEATS`] come in a row: each key minted costs the issuer's rate limit, shared
+/// with every other AccessKey of the account, and a loop of `cloudkeys.io/rotate` values must
+/// not spend it.
 pub fn replacement_hold(reason: IssueReason, status: &AccessKeyStatus) -> Option<Duration> {
+    let forced = status.forced_replacements.unwrap_or(0);
     match reason {
         // A dead key is replaced at once: the workload fails until then.
-        IssueReason::FirstKey
-        | IssueReason::SpecChanged
-        | IssueReason::Requested
-        | IssueReason::Scheduled
-        | IssueReason::RevokedAtProvider => None,
+        IssueReason::FirstKey | IssueReason::Scheduled | IssueReason::RevokedAtProvider => None,
         IssueReason::ExpiresSoon => Some(FORCED_REPLACEMENT_WAIT),
-        IssueReason::SecretDeleted | IssueReason::SecretModified => {
-            Some(forced_replacement_wait(status.forced_replacements.unwrap_or(0)))
+        IssueReason::SecretDeleted | IssueReason::SecretModified => Some(forced_replacement_wait(forced)),
+        IssueReason::SpecChanged | IssueReason::Requested => {
+            forced.checked_sub(FREE_REPEATS).map(forced_replacement_wait)
         }
     }
 }
@@ -180,10 +185,11 @@ pub fn key_age(status: &AccessKeyStatus, now: jiff::Timestamp) -> Option<Duratio
 }
 
 /// `status.forcedReplacements` once the current key is replaced for `reason` at `now`: counted
-/// up while the Secret keeps being overwritten, back to one once the key had stayed put for an
-/// hour (or twice its wait, if longer), and zero for any replacement the Secret did not force.
+/// up while the Secret keeps being overwritten or the user keeps asking, back to one once the
+/// key had stayed put for an hour (or twice its wait, if longer), and zero for replacements
+/// nobody can repeat at will.
 pub fn forced_replacements_after(reason: IssueReason, status: &AccessKeyStatus, now: jiff::Timestamp) -> u32 {
-    if !reason.is_forced_by_secret() {
+    if !reason.backs_off_when_repeated() {
         return 0;
     }
     let forced = status.forced_replacements.unwrap_or(0);
@@ -200,6 +206,11 @@ pub fn forced_replacements_after(reason: IssueReason, status: &AccessKeyStatus, 
 impl IssueReason {
     pub fn is_forced_by_secret(self) -> bool {
         matches!(self, Self::SecretDeleted | Self::SecretModified)
+    }
+
+    /// Replacements someone can cause again and again: the Secret's, and the user's own.
+    pub fn backs_off_when_repeated(self) -> bool {
+        self.is_forced_by_secret() || matches!(self, Self::SpecChanged | Self::Requested)
     }
 
     pub fn describe(self) -> &'static str {

@@ -4,8 +4,9 @@
 //! Outscale identity) share the listing — and an AccessKey whose current key is not among them
 //! any more is handed to its controller, which replaces the key at once.
 //!
-//! A sweep takes one of the issuer's slots for its listing, and only when one is free: issuance
-//! goes first. Nothing is written to the cluster by a sweep that finds nothing.
+//! Each issuer is checked on its own, side by side with the others: a slow provider delays only
+//! its own issuer's checks. A listing takes one of the issuer's slots, waiting for one like an
+//! AccessKey does. Nothing is written to the cluster by a sweep that finds nothing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -95,7 +96,9 @@ pub async fn run(ctx: Arc<Context>, interval: Duration, found: UnboundedSender<O
     if interval.is_zero() {
         return;
     }
-    let mut reported = Reported::default();
+    // Owned here: when the controllers stop (a former leader), dropping it stops every check
+    // under way, so that none revokes an orphan afterwards.
+    let mut sweeps = Sweeps::default();
     // Orphans are judged against the caches: never against caches not filled yet. (Polled: a
     // store's readiness signal wakes only its latest waiter, and the controllers wait on it.)
     while !ctx.health.synced.load(std::sync::atomic::Ordering::Relaxed) {
@@ -109,22 +112,80 @@ pub async fn run(ctx: Arc<Context>, interval: Duration, found: UnboundedSender<O
         if found.is_closed() {
             return;
         }
+        sweeps.settle();
         // A bug met on one issuer's answers must not end drift checks for every issuer.
-        let swept = super::caught::caught(async {
-            sweep(&ctx, &found, &mut reported).await;
-            Ok(())
-        })
-        .await;
-        if let Err(e) = swept {
-            crate::metrics::global().reconciled("drift", Duration::ZERO, Some(e.label()));
-            tracing::error!(error = %e, "drift sweep stopped; the next one starts on schedule");
+        match super::caught::caught(async { Ok(plan(&ctx).await) }).await {
+            Ok(work) => sweeps.start(&ctx, &found, work),
+            Err(e) => {
+                crate::metrics::global().reconciled("drift", Duration::ZERO, Some(e.label()));
+                tracing::error!(error = %e, "drift sweep stopped; the next one starts on schedule");
+            }
         }
     }
 }
 
 /// The orphans last reported per issuer: an event only when they change.
 #[derive(Debug, Default)]
-pub struct Reported(BTreeMap<String, Vec<String>>);
+struct Reported(BTreeMap<String, Vec<String>>);
+
+/// The drift checks of issuers under way. Each issuer is checked on its own: one whose provider
+/// is slow delays its own next check (it is not started again while one is under way), never
+/// another issuer's. Their listings take places among the provider calls as issuance does (see
+/// `fair_share`), so that how many wait on providers at once stays bounded.
+#[derive(Default)]
+struct Sweeps {
+    running: tokio::task::JoinSet<(String, Result<Option<Vec<String>>, super::error::Error>)>,
+    in_flight: BTreeSet<String>,
+    reported: Reported,
+}
+
+impl Sweeps {
+    /// Takes in what the checks that ended found.
+    fn settle(&mut self) {
+        while let Some(done) = self.running.try_join_next() {
+            // (A task ends without its result only when aborted, as the process stops.)
+            let Ok((issuer, result)) = done else { continue };
+            self.in_flight.remove(&issuer);
+            match result {
+                Ok(Some(left)) => {
+                    self.reported.0.insert(issuer, left);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    crate::metrics::global().reconciled("drift", Duration::ZERO, Some(e.label()));
+                    tracing::error!(%issuer, error = %e, "drift check of the issuer stopped; the next sweep tries again");
+                }
+            }
+        }
+    }
+
+    /// Starts the check of each issuer in `work` that is not still under way.
+    fn start(&mut self, ctx: &Arc<Context>, found: &UnboundedSender<ObjectRef<AccessKey>>, work: Vec<IssuerWork>) {
+        let bound = ctx.limits.provider_timeout.saturating_mul(ISSUER_SWEEP_CALLS);
+        for IssuerWork { issuer, provider, groups } in work {
+            if !self.in_flight.insert(issuer.clone()) {
+                tracing::debug!(%issuer, "the issuer's last drift check is still under way");
+                continue;
+            }
+            let previous = self.reported.0.get(&issuer).cloned();
+            let (ctx, found) = (ctx.clone(), found.clone());
+            self.running.spawn(async move {
+                let checked = super::caught::caught(async {
+                    let swept = sweep_issuer(&ctx, &issuer, &provider, groups, &found, previous.as_deref());
+                    match tokio::time::timeout(bound, swept).await {
+                        Ok(left) => Ok(left),
+                        Err(_) => {
+                            tracing::warn!(%issuer, bound_s = bound.as_secs(), "drift check of the issuer not done in time; the rest waits for the next sweep");
+                            Ok(None)
+                        }
+                    }
+                })
+                .await;
+                (issuer, checked)
+            });
+        }
+    }
+}
 
 /// What a sweep lists for: an AccessKey's current key, or an issuer's default scope (where
 /// orphans of an issuer nobody uses any more are found).
@@ -178,8 +239,9 @@ fn default_spec(settings: &IssuerProvider) -> KeyProvider {
     }
 }
 
-/// One sweep over every AccessKey and issuer in the caches.
-pub async fn sweep(ctx: &Context, found: &UnboundedSender<ObjectRef<AccessKey>>, reported: &mut Reported) {
+/// What one sweep checks, per issuer: every AccessKey and issuer in the caches, grouped by the
+/// listing that covers them.
+async fn plan(ctx: &Context) -> Vec<IssuerWork> {
     let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
     let mut providers: BTreeMap<String, Option<Arc<dyn Provider>>> = BTreeMap::new();
     // Every issuer is listed at least in its default scope: orphans of an issuer nobody uses
@@ -224,27 +286,63 @@ pub async fn sweep(ctx: &Context, found: &UnboundedSender<ObjectRef<AccessKey>>,
         }
     }
 
-    let mut orphaned: BTreeMap<String, Listing> = BTreeMap::new();
-    let mut unlisted: BTreeSet<String> = BTreeSet::new();
+    let mut by_issuer: BTreeMap<String, Vec<(String, Group)>> = BTreeMap::new();
     for ((issuer, scope), group) in groups {
-        let Some(provider) = providers.get(&issuer).cloned().flatten() else { continue };
-        // Below issuance in priority: a busy issuer is checked next time.
-        let Some(slot) = ctx.issuer_slot(&issuer, &group.namespace).await else {
-            tracing::debug!(%issuer, %scope, "issuer busy; drift check postponed");
-            unlisted.insert(issuer);
-            continue;
+        by_issuer.entry(issuer).or_default().push((scope, group));
+    }
+    by_issuer
+        .into_iter()
+        .filter_map(|(issuer, groups)| {
+            let provider = providers.get(&issuer).cloned().flatten()?;
+            Some(IssuerWork { issuer, provider, groups })
+        })
+        .collect()
+}
+
+/// One issuer's part of a sweep, to be started.
+struct IssuerWork {
+    issuer: String,
+    provider: Arc<dyn Provider>,
+    groups: Vec<(String, Group)>,
+}
+
+/// How many provider timeouts one issuer's part of a sweep may take in all.
+const ISSUER_SWEEP_CALLS: u32 = 5;
+
+/// One issuer's part of a sweep: lists its keys in every scope the AccessKeys use, hands those
+/// whose key is gone to their controller, and settles its orphans. Returns the orphans left, or
+/// `None` when a listing is missing (a partial view would count orphans wrong).
+async fn sweep_issuer(
+    ctx: &Context,
+    issuer: &str,
+    provider: &Arc<dyn Provider>,
+    groups: Vec<(String, Group)>,
+    found: &UnboundedSender<ObjectRef<AccessKey>>,
+    previous: Option<&[String]>,
+) -> Option<Vec<String>> {
+    let mut listing: Option<Listing> = None;
+    for (scope, group) in groups {
+        // A busy issuer's listing waits for a place, as its AccessKeys do (the bound of the
+        // issuer's check ends the wait).
+        let mut turns = 0;
+        let slot = loop {
+            if let Some(slot) = ctx.issuer_slot(issuer, &group.namespace).await {
+                break slot;
+            }
+            tracing::debug!(%issuer, %scope, "issuer busy; drift check waits");
+            tokio::time::sleep(super::context::busy_wait(turns)).await;
+            turns += 1;
         };
         let listed_at = jiff::Timestamp::now();
         let bounded = Bounded::new(provider.clone(), tokio::time::Instant::now() + ctx.limits.provider_timeout);
         let listed = bounded.list_marked(&group.spec).await;
         drop(slot);
-        crate::metrics::global().drift_listed(provider.name(), &issuer, listed.is_ok());
+        crate::metrics::global().drift_listed(provider.name(), issuer, listed.is_ok());
         let listed = match listed {
             Ok(listed) => listed,
             Err(e) => {
                 tracing::warn!(%issuer, %scope, error = %e, "drift check: cannot list the keys; trying again next time");
-                unlisted.insert(issuer);
-                continue;
+                return None;
             }
         };
         let active = active_by_id(&listed);
@@ -253,8 +351,7 @@ pub async fn sweep(ctx: &Context, found: &UnboundedSender<ObjectRef<AccessKey>>,
         // credentials or default service account changed), not a mass revocation.
         if missing.len() > 3 && missing.len() * 2 > group.checked.len() {
             tracing::warn!(%issuer, %scope, missing = missing.len(), of = group.checked.len(), "drift check: most keys are missing from the listing; replacing none (check the issuer's credentials and settings)");
-            unlisted.insert(issuer);
-            continue;
+            return None;
         }
         for c in missing {
             // Asked by id, where the key was made: the listing covers the scope the spec names
@@ -273,7 +370,7 @@ pub async fn sweep(ctx: &Context, found: &UnboundedSender<ObjectRef<AccessKey>>,
                 noticed(ctx, c, key, found);
             }
         }
-        let entry = orphaned.entry(issuer).or_insert_with(|| Listing {
+        let entry = listing.get_or_insert_with(|| Listing {
             issuer: group.issuer.clone(),
             namespace: group.namespace.clone(),
             keys: Vec::new(),
@@ -290,43 +387,43 @@ pub async fn sweep(ctx: &Context, found: &UnboundedSender<ObjectRef<AccessKey>>,
             }
         }
     }
-    // Owners as the cache shows them after the listings: every key listed was created by an
-    // AccessKey the cache had before.
-    let owners: BTreeSet<String> =
-        ctx.caches.access_keys.state().iter().filter_map(|ak| ak.metadata.uid.clone()).collect();
-    // Issuers may share one provider account, and list each other's keys: a key any issuer's
-    // record holds (for the owner its marker names) is no orphan of any.
-    let recorded: Vec<RetainedKey> = ctx
-        .caches
-        .key_issuers
-        .state()
-        .iter()
-        .filter_map(|i| i.status.as_ref()?.retained_keys.clone())
-        .chain(ctx.caches.cluster_issuers.state().iter().filter_map(|i| i.status.as_ref()?.retained_keys.clone()))
-        .flatten()
-        .collect();
-    for (issuer, listing) in orphaned {
-        // A partial view of an issuer's keys would count its orphans wrong.
-        if unlisted.contains(&issuer) {
-            continue;
+    let listing = listing?;
+    // Owners as the cache shows them after the listing: every key listed was created by an
+    // AccessKey the cache had before. Then the records, which a deletion under `Retain` writes
+    // before its AccessKey goes.
+    let (owners, recorded) = if listing.keys.is_empty() { Default::default() } else { (owners(ctx), recorded(ctx)) };
+    let id = IssuerId::from_ref(&listing.issuer, &listing.namespace);
+    match listing.issuer.kind {
+        IssuerKind::KeyIssuer => {
+            let i = KeyIssuer::cached(ctx, &id)?;
+            let view = settle_retained(ctx, &*i, provider, &listing, &owners, &recorded).await;
+            Some(handle_orphans(ctx, &*i, provider.clone(), view, previous).await)
         }
-        let Some(provider) = providers.get(&issuer).cloned().flatten() else { continue };
-        let id = IssuerId::from_ref(&listing.issuer, &listing.namespace);
-        match listing.issuer.kind {
-            IssuerKind::KeyIssuer => {
-                if let Some(i) = KeyIssuer::cached(ctx, &id) {
-                    let view = settle_retained(ctx, &*i, &provider, &listing, &owners, &recorded).await;
-                    handle_orphans(ctx, &*i, provider, view, reported).await;
-                }
-            }
-            IssuerKind::ClusterKeyIssuer => {
-                if let Some(i) = ClusterKeyIssuer::cached(ctx, &id) {
-                    let view = settle_retained(ctx, &*i, &provider, &listing, &owners, &recorded).await;
-                    handle_orphans(ctx, &*i, provider, view, reported).await;
-                }
-            }
+        IssuerKind::ClusterKeyIssuer => {
+            let i = ClusterKeyIssuer::cached(ctx, &id)?;
+            let view = settle_retained(ctx, &*i, provider, &listing, &owners, &recorded).await;
+            Some(handle_orphans(ctx, &*i, provider.clone(), view, previous).await)
         }
     }
+}
+
+/// The uids of the AccessKeys in the cache.
+fn owners(ctx: &Context) -> BTreeSet<String> {
+    ctx.caches.access_keys.state().iter().filter_map(|ak| ak.metadata.uid.clone()).collect()
+}
+
+/// Every key any issuer's record holds as retained. Issuers may share one provider account and
+/// list each other's keys: a key any record holds (for the owner its marker names) is no orphan
+/// of any.
+fn recorded(ctx: &Context) -> Vec<RetainedKey> {
+    let key_issuers = ctx.caches.key_issuers.state();
+    let cluster_issuers = ctx.caches.cluster_issuers.state();
+    key_issuers
+        .iter()
+        .filter_map(|i| i.status.as_ref()?.retained_keys.clone())
+        .chain(cluster_issuers.iter().filter_map(|i| i.status.as_ref()?.retained_keys.clone()))
+        .flatten()
+        .collect()
 }
 
 /// Everything the listings of one sweep showed of an issuer.
@@ -421,8 +518,8 @@ async fn handle_orphans<K: IssuerObject>(
     issuer: &K,
     provider: Arc<dyn Provider>,
     OrphanView { keys, implausible }: OrphanView,
-    reported: &mut Reported,
-) {
+    previous: Option<&[String]>,
+) -> Vec<String> {
     let id = issuer.id().to_string();
     // Orphans past their share of the issuer's keys of this installation, or found while a
     // watch is failing, are counted but never revoked: the view of what exists may be wrong.
@@ -456,7 +553,7 @@ async fn handle_orphans<K: IssuerObject>(
         ctx.event(issuer, EventType::Normal, "OrphansRevoked", note).await;
     }
     left.sort();
-    if !left.is_empty() && reported.0.get(&id) != Some(&left) {
+    if !left.is_empty() && previous != Some(left.as_slice()) {
         let note = format!(
             "{} key(s) carry this installation's marker but their AccessKey no longer exists: {}; set \
              spec.revokeOrphans: true to revoke them",
@@ -465,7 +562,6 @@ async fn handle_orphans<K: IssuerObject>(
         );
         ctx.event(issuer, EventType::Warning, "OrphanedKeys", note).await;
     }
-    reported.0.insert(id.clone(), left);
     // Also a first 0: `kubectl get ki -o wide` then shows that the issuer was checked and has none.
     if issuer.status().and_then(|s| s.orphaned_keys) != Some(count) {
         // Applied under a field manager of its own: the issuer controller's applies of its
@@ -479,6 +575,7 @@ async fn handle_orphans<K: IssuerObject>(
             tracing::warn!(issuer = %id, error = %e, "cannot record the orphaned keys in the issuer's status");
         }
     }
+    left
 }
 
 /// The field manager of what drift checks write.

@@ -7,8 +7,9 @@
 //! - at most `budget` reconciles wait on providers; the rest of the workers stay free for
 //!   everything else;
 //! - an issuer may hold more than one of those only while as many places stay free as there are
-//!   issuers waiting, and the last place is kept for an issuer that holds none: the next issuer
-//!   to come, of this namespace or another, is served at once;
+//!   issuers waiting; the last place is kept for an issuer that holds none, and the one before it
+//!   for a namespace that holds none: the next issuer to come, of this namespace or another, is
+//!   served at once, even when one tenant's many issuers came first;
 //! - while AccessKeys of several namespaces wait (holding places, or refused one lately), a
 //!   namespace takes a place only below its share, so that a tenant with many issuers cannot
 //!   crowd the others out. With one namespace alone, only the issuer rules apply.
@@ -89,7 +90,8 @@ impl FairShare {
 impl Held {
     fn allows(&mut self, budget: usize, issuer: &str, namespace: &str) -> bool {
         let by_issuer = self.issuers.get(issuer).copied().unwrap_or(0);
-        let limit = if by_issuer == 0 { budget } else { budget - 1 };
+        let by_namespace = self.namespaces.get(namespace).copied().unwrap_or(0);
+        let limit = budget.saturating_sub(usize::from(by_issuer > 0) + usize::from(by_namespace > 0));
         if self.total >= limit {
             return false;
         }
@@ -98,7 +100,6 @@ impl Held {
             return false;
         }
         self.waiting.retain(|_, since| since.elapsed() < WAITING_FOR);
-        let by_namespace = self.namespaces.get(namespace).copied().unwrap_or(0);
         let others_waiting = self.waiting.keys().filter(|ns| *ns != namespace).count();
         let namespaces = self.namespaces.len() + usize::from(by_namespace == 0) + others_waiting;
         namespaces == 1 || by_namespace < share(budget, namespaces)
@@ -146,9 +147,10 @@ mod tests {
     #[test]
     fn slow_issuers_leave_a_place_for_the_next_issuer_and_namespace() {
         let fair = FairShare::for_workers(16);
-        // Alone, an issuer may use all but one place.
+        // Alone, an issuer may use all but two places: one for another issuer, one for another
+        // namespace.
         let alone = fill(&fair, "slow-1", "a");
-        assert_eq!(alone.len(), 13);
+        assert_eq!(alone.len(), 12);
         drop(alone);
         assert_eq!(fair.total(), 0);
         // Three slow tenants, each as greedy as it can be, in the order they come.
@@ -182,10 +184,11 @@ mod tests {
 
     #[test]
     fn another_issuer_of_a_namespace_with_a_hanging_one_is_served() {
-        // Four workers: a hanging issuer holds its two slots (--issuer-concurrency).
+        // Four workers, three places: a hanging issuer gets one of its two slots
+        // (--issuer-concurrency); the others are kept for another issuer and another namespace.
         let fair = FairShare::for_workers(4);
         let hanging: Vec<Share> = (0..2).filter_map(|_| fair.take("hanging", "team")).collect();
-        assert_eq!(hanging.len(), 2);
+        assert_eq!(hanging.len(), 1);
         let healthy = fair.take("healthy", "team");
         assert!(healthy.is_some());
         // One at a time beside the hang: the last place is kept for an issuer holding none.
@@ -193,23 +196,27 @@ mod tests {
     }
 
     #[test]
-    fn a_namespace_with_many_issuers_yields_to_other_namespaces() {
+    fn a_namespace_with_many_issuers_leaves_a_place_for_another_namespace() {
         let fair = FairShare::for_workers(16);
         let mut greedy = Vec::new();
         for i in 0..10 {
             greedy.extend(fill(&fair, &format!("tenant-issuer-{i}"), "greedy"));
         }
-        // Alone, it may take every place.
-        assert_eq!(greedy.len(), fair.budget());
-        assert!(fair.take("other", "elsewhere").is_none());
-        // A place comes back: the other namespace gets it, not one more of the greedy issuers.
+        // Alone, it takes all but the place kept for a namespace that holds none.
+        assert_eq!(greedy.len(), fair.budget() - 1);
+        let other = fair.take("other", "elsewhere");
+        assert!(other.is_some());
+        assert!(fair.take("third", "third").is_none());
+        // A place comes back while another namespace waits: it goes to that one, not to one more
+        // of the greedy issuers.
         greedy.pop();
         assert!(fair.take("tenant-issuer-3", "greedy").is_none());
         assert!(fair.take("tenant-issuer-11", "greedy").is_none());
-        let other = fair.take("other", "elsewhere");
-        assert!(other.is_some());
+        let third = fair.take("third", "third");
+        assert!(third.is_some());
         drop(greedy);
         drop(other);
+        drop(third);
         assert_eq!(fair.total(), 0);
     }
 

@@ -106,7 +106,18 @@ pub async fn reconcile<K: IssuerObject>(issuer: Arc<K>, ctx: Arc<Context>) -> Re
         ctx.event(&*issuer, EventType::Warning, "InternalError", format!("{e}; retried with backoff")).await;
     }
     crate::metrics::global().reconciled(K::CONTROLLER, started.elapsed(), result.as_ref().err().map(Error::label));
-    result
+    match result {
+        // Not a failure: the issuer's places are taken (its own AccessKeys, or its share of the
+        // workers). Nothing is written; the check comes back, later each time it is refused.
+        Err(Error::IssuerBusy(_)) => {
+            let turns = ctx.record_failure(&format!("{}{}", issuer.describe(), super::context::BUSY));
+            Ok(Action::requeue(super::context::busy_wait(turns)))
+        }
+        other => {
+            ctx.record_success(&format!("{}{}", issuer.describe(), super::context::BUSY));
+            other
+        }
+    }
 }
 
 async fn reconcile_inner<K: IssuerObject>(issuer: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -250,6 +261,16 @@ async fn check<K: IssuerObject>(issuer: &K, ctx: &Context) -> Result<(Reason, St
             }
         }
     }
+    // The check waits on the provider like any issuance, and takes its place the same way: six
+    // tenants' issuers at hanging providers must not hold every worker of this controller while
+    // another tenant's new issuer waits for its first check.
+    let _slot = if provider.name() == "local" {
+        None
+    } else {
+        let namespace = issuer.namespace().unwrap_or_else(|| ctx.cluster_resource_namespace.clone());
+        let id = issuer.id().to_string();
+        Some(ctx.issuer_slot(&id, &namespace).await.ok_or(Error::IssuerBusy(id))?)
+    };
     let deadline = tokio::time::Instant::now() + ctx.limits.provider_timeout;
     match Bounded::new(provider.clone(), deadline).check_credentials().await {
         Ok(()) => {

@@ -22,7 +22,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 
 use crate::server::{serve, Health};
 
-use super::cached_secret::{cached_event, CachedSecret};
+use super::cached_secret::{self, cached_event, CachedSecret};
 use super::context::{display_name, Caches, Context, Limits, Workloads};
 use super::error::Error;
 use super::issuer::IssuerObject;
@@ -286,10 +286,16 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
     // completes (from the caches: those with nothing to do send no request).
     let (secrets_listed, secret_relists) = futures::channel::mpsc::unbounded::<()>();
     let mut secret_writer = writers.secrets;
+    let owners = ctx.caches.access_keys.clone();
     let secrets = watched(api_for::<Secret>(&client, ns), managed, "secrets", &health)
         // Cached in compact form; the controller is triggered by the Secrets as they came.
         .inspect_ok(move |event| {
-            secret_writer.apply_watcher_event(&cached_event(event));
+            secret_writer.apply_watcher_event(&cached_event(event, |s| {
+                cached_secret::written_for(s, |owner| {
+                    let ak = owners.get(&ObjectRef::new(owner).within(s.metadata.namespace.as_deref()?))?;
+                    Some((ak.metadata.uid.clone(), ak.spec.secret_name.clone()))
+                })
+            }));
             if matches!(event, watcher::Event::InitDone) {
                 // A send fails only once the controllers are stopping.
                 drop(secrets_listed.unbounded_send(()));

@@ -87,6 +87,15 @@ fn start_own() -> ControlPlane {
     ControlPlane { kubeconfig: dir.join("kubeconfig"), dir, own: true }
 }
 
+/// Tests of one process that each run an operator watching every namespace take turns: on a
+/// control plane they share, two such operators would both act on each test's objects. (Under
+/// cargo-nextest every test has a process of its own; plain `cargo test` runs a file's tests in
+/// one.)
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
+}
+
 /// Kills this test process's kube-apiserver (SIGKILL) and, after `down`, starts it again with the
 /// same flags and data, as a crash or a control-plane upgrade would; returns once it is ready.
 pub fn restart_apiserver(down: Duration) {

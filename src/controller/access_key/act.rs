@@ -489,7 +489,7 @@ pub(super) async fn issue(
         Some(old) => (
             "Rotated",
             format!(
-                "key {} replaces {old} in Secret {}: {} (reason {reason:?})",
+                "key {} replaces {old} in Secret {}: {}",
                 key.access_key_id,
                 ak.spec.secret_name,
                 reason.describe()

@@ -50,9 +50,6 @@ pub const FINALIZER: &str = "cloudkeys.io/revoke";
 const MAX_STEPS: usize = 12;
 /// What one reconcile may spend on the apiserver, on top of `--provider-timeout`.
 pub const KUBE_TIME_BUDGET: Duration = Duration::from_secs(120);
-/// First retry of an AccessKey whose issuer had no free slot, doubling up to the maximum.
-const BUSY_RETRY: Duration = Duration::from_secs(1);
-const BUSY_RETRY_MAX: Duration = Duration::from_secs(30);
 /// How soon an AccessKey triggered from a cache behind this operator's own write is looked at
 /// again (the cache is milliseconds behind; status writes trigger no reconcile by themselves).
 const OWN_WRITE_WAIT: Duration = Duration::from_millis(300);
@@ -83,10 +80,9 @@ pub async fn reconcile(ak: Arc<AccessKey>, ctx: Arc<Context>) -> Result<Action, 
             // Waiting longer each time while the issuer stays busy (a hanging provider), so the
             // queue is not flooded with retries; the next success resets it.
             let turns = ctx.record_failure(&format!("{key}{}", super::context::BUSY));
-            let wait = BUSY_RETRY.saturating_mul(1 << turns.min(5)).min(BUSY_RETRY_MAX);
-            let jitter = rand::Rng::random_range(&mut rand::rng(), 0.75..1.25);
+            let wait = super::context::busy_wait(turns);
             tracing::debug!(%issuer, wait_ms = wait.as_millis() as u64, "issuer busy; requeued");
-            Ok(Action::requeue(wait.mul_f64(jitter)))
+            Ok(Action::requeue(wait))
         }
         other => other,
     }

@@ -251,8 +251,67 @@ fn the_count_of_forced_replacements_grows_in_a_fight_and_starts_over_once_the_se
     let mut status = issued_ago("K1", now, 7199);
     status.forced_replacements = Some(12); // at the 1 h cap the quiet spell is 2 h
     assert_eq!(forced_replacements_after(IssueReason::SecretDeleted, &status, now), 13);
-    assert_eq!(forced_replacements_after(IssueReason::SpecChanged, &status, now), 0);
+    assert_eq!(forced_replacements_after(IssueReason::Scheduled, &status, now), 0);
+    assert_eq!(forced_replacements_after(IssueReason::RevokedAtProvider, &status, now), 0);
     assert_eq!(forced_replacements_after(IssueReason::SecretDeleted, &issued("K1"), now), 1);
+}
+
+#[test]
+fn the_users_own_replacements_go_at_once_unless_many_come_in_a_row() {
+    let now: jiff::Timestamp = "2026-11-23T12:00:00Z".parse().expect("time");
+    type Ask = fn(&mut Scenario);
+    let asks: [(Ask, IssueReason); 2] = [
+        (|s| s.rotate_request = Some("again"), IssueReason::Requested),
+        (|s| s.spec_hash = "h2", IssueReason::SpecChanged),
+    ];
+    for (ask, reason) in asks {
+        // However young the key: at once, as long as fewer than five came in a row.
+        let mut s = Scenario::new(issued_ago("K1", now, 1), ours("K1"));
+        ask(&mut s);
+        for in_a_row in 0..FREE_REPEATS {
+            s.status.forced_replacements = Some(in_a_row);
+            assert_eq!(s.decide(), Step::Issue { reason }, "{in_a_row} in a row");
+        }
+        // Then 10 s, 20 s, ... of the current key's age.
+        s.status.forced_replacements = Some(FREE_REPEATS);
+        assert_eq!(s.decide(), Step::WaitBeforeReplacing(reason, Duration::from_secs(9)));
+        s.status.forced_replacements = Some(FREE_REPEATS + 1);
+        assert_eq!(s.decide(), Step::WaitBeforeReplacing(reason, Duration::from_secs(19)));
+        s.now = now + jiff::SignedDuration::from_secs(19);
+        assert_eq!(s.decide(), Step::Issue { reason });
+        // Counted from the key before: a quiet hour starts over.
+        assert_eq!(forced_replacements_after(reason, &issued_ago("K0", now, 3600), now), 1);
+        assert_eq!(forced_replacements_after(reason, &s.status, now), FREE_REPEATS + 2);
+    }
+}
+
+/// A tenant sets a new `cloudkeys.io/rotate` value every second for an hour; the operator
+/// decides each second. Keys minted, which spend the rate limit every AccessKey of the issuer
+/// shares: a handful, not thousands.
+#[test]
+fn a_loop_of_rotation_requests_mints_a_handful_of_keys_an_hour() {
+    let start: jiff::Timestamp = "2026-11-23T12:00:00Z".parse().expect("time");
+    let mut status = issued_ago("K0", start, 7200);
+    let mut minted = 0u32;
+    for second in 0..3600 {
+        let now = start + jiff::SignedDuration::from_secs(second);
+        let mut s = Scenario::new(status.clone(), ours(status.access_key_id.as_deref().unwrap_or_default()));
+        s.now = now;
+        s.rotate_request = Some("a new value every second");
+        match s.decide() {
+            Step::Issue { reason } => {
+                minted += 1;
+                let forced = forced_replacements_after(reason, &status, now);
+                status = issued_ago(&format!("K{minted}"), now, 0);
+                status.forced_replacements = Some(forced);
+            }
+            Step::WaitBeforeReplacing(IssueReason::Requested, _) => {}
+            other => panic!("second {second}: unexpected {other:?}"),
+        }
+    }
+    // Five at once, then 10 s, 20 s, 40 s, ... up to an hour between keys.
+    assert!(minted <= 15, "{minted} keys minted in an hour");
+    assert!(minted > FREE_REPEATS, "{minted}: the requests were not served");
 }
 
 /// Another writer deletes the Secret every `every` seconds for `span`, starting right after
