@@ -169,10 +169,63 @@ fn no_file_points_at_documents_users_do_not_have() {
     assert!(found.is_empty(), "references to files the repository does not have:\n{}", found.join("\n"));
 }
 
+/// The Markdown file names a line mentions (`docs/api.md`, `../README.md`, `outscale.md`), without
+/// URLs.
+fn markdown_mentions(line: &str) -> Vec<String> {
+    let is_path = |c: char| c.is_ascii_alphanumeric() || "_./-".contains(c);
+    let mut found = Vec::new();
+    let mut from = 0;
+    while let Some(at) = line[from..].find(".md") {
+        let end = from + at + 3;
+        from = end;
+        if line[end..].chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+            continue; // `.mdx`, `.md_…`: not a Markdown file name
+        }
+        let start = line[..end - 3].rfind(|c: char| !is_path(c)).map_or(0, |i| i + 1);
+        let name = &line[start..end];
+        let url = line[..start].ends_with(':') || name.starts_with('/');
+        if name.len() > 3 && !url {
+            found.push(name.to_string());
+        }
+    }
+    found
+}
+
+#[test]
+fn every_markdown_file_named_anywhere_exists() {
+    let mut files = vec![root().join("README.md")];
+    for dir in ["docs", "src", "tests", "charts", "examples", "scripts"] {
+        walk(&root().join(dir), &mut files);
+    }
+    let markdown: Vec<&PathBuf> = files.iter().filter(|p| p.extension().is_some_and(|e| e == "md")).collect();
+    let mut missing = Vec::new();
+    // This file names made-up ones in its own tests.
+    for file in files.iter().filter(|f| !f.ends_with("tests/docs.rs")) {
+        let Ok(text) = fs::read_to_string(file) else { continue }; // binary files
+        let dir = file.parent().expect("a file has a directory");
+        for (n, line) in text.lines().enumerate() {
+            for name in markdown_mentions(line) {
+                let exists = root().join(&name).exists()
+                    || dir.join(&name).exists()
+                    || (!name.contains('/') && markdown.iter().any(|p| p.file_name().is_some_and(|f| *f == *name)));
+                if !exists {
+                    let shown = file.strip_prefix(root()).unwrap_or(file).display();
+                    missing.push(format!("{shown}:{}: {name}", n + 1));
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "Markdown files named but not in the repository:\n{}", missing.join("\n"));
+}
+
 #[test]
 fn the_slug_rule_is_githubs() {
     assert_eq!(slug("RBAC: what the operator may do, and why"), "rbac-what-the-operator-may-do-and-why");
     assert_eq!(slug("The API (`cloudkeys.io/v1alpha1`)"), "the-api-cloudkeysiov1alpha1");
     assert_eq!(slug("Annotations, labels and finalizers"), "annotations-labels-and-finalizers");
     assert_eq!(anchors("# A\n## A\n```\n# not a heading\n```\n### A\n"), ["a", "a-1", "a-2"]);
+    assert_eq!(
+        markdown_mentions("see docs/api.md, (x.md §3) and https://e.com/y.md or a.mdx"),
+        ["docs/api.md", "x.md"]
+    );
 }
