@@ -97,7 +97,7 @@ async fn crds_install_and_kubectl_get_cloudkeys_lists_every_kind() {
     assert!(out.contains("accesskey.cloudkeys.io/invalid"), "{out}");
     assert!(out.contains("keyissuer.cloudkeys.io/local"), "{out}");
 
-    // Short names and printer columns as API.md lists them.
+    // Short names and printer columns as docs/api.md lists them ("Kinds").
     let (ok, out, err) = support::run_kubectl(&["get", "ak", "-n", &ns]);
     assert!(ok, "{err}");
     let header: Vec<&str> = out.lines().next().unwrap_or_default().split_whitespace().collect();

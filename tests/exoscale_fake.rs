@@ -18,7 +18,7 @@ use secrecy::SecretString;
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-// Upstream test credentials (exoscale.md §6).
+// Upstream EXO2-HMAC-SHA256 test credentials (egoscale's `security_test.go`, python-exoscale's auth tests).
 const VKEY: &str = "EXOxxxxxxxxxxxxxxxxxxxxxxxx";
 const VSECRET: &str = "XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX";
 const VEXPIRES: u64 = 3376684800;

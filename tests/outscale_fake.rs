@@ -24,7 +24,7 @@ const ADMIN_SK: &str = "ADMINSECRET00000000000000000000000000001";
 const UID: &str = "0f8c2d7e-1b2a-4c3d-9e8f-0123456789ab";
 const OTHER_UID: &str = "11111111-2222-4333-8444-555555555555";
 
-// The OSC4 vector of outscale.md §4.1 (the Python SDK's signer with a pinned date).
+// An OSC4 test vector: the Python SDK's signer (`osc_sdk_python/authentication.py`) with a pinned date.
 const V_AK: &str = "AKIDEXAMPLE0123456789";
 const V_SK: &str = "SECRETEXAMPLE0123456789012345678901234567";
 const V_HOST: &str = "api.eu-west-2.outscale.com";

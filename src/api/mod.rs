@@ -1,6 +1,6 @@
 //! The `cloudkeys.io/v1alpha1` API: CRD types only, no I/O.
 //!
-//! The contract these types implement is `API.md`; field names and defaults are fixed there.
+//! Users read these types as `docs/api.md` documents them; field names and defaults are fixed.
 
 mod access_key;
 mod decoded;

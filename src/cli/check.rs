@@ -76,7 +76,7 @@ pub struct IssuerLine {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     pub policy: &'static str,
-    /// A ClusterKeyIssuer without a policy (unrestricted, as API.md says), or whose policy does
+    /// A ClusterKeyIssuer without a policy (unrestricted, as its Ready message says), or whose policy does
     /// not limit the namespaces.
     pub open_to_every_namespace: bool,
     /// What its policy lets AccessKeys ask for without a bound (any role, any user, …).

@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 pub const READY: &str = "Ready";
 
-/// Why an object is (not) Ready. The names are part of the API (API.md).
+/// Why an object is (not) Ready. The names are part of the API (docs/api.md, "Conditions and reasons").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     /// AccessKey: the key is in its Secret.

@@ -246,7 +246,7 @@ pub fn build(
     }
 }
 
-/// The Secret data keys and templates used when `secretTemplate.data` is absent (API.md).
+/// The Secret data keys and templates used when `secretTemplate.data` is absent (docs/api.md, "The Secret").
 pub fn default_secret_data(provider: &str) -> &'static [(&'static str, &'static str)] {
     match provider {
         "exoscale" => &[("EXOSCALE_API_KEY", "{{ accessKeyId }}"), ("EXOSCALE_API_SECRET", "{{ secretAccessKey }}")],

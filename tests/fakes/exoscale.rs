@@ -6,7 +6,8 @@
 //! signature made with the admin key given to [`ExoscaleFake::start`]; the signature is checked
 //! by [`verify_exo2`], written here independently of the operator's signer.
 //!
-//! Shapes follow `shared/providers/exoscale.md` §2–§5. Choices where the real API is unknown:
+//! Shapes follow Exoscale's API v2 reference (<https://openapi-v2.exoscale.com/>: IAM roles, API
+//! keys, legacy access keys, operations). Choices where the real API is unknown:
 //! - Every state change happens when the request is handled: a role created by `POST /iam-role`
 //!   is listed at once, and a deleted key or role is gone at once. The operation returned is
 //!   always `pending` and turns `success` after [`Faults::operations_pending_polls`] further

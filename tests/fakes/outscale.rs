@@ -13,7 +13,8 @@
 //! root account or an EIM user. So a test can check that an issued key works, and that a
 //! revoked one no longer does.
 //!
-//! Shapes follow `shared/providers/outscale.md` §2–§3 and the spec (`outscale.yaml` v1.41).
+//! Shapes follow OUTSCALE's OSC API reference (<https://docs.outscale.com/api.html>, the access-key
+//! calls) and its spec (`outscale.yaml` v1.41).
 //! Error bodies are `{"Errors":[{"Code","Type","Details"}],"ResponseContext":{"RequestId"}}`.
 //! Where the real API is not documented, the fake chooses (codes from the Python SDK's
 //! `gateway_errors.yaml` where one fits):

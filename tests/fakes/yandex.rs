@@ -8,7 +8,8 @@
 //! (which uses `ring`); every other call needs `Authorization: Bearer <IAM token>` of a token
 //! it minted that has not expired.
 //!
-//! Shapes follow `shared/providers/yandex.md` §1–§2. Choices where the real API is unknown:
+//! Shapes follow Yandex Cloud's IAM API reference (<https://yandex.cloud/en/docs/iam/api-ref/>:
+//! IAM tokens, access keys, operations). Choices where the real API is unknown:
 //! - Errors are `google.rpc.Status` JSON `{code, message, details: []}` with the HTTP status
 //!   the gRPC-JSON transcoder uses; every answer has an `x-request-id` header.
 //! - Any JWT the verifier refuses (unknown kid, bad signature, wrong claims) answers 401 code

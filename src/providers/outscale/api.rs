@@ -1,4 +1,4 @@
-//! OSC API wire types (spec `outscale.yaml` v1.41, outscale.md §2–§3): PascalCase JSON, only the
+//! OSC API wire types (spec `outscale.yaml` v1.41, <https://docs.outscale.com/api.html>): PascalCase JSON, only the
 //! fields the operator reads or writes. Request fields that are unset are left out, never sent
 //! empty: an empty `ExpirationDate` is refused, and a missing one means "never expires".
 //! Types holding a secret derive no `Debug` and keep it in a `SecretString` from the start.

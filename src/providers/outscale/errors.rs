@@ -1,5 +1,6 @@
-//! OUTSCALE's errors: an answer's error codes decide its kind (outscale.md §3), and a failed
-//! call keeps them, for callers that take some of them as success.
+//! OUTSCALE's errors: an answer's error codes decide its kind (the API's error table,
+//! <https://docs.outscale.com/api-errors.html>), and a failed call keeps them, for callers that take
+//! some of them as success.
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use crate::providers::{ErrorKind, ProviderError};
 /// Outscale locks a key out for a minute after four bad signatures in a row (error 13).
 pub(super) const LOCKOUT: Duration = Duration::from_secs(60);
 
-/// Error codes (outscale.md §3). Codes are strings in the API; these are their values.
+/// Error codes (<https://docs.outscale.com/api-errors.html>). Codes are strings in the API; these are their values.
 pub(super) const THROTTLED: &[u32] = &[6, 24, 25];
 pub(super) const AUTH_CODES: &[u32] = &[1, 5, 7, 9, 11, 12, 13, 14, 20];
 pub(super) const LOCKED_TEMPORARILY: u32 = 13;

@@ -1,5 +1,5 @@
 //! OSC4-HMAC-SHA256 request signing (OUTSCALE OSC API), as `osc_sdk_python/authentication.py`
-//! implements it (outscale.md §4.1).
+//! implements it (OUTSCALE's guide: <https://docs.outscale.com/en/userguide/Calculating-a-Signature.html>).
 //!
 //! Every call is a `POST` of a JSON body to `{endpoint}/{Call}` without a query string. The
 //! canonical request signs exactly three headers, `content-type;host;x-osc-date`, and the
@@ -90,7 +90,7 @@ fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
 mod tests {
     use super::*;
 
-    // The vector of outscale.md §4.1, produced by the Python SDK's own signer with a pinned date.
+    // A test vector produced by the Python SDK's own signer with a pinned date.
     const AK: &str = "AKIDEXAMPLE0123456789";
     const SK: &str = "SECRETEXAMPLE0123456789012345678901234567";
     const HOST: &str = "api.eu-west-2.outscale.com";
