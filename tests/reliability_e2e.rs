@@ -158,9 +158,13 @@ async fn a_hanging_provider_cannot_stall_the_access_keys_of_healthy_issuers() {
     let (client, ns, healthy) = setup("hanging-provider").await;
     let hanging = ExoscaleFake::start(ADMIN_KEY, ADMIN_SECRET);
     exoscale::issuer(&client, &ns, "hanging", &hanging.endpoint()).await;
-    // Four workers, so at most two (--issuer-concurrency's default) may wait on one issuer; a
-    // provider timeout longer than the test, so the hang lasts throughout.
-    let _op = Operator::start_with(&ns, &[("CLOUDKEYS_CONCURRENCY", "4"), ("CLOUDKEYS_PROVIDER_TIMEOUT", "10m")]);
+    // Five workers, four of which may wait on providers, and two per issuer: the hanging issuer
+    // may hold two, leaving places for another issuer and another namespace; a provider timeout
+    // longer than the test, so the hang lasts throughout.
+    let _op = Operator::start_with(
+        &ns,
+        &[("CLOUDKEYS_CONCURRENCY", "5"), ("CLOUDKEYS_ISSUER_CONCURRENCY", "2"), ("CLOUDKEYS_PROVIDER_TIMEOUT", "10m")],
+    );
     wait_issuer_ready(&client, &ns, "exoscale").await;
     wait_issuer_ready(&client, &ns, "hanging").await;
 

@@ -164,7 +164,7 @@ pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
         }
     }
     health.standby.store(false, Ordering::Relaxed);
-    tracing::info!(%identity, "leading: starting controllers");
+    tracing::info!(%identity, "leading");
     let lost = async {
         while leader.changed().await.is_ok() {
             if !*leader.borrow_and_update() {
