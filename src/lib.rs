@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod core;
 pub mod health;
 pub mod kube_error;
 pub mod metrics;

@@ -17,8 +17,8 @@ use prometheus_client::registry::Registry;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use crate::api::conditions;
 use crate::api::{AccessKey, AccessKeyStatus};
-use crate::controller::conditions;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {

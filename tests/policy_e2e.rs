@@ -638,7 +638,7 @@ async fn a_status_naming_foreign_keys_revokes_none_of_them() {
 #[tokio::test]
 async fn the_secret_metadata_update_never_adopts_a_secret_recreated_meanwhile() {
     use cloudkeys::controller::context::FIELD_MANAGER;
-    use cloudkeys::controller::secret;
+    use cloudkeys::core::secret;
     use k8s_openapi::api::core::v1::Secret;
     use kube::api::{DeleteParams, PostParams};
     use kube::ResourceExt;

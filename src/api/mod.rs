@@ -3,6 +3,7 @@
 //! Users read these types as `docs/api.md` documents them; field names and defaults are fixed.
 
 mod access_key;
+pub mod conditions;
 mod decoded;
 pub mod duration;
 mod issuer;
@@ -113,3 +114,7 @@ pub fn crds_yaml() -> Result<String, serde_norway::Error> {
 pub fn kind_of<K: Resource<DynamicType = ()>>() -> String {
     K::kind(&()).into_owned()
 }
+
+/// The Lease replicas of the operator elect their leader with, in the operator's namespace
+/// (`cloudkeys check` reads it too).
+pub const LEASE_NAME: &str = "cloudkeys-leader";

@@ -10,11 +10,11 @@ use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 use serde::Serialize;
 
+use crate::api::LEASE_NAME;
 use crate::api::{ClusterKeyIssuer, Decoded, IssuerStatus, KeyIssuer, CRD_DIGEST_ANNOTATION, CRD_VERSION_ANNOTATION};
-use crate::controller::conditions::READY;
-use crate::controller::observe::IssuerFacts;
-use crate::controller::policy;
-use crate::controller::run::LEASE_NAME;
+use crate::core::conditions::READY;
+use crate::core::observe::IssuerFacts;
+use crate::core::policy;
 
 use super::output::{self, OutputFormat};
 use super::{CliError, ClusterArgs, Health, Scope};

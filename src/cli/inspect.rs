@@ -12,10 +12,10 @@ use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
 use crate::api::{AccessKey, ClusterKeyIssuer, Decoded, IssuerKind, KeyIssuer, KeyProvider};
-use crate::controller::decide::{IssueReason, Step};
-use crate::controller::observe::{self, IssuerFacts, Snapshot, WorkloadsRead};
-use crate::controller::rotation::{self, RotationSettings};
-use crate::controller::secret::{DATA_HASH_ANNOTATION, KEY_ID_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::core::decide::{IssueReason, Step};
+use crate::core::observe::{self, IssuerFacts, Snapshot, WorkloadsRead};
+use crate::core::rotation::{self, RotationSettings};
+use crate::core::secret::{DATA_HASH_ANNOTATION, KEY_ID_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL};
 
 use super::output::{self, at};
 use super::status::issuer_name;
@@ -345,7 +345,7 @@ fn print_secret(ak: &AccessKey, secret: Option<Option<&Secret>>) {
     line("Data keys", if keys.is_empty() { "none".to_string() } else { keys.join(", ") });
     let annotations = secret.metadata.annotations.clone().unwrap_or_default();
     line("Key ID", annotations.get(KEY_ID_ANNOTATION).map(String::as_str).unwrap_or("-"));
-    let controlled = crate::controller::secret::is_controlled_by(secret, ak);
+    let controlled = crate::core::secret::is_controlled_by(secret, ak);
     line("Controlled by", if controlled { "this AccessKey" } else { "not this AccessKey" });
     let labels = secret.metadata.labels.clone().unwrap_or_default();
     let shown: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -11,7 +11,6 @@ mod inspect;
 mod output;
 use output::{say, warn_user};
 mod rotate;
-mod run_args;
 mod status;
 
 use std::process::ExitCode;
@@ -20,7 +19,7 @@ use clap::{Parser, Subcommand};
 
 pub use self::cluster::{CliError, ClusterArgs, Scope, ScopeArgs};
 pub use self::output::OutputFormat;
-pub use self::run_args::RunArgs;
+pub use crate::controller::run_args::RunArgs;
 
 #[derive(Debug, Parser)]
 #[command(name = "cloudkeys", version, about = "Issues cloud API keys into Kubernetes Secrets and revokes them")]

@@ -7,7 +7,7 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
 use crate::api::{AccessKey, Decoded};
-use crate::controller::rotation::{RotationSettings, ROTATE_ANNOTATION, ROTATE_GRACE_ANNOTATION};
+use crate::core::rotation::{RotationSettings, ROTATE_ANNOTATION, ROTATE_GRACE_ANNOTATION};
 
 use super::{CliError, ClusterArgs, Health, ScopeArgs};
 

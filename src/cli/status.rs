@@ -7,8 +7,8 @@ use kube::ResourceExt;
 use serde::Serialize;
 
 use crate::api::{AccessKey, ConsumerStatus, Decoded, IssuerKind, IssuerRef};
-use crate::controller::conditions::READY;
-use crate::controller::rotation;
+use crate::core::conditions::READY;
+use crate::core::rotation;
 
 use super::output::{self, OutputFormat};
 use super::{CliError, ClusterArgs, Health, Scope, ScopeArgs};

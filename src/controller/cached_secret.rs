@@ -18,7 +18,7 @@ use k8s_openapi::ByteString;
 use kube::runtime::reflector::Lookup;
 use kube::runtime::watcher;
 
-use super::secret::{ACCESS_KEY_LABEL, DATA_HASH_ANNOTATION, KEY_ID_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::core::secret::{ACCESS_KEY_LABEL, DATA_HASH_ANNOTATION, KEY_ID_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::providers::default_secret_data;
 
 type Pairs<V> = Box<[(Text, V)]>;

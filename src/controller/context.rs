@@ -19,10 +19,10 @@ use crate::providers::policy_read::{Answer, Question};
 
 use super::cached_secret::CachedSecret;
 use super::fair_share::{FairShare, Share};
-use super::guard::TenantGuard;
 use super::in_use::IssuerId;
 use super::namespace_keys::NamespaceKeys;
 pub use super::registry::{LoadedIssuer, Registry};
+use crate::core::guard::TenantGuard;
 
 pub const FIELD_MANAGER: &str = "cloudkeys";
 
@@ -59,7 +59,7 @@ pub struct Context {
     /// Per AccessKey: the key id a drift check found gone at the provider.
     revoked_externally: Mutex<HashMap<String, String>>,
     /// Per AccessKey: the key id and what the last drift check found about it at the provider.
-    provider_views: Mutex<HashMap<String, (String, super::decide::ProviderView)>>,
+    provider_views: Mutex<HashMap<String, (String, crate::core::decide::ProviderView)>>,
     /// Places taken under `maxKeysPerNamespace` that the AccessKey cache does not show yet.
     pub namespace_keys: NamespaceKeys,
     /// Per issuer and question: what the provider answered a policy question (see
@@ -368,12 +368,12 @@ impl Context {
     }
 
     /// What a drift check found about the key `key_id` of AccessKey `key` at the provider.
-    pub fn saw_at_provider(&self, key: &str, key_id: &str, view: super::decide::ProviderView) {
+    pub fn saw_at_provider(&self, key: &str, key_id: &str, view: crate::core::decide::ProviderView) {
         lock(&self.provider_views).insert(key.to_string(), (key_id.to_string(), view));
     }
 
     /// What the last drift check found about the current key `key_id` of AccessKey `key`.
-    pub fn provider_view(&self, key: &str, key_id: Option<&str>) -> Option<super::decide::ProviderView> {
+    pub fn provider_view(&self, key: &str, key_id: Option<&str>) -> Option<crate::core::decide::ProviderView> {
         let views = lock(&self.provider_views);
         views.get(key).filter(|(id, _)| Some(id.as_str()) == key_id).map(|(_, view)| *view)
     }

@@ -22,15 +22,15 @@ use rand::Rng;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::context::{display_name, Context};
-use super::decide::ProviderView;
 use super::in_use::IssuerId;
 use super::issuer::IssuerObject;
 use super::retained::{self, LegacyHold};
-use super::secret::KEY_ID_ANNOTATION;
 use crate::api::{
     AccessKey, ClusterKeyIssuer, IssuerKind, IssuerProvider, IssuerRef, KeyIssuer, KeyProvider, RetainedKey,
     MAX_RETAINED_KEYS,
 };
+use crate::core::decide::ProviderView;
+use crate::core::secret::KEY_ID_ANNOTATION;
 use crate::providers::bounded::Bounded;
 use crate::providers::{ListedKey, Marker, Provider};
 

@@ -4,10 +4,9 @@ use std::time::Duration;
 
 use crate::api::validation::InvalidSpec;
 use crate::providers::http::MAX_PROVIDER_DELAY;
-use crate::providers::{BuildError, ErrorKind, ProviderError};
+use crate::providers::{ErrorKind, ProviderError};
 
-use super::conditions::Reason;
-use super::secret::TemplateError;
+use crate::core::secret::TemplateError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -124,33 +123,7 @@ impl Error {
     }
 }
 
-/// Why the operator has no provider client for an issuer.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum IssuerUnusable {
-    /// `namespace/name` of the missing credentials Secret.
-    #[error("credentials Secret {0} not found")]
-    SecretNotFound(String),
-    /// The tenant guard refuses its endpoint or its ambient credentials.
-    #[error("{0}")]
-    Refused(String),
-    #[error(transparent)]
-    Build(#[from] BuildError),
-}
-
-impl IssuerUnusable {
-    /// The issuer's `Ready=False` reason.
-    pub fn reason(&self) -> Reason {
-        match self {
-            Self::SecretNotFound(_) => Reason::SecretNotFound,
-            Self::Refused(_) => Reason::InvalidSpec,
-            Self::Build(BuildError::MissingCredential { .. }) => Reason::InvalidCredentials,
-            Self::Build(BuildError::Invalid(e)) => match e.kind {
-                ErrorKind::Auth => Reason::InvalidCredentials,
-                ErrorKind::Permanent | ErrorKind::Retryable => Reason::InvalidSpec,
-            },
-        }
-    }
-}
+pub use crate::core::issuers::IssuerUnusable;
 
 #[cfg(test)]
 mod tests {

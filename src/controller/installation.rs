@@ -8,7 +8,7 @@ use kube::{Client, ResourceExt};
 use sha2::{Digest, Sha256};
 
 use super::error::Error;
-use crate::cli::RunArgs;
+use super::run_args::RunArgs;
 use crate::providers::marker::is_installation_id;
 
 /// `--installation-id`, else one derived from where this operator runs.

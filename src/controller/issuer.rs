@@ -17,10 +17,10 @@ use crate::api::{validation, ClusterKeyIssuer, Issuer, IssuerKind, IssuerStatus,
 use crate::providers::bounded::Bounded;
 use crate::providers::{credentials_secret, ErrorKind, Provider};
 
-use super::conditions::{ready_condition, Reason};
 use super::context::{display_name, Context, FIELD_MANAGER};
 use super::error::Error;
 use super::in_use::{self, Hold, IssuerId};
+use crate::core::conditions::{ready_condition, Reason};
 
 /// How often a Ready issuer's credentials are checked again.
 const RECHECK: Duration = Duration::from_secs(300);
@@ -275,7 +275,7 @@ async fn check<K: IssuerObject>(issuer: &K, ctx: &Context) -> Result<(Reason, St
     match Bounded::new(provider.clone(), deadline).check_credentials().await {
         Ok(()) => {
             ctx.record_check(&key, &loaded.fingerprint, true, RECHECK);
-            let limits = super::policy::describe(issuer.policy(), cluster_scoped);
+            let limits = crate::core::policy::describe(issuer.policy(), cluster_scoped);
             Ok((Reason::Ready, format!("credentials accepted by {}; {limits}", provider.name()), RECHECK))
         }
         Err(e) => {

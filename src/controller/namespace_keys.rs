@@ -27,7 +27,7 @@ use crate::api::AccessKey;
 
 use super::context::lock;
 use super::in_use::IssuerId;
-use super::observe::holds_key_of;
+use crate::core::observe::holds_key_of;
 
 /// Admissions by issuer and namespace, then by AccessKey uid.
 #[derive(Debug, Default)]

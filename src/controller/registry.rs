@@ -16,7 +16,7 @@ use crate::providers::{self, http::HttpConfig, local::LocalStore, Credentials, P
 
 use super::context::{lock, Caches};
 use super::error::IssuerUnusable;
-use super::guard::TenantGuard;
+use crate::core::guard::TenantGuard;
 
 /// An issuer as read from the cluster, with its provider client when it can have one.
 pub struct LoadedIssuer {
@@ -36,8 +36,8 @@ pub struct LoadedIssuer {
 
 impl LoadedIssuer {
     /// What the AccessKey's decisions see of it.
-    pub fn facts(&self) -> super::observe::IssuerFacts<'_> {
-        super::observe::IssuerFacts {
+    pub fn facts(&self) -> crate::core::observe::IssuerFacts<'_> {
+        crate::core::observe::IssuerFacts {
             display: &self.display,
             settings: &self.settings,
             status: &self.status,

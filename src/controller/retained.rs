@@ -17,10 +17,10 @@ use super::context::Context;
 use super::error::Error;
 use super::in_use::IssuerId;
 use super::issuer::IssuerObject;
-use super::policy;
 use crate::api::{
     ClusterKeyIssuer, DeletionPolicy, IssuerKind, IssuerPolicy, KeyIssuer, RetainedKey, MAX_RETAINED_KEYS,
 };
+use crate::core::policy;
 use crate::providers::{ListedKey, Marker};
 
 /// The field manager of `status.retainedKeys` and `status.retainedKeysSince`.

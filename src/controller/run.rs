@@ -12,8 +12,8 @@ use kube::runtime::watcher::{self, Config};
 use kube::runtime::{Controller, WatchStreamExt};
 use kube::{Client, Resource};
 
+use super::run_args::RunArgs;
 use crate::api::{AccessKey, ClusterKeyIssuer, Decoded, KeyIssuer};
-use crate::cli::RunArgs;
 use crate::providers::http::HttpConfig;
 
 use std::sync::atomic::Ordering;
@@ -26,12 +26,12 @@ use super::cached_secret::{self, cached_event, CachedSecret};
 use super::context::{display_name, Caches, Context, Limits, Workloads};
 use super::error::Error;
 use super::issuer::IssuerObject;
-use super::secret::{MANAGED_BY, MANAGED_BY_LABEL};
 use super::unreadable::{read_only, Unreadable};
 use super::watch::{slimmed, watched, NoBackoff};
 use super::{access_key, in_use, issuer};
+use crate::core::secret::{MANAGED_BY, MANAGED_BY_LABEL};
 
-pub const LEASE_NAME: &str = "cloudkeys-leader";
+pub use crate::api::LEASE_NAME;
 /// A standby takes over at most this long after the leader stops renewing.
 const LEASE_SECONDS: u64 = 15;
 const LEASE_GRACE_SECONDS: u64 = 5;
@@ -52,7 +52,7 @@ fn access_key_changed(ak: &AccessKey) -> Option<u64> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     spec_or_lifecycle(ak).hash(&mut h);
     let annotations = ak.metadata.annotations.as_ref();
-    for name in [super::rotation::ROTATE_ANNOTATION, super::rotation::ROTATE_GRACE_ANNOTATION] {
+    for name in [crate::core::rotation::ROTATE_ANNOTATION, crate::core::rotation::ROTATE_GRACE_ANNOTATION] {
         annotations.and_then(|a| a.get(name)).hash(&mut h);
     }
     Some(h.finish())
@@ -99,8 +99,9 @@ pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
     };
     let installation = super::installation::installation_id(&client, &args).await?;
     tracing::info!(%installation, "ownership markers carry this installation id");
-    let guard = super::guard::TenantGuard::new(&args.allowed_endpoint_hosts, args.allow_namespaced_ambient_credentials)
-        .map_err(|e| Error::Startup(format!("--allowed-endpoint-hosts: {e}")))?;
+    let guard =
+        crate::core::guard::TenantGuard::new(&args.allowed_endpoint_hosts, args.allow_namespaced_ambient_credentials)
+            .map_err(|e| Error::Startup(format!("--allowed-endpoint-hosts: {e}")))?;
     for entry in guard.one_label_wildcards() {
         tracing::warn!(
             entry,
@@ -380,7 +381,8 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
     let waiting = reader.clone();
     let on_workload = move |namespace: Option<&str>| {
         for ak in waiting.state() {
-            let awaits = ak.status.as_ref().is_some_and(|s| s.retired.iter().any(super::rotation::awaits_rollout));
+            let awaits =
+                ak.status.as_ref().is_some_and(|s| s.retired.iter().any(crate::core::rotation::awaits_rollout));
             if awaits && (namespace.is_none() || ak.metadata.namespace.as_deref() == namespace) {
                 // A send fails only once the controllers are stopping.
                 drop(rollout_triggers.unbounded_send(ObjectRef::from_obj(&*ak)));
@@ -487,11 +489,17 @@ fn spawn_workload_watch<K>(
     writer: reflector::store::Writer<K>,
     changed: impl Fn(Option<&str>) + Send + 'static,
 ) where
-    K: super::consumers::WorkloadObject + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K: crate::core::consumers::WorkloadObject
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
 {
     let stream = watched(api, Config::default(), name, health)
         .modify(slimmed)
-        .modify(super::consumers::slim_workload)
+        .modify(crate::core::consumers::slim_workload)
         .reflect(writer)
         .inspect_ok(move |event| match event {
             watcher::Event::Apply(w) | watcher::Event::Delete(w) => {
@@ -514,7 +522,9 @@ fn spawn_secret_deletions(
 ) {
     let conflicted = move |ak: &AccessKey| {
         let conditions = ak.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
-        conditions.iter().any(|c| c.type_ == "Ready" && c.reason == super::conditions::Reason::SecretConflict.as_str())
+        conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.reason == crate::core::conditions::Reason::SecretConflict.as_str())
     };
     let deletions = watcher::watcher(api, Config::default()).backoff(super::watch::WatchBackoff::default()).for_each(
         move |event| {

@@ -18,23 +18,22 @@ use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
-use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
 use crate::api::{AccessKey, AccessKeyStatus, ConsumerTarget, DeletionPolicy, IssuerRef, PendingKey, WorkloadKind};
 use crate::providers::bounded::Bounded;
 use crate::providers::{IssuedKey, KeyRequest, Marker, OwnedKey, Provider, ProviderError, Revocation};
 
-use super::conditions::{ready_condition, Reason, READY};
-use super::consumers::{self, Workload, WorkloadObject};
 use super::context::{display_name, patch_params, Context, LoadedIssuer, PolicyAnswer, FIELD_MANAGER};
-use super::decide::{decide, forced_replacement_wait, forced_replacements_after, IssueReason, Observed, Step};
 use super::error::Error;
 use super::in_use::IssuerId;
-use super::observe;
-use super::policy::Verdict;
-use super::rotation::{self, RotatingState, RotationSettings};
-use super::secret::{self, SecretState};
+use crate::core::conditions::{ready_condition, Reason, READY};
+use crate::core::consumers::{self, Workload, WorkloadObject};
+use crate::core::decide::{decide, forced_replacement_wait, forced_replacements_after, IssueReason, Observed, Step};
+use crate::core::observe;
+use crate::core::policy::Verdict;
+use crate::core::rotation::{self, RotatingState, RotationSettings};
+use crate::core::secret::{self, SecretState};
 
 mod act;
 mod cleanup;
@@ -126,17 +125,7 @@ pub fn error_policy(ak: Arc<AccessKey>, error: &Error, ctx: Arc<Context>) -> Act
     Action::requeue(wait)
 }
 
-/// The part of the spec a key is issued for; a change replaces the key.
-pub fn spec_hash(ak: &AccessKey) -> String {
-    let relevant = serde_json::json!({
-        "issuerRef": ak.spec.issuer_ref,
-        "provider": ak.spec.provider,
-        "secretName": ak.spec.secret_name,
-        "data": ak.spec.secret_template.as_ref().and_then(|t| t.data.as_ref()),
-    });
-    let digest = Sha256::digest(relevant.to_string().as_bytes());
-    hex::encode(&digest[..12])
-}
+pub use crate::core::observe::spec_hash;
 
 /// The Ready message of an issued key (compared to tell whether the condition changed).
 fn issued_message(key_id: &str, secret: &str) -> String {

@@ -58,8 +58,8 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "CLOUDKEYS_ALLOWED_ENDPOINT_HOSTS",
-        default_value = crate::controller::guard::DEFAULT_ALLOWED_HOSTS,
-        value_parser = crate::controller::guard::parse_allowed_hosts
+        default_value = crate::core::guard::DEFAULT_ALLOWED_HOSTS,
+        value_parser = crate::core::guard::parse_allowed_hosts
     )]
     pub allowed_endpoint_hosts: String,
     /// How often the keys at each provider are listed to find those revoked behind the
@@ -107,20 +107,24 @@ impl RunArgs {
 mod tests {
     use clap::Parser;
 
-    use crate::cli::{Cli, Command};
+    use super::RunArgs;
+
+    /// `cloudkeys run`'s flags alone.
+    #[derive(Parser)]
+    struct Run {
+        #[command(flatten)]
+        args: RunArgs,
+    }
 
     fn run(args: &[&str]) -> Result<String, clap::Error> {
-        let mut argv = vec!["cloudkeys", "run"];
+        let mut argv = vec!["run"];
         argv.extend_from_slice(args);
-        match Cli::try_parse_from(argv)?.command {
-            Command::Run(run) => Ok(run.allowed_endpoint_hosts),
-            other => panic!("parsed as {other:?}"),
-        }
+        Ok(Run::try_parse_from(argv)?.args.allowed_endpoint_hosts)
     }
 
     #[test]
     fn the_allowed_hosts_default_to_the_providers_api_hosts_and_bad_patterns_are_usage_errors() {
-        assert_eq!(run(&[]).expect("default"), crate::controller::guard::DEFAULT_ALLOWED_HOSTS);
+        assert_eq!(run(&[]).expect("default"), crate::core::guard::DEFAULT_ALLOWED_HOSTS);
         let given = run(&["--allowed-endpoint-hosts", "api-*.exoscale.com, loopback"]).expect("valid");
         assert_eq!(given, "api-*.exoscale.com,loopback");
         for bad in ["*.com", "*", "api.*"] {

@@ -2,7 +2,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-pub const READY: &str = "Ready";
+pub use crate::api::conditions::{is_ready, READY};
 
 /// Why an object is (not) Ready. The names are part of the API (docs/api.md, "Conditions and reasons").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,13 +77,6 @@ pub fn ready_condition(
         last_transition_time,
         observed_generation: generation,
     }
-}
-
-/// Whether the conditions say Ready=True for this generation.
-pub fn is_ready(conditions: &[Condition], generation: Option<i64>) -> bool {
-    conditions.iter().any(|c| {
-        c.type_ == READY && c.status == "True" && (generation.is_none() || c.observed_generation == generation)
-    })
 }
 
 /// The message of the Ready condition, if any.

@@ -17,7 +17,7 @@ use crate::providers;
 use super::conditions;
 use super::consumers::{self, Workload, WorkloadObject};
 use super::decide::{decide, IssuerState, Observed, Step};
-use super::in_use::IssuerId;
+use super::issuers::{IssuerId, IssuerUnusable};
 use super::policy::{Answer, Question, Verdict};
 use super::rotation::{self, RotationSettings};
 use super::secret::{self, SecretState};
@@ -36,7 +36,7 @@ pub struct IssuerFacts<'a> {
     /// A ClusterKeyIssuer.
     pub cluster_scoped: bool,
     /// Why the operator has no provider client for it (credentials, endpoint), when it knows.
-    pub provider_error: Option<&'a super::error::IssuerUnusable>,
+    pub provider_error: Option<&'a IssuerUnusable>,
 }
 
 /// The status of an issuer not checked yet.
@@ -341,7 +341,7 @@ pub fn next_step(s: &Snapshot<'_>) -> Step {
     let ak = s.ak;
     let no_status = AccessKeyStatus::default();
     let status = ak.status.as_ref().unwrap_or(&no_status);
-    let hash = super::access_key::spec_hash(ak);
+    let hash = spec_hash(ak);
     let settings = RotationSettings::of(&ak.spec).unwrap_or_default();
     let secret_state = secret::observe_secret(ak, s.secret);
     let consumers = observe_consumers(ak, status, s.workloads);
@@ -372,11 +372,24 @@ pub fn next_step(s: &Snapshot<'_>) -> Step {
     decide(&o)
 }
 
+/// The part of the spec a key is issued for; a change replaces the key.
+pub fn spec_hash(ak: &AccessKey) -> String {
+    use sha2::{Digest, Sha256};
+    let relevant = serde_json::json!({
+        "issuerRef": ak.spec.issuer_ref,
+        "provider": ak.spec.provider,
+        "secretName": ak.spec.secret_name,
+        "data": ak.spec.secret_template.as_ref().and_then(|t| t.data.as_ref()),
+    });
+    let digest = Sha256::digest(relevant.to_string().as_bytes());
+    hex::encode(&digest[..12])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::conditions::Reason;
-    use crate::controller::decide::IssueReason;
+    use crate::core::conditions::Reason;
+    use crate::core::decide::IssueReason;
 
     fn access_key(extra: serde_json::Value) -> AccessKey {
         let mut spec = serde_json::json!({"issuerRef": {"name": "i"}, "secretName": "s", "local": {}});
