@@ -365,6 +365,9 @@ impl Table {
 
 const ROLE_ID: &str = "7b1e0000-0000-4000-8000-000000000001";
 
+/// Puts an issuer reference where a status holds one.
+type Wrap = fn(Value) -> Value;
+
 fn issuer_ref(kind: &str) -> Value {
     json!({"name": "local", "kind": kind})
 }
@@ -573,7 +576,7 @@ fn access_key_rows(t: &mut Table) {
             &[("status.forcedReplacements", breaks)],
         );
     }
-    let wraps: [(&str, fn(Value) -> Value); 3] = [
+    let wraps: [(&str, Wrap); 3] = [
         ("issuedBy", |issuer| json!({"issuedBy": issuer})),
         ("pending.issuer", |issuer| json!({"pending": pending(json!({"issuer": issuer}))})),
         ("retired[0].issuer", |issuer| json!({"retired": [retired(json!({"issuer": issuer}))]})),
