@@ -7,13 +7,13 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 HELM_SDKPY_VERSION := 0.1.32
 PYTHON ?= python3
 
-.PHONY: test demo lint crds control-plane build bench helm-deps install
+.PHONY: test demo lint crds control-plane crd-server build bench helm-deps install
 
 ## Everything CI runs: formatting, clippy, unit and integration tests against a real apiserver.
 # The end-to-end tests mostly wait (on rollouts, grace periods, the apiserver): more of them at
 # once than there are cores, each in a namespace of its own (scripts/test.sh).
 TEST_THREADS ?= 8
-test: control-plane helm-deps lint
+test: control-plane crd-server helm-deps lint
 	$(CARGO) test --all-targets --locked --no-run
 	CARGO="$(CARGO)" scripts/test.sh $(TEST_THREADS)
 
@@ -55,6 +55,13 @@ helm-deps:
 control-plane:
 	scripts/control-plane.sh deps
 	scripts/control-plane.sh build
+
+## Build a Kubernetes 1.36 CRD server (apiextensions-apiserver) once per machine, cached in
+## $${CLOUDKEYS_CACHE:-~/.cache/cloudkeys}: the CRDs' CEL rules, formats and bounds are tested on it
+## (tests/crd_server.rs). Built from Debian sid's Go packages, downloaded and unpacked, never installed.
+crd-server:
+	scripts/crd-server.sh deps
+	scripts/crd-server.sh build
 
 ## The operator at scale (tests/bench.rs): 10,000 local and 1,000 Exoscale AccessKeys against the
 ## real control plane; prints figures, asserts nothing. BENCH_LOCAL, BENCH_EXOSCALE, ... resize it.
