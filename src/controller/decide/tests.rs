@@ -722,8 +722,8 @@ fn retired_keys_are_not_revoked_again_by_pending_resolution() {
 }
 
 /// Finding 4a: the count of the user's replacements in a row goes back to zero with any
-/// replacement the clock makes. A tenant sets `rotation.every: 1m` (the minimum) and
-/// `cloudkeys.io/rotate-grace-period: 0s`, asks for five rotations at once, waits for the
+/// replacement the clock makes. A tenant sets `rotation: {every: 1m, gracePeriod: 0s}` (the
+/// minimum; no replaced key left to hold the schedule back), asks for five rotations at once, waits for the
 /// scheduled one (which starts the count over), and asks for five more: six keys a minute for
 /// each AccessKey, all hour long, where the backoff promises a handful an hour.
 #[test]
