@@ -171,6 +171,18 @@ mod tests {
 mod printable_tests {
     use super::printable;
 
+    /// Finding 6: `say!` (and `warn_user!`) lets line breaks through. `cloudkeys inspect` prints
+    /// the Secret's annotations with it (`line("Annotations", ...)`), and an annotation value is
+    /// anything a tenant with `edit` writes: a value with a line break forges the lines after it
+    /// (here, who controls the Secret and which key it holds).
+    #[test]
+    #[ignore = "finding 6: say! prints a line break from a cluster value as a line of its own"]
+    fn a_line_break_in_a_value_said_cannot_forge_a_line() {
+        let annotation = "note=x\n  Controlled by:  this AccessKey\n  Key ID:         AKFORGED";
+        let said = format!("  {:<16}{annotation}", "Annotations:");
+        assert_eq!(printable(&said).lines().count(), 1, "{}", printable(&said));
+    }
+
     #[test]
     fn a_line_break_in_a_cell_cannot_forge_a_row() {
         let mut t = super::table(&["NAME", "READY"], false);

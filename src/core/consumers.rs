@@ -311,6 +311,51 @@ mod tests {
         serde_json::from_value(spec).expect("PodSpec")
     }
 
+    /// Finding 3a: labels are kept whole. Any tenant with `edit` can put ~1 MiB of labels on
+    /// each of as many Deployments as it likes (a label value is up to 63 characters, their
+    /// number is unbounded); every one is held in the operator's cache, though only the label
+    /// keys some `consumers.selector` names are ever read.
+    #[test]
+    #[ignore = "finding 3: a slimmed workload keeps every label, whatever their size"]
+    fn a_slimmed_workload_keeps_no_megabyte_of_labels() {
+        let labels: serde_json::Map<String, serde_json::Value> =
+            (0..12_000).map(|i| (format!("bulk.example.com/l{i:05}"), json!("v".repeat(63)))).collect();
+        let mut d = deployment(json!({
+            "metadata": {"name": "bulk", "labels": labels, "generation": 1},
+            "spec": {"replicas": 1, "selector": {}, "template": {"spec": {"containers": [{"name": "c"}]}}},
+        }));
+        assert!(serde_json::to_string(&d).expect("JSON").len() > 1_000_000);
+        slim_workload(&mut d);
+        let kept = serde_json::to_string(&d).expect("JSON").len();
+        assert!(kept < 16 * 1024, "{kept} bytes of one tenant Deployment kept in the operator's cache");
+    }
+
+    /// Finding 3b: the slimmed pod template keeps every `env` entry that reads any Secret, and
+    /// every secret volume whole (with its `items`): a pod template of 1 MiB of such entries,
+    /// none naming a Secret of an AccessKey, is kept as it came.
+    #[test]
+    #[ignore = "finding 3: secret references of a pod template are kept whole, whatever their number"]
+    fn a_slimmed_workload_keeps_no_megabyte_of_secret_references() {
+        let env: Vec<serde_json::Value> = (0..8_000)
+            .map(|i| {
+                json!({"name": format!("E{i:05}{}", "x".repeat(60)),
+                "valueFrom": {"secretKeyRef": {"name": format!("unrelated-{i}"), "key": "k".repeat(40)}}})
+            })
+            .collect();
+        let items: Vec<serde_json::Value> =
+            (0..4_000).map(|i| json!({"key": format!("k{i}{}", "x".repeat(50)), "path": format!("p{i}")})).collect();
+        let mut d = deployment(json!({
+            "metadata": {"name": "bulk", "generation": 1},
+            "spec": {"replicas": 1, "selector": {}, "template": {"spec": {
+                "containers": [{"name": "c", "env": env}],
+                "volumes": [{"name": "s", "secret": {"secretName": "unrelated", "items": items}}]}}},
+        }));
+        assert!(serde_json::to_string(&d).expect("JSON").len() > 1_000_000);
+        slim_workload(&mut d);
+        let kept = serde_json::to_string(&d).expect("JSON").len();
+        assert!(kept < 16 * 1024, "{kept} bytes of one tenant Deployment kept in the operator's cache");
+    }
+
     #[test]
     fn a_slimmed_workload_reads_the_same_and_keeps_nothing_else_of_its_pod_template() {
         let secret_env =

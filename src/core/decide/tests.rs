@@ -720,3 +720,62 @@ fn retired_keys_are_not_revoked_again_by_pending_resolution() {
     s.owned = Some(vec![owned("K1", "attempt001"), owned("K2", "attempt002")]);
     assert_eq!(s.decide(), Step::ResolvePending { revoke: vec![] });
 }
+
+/// Finding 4a: the count of the user's replacements in a row goes back to zero with any
+/// replacement the clock makes. A tenant sets `rotation: {every: 1m, gracePeriod: 0s}` (the
+/// minimum; no replaced key left to hold the schedule back), asks for five rotations at once, waits for the
+/// scheduled one (which starts the count over), and asks for five more: six keys a minute for
+/// each AccessKey, all hour long, where the backoff promises a handful an hour.
+#[test]
+#[ignore = "finding 4: a scheduled rotation starts the count of rotation requests over"]
+fn rotation_requests_between_scheduled_rotations_mint_a_handful_of_keys_an_hour() {
+    let start: jiff::Timestamp = "2026-11-23T12:00:00Z".parse().expect("time");
+    let mut status = issued_ago("K0", start, 7200);
+    let mut minted = 0u32;
+    let mut requested = 0u32;
+    for second in 0..3600 {
+        let now = start + jiff::SignedDuration::from_secs(second);
+        let mut s = Scenario::new(status.clone(), ours(status.access_key_id.as_deref().unwrap_or_default()));
+        s.now = now;
+        s.rotation.every = Some(Duration::from_secs(60));
+        // The tenant asks only while requests go at once; otherwise it lets the clock rotate.
+        if status.forced_replacements.unwrap_or(0) < FREE_REPEATS {
+            s.rotate_request = Some("a new value");
+        }
+        match s.decide() {
+            Step::Issue { reason } => {
+                minted += 1;
+                requested += u32::from(reason == IssueReason::Requested);
+                let forced = forced_replacements_after(reason, &status, now);
+                status = issued_ago(&format!("K{minted}"), now, 0);
+                status.forced_replacements = Some(forced);
+            }
+            Step::UpdateSchedule(_) | Step::WaitBeforeReplacing(..) | Step::Ready => {}
+            other => panic!("second {second}: unexpected {other:?}"),
+        }
+    }
+    // The clock alone makes 60 an hour (rotation.every: 1m is allowed); the requests on top of
+    // it should be a handful, as in `a_loop_of_rotation_requests_mints_a_handful_of_keys_an_hour`.
+    assert!(requested <= 15, "{requested} keys minted for rotation requests in an hour ({minted} in all)");
+}
+
+/// Finding 4b (regression): before, a spec change started the count of forced replacements
+/// over; now three edits of the spec in a row (a user fixing a template) make the next
+/// replacement of a deleted Secret wait 80 s instead of 10 s, the workload without credentials
+/// all that time.
+#[test]
+#[ignore = "finding 4: the user's own spec changes lengthen the wait after the Secret is deleted"]
+fn spec_changes_do_not_lengthen_the_wait_before_a_deleted_secret_is_replaced() {
+    let now: jiff::Timestamp = "2026-11-23T12:00:00Z".parse().expect("time");
+    let mut status = issued_ago("K0", now, 7200);
+    for edit in 1..=3 {
+        let forced = forced_replacements_after(IssueReason::SpecChanged, &status, now);
+        status = issued_ago(&format!("K{edit}"), now, 0);
+        status.forced_replacements = Some(forced);
+    }
+    assert_eq!(
+        replacement_hold(IssueReason::SecretDeleted, &status),
+        Some(FORCED_REPLACEMENT_WAIT),
+        "the first replacement the Secret forces waits as long as it did before"
+    );
+}
