@@ -553,6 +553,7 @@ fn access_key_rows(t: &mut Table) {
         &base,
         json!({
             "forcedReplacements": 4294967295u64,
+            "requestedReplacements": 4294967295u64,
             "issuedBy": issuer_ref("ClusterKeyIssuer"),
             "consumers": [{"keyId": "k", "kind": "DaemonSet", "name": "d", "rolledOut": true}],
             "pending": pending(json!({"gracePeriodSeconds": 3153600000u64})),
@@ -567,14 +568,16 @@ fn access_key_rows(t: &mut Table) {
         json!({"consumers": [{"keyId": "k", "kind": "Job", "name": "j", "rolledOut": false}]}),
         &[("status.consumers[0].kind", "enum")],
     );
-    for (value, breaks) in [(json!(4294967296u64), "maximum"), (json!(-1), "minimum")] {
-        t.status(
-            K,
-            &format!("status forcedReplacements: {value}"),
-            &base,
-            json!({"forcedReplacements": value}),
-            &[("status.forcedReplacements", breaks)],
-        );
+    for field in ["forcedReplacements", "requestedReplacements"] {
+        for (value, breaks) in [(json!(4294967296u64), "maximum"), (json!(-1), "minimum")] {
+            t.status(
+                K,
+                &format!("status {field}: {value}"),
+                &base,
+                json!({ field: value }),
+                &[(&format!("status.{field}"), breaks)],
+            );
+        }
     }
     let wraps: [(&str, Wrap); 3] = [
         ("issuedBy", |issuer| json!({"issuedBy": issuer})),

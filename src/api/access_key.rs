@@ -377,6 +377,11 @@ pub struct AccessKeyStatus {
     /// controller fighting over the Secret cannot make the operator mint keys in a loop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forced_replacements: Option<u32>,
+    /// The user's own replacements in a row (rotation requests, spec changes) while the key was
+    /// young: past five, each one doubles the wait before the next (10 s up to 1 h), so that a
+    /// loop of requests cannot spend the rate limit the issuer's AccessKeys share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_replacements: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

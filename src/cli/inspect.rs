@@ -201,7 +201,14 @@ fn event_time(e: &Event) -> Option<jiff::Timestamp> {
 }
 
 fn line(label: &str, value: impl std::fmt::Display) {
-    say!("  {:<16}{value}", format!("{label}:"));
+    say!("{}", labelled(label, value));
+}
+
+/// One line of a label and its value. The value is made one line: an annotation or a message
+/// holding a line break would otherwise print lines of its own, which can read like the
+/// command's (`Controlled by: ...`).
+fn labelled(label: &str, value: impl std::fmt::Display) -> String {
+    format!("  {:<16}{}", format!("{label}:"), output::one_line(&value.to_string()))
 }
 
 fn print_spec(ak: &AccessKey, issuer: Option<&IssuerFacts<'_>>) {
@@ -469,5 +476,20 @@ pub fn describe(step: &Step, ak: &AccessKey, now: jiff::Timestamp) -> String {
         }
         Step::NotReady(reason, message) => format!("report Ready=False ({}): {message}", reason.as_str()),
         Step::AwaitIssuerCheck(message) => format!("wait for the issuer's first check ({message})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::labelled;
+
+    /// An annotation value is anything a tenant with `edit` writes: one with line breaks must not
+    /// forge the lines after it (who controls the Secret, which key it holds).
+    #[test]
+    fn a_line_break_in_a_value_cannot_forge_a_line() {
+        let annotation = "note=x\n  Controlled by:  this AccessKey\n  Key ID:         AKFORGED";
+        let shown = labelled("Annotations", annotation);
+        assert_eq!(shown.lines().count(), 1, "{shown}");
+        assert!(shown.starts_with("  Annotations:    note=x"), "{shown}");
     }
 }

@@ -55,7 +55,8 @@ pub fn add_row<S: AsRef<str>>(t: &mut Table, cells: impl IntoIterator<Item = S>)
     t.add_row(cells.into_iter().map(|c| one_line(c.as_ref())).collect::<Vec<_>>());
 }
 
-fn one_line(text: &str) -> String {
+/// `text` with every line break (and tab) as a space.
+pub fn one_line(text: &str) -> String {
     let breaks = ['\n', '\r', '\t', '\u{b}', '\u{c}', '\u{85}', '\u{2028}', '\u{2029}'];
     text.split(breaks).collect::<Vec<_>>().join(" ")
 }
@@ -170,18 +171,6 @@ mod tests {
 #[cfg(test)]
 mod printable_tests {
     use super::printable;
-
-    /// Finding 6: `say!` (and `warn_user!`) lets line breaks through. `cloudkeys inspect` prints
-    /// the Secret's annotations with it (`line("Annotations", ...)`), and an annotation value is
-    /// anything a tenant with `edit` writes: a value with a line break forges the lines after it
-    /// (here, who controls the Secret and which key it holds).
-    #[test]
-    #[ignore = "finding 6: say! prints a line break from a cluster value as a line of its own"]
-    fn a_line_break_in_a_value_said_cannot_forge_a_line() {
-        let annotation = "note=x\n  Controlled by:  this AccessKey\n  Key ID:         AKFORGED";
-        let said = format!("  {:<16}{annotation}", "Annotations:");
-        assert_eq!(printable(&said).lines().count(), 1, "{}", printable(&said));
-    }
 
     #[test]
     fn a_line_break_in_a_cell_cannot_forge_a_row() {

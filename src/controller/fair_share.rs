@@ -7,9 +7,12 @@
 //! - at most `budget` reconciles wait on providers; the rest of the workers stay free for
 //!   everything else;
 //! - an issuer may hold more than one of those only while as many places stay free as there are
-//!   issuers waiting; the last place is kept for an issuer that holds none, and the one before it
-//!   for a namespace that holds none: the next issuer to come, of this namespace or another, is
-//!   served at once, even when one tenant's many issuers came first;
+//!   issuers waiting; the last place is kept for an issuer that holds none, and (from three
+//!   places on) the one before it for a namespace that holds none: the next issuer to come, of
+//!   this namespace or another, is served at once, even when one tenant's many issuers came
+//!   first;
+//! - a namespace holds at most three quarters of the places, even alone: two tenants whose
+//!   providers hang cannot take the place kept for a third;
 //! - while AccessKeys of several namespaces wait (holding places, or refused one lately), a
 //!   namespace takes a place only below its share, so that a tenant with many issuers cannot
 //!   crowd the others out. With one namespace alone, only the issuer rules apply.
@@ -91,8 +94,9 @@ impl Held {
     fn allows(&mut self, budget: usize, issuer: &str, namespace: &str) -> bool {
         let by_issuer = self.issuers.get(issuer).copied().unwrap_or(0);
         let by_namespace = self.namespaces.get(namespace).copied().unwrap_or(0);
-        let limit = budget.saturating_sub(usize::from(by_issuer > 0) + usize::from(by_namespace > 0));
-        if self.total >= limit {
+        let kept_for_a_namespace = by_namespace > 0 && budget >= 3;
+        let limit = budget.saturating_sub(usize::from(by_issuer > 0) + usize::from(kept_for_a_namespace));
+        if self.total >= limit || by_namespace >= budget - budget / 4 {
             return false;
         }
         let issuers = self.issuers.len() + usize::from(by_issuer == 0);
@@ -147,10 +151,10 @@ mod tests {
     #[test]
     fn slow_issuers_leave_a_place_for_the_next_issuer_and_namespace() {
         let fair = FairShare::for_workers(16);
-        // Alone, an issuer may use all but two places: one for another issuer, one for another
-        // namespace.
+        // Alone, an issuer may use three quarters of the places: the rest are kept for other
+        // namespaces.
         let alone = fill(&fair, "slow-1", "a");
-        assert_eq!(alone.len(), 12);
+        assert_eq!(alone.len(), 11);
         drop(alone);
         assert_eq!(fair.total(), 0);
         // Three slow tenants, each as greedy as it can be, in the order they come.
@@ -202,21 +206,22 @@ mod tests {
         for i in 0..10 {
             greedy.extend(fill(&fair, &format!("tenant-issuer-{i}"), "greedy"));
         }
-        // Alone, it takes all but the place kept for a namespace that holds none.
-        assert_eq!(greedy.len(), fair.budget() - 1);
-        let other = fair.take("other", "elsewhere");
-        assert!(other.is_some());
-        assert!(fair.take("third", "third").is_none());
+        // Alone, it takes three quarters of the places.
+        assert_eq!(greedy.len(), 11);
+        let others: Vec<Share> =
+            ["elsewhere", "third", "fourth"].iter().filter_map(|ns| fair.take(&format!("{ns}-issuer"), ns)).collect();
+        assert_eq!(others.len(), 3, "three other namespaces served at once");
+        assert!(fair.take("fifth-issuer", "fifth").is_none());
         // A place comes back while another namespace waits: it goes to that one, not to one more
         // of the greedy issuers.
         greedy.pop();
         assert!(fair.take("tenant-issuer-3", "greedy").is_none());
         assert!(fair.take("tenant-issuer-11", "greedy").is_none());
-        let third = fair.take("third", "third");
-        assert!(third.is_some());
+        let fifth = fair.take("fifth-issuer", "fifth");
+        assert!(fifth.is_some());
         drop(greedy);
-        drop(other);
-        drop(third);
+        drop(others);
+        drop(fifth);
         assert_eq!(fair.total(), 0);
     }
 
@@ -226,7 +231,6 @@ mod tests {
     /// tenant's first issuer check (or first key) waits until one of their calls times out,
     /// again each time their retries fill the places back up.
     #[test]
-    #[ignore = "finding 5: two tenants with hanging issuers hold every place; a third tenant's first check waits"]
     fn two_tenants_with_hanging_issuers_leave_a_place_for_a_third_tenants_first_check() {
         let fair = FairShare::for_workers(16);
         let mut hanging = Vec::new();
@@ -235,7 +239,7 @@ mod tests {
                 hanging.extend(fill(&fair, &format!("{tenant}-issuer-{i}"), tenant));
             }
         }
-        assert_eq!(hanging.len(), fair.budget());
+        assert!(hanging.len() < fair.budget(), "{} places held", hanging.len());
         assert!(fair.take("first-issuer", "victim").is_some(), "the victim's first issuer check waits");
     }
 
@@ -243,7 +247,6 @@ mod tests {
     /// used to leave the second place to the next issuer of its namespace; now that place is kept
     /// for another namespace, and the tenant's healthy issuer waits behind its hanging one.
     #[test]
-    #[ignore = "finding 5: with a budget of two, the namespace's next issuer is no longer served beside a hanging one"]
     fn with_two_places_another_issuer_of_the_namespace_is_served_beside_a_hanging_one() {
         let fair = FairShare::for_workers(3);
         assert_eq!(fair.budget(), 2);

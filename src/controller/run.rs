@@ -288,13 +288,21 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
     let (secrets_listed, secret_relists) = futures::channel::mpsc::unbounded::<()>();
     let mut secret_writer = writers.secrets;
     let owners = ctx.caches.access_keys.clone();
+    let listed = health.clone();
     let secrets = watched(api_for::<Secret>(&client, ns), managed, "secrets", &health)
         // Cached in compact form; the controller is triggered by the Secrets as they came.
         .inspect_ok(move |event| {
             secret_writer.apply_watcher_event(&cached_event(event, |s| {
                 cached_secret::written_for(s, |owner| {
-                    let ak = owners.get(&ObjectRef::new(owner).within(s.metadata.namespace.as_deref()?))?;
-                    Some((ak.metadata.uid.clone(), ak.spec.secret_name.clone()))
+                    let namespace = s.metadata.namespace.as_deref().unwrap_or_default();
+                    match owners.get(&ObjectRef::new(owner).within(namespace)) {
+                        Some(ak) => cached_secret::ClaimedOwner::Present {
+                            uid: ak.metadata.uid.clone(),
+                            secret_name: ak.spec.secret_name.clone(),
+                        },
+                        None if listed.synced.load(Ordering::Relaxed) => cached_secret::ClaimedOwner::Absent,
+                        None => cached_secret::ClaimedOwner::NotListedYet,
+                    }
                 })
             }));
             if matches!(event, watcher::Event::InitDone) {
@@ -414,7 +422,7 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
     // Keys a drift check found revoked at the provider: their AccessKeys get new ones.
     let (drift_triggers, drifted) = futures::channel::mpsc::unbounded::<ObjectRef<AccessKey>>();
     // Stopped with the controllers: a former leader must not sweep (nor revoke orphans).
-    let sweeps = tokio::spawn(super::drift::run(ctx.clone(), args.drift_check_interval, drift_triggers));
+    let sweeps = AbortOnDrop(tokio::spawn(super::drift::run(ctx.clone(), args.drift_check_interval, drift_triggers)));
 
     let access_key_controller = Controller::for_stream(stream, reader)
         .with_config(controller_config.clone())
@@ -476,8 +484,18 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
         .for_each(|_| futures::future::ready(()));
 
     tokio::join!(access_key_controller, key_issuers, cluster_issuers);
-    sweeps.abort();
+    drop(sweeps);
     tracing::info!("controllers stopped");
+}
+
+/// A task that ends with its handle: the drift checks stop with the controllers however they
+/// stop, also when this future is dropped because the leader lease was lost.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Feeds a workload cache from its watch, telling `changed` the namespace of every workload

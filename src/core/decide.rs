@@ -173,7 +173,7 @@ pub fn replacement_hold(reason: IssueReason, status: &AccessKeyStatus) -> Option
         IssueReason::ExpiresSoon => Some(FORCED_REPLACEMENT_WAIT),
         IssueReason::SecretDeleted | IssueReason::SecretModified => Some(forced_replacement_wait(forced)),
         IssueReason::SpecChanged | IssueReason::Requested => {
-            forced.checked_sub(FREE_REPEATS).map(forced_replacement_wait)
+            status.requested_replacements.unwrap_or(0).checked_sub(FREE_REPEATS).map(forced_replacement_wait)
         }
     }
 }
@@ -185,32 +185,49 @@ pub fn key_age(status: &AccessKeyStatus, now: jiff::Timestamp) -> Option<Duratio
 }
 
 /// `status.forcedReplacements` once the current key is replaced for `reason` at `now`: counted
-/// up while the Secret keeps being overwritten or the user keeps asking, back to one once the
-/// key had stayed put for an hour (or twice its wait, if longer), and zero for replacements
-/// nobody can repeat at will.
+/// up while the Secret keeps being overwritten, back to one once the key had stayed put for an
+/// hour (or twice its wait, if longer), and zero for any replacement the Secret did not force.
 pub fn forced_replacements_after(reason: IssueReason, status: &AccessKeyStatus, now: jiff::Timestamp) -> u32 {
-    if !reason.backs_off_when_repeated() {
+    if !reason.is_forced_by_secret() {
         return 0;
     }
-    let forced = status.forced_replacements.unwrap_or(0);
-    // An hour at least: a sync tool rewriting the Secret every few minutes is a fight too.
-    let quiet = (forced_replacement_wait(forced) * 2).max(FORCED_REPLACEMENT_MAX_WAIT);
-    let settled = key_age(status, now).is_some_and(|age| age >= quiet);
-    if settled {
+    counted_after(status.forced_replacements.unwrap_or(0), status, now)
+}
+
+/// `status.requestedReplacements` once the current key is replaced for `reason` at `now`:
+/// counted up with each rotation request or spec change, and kept by every other replacement
+/// (a scheduled rotation in between does not start it over); back to one, or zero, only once a
+/// key stayed put for an hour (or twice its wait, if longer).
+pub fn requested_replacements_after(reason: IssueReason, status: &AccessKeyStatus, now: jiff::Timestamp) -> u32 {
+    let requested = status.requested_replacements.unwrap_or(0);
+    let asked = matches!(reason, IssueReason::Requested | IssueReason::SpecChanged);
+    match (asked, settled(requested.saturating_sub(FREE_REPEATS), status, now)) {
+        (true, true) => 1,
+        (true, false) => requested.saturating_add(1),
+        (false, true) => 0,
+        (false, false) => requested,
+    }
+}
+
+/// `count` once the current key is replaced: one more, or one alone once the key had stayed put.
+fn counted_after(count: u32, status: &AccessKeyStatus, now: jiff::Timestamp) -> u32 {
+    if settled(count, status, now) {
         1
     } else {
-        forced.saturating_add(1)
+        count.saturating_add(1)
     }
+}
+
+/// Whether the current key stayed put long enough to start a count of `count` over: an hour at
+/// least (a sync tool rewriting the Secret every few minutes is a fight too), or twice the wait.
+fn settled(count: u32, status: &AccessKeyStatus, now: jiff::Timestamp) -> bool {
+    let quiet = (forced_replacement_wait(count) * 2).max(FORCED_REPLACEMENT_MAX_WAIT);
+    key_age(status, now).is_some_and(|age| age >= quiet)
 }
 
 impl IssueReason {
     pub fn is_forced_by_secret(self) -> bool {
         matches!(self, Self::SecretDeleted | Self::SecretModified)
-    }
-
-    /// Replacements someone can cause again and again: the Secret's, and the user's own.
-    pub fn backs_off_when_repeated(self) -> bool {
-        self.is_forced_by_secret() || matches!(self, Self::SpecChanged | Self::Requested)
     }
 
     pub fn describe(self) -> &'static str {

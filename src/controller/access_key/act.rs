@@ -460,7 +460,9 @@ pub(super) async fn issue(
     // is revoked once they rolled out and its grace period is over.
     let replaced = status.access_key_id.clone();
     let forced = forced_replacements_after(reason, status, started);
+    let requested = requested_replacements_after(reason, status, started);
     status.forced_replacements = (forced > 0).then_some(forced);
+    status.requested_replacements = (requested > 0).then_some(requested);
     retire_current(status, grace, jiff::Timestamp::now());
     // Any new key answers the rotation asked for.
     if rotate_request.is_some() {

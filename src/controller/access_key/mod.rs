@@ -29,7 +29,10 @@ use super::error::Error;
 use super::in_use::IssuerId;
 use crate::core::conditions::{ready_condition, Reason, READY};
 use crate::core::consumers::{self, Workload, WorkloadObject};
-use crate::core::decide::{decide, forced_replacement_wait, forced_replacements_after, IssueReason, Observed, Step};
+use crate::core::decide::{
+    decide, forced_replacement_wait, forced_replacements_after, requested_replacements_after, IssueReason, Observed,
+    Step,
+};
 use crate::core::observe;
 use crate::core::policy::Verdict;
 use crate::core::rotation::{self, RotatingState, RotationSettings};

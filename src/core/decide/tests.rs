@@ -251,8 +251,8 @@ fn the_count_of_forced_replacements_grows_in_a_fight_and_starts_over_once_the_se
     let mut status = issued_ago("K1", now, 7199);
     status.forced_replacements = Some(12); // at the 1 h cap the quiet spell is 2 h
     assert_eq!(forced_replacements_after(IssueReason::SecretDeleted, &status, now), 13);
+    assert_eq!(forced_replacements_after(IssueReason::SpecChanged, &status, now), 0);
     assert_eq!(forced_replacements_after(IssueReason::Scheduled, &status, now), 0);
-    assert_eq!(forced_replacements_after(IssueReason::RevokedAtProvider, &status, now), 0);
     assert_eq!(forced_replacements_after(IssueReason::SecretDeleted, &issued("K1"), now), 1);
 }
 
@@ -269,19 +269,21 @@ fn the_users_own_replacements_go_at_once_unless_many_come_in_a_row() {
         let mut s = Scenario::new(issued_ago("K1", now, 1), ours("K1"));
         ask(&mut s);
         for in_a_row in 0..FREE_REPEATS {
-            s.status.forced_replacements = Some(in_a_row);
+            s.status.requested_replacements = Some(in_a_row);
             assert_eq!(s.decide(), Step::Issue { reason }, "{in_a_row} in a row");
         }
         // Then 10 s, 20 s, ... of the current key's age.
-        s.status.forced_replacements = Some(FREE_REPEATS);
+        s.status.requested_replacements = Some(FREE_REPEATS);
         assert_eq!(s.decide(), Step::WaitBeforeReplacing(reason, Duration::from_secs(9)));
-        s.status.forced_replacements = Some(FREE_REPEATS + 1);
+        s.status.requested_replacements = Some(FREE_REPEATS + 1);
         assert_eq!(s.decide(), Step::WaitBeforeReplacing(reason, Duration::from_secs(19)));
         s.now = now + jiff::SignedDuration::from_secs(19);
         assert_eq!(s.decide(), Step::Issue { reason });
         // Counted from the key before: a quiet hour starts over.
-        assert_eq!(forced_replacements_after(reason, &issued_ago("K0", now, 3600), now), 1);
-        assert_eq!(forced_replacements_after(reason, &s.status, now), FREE_REPEATS + 2);
+        assert_eq!(requested_replacements_after(reason, &issued_ago("K0", now, 3600), now), 1);
+        assert_eq!(requested_replacements_after(reason, &s.status, now), FREE_REPEATS + 2);
+        // The Secret's count is another: the user's own changes never lengthen its waits.
+        assert_eq!(forced_replacements_after(reason, &s.status, now), 0);
     }
 }
 
@@ -301,9 +303,9 @@ fn a_loop_of_rotation_requests_mints_a_handful_of_keys_an_hour() {
         match s.decide() {
             Step::Issue { reason } => {
                 minted += 1;
-                let forced = forced_replacements_after(reason, &status, now);
+                let requested = requested_replacements_after(reason, &status, now);
                 status = issued_ago(&format!("K{minted}"), now, 0);
-                status.forced_replacements = Some(forced);
+                status.requested_replacements = Some(requested);
             }
             Step::WaitBeforeReplacing(IssueReason::Requested, _) => {}
             other => panic!("second {second}: unexpected {other:?}"),
@@ -727,7 +729,6 @@ fn retired_keys_are_not_revoked_again_by_pending_resolution() {
 /// scheduled one (which starts the count over), and asks for five more: six keys a minute for
 /// each AccessKey, all hour long, where the backoff promises a handful an hour.
 #[test]
-#[ignore = "finding 4: a scheduled rotation starts the count of rotation requests over"]
 fn rotation_requests_between_scheduled_rotations_mint_a_handful_of_keys_an_hour() {
     let start: jiff::Timestamp = "2026-11-23T12:00:00Z".parse().expect("time");
     let mut status = issued_ago("K0", start, 7200);
@@ -739,16 +740,16 @@ fn rotation_requests_between_scheduled_rotations_mint_a_handful_of_keys_an_hour(
         s.now = now;
         s.rotation.every = Some(Duration::from_secs(60));
         // The tenant asks only while requests go at once; otherwise it lets the clock rotate.
-        if status.forced_replacements.unwrap_or(0) < FREE_REPEATS {
+        if status.requested_replacements.unwrap_or(0) < FREE_REPEATS {
             s.rotate_request = Some("a new value");
         }
         match s.decide() {
             Step::Issue { reason } => {
                 minted += 1;
                 requested += u32::from(reason == IssueReason::Requested);
-                let forced = forced_replacements_after(reason, &status, now);
+                let count = requested_replacements_after(reason, &status, now);
                 status = issued_ago(&format!("K{minted}"), now, 0);
-                status.forced_replacements = Some(forced);
+                status.requested_replacements = Some(count);
             }
             Step::UpdateSchedule(_) | Step::WaitBeforeReplacing(..) | Step::Ready => {}
             other => panic!("second {second}: unexpected {other:?}"),
@@ -764,14 +765,15 @@ fn rotation_requests_between_scheduled_rotations_mint_a_handful_of_keys_an_hour(
 /// replacement of a deleted Secret wait 80 s instead of 10 s, the workload without credentials
 /// all that time.
 #[test]
-#[ignore = "finding 4: the user's own spec changes lengthen the wait after the Secret is deleted"]
 fn spec_changes_do_not_lengthen_the_wait_before_a_deleted_secret_is_replaced() {
     let now: jiff::Timestamp = "2026-11-23T12:00:00Z".parse().expect("time");
     let mut status = issued_ago("K0", now, 7200);
     for edit in 1..=3 {
         let forced = forced_replacements_after(IssueReason::SpecChanged, &status, now);
+        let requested = requested_replacements_after(IssueReason::SpecChanged, &status, now);
         status = issued_ago(&format!("K{edit}"), now, 0);
         status.forced_replacements = Some(forced);
+        status.requested_replacements = Some(requested);
     }
     assert_eq!(
         replacement_hold(IssueReason::SecretDeleted, &status),
