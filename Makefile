@@ -17,6 +17,13 @@ test: control-plane crd-server helm-deps lint
 	$(CARGO) test --all-targets --locked --no-run
 	CARGO="$(CARGO)" scripts/test.sh $(TEST_THREADS)
 
+## The tier that needs no cluster: the library's unit tests (decisions, schema, providers against
+## their wire formats), the provider fakes' own tests, and the repository checks (layers, docs,
+## committed CRDs). Seconds once built; `make test` runs them too.
+unit:
+	$(CARGO) test --locked --lib --test layers --test docs --test crds_in_repo --test fingerprints \
+	  --test exoscale_fake --test outscale_fake --test yandex_fake
+
 ## Build the operator, start a real control plane, issue a key with the local provider, clean up.
 demo: control-plane build
 	scripts/demo.sh

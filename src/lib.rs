@@ -3,11 +3,12 @@
 
 pub mod api;
 pub mod cli;
-pub mod controller;
 pub mod core;
 pub mod health;
 pub mod kube_error;
 pub mod metrics;
 pub mod providers;
+pub mod reconcile;
+pub mod runtime;
 pub mod server;
 pub mod telemetry;

@@ -21,14 +21,14 @@ async fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => {
             cloudkeys::telemetry::init(args.log_format);
-            let client = match cloudkeys::controller::client::client(args.kube_api_qps, args.kube_api_burst).await {
+            let client = match cloudkeys::runtime::client::client(args.kube_api_qps, args.kube_api_burst).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot configure the Kubernetes client (KUBECONFIG or in-cluster)");
                     return ExitCode::FAILURE;
                 }
             };
-            match cloudkeys::controller::run::run(client, *args).await {
+            match cloudkeys::runtime::run::run(client, *args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "controller failed");

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use cloudkeys::api::AccessKey;
-use cloudkeys::controller::access_key::spec_hash;
+use cloudkeys::reconcile::access_key::spec_hash;
 use serde::Deserialize;
 
 /// Computed when rotation was introduced: the fields that go into the fingerprint and their

@@ -1,6 +1,6 @@
 //! The layers of `src/` import one way, so that the cycles cannot come back:
-//! `api` ← `providers` ← `core` ← `controller` ← `cli`, with `metrics`, `health`, `telemetry`,
-//! `kube_error` and `server` as leaves any layer may use. And `core` stays pure: no `async`, no
+//! `api` ← `providers` ← `core` ← `reconcile` ← `runtime` (and `cli`), with `metrics`, `health`,
+//! `telemetry`, `kube_error` and `server` as leaves. And `core` stays pure: no `async`, no
 //! kube `Api` or `Client`, nothing that waits.
 //!
 //! Only the standard library: it reads the sources as text, `crate::` paths and all.
@@ -14,9 +14,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("api", &[]),
     ("providers", &["api", "metrics"]),
     ("core", &["api", "providers"]),
-    ("controller", &["api", "providers", "core", "metrics", "health", "telemetry", "kube_error", "server"]),
-    // `controller`: the flags of `cloudkeys run` (`run_args`), parsed with every other command.
-    ("cli", &["api", "providers", "core", "controller", "kube_error"]),
+    ("reconcile", &["api", "providers", "core", "metrics", "health", "kube_error"]),
+    ("runtime", &["api", "providers", "core", "reconcile", "metrics", "health", "telemetry", "kube_error", "server"]),
+    // `runtime`: the flags of `cloudkeys run` (`run_args`), parsed with every other command.
+    ("cli", &["api", "providers", "core", "runtime", "kube_error"]),
     ("metrics", &["api"]),
     ("health", &[]),
     ("telemetry", &[]),

@@ -637,8 +637,8 @@ async fn a_status_naming_foreign_keys_revokes_none_of_them() {
 /// (the real apiserver enforces the preconditions).
 #[tokio::test]
 async fn the_secret_metadata_update_never_adopts_a_secret_recreated_meanwhile() {
-    use cloudkeys::controller::context::FIELD_MANAGER;
     use cloudkeys::core::secret;
+    use cloudkeys::reconcile::context::FIELD_MANAGER;
     use k8s_openapi::api::core::v1::Secret;
     use kube::api::{DeleteParams, PostParams};
     use kube::ResourceExt;

@@ -19,7 +19,7 @@ use clap::{Parser, Subcommand};
 
 pub use self::cluster::{CliError, ClusterArgs, Scope, ScopeArgs};
 pub use self::output::OutputFormat;
-pub use crate::controller::run_args::RunArgs;
+pub use crate::runtime::run_args::RunArgs;
 
 #[derive(Debug, Parser)]
 #[command(name = "cloudkeys", version, about = "Issues cloud API keys into Kubernetes Secrets and revokes them")]

@@ -12,8 +12,8 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, Resource};
 
-use super::context::lock;
 use crate::api::Decoded;
+use crate::reconcile::context::lock;
 
 /// The objects of one kind skipped now, by UID (with the resourceVersion last reported), so
 /// that each version of a bad object is reported once and the gauge counts what is skipped.

@@ -2,7 +2,7 @@
 //! that view current (status, Secret, restarted consumers).
 
 use super::*;
-use crate::controller::namespace_keys::Admission;
+use crate::reconcile::namespace_keys::Admission;
 
 /// Everything one reconcile reads from the cluster about an AccessKey.
 pub(super) struct Cluster<'a> {
@@ -15,7 +15,7 @@ pub(super) struct Cluster<'a> {
     /// conflict instead of overwriting a newer record of a key (and losing track of it).
     pub(super) resource_version: std::sync::Mutex<Option<String>>,
     /// The issuer slots this reconcile holds, released when it ends.
-    pub(super) slots: std::sync::Mutex<Vec<(String, crate::controller::context::IssuerSlot)>>,
+    pub(super) slots: std::sync::Mutex<Vec<(String, crate::reconcile::context::IssuerSlot)>>,
     /// When this reconcile stops waiting on providers (`--provider-timeout`).
     pub(super) deadline: tokio::time::Instant,
     /// The AccessKey's Secret as this reconcile last wrote or read it from the apiserver: newer

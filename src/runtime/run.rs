@@ -22,14 +22,14 @@ use kube_lease_manager::LeaseManagerBuilder;
 
 use crate::server::{serve, Health};
 
-use super::cached_secret::{self, cached_event, CachedSecret};
-use super::context::{display_name, Caches, Context, Limits, Workloads};
-use super::error::Error;
-use super::issuer::IssuerObject;
 use super::unreadable::{read_only, Unreadable};
 use super::watch::{slimmed, watched, NoBackoff};
-use super::{access_key, in_use, issuer};
 use crate::core::secret::{MANAGED_BY, MANAGED_BY_LABEL};
+use crate::reconcile::cached_secret::{self, cached_event, CachedSecret};
+use crate::reconcile::context::{display_name, Caches, Context, Limits, Workloads};
+use crate::reconcile::error::Error;
+use crate::reconcile::issuer::IssuerObject;
+use crate::reconcile::{access_key, in_use, issuer};
 
 pub use crate::api::LEASE_NAME;
 /// A standby takes over at most this long after the leader stops renewing.
@@ -141,7 +141,7 @@ pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
         .with_identity(&identity)
         .with_duration(LEASE_SECONDS)
         .with_grace(LEASE_GRACE_SECONDS)
-        .with_field_manager(super::context::FIELD_MANAGER)
+        .with_field_manager(crate::reconcile::context::FIELD_MANAGER)
         .build()
         .await
         .map_err(|e| lease_error(&lease_ns, e))?;
@@ -422,7 +422,8 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
     // Keys a drift check found revoked at the provider: their AccessKeys get new ones.
     let (drift_triggers, drifted) = futures::channel::mpsc::unbounded::<ObjectRef<AccessKey>>();
     // Stopped with the controllers: a former leader must not sweep (nor revoke orphans).
-    let sweeps = AbortOnDrop(tokio::spawn(super::drift::run(ctx.clone(), args.drift_check_interval, drift_triggers)));
+    let sweeps =
+        AbortOnDrop(tokio::spawn(crate::reconcile::drift::run(ctx.clone(), args.drift_check_interval, drift_triggers)));
 
     let access_key_controller = Controller::for_stream(stream, reader)
         .with_config(controller_config.clone())

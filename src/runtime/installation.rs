@@ -7,9 +7,9 @@ use kube::api::Api;
 use kube::{Client, ResourceExt};
 use sha2::{Digest, Sha256};
 
-use super::error::Error;
 use super::run_args::RunArgs;
 use crate::providers::marker::is_installation_id;
+use crate::reconcile::error::Error;
 
 /// `--installation-id`, else one derived from where this operator runs.
 pub async fn installation_id(client: &Client, args: &RunArgs) -> Result<String, Error> {

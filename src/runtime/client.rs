@@ -13,7 +13,7 @@ use kube::client::ClientBuilder;
 use kube::Client;
 use tower::{Layer, Service};
 
-use super::error::Error;
+use crate::reconcile::error::Error;
 
 /// A client from KUBECONFIG or the in-cluster configuration, sending at most `qps` requests per
 /// second after a burst of `burst`. Connecting gives up after a few seconds (kube's default is

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::api::{RetainedKey, MAX_RETAINED_KEYS};
-use crate::controller::retained::{self, AtDeletion, Recording};
+use crate::reconcile::retained::{self, AtDeletion, Recording};
 
 /// Everything that happens when an AccessKey is deleted.
 ///

@@ -389,7 +389,7 @@ pub(super) async fn issue(
     let grace = if reason == IssueReason::RevokedAtProvider { Duration::ZERO } else { grace };
     let marker = Marker::new_attempt(&c.uid).within(&c.ctx.installation);
     // (0) Nothing revoking this key will need can be deleted from under it (namespace deletion).
-    crate::controller::in_use::hold_before_issuing(c.ctx, &ak.spec.issuer_ref, &c.ns).await?;
+    crate::reconcile::in_use::hold_before_issuing(c.ctx, &ak.spec.issuer_ref, &c.ns).await?;
     // A Secret that cannot be written would cost a key per attempt: try the write first, with
     // placeholder data. It also checks what the cache showed: a conflict means a Secret of that
     // name exists after all (someone else's, or ours stripped of its labels) or changed since;
