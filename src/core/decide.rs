@@ -146,6 +146,62 @@ pub enum IssueReason {
     RevokedAtProvider,
 }
 
+/// What the Secret holds of the current key, as the replacement triggers read it.
+pub struct InSecret<'a> {
+    /// The current key's id (the status's).
+    pub current: &'a str,
+    /// The key id the Secret's annotation names, if the Secret is there.
+    pub key_id: Option<&'a str>,
+    /// The Secret's data is what was written for that key.
+    pub data_intact: bool,
+}
+
+/// One reason to replace the current key: `Some` when it applies now.
+pub type Trigger = fn(&Observed<'_>, &InSecret<'_>) -> Option<IssueReason>;
+
+/// The reasons to replace the current key, asked in this order; the first that applies is the
+/// replacement's reason. The user's changes come first (they change what the key is for), then
+/// what broke the key (the provider, the Secret), then what the user asked, then the clock.
+pub const TRIGGERS: [Trigger; 7] =
+    [spec_changed, revoked_at_provider, secret_deleted, secret_modified, requested, expires_soon, scheduled];
+
+/// The spec a key is issued for changed (issuer, provider block, Secret name, data template).
+pub fn spec_changed(o: &Observed<'_>, _: &InSecret<'_>) -> Option<IssueReason> {
+    (o.status.key_spec_hash.as_deref() != Some(o.spec_hash)).then_some(IssueReason::SpecChanged)
+}
+
+/// A drift check found the current key gone at the provider.
+pub fn revoked_at_provider(o: &Observed<'_>, _: &InSecret<'_>) -> Option<IssueReason> {
+    o.revoked_at_provider.then_some(IssueReason::RevokedAtProvider)
+}
+
+/// The Secret is gone.
+pub fn secret_deleted(o: &Observed<'_>, _: &InSecret<'_>) -> Option<IssueReason> {
+    matches!(o.secret, SecretState::Absent).then_some(IssueReason::SecretDeleted)
+}
+
+/// The Secret names another key, or its data was edited.
+pub fn secret_modified(_: &Observed<'_>, s: &InSecret<'_>) -> Option<IssueReason> {
+    (s.key_id != Some(s.current) || !s.data_intact).then_some(IssueReason::SecretModified)
+}
+
+/// A `cloudkeys.io/rotate` value not handled yet.
+pub fn requested(o: &Observed<'_>, _: &InSecret<'_>) -> Option<IssueReason> {
+    o.rotate_request.is_some().then_some(IssueReason::Requested)
+}
+
+/// The provider's expiry is near (`status.renewalTime` has passed).
+pub fn expires_soon(o: &Observed<'_>, _: &InSecret<'_>) -> Option<IssueReason> {
+    o.status.renewal_time.as_ref().is_some_and(|t| t.0 <= o.now).then_some(IssueReason::ExpiresSoon)
+}
+
+/// `rotation.every` has passed since the key was issued. One rotation at a time by the clock: the
+/// schedule waits for the last replaced key to go, so that no more than two keys are live.
+pub fn scheduled(o: &Observed<'_>, _: &InSecret<'_>) -> Option<IssueReason> {
+    let due = rotation::scheduled_rotation(o.status, o.rotation).is_some_and(|t| t <= o.now);
+    (due && o.status.retired.is_empty()).then_some(IssueReason::Scheduled)
+}
+
 /// The first replacement forced by the Secret waits until the key is this old; each further
 /// one in a row doubles it.
 pub const FORCED_REPLACEMENT_WAIT: Duration = Duration::from_secs(10);
@@ -324,27 +380,8 @@ pub fn decide(o: &Observed<'_>) -> Step {
         }
         return make_room(o.status, IssueReason::FirstKey).unwrap_or(Step::Issue { reason: IssueReason::FirstKey });
     };
-    let scheduled_due = rotation::scheduled_rotation(o.status, o.rotation).is_some_and(|t| t <= o.now);
-    let renewal_due = o.status.renewal_time.as_ref().is_some_and(|t| t.0 <= o.now);
-    let reason = if o.status.key_spec_hash.as_deref() != Some(o.spec_hash) {
-        Some(IssueReason::SpecChanged)
-    } else if o.revoked_at_provider {
-        Some(IssueReason::RevokedAtProvider)
-    } else if matches!(o.secret, SecretState::Absent) {
-        Some(IssueReason::SecretDeleted)
-    } else if secret_key_id != Some(current) || !data_intact {
-        Some(IssueReason::SecretModified)
-    } else if o.rotate_request.is_some() {
-        Some(IssueReason::Requested)
-    } else if renewal_due {
-        Some(IssueReason::ExpiresSoon)
-    } else if scheduled_due && o.status.retired.is_empty() {
-        // One rotation at a time by the clock: the schedule waits for the last replaced key to
-        // go, so that no more than two keys are live.
-        Some(IssueReason::Scheduled)
-    } else {
-        None
-    };
+    let in_secret = InSecret { current, key_id: secret_key_id, data_intact };
+    let reason = TRIGGERS.iter().find_map(|trigger| trigger(o, &in_secret));
     // A replacement that cannot go ahead now (held back, refused by the provider or by the
     // policy) must not hold up the one under way: its consumers and grace period go on first.
     let held = reason.and_then(|reason| {

@@ -20,8 +20,10 @@ use crate::providers::policy_read::{Answer, Question};
 use super::cached_secret::CachedSecret;
 use super::fair_share::{FairShare, Share};
 use super::in_use::IssuerId;
+use super::memory::{one_more, Memories};
 use super::namespace_keys::NamespaceKeys;
 pub use super::registry::{LoadedIssuer, Registry};
+use crate::core::decide::ProviderView;
 use crate::core::guard::TenantGuard;
 
 pub const FIELD_MANAGER: &str = "cloudkeys";
@@ -41,7 +43,8 @@ pub struct Context {
     pub caches: Caches,
     pub health: Arc<Health>,
     pub limits: Limits,
-    failures: Mutex<HashMap<String, u32>>,
+    /// Per object (AccessKeys and issuers by display name): backoffs, refusals, drift findings.
+    memories: Memories,
     /// This operator's status writes the AccessKey cache does not show yet.
     pub own_writes: OwnStatusWrites,
     checks: Mutex<HashMap<String, CheckState>>,
@@ -51,15 +54,8 @@ pub struct Context {
     fair_share: Arc<FairShare>,
     /// Per issuer: one reconcile at a time sets its in-use hold (see [`Context::hold_writer`]).
     hold_writers: Mutex<HashMap<String, HoldWriter>>,
-    /// Per AccessKey: the provider refused a new key for this spec fingerprint; no new attempt
-    /// before then.
-    blocked: Mutex<HashMap<String, (String, jiff::Timestamp)>>,
     /// Written into every new ownership marker (see `installation`).
     pub installation: String,
-    /// Per AccessKey: the key id a drift check found gone at the provider.
-    revoked_externally: Mutex<HashMap<String, String>>,
-    /// Per AccessKey: the key id and what the last drift check found about it at the provider.
-    provider_views: Mutex<HashMap<String, (String, crate::core::decide::ProviderView)>>,
     /// Places taken under `maxKeysPerNamespace` that the AccessKey cache does not show yet.
     pub namespace_keys: NamespaceKeys,
     /// Per issuer and question: what the provider answered a policy question (see
@@ -264,16 +260,13 @@ impl Context {
             caches,
             health,
             limits,
-            failures: Mutex::new(HashMap::new()),
+            memories: Memories::default(),
             own_writes: OwnStatusWrites::default(),
             checks: Mutex::new(HashMap::new()),
             issuer_slots: Mutex::new(HashMap::new()),
             fair_share: FairShare::for_workers(limits.workers),
             hold_writers: Mutex::new(HashMap::new()),
-            blocked: Mutex::new(HashMap::new()),
             installation: String::new(),
-            revoked_externally: Mutex::new(HashMap::new()),
-            provider_views: Mutex::new(HashMap::new()),
             namespace_keys: NamespaceKeys::default(),
             policy_answers: Mutex::new(HashMap::new()),
         }
@@ -332,7 +325,7 @@ impl Context {
     pub fn forget_issuer(&self, id: &IssuerId) {
         let name = id.to_string();
         lock(&self.checks).remove(&name);
-        lock(&self.failures).remove(&format!("{name}{BUSY}"));
+        self.memories.forget(&name);
         lock(&self.issuer_slots).remove(&name);
         lock(&self.hold_writers).remove(&id.holder_key());
         lock(&self.policy_answers).retain(|(issuer, _), _| *issuer != name);
@@ -356,78 +349,85 @@ impl Context {
         answers.insert((issuer.to_string(), question.clone()), answer);
     }
 
-    /// Lets go of the failure count of the AccessKey `key` (`namespace/name`) once it is deleted.
+    /// Lets go of what is remembered of the AccessKey `key` (`namespace/name`) once it is deleted.
     pub fn forget_access_key(&self, key: &str) {
-        let mut failures = lock(&self.failures);
-        for suffix in ["", BUSY, BLOCKED] {
-            failures.remove(&format!("{key}{suffix}"));
-        }
-        lock(&self.blocked).remove(key);
-        lock(&self.revoked_externally).remove(key);
-        lock(&self.provider_views).remove(key);
+        self.memories.forget(key);
     }
 
     /// What a drift check found about the key `key_id` of AccessKey `key` at the provider.
-    pub fn saw_at_provider(&self, key: &str, key_id: &str, view: crate::core::decide::ProviderView) {
-        lock(&self.provider_views).insert(key.to_string(), (key_id.to_string(), view));
+    pub fn saw_at_provider(&self, key: &str, key_id: &str, view: ProviderView) {
+        self.memories.update(key, |m| m.provider_view = Some((key_id.to_string(), view)));
     }
 
     /// What the last drift check found about the current key `key_id` of AccessKey `key`.
-    pub fn provider_view(&self, key: &str, key_id: Option<&str>) -> Option<crate::core::decide::ProviderView> {
-        let views = lock(&self.provider_views);
-        views.get(key).filter(|(id, _)| Some(id.as_str()) == key_id).map(|(_, view)| *view)
+    pub fn provider_view(&self, key: &str, key_id: Option<&str>) -> Option<ProviderView> {
+        self.memories.read(key, |m| {
+            m.provider_view.as_ref().filter(|(id, _)| Some(id.as_str()) == key_id).map(|(_, view)| *view)
+        })
     }
 
     /// A drift check found the key `key_id` of AccessKey `key` gone at the provider.
     pub fn revoked_externally(&self, key: &str, key_id: &str) {
-        lock(&self.revoked_externally).insert(key.to_string(), key_id.to_string());
+        self.memories.update(key, |m| m.revoked_externally = Some(key_id.to_string()));
     }
 
     /// Whether the key `key_id` of AccessKey `key` was found gone at the provider.
     pub fn is_revoked_externally(&self, key: &str, key_id: Option<&str>) -> bool {
-        key_id.is_some_and(|id| lock(&self.revoked_externally).get(key).is_some_and(|gone| gone == id))
+        self.memories.read(key, |m| key_id.is_some_and(|id| m.revoked_externally.as_deref() == Some(id)))
     }
 
     /// The AccessKey `key` has a new key: what a drift check found about the old one is moot.
     pub fn replaced(&self, key: &str) {
-        lock(&self.revoked_externally).remove(key);
-        lock(&self.provider_views).remove(key);
+        self.memories.update(key, |m| {
+            m.revoked_externally = None;
+            m.provider_view = None;
+        });
     }
 
     /// Records that the provider refused a new key for `key` (with spec fingerprint `spec`);
     /// returns how many refusals in a row came before this one.
     pub fn block(&self, key: &str, spec: &str, until: jiff::Timestamp) -> u32 {
-        lock(&self.blocked).insert(key.to_string(), (spec.to_string(), until));
-        self.record_failure(&format!("{key}{BLOCKED}"))
+        self.memories.update(key, |m| {
+            m.blocked = Some((spec.to_string(), until));
+            one_more(&mut m.refusals)
+        })
     }
 
     /// Until when no new key is asked for `key` with spec fingerprint `spec`: a changed spec
     /// is tried at once.
     pub fn blocked_until(&self, key: &str, spec: &str) -> Option<jiff::Timestamp> {
-        lock(&self.blocked).get(key).filter(|(s, _)| s == spec).map(|(_, until)| *until)
+        self.memories.read(key, |m| m.blocked.as_ref().filter(|(s, _)| s == spec).map(|(_, until)| *until))
     }
 
     /// Refusals in a row for `key` so far (0: none).
     pub fn refusals(&self, key: &str) -> u32 {
-        lock(&self.failures).get(&format!("{key}{BLOCKED}")).copied().unwrap_or(0)
+        self.memories.read(key, |m| m.refusals)
     }
 
     pub fn unblock(&self, key: &str) {
-        if lock(&self.blocked).remove(key).is_some() {
-            self.record_success(&format!("{key}{BLOCKED}"));
-        }
+        self.memories.update(key, |m| {
+            if m.blocked.take().is_some() {
+                m.refusals = 0;
+            }
+        });
     }
 
-    /// Records a failure of `key` and returns how many happened in a row.
+    /// Records a failed reconcile of `key` and returns how many failed in a row before it.
     pub fn record_failure(&self, key: &str) -> u32 {
-        let mut f = lock(&self.failures);
-        let n = f.entry(key.to_string()).or_insert(0);
-        *n = n.saturating_add(1);
-        *n - 1
+        self.memories.update(key, |m| one_more(&mut m.failures))
     }
 
+    /// Records that `key`'s issuer had no place for it; returns how many times in a row before.
+    pub fn record_busy(&self, key: &str) -> u32 {
+        self.memories.update(key, |m| one_more(&mut m.busy))
+    }
+
+    /// A reconcile of `key` went through: its error and busy backoffs start over.
     pub fn record_success(&self, key: &str) {
-        lock(&self.failures).remove(key);
+        self.memories.update(key, |m| {
+            m.failures = 0;
+            m.busy = 0;
+        });
     }
 
     /// Emits a Kubernetes Event on `obj`. Failing to record an event never fails a reconcile.
@@ -477,7 +477,6 @@ struct CheckState {
 }
 
 /// Suffixes of the failure counters kept next to an AccessKey's own.
-pub const BUSY: &str = "#busy";
 /// First retry of an object whose issuer had no free place, doubling up to the maximum.
 const BUSY_RETRY: Duration = Duration::from_secs(1);
 const BUSY_RETRY_MAX: Duration = Duration::from_secs(30);
@@ -488,7 +487,6 @@ pub fn busy_wait(turns: u32) -> Duration {
     let wait = BUSY_RETRY.saturating_mul(1 << turns.min(5)).min(BUSY_RETRY_MAX);
     wait.mul_f64(rand::Rng::random_range(&mut rand::rng(), 0.75..1.25))
 }
-pub const BLOCKED: &str = "#blocked";
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())

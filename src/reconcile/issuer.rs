@@ -110,11 +110,11 @@ pub async fn reconcile<K: IssuerObject>(issuer: Arc<K>, ctx: Arc<Context>) -> Re
         // Not a failure: the issuer's places are taken (its own AccessKeys, or its share of the
         // workers). Nothing is written; the check comes back, later each time it is refused.
         Err(Error::IssuerBusy(_)) => {
-            let turns = ctx.record_failure(&format!("{}{}", issuer.describe(), super::context::BUSY));
+            let turns = ctx.record_busy(&issuer.describe());
             Ok(Action::requeue(super::context::busy_wait(turns)))
         }
         other => {
-            ctx.record_success(&format!("{}{}", issuer.describe(), super::context::BUSY));
+            ctx.record_success(&issuer.describe());
             other
         }
     }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod fair_share;
 pub mod in_use;
 pub mod issuer;
+pub mod memory;
 pub mod namespace_keys;
 pub mod registry;
 pub mod retained;

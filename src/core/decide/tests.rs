@@ -82,7 +82,17 @@ impl Scenario {
 
     fn decide(&self) -> Step {
         let issuer_ref = issuer();
-        decide(&Observed {
+        decide(&self.observed(&issuer_ref))
+    }
+
+    /// Whether `trigger` applies to this scenario, the Secret holding `in_secret`.
+    fn triggers(&self, trigger: Trigger, in_secret: &InSecret<'_>) -> Option<IssueReason> {
+        let issuer_ref = issuer();
+        trigger(&self.observed(&issuer_ref), in_secret)
+    }
+
+    fn observed<'a>(&'a self, issuer_ref: &'a IssuerRef) -> Observed<'a> {
+        Observed {
             status: &self.status,
             spec_problem: self.spec_problem.clone(),
             issuer: self.issuer.clone(),
@@ -99,8 +109,98 @@ impl Scenario {
             revoked_at_provider: self.revoked_at_provider,
             provider_view: self.provider_view.as_ref(),
             now: self.now,
-        })
+        }
     }
+}
+
+/// The Secret holding K1, as written.
+const INTACT: InSecret<'static> = InSecret { current: "K1", key_id: Some("K1"), data_intact: true };
+
+/// A key issued an hour ago, its Secret intact, nothing asked: no trigger applies.
+fn at_rest() -> Scenario {
+    Scenario::new(issued_ago("K1", "2026-11-23T12:00:00Z".parse().expect("time"), 3600), ours("K1"))
+}
+
+#[test]
+fn no_trigger_applies_to_a_key_at_rest() {
+    let s = at_rest();
+    for trigger in TRIGGERS {
+        assert_eq!(s.triggers(trigger, &INTACT), None);
+    }
+}
+
+#[test]
+fn trigger_spec_changed() {
+    let mut s = at_rest();
+    s.spec_hash = "h2";
+    assert_eq!(s.triggers(spec_changed, &INTACT), Some(IssueReason::SpecChanged));
+}
+
+#[test]
+fn trigger_revoked_at_provider() {
+    let mut s = at_rest();
+    s.revoked_at_provider = true;
+    assert_eq!(s.triggers(revoked_at_provider, &INTACT), Some(IssueReason::RevokedAtProvider));
+}
+
+#[test]
+fn trigger_secret_deleted() {
+    let mut s = at_rest();
+    s.secret = SecretState::Absent;
+    assert_eq!(s.triggers(secret_deleted, &INTACT), Some(IssueReason::SecretDeleted));
+}
+
+#[test]
+fn trigger_secret_modified() {
+    let s = at_rest();
+    let other_key = InSecret { key_id: Some("K9"), ..INTACT };
+    let edited = InSecret { data_intact: false, ..INTACT };
+    let unannotated = InSecret { key_id: None, ..INTACT };
+    for in_secret in [other_key, edited, unannotated] {
+        assert_eq!(s.triggers(secret_modified, &in_secret), Some(IssueReason::SecretModified));
+    }
+}
+
+#[test]
+fn trigger_requested() {
+    let mut s = at_rest();
+    s.rotate_request = Some("1");
+    assert_eq!(s.triggers(requested, &INTACT), Some(IssueReason::Requested));
+}
+
+#[test]
+fn trigger_expires_soon() {
+    let mut s = at_rest();
+    s.status.renewal_time = Some(Time(s.now + jiff::SignedDuration::from_secs(1)));
+    assert_eq!(s.triggers(expires_soon, &INTACT), None);
+    s.status.renewal_time = Some(Time(s.now));
+    assert_eq!(s.triggers(expires_soon, &INTACT), Some(IssueReason::ExpiresSoon));
+}
+
+#[test]
+fn trigger_scheduled_waits_for_the_last_replaced_key() {
+    let mut s = at_rest();
+    s.rotation.every = Some(Duration::from_secs(3600));
+    assert_eq!(s.triggers(scheduled, &INTACT), Some(IssueReason::Scheduled));
+    s.status.retired.push(legacy_retired("K0"));
+    assert_eq!(s.triggers(scheduled, &INTACT), None);
+}
+
+#[test]
+fn the_first_trigger_that_applies_names_the_replacement() {
+    // Everything at once: the spec change wins, then what broke the key, then the user, then
+    // the clock.
+    let mut s = at_rest();
+    s.spec_hash = "h2";
+    s.revoked_at_provider = true;
+    s.rotate_request = Some("1");
+    s.rotation.every = Some(Duration::from_secs(60));
+    let order: Vec<IssueReason> = TRIGGERS.iter().filter_map(|t| s.triggers(*t, &INTACT)).collect();
+    assert_eq!(
+        order,
+        [IssueReason::SpecChanged, IssueReason::RevokedAtProvider, IssueReason::Requested, IssueReason::Scheduled]
+    );
+    assert_eq!(s.decide(), Step::Issue { reason: IssueReason::SpecChanged });
 }
 
 #[test]

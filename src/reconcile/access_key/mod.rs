@@ -81,7 +81,7 @@ pub async fn reconcile(ak: Arc<AccessKey>, ctx: Arc<Context>) -> Result<Action, 
         Err(Error::IssuerBusy(issuer)) => {
             // Waiting longer each time while the issuer stays busy (a hanging provider), so the
             // queue is not flooded with retries; the next success resets it.
-            let turns = ctx.record_failure(&format!("{key}{}", super::context::BUSY));
+            let turns = ctx.record_busy(&key);
             let wait = super::context::busy_wait(turns);
             tracing::debug!(%issuer, wait_ms = wait.as_millis() as u64, "issuer busy; requeued");
             Ok(Action::requeue(wait))
@@ -116,7 +116,6 @@ async fn reconcile_inner(ak: Arc<AccessKey>, ctx: &Arc<Context>) -> Result<Actio
     });
     if result.is_ok() {
         ctx.record_success(&key);
-        ctx.record_success(&format!("{key}{}", super::context::BUSY));
     }
     result
 }

@@ -69,14 +69,14 @@ async fn a_deleted_issuer_or_access_key_leaves_nothing_behind_in_memory() {
 
     ctx.record_failure("team/backups");
     assert_eq!(ctx.record_failure("team/backups"), 1, "failures before this one");
-    ctx.record_failure("team/backups#busy");
+    ctx.record_busy("team/backups");
     let until = jiff::Timestamp::now();
     ctx.block("team/backups", "h1", until);
     assert_eq!(ctx.blocked_until("team/backups", "h1"), Some(until));
     assert_eq!(ctx.blocked_until("team/backups", "h2"), None, "a changed spec is tried at once");
     ctx.forget_access_key("team/backups");
     assert_eq!(ctx.record_failure("team/backups"), 0, "a re-created AccessKey starts afresh");
-    assert_eq!(ctx.record_failure("team/backups#busy"), 0);
+    assert_eq!(ctx.record_busy("team/backups"), 0);
     assert_eq!((ctx.refusals("team/backups"), ctx.blocked_until("team/backups", "h1")), (0, None));
 }
 
