@@ -5,12 +5,9 @@
 use schemars::{json_schema, Schema, SchemaGenerator};
 
 use super::validation::{
-    API_ENDPOINT_PATTERN, DNS1123_SUBDOMAIN_PATTERN, DURATION_PATTERN, MAX_DURATION_TEXT, METADATA_ENDPOINT_PATTERN,
+    API_ENDPOINT_MESSAGE, API_ENDPOINT_PATTERN, DNS1123_SUBDOMAIN_PATTERN, DURATION_PATTERN, MAX_DURATION_TEXT,
+    METADATA_ENDPOINT_MESSAGE, METADATA_ENDPOINT_PATTERN,
 };
-
-pub(crate) const API_ENDPOINT_MESSAGE: &str =
-    "endpoint must be an https:// URL; http:// is allowed only for loopback hosts (127.0.0.0/8, ::1, localhost)";
-pub(crate) const METADATA_ENDPOINT_MESSAGE: &str = "endpoint must be an https:// URL; http:// is allowed only for loopback hosts and the metadata service 169.254.169.254";
 
 fn endpoint(pattern: &str, message: &str, description: &str) -> Schema {
     let rule = format!("self.matches('{}')", pattern.replace('\\', "\\\\"));

@@ -11,6 +11,11 @@ use regex::Regex;
 use super::{AccessKeySpec, ExoscaleKey, IssuerProvider, KeyProvider};
 
 pub const DNS1123_SUBDOMAIN_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// What the schema and the controller say of an endpoint that is not `https://` (or loopback).
+pub(crate) const API_ENDPOINT_MESSAGE: &str =
+    "endpoint must be an https:// URL; http:// is allowed only for loopback hosts (127.0.0.0/8, ::1, localhost)";
+pub(crate) const METADATA_ENDPOINT_MESSAGE: &str = "endpoint must be an https:// URL; http:// is allowed only for loopback hosts and the metadata service 169.254.169.254";
+
 pub const API_ENDPOINT_PATTERN: &str =
     r"^(https://[^\s/?#@]+|http://(localhost|127(\.[0-9]{1,3}){3}|\[::1\])(:[0-9]{1,5})?)(/[^\s?#]*)?$";
 pub const METADATA_ENDPOINT_PATTERN: &str = r"^(https://[^\s/?#@]+|http://(localhost|127(\.[0-9]{1,3}){3}|\[::1\]|169\.254\.169\.254)(:[0-9]{1,5})?)(/[^\s?#]*)?$";
@@ -50,7 +55,7 @@ static SECRET_DATA_KEY: LazyLock<Regex> = LazyLock::new(|| regex(SECRET_DATA_KEY
 fn check_endpoint(field: &str, value: Option<&str>) -> Result<(), InvalidSpec> {
     match value {
         Some(v) if !API_ENDPOINT.is_match(v) => {
-            Err(InvalidSpec::new(field, format!("{} (got {v:?})", super::schema::API_ENDPOINT_MESSAGE)))
+            Err(InvalidSpec::new(field, format!("{} (got {v:?})", API_ENDPOINT_MESSAGE)))
         }
         _ => Ok(()),
     }
@@ -67,7 +72,7 @@ pub fn validate_issuer(provider: &IssuerProvider) -> Result<(), InvalidSpec> {
                     if !METADATA_ENDPOINT.is_match(&m.endpoint) {
                         return Err(InvalidSpec::new(
                             "yandex.metadataService.endpoint",
-                            format!("{} (got {:?})", super::schema::METADATA_ENDPOINT_MESSAGE, m.endpoint),
+                            format!("{} (got {:?})", METADATA_ENDPOINT_MESSAGE, m.endpoint),
                         ));
                     }
                 }

@@ -5,26 +5,23 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::api::{AccessKey, ClusterKeyIssuer, KeyIssuer};
 use crate::health::Health;
 use crate::providers::http::HttpConfig;
 use crate::providers::policy_read::{Answer, Question};
 
-use super::cached_secret::CachedSecret;
 use super::fair_share::{FairShare, Share};
-use super::in_use::IssuerId;
 use super::memory::{one_more, Memories};
 use super::namespace_keys::NamespaceKeys;
 pub use super::registry::{LoadedIssuer, Registry};
+pub(crate) use super::sync::lock;
 use crate::core::decide::ProviderView;
 use crate::core::guard::TenantGuard;
+use crate::core::issuers::IssuerId;
 
 pub const FIELD_MANAGER: &str = "cloudkeys";
 
@@ -198,37 +195,7 @@ impl Drop for IssuerSlot {
     }
 }
 
-/// The watch-fed caches every controller reads.
-#[derive(Clone)]
-pub struct Caches {
-    pub access_keys: Store<AccessKey>,
-    /// The Secrets this operator manages (labelled `app.kubernetes.io/managed-by: cloudkeys`),
-    /// without their managedFields.
-    pub secrets: Store<CachedSecret>,
-    /// Credentials Secrets held by issuers (labelled `cloudkeys.io/credentials`), with their data.
-    pub credentials: Store<Secret>,
-    pub key_issuers: Store<KeyIssuer>,
-    pub cluster_issuers: Store<ClusterKeyIssuer>,
-    /// The workloads AccessKeys may name as consumers, without their managedFields.
-    pub workloads: Workloads,
-}
-
-#[derive(Clone)]
-pub struct Workloads {
-    pub deployments: Store<Deployment>,
-    pub stateful_sets: Store<StatefulSet>,
-    pub daemon_sets: Store<DaemonSet>,
-}
-
-impl Default for Workloads {
-    fn default() -> Self {
-        Self {
-            deployments: kube::runtime::reflector::store().0,
-            stateful_sets: kube::runtime::reflector::store().0,
-            daemon_sets: kube::runtime::reflector::store().0,
-        }
-    }
-}
+pub use super::caches::{Caches, Workloads};
 
 /// How much of the operator's time one provider may take.
 #[derive(Debug, Clone, Copy)]
@@ -486,10 +453,6 @@ const BUSY_RETRY_MAX: Duration = Duration::from_secs(30);
 pub fn busy_wait(turns: u32) -> Duration {
     let wait = BUSY_RETRY.saturating_mul(1 << turns.min(5)).min(BUSY_RETRY_MAX);
     wait.mul_f64(rand::Rng::random_range(&mut rand::rng(), 0.75..1.25))
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Name of an object for messages: `namespace/name` or `name`.

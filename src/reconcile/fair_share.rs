@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::context::lock;
+use super::sync::lock;
 
 #[derive(Debug)]
 pub struct FairShare {

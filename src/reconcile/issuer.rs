@@ -5,22 +5,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
-use kube::{Resource, ResourceExt};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
-use crate::api::{validation, ClusterKeyIssuer, Issuer, IssuerKind, IssuerStatus, KeyIssuer};
+use crate::api::{validation, IssuerStatus};
+use crate::core::conditions::{ready_condition, Reason};
 use crate::providers::bounded::Bounded;
 use crate::providers::{credentials_secret, ErrorKind, Provider};
 
-use super::context::{display_name, Context, FIELD_MANAGER};
+use super::context::{Context, FIELD_MANAGER};
 use super::error::Error;
-use super::in_use::{self, Hold, IssuerId};
-use crate::core::conditions::{ready_condition, Reason};
+use super::in_use::{self, Hold};
 
 /// How often a Ready issuer's credentials are checked again.
 const RECHECK: Duration = Duration::from_secs(300);
@@ -28,75 +24,7 @@ const RECHECK: Duration = Duration::from_secs(300);
 /// that is gone also triggers a look at once).
 const DELETING_RECHECK: Duration = Duration::from_secs(5);
 
-/// What the issuer controller needs from either kind.
-pub trait IssuerObject:
-    Issuer
-    + Resource<DynamicType = ()>
-    + ResourceExt
-    + Clone
-    + Serialize
-    + DeserializeOwned
-    + std::fmt::Debug
-    + Send
-    + Sync
-    + 'static
-{
-    /// The controller's name in metrics.
-    const CONTROLLER: &'static str;
-    fn api(ctx: &Context, namespace: Option<&str>) -> Api<Self>;
-    /// Namespace of the Secrets this issuer reads.
-    fn secret_namespace(&self, ctx: &Context) -> String;
-    fn status(&self) -> Option<&IssuerStatus>;
-    fn describe(&self) -> String;
-    fn id(&self) -> IssuerId;
-    /// The issuer `id` names, from the cache.
-    fn cached(ctx: &Context, id: &IssuerId) -> Option<Arc<Self>>;
-}
-
-impl IssuerObject for KeyIssuer {
-    const CONTROLLER: &'static str = "keyissuer";
-    fn api(ctx: &Context, namespace: Option<&str>) -> Api<Self> {
-        Api::namespaced(ctx.client.clone(), namespace.unwrap_or_default())
-    }
-    fn secret_namespace(&self, _: &Context) -> String {
-        self.namespace().unwrap_or_default()
-    }
-    fn status(&self) -> Option<&IssuerStatus> {
-        self.status.as_ref()
-    }
-    fn describe(&self) -> String {
-        format!("KeyIssuer {}", display_name(self))
-    }
-    fn id(&self) -> IssuerId {
-        IssuerId { kind: IssuerKind::KeyIssuer, name: self.name_any(), namespace: self.namespace() }
-    }
-    fn cached(ctx: &Context, id: &IssuerId) -> Option<Arc<Self>> {
-        let namespace = id.namespace.as_deref().unwrap_or_default();
-        ctx.caches.key_issuers.get(&ObjectRef::new(&id.name).within(namespace))
-    }
-}
-
-impl IssuerObject for ClusterKeyIssuer {
-    const CONTROLLER: &'static str = "clusterkeyissuer";
-    fn api(ctx: &Context, _: Option<&str>) -> Api<Self> {
-        Api::all(ctx.client.clone())
-    }
-    fn secret_namespace(&self, ctx: &Context) -> String {
-        ctx.cluster_resource_namespace.clone()
-    }
-    fn status(&self) -> Option<&IssuerStatus> {
-        self.status.as_ref()
-    }
-    fn describe(&self) -> String {
-        format!("ClusterKeyIssuer {}", self.name_any())
-    }
-    fn id(&self) -> IssuerId {
-        IssuerId { kind: IssuerKind::ClusterKeyIssuer, name: self.name_any(), namespace: None }
-    }
-    fn cached(ctx: &Context, id: &IssuerId) -> Option<Arc<Self>> {
-        ctx.caches.cluster_issuers.get(&ObjectRef::new(&id.name))
-    }
-}
+pub use super::issuer_object::IssuerObject;
 
 pub async fn reconcile<K: IssuerObject>(issuer: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();

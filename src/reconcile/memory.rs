@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use crate::core::decide::ProviderView;
 
-use super::context::lock;
+use super::sync::lock;
 
 /// One object's memory (an AccessKey's, or an issuer's, by its display name).
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -56,8 +56,9 @@ impl Memories {
         lock(&self.0).remove(key);
     }
 
+    /// How many objects have a memory.
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    fn remembered(&self) -> usize {
         lock(&self.0).len()
     }
 }
@@ -78,12 +79,12 @@ mod tests {
         let memories = Memories::default();
         assert_eq!(memories.update("team/k", |m| one_more(&mut m.failures)), 0);
         assert_eq!(memories.update("team/k", |m| one_more(&mut m.failures)), 1);
-        assert_eq!(memories.len(), 1);
+        assert_eq!(memories.remembered(), 1);
         memories.update("team/k", |m| m.failures = 0);
-        assert_eq!(memories.len(), 0);
+        assert_eq!(memories.remembered(), 0);
         assert_eq!(memories.read("team/k", |m| m.failures), 0);
         memories.update("team/k", |m| m.revoked_externally = Some("K1".into()));
         memories.forget("team/k");
-        assert_eq!(memories.len(), 0);
+        assert_eq!(memories.remembered(), 0);
     }
 }

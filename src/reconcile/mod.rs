@@ -5,6 +5,7 @@
 
 pub mod access_key;
 pub mod cached_secret;
+pub mod caches;
 pub mod caught;
 pub mod context;
 pub mod drift;
@@ -12,7 +13,9 @@ pub mod error;
 pub mod fair_share;
 pub mod in_use;
 pub mod issuer;
+pub mod issuer_object;
 pub mod memory;
 pub mod namespace_keys;
 pub mod registry;
 pub mod retained;
+pub mod sync;

@@ -25,8 +25,8 @@ use kube::ResourceExt;
 
 use crate::api::AccessKey;
 
-use super::context::lock;
-use super::in_use::IssuerId;
+use super::sync::lock;
+use crate::core::issuers::IssuerId;
 use crate::core::observe::holds_key_of;
 
 /// Admissions by issuer and namespace, then by AccessKey uid.

@@ -14,8 +14,9 @@ use sha2::{Digest, Sha256};
 use crate::api::{Issuer, IssuerKind, IssuerPolicy, IssuerProvider, IssuerRef, IssuerStatus, RateLimit};
 use crate::providers::{self, http::HttpConfig, local::LocalStore, Credentials, Provider};
 
-use super::context::{lock, Caches};
+use super::caches::Caches;
 use super::error::IssuerUnusable;
+use super::sync::lock;
 use crate::core::guard::TenantGuard;
 
 /// An issuer as read from the cluster, with its provider client when it can have one.

@@ -16,7 +16,7 @@ use kube::api::{Patch, PatchParams};
 use super::context::Context;
 use super::error::Error;
 use super::in_use::IssuerId;
-use super::issuer::IssuerObject;
+use super::issuer_object::IssuerObject;
 use crate::api::{
     ClusterKeyIssuer, DeletionPolicy, IssuerKind, IssuerPolicy, KeyIssuer, RetainedKey, MAX_RETAINED_KEYS,
 };

@@ -13,7 +13,7 @@ use kube::runtime::watcher;
 use kube::{Client, Resource};
 
 use crate::api::Decoded;
-use crate::reconcile::context::lock;
+use crate::reconcile::sync::lock;
 
 /// The objects of one kind skipped now, by UID (with the resourceVersion last reported), so
 /// that each version of a bad object is reported once and the gauge counts what is skipped.

@@ -96,7 +96,7 @@ impl Scenario {
             status: &self.status,
             spec_problem: self.spec_problem.clone(),
             issuer: self.issuer.clone(),
-            issuer_ref: &issuer_ref,
+            issuer_ref,
             spec_hash: self.spec_hash,
             secret: &self.secret,
             owned_keys: self.owned.as_deref(),

@@ -1,5 +1,5 @@
 use super::*;
-use crate::api::IssuerKind;
+use crate::api::{ClusterKeyIssuer, IssuerKind, KeyIssuer};
 use crate::providers::local::{LocalProvider, LocalStore};
 use crate::providers::policy_read::{Answer, Question};
 use crate::providers::Provider;
