@@ -24,6 +24,11 @@ unit:
 	$(CARGO) test --locked --lib --test layers --test docs --test crds_in_repo --test fingerprints \
 	  --test exoscale_fake --test outscale_fake --test yandex_fake
 
+## The reconcile tier: the issuer and AccessKey reconciles called in the test's own process
+## against a real apiserver (a control plane of its own), with the local provider.
+reconcile-tier: control-plane
+	$(CARGO) test --locked --test reconcile_tier
+
 ## Build the operator, start a real control plane, issue a key with the local provider, clean up.
 demo: control-plane build
 	scripts/demo.sh
