@@ -146,7 +146,7 @@ async fn reconciles_called_in_process_issue_keep_and_revoke_a_key() {
     let secret = tier.secret(&secrets, "k-credentials").await.expect("the Secret");
     let annotated = secret.metadata.annotations.as_ref().and_then(|a| a.get("cloudkeys.io/access-key-id")).cloned();
     assert_eq!(annotated.as_deref(), Some(key_id.as_str()));
-    assert_eq!(tier.live_keys(), [key_id.clone()]);
+    assert_eq!(tier.live_keys(), std::slice::from_ref(&key_id));
 
     // Reconciled again with nothing changed: the same key, nothing written.
     let before = ak.metadata.resource_version.clone();
@@ -154,7 +154,7 @@ async fn reconciles_called_in_process_issue_keep_and_revoke_a_key() {
     access_key::reconcile(ak, tier.ctx.clone()).await.expect("reconcile");
     let after = access_keys.get("k").await.expect("AccessKey");
     assert_eq!(after.metadata.resource_version, before, "an idle reconcile wrote the AccessKey");
-    assert_eq!(tier.live_keys(), [key_id.clone()]);
+    assert_eq!(tier.live_keys(), std::slice::from_ref(&key_id));
 
     // Deleted: the reconcile revokes the key at the provider and lets the AccessKey go.
     access_keys.delete("k", &DeleteParams::default()).await.expect("delete");
