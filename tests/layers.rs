@@ -265,3 +265,31 @@ fn the_reader_resolves_super_paths_against_the_module() {
         ["reconcile::context", "reconcile::access_key::cluster", "reconcile::access_key::cleanup", "api::X"]
     );
 }
+
+#[test]
+fn every_apiserver_write_of_the_reconciles_is_in_writes_rs() {
+    let writes = [
+        ".patch(",
+        ".patch_status(",
+        ".patch_metadata(",
+        ".replace_status(",
+        "api.create(",
+        "api.replace(",
+        "api.delete(",
+    ];
+    let mut wrong = Vec::new();
+    for file in files() {
+        let module = module_path(&file).unwrap_or_default();
+        if module.first().map(String::as_str) != Some("reconcile") || module.last().is_some_and(|m| m == "writes") {
+            continue;
+        }
+        let text = fs::read_to_string(&file).expect("readable");
+        for (n, line) in code(&text).lines().enumerate() {
+            let code = line.split("//").next().unwrap_or_default();
+            for call in writes.iter().filter(|w| code.contains(**w)) {
+                wrong.push(format!("{}:{}: `{call}`", file.display(), n + 1));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "apiserver writes outside src/reconcile/writes.rs:\n{}", wrong.join("\n"));
+}

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::channel::mpsc::UnboundedSender;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
@@ -588,17 +587,13 @@ async fn handle_orphans<K: IssuerObject>(
         let patch = serde_json::json!({
             "apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": {"orphanedKeys": count},
         });
-        let params = PatchParams::apply(FIELD_MANAGER_DRIFT).force();
         let api = K::api(ctx, issuer.namespace().as_deref());
-        if let Err(e) = api.patch_status(&issuer.name_any(), &params, &Patch::Apply(&patch)).await {
+        if let Err(e) = super::writes::issuer_orphaned_keys(&api, &issuer.name_any(), &patch).await {
             tracing::warn!(issuer = %id, error = %e, "cannot record the orphaned keys in the issuer's status");
         }
     }
     left
 }
-
-/// The field manager of what drift checks write.
-pub const FIELD_MANAGER_DRIFT: &str = "cloudkeys-drift";
 
 /// Tells the controller of an AccessKey what the provider shows of its key (its last use, its
 /// expiry), when that is news to the status.

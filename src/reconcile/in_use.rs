@@ -18,13 +18,13 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, Patch};
+use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 use kube::Client;
 
 use crate::api::{ClusterKeyIssuer, IssuerRef, KeyIssuer};
 
-use super::context::{patch_params, Context};
+use super::context::Context;
 use super::error::Error;
 
 pub const FINALIZER: &str = "cloudkeys.io/in-use";
@@ -89,16 +89,19 @@ async fn set_issuer_hold(client: &Client, id: &IssuerId, meta: &ObjectMeta, want
             "finalizers": finalizers_with(&meta, want.held),
             "annotations": {HELD_SECRET_ANNOTATION: want.secret},
         }});
-        let params = patch_params();
         let result = match &id.namespace {
-            Some(ns) => Api::<KeyIssuer>::namespaced(client.clone(), ns)
-                .patch(&id.name, &params, &Patch::Merge(&patch))
-                .await
-                .map(|_| ()),
-            None => Api::<ClusterKeyIssuer>::all(client.clone())
-                .patch(&id.name, &params, &Patch::Merge(&patch))
-                .await
-                .map(|_| ()),
+            Some(ns) => crate::reconcile::writes::issuer_hold(
+                &Api::<KeyIssuer>::namespaced(client.clone(), ns),
+                &id.name,
+                &patch,
+            )
+            .await
+            .map(|_| ()),
+            None => {
+                crate::reconcile::writes::issuer_hold(&Api::<ClusterKeyIssuer>::all(client.clone()), &id.name, &patch)
+                    .await
+                    .map(|_| ())
+            }
         };
         match result {
             Ok(()) => {
@@ -282,7 +285,7 @@ pub async fn set_secret_holder(
             "annotations": {HELD_BY_ANNOTATION: annotation},
             "labels": {CREDENTIALS_LABEL: want_finalizer.then_some("true")},
         }});
-        match api.patch_metadata(name, &patch_params(), &Patch::Merge(&patch)).await {
+        match crate::reconcile::writes::hold_credentials(&api, name, &patch).await {
             Ok(_) => {
                 tracing::info!(secret = %format!("{namespace}/{name}"), holder = %me, held, "in-use finalizer updated");
                 return Ok(());

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
@@ -14,7 +13,7 @@ use crate::core::conditions::{ready_condition, Reason};
 use crate::providers::bounded::Bounded;
 use crate::providers::{credentials_secret, ErrorKind, Provider};
 
-use super::context::{Context, FIELD_MANAGER};
+use super::context::Context;
 use super::error::Error;
 use super::in_use::{self, Hold};
 
@@ -138,7 +137,7 @@ async fn write_condition<K: IssuerObject>(
         let patch = serde_json::json!({
             "apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status,
         });
-        api.patch_status(&issuer.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+        super::writes::issuer_status(&api, &issuer.name_any(), &patch).await?;
         if !reason.is_ready() {
             ctx.event(issuer, EventType::Warning, reason.as_str(), message.clone()).await;
         }

@@ -19,3 +19,4 @@ pub mod namespace_keys;
 pub mod registry;
 pub mod retained;
 pub mod sync;
+pub mod writes;

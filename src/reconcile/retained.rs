@@ -11,7 +11,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
 
 use super::context::Context;
 use super::error::Error;
@@ -22,9 +21,6 @@ use crate::api::{
 };
 use crate::core::policy;
 use crate::providers::{ListedKey, Marker};
-
-/// The field manager of `status.retainedKeys` and `status.retainedKeysSince`.
-pub const FIELD_MANAGER_RETAIN: &str = "cloudkeys-retain";
 
 /// What deleting an AccessKey does with the key it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,16 +138,23 @@ pub async fn write<K: IssuerObject>(
         status["retainedKeysSince"] = serde_json::to_value(since).map_err(kube::Error::SerdeError)?;
     }
     let patch = serde_json::json!({"metadata": {"resourceVersion": issuer.resource_version()}, "status": status});
-    let params = PatchParams { field_manager: Some(FIELD_MANAGER_RETAIN.into()), ..Default::default() };
-    K::api(ctx, issuer.namespace().as_deref()).patch_status(&issuer.name_any(), &params, &Patch::Merge(&patch)).await
+    crate::reconcile::writes::issuer_retained_keys(
+        &K::api(ctx, issuer.namespace().as_deref()),
+        &issuer.name_any(),
+        &patch,
+    )
+    .await
 }
 
 /// A new issuer's record is whole from the start: nothing before it to take over.
 pub async fn begin<K: IssuerObject>(ctx: &Context, issuer: &K) -> Result<(), kube::Error> {
     let patch = serde_json::json!({"status": {"retainedKeysSince": Time(jiff::Timestamp::now())}});
-    let params = PatchParams { field_manager: Some(FIELD_MANAGER_RETAIN.into()), ..Default::default() };
-    let api = K::api(ctx, issuer.namespace().as_deref());
-    api.patch_status(&issuer.name_any(), &params, &Patch::Merge(&patch)).await?;
+    crate::reconcile::writes::issuer_retained_keys(
+        &K::api(ctx, issuer.namespace().as_deref()),
+        &issuer.name_any(),
+        &patch,
+    )
+    .await?;
     Ok(())
 }
 

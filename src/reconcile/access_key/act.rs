@@ -219,10 +219,8 @@ pub(super) async fn act(
                 return Ok(None);
             };
             let desired = secret::metadata_update(c.ak, &key_id, &observed);
-            let patched = c
-                .secrets()
-                .patch(&c.ak.spec.secret_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired))
-                .await?;
+            let patched =
+                crate::reconcile::writes::apply_secret_metadata(&c.secrets(), &c.ak.spec.secret_name, &desired).await?;
             c.saw_secret(Some(patched));
             Ok(None)
         }
@@ -535,12 +533,13 @@ pub(super) async fn write_secret(
     let key_id = id;
     let api = c.secrets();
     let dry_run = key.is_none();
-    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), dry_run };
     match c.observed_secret() {
         // Create, not apply: if someone else creates it meanwhile, the create fails with a
         // conflict instead of taking their Secret over.
         None => {
-            let created = api.create(&params, &secret::desired_secret(c.ak, key_id, &data)).await?;
+            let created =
+                crate::reconcile::writes::create_secret(&api, &secret::desired_secret(c.ak, key_id, &data), dry_run)
+                    .await?;
             if !dry_run {
                 c.saw_secret(Some(created));
             }
@@ -552,7 +551,8 @@ pub(super) async fn write_secret(
                 return Err(Error::SecretForeign(c.ak.spec.secret_name.clone()));
             }
             let desired = secret::replaced_secret(c.ak, key_id, &data, existing);
-            let replaced = api.replace(&c.ak.spec.secret_name, &params, &desired).await?;
+            let replaced =
+                crate::reconcile::writes::replace_secret(&api, &c.ak.spec.secret_name, &desired, dry_run).await?;
             if !dry_run {
                 c.saw_secret(Some(replaced));
             }

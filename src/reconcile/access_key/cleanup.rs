@@ -239,6 +239,6 @@ pub(super) async fn release_secret(c: &Cluster<'_>) -> Result<(), Error> {
         {"op": "replace", "path": "/metadata/ownerReferences", "value": remaining},
     ]);
     let patch: json_patch::Patch = serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
-    api.patch(&c.ak.spec.secret_name, &patch_params(), &Patch::<()>::Json(patch)).await?;
+    crate::reconcile::writes::release_secret(&api, &c.ak.spec.secret_name, patch).await?;
     Ok(())
 }

@@ -147,23 +147,22 @@ impl<'a> Cluster<'a> {
     /// Restarts one consumer for `key_id` (a pod-template annotation; a workload that has it
     /// already is not changed, so this never rolls anything twice for one key).
     pub(super) async fn restart(&self, target: &ConsumerTarget, key_id: &str) -> Result<(), Error> {
-        let patch = Patch::Merge(consumers::restart_patch(key_id));
-        let params = patch_params();
+        let patch = consumers::restart_patch(key_id);
         let client = self.ctx.client.clone();
         let name = &target.name;
         let observed = match target.kind {
-            WorkloadKind::Deployment => Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client, &self.ns)
-                .patch(name, &params, &patch)
-                .await?
-                .observe(),
-            WorkloadKind::StatefulSet => Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(client, &self.ns)
-                .patch(name, &params, &patch)
-                .await?
-                .observe(),
-            WorkloadKind::DaemonSet => Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(client, &self.ns)
-                .patch(name, &params, &patch)
-                .await?
-                .observe(),
+            WorkloadKind::Deployment => {
+                let api = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client, &self.ns);
+                crate::reconcile::writes::restart_workload(&api, name, &patch).await?.observe()
+            }
+            WorkloadKind::StatefulSet => {
+                let api = Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(client, &self.ns);
+                crate::reconcile::writes::restart_workload(&api, name, &patch).await?.observe()
+            }
+            WorkloadKind::DaemonSet => {
+                let api = Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(client, &self.ns);
+                crate::reconcile::writes::restart_workload(&api, name, &patch).await?.observe()
+            }
         };
         let mut seen = self.workloads_seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.retain(|w| !(w.kind == observed.kind && w.name == observed.name));
@@ -202,7 +201,7 @@ impl<'a> Cluster<'a> {
             "metadata": {"resourceVersion": rv},
             "status": status_merge_patch(status),
         });
-        let updated = self.api().patch_status(&self.ak.name_any(), &patch_params(), &Patch::Merge(&patch)).await?;
+        let updated = crate::reconcile::writes::access_key_status(&self.api(), &self.ak.name_any(), &patch).await?;
         let cached = || {
             let key = ObjectRef::new(&self.ak.name_any()).within(&self.ns);
             self.ctx.caches.access_keys.get(&key).and_then(|a| a.resource_version())

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
@@ -24,7 +24,7 @@ use crate::api::{AccessKey, AccessKeyStatus, ConsumerTarget, DeletionPolicy, Iss
 use crate::providers::bounded::Bounded;
 use crate::providers::{IssuedKey, KeyRequest, Marker, OwnedKey, Provider, ProviderError, Revocation};
 
-use super::context::{display_name, patch_params, Context, LoadedIssuer, PolicyAnswer, FIELD_MANAGER};
+use super::context::{display_name, Context, LoadedIssuer, PolicyAnswer, FIELD_MANAGER};
 use super::error::Error;
 use super::in_use::IssuerId;
 use crate::core::conditions::{ready_condition, Reason, READY};
