@@ -7,13 +7,13 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 HELM_SDKPY_VERSION := 0.1.32
 PYTHON ?= python3
 
-.PHONY: test demo lint crds control-plane crd-server build bench helm-deps install
+.PHONY: test demo lint crds control-plane crd-server build bench helm-deps lua install
 
 ## Everything CI runs: formatting, clippy, unit and integration tests against a real apiserver.
 # The end-to-end tests mostly wait (on rollouts, grace periods, the apiserver): more of them at
 # once than there are cores, each in a namespace of its own (scripts/test.sh).
 TEST_THREADS ?= 8
-test: control-plane crd-server helm-deps lint
+test: control-plane crd-server helm-deps lua lint
 	$(CARGO) test --all-targets --locked --no-run
 	CARGO="$(CARGO)" scripts/test.sh $(TEST_THREADS)
 
@@ -61,6 +61,11 @@ helm-deps:
 	    --ignore-requires-python "helm-sdkpy==$(HELM_SDKPY_VERSION)" "PyYAML>=6" && \
 	  $(PYTHON) -c 'import helm_sdkpy, yaml; print("helm-deps: helm-sdkpy", helm_sdkpy.__version__, "installed")'; \
 	fi
+
+## Install Lua 5.1 (Debian's lua5.1), which runs the Argo CD health checks and actions of
+## gitops/argocd/ in their tests (tests/gitops_health.rs); skipped when `lua5.1` is on PATH.
+lua:
+	scripts/lua.sh deps
 
 ## Install the Debian packages and build kube-apiserver/kube-controller-manager/kubectl once per
 ## machine (cached in $${CLOUDKEYS_CACHE:-~/.cache/cloudkeys}).

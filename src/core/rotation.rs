@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use crate::api::duration::{parse_duration, ApiDuration};
 use crate::api::validation::InvalidSpec;
 use crate::api::{AccessKeySpec, AccessKeyStatus, RetiredKey};
+use crate::core::conditions::Activity;
 
 /// Set to any new value to replace the key once.
 pub const ROTATE_ANNOTATION: &str = "cloudkeys.io/rotate";
@@ -308,6 +309,17 @@ pub fn put_rotating(
         None => conditions.push(condition),
     }
     true
+}
+
+/// What is under way for an AccessKey besides its Ready condition, for `Reconciling`: a new key
+/// being created (recorded before the provider is asked), or replaced keys waiting for the
+/// restarted consumers. A grace period is not work under way: the new key is in use, and the
+/// replaced one goes by the clock.
+pub fn activity(status: &AccessKeyStatus) -> Activity {
+    Activity {
+        issuing: status.pending.is_some(),
+        rolling_out: matches!(RotatingState::of(status), RotatingState::RollingOut(_)),
+    }
 }
 
 /// Whether the `Rotating` condition says `Blocked`.

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
 use crate::api::{validation, IssuerStatus};
-use crate::core::conditions::{ready_condition, Reason};
+use crate::core::conditions::{put_progress, ready_condition, Activity, Reason, READY, RECONCILING, STALLED};
 use crate::providers::bounded::Bounded;
 use crate::providers::{credentials_secret, ErrorKind, Provider};
 
@@ -112,13 +112,25 @@ async fn write_condition<K: IssuerObject>(
     let described = issuer.describe();
     let previous = issuer.status().cloned().unwrap_or_default();
     let generation = issuer.meta().generation;
-    let condition =
-        ready_condition(&previous.conditions, reason, message.clone(), generation, Time(jiff::Timestamp::now()));
-    let changed = previous.conditions.iter().all(|c| c.reason != condition.reason || c.message != condition.message)
+    let now = Time(jiff::Timestamp::now());
+    let condition = ready_condition(&previous.conditions, reason, message.clone(), generation, now.clone());
+    let ready_changed = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == READY)
+        .is_none_or(|c| c.reason != condition.reason || c.message != condition.message)
         || previous.observed_generation != generation;
+    // Ready first (readers of older versions take the first condition), then Stalled and
+    // Reconciling as it says, keeping their transition times from the previous status.
+    let mut conditions: Vec<Condition> =
+        previous.conditions.iter().filter(|c| c.type_ == STALLED || c.type_ == RECONCILING).cloned().collect();
+    conditions.insert(0, condition);
+    // Also when Ready stays: an issuer last written by an operator without them gets them once.
+    let progress_changed = put_progress(&mut conditions, Activity::default(), generation, now);
+    let changed = ready_changed || progress_changed;
     let status = IssuerStatus {
         observed_generation: generation,
-        conditions: vec![condition],
+        conditions,
         provider: Some(issuer.provider().name().to_string()),
         // Drift checks and deletions own these (under field managers of their own).
         orphaned_keys: None,
@@ -181,7 +193,7 @@ async fn check<K: IssuerObject>(issuer: &K, ctx: &Context) -> Result<(Reason, St
         let now = Instant::now();
         if not_before > now {
             // Checked recently with these very credentials: keep the verdict, wait.
-            let previous = issuer.status().and_then(|s| s.conditions.first()).cloned();
+            let previous = issuer.status().and_then(|s| s.conditions.iter().find(|c| c.type_ == READY)).cloned();
             if let Some(c) = previous {
                 let reason = reason_from_str(&c.reason);
                 return Ok((reason, c.message, not_before - now));

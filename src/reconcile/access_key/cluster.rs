@@ -196,6 +196,8 @@ impl<'a> Cluster<'a> {
             let state = RotatingState::of(status);
             rotation::put_rotating(&mut status.conditions, &state, self.ak.meta().generation, jiff::Timestamp::now());
         }
+        // Stalled and Reconciling follow Ready and the replaced keys in the same write.
+        self.put_progress(status);
         let rv = self.resource_version.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let patch = serde_json::json!({
             "metadata": {"resourceVersion": rv},
@@ -240,13 +242,22 @@ impl<'a> Cluster<'a> {
                     && c.message == condition.message
                     && c.status == condition.status
             });
-        if unchanged {
-            return false;
+        if !unchanged {
+            status.conditions.retain(|c| c.type_ != READY);
+            status.conditions.insert(0, condition);
+            status.observed_generation = generation;
         }
-        status.conditions.retain(|c| c.type_ != READY);
-        status.conditions.insert(0, condition);
-        status.observed_generation = generation;
-        true
+        // Also when Ready stays: an AccessKey last written by an operator without the kstatus
+        // conditions gets them once, and never again while nothing changes.
+        let progress_changed = self.put_progress(status);
+        !unchanged || progress_changed
+    }
+
+    /// Puts `Stalled` and `Reconciling` as Ready and the work under way say; false if they are
+    /// there already as they are.
+    fn put_progress(&self, status: &mut AccessKeyStatus) -> bool {
+        let activity = rotation::activity(status);
+        conditions::put_progress(&mut status.conditions, activity, self.ak.meta().generation, now())
     }
 
     pub(super) async fn set_condition(

@@ -27,7 +27,7 @@ use crate::providers::{IssuedKey, KeyRequest, Marker, OwnedKey, Provider, Provid
 use super::context::{display_name, Context, LoadedIssuer, PolicyAnswer, FIELD_MANAGER};
 use super::error::Error;
 use super::in_use::IssuerId;
-use crate::core::conditions::{ready_condition, Reason, READY};
+use crate::core::conditions::{self, ready_condition, Reason, READY};
 use crate::core::consumers::{self, Workload, WorkloadObject};
 use crate::core::decide::{
     decide, forced_replacement_wait, forced_replacements_after, requested_replacements_after, IssueReason, Observed,
