@@ -7,13 +7,13 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 HELM_SDKPY_VERSION := 0.1.32
 PYTHON ?= python3
 
-.PHONY: test demo lint crds control-plane crd-server build bench helm-deps lua install
+.PHONY: test unit reconcile-tier demo lint crds control-plane crd-server build bench helm-deps lua monitoring-deps install
 
 ## Everything CI runs: formatting, clippy, unit and integration tests against a real apiserver.
 # The end-to-end tests mostly wait (on rollouts, grace periods, the apiserver): more of them at
 # once than there are cores, each in a namespace of its own (scripts/test.sh).
 TEST_THREADS ?= 8
-test: control-plane crd-server helm-deps lua lint
+test: control-plane crd-server helm-deps lua monitoring-deps lint
 	$(CARGO) test --all-targets --locked --no-run
 	CARGO="$(CARGO)" scripts/test.sh $(TEST_THREADS)
 
@@ -84,3 +84,9 @@ crd-server:
 ## real control plane; prints figures, asserts nothing. BENCH_LOCAL, BENCH_EXOSCALE, ... resize it.
 bench: control-plane
 	$(CARGO) test --release --locked --test bench -- --ignored --nocapture
+
+## Install Prometheus' server and promtool (Debian's `prometheus` package, its service not started)
+## for the tests of the chart's alerts and dashboard (tests/monitoring.rs); skipped when both are
+## on PATH.
+monitoring-deps:
+	scripts/monitoring.sh deps

@@ -18,7 +18,8 @@ use prometheus_client::registry::Registry;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::conditions;
-use crate::api::{AccessKey, AccessKeyStatus};
+use crate::api::{AccessKey, AccessKeyStatus, IssuerKind, WorkloadKind};
+use futures::FutureExt;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
@@ -292,6 +293,15 @@ struct ReadyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotReadyLabels {
+    namespace: String,
+    name: String,
+    /// `KeyIssuer <namespace>/<name>` or `ClusterKeyIssuer <name>`, as in the drift-check series.
+    issuer: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KeyLabels {
     namespace: String,
     name: String,
@@ -311,6 +321,18 @@ impl Collector for AccessKeyCollector {
                 )
             })
             .count();
+        // The AccessKey cache fills once this replica runs its controllers: it leads (or runs
+        // without leader election) and has listed the AccessKeys. A standby's never does, and a
+        // leader that loses the lease exits.
+        let leading = self.store.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok());
+        let leader = ConstGauge::new(i64::from(leading));
+        let family = encoder.encode_descriptor(
+            "cloudkeys_leader",
+            "1 when this replica reconciles (it holds the leader lease, or runs without leader election, and its AccessKey cache has synced); 0 for a standby or a leader still starting",
+            None,
+            leader.metric_type(),
+        )?;
+        leader.encode(family)?;
         let gauge = ConstGauge::new(0i64);
         let mut family = encoder.encode_descriptor(
             "cloudkeys_access_keys",
@@ -321,6 +343,35 @@ impl Collector for AccessKeyCollector {
         for (label, n) in [("true", ready), ("false", keys.len() - ready)] {
             ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX))
                 .encode(family.encode_family(&ReadyLabels { ready: label })?)?;
+        }
+        // One series per AccessKey that is not Ready (none for Ready ones), with the issuer it
+        // names and the reason of its Ready condition: alerts on a key stuck, and on an issuer
+        // that keeps its AccessKeys waiting (reason IssuerNotReady).
+        let mut not_ready = encoder.encode_descriptor(
+            "cloudkeys_access_key_not_ready",
+            "1 for each AccessKey that is not Ready, with its issuer and the reason of its Ready condition",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        for ak in keys.iter() {
+            let conds = ak.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+            if conditions::is_ready(conds, ak.metadata.generation) {
+                continue;
+            }
+            let namespace = ak.namespace().unwrap_or_default();
+            let issuer = &ak.spec.issuer_ref;
+            let issuer = match issuer.kind {
+                IssuerKind::KeyIssuer => format!("KeyIssuer {namespace}/{}", issuer.name),
+                IssuerKind::ClusterKeyIssuer => format!("ClusterKeyIssuer {}", issuer.name),
+            };
+            let reason = conds
+                .iter()
+                .find(|c| c.type_ == conditions::READY)
+                .map(|c| c.reason.clone())
+                .filter(|r| !r.is_empty())
+                .unwrap_or_else(|| "Unknown".into());
+            let labels = NotReadyLabels { namespace, name: ak.name_any(), issuer, reason };
+            ConstGauge::new(1i64).encode(not_ready.encode_family(&labels)?)?;
         }
         let mut age = encoder.encode_descriptor(
             "cloudkeys_access_key_age_seconds",
@@ -390,9 +441,40 @@ fn stamp(t: &Option<Time>) -> Option<f64> {
     t.as_ref().map(|t| t.0.as_millisecond() as f64 / 1000.0)
 }
 
+/// The providers' names (`IssuerProvider::name`), for the series that start at 0.
+const PROVIDERS: [&str; 4] = ["exoscale", "yandex", "outscale", "local"];
+
+impl Metrics {
+    /// Creates, at 0, the series of the counters and gauges that count trouble, for every
+    /// provider and kind: the alerts' `increase()` sees their first failure (a series that
+    /// appears at 1 shows no increase), and a dashboard shows 0 rather than no data.
+    fn start_at_zero(&self) {
+        for provider in PROVIDERS {
+            let labels = ProviderLabels { provider: provider.into() };
+            for family in [
+                &self.revocation_failures,
+                &self.blocked_rotations,
+                &self.revocations_refused,
+                &self.revoked_externally,
+            ] {
+                drop(family.get_or_create(&labels));
+            }
+        }
+        for kind in [WorkloadKind::Deployment, WorkloadKind::StatefulSet, WorkloadKind::DaemonSet] {
+            let labels = WorkloadLabels { kind: kind.as_str() };
+            drop(self.consumer_restarts.get_or_create(&labels));
+            drop(self.rollout_timeouts.get_or_create(&labels));
+        }
+        for kind in ["AccessKey", "KeyIssuer", "ClusterKeyIssuer"] {
+            drop(self.undecodable_objects.get_or_create(&KindLabels { kind }));
+        }
+    }
+}
+
 /// The registry served on `/metrics`.
 pub fn registry(access_keys: Store<AccessKey>) -> Registry {
     let mut registry = Registry::default();
+    global().start_at_zero();
     global().register(&mut registry);
     registry.register_collector(Box::new(AccessKeyCollector { store: access_keys }));
     registry
@@ -425,5 +507,46 @@ mod tests {
         let text = encode(&registry);
         assert!(!text.contains("team-a/gone"), "{text}");
         assert!(text.contains(r#"cloudkeys_orphaned_keys{issuer="KeyIssuer team-b/kept"} 1"#), "{text}");
+    }
+
+    fn access_key(name: &str, issuer: serde_json::Value, ready: Option<(&str, &str)>) -> AccessKey {
+        let conditions: Vec<_> = ready
+            .into_iter()
+            .map(|(status, reason)| {
+                serde_json::json!({"type": "Ready", "status": status, "reason": reason, "message": "m",
+                    "observedGeneration": 1, "lastTransitionTime": "2026-11-01T00:00:00Z"})
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "cloudkeys.io/v1alpha1", "kind": "AccessKey",
+            "metadata": {"name": name, "namespace": "team-a", "generation": 1},
+            "spec": {"issuerRef": issuer, "secretName": "s", "local": {}},
+            "status": {"conditions": conditions},
+        }))
+        .expect("AccessKey literal")
+    }
+
+    #[test]
+    fn the_leader_gauge_follows_the_cache_and_only_keys_not_ready_have_a_not_ready_series() {
+        use kube::runtime::watcher::Event;
+        let (store, mut writer) = kube::runtime::reflector::store::<AccessKey>();
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(AccessKeyCollector { store }));
+        assert!(encode(&registry).contains("\ncloudkeys_leader 0\n"), "{}", encode(&registry));
+
+        writer.apply_watcher_event(&Event::Init);
+        for ak in [
+            access_key("ready", serde_json::json!({"name": "exo"}), Some(("True", "Issued"))),
+            access_key("waiting", serde_json::json!({"name": "exo"}), Some(("False", "IssuerNotReady"))),
+            access_key("shared", serde_json::json!({"name": "all", "kind": "ClusterKeyIssuer"}), None),
+        ] {
+            writer.apply_watcher_event(&Event::InitApply(ak));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+        let text = encode(&registry);
+        assert!(text.contains("\ncloudkeys_leader 1\n"), "{text}");
+        assert!(text.contains(r#"cloudkeys_access_key_not_ready{namespace="team-a",name="waiting",issuer="KeyIssuer team-a/exo",reason="IssuerNotReady"} 1"#), "{text}");
+        assert!(text.contains(r#"cloudkeys_access_key_not_ready{namespace="team-a",name="shared",issuer="ClusterKeyIssuer all",reason="Unknown"} 1"#), "{text}");
+        assert!(!text.contains(r#"name="ready",issuer"#), "{text}");
     }
 }

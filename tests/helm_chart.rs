@@ -533,6 +533,13 @@ fn lint_is_clean_with_defaults_a_watched_namespace_two_replicas_and_every_option
             "podDisruptionBudget.enabled=true",
             "networkPolicy.enabled=true",
             "rbac.ownerReferencesPermissionEnforcement=true",
+            "prometheus.rules.enabled=true",
+            "prometheus.rules.labels.release=prometheus",
+            "prometheus.rules.for.CloudkeysAccessKeyNotReady=30m",
+            "prometheus.rules.alertLabels.team=platform",
+            "grafana.dashboard.enabled=true",
+            "grafana.dashboard.namespace=monitoring",
+            "grafana.dashboard.annotations.grafana_folder=Platform",
         ][..],
         &[
             "podDisruptionBudget.enabled=true",
