@@ -45,10 +45,11 @@ build:
 install:
 	$(CARGO) install --locked --path . $(if $(PREFIX),--root $(PREFIX))
 
-## Regenerate crds/ from the Rust types, and the chart's copy (charts/cloudkeys/crds/).
+## Regenerate crds/ from the Rust types, and the chart's copy (charts/cloudkeys/files/, which
+## templates/crds.yaml renders as it is, so that `helm upgrade` upgrades the CRDs too).
 crds:
 	$(CARGO) run --quiet --locked --bin cloudkeys -- crds > crds/cloudkeys.io_crds.yaml
-	cp crds/cloudkeys.io_crds.yaml charts/cloudkeys/crds/cloudkeys.io_crds.yaml
+	cp crds/cloudkeys.io_crds.yaml charts/cloudkeys/files/cloudkeys.io_crds.yaml
 
 ## Install helm-sdkpy (Helm's Go library for Python) and PyYAML for the chart tests; skipped when
 ## the right version is already importable. helm-sdkpy declares Python >= 3.12 but works on 3.11.

@@ -1,5 +1,5 @@
-//! `crds/`, the chart's copy and `cloudkeys crds` never drift apart from the types: each is
-//! compared with what the generator makes of them now.
+//! `crds/`, the chart's copy (`files/`, rendered by its templates/crds.yaml) and `cloudkeys crds`
+//! never drift apart from the types: each is compared with what the generator makes of them now.
 
 use std::path::Path;
 use std::process::Command;
@@ -8,7 +8,7 @@ use std::process::Command;
 fn committed_crds_and_the_charts_copy_are_what_the_types_generate() {
     let generated = cloudkeys::api::crds_yaml().expect("CRDs render");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for path in ["crds/cloudkeys.io_crds.yaml", "charts/cloudkeys/crds/cloudkeys.io_crds.yaml"] {
+    for path in ["crds/cloudkeys.io_crds.yaml", "charts/cloudkeys/files/cloudkeys.io_crds.yaml"] {
         let committed = std::fs::read_to_string(root.join(path)).unwrap_or_default();
         assert!(
             committed == generated,

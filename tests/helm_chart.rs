@@ -13,15 +13,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use cloudkeys::api::{AccessKey, ClusterKeyIssuer};
+use cloudkeys::api::{AccessKey, ClusterKeyIssuer, KeyIssuer};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
 use serde::Deserialize as _;
@@ -32,6 +33,8 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// Held by the tests that run an operator watching every namespace: two of them at once would
 /// each reconcile the other's AccessKeys, and one proves that its operator cannot write Secrets.
+/// Also by those that uninstall a release: its pre-delete hook looks at the AccessKeys of every
+/// namespace (and refuses while there are some). The holders leave no AccessKey behind.
 static CLUSTER_WIDE_OPERATOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn chart() -> PathBuf {
@@ -56,9 +59,14 @@ impl Helm {
 /// A client of a control plane of this test's own: the chart's operator watches every namespace,
 /// and would take the AccessKeys of other tests for its own (and all tests here take one, since
 /// under plain `cargo test` they share one process).
+///
+/// The CRDs are created as `kubectl apply -f crds/` (or an older chart's crds/ folder) leaves
+/// them, owned by no release: the releases of the tests leave them alone (see `release_args`).
 async fn own_cluster() -> Client {
     support::own_control_plane();
-    support::client().await
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    client
 }
 
 /// Runs `python3 tests/helm/helm.py ARGS` (`$PYTHON` instead of python3 when set, as in the Makefile).
@@ -85,13 +93,180 @@ fn helm(args: &[&str]) -> Helm {
 
 /// `helm.py COMMAND RELEASE CHART NAMESPACE --kubeconfig K SETS...` against the test cluster.
 fn helm_release(command: &str, release: &str, namespace: &str, sets: &[&str]) -> Helm {
+    let args = release_args(command, release, namespace, sets);
+    helm(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// The arguments of `helm_release`. Releases leave the CRDs alone (`crds.enabled=false`) unless
+/// `sets` say otherwise: the tests of this file install many releases at once into one cluster,
+/// and the CRDs can belong to one release only. `own_cluster` creates them.
+fn release_args(command: &str, release: &str, namespace: &str, sets: &[&str]) -> Vec<String> {
     let kubeconfig = support::control_plane().kubeconfig.to_string_lossy().into_owned();
     let chart = chart().to_string_lossy().into_owned();
-    let mut args = vec![command, release, chart.as_str(), namespace, "--kubeconfig", kubeconfig.as_str()];
-    for s in sets {
-        args.extend(["--set", s]);
+    let mut args: Vec<String> =
+        vec![command.into(), release.into(), chart, namespace.into(), "--kubeconfig".into(), kubeconfig];
+    if !sets.iter().any(|s| s.starts_with("crds.enabled=")) {
+        args.extend(["--set".into(), "crds.enabled=false".into()]);
     }
-    helm(&args)
+    for s in sets {
+        args.extend(["--set".into(), s.to_string()]);
+    }
+    args
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pre-delete hook. The test control plane has no Job controller and no kubelet: these
+// helpers do their part. When Helm creates the hook's Job, the test runs the Job's container
+// (the `cloudkeys` binary with the Job's args) as the Job's ServiceAccount, with a token of it,
+// and writes the outcome into the Job's status, which Helm waits for.
+
+/// What to do with the hook's Job.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HookMode {
+    /// Run its command, and complete or fail the Job as the command exits.
+    Run,
+    /// Complete it without running anything: the uninstall of `template`'s throwaway release,
+    /// which must not act on the cluster's AccessKeys.
+    Complete,
+}
+
+/// One run of the hook's command.
+#[derive(Debug)]
+struct HookRun {
+    args: Vec<String>,
+    code: i32,
+    stdout: String,
+    stderr: String,
+    /// The operator's Deployment existed when the hook ran: Helm had not deleted it yet.
+    operator_present: bool,
+}
+
+/// The name of the hook objects of a release named like its namespace (as every test does).
+fn hook_name(release: &str) -> String {
+    format!("{release}-cloudkeys-uninstall")
+}
+
+/// Runs the container of the rendered Job `job` as its ServiceAccount.
+async fn run_job(client: &Client, namespace: &str, job: &Job) -> HookRun {
+    let pod = job.spec.as_ref().and_then(|s| s.template.spec.clone()).expect("the Job has a pod spec");
+    let sa = pod.service_account_name.clone().expect("the Job names its ServiceAccount");
+    let args = pod.containers[0].args.clone().unwrap_or_default();
+    let kubeconfig = service_account_kubeconfig(client, namespace, &sa).await;
+    run_cloudkeys_as(&kubeconfig, &args).await
+}
+
+/// `cloudkeys ARGS` with nothing but `kubeconfig` (no inherited environment).
+async fn run_cloudkeys_as(kubeconfig: &Path, args: &[String]) -> HookRun {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloudkeys"))
+        .args(args)
+        .env_clear()
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("cloudkeys runs");
+    HookRun {
+        args: args.to_vec(),
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        operator_present: false,
+    }
+}
+
+/// Writes the Job's outcome as the Job controller would.
+async fn finish_job(jobs: &Api<Job>, name: &str, succeeded: bool) {
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
+    let (condition, reason) = if succeeded { ("Complete", "Completed") } else { ("Failed", "BackoffLimitExceeded") };
+    let mut status = json!({
+        "startTime": now,
+        "conditions": [{"type": condition, "status": "True", "reason": reason, "lastProbeTime": now, "lastTransitionTime": now}],
+    });
+    if succeeded {
+        status["succeeded"] = json!(1);
+        status["completionTime"] = json!(now);
+    } else {
+        status["failed"] = json!(1);
+    }
+    jobs.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
+        .await
+        .unwrap_or_else(|e| panic!("cannot write the status of Job {name}: {e}"));
+}
+
+/// Runs `helm.py ARGS`, doing the Job controller's part for the hook Job `job` in `namespace`
+/// while it runs.
+async fn helm_with_hook(
+    client: &Client,
+    args: Vec<String>,
+    namespace: &str,
+    job: &str,
+    mode: HookMode,
+) -> (Helm, Option<HookRun>) {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let child = tokio::process::Command::new(python)
+        .arg(support::repo_root().join("tests/helm/helm.py"))
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs");
+    // Read its output as it comes (a rendered manifest fills a pipe), and see when it exits.
+    let mut helm_done = tokio::spawn(child.wait_with_output());
+    let jobs: Api<Job> = in_ns(client, namespace);
+    let release = args.get(1).cloned().unwrap_or_default();
+    let mut hook = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    let out = loop {
+        tokio::select! {
+            done = &mut helm_done => break done.expect("helm.py joined").expect("helm.py ran"),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        assert!(tokio::time::Instant::now() < deadline, "helm.py {args:?} did not finish");
+        if hook.is_some() {
+            continue;
+        }
+        let Some(created) = jobs.get_opt(job).await.expect("Jobs readable") else { continue };
+        if created.status.as_ref().is_some_and(|s| !s.conditions.clone().unwrap_or_default().is_empty()) {
+            continue;
+        }
+        let run = match mode {
+            HookMode::Complete => None,
+            HookMode::Run => {
+                let operator = format!("{release}-cloudkeys");
+                let operator_present = get(&in_ns::<Deployment>(client, namespace), &operator).await.is_some();
+                Some(HookRun { operator_present, ..run_job(client, namespace, &created).await })
+            }
+        };
+        finish_job(&jobs, job, run.as_ref().is_none_or(|r| r.code == 0)).await;
+        hook = Some(run);
+    };
+    let helm = Helm {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    (helm, hook.flatten())
+}
+
+/// `helm uninstall RELEASE` of the release named like its namespace, its pre-delete hook run.
+async fn uninstall(client: &Client, release: &str) -> (Helm, Option<HookRun>) {
+    let kubeconfig = support::control_plane().kubeconfig.to_string_lossy().into_owned();
+    let args = vec!["uninstall".into(), release.into(), release.into(), "--kubeconfig".into(), kubeconfig];
+    helm_with_hook(client, args, release, &hook_name(release), HookMode::Run).await
+}
+
+/// `uninstall` that must succeed, without a hook or with one that exited 0.
+async fn uninstall_ok(client: &Client, release: &str) {
+    let (out, hook) = uninstall(client, release).await;
+    assert!(out.ok, "helm uninstall {release} failed:\n{}\nhook: {hook:?}", out.output());
+}
+
+/// `helm template` (a throwaway release, installed and uninstalled again), its hook completed.
+async fn template(client: &Client, release: &str, sets: &[&str]) -> Helm {
+    let args = release_args("template", release, release, sets);
+    helm_with_hook(client, args, release, &hook_name(release), HookMode::Complete).await.0
 }
 
 fn install(release: &str, namespace: &str, sets: &[&str]) {
@@ -302,27 +477,8 @@ impl ChartOperator {
         let pod = d.spec.template.spec.clone().expect("pod spec");
         let sa = pod.service_account_name.clone().expect("serviceAccountName");
         let container = &pod.containers[0];
-        let token = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
-            .create_token_request(
-                &sa,
-                &PostParams::default(),
-                &TokenRequest {
-                    spec: Some(k8s_openapi::api::authentication::v1::TokenRequestSpec {
-                        expiration_seconds: Some(3600),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            )
-            .await
-            .expect("token for the chart's ServiceAccount")
-            .status
-            .expect("token issued")
-            .token
-            .expect("token");
+        let kubeconfig = service_account_kubeconfig(client, namespace, &sa).await;
         let dir = &support::control_plane().dir;
-        let kubeconfig = dir.join(format!("{namespace}-{sa}.kubeconfig"));
-        write_kubeconfig_with_token(&support::control_plane().kubeconfig, &kubeconfig, &token);
 
         let mut env = Vec::new();
         for e in container.env.clone().unwrap_or_default() {
@@ -383,6 +539,32 @@ impl Drop for ChartOperator {
             eprintln!("--- operator log ({}) ---\n{}", self.log.display(), self.logs());
         }
     }
+}
+
+/// A kubeconfig of the test cluster holding a token of ServiceAccount `namespace/sa`: whatever
+/// runs with it has exactly the RBAC bound to that ServiceAccount.
+async fn service_account_kubeconfig(client: &Client, namespace: &str, sa: &str) -> PathBuf {
+    let token = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(
+            sa,
+            &PostParams::default(),
+            &TokenRequest {
+                spec: Some(k8s_openapi::api::authentication::v1::TokenRequestSpec {
+                    expiration_seconds: Some(3600),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("no token for ServiceAccount {namespace}/{sa}: {e}"))
+        .status
+        .expect("token issued")
+        .token
+        .expect("token");
+    let kubeconfig = support::control_plane().dir.join(format!("{namespace}-{sa}.kubeconfig"));
+    write_kubeconfig_with_token(&support::control_plane().kubeconfig, &kubeconfig, &token);
+    kubeconfig
 }
 
 fn write_kubeconfig_with_token(admin: &Path, target: &Path, token: &str) {
@@ -482,32 +664,29 @@ async fn exercise_operator(client: &Client, ns: &str, cluster_resource_ns: &str,
     for name in [&local_cluster, &exo_cluster] {
         issuers.delete(name, &DeleteParams::default()).await.expect("ClusterKeyIssuer deleted");
     }
+    delete_key_issuer(client, ns).await;
+}
+
+/// Deletes the KeyIssuer `local` of `ns` while the operator runs: it minted keys, so it holds
+/// the finalizer cloudkeys.io/in-use until deleted, and the uninstall hook refuses while it does.
+async fn delete_key_issuer(client: &Client, ns: &str) {
+    let issuers: Api<KeyIssuer> = in_ns(client, ns);
+    issuers.delete("local", &DeleteParams::default()).await.expect("KeyIssuer delete accepted");
+    wait_gone(&issuers, "local").await;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Tests.
 
 #[test]
-fn chart_crds_are_the_repos_crds_byte_for_byte() {
-    let listing = |dir: &Path| -> BTreeMap<String, Vec<u8>> {
-        std::fs::read_dir(dir)
-            .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
-            .map(|entry| {
-                let entry = entry.expect("directory entry");
-                (entry.file_name().to_string_lossy().into_owned(), std::fs::read(entry.path()).expect("readable"))
-            })
-            .collect()
-    };
-    let repo = listing(&support::repo_root().join("crds"));
-    let in_chart = listing(&chart().join("crds"));
-    assert_eq!(
-        repo.keys().collect::<Vec<_>>(),
-        in_chart.keys().collect::<Vec<_>>(),
-        "charts/cloudkeys/crds/ must hold exactly the files of crds/ (run `make crds`)"
-    );
-    for (name, bytes) in &repo {
-        assert!(in_chart[name] == *bytes, "charts/cloudkeys/crds/{name} differs from crds/{name}: run `make crds`");
-    }
+fn the_chart_renders_the_repos_crds_from_templates_not_from_a_crds_folder() {
+    // Helm installs a chart's crds/ folder once and never upgrades it: the CRDs are templates.
+    assert!(!chart().join("crds").exists(), "charts/cloudkeys/crds/ is back: Helm would install the CRDs from it too");
+    let repo = std::fs::read(support::repo_root().join("crds/cloudkeys.io_crds.yaml")).expect("crds/ readable");
+    let in_chart = std::fs::read(chart().join("files/cloudkeys.io_crds.yaml")).expect("the chart's copy");
+    assert!(repo == in_chart, "charts/cloudkeys/files/cloudkeys.io_crds.yaml differs from crds/: run `make crds`");
+    let template = std::fs::read_to_string(chart().join("templates/crds.yaml")).expect("templates/crds.yaml");
+    assert!(template.contains(".Files.Get \"files/cloudkeys.io_crds.yaml\""), "the template renders the copy");
 
     let meta: serde_norway::Value =
         serde_norway::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).expect("Chart.yaml"))
@@ -518,6 +697,414 @@ fn chart_crds_are_the_repos_crds_byte_for_byte() {
         "Chart.yaml appVersion is the crate version"
     );
     assert_eq!(meta["name"].as_str(), Some("cloudkeys"));
+}
+
+/// The documents of a rendered manifest that came from `source` (a template's path in the chart),
+/// each as Helm wrote it, without its `# Source:` line.
+fn documents_from(manifest: &str, source: &str) -> Vec<String> {
+    let marker = format!("# Source: {source}\n");
+    manifest
+        .split("\n---\n")
+        .map(|d| d.trim_start_matches("---\n"))
+        .filter_map(|d| d.strip_prefix(marker.as_str()))
+        .map(|d| d.trim().to_string())
+        .collect()
+}
+
+const KEEP: &str = "    helm.sh/resource-policy: keep\n";
+
+/// The upgrade path of docs/operations.md: a release whose CRDs came from the chart's old crds/
+/// folder (owned by no release) turns crds.enabled on; Helm refuses until the CRDs carry its
+/// ownership metadata, then writes the chart's CRDs over them, byte for byte the repository's
+/// apart from the keep annotation; uninstalling keeps them.
+#[tokio::test]
+async fn an_existing_release_takes_over_its_crds_as_documented_and_keeps_them_on_uninstall() {
+    let _alone = CLUSTER_WIDE_OPERATOR.lock().await;
+    let client = own_cluster().await;
+    let ns = support::namespace(&client, "helm-crds").await;
+    install(&ns, &ns, &["crds.enabled=false"]);
+    let crds: Api<CustomResourceDefinition> = cluster(&client);
+    // As an older chart's CRDs would say.
+    for crd in CRDS {
+        let old = json!({"metadata": {"annotations": {"cloudkeys.io/version": "0.0.1"}}});
+        crds.patch(crd, &PatchParams::default(), &Patch::Merge(old)).await.expect("CRD patched");
+    }
+
+    let refused = helm_release("upgrade", &ns, &ns, &["crds.enabled=true"]);
+    assert!(!refused.ok, "Helm took CRDs that no release owns:\n{}", refused.output());
+    assert!(refused.stderr.contains("invalid ownership metadata"), "not refused for ownership:\n{}", refused.output());
+
+    // What docs/operations.md (Upgrading) tells the platform team to run, through kubectl.
+    for crd in CRDS {
+        let (ok, _, err) = support::run_kubectl(&[
+            "annotate",
+            "crd",
+            crd,
+            &format!("meta.helm.sh/release-name={ns}"),
+            &format!("meta.helm.sh/release-namespace={ns}"),
+        ]);
+        assert!(ok, "kubectl annotate {crd}: {err}");
+        let (ok, _, err) = support::run_kubectl(&["label", "crd", crd, "app.kubernetes.io/managed-by=Helm"]);
+        assert!(ok, "kubectl label {crd}: {err}");
+    }
+    let mut args = release_args("upgrade", &ns, &ns, &["crds.enabled=true"]);
+    args.push("--show-manifest".into());
+    let out = helm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.ok, "helm upgrade with crds.enabled failed:\n{}", out.output());
+
+    let rendered = documents_from(&out.stdout, "cloudkeys/templates/crds.yaml");
+    let repo = std::fs::read_to_string(support::repo_root().join("crds/cloudkeys.io_crds.yaml")).expect("crds/");
+    let expected: Vec<String> =
+        repo.split("---\n").map(str::trim).filter(|d| !d.is_empty()).map(String::from).collect();
+    assert_eq!(rendered.len(), expected.len(), "one rendered CRD for each of crds/:\n{}", out.stdout);
+    for (got, want) in rendered.iter().zip(&expected) {
+        assert_eq!(got.matches(KEEP).count(), 1, "no keep annotation in:\n{got}");
+        assert!(
+            got.replacen(KEEP, "", 1) == *want,
+            "a rendered CRD differs from crds/ (beyond the keep annotation):\n{got}"
+        );
+    }
+    for crd in CRDS {
+        let live = must(&crds, crd).await;
+        let annotations = live.metadata.annotations.unwrap_or_default();
+        assert_eq!(
+            annotations.get("cloudkeys.io/version").map(String::as_str),
+            Some(env!("CARGO_PKG_VERSION")),
+            "{crd} upgraded"
+        );
+        assert_eq!(annotations.get("helm.sh/resource-policy").map(String::as_str), Some("keep"), "{crd}");
+    }
+
+    // Uninstalled, the release keeps its CRDs (and with them every AccessKey of the cluster).
+    uninstall_ok(&client, &ns).await;
+    wait_gone(&in_ns::<Deployment>(&client, &ns), &format!("{ns}-cloudkeys")).await;
+    for crd in CRDS {
+        let live = must(&crds, crd).await;
+        assert!(live.metadata.deletion_timestamp.is_none(), "{crd} is being deleted");
+    }
+}
+
+/// The hook as rendered for each policy: its objects, their hook annotations, its command and
+/// its RBAC, exactly; none at all with policy None.
+#[tokio::test]
+async fn the_uninstall_hook_renders_per_policy() {
+    let client = own_cluster().await;
+    let ns = support::namespace(&client, "helm-hook-render").await;
+    let watched = support::namespace(&client, "helm-hook-render-watched").await;
+    let name = hook_name(&ns);
+    let watch = format!("watchNamespace={watched}");
+    let cases: [RenderCase; 4] = [
+        (vec![], vec!["uninstall"], vec!["list"], false),
+        (
+            vec!["uninstall.policy=RevokeAll"],
+            vec!["uninstall", "--revoke-all", "--wait", "--timeout", "4m"],
+            vec!["list", "delete"],
+            false,
+        ),
+        (
+            vec!["uninstall.policy=RevokeAll", "uninstall.timeout=90s", watch.as_str()],
+            vec!["uninstall", "--revoke-all", "--wait", "--timeout", "90s", "--namespace", watched.as_str()],
+            vec!["list", "delete"],
+            true,
+        ),
+        (vec!["uninstall.policy=None"], vec![], vec![], false),
+    ];
+    for (sets, args, verbs, namespaced) in cases {
+        let out = template(&client, &ns, &sets).await;
+        assert!(out.ok, "helm template {sets:?} failed:\n{}", out.output());
+        let hooks: Vec<serde_norway::Value> = documents_from(&out.stdout, "cloudkeys/templates/uninstall-hook.yaml")
+            .iter()
+            .map(|d| serde_norway::from_str(d).expect("a hook is YAML"))
+            .collect();
+        if args.is_empty() {
+            assert!(hooks.is_empty(), "policy None renders a hook:\n{}", out.stdout);
+            continue;
+        }
+        let kinds: Vec<&str> = hooks.iter().filter_map(|h| h["kind"].as_str()).collect();
+        let (role, binding) = if namespaced { ("Role", "RoleBinding") } else { ("ClusterRole", "ClusterRoleBinding") };
+        assert_eq!(kinds, vec!["ServiceAccount", role, binding, "Job"], "{sets:?}");
+        for h in &hooks {
+            let a = &h["metadata"]["annotations"];
+            assert_eq!(h["metadata"]["name"].as_str(), Some(name.as_str()));
+            assert_eq!(a["helm.sh/hook"].as_str(), Some("pre-delete"), "{h:?}");
+            assert_eq!(a["helm.sh/hook-delete-policy"].as_str(), Some("before-hook-creation,hook-succeeded"), "{h:?}");
+        }
+        let role_doc = &hooks[1];
+        if namespaced {
+            assert_eq!(role_doc["metadata"]["namespace"].as_str(), Some(watched.as_str()));
+        }
+        let rules: Vec<PolicyRule> = serde_norway::from_value(role_doc["rules"].clone()).expect("rules");
+        let resources: &[&str] =
+            if namespaced { &["accesskeys", "keyissuers"] } else { &["accesskeys", "keyissuers", "clusterkeyissuers"] };
+        assert_eq!(rules_of(rules), vec![rule(&["cloudkeys.io"], resources, &[], &verbs)], "{sets:?}");
+        let job: Job = serde_norway::from_value(hooks[3].clone()).expect("a Job");
+        let pod = job.spec.and_then(|s| s.template.spec).expect("pod spec");
+        assert_eq!(pod.service_account_name.as_deref(), Some(name.as_str()));
+        assert_eq!(pod.containers[0].args.clone().unwrap_or_default(), args, "{sets:?}");
+    }
+    // The CRDs are left out with crds.enabled=false (what `release_args` sets).
+    let out = template(&client, &ns, &[]).await;
+    assert!(documents_from(&out.stdout, "cloudkeys/templates/crds.yaml").is_empty(), "CRDs rendered:\n{}", out.stdout);
+}
+
+/// (values, the Job's args, the role's verbs, whether the role is namespaced) of one rendering.
+type RenderCase<'a> = (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>, bool);
+
+fn rules_of(r: Vec<PolicyRule>) -> Vec<Rule> {
+    rules(Some(r))
+}
+
+/// A KeyIssuer and two AccessKeys in `team`, issued.
+async fn two_keys(client: &Client, team: &str) {
+    support::apply_json(
+        client,
+        team,
+        json!({"apiVersion": "cloudkeys.io/v1alpha1", "kind": "KeyIssuer",
+        "metadata": {"name": "local"}, "spec": {"local": {}}}),
+    )
+    .await;
+    for name in ["a", "b"] {
+        support::apply_json(client, team, support::keys::manifest(name, "local", "local", json!({}), json!({}))).await;
+    }
+    for name in ["a", "b"] {
+        support::keys::wait_issued(client, team, name).await;
+    }
+}
+
+/// The authorizer goes by the rendered RevokeAll rule: list and delete on the three kinds.
+async fn hook_rule_is_rendered(client: &Client, ns: &str) {
+    let name = hook_name(ns);
+    for verb in ["list", "delete"] {
+        for resource in ISSUER_KINDS {
+            let resource = format!("{resource}.cloudkeys.io");
+            support::eventually(&format!("{verb} {resource} allowed"), WAIT, || async {
+                allowed(client, ns, &name, verb, &resource, None, None).await.then_some(())
+            })
+            .await;
+        }
+    }
+}
+
+const ISSUER_KINDS: [&str; 3] = ["accesskeys", "keyissuers", "clusterkeyissuers"];
+
+/// Sets the one rule of the hook's ClusterRole, and waits until the authorizer goes by it.
+async fn hook_rule(client: &Client, ns: &str, resources: &[&str], verbs: &[&str]) {
+    let name = hook_name(ns);
+    let roles: Api<ClusterRole> = cluster(client);
+    let mut role = must(&roles, &name).await;
+    let strings = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    role.rules = Some(vec![PolicyRule {
+        api_groups: Some(vec!["cloudkeys.io".into()]),
+        resources: Some(strings(resources)),
+        verbs: strings(verbs),
+        ..Default::default()
+    }]);
+    roles.replace(&name, &PostParams::default(), &role).await.expect("hook ClusterRole replaced");
+    for verb in ["list", "delete"] {
+        for resource in ISSUER_KINDS {
+            let want = verbs.contains(&verb) && resources.contains(&resource);
+            let resource = format!("{resource}.cloudkeys.io");
+            support::eventually(&format!("{verb} {resource} allowed: {want}"), WAIT, || async {
+                (allowed(client, ns, &name, verb, &resource, None, None).await == want).then_some(())
+            })
+            .await;
+        }
+    }
+}
+
+/// The rendered hook's command, run as the rendered hook's ServiceAccount with its rendered
+/// RBAC, against AccessKeys the chart's operator issued: enough to refuse (list) and to revoke
+/// everything (list, delete); without either verb it fails, refused by the apiserver.
+#[tokio::test]
+async fn the_uninstall_hook_works_with_nothing_but_its_rbac_and_fails_without_a_verb() {
+    let _alone = CLUSTER_WIDE_OPERATOR.lock().await;
+    let client = own_cluster().await;
+    let ns = support::namespace(&client, "helm-hook-rbac").await;
+    let team = support::namespace(&client, "helm-hook-rbac-team").await;
+    let out = template(&client, &ns, &["uninstall.policy=RevokeAll"]).await;
+    assert!(out.ok, "helm template failed:\n{}", out.output());
+    let hooks: Vec<serde_json::Value> = documents_from(&out.stdout, "cloudkeys/templates/uninstall-hook.yaml")
+        .iter()
+        .map(|d| serde_norway::from_str(d).expect("a hook is YAML"))
+        .collect();
+    // The objects Helm would create for the hook, as rendered (the Job is run by hand below).
+    let mut job = None;
+    let mut rendered_role = None;
+    for hook in hooks {
+        let kind = hook["kind"].as_str().expect("kind").to_string();
+        if kind == "Job" {
+            job = Some(serde_json::from_value::<Job>(hook).expect("a Job"));
+            continue;
+        }
+        let (group, version) = hook["apiVersion"].as_str().expect("apiVersion").split_once('/').unwrap_or(("", "v1"));
+        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, &kind));
+        let api: Api<DynamicObject> = if kind.starts_with("Cluster") {
+            Api::all_with(client.clone(), &resource)
+        } else {
+            Api::namespaced_with(client.clone(), &ns, &resource)
+        };
+        if kind == "ClusterRole" {
+            rendered_role = Some(serde_json::from_value::<ClusterRole>(hook.clone()).expect("a ClusterRole"));
+        }
+        let obj: DynamicObject = serde_json::from_value(hook).expect("an object");
+        api.create(&PostParams::default(), &obj).await.unwrap_or_else(|e| panic!("{kind} not created: {e}"));
+    }
+    let job = job.expect("a hook Job");
+    let rendered_role = rendered_role.expect("a hook ClusterRole");
+    let revoke_all = job.spec.as_ref().and_then(|s| s.template.spec.as_ref()).expect("pod").containers[0]
+        .args
+        .clone()
+        .unwrap_or_default();
+    let refuse = vec!["uninstall".to_string()];
+
+    install(&ns, &ns, &["uninstall.policy=None"]);
+    let op = ChartOperator::start(&client, &ns, &format!("{ns}-cloudkeys")).await;
+    two_keys(&client, &team).await;
+    let accesskeys: Api<AccessKey> = in_ns(&client, &team);
+    let kubeconfig = service_account_kubeconfig(&client, &ns, &hook_name(&ns)).await;
+
+    let issuers: Api<KeyIssuer> = in_ns(&client, &team);
+    let untouched = || async {
+        for name in ["a", "b"] {
+            assert!(must(&accesskeys, name).await.metadata.deletion_timestamp.is_none(), "{name} was deleted");
+        }
+        assert!(must(&issuers, "local").await.metadata.deletion_timestamp.is_none(), "the KeyIssuer was deleted");
+    };
+    let forbidden = |run: &HookRun| run.code == 1 && run.stderr.to_lowercase().contains("forbidden");
+
+    // Policy Refuse's role: list. The command lists what is left and exits 1, refused nothing.
+    hook_rule(&client, &ns, &ISSUER_KINDS, &["list"]).await;
+    let run = run_cloudkeys_as(&kubeconfig, &refuse).await;
+    assert!(run.code == 1 && !forbidden(&run), "{run:?}");
+    for (kind, name) in [("AccessKey", "a"), ("AccessKey", "b"), ("KeyIssuer", "local")] {
+        let listed =
+            run.stdout.lines().any(|l| l.starts_with(kind) && l.contains(&team) && l.contains(&format!(" {name} ")));
+        assert!(listed, "{kind} {name} not listed: {run:?}");
+    }
+    untouched().await;
+    // Without list, or without one of the kinds: refused by the apiserver.
+    for (resources, verbs) in [(&ISSUER_KINDS[..], &["delete"][..]), (&ISSUER_KINDS[..2], &["list"][..])] {
+        hook_rule(&client, &ns, resources, verbs).await;
+        let run = run_cloudkeys_as(&kubeconfig, &refuse).await;
+        assert!(forbidden(&run), "{resources:?} {verbs:?}: not refused by the apiserver: {run:?}");
+    }
+    // RevokeAll without delete, or without one of the kinds: refused, and nothing is deleted.
+    for (resources, verbs) in [
+        (&ISSUER_KINDS[..], &["list"][..]),
+        (&["accesskeys", "keyissuers"][..], &["list", "delete"][..]),
+        (&["accesskeys", "clusterkeyissuers"][..], &["list", "delete"][..]),
+        (&["keyissuers", "clusterkeyissuers"][..], &["list", "delete"][..]),
+    ] {
+        hook_rule(&client, &ns, resources, verbs).await;
+        let run = run_cloudkeys_as(&kubeconfig, &revoke_all).await;
+        assert!(forbidden(&run), "{resources:?} {verbs:?}: not refused by the apiserver: {run:?}");
+        untouched().await;
+    }
+    // The rendered role: every key revoked by the operator, every AccessKey and the held
+    // KeyIssuer gone, and the namespace can be deleted.
+    let roles: Api<ClusterRole> = cluster(&client);
+    let current = must(&roles, &hook_name(&ns)).await;
+    roles
+        .replace(&hook_name(&ns), &PostParams::default(), &ClusterRole { metadata: current.metadata, ..rendered_role })
+        .await
+        .expect("rendered ClusterRole restored");
+    hook_rule_is_rendered(&client, &ns).await;
+    let run = run_cloudkeys_as(&kubeconfig, &revoke_all).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    for name in ["a", "b"] {
+        assert!(get(&accesskeys, name).await.is_none(), "{name} left after --wait");
+    }
+    assert!(get(&issuers, "local").await.is_none(), "the KeyIssuer is left after --wait");
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = cluster(&client);
+    namespaces.delete(&team, &DeleteParams::default()).await.expect("namespace delete accepted");
+    wait_gone(&namespaces, &team).await;
+    op.stop_and_check();
+    for (kind, name) in
+        [("serviceaccount", hook_name(&ns)), ("clusterrole", hook_name(&ns)), ("clusterrolebinding", hook_name(&ns))]
+    {
+        let mut args = vec!["delete", kind, name.as_str()];
+        if kind == "serviceaccount" {
+            args.extend(["-n", ns.as_str()]);
+        }
+        let (ok, _, err) = support::run_kubectl(&args);
+        assert!(ok, "kubectl delete {kind}: {err}");
+    }
+    uninstall_ok(&client, &ns).await;
+}
+
+/// `helm uninstall` itself: the pre-delete hook runs while the operator's Deployment is still
+/// there. Policy Refuse fails the uninstall and keeps everything; once the AccessKeys are gone
+/// (`cloudkeys uninstall --revoke-all --wait`, as the hook's log says) it goes ahead. Policy
+/// RevokeAll revokes every key, then the release goes, the hook's objects too, and the tenants'
+/// namespace can be deleted.
+#[tokio::test]
+async fn helm_uninstall_refuses_with_access_keys_and_revokes_them_all_with_revoke_all() {
+    let _alone = CLUSTER_WIDE_OPERATOR.lock().await;
+    let client = own_cluster().await;
+    let kubeconfig = support::control_plane().kubeconfig.to_string_lossy().into_owned();
+
+    // Refuse (the default).
+    let ns = support::namespace(&client, "helm-hook-refuse").await;
+    let team = support::namespace(&client, "helm-hook-refuse-team").await;
+    let name = format!("{ns}-cloudkeys");
+    install(&ns, &ns, &[]);
+    let op = ChartOperator::start(&client, &ns, &name).await;
+    two_keys(&client, &team).await;
+    let (out, hook) = uninstall(&client, &ns).await;
+    let hook = hook.expect("the pre-delete hook ran");
+    assert!(!out.ok, "helm uninstall went ahead with AccessKeys left:\n{}", out.output());
+    assert!(hook.operator_present, "the operator was gone before the hook ran");
+    assert_eq!((hook.code, hook.args.clone()), (1, vec!["uninstall".to_string()]), "{hook:?}");
+    assert!(hook.stdout.contains(&team) && hook.stdout.contains("--revoke-all"), "{hook:?}");
+    assert!(hook.stdout.lines().any(|l| l.starts_with("KeyIssuer") && l.contains(" local ")), "{hook:?}");
+    must(&in_ns::<Deployment>(&client, &ns), &name).await;
+    must(&in_ns::<Job>(&client, &ns), &hook_name(&ns)).await; // kept for `kubectl logs`
+    let accesskeys: Api<AccessKey> = in_ns(&client, &team);
+    for key in ["a", "b"] {
+        assert!(must(&accesskeys, key).await.metadata.deletion_timestamp.is_none(), "{key} deleted by Refuse");
+    }
+    // What the hook's log says to do, then the uninstall again: the failed Job is replaced.
+    let run = run_cloudkeys_as(
+        Path::new(&kubeconfig),
+        &["uninstall", "--revoke-all", "--wait", "--timeout", "2m"].map(String::from),
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let (out, hook) = uninstall(&client, &ns).await;
+    assert!(out.ok, "helm uninstall failed once the AccessKeys were gone:\n{}\n{hook:?}", out.output());
+    assert_eq!(hook.map(|h| (h.code, h.operator_present)), Some((0, true)));
+    op.stop_and_check();
+    wait_gone(&in_ns::<Deployment>(&client, &ns), &name).await;
+    wait_gone(&in_ns::<Job>(&client, &ns), &hook_name(&ns)).await;
+
+    // RevokeAll.
+    let ns = support::namespace(&client, "helm-hook-revoke").await;
+    let team = support::namespace(&client, "helm-hook-revoke-team").await;
+    let name = format!("{ns}-cloudkeys");
+    install(&ns, &ns, &["uninstall.policy=RevokeAll"]);
+    let op = ChartOperator::start(&client, &ns, &name).await;
+    two_keys(&client, &team).await;
+    let (out, hook) = uninstall(&client, &ns).await;
+    let hook = hook.expect("the pre-delete hook ran");
+    assert!(out.ok, "helm uninstall failed:\n{}\n{hook:?}", out.output());
+    assert!(hook.operator_present, "the operator was gone before the hook ran");
+    assert_eq!(hook.code, 0, "{hook:?}");
+    assert_eq!(&hook.args[..3], ["uninstall", "--revoke-all", "--wait"]);
+    let accesskeys: Api<AccessKey> = in_ns(&client, &team);
+    for key in ["a", "b"] {
+        assert!(get(&accesskeys, key).await.is_none(), "{key} left after the uninstall");
+    }
+    assert!(get(&in_ns::<KeyIssuer>(&client, &team), "local").await.is_none(), "the held KeyIssuer is left");
+    op.stop_and_check();
+    wait_gone(&in_ns::<Deployment>(&client, &ns), &name).await;
+    let hook_objects = hook_name(&ns);
+    wait_gone(&in_ns::<Job>(&client, &ns), &hook_objects).await;
+    wait_gone(&in_ns::<ServiceAccount>(&client, &ns), &hook_objects).await;
+    wait_gone(&cluster::<ClusterRole>(&client), &hook_objects).await;
+    wait_gone(&cluster::<ClusterRoleBinding>(&client), &hook_objects).await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = cluster(&client);
+    namespaces.delete(&team, &DeleteParams::default()).await.expect("namespace delete accepted");
+    wait_gone(&namespaces, &team).await;
 }
 
 #[test]
@@ -547,6 +1134,9 @@ fn lint_is_clean_with_defaults_a_watched_namespace_two_replicas_and_every_option
             "serviceAccount.create=false",
             "serviceAccount.name=existing",
         ][..],
+        &["uninstall.policy=RevokeAll", "uninstall.timeout=15m", "crds.keep=false"][..],
+        &["uninstall.policy=RevokeAll", "watchNamespace=team-a"][..],
+        &["uninstall.policy=None", "crds.enabled=false"][..],
     ] {
         let out = lint(sets);
         assert!(out.ok, "helm lint {sets:?} failed:\n{}", out.output());
@@ -571,6 +1161,9 @@ async fn the_values_schema_rejects_bad_values_at_lint_and_install() {
         ("watchNamespace=Not_A_Namespace", "/watchNamespace"),
         ("metrics.port=70000", "/metrics/port"),
         ("replica=2", "replica"),
+        ("uninstall.policy=Never", "/uninstall/policy"),
+        ("uninstall.timeout=soon", "/uninstall/timeout"),
+        ("crds.enabled=yes", "/crds/enabled"),
     ] {
         let out = lint(&[set]);
         assert!(!out.ok, "helm lint accepted {set}:\n{}", out.output());
@@ -589,6 +1182,7 @@ async fn the_values_schema_rejects_bad_values_at_lint_and_install() {
 
 #[tokio::test]
 async fn replicas_without_leader_election_fail_with_a_clear_message() {
+    let _alone = CLUSTER_WIDE_OPERATOR.lock().await;
     let client = own_cluster().await;
     let ns = support::namespace(&client, "helm-replicas").await;
     let sets = ["replicas=2", "leaderElection.enabled=false"];
@@ -613,11 +1207,12 @@ async fn replicas_without_leader_election_fail_with_a_clear_message() {
     assert_eq!(env_of(&d).get("CLOUDKEYS_LEADER_ELECTION").map(String::as_str), Some("false"));
     assert!(!env_of(&d).contains_key("CLOUDKEYS_LEADER_ELECTION_NAMESPACE"));
     wait_gone(&in_ns::<Role>(&client, &ns), &format!("{ns}-cloudkeys-leader-election")).await;
-    assert!(helm(&["uninstall", &ns, &ns, "--kubeconfig", &support::control_plane().kubeconfig.to_string_lossy()]).ok);
+    uninstall_ok(&client, &ns).await;
 }
 
 #[tokio::test]
 async fn install_upgrade_and_uninstall_in_the_real_apiserver() {
+    let _alone = CLUSTER_WIDE_OPERATOR.lock().await;
     let client = own_cluster().await;
     let ns = support::namespace(&client, "helm-install").await;
     let release = ns.clone();
@@ -730,9 +1325,7 @@ async fn install_upgrade_and_uninstall_in_the_real_apiserver() {
     wait_gone(&in_ns::<NetworkPolicy>(&client, &ns), &name).await;
 
     // Uninstall: every object goes, the CRDs stay (Helm never deletes CRDs).
-    let out =
-        helm(&["uninstall", &release, &ns, "--kubeconfig", &support::control_plane().kubeconfig.to_string_lossy()]);
-    assert!(out.ok, "helm uninstall failed:\n{}", out.output());
+    uninstall_ok(&client, &release).await;
     wait_gone(&in_ns::<Deployment>(&client, &ns), &name).await;
     wait_gone(&in_ns::<ServiceAccount>(&client, &ns), &name).await;
     wait_gone(&cluster::<ClusterRole>(&client), &name).await;
@@ -810,7 +1403,7 @@ async fn the_operator_works_with_nothing_but_the_charts_rbac() {
     let op = ChartOperator::start(&client, &ns, &name).await;
     exercise_operator(&client, &team, &ns, &ns).await;
     op.stop_and_check();
-    assert!(helm(&["uninstall", &ns, &ns, "--kubeconfig", &support::control_plane().kubeconfig.to_string_lossy()]).ok);
+    uninstall_ok(&client, &ns).await;
 
     // One watched namespace: Roles, and a ClusterRole for ClusterKeyIssuers only.
     let ns = support::namespace(&client, "helm-rbac-ns").await;
@@ -861,7 +1454,7 @@ async fn the_operator_works_with_nothing_but_the_charts_rbac() {
     let op = ChartOperator::start(&client, &ns, &name).await;
     exercise_operator(&client, &watched, &credentials, &ns).await;
     op.stop_and_check();
-    assert!(helm(&["uninstall", &ns, &ns, "--kubeconfig", &support::control_plane().kubeconfig.to_string_lossy()]).ok);
+    uninstall_ok(&client, &ns).await;
     wait_gone(&in_ns::<Role>(&client, "default"), &format!("{name}-events")).await;
     wait_gone(&in_ns::<Role>(&client, &credentials), &format!("{name}-credentials")).await;
 }
@@ -871,7 +1464,7 @@ async fn template_renders_the_watch_namespace_variant() {
     let client = own_cluster().await;
     let ns = support::namespace(&client, "helm-template").await;
     let watched = support::namespace(&client, "helm-template-watched").await;
-    let out = helm_release("template", &ns, &ns, &[&format!("watchNamespace={watched}")]);
+    let out = template(&client, &ns, &[&format!("watchNamespace={watched}")]).await;
     assert!(out.ok, "helm template failed:\n{}", out.output());
     let docs: Vec<serde_norway::Value> = serde_norway::Deserializer::from_str(&out.stdout)
         .filter_map(|d| serde_norway::Value::deserialize(d).ok())
@@ -908,7 +1501,8 @@ async fn a_verb_removed_from_the_cluster_role_makes_the_operator_fail() {
     let name = format!("{ns}-cloudkeys");
     install(&ns, &ns, &[]);
     let roles: Api<ClusterRole> = cluster(&client);
-    let mut role = must(&roles, &name).await;
+    let original = must(&roles, &name).await;
+    let mut role = original.clone();
     let mut removed = false;
     for r in role.rules.iter_mut().flatten() {
         if r.resources.as_ref().is_some_and(|rs| rs.iter().any(|x| x == "secrets")) {
@@ -941,6 +1535,16 @@ async fn a_verb_removed_from_the_cluster_role_makes_the_operator_fail() {
     assert!(issued.is_none(), "a key was recorded although its Secret could not be written");
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = in_ns(&client, &team);
     assert!(get(&secrets, "k-credentials").await.is_none());
+
+    // The verb back: the operator issues the key, and revokes it when the AccessKey is deleted, so
+    // that no AccessKey is left for the uninstall hook (or another test's) to find.
+    let current = must(&roles, &name).await;
+    let restored = ClusterRole { metadata: current.metadata, ..original };
+    roles.replace(&name, &PostParams::default(), &restored).await.expect("ClusterRole restored");
+    support::keys::wait_issued(&client, &team, "k").await;
+    support::keys::delete_access_key(&client, &team, "k").await;
+    support::keys::wait_gone(&client, &team, "k").await;
+    delete_key_issuer(&client, &team).await;
     op.kill();
-    assert!(helm(&["uninstall", &ns, &ns, "--kubeconfig", &support::control_plane().kubeconfig.to_string_lossy()]).ok);
+    uninstall_ok(&client, &ns).await;
 }

@@ -1,5 +1,5 @@
 //! The `cloudkeys` command line: the operator (`run`), its CRDs (`crds`), and the commands a
-//! platform engineer uses to see and steer it (`status`, `rotate`, `inspect`, `check`), also
+//! platform engineer uses to see and steer it (`status`, `rotate`, `inspect`, `check`, `uninstall`), also
 //! installed as the kubectl plugin `kubectl-cloudkeys`.
 //!
 //! Exit codes: 0 success, 1 when what a command reports is unhealthy (or it could not find
@@ -12,6 +12,7 @@ mod output;
 use output::{say, warn_user};
 mod rotate;
 mod status;
+mod uninstall;
 
 use std::process::ExitCode;
 
@@ -42,6 +43,10 @@ pub enum Command {
     /// CRDs installed, operator leader, issuers Ready, unrestricted issuers, unbounded grants,
     /// orphaned keys. Exits 1 if something is wrong (warnings alone exit 0).
     Check(check::CheckArgs),
+    /// Before uninstalling the operator: list the AccessKeys that are left and exit 1, or with
+    /// --revoke-all delete them all (the operator revokes each key) and with --wait wait until
+    /// they are gone. Never removes a finalizer.
+    Uninstall(uninstall::UninstallArgs),
     /// Print every CRD as one multi-document YAML stream.
     Crds,
     /// Print the version.
@@ -72,6 +77,7 @@ pub async fn execute(command: Command) -> ExitCode {
         Command::Rotate(args) => rotate::run(&args).await,
         Command::Inspect(args) => inspect::run(&args).await,
         Command::Check(args) => check::run(&args).await,
+        Command::Uninstall(args) => uninstall::run(&args).await,
         Command::Crds => match crate::api::crds_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");

@@ -20,7 +20,7 @@ Limits of helm-sdkpy 0.1.32 this works around:
 - its Lint drops the text of each message (only severity and file are left): `lint` prints those,
   plus the schema violations found with the jsonschema module when it is installed;
 - it cannot render without a cluster: `template` installs a throwaway release (wait=False),
-  prints its manifest and uninstalls it again. CRDs the chart installs stay, as Helm's always do.
+  prints its manifest and its hooks (as `helm template` does) and uninstalls it again. CRDs the chart installs stay, as Helm's always do.
 """
 
 from __future__ import annotations
@@ -315,6 +315,9 @@ def cmd_template(args: argparse.Namespace) -> int:
             )
         )
         print(release.get("manifest", ""))
+        # Hooks too, as `helm template` prints them: they are not part of the manifest.
+        for hook in release.get("hooks") or []:
+            print(f"---\n# Source: {hook.get('path')}\n{hook.get('manifest', '').strip()}")
     finally:
         # Also after a failed install, which may leave a failed release behind.
         try:

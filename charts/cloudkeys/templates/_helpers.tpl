@@ -78,3 +78,17 @@ cloudkeys-leader
 {{- fail (printf "replicas: %d needs leaderElection.enabled=true: without leader election every replica reconciles the same AccessKeys and issues keys twice. Set leaderElection.enabled=true or replicas=1." (int .Values.replicas)) -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+Labels of the uninstall hook's objects and Pod: a name of their own, so that neither the operator's
+Deployment, its Service nor its NetworkPolicy selects the hook's Pod.
+*/}}
+{{- define "cloudkeys.uninstallLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ printf "%s-uninstall" (include "cloudkeys.name" . | trunc 53 | trimSuffix "-") }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: uninstall-hook
+app.kubernetes.io/part-of: cloudkeys
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
