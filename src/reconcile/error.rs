@@ -40,6 +40,11 @@ pub enum Error {
     /// Someone kept writing the Secret while its in-use finalizer was being updated.
     #[error("Secret {0} kept changing while its in-use finalizer was updated")]
     SecretContended(String),
+    /// A key was minted but its Secret could not be written, so the key was revoked at once.
+    /// Each such attempt costs the provider a creation and a revocation (and the issuer's rate
+    /// limit, which its AccessKeys share): attempts in a row back off like a Secret fight.
+    #[error("the new key could not be written to Secret {0} and was revoked; trying again later: {1}")]
+    KeyNotWritten(String, Box<Error>),
     /// A step that resolves a creation attempt found none recorded.
     #[error("no creation attempt is recorded in the status")]
     NoPendingAttempt,
@@ -74,7 +79,7 @@ impl Error {
             Self::RetiredNotRevoked(_) => "retired_not_revoked",
             Self::RetainedRecordFull(_) => "retained_record_full",
             Self::Template(_) | Self::InvalidSpec(_) => "invalid_spec",
-            Self::SecretForeign(_) | Self::SecretContended(_) => "secret",
+            Self::SecretForeign(_) | Self::SecretContended(_) | Self::KeyNotWritten(..) => "secret",
             Self::NoPendingAttempt => "no_pending_attempt",
             Self::Finalizer(_) => "finalizer",
             Self::Startup(_) => "startup",
@@ -105,6 +110,7 @@ impl Error {
             | Self::InvalidSpec(_)
             | Self::SecretForeign(_) => exp(10, 300),
             Self::IssuerBusy(_) => Duration::from_secs(1),
+            Self::KeyNotWritten(..) => exp(10, 3600),
             Self::TimedOut(_) | Self::Panicked(_) => exp(30, 600),
             // A conflict means the cache was a moment behind a write: it catches up within a
             // second or two, and growing the wait would only leave the AccessKey unhandled.
@@ -128,6 +134,20 @@ pub use crate::core::issuers::IssuerUnusable;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tenant keeping its own Secret busy (a 409 on every write) must not make the operator
+    /// mint and revoke a key every second: unwritten keys back off from 10 s to an hour.
+    #[test]
+    fn keys_minted_but_not_written_back_off_to_an_hour() {
+        let conflict = || {
+            Error::Kube(kube::Error::Api(Box::new(kube::core::Status::failure("modified", "Conflict").with_code(409))))
+        };
+        assert_eq!(conflict().backoff(5), Duration::from_secs(1), "a plain conflict is retried soon");
+        let unwritten = Error::KeyNotWritten("s".into(), Box::new(conflict()));
+        let waits: Vec<u64> = [0, 1, 3, 20].iter().map(|n| unwritten.backoff(*n).as_secs()).collect();
+        assert_eq!(waits, [10, 20, 80, 3600]);
+        assert_eq!(unwritten.label(), "secret");
+    }
 
     #[test]
     fn auth_failures_back_off_hard_and_everything_is_capped() {

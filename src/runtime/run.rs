@@ -250,6 +250,10 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
     let (released_cluster_issuers, cluster_issuer_releases) =
         futures::channel::mpsc::unbounded::<ObjectRef<ClusterKeyIssuer>>();
     let seen_by_cache = ctx.clone();
+    // Set once the AccessKeys are listed: the managed Secrets are listed only then, so that each
+    // is judged against every AccessKey (see `cached_secret::written_for`).
+    let access_keys_listed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listed_now = access_keys_listed.clone();
     let on_access_key_event = move |event: &watcher::Event<AccessKey>| match event {
         watcher::Event::Apply(ak) | watcher::Event::InitApply(ak) => {
             let uid = ak.metadata.uid.as_deref().unwrap_or_default();
@@ -267,7 +271,8 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
                 }
             }
         }
-        watcher::Event::Init | watcher::Event::InitDone => {}
+        watcher::Event::InitDone => listed_now.store(true, Ordering::Relaxed),
+        watcher::Event::Init => {}
     };
 
     // AccessKeys: their own changes, their Secrets, and their issuers.
@@ -288,8 +293,17 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
     let (secrets_listed, secret_relists) = futures::channel::mpsc::unbounded::<()>();
     let mut secret_writer = writers.secrets;
     let owners = ctx.caches.access_keys.clone();
-    let listed = health.clone();
-    let secrets = watched(api_for::<Secret>(&client, ns), managed, "secrets", &health)
+    let listed = access_keys_listed.clone();
+    let secrets_api = api_for::<Secret>(&client, ns);
+    let secrets_health = health.clone();
+    // Polled: a store's readiness signal wakes only its latest waiter.
+    let after_access_keys = async move {
+        while !access_keys_listed.load(Ordering::Relaxed) {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    };
+    let secrets = futures::stream::once(after_access_keys)
+        .flat_map(move |()| watched(secrets_api.clone(), managed.clone(), "secrets", &secrets_health))
         // Cached in compact form; the controller is triggered by the Secrets as they came.
         .inspect_ok(move |event| {
             secret_writer.apply_watcher_event(&cached_event(event, |s| {
@@ -300,7 +314,7 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
                             uid: ak.metadata.uid.clone(),
                             secret_name: ak.spec.secret_name.clone(),
                         },
-                        None if listed.synced.load(Ordering::Relaxed) => cached_secret::ClaimedOwner::Absent,
+                        None if listed.load(Ordering::Relaxed) => cached_secret::ClaimedOwner::Absent,
                         None => cached_secret::ClaimedOwner::NotListedYet,
                     }
                 })

@@ -449,7 +449,7 @@ pub(super) async fn issue(
                 tracing::warn!(error = %re, "cannot revoke the unwritten key; it will be found by its marker")
             }
         }
-        return Err(e);
+        return Err(Error::KeyNotWritten(ak.spec.secret_name.clone(), Box::new(e)));
     }
 
     crashpoint("after-secret-write");
