@@ -167,7 +167,8 @@ pub async fn run(args: &InspectArgs) -> Result<Health, CliError> {
     say!();
     say!("Next:");
     match &next {
-        Some(step) => say!("  {}", describe(step, &ak, now)),
+        // One line: a step may quote a tenant's template.
+        Some(step) => say!("  {}", output::one_line(&describe(step, &ak, now))),
         None => say!("  cannot tell without the Secret"),
     }
     if !caveats.is_empty() || next.is_some() {
@@ -176,7 +177,7 @@ pub async fn run(args: &InspectArgs) -> Result<Health, CliError> {
         say!("  issuer's policy (an Exoscale role's rights, an OUTSCALE user's identity), the last drift check)");
     }
     for c in &caveats {
-        say!("  note: {c}");
+        say!("  note: {}", output::one_line(c));
     }
     let ready = super::status::KeyStatus::of(&ak).is_ready();
     Ok(Health::of(ready))

@@ -188,7 +188,9 @@ pub fn slim_workload<K: WorkloadObject>(w: &mut K) {
     let Some(template) = w.template_mut() else { return };
     if let Some(meta) = template.metadata.as_mut() {
         let annotations = meta.annotations.take().unwrap_or_default();
-        let ours: BTreeMap<String, String> = annotations.into_iter().filter(|(k, _)| k == KEY_ID_ANNOTATION).collect();
+        // Only a value a key id can be: the annotation is the tenant's to write, at any length.
+        let ours: BTreeMap<String, String> =
+            annotations.into_iter().filter(|(k, v)| k == KEY_ID_ANNOTATION && v.len() <= MAX_KEY_ID).collect();
         *meta = Default::default();
         meta.annotations = (!ours.is_empty()).then_some(ours);
     }
@@ -216,6 +218,9 @@ pub fn slim_workload<K: WorkloadObject>(w: &mut K) {
         ..Default::default()
     });
 }
+
+/// The longest key id any provider hands out, with room to spare.
+const MAX_KEY_ID: usize = 128;
 
 /// What a workload's cached form keeps of its labels, and of the names of the Secrets its pods
 /// read, at most: a tenant's workloads cannot grow the operator's memory by more. (Labels past it,
@@ -359,6 +364,20 @@ mod tests {
         slim_workload(&mut d);
         let kept = serde_json::to_string(&d).expect("JSON").len();
         assert!(kept < 16 * 1024, "{kept} bytes of one tenant Deployment kept in the operator's cache");
+    }
+
+    #[test]
+    fn a_key_id_annotation_no_provider_could_have_written_is_not_kept() {
+        let with_key_id = |id: String| {
+            deployment(json!({"metadata": {"name": "w", "generation": 1},
+                "spec": {"selector": {}, "template": {"metadata": {"annotations": {KEY_ID_ANNOTATION: id}}}}}))
+        };
+        let mut real = with_key_id("EXO0123456789abcdef".into());
+        slim_workload(&mut real);
+        assert_eq!(real.observe().key_id.as_deref(), Some("EXO0123456789abcdef"));
+        let mut bulk = with_key_id("x".repeat(200_000));
+        slim_workload(&mut bulk);
+        assert_eq!(bulk.observe().key_id, None);
     }
 
     #[test]

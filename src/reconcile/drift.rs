@@ -332,9 +332,15 @@ async fn sweep_issuer(
     for (scope, group) in groups {
         // A busy issuer's listing waits for a place, as its AccessKeys do (the bound of the
         // issuer's check ends the wait).
+        // A ClusterKeyIssuer's listing serves every namespace: it counts against the operator's
+        // own, as its checks do, not against the tenant whose AccessKey happened to come first.
+        let counted_in = match group.issuer.kind {
+            IssuerKind::KeyIssuer => group.namespace.as_str(),
+            IssuerKind::ClusterKeyIssuer => ctx.cluster_resource_namespace.as_str(),
+        };
         let mut turns = 0;
         let slot = loop {
-            if let Some(slot) = ctx.issuer_slot(issuer, &group.namespace).await {
+            if let Some(slot) = ctx.issuer_slot(issuer, counted_in).await {
                 break slot;
             }
             tracing::debug!(%issuer, %scope, "issuer busy; drift check waits");
