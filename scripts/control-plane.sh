@@ -13,6 +13,8 @@
 #   scripts/control-plane.sh restart-apiserver DIR [DOWN_SECONDS]
 #                                            kill -9 kube-apiserver, start it again with the same flags
 set -euo pipefail
+# shellcheck source=loopback.sh
+. "$(dirname "$0")/loopback.sh"
 
 K8S_DEB_VERSION="1.20.5+really1.20.2-1.1+deb12u1"
 K8S_ORIG="kubernetes_1.20.5+really1.20.2.orig.tar.gz"
@@ -26,8 +28,6 @@ have_binaries() {
   local b
   for b in "${BINARIES[@]}"; do [ -x "$BIN_DIR/$b" ] || return 1; done
 }
-
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 cmd_deps() {
   local need=()
@@ -79,36 +79,6 @@ cmd_build() {
   for b in "${BINARIES[@]}"; do cp "$src/_output/local/bin/linux/amd64/$b" "$BIN_DIR/$b"; done
   rm -rf "$work"
   log "binaries in $BIN_DIR"
-}
-
-# A port below the kernel's ephemeral range: a port taken from that range (bind to 0) can be
-# handed out again, between our probe and the server's bind, as the source port of an outgoing
-# connection -- the apiserver's own connections to etcd included.
-free_port() {
-  python3 - <<'PY'
-import random, socket
-lo, hi = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
-pool = list(range(10000, lo)) if lo > 10100 else list(range(hi + 1, 65536))
-random.shuffle(pool)
-for port in pool[:200] + [0]:  # 0: no free port outside the range, take one inside it
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", port))
-        print(s.getsockname()[1])
-        break
-    except OSError:
-        pass
-    finally:
-        s.close()
-PY
-}
-
-wait_for() { # wait_for SECONDS CMD...
-  local deadline=$((SECONDS + $1)); shift
-  until "$@" >/dev/null 2>&1; do
-    [ $SECONDS -lt $deadline ] || return 1
-    sleep 0.2
-  done
 }
 
 # The flags are kept so that `restart-apiserver` starts it again exactly as before, as a
@@ -200,12 +170,7 @@ rules:
 - level: None
 POLICY
 
-  etcd --data-dir "$dir/etcd" --listen-client-urls "http://127.0.0.1:$etcd_port" \
-    --advertise-client-urls "http://127.0.0.1:$etcd_port" \
-    --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
-    --initial-cluster "default=http://127.0.0.1:$etcd_peer" --log-level warn \
-    >"$dir/etcd.log" 2>&1 &
-  echo $! >"$dir/etcd.pid"
+  start_etcd "$dir" "$etcd_port" "$etcd_peer"
 
   # Another process can still take the port between the probe and the bind: a start that lost
   # its port is tried again on another one.
@@ -240,25 +205,12 @@ POLICY
     log "kube-controller-manager did not start; see $dir/kube-controller-manager.log"
     cmd_stop "$dir"; exit 1
   fi
-  if [ -n "${2:-}" ]; then
-    # Tests pass their own PID so that nothing outlives the test binary, however it ends.
-    local owner="$2" self="$0"
-    ( trap '' HUP; while kill -0 "$owner" 2>/dev/null; do sleep 1; done; "$self" stop "$dir"; rm -rf "$dir" ) \
-      </dev/null >/dev/null 2>&1 &
-  fi
+  if [ -n "${2:-}" ]; then stop_after "$2" "$0" "$dir"; fi
   log "ready: KUBECONFIG=$dir/kubeconfig"
 }
 
 cmd_stop() {
-  local dir="${1:?usage: stop DIR}" name pid
-  for name in kube-controller-manager kube-apiserver etcd; do
-    [ -f "$dir/$name.pid" ] || continue
-    pid=$(cat "$dir/$name.pid")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-    rm -f "$dir/$name.pid"
-  done
+  stop_processes "${1:?usage: stop DIR}" kube-controller-manager kube-apiserver etcd
 }
 
 case "${1:-}" in

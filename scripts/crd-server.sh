@@ -13,6 +13,8 @@
 #                                         With PID, it stops by itself and removes DIR once PID exits.
 #   scripts/crd-server.sh stop DIR        stop the server started in DIR
 set -euo pipefail
+# shellcheck source=loopback.sh
+. "$(dirname "$0")/loopback.sh"
 
 K8S_VERSION="1.36"
 CACHE="${CLOUDKEYS_CACHE:-$HOME/.cache/cloudkeys}"
@@ -23,8 +25,6 @@ SID_SOURCES=/etc/apt/sources.list.d/cloudkeys-sid.sources
 SID_PREFS=/etc/apt/preferences.d/cloudkeys-sid
 
 log() { printf 'crd-server: %s\n' "$*" >&2; }
-
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 cmd_deps() {
   local need=()
@@ -112,25 +112,6 @@ cmd_build() {
   log "binary in $BIN_DIR"
 }
 
-# As in control-plane.sh: a port below the kernel's ephemeral range.
-free_port() {
-  python3 - <<'PY'
-import random, socket
-lo, hi = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
-pool = list(range(10000, lo)) if lo > 10100 else list(range(hi + 1, 65536))
-random.shuffle(pool)
-for port in pool[:200] + [0]:
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", port))
-        print(s.getsockname()[1])
-        break
-    except OSError:
-        pass
-    finally:
-        s.close()
-PY
-}
 
 # The CRD server's API answers (its /readyz never turns ready: it watches core kinds it does not
 # serve), or it exited.
@@ -140,13 +121,6 @@ server_up_or_gone() { # server_up_or_gone DIR PORT
     || ! kill -0 "$(cat "$1/apiextensions-apiserver.pid")" 2>/dev/null
 }
 
-wait_for() { # wait_for SECONDS CMD...
-  local deadline=$((SECONDS + $1)); shift
-  until "$@" >/dev/null 2>&1; do
-    [ $SECONDS -lt $deadline ] || return 1
-    sleep 0.2
-  done
-}
 
 make_pki() { # make_pki DIR: a CA, the server's certificate, and a client certificate in system:masters
   local pki="$1/pki"
@@ -197,12 +171,7 @@ cmd_start() {
   mkdir -p "$dir/etcd" "$dir/certs"
   make_pki "$dir"
 
-  etcd --data-dir "$dir/etcd" --listen-client-urls "http://127.0.0.1:$etcd_port" \
-    --advertise-client-urls "http://127.0.0.1:$etcd_port" \
-    --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
-    --initial-cluster "default=http://127.0.0.1:$etcd_peer" --log-level warn \
-    >"$dir/etcd.log" 2>&1 &
-  echo $! >"$dir/etcd.pid"
+  start_etcd "$dir" "$etcd_port" "$etcd_peer"
 
   # The kubeconfig points at the server itself: it only needs one for the delegated authn/authz
   # options (system:masters is always allowed; client certificates are checked locally).
@@ -231,25 +200,12 @@ cmd_start() {
     grep -v 'Failed to watch\|failed to list' "$dir/apiextensions-apiserver.log" | tail -n 20 >&2 || true
     cmd_stop "$dir"; exit 1
   done
-  if [ -n "${2:-}" ]; then
-    # Tests pass their own PID so that nothing outlives the test binary, however it ends.
-    local owner="$2" self="$0"
-    ( trap '' HUP; while kill -0 "$owner" 2>/dev/null; do sleep 1; done; "$self" stop "$dir"; rm -rf "$dir" ) \
-      </dev/null >/dev/null 2>&1 &
-  fi
+  if [ -n "${2:-}" ]; then stop_after "$2" "$0" "$dir"; fi
   log "ready: KUBECONFIG=$dir/kubeconfig"
 }
 
 cmd_stop() {
-  local dir="${1:?usage: stop DIR}" name pid
-  for name in apiextensions-apiserver etcd; do
-    [ -f "$dir/$name.pid" ] || continue
-    pid=$(cat "$dir/$name.pid")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-    rm -f "$dir/$name.pid"
-  done
+  stop_processes "${1:?usage: stop DIR}" apiextensions-apiserver etcd
 }
 
 case "${1:-}" in
