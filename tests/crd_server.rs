@@ -796,19 +796,7 @@ fn issuer_rows(t: &mut Table, k: &'static str) {
 /// Every manifest under examples/, as JSON.
 fn examples() -> Vec<(String, Value)> {
     let root = support::repo_root().join("examples");
-    let mut files = Vec::new();
-    let mut dirs = vec![root.clone()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).expect("examples/ readable") {
-            let path = entry.expect("dir entry").path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "yaml") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
+    let files = support::example_files();
     let mut out = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).expect("example readable");

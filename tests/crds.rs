@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::path::PathBuf;
-
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
@@ -66,23 +64,6 @@ async fn assert_refused(client: &Client, ns: &str, manifest: Value, must_mention
     }
 }
 
-fn example_files() -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut dirs = vec![support::repo_root().join("examples")];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).expect("examples/ readable") {
-            let path = entry.expect("dir entry").path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "yaml") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    files
-}
-
 #[tokio::test]
 async fn crds_install_and_kubectl_get_cloudkeys_lists_every_kind() {
     let (client, ns) = setup("kubectl-get-cloudkeys").await;
@@ -121,7 +102,7 @@ async fn crds_install_and_kubectl_get_cloudkeys_lists_every_kind() {
 #[tokio::test]
 async fn every_example_manifest_is_accepted() {
     let (client, ns) = setup("examples-accepted").await;
-    let files = example_files();
+    let files = support::example_files();
     assert!(files.len() >= 10, "expected the examples of every provider, found {files:?}");
     for file in files {
         let text = std::fs::read_to_string(&file).expect("example readable");

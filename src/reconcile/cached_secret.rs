@@ -137,13 +137,6 @@ fn ours(key: &str) -> bool {
     key.starts_with("cloudkeys.io/") || key == MANAGED_BY_LABEL
 }
 
-impl From<&Secret> for CachedSecret {
-    /// Keeps the data of a Secret that names an AccessKey as its controller (see [`Self::new`]).
-    fn from(s: &Secret) -> Self {
-        Self::new(s, controlling_access_key(s).is_some())
-    }
-}
-
 impl CachedSecret {
     /// `s` in the cache's form; its data and foreign labels and annotations kept only when
     /// `controlled` (see [`written_for`]).
@@ -301,11 +294,11 @@ mod tests {
         let mut want = secret.clone();
         want.metadata.managed_fields = None;
         want.metadata.creation_timestamp = None;
-        assert_eq!(CachedSecret::from(&secret).to_secret(), want);
+        assert_eq!(CachedSecret::new(&secret, true).to_secret(), want);
 
         let bare =
             Secret { metadata: ObjectMeta { name: Some("b".into()), ..ObjectMeta::default() }, ..Secret::default() };
-        assert_eq!(CachedSecret::from(&bare).to_secret(), bare, "absent maps stay absent, not empty");
+        assert_eq!(CachedSecret::new(&bare, true).to_secret(), bare, "absent maps stay absent, not empty");
     }
 
     #[test]
@@ -318,7 +311,7 @@ mod tests {
             "data": {"blob": base64_of(&"x".repeat(8192))},
         }))
         .expect("Secret");
-        let cached = CachedSecret::from(&forged).to_secret();
+        let cached = CachedSecret::new(&forged, written_for(&forged, |_| ClaimedOwner::NotListedYet)).to_secret();
         assert_eq!(cached.data, None);
         assert_eq!(
             cached.metadata.annotations.map(|a| a.into_keys().collect::<Vec<_>>()),

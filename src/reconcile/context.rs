@@ -464,4 +464,4 @@ pub fn display_name<K: ResourceExt>(obj: &K) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

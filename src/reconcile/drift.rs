@@ -721,31 +721,8 @@ mod tests {
         assert_eq!(found, ["K2", "K6"]);
     }
 
-    /// A context whose client has no apiserver behind it.
     fn offline_context() -> Arc<Context> {
-        use super::super::context::{Caches, Limits, Workloads};
-        let offline = tower::service_fn(|_: http::Request<kube::client::Body>| async {
-            Err::<http::Response<kube::client::Body>, _>(std::io::Error::other("no apiserver in unit tests"))
-        });
-        let caches = Caches {
-            access_keys: kube::runtime::reflector::store().0,
-            secrets: kube::runtime::reflector::store().0,
-            credentials: kube::runtime::reflector::store().0,
-            key_issuers: kube::runtime::reflector::store().0,
-            cluster_issuers: kube::runtime::reflector::store().0,
-            workloads: Workloads::default(),
-        };
-        let health = Arc::new(crate::health::Health::new(Duration::from_secs(60), Duration::from_secs(60)));
-        let limits = Limits { workers: 4, issuer_concurrency: 2, provider_timeout: Duration::from_secs(10) };
-        Arc::new(Context::new(
-            kube::Client::new(offline, "default"),
-            "cloudkeys".into(),
-            crate::providers::http::HttpConfig::default(),
-            caches,
-            health,
-            limits,
-            crate::core::guard::TenantGuard::default(),
-        ))
+        Arc::new(crate::reconcile::context::tests::offline_context())
     }
 
     /// Finding 7a: drift checks now run on their own, each for up to 5 x --provider-timeout

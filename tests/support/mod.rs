@@ -87,6 +87,24 @@ fn start_own() -> ControlPlane {
     ControlPlane { kubeconfig: dir.join("kubeconfig"), dir, own: true }
 }
 
+/// Every manifest file under examples/, sorted.
+pub fn example_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![repo_root().join("examples")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("examples/ readable") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
 /// Tests of one process that each run an operator watching every namespace take turns: on a
 /// control plane they share, two such operators would both act on each test's objects. (Under
 /// cargo-nextest every test has a process of its own; plain `cargo test` runs a file's tests in

@@ -4,8 +4,9 @@ use crate::providers::local::{LocalProvider, LocalStore};
 use crate::providers::policy_read::{Answer, Question};
 use crate::providers::Provider;
 
-/// A context whose client has no apiserver behind it: for what is decided in memory.
-fn offline_context() -> Context {
+/// A context whose client has no apiserver behind it: for what is decided in memory (other
+/// modules' tests use it too).
+pub(crate) fn offline_context() -> Context {
     offline_context_with(kube::runtime::reflector::store().0, kube::runtime::reflector::store().0)
 }
 
