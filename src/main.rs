@@ -1,8 +1,5 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-use cloudkeys::cli::{Cli, Command};
-
 // jemalloc: no per-allocation header and finer size classes than glibc's malloc, which counts
 // for the many small, long-lived objects of the caches (docs/design.md, Scale).
 #[global_allocator]
@@ -17,25 +14,5 @@ pub static MALLOC_CONF: &[u8; 34] = b"dirty_decay_ms:0,muzzy_decay_ms:0\0";
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Run(args) => {
-            cloudkeys::telemetry::init(args.log_format);
-            let client = match cloudkeys::runtime::client::client(args.kube_api_qps, args.kube_api_burst).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot configure the Kubernetes client (KUBECONFIG or in-cluster)");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match cloudkeys::runtime::run::run(client, *args).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!(error = %e, "controller failed");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        command => cloudkeys::cli::execute(command).await,
-    }
+    cloudkeys::runtime::command_line::cloudkeys().await
 }

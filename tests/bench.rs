@@ -341,8 +341,9 @@ fn issuer_slots(concurrency: Option<&str>) -> u64 {
     use clap::Parser;
     let mut argv = vec!["cloudkeys", "run"];
     argv.extend(concurrency.iter().flat_map(|c| ["--concurrency", c]));
-    match cloudkeys::cli::Cli::try_parse_from(argv) {
-        Ok(cloudkeys::cli::Cli { command: cloudkeys::cli::Command::Run(args) }) => args.issuer_concurrency() as u64,
+    use cloudkeys::runtime::command_line::{Command, CommandLine};
+    match CommandLine::try_parse_from(argv) {
+        Ok(CommandLine { command: Command::Run(args) }) => args.issuer_concurrency() as u64,
         _ => 1,
     }
 }

@@ -19,9 +19,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("providers", &["api", "metrics"]),
     ("core", &["api", "providers"]),
     ("reconcile", &["api", "providers", "core", "metrics", "health", "kube_error"]),
-    ("runtime", &["api", "providers", "core", "reconcile", "metrics", "health", "telemetry", "kube_error", "server"]),
-    // `runtime`: the flags of `cloudkeys run` (`run_args`), parsed with every other command.
-    ("cli", &["api", "providers", "core", "runtime", "kube_error"]),
+    // `runtime` holds the binaries' command line, `run` beside the commands of `cli`.
+    (
+        "runtime",
+        &["api", "providers", "core", "reconcile", "cli", "metrics", "health", "telemetry", "kube_error", "server"],
+    ),
+    // `cli` reads and writes objects as a person does; it judges them with `core`'s decisions.
+    ("cli", &["api", "core", "kube_error"]),
     ("metrics", &["api"]),
     ("health", &[]),
     ("telemetry", &[]),

@@ -402,7 +402,7 @@ fn print_events(events: &[Event], now: jiff::Timestamp) {
 pub fn describe(step: &Step, ak: &AccessKey, now: jiff::Timestamp) -> String {
     let no_status = Default::default();
     let status = ak.status.as_ref().unwrap_or(&no_status);
-    let ids = |keys: &[crate::providers::OwnedKey]| {
+    let ids = |keys: &[crate::core::decide::OwnedKey]| {
         keys.iter().map(|k| k.access_key_id.clone().unwrap_or_else(|| k.key_ref.clone())).collect::<Vec<_>>().join(", ")
     };
     match step {

@@ -1,6 +1,7 @@
-//! The `cloudkeys` command line: the operator (`run`), its CRDs (`crds`), and the commands a
-//! platform engineer uses to see and steer it (`status`, `rotate`, `inspect`, `check`, `uninstall`), also
-//! installed as the kubectl plugin `kubectl-cloudkeys`.
+//! The commands a platform engineer uses to see and steer the operator (`status`, `rotate`,
+//! `inspect`, `check`, `uninstall`) and to get its CRDs (`crds`), also installed as the kubectl
+//! plugin `kubectl-cloudkeys`. The operator itself (`run`) joins them in
+//! `runtime::command_line`.
 //!
 //! Exit codes: 0 success, 1 when what a command reports is unhealthy (or it could not find
 //! out), 2 on usage errors (clap's own, and those found once the arguments are read).
@@ -16,23 +17,13 @@ mod uninstall;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 
 pub use self::cluster::{CliError, ClusterArgs, Scope, ScopeArgs};
 pub use self::output::OutputFormat;
-pub use crate::runtime::run_args::RunArgs;
-
-#[derive(Debug, Parser)]
-#[command(name = "cloudkeys", version, about = "Issues cloud API keys into Kubernetes Secrets and revokes them")]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the controllers (uses KUBECONFIG or the in-cluster configuration).
-    Run(Box<RunArgs>),
     /// AccessKeys: Ready and reason, issuer, key id, age, expiry, next rotation, replaced keys
     /// awaiting revocation, consumers. Exits 1 if one is not Ready.
     Status(status::StatusArgs),
@@ -70,7 +61,7 @@ impl Health {
     }
 }
 
-/// Runs one of the commands that talk to a cluster as a user (not `run`).
+/// Runs one of the commands a person runs.
 pub async fn execute(command: Command) -> ExitCode {
     let outcome = match command {
         Command::Status(args) => status::run(&args).await,
@@ -89,7 +80,6 @@ pub async fn execute(command: Command) -> ExitCode {
             say!("cloudkeys {}", env!("CARGO_PKG_VERSION"));
             Ok(Health::Healthy)
         }
-        Command::Run(_) => Err(CliError::Usage("`run` is started by the binary's main, not here".into())),
     };
     match outcome {
         Ok(Health::Healthy) => ExitCode::SUCCESS,

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use crate::api::{AccessKeyStatus, ConsumerStatus, ConsumerTarget, IssuerRef};
-use crate::providers::OwnedKey;
+// A key an interrupted creation left is part of what a decision names (`Step::Adopt`), so the
+// commands that show decisions take it from here.
+pub use crate::providers::OwnedKey;
 
 use super::conditions::Reason;
 use super::consumers::Workload;
