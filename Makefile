@@ -21,8 +21,7 @@ test: control-plane crd-server helm-deps lua monitoring-deps lint
 ## their wire formats), the provider fakes' own tests, and the repository checks (layers, docs,
 ## committed CRDs). Seconds once built; `make test` runs them too.
 unit:
-	$(CARGO) test --locked --lib --test layers --test docs --test crds_in_repo --test fingerprints \
-	  --test exoscale_fake --test outscale_fake --test yandex_fake
+	$(CARGO) test --locked --lib --test unit
 
 ## The reconcile tier: the issuer and AccessKey reconciles called in the test's own process
 ## against a real apiserver (a control plane of its own), with the local provider.
@@ -64,7 +63,7 @@ helm-deps:
 	fi
 
 ## Install Lua 5.1 (Debian's lua5.1), which runs the Argo CD health checks and actions of
-## gitops/argocd/ in their tests (tests/gitops_health.rs); skipped when `lua5.1` is on PATH.
+## gitops/argocd/ in their tests (tests/e2e/gitops_health.rs); skipped when `lua5.1` is on PATH.
 lua:
 	scripts/lua.sh deps
 
@@ -76,7 +75,7 @@ control-plane:
 
 ## Build a Kubernetes 1.36 CRD server (apiextensions-apiserver) once per machine, cached in
 ## $${CLOUDKEYS_CACHE:-~/.cache/cloudkeys}: the CRDs' CEL rules, formats and bounds are tested on it
-## (tests/crd_server.rs). Built from Debian sid's Go packages, downloaded and unpacked, never installed.
+## (tests/e2e/crd_server.rs). Built from Debian sid's Go packages, downloaded and unpacked, never installed.
 crd-server:
 	scripts/crd-server.sh deps
 	scripts/crd-server.sh build
@@ -87,7 +86,7 @@ bench: control-plane
 	$(CARGO) test --release --locked --test bench -- --ignored --nocapture
 
 ## Install Prometheus' server and promtool (Debian's `prometheus` package, its service not started)
-## for the tests of the chart's alerts and dashboard (tests/monitoring.rs); skipped when both are
+## for the tests of the chart's alerts and dashboard (tests/e2e/monitoring.rs); skipped when both are
 ## on PATH.
 monitoring-deps:
 	scripts/monitoring.sh deps

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A current Kubernetes CRD server (apiextensions-apiserver 1.36, the part of kube-apiserver that
-# serves CustomResourceDefinitions and custom resources) for the schema tests (tests/crd_server.rs):
+# serves CustomResourceDefinitions and custom resources) for the schema tests (tests/e2e/crd_server.rs):
 # CEL rules enforced and cost-checked by the server, format warnings, every bound. Built from
 # Debian sid's Go source packages without installing anything: the packages are downloaded with a
 # temporary, low-pinned sid source and unpacked into a scratch tree, which is removed afterwards.

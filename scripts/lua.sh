@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Lua 5.1, the language of Argo CD's resource customizations, for the tests of the health checks
-# and actions in gitops/argocd/ (tests/gitops_health.rs runs them with `lua5.1`).
+# and actions in gitops/argocd/ (tests/e2e/gitops_health.rs runs them with `lua5.1`).
 #
 #   scripts/lua.sh deps     install Debian's lua5.1 unless `lua5.1` is on PATH (root, or sudo)
 set -euo pipefail

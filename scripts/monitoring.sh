@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prometheus' own tools for the chart's alerts and dashboard (tests/monitoring.rs): Debian
+# Prometheus' own tools for the chart's alerts and dashboard (tests/e2e/monitoring.rs): Debian
 # bookworm's `prometheus` package, i.e. the server and `promtool` (2.42).
 #
 #   scripts/monitoring.sh deps    install the package (root) unless `prometheus` and `promtool` are

@@ -1,6 +1,6 @@
 //! One KeyIssuer per cloud provider in a test namespace, each at a fake of its own: for tests
-//! that check a behaviour on every provider at once. (Used by binaries that have both `fakes`
-//! and `support`.)
+//! that check a behaviour on every provider at once (the end-to-end tier's, which has both `fakes`
+//! and `support`).
 
 use kube::Client;
 use serde_json::{json, Value};

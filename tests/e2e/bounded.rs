@@ -4,9 +4,7 @@
 //! namespace, hence a control plane of its own. The Exoscale fakes count live keys at every
 //! moment, not only when the test looks.
 
-mod fakes;
-mod support;
-
+use crate::{fakes, support};
 use std::time::Duration;
 
 use cloudkeys::api::{AccessKey, AccessKeyStatus};

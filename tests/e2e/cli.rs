@@ -3,10 +3,7 @@
 //! operator's rotation seen through `status`, `check` turning unhealthy with an issuer that is
 //! not Ready, the exit codes; and no secret the fakes issued on screen, in any command's output.
 
-mod clouds;
-mod fakes;
-mod support;
-
+use crate::{clouds, fakes, support};
 use std::path::Path;
 use std::sync::Mutex;
 

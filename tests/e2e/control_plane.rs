@@ -4,9 +4,7 @@
 //! This binary restarts its own apiserver and creates cluster-scoped issuers that every operator
 //! of the binary would see, so its tests take turns.
 
-mod fakes;
-mod support;
-
+use crate::{fakes, support};
 use std::collections::BTreeSet;
 use std::time::Duration;
 

@@ -8,10 +8,9 @@
 //! server with the message the schema (and README) states. The rules are read from the CRDs
 //! themselves: a rule, pattern or bound without a row that breaks it fails the test.
 //!
-//! `cargo test --test crd_server -- --nocapture` shows the server's version and the table.
+//! `cargo test --test e2e -- crd_server:: --nocapture` shows the server's version and the table.
 
-mod support;
-
+use crate::support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Command;

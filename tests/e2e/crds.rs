@@ -1,8 +1,7 @@
 //! The CRDs against a real kube-apiserver: they install, `kubectl get cloudkeys` serves them,
 //! every example is accepted and invalid manifests are refused with messages naming the field.
 
-mod support;
-
+use crate::support;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;

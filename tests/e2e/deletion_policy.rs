@@ -8,9 +8,7 @@
 //! The operator watches every namespace here (tenants live in several): a control plane of its
 //! own.
 
-mod fakes;
-mod support;
-
+use crate::{fakes, support};
 use std::collections::BTreeSet;
 
 use cloudkeys::api::{AccessKey, ClusterKeyIssuer};

@@ -5,10 +5,7 @@
 //! says so; keys of other installations and unmarked ones are never touched; sweeps that find
 //! nothing new write nothing.
 
-mod clouds;
-mod fakes;
-mod support;
-
+use crate::{clouds, fakes, support};
 use cloudkeys::api::KeyIssuer;
 use fakes::exoscale::PREEXISTING_ROLE_ID;
 use fakes::yandex::SECOND_SERVICE_ACCOUNT_ID;

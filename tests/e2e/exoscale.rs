@@ -1,9 +1,7 @@
 //! Exoscale end to end: the operator process, the real apiserver, and a fake Exoscale API that
 //! verifies every request's EXO2 signature.
 
-mod fakes;
-mod support;
-
+use crate::{fakes, support};
 use std::time::{Duration, Instant};
 
 use fakes::exoscale::{ExoscaleFake, Faults, PREEXISTING_ROLE_ID};

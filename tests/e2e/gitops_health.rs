@@ -4,9 +4,7 @@
 //!
 //! Needs `lua5.1` on PATH (`make lua`, scripts/lua.sh); without it these tests fail and say so.
 
-mod fakes;
-mod support;
-
+use crate::{fakes, support};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

@@ -5,8 +5,7 @@
 //! Every test has namespaces of its own and releases named after them (ClusterRoles are
 //! cluster-wide). Helm installs the CRDs on the first install and skips them afterwards.
 
-mod support;
-
+use crate::support;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};

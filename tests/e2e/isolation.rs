@@ -7,9 +7,7 @@
 //! takes a control plane of its own, and where tests share a process (plain `cargo test`), they
 //! take turns (`support::one_at_a_time`).
 
-mod fakes;
-mod support;
-
+use crate::{fakes, support};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,7 +1,6 @@
 //! The `local` provider end to end: the operator process against the real apiserver.
 
-mod support;
-
+use crate::support;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;

@@ -5,9 +5,7 @@
 //! the running operator, evaluates the rules and fires the alert for a broken issuer; and every
 //! metric a rule or a panel names is in the operator's `/metrics`.
 
-mod fakes;
-mod support;
-
+use crate::{fakes, support};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,8 +1,6 @@
 //! Running the operator: health and metrics endpoints, graceful shutdown, leader election.
 
-mod fakes;
-mod support;
-
+use crate::{fakes, support};
 use std::time::{Duration, Instant};
 
 use fakes::exoscale::{ExoscaleFake, PREEXISTING_ROLE_ID};

@@ -1,9 +1,7 @@
 //! 3DS OUTSCALE end to end: the operator process, the real apiserver, and a fake OSC API that
 //! verifies OSC4/AWS4 signatures, enforces INACTIVE-before-delete for EIM users and the quota.
 
-mod fakes;
-mod support;
-
+use crate::{fakes, support};
 use std::time::{Duration, Instant};
 
 use cloudkeys::api::AccessKey;

@@ -2,10 +2,7 @@
 //! message naming the field, the value and what is allowed, a Warning event, and not one
 //! request at the provider's fake; and lets through what it allows.
 
-mod clouds;
-mod fakes;
-mod support;
-
+use crate::{clouds, fakes, support};
 use fakes::exoscale::{ExoscaleFake, PREEXISTING_ROLE_ID};
 use fakes::outscale::OutscaleFake;
 use fakes::yandex::{YandexFake, SECOND_SERVICE_ACCOUNT_ID};

@@ -2,9 +2,7 @@
 //! fighting over a Secret, a provider that hangs, and a seeded chaos run in which the operator
 //! is killed again and again while AccessKeys come and go.
 
-mod fakes;
-mod support;
-
+use crate::{fakes, support};
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::time::Duration;

@@ -6,9 +6,7 @@
 //! grace period, old key revoked — and these tests check each step at the fake: the old key
 //! stays live until the grace period after the rollout is over, and is never revoked before.
 
-mod fakes;
-mod support;
-
+use crate::{fakes, support};
 use std::time::Duration;
 
 use cloudkeys::api::{AccessKey, AccessKeyStatus};

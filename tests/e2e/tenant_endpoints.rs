@@ -6,9 +6,7 @@
 //! The operator here watches every namespace, as a cluster-wide installation does, so this test
 //! takes a control plane of its own.
 
-mod fakes;
-mod support;
-
+use crate::{fakes, support};
 use cloudkeys::api::KeyIssuer;
 use fakes::exoscale::{ExoscaleFake, PREEXISTING_ROLE_ID};
 use fakes::yandex::YandexFake;

@@ -5,8 +5,7 @@
 //! the operator it waits, reports what is left and exits 1, and never removes a finalizer.
 //! It prints no secret.
 
-mod support;
-
+use crate::support;
 use std::time::Duration;
 
 use cloudkeys::api::{AccessKey, ClusterKeyIssuer, KeyIssuer};

@@ -1,9 +1,7 @@
 //! Yandex Cloud end to end: the operator process, the real apiserver, and a fake IAM that
 //! verifies the PS256 JWT of the authorized key and requires a live IAM token on every call.
 
-mod fakes;
-mod support;
-
+use crate::{fakes, support};
 use std::time::{Duration, Instant};
 
 use fakes::yandex::{Faults, YandexFake, SECOND_SERVICE_ACCOUNT_ID};

@@ -2,7 +2,7 @@
 //! a file of the repository (and, with `#anchor`, at one of its headings), and nothing in the
 //! repository sends a reader to a file users do not have.
 //!
-//! Only the standard library: `rustc --edition 2021 --test tests/docs.rs` runs it without cargo
+//! Only the standard library: `rustc --edition 2021 --test tests/unit/docs.rs` runs it without cargo
 //! (with `CARGO_MANIFEST_DIR` set to the repository's root).
 
 use std::fs;
@@ -200,7 +200,7 @@ fn every_markdown_file_named_anywhere_exists() {
     let markdown: Vec<&PathBuf> = files.iter().filter(|p| p.extension().is_some_and(|e| e == "md")).collect();
     let mut missing = Vec::new();
     // This file names made-up ones in its own tests.
-    for file in files.iter().filter(|f| !f.ends_with("tests/docs.rs")) {
+    for file in files.iter().filter(|f| !f.ends_with("tests/unit/docs.rs")) {
         let Ok(text) = fs::read_to_string(file) else { continue }; // binary files
         let dir = file.parent().expect("a file has a directory");
         for (n, line) in text.lines().enumerate() {

@@ -1,8 +1,7 @@
 //! Tests of the fake Exoscale API itself: its signature verifier against the upstream test
 //! vectors, and its HTTP behaviour as seen by a client over loopback.
 
-mod fakes;
-
+use crate::fakes;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD;

@@ -99,7 +99,10 @@ fn every_layer_imports_only_the_layers_below_it_and_the_leaves() {
     for file in files() {
         let Some(module) = module_of(&file) else { continue };
         let Some(may) = allowed.get(module.as_str()) else {
-            wrong.push(format!("{}: module `{module}` has no place in the layers (tests/layers.rs)", file.display()));
+            wrong.push(format!(
+                "{}: module `{module}` has no place in the layers (tests/unit/layers.rs)",
+                file.display()
+            ));
             continue;
         };
         let text = fs::read_to_string(&file).expect("readable");

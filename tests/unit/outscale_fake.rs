@@ -2,8 +2,7 @@
 //! AWS4), its HTTP behaviour as seen by a client over loopback, and the real
 //! `OutscaleProvider` driven against it.
 
-mod fakes;
-
+use crate::fakes;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};

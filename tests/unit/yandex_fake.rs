@@ -2,8 +2,7 @@
 //! its HTTP behaviour as seen by a client over loopback, and the operator's real
 //! `YandexProvider` driven against it.
 
-mod fakes;
-
+use crate::fakes;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
