@@ -1127,6 +1127,10 @@ fn lint_is_clean_with_defaults_a_watched_namespace_two_replicas_and_every_option
             "grafana.dashboard.enabled=true",
             "grafana.dashboard.namespace=monitoring",
             "grafana.dashboard.annotations.grafana_folder=Platform",
+            "podSecurityContext.runAsUser=65532",
+            "podSecurityContext.runAsGroup=65532",
+            "podSecurityContext.fsGroup=65532",
+            "securityContext.runAsUser=65532",
         ][..],
         &[
             "podDisruptionBudget.enabled=true",

@@ -165,12 +165,13 @@ impl Env {
         }
     }
 
-    /// The live key ids at the cloud fakes.
+    /// The live key ids the AccessKeys hold at the cloud fakes.
     fn live_in_clouds(&self) -> Vec<String> {
         let c = &self.clouds;
         let mut ids: Vec<String> = c.exoscale.live_api_keys().into_iter().map(|k| k.key).collect();
         ids.extend(c.yandex.live_keys().into_iter().map(|k| k.key_id));
-        ids.extend(c.outscale.live_keys().into_iter().map(|k| k.access_key_id));
+        // Not the issuer's own key.
+        ids.extend(c.outscale.live_keys().into_iter().map(|k| k.access_key_id).filter(|id| id != clouds::OSC_AK));
         ids.sort();
         ids
     }
