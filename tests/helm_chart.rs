@@ -1277,8 +1277,8 @@ async fn install_upgrade_and_uninstall_in_the_real_apiserver() {
     assert_eq!(probe_path(c.readiness_probe.as_ref()), "/readyz");
     let sc = c.security_context.clone().expect("container securityContext");
     assert_eq!(sc.run_as_non_root, Some(true));
-    assert_eq!(sc.run_as_user, Some(65532));
-    assert_eq!(sc.run_as_group, Some(65532));
+    // No fixed IDs (OpenShift's restricted-v2 assigns them): see the pod security test below.
+    assert_eq!((sc.run_as_user, sc.run_as_group), (None, None));
     assert_eq!(sc.read_only_root_filesystem, Some(true));
     assert_eq!(sc.allow_privilege_escalation, Some(false));
     assert_eq!(sc.capabilities.and_then(|c| c.drop), Some(vec!["ALL".to_string()]));
