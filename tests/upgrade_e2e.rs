@@ -4,7 +4,7 @@
 //! policies in use, and some keys in their grace period; then Helm upgrades the release to the
 //! current chart and the current binary takes over. No key is re-keyed or revoked, no workload is
 //! restarted, every AccessKey stays Ready, and the keys in their grace period are revoked by the
-//! new version, not before their `revokeAfter`.
+//! new version, not before their `revokeAfter`. A restart of the new version then writes nothing.
 //!
 //! The control plane has no kubelet: the chart's Deployment never runs, and the operator of each
 //! release runs as a process of the test, as in the other end-to-end tests.
