@@ -7,13 +7,15 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 HELM_SDKPY_VERSION := 0.1.32
 PYTHON ?= python3
 
-.PHONY: test unit reconcile-tier demo lint crds control-plane crd-server build bench helm-deps lua monitoring-deps install
+.PHONY: test unit reconcile-tier demo lint crds control-plane crd-server build bench helm-deps lua monitoring-deps install previous-release
 
 ## Everything CI runs: formatting, clippy, unit and integration tests against a real apiserver.
 # The end-to-end tests mostly wait (on rollouts, grace periods, the apiserver): more of them at
 # once than there are cores, each in a namespace of its own (scripts/test.sh).
 TEST_THREADS ?= 8
-test: control-plane crd-server helm-deps lua monitoring-deps lint
+# previous-release comes before the current code is built: its build leaves the old binary in
+# target/debug/cloudkeys, which `cargo test --no-run` links again.
+test: control-plane crd-server helm-deps lua monitoring-deps lint previous-release
 	$(CARGO) test --all-targets --locked --no-run
 	CARGO="$(CARGO)" scripts/test.sh $(TEST_THREADS)
 
@@ -49,6 +51,12 @@ install:
 crds:
 	$(CARGO) run --quiet --locked --bin cloudkeys -- crds > crds/cloudkeys.io_crds.yaml
 	cp crds/cloudkeys.io_crds.yaml charts/cloudkeys/files/cloudkeys.io_crds.yaml
+
+## Build the operator of the previous release (the commit in upgrade/previous-release) once per
+## machine, cached in $${CLOUDKEYS_CACHE:-~/.cache/cloudkeys}, for the upgrade test
+## (tests/e2e/upgrade.rs). Needs that commit in the clone's history (no shallow clone).
+previous-release:
+	CARGO="$(CARGO)" scripts/previous-release.sh build
 
 ## Install helm-sdkpy (Helm's Go library for Python) and PyYAML for the chart tests; skipped when
 ## the right version is already importable. helm-sdkpy declares Python >= 3.12 but works on 3.11.

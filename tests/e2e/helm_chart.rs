@@ -1126,6 +1126,10 @@ fn lint_is_clean_with_defaults_a_watched_namespace_two_replicas_and_every_option
             "grafana.dashboard.enabled=true",
             "grafana.dashboard.namespace=monitoring",
             "grafana.dashboard.annotations.grafana_folder=Platform",
+            "podSecurityContext.runAsUser=65532",
+            "podSecurityContext.runAsGroup=65532",
+            "podSecurityContext.fsGroup=65532",
+            "securityContext.runAsUser=65532",
         ][..],
         &[
             "podDisruptionBudget.enabled=true",
@@ -1163,6 +1167,9 @@ async fn the_values_schema_rejects_bad_values_at_lint_and_install() {
         ("uninstall.policy=Never", "/uninstall/policy"),
         ("uninstall.timeout=soon", "/uninstall/timeout"),
         ("crds.enabled=yes", "/crds/enabled"),
+        ("podSecurityContext.runAsUser=0", "/podSecurityContext/runAsUser"),
+        ("podSecurityContext.fsGroup=staff", "/podSecurityContext/fsGroup"),
+        ("securityContext.privileged=true", "privileged"),
     ] {
         let out = lint(&[set]);
         assert!(!out.ok, "helm lint accepted {set}:\n{}", out.output());
@@ -1269,8 +1276,8 @@ async fn install_upgrade_and_uninstall_in_the_real_apiserver() {
     assert_eq!(probe_path(c.readiness_probe.as_ref()), "/readyz");
     let sc = c.security_context.clone().expect("container securityContext");
     assert_eq!(sc.run_as_non_root, Some(true));
-    assert_eq!(sc.run_as_user, Some(65532));
-    assert_eq!(sc.run_as_group, Some(65532));
+    // No fixed IDs (OpenShift's restricted-v2 assigns them): see the pod security test below.
+    assert_eq!((sc.run_as_user, sc.run_as_group), (None, None));
     assert_eq!(sc.read_only_root_filesystem, Some(true));
     assert_eq!(sc.allow_privilege_escalation, Some(false));
     assert_eq!(sc.capabilities.and_then(|c| c.drop), Some(vec!["ALL".to_string()]));
@@ -1546,4 +1553,192 @@ async fn a_verb_removed_from_the_cluster_role_makes_the_operator_fail() {
     delete_key_issuer(&client, &team).await;
     op.kill();
     uninstall_ok(&client, &ns).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pod security, the values schema, Artifact Hub metadata.
+
+/// The rendered documents of `helm template` of this kind, whatever template they came from.
+fn rendered(manifest: &str, kind: &str) -> Vec<serde_json::Value> {
+    serde_norway::Deserializer::from_str(manifest)
+        .filter_map(|d| serde_json::Value::deserialize(d).ok())
+        .filter(|d| d["kind"] == kind)
+        .collect()
+}
+
+/// The pod spec of the operator's Deployment and of the uninstall hook's Job, rendered with `sets`.
+async fn pod_specs(client: &Client, release: &str, sets: &[&str]) -> Vec<(String, serde_json::Value)> {
+    let out = template(client, release, sets).await;
+    assert!(out.ok, "helm template {sets:?} failed:\n{}", out.output());
+    let mut pods = Vec::new();
+    for kind in ["Deployment", "Job"] {
+        let docs = rendered(&out.stdout, kind);
+        assert_eq!(docs.len(), 1, "one {kind} rendered:\n{}", out.stdout);
+        pods.push((kind.to_string(), docs[0]["spec"]["template"]["spec"].clone()));
+    }
+    pods
+}
+
+/// OpenShift's restricted-v2 admits a Pod that fixes no UID or GID outside the namespace's range:
+/// by default none is fixed (the image's numeric user runs, which runAsNonRoot needs), and every
+/// other restriction stays; the values fix them when wanted.
+#[tokio::test]
+async fn the_pods_fix_no_user_or_group_unless_the_values_do_and_stay_restricted() {
+    let client = own_cluster().await;
+    let ns = support::namespace(&client, "helm-pod-security").await;
+    for (kind, pod) in pod_specs(&client, &ns, &[]).await {
+        let security = &pod["securityContext"];
+        assert_eq!(security["runAsNonRoot"], json!(true), "{kind}: {pod}");
+        assert_eq!(security["seccompProfile"], json!({"type": "RuntimeDefault"}), "{kind}: {pod}");
+        for id in ["runAsUser", "runAsGroup", "fsGroup", "supplementalGroups"] {
+            assert!(security.get(id).is_none(), "{kind} fixes {id} by default: {security}");
+        }
+        let container = &pod["containers"][0]["securityContext"];
+        assert_eq!(
+            container,
+            &json!({"runAsNonRoot": true, "readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false,
+                "privileged": false, "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}),
+            "{kind}'s container"
+        );
+    }
+    let dockerfile = std::fs::read_to_string(support::repo_root().join("Dockerfile")).expect("Dockerfile");
+    assert!(dockerfile.lines().any(|l| l == "USER 65532:65532"), "runAsNonRoot needs the image's user to be numeric");
+
+    let sets = [
+        "podSecurityContext.runAsUser=1000",
+        "podSecurityContext.runAsGroup=1000",
+        "podSecurityContext.fsGroup=2000",
+        "securityContext.runAsUser=1001",
+    ];
+    for (kind, pod) in pod_specs(&client, &ns, &sets).await {
+        let security = &pod["securityContext"];
+        assert_eq!(
+            security,
+            &json!({"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"},
+                "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 2000}),
+            "{kind}"
+        );
+        let container = &pod["containers"][0]["securityContext"];
+        assert_eq!(container["runAsUser"], json!(1001), "{kind}: {container}");
+        assert_eq!(container["readOnlyRootFilesystem"], json!(true), "{kind}: {container}");
+        assert_eq!(container["capabilities"], json!({"drop": ["ALL"]}), "{kind}: {container}");
+    }
+}
+
+/// Walks the values of values.yaml under `schema`: every key is declared (or the object is a
+/// free-form map whose `additionalProperties` says what its values are), and every object with
+/// declared keys refuses others. Returns what is wrong, by path.
+fn undeclared(value: &serde_json::Value, schema: &serde_json::Value, path: &str, wrong: &mut Vec<String>) {
+    let Some(map) = value.as_object() else { return };
+    let properties = schema["properties"].as_object();
+    if properties.is_some() && schema["additionalProperties"] != json!(false) {
+        wrong.push(format!("{path}: declares its keys but lacks additionalProperties: false"));
+    }
+    for (key, value) in map {
+        let at = format!("{path}/{key}");
+        match (properties.and_then(|p| p.get(key)), &schema["additionalProperties"]) {
+            (Some(declared), _) => undeclared(value, declared, &at, wrong),
+            (None, open) if open.is_object() => undeclared(value, open, &at, wrong),
+            (None, _) => wrong.push(format!("{at}: in values.yaml, not in values.schema.json")),
+        }
+    }
+}
+
+#[test]
+fn the_values_schema_declares_every_value_and_refuses_unknown_keys() {
+    let values: serde_json::Value =
+        serde_norway::from_str(&std::fs::read_to_string(chart().join("values.yaml")).expect("values.yaml"))
+            .expect("values.yaml is YAML");
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(chart().join("values.schema.json")).expect("schema"))
+            .expect("values.schema.json is JSON");
+    let mut wrong = Vec::new();
+    undeclared(&values, &schema, "", &mut wrong);
+    assert!(wrong.is_empty(), "values.schema.json does not cover values.yaml:\n{}", wrong.join("\n"));
+    // The walk can fail: a key the schema does not know is found.
+    let mut extra = values.clone();
+    extra["podSecurityContext"]["privileged"] = json!(true);
+    let mut found = Vec::new();
+    undeclared(&extra, &schema, "", &mut found);
+    assert_eq!(found, ["/podSecurityContext/privileged: in values.yaml, not in values.schema.json"]);
+}
+
+/// An Artifact Hub annotation of Chart.yaml, a YAML document in a string.
+fn artifact_hub(meta: &serde_norway::Value, name: &str) -> serde_json::Value {
+    let text = meta["annotations"][&format!("artifacthub.io/{name}")]
+        .as_str()
+        .unwrap_or_else(|| panic!("Chart.yaml lacks the annotation artifacthub.io/{name}"));
+    serde_norway::from_str(text).unwrap_or_else(|e| panic!("artifacthub.io/{name} is not YAML: {e}"))
+}
+
+#[test]
+fn the_artifact_hub_metadata_lists_the_charts_crds_with_valid_examples_and_the_crates_license() {
+    let meta: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).expect("Chart.yaml"))
+            .expect("YAML");
+    assert_eq!(meta["annotations"]["artifacthub.io/license"].as_str(), Some(env!("CARGO_PKG_LICENSE")));
+    for url in [&meta["home"], &meta["sources"][0]] {
+        assert!(url.as_str().is_some_and(|u| u.starts_with("https://")), "home and sources are URLs: {url:?}");
+    }
+    let links = artifact_hub(&meta, "links");
+    let links = links.as_array().expect("links: a list");
+    assert!(!links.is_empty());
+    for link in links {
+        assert!(link["name"].as_str().is_some_and(|n| !n.is_empty()), "{link}");
+        assert!(link["url"].as_str().is_some_and(|u| u.starts_with("https://")), "{link}");
+    }
+    let images = artifact_hub(&meta, "images");
+    let app_version = meta["appVersion"].as_str().expect("appVersion");
+    assert_eq!(images[0]["image"], json!(format!("ghcr.io/cloudkeys/cloudkeys:{app_version}")), "the default image");
+
+    // The CRDs the chart ships (files/, byte for byte crds/: see the test above).
+    let shipped = std::fs::read_to_string(chart().join("files/cloudkeys.io_crds.yaml")).expect("the chart's CRDs");
+    let mut crds: Vec<(String, String, String)> = serde_norway::Deserializer::from_str(&shipped)
+        .map(|d| serde_json::Value::deserialize(d).expect("a CRD"))
+        .flat_map(|crd| {
+            let versions = crd["spec"]["versions"].as_array().cloned().unwrap_or_default();
+            versions.into_iter().filter(|v| v["served"] == json!(true)).map(move |v| {
+                let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+                (text(&crd["spec"]["names"]["kind"]), text(&v["name"]), text(&crd["metadata"]["name"]))
+            })
+        })
+        .collect();
+    crds.sort();
+    let listed = artifact_hub(&meta, "crds");
+    let mut annotated: Vec<(String, String, String)> = listed
+        .as_array()
+        .expect("crds: a list")
+        .iter()
+        .map(|c| {
+            for field in ["displayName", "description"] {
+                assert!(c[field].as_str().is_some_and(|d| !d.is_empty()), "{field} of {c}");
+            }
+            let text = |f: &str| c[f].as_str().unwrap_or_default().to_string();
+            (text("kind"), text("version"), text("name"))
+        })
+        .collect();
+    annotated.sort();
+    assert_eq!(annotated, crds, "artifacthub.io/crds lists the CRDs the chart ships");
+
+    // One example per kind, each one of examples/ and valid for its kind's Rust type.
+    let examples: Vec<serde_json::Value> = support::example_files()
+        .iter()
+        .map(|f| serde_norway::from_str(&std::fs::read_to_string(f).expect("example")).expect("example YAML"))
+        .collect();
+    let shown = artifact_hub(&meta, "crdsExamples");
+    let shown = shown.as_array().expect("crdsExamples: a list");
+    let mut kinds: Vec<&str> = shown.iter().filter_map(|e| e["kind"].as_str()).collect();
+    kinds.sort();
+    let mut want: Vec<&str> = crds.iter().map(|(kind, _, _)| kind.as_str()).collect();
+    want.sort();
+    assert_eq!(kinds, want, "one example per kind");
+    for example in shown {
+        assert!(examples.contains(example), "not one of examples/: {example}");
+        let parsed = match example["kind"].as_str() {
+            Some("AccessKey") => serde_json::from_value::<AccessKey>(example.clone()).map(drop),
+            Some("KeyIssuer") => serde_json::from_value::<KeyIssuer>(example.clone()).map(drop),
+            _ => serde_json::from_value::<ClusterKeyIssuer>(example.clone()).map(drop),
+        };
+        parsed.unwrap_or_else(|e| panic!("the example does not parse as its kind: {e}\n{example}"));
+    }
 }

@@ -31,4 +31,5 @@ mod reliability;
 mod rotation;
 mod tenant_endpoints;
 mod uninstall;
+mod upgrade;
 mod yandex;

@@ -2,13 +2,15 @@
 //! at any moment and started again.
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use super::control_plane;
 
 pub struct Operator {
     child: Option<Child>,
+    /// The `cloudkeys` binary: this build's, or another release's (`start_release`).
+    binary: PathBuf,
     log: PathBuf,
     namespace: String,
     /// Watches every namespace, not only `namespace` (which then holds ClusterKeyIssuers' Secrets).
@@ -23,7 +25,7 @@ impl Operator {
     }
 
     pub fn start_with(namespace: &str, env: &[(&str, &str)]) -> Self {
-        Self::launch(namespace, env, false)
+        Self::launch(Path::new(env!("CARGO_BIN_EXE_cloudkeys")), namespace, env, false)
     }
 
     /// Starts `cloudkeys run` watching every namespace, as a cluster's one operator does, with
@@ -31,15 +33,23 @@ impl Operator {
     /// own (`support::own_control_plane`): it acts on every other test's objects too.
     pub fn start_everywhere(namespace: &str, env: &[(&str, &str)]) -> Self {
         assert!(control_plane().own, "an all-namespaces operator needs own_control_plane()");
-        Self::launch(namespace, env, true)
+        Self::launch(Path::new(env!("CARGO_BIN_EXE_cloudkeys")), namespace, env, true)
     }
 
-    fn launch(namespace: &str, env: &[(&str, &str)], everywhere: bool) -> Self {
+    /// Like [`Self::start_everywhere`], with the `cloudkeys` binary at `binary` (another
+    /// release's, for the upgrade test).
+    pub fn start_release(binary: &Path, namespace: &str, env: &[(&str, &str)]) -> Self {
+        assert!(control_plane().own, "an all-namespaces operator needs own_control_plane()");
+        Self::launch(binary, namespace, env, true)
+    }
+
+    fn launch(binary: &Path, namespace: &str, env: &[(&str, &str)], everywhere: bool) -> Self {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = control_plane().dir.join(format!("operator-{namespace}-{n}.log"));
         let mut op = Self {
             child: None,
+            binary: binary.to_path_buf(),
             log,
             namespace: namespace.to_string(),
             everywhere,
@@ -53,7 +63,7 @@ impl Operator {
         let out = File::options().create(true).append(true).open(&self.log).expect("operator log file");
         let err = out.try_clone().expect("log file handle");
         let watched: &[&str] = if self.everywhere { &[] } else { &["--namespace", &self.namespace] };
-        let child = Command::new(env!("CARGO_BIN_EXE_cloudkeys"))
+        let child = Command::new(&self.binary)
             .arg("run")
             .args(watched)
             .args(["--cluster-resource-namespace", &self.namespace])
@@ -65,7 +75,7 @@ impl Operator {
             .stdout(out)
             .stderr(err)
             .spawn()
-            .expect("operator starts");
+            .unwrap_or_else(|e| panic!("operator {} does not start: {e}", self.binary.display()));
         self.child = Some(child);
     }
 
