@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod installation;
+pub mod rollouts;
 pub mod run;
 pub mod run_args;
 pub mod unreadable;
