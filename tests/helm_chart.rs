@@ -1120,6 +1120,7 @@ fn lint_is_clean_with_defaults_a_watched_namespace_two_replicas_and_every_option
             "podDisruptionBudget.enabled=true",
             "networkPolicy.enabled=true",
             "rbac.ownerReferencesPermissionEnforcement=true",
+            "rbac.argoRollouts=true",
             "prometheus.rules.enabled=true",
             "prometheus.rules.labels.release=prometheus",
             "prometheus.rules.for.CloudkeysAccessKeyNotReady=30m",
@@ -1547,4 +1548,44 @@ async fn a_verb_removed_from_the_cluster_role_makes_the_operator_fail() {
     delete_key_issuer(&client, &team).await;
     op.kill();
     uninstall_ok(&client, &ns).await;
+}
+
+/// `rbac.argoRollouts=true` grants list, watch and patch on Argo Rollouts, where the other
+/// namespaced rules go (the ClusterRole, or the watched namespace's Role), and nothing else;
+/// by default (checked exactly by the install test) there is no rule for them.
+#[tokio::test]
+async fn argo_rollouts_rbac_is_granted_only_with_its_value() {
+    let client = own_cluster().await;
+    let rollouts = rule(&["argoproj.io"], &["rollouts"], &[], &["list", "watch", "patch"]);
+    let rendered_rules = |stdout: &str, kind: &str| -> Vec<Rule> {
+        let docs: Vec<serde_norway::Value> = serde_norway::Deserializer::from_str(stdout)
+            .filter_map(|d| serde_norway::Value::deserialize(d).ok())
+            .filter(|v| !v.is_null())
+            .collect();
+        let role = docs
+            .iter()
+            .find(|d| {
+                d["kind"].as_str() == Some(kind)
+                    && d["metadata"]["name"].as_str().is_some_and(|n| n.ends_with("-cloudkeys"))
+            })
+            .unwrap_or_else(|| panic!("a {kind} named <release>-cloudkeys:\n{stdout}"));
+        let parsed: Vec<PolicyRule> = serde_norway::from_value(role["rules"].clone()).expect("rules");
+        rules(Some(parsed))
+    };
+
+    let ns = support::namespace(&client, "helm-rollouts").await;
+    let out = template(&client, &ns, &["rbac.argoRollouts=true"]).await;
+    assert!(out.ok, "helm template failed:\n{}", out.output());
+    let mut want = [namespaced_rules(), cluster_issuer_rules()].concat();
+    want.push(rollouts.clone());
+    assert_eq!(rendered_rules(&out.stdout, "ClusterRole"), sorted(want));
+
+    let ns = support::namespace(&client, "helm-rollouts-ns").await;
+    let watched = support::namespace(&client, "helm-rollouts-ns-watched").await;
+    let out = template(&client, &ns, &["rbac.argoRollouts=true", &format!("watchNamespace={watched}")]).await;
+    assert!(out.ok, "helm template failed:\n{}", out.output());
+    let mut want = namespaced_rules();
+    want.push(rollouts);
+    assert_eq!(rendered_rules(&out.stdout, "Role"), sorted(want));
+    assert_eq!(rendered_rules(&out.stdout, "ClusterRole"), sorted(cluster_issuer_rules()));
 }

@@ -335,6 +335,12 @@ fn print_status(ak: &AccessKey, now: jiff::Timestamp) {
             "awaiting the consumers' rollout".to_string()
         } else if rotation::retired_due(r, now) {
             "being revoked".to_string()
+        } else if let (Some(until), Some(used)) = (&r.held_until, &r.last_used_at) {
+            format!(
+                "still used at {}, after the consumers rolled out: revocation held, revoked {}",
+                at(used.0, now),
+                output::when(until.0, now)
+            )
         } else {
             r.revoke_after.as_ref().map(|t| format!("revoked {}", output::when(t.0, now))).unwrap_or_default()
         };
