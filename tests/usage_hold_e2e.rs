@@ -81,9 +81,13 @@ async fn a_replaced_key_used_after_the_switch_is_held_with_a_warning_then_revoke
     let base = op.http_base().await;
     support::eventually("the hold counted in the metrics", keys::WAIT, || async {
         let metrics = reqwest::get(format!("{base}/metrics")).await.ok()?.text().await.ok()?;
-        let counted = metrics.lines().any(|l| l == "cloudkeys_retired_keys_still_used_total{provider=\"yandex\"} 1");
+        let value = |prefix: &str| {
+            let line = metrics.lines().find(|l| l.starts_with(prefix))?;
+            line.rsplit(' ').next()?.parse::<f64>().ok()
+        };
+        let counted = value("cloudkeys_retired_keys_still_used_total{provider=\"yandex\"}") == Some(1.0);
         let gauge =
-            metrics.lines().any(|l| l.starts_with("cloudkeys_access_key_retired_keys_held{") && l.ends_with(" 1"));
+            value(&format!("cloudkeys_access_key_retired_keys_held{{namespace=\"{ns}\",name=\"k\"}}")) == Some(1.0);
         (counted && gauge).then_some(())
     })
     .await;

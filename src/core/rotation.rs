@@ -196,7 +196,8 @@ pub fn usage_hold(
 pub fn usage_hold_note(r: &RetiredKey, used: jiff::Timestamp, until: jiff::Timestamp, current: &str) -> String {
     let switched = switched_at(r).map_or_else(|| "the switch".to_string(), |t| t.to_string());
     format!(
-        "replaced key {} was used at {used}, after the consumers rolled out to key {current} ({switched}): something          not named in spec.consumers still uses it; its revocation is held until {until} (rotation.maxUsageHold)",
+        "replaced key {} was used at {used}, after the consumers rolled out to key {current} ({switched}): something \
+         not named in spec.consumers still uses it; its revocation is held until {until} (rotation.maxUsageHold)",
         r.access_key_id
     )
 }
