@@ -93,6 +93,7 @@ pub struct Metrics {
     pub consumer_restarts: Family<WorkloadLabels, Counter>,
     pub rollout_timeouts: Family<WorkloadLabels, Counter>,
     pub blocked_rotations: Family<ProviderLabels, Counter>,
+    pub retired_keys_still_used: Family<ProviderLabels, Counter>,
     pub revocations_refused: Family<ProviderLabels, Counter>,
     pub drift_listings: Family<ListingLabels, Counter>,
     pub drift_last_sweep: Family<IssuerLabels, Gauge<f64, AtomicU64>>,
@@ -114,6 +115,7 @@ impl Default for Metrics {
             consumer_restarts: Family::default(),
             rollout_timeouts: Family::default(),
             blocked_rotations: Family::default(),
+            retired_keys_still_used: Family::default(),
             revocations_refused: Family::default(),
             drift_listings: Family::default(),
             drift_last_sweep: Family::default(),
@@ -167,6 +169,12 @@ impl Metrics {
             "cloudkeys_rotations_blocked",
             "New keys the provider refused while the current key stayed in use",
             self.blocked_rotations.clone(),
+        );
+        registry.register(
+            "cloudkeys_retired_keys_still_used",
+            "Replaced keys the provider reported used after their consumers rolled out to the new key, their \
+             revocation held (rotation.maxUsageHold), by provider",
+            self.retired_keys_still_used.clone(),
         );
         registry.register(
             "cloudkeys_revocations_refused",
@@ -233,6 +241,11 @@ impl Metrics {
 
     pub fn rollout_timed_out(&self, kind: &'static str) {
         self.rollout_timeouts.get_or_create(&WorkloadLabels { kind }).inc();
+    }
+
+    /// A replaced key held because the provider reports it used after the switch.
+    pub fn retired_key_still_used(&self, provider: &str) {
+        self.retired_keys_still_used.get_or_create(&ProviderLabels { provider: provider.into() }).inc();
     }
 
     pub fn rotation_blocked(&self, provider: &str) {
@@ -399,7 +412,7 @@ impl Collector for AccessKeyCollector {
         }
         // Timestamps, as cert-manager exposes them: alerts compare them with time().
         type Field = fn(&AccessKeyStatus) -> Option<f64>;
-        let per_key: [(&str, &str, Field); 5] = [
+        let per_key: [(&str, &str, Field); 6] = [
             ("cloudkeys_access_key_issued_timestamp_seconds", "When each AccessKey's current key was issued", |s| {
                 stamp(&s.issued_at)
             }),
@@ -422,6 +435,15 @@ impl Collector for AccessKeyCollector {
                 "cloudkeys_access_key_retired_keys",
                 "Replaced keys of each AccessKey still live, awaiting revocation",
                 |s| (!s.retired.is_empty()).then_some(s.retired.len() as f64),
+            ),
+            (
+                "cloudkeys_access_key_retired_keys_held",
+                "Replaced keys of each AccessKey whose revocation is held: the provider reports them used after the \
+                 consumers rolled out to the new key",
+                |s| {
+                    let held = s.retired.iter().filter(|r| r.held_until.is_some()).count();
+                    (held > 0).then_some(held as f64)
+                },
             ),
         ];
         for (name, help, field) in per_key {
@@ -454,13 +476,16 @@ impl Metrics {
             for family in [
                 &self.revocation_failures,
                 &self.blocked_rotations,
+                &self.retired_keys_still_used,
                 &self.revocations_refused,
                 &self.revoked_externally,
             ] {
                 drop(family.get_or_create(&labels));
             }
         }
-        for kind in [WorkloadKind::Deployment, WorkloadKind::StatefulSet, WorkloadKind::DaemonSet] {
+        for kind in
+            [WorkloadKind::Deployment, WorkloadKind::StatefulSet, WorkloadKind::DaemonSet, WorkloadKind::Rollout]
+        {
             let labels = WorkloadLabels { kind: kind.as_str() };
             drop(self.consumer_restarts.get_or_create(&labels));
             drop(self.rollout_timeouts.get_or_create(&labels));

@@ -80,6 +80,11 @@ pub struct Rotation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::duration")]
     pub rollout_timeout: Option<super::duration::ApiDuration>,
+    /// The longest a replaced key the provider reports used after its consumers rolled out to
+    /// the new key is kept past its grace period (default 24h; Yandex reports use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::duration")]
+    pub max_usage_hold: Option<super::duration::ApiDuration>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -105,12 +110,14 @@ pub struct ConsumerTarget {
     pub name: String,
 }
 
-/// The workload kinds that can be restarted.
+/// The workload kinds that can be restarted: `Rollout` is Argo Rollouts' (`argoproj.io/v1alpha1`),
+/// restarted through its `spec.restartAt`.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
 pub enum WorkloadKind {
     Deployment,
     StatefulSet,
     DaemonSet,
+    Rollout,
 }
 
 impl WorkloadKind {
@@ -119,6 +126,7 @@ impl WorkloadKind {
             Self::Deployment => "Deployment",
             Self::StatefulSet => "StatefulSet",
             Self::DaemonSet => "DaemonSet",
+            Self::Rollout => "Rollout",
         }
     }
 }
@@ -430,6 +438,14 @@ pub struct RetiredKey {
     /// When this key expires at the provider, if it does: the grace period ends by then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Time>,
+    /// When the provider last saw this key used, as asked once its grace period ended (Yandex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<Time>,
+    /// Set when the provider reports this key used after its grace period started (after the
+    /// consumers rolled out to the new key): something undeclared still uses it, and its
+    /// revocation is held until then (`rotation.maxUsageHold` past the grace period at most).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_until: Option<Time>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

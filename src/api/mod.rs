@@ -9,6 +9,7 @@ pub mod duration;
 mod issuer;
 mod policy;
 mod recorded;
+mod rollout;
 mod schema;
 pub mod validation;
 
@@ -18,6 +19,7 @@ pub use duration::ApiDuration;
 pub use issuer::*;
 pub use policy::*;
 pub use recorded::Recorded;
+pub use rollout::{Rollout, RolloutSpec, RolloutStatus, ROLLOUT_GROUP, ROLLOUT_VERSION};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,

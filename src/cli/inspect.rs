@@ -118,7 +118,8 @@ pub async fn run(args: &InspectArgs) -> Result<Health, CliError> {
     let secret_read = Api::<Secret>::namespaced(client.clone(), &ns).get_opt(&ak.spec.secret_name).await;
     let secret = optional("the Secret", secret_read, &mut caveats);
     let status = ak.status.clone().unwrap_or_default();
-    let (mut deployments, mut stateful_sets, mut daemon_sets) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut deployments, mut stateful_sets, mut daemon_sets, mut rollouts) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     if observe::consumers_wanted(&ak, &status) {
         deployments =
             optional("Deployments", list_in::<Deployment>(&client, &ns).await, &mut caveats).unwrap_or_default();
@@ -126,6 +127,11 @@ pub async fn run(args: &InspectArgs) -> Result<Health, CliError> {
             optional("StatefulSets", list_in::<StatefulSet>(&client, &ns).await, &mut caveats).unwrap_or_default();
         daemon_sets =
             optional("DaemonSets", list_in::<DaemonSet>(&client, &ns).await, &mut caveats).unwrap_or_default();
+        // No Argo Rollouts installed (404): no Rollouts, which is nothing to caveat.
+        rollouts = match list_in::<crate::api::Rollout>(&client, &ns).await {
+            Err(kube::Error::Api(s)) if s.code == 404 => Vec::new(),
+            read => optional("Rollouts", read, &mut caveats).unwrap_or_default(),
+        };
     }
     let mut labels: Option<BTreeMap<String, String>> = None;
     let mut access_keys = Vec::new();
@@ -150,6 +156,7 @@ pub async fn run(args: &InspectArgs) -> Result<Health, CliError> {
                 deployments: &deployments,
                 stateful_sets: &stateful_sets,
                 daemon_sets: &daemon_sets,
+                rollouts: &rollouts,
             },
             namespace_labels: labels.as_ref(),
             access_keys: &access_keys,
@@ -328,6 +335,12 @@ fn print_status(ak: &AccessKey, now: jiff::Timestamp) {
             "awaiting the consumers' rollout".to_string()
         } else if rotation::retired_due(r, now) {
             "being revoked".to_string()
+        } else if let (Some(until), Some(used)) = (&r.held_until, &r.last_used_at) {
+            format!(
+                "still used at {}, after the consumers rolled out: revocation held, revoked {}",
+                at(used.0, now),
+                output::when(until.0, now)
+            )
         } else {
             r.revoke_after.as_ref().map(|t| format!("revoked {}", output::when(t.0, now))).unwrap_or_default()
         };

@@ -69,6 +69,13 @@ pub struct ReplacedKey {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revoke_after: Option<Time>,
     pub awaiting_rollout: bool,
+    /// When the provider last saw it used, as asked at the end of its grace period (Yandex).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<Time>,
+    /// Its revocation is held until then: the provider reports it used after the consumers
+    /// rolled out to the new key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_until: Option<Time>,
 }
 
 impl KeyStatus {
@@ -88,6 +95,8 @@ impl KeyStatus {
                 key_id: r.access_key_id.clone(),
                 revoke_after: r.revoke_after.clone(),
                 awaiting_rollout: rotation::awaits_rollout(r),
+                last_used_at: r.last_used_at.clone(),
+                held_until: r.held_until.clone(),
             })
             .collect();
         Self {
@@ -216,15 +225,21 @@ fn status_table(keys: &[KeyStatus], namespaces: bool, wide: bool, now: jiff::Tim
     t
 }
 
-/// `1 (revoke in 4m)`, `1 (awaiting rollout)`, or `-`.
+/// `1 (revoke in 4m)`, `1 (awaiting rollout)`, `1 (still used: held, revoke in 5h)`, or `-`.
 fn replaced(k: &KeyStatus, now: jiff::Timestamp) -> String {
-    let Some(first) = k.replaced_keys.iter().min_by_key(|r| r.revoke_after.as_ref().map(|t| t.0)) else {
+    // When each goes: the end of its grace period, or of its hold.
+    let goes = |r: &ReplacedKey| {
+        let grace_end = r.revoke_after.as_ref().map(|t| t.0);
+        grace_end.map(|g| r.held_until.as_ref().map_or(g, |h| h.0.max(g)))
+    };
+    let Some(first) = k.replaced_keys.iter().min_by_key(|r| goes(r)) else {
         return "-".to_string();
     };
-    let next = match (&first.revoke_after, first.awaiting_rollout) {
+    let held = if first.held_until.is_some() { "still used: held, " } else { "" };
+    let next = match (goes(first), first.awaiting_rollout) {
         (_, true) => "awaiting rollout".to_string(),
-        (Some(t), false) if t.0 <= now => "revoking".to_string(),
-        (Some(t), false) => format!("revoke {}", output::when(t.0, now)),
+        (Some(t), false) if t <= now => "revoking".to_string(),
+        (Some(t), false) => format!("{held}revoke {}", output::when(t, now)),
         (None, false) => "revoking".to_string(),
     };
     format!("{} ({next})", k.replaced_keys.len())
@@ -286,5 +301,17 @@ mod tests {
         assert!(text.contains("1/2 rolled out"), "{text}");
         assert!(text.contains("never"), "{text}");
         assert!(text.starts_with("NAMESPACE"), "{text}");
+
+        // A replaced key the provider reports still used: the hold shows, and when it ends.
+        let held = KeyStatus::of(&access_key(serde_json::json!({
+            "accessKeyId": "EXO1",
+            "retired": [{"accessKeyId": "EXO0", "keyRef": "r", "issuer": {"name": "exo"},
+                "retiredAt": "2026-11-30T23:00:00Z", "revokeAfter": "2026-11-30T23:50:00Z",
+                "lastUsedAt": "2026-11-30T23:45:00Z", "heldUntil": "2026-12-01T02:00:00Z"}]})));
+        let text = status_table(std::slice::from_ref(&held), false, true, now).trim_fmt();
+        assert!(text.contains("1 (still used: held, revoke in 2h)"), "{text}");
+        let json = serde_json::to_value(&held).expect("JSON");
+        assert_eq!(json["replacedKeys"][0]["heldUntil"], "2026-12-01T02:00:00Z");
+        assert_eq!(json["replacedKeys"][0]["lastUsedAt"], "2026-11-30T23:45:00Z");
     }
 }

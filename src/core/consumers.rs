@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{Container, EnvFromSource, PodSpec, PodTemplateS
 use kube::core::{Selector, SelectorExt};
 use kube::ResourceExt;
 
-use crate::api::{ConsumerTarget, Consumers, WorkloadKind};
+use crate::api::{ConsumerTarget, Consumers, Rollout, WorkloadKind};
 
 use super::rotation::KEY_ID_ANNOTATION;
 
@@ -29,7 +29,7 @@ impl Workload {
     }
 }
 
-/// A Deployment, StatefulSet or DaemonSet.
+/// A Deployment, StatefulSet, DaemonSet or Argo Rollout.
 pub trait WorkloadObject: kube::Resource<DynamicType = ()> {
     const KIND: WorkloadKind;
     fn template(&self) -> Option<&PodTemplateSpec>;
@@ -40,17 +40,17 @@ pub trait WorkloadObject: kube::Resource<DynamicType = ()> {
     /// [`Self::rolled_out`] reads.
     fn keep_rollout_fields(&mut self);
 
+    /// The key the workload was last restarted for: the pod template's `cloudkeys.io/key-id`.
+    fn restarted_for(&self) -> Option<&String> {
+        let annotations = self.template().and_then(|t| t.metadata.as_ref()).and_then(|m| m.annotations.as_ref());
+        annotations.and_then(|a| a.get(KEY_ID_ANNOTATION))
+    }
+
     fn observe(&self) -> Workload {
-        let key_id = self
-            .template()
-            .and_then(|t| t.metadata.as_ref())
-            .and_then(|m| m.annotations.as_ref())
-            .and_then(|a| a.get(KEY_ID_ANNOTATION))
-            .cloned();
         Workload {
             kind: Self::KIND,
             name: self.meta().name.clone().unwrap_or_default(),
-            key_id,
+            key_id: self.restarted_for().cloned(),
             rolled_out: self.rolled_out(),
         }
     }
@@ -164,6 +164,63 @@ impl WorkloadObject for DaemonSet {
     }
 }
 
+/// An Argo Rollout is restarted through `spec.restartAt`, which replaces its pods without a new
+/// revision (a pod-template change would run the whole canary or blue-green strategy, pauses
+/// and analyses included). The key it was restarted for is the Rollout's own annotation
+/// `cloudkeys.io/key-id`, written in the same patch.
+impl WorkloadObject for Rollout {
+    const KIND: WorkloadKind = WorkloadKind::Rollout;
+
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.template.as_ref()
+    }
+    fn template_mut(&mut self) -> Option<&mut PodTemplateSpec> {
+        self.spec.template.as_mut()
+    }
+
+    fn restarted_for(&self) -> Option<&String> {
+        self.metadata.annotations.as_ref().and_then(|a| a.get(KEY_ID_ANNOTATION))
+    }
+
+    /// What `kubectl argo rollouts status` waits for (Argo's `GetRolloutPhase`): the controller
+    /// has seen this generation, is not about to unpause, and says `Healthy` (every replica
+    /// updated and available, all steps done, the restart asked for done). `Paused` and
+    /// `Degraded` are not rolled out: the restart waits for them up to `rolloutTimeout`.
+    fn rolled_out(&self) -> bool {
+        let Some(status) = &self.status else {
+            return false;
+        };
+        // A generation that is no number (Argo 0.9's hash) proves nothing: not rolled out.
+        let observed = status.observed_generation.as_deref().and_then(|g| g.parse::<i64>().ok());
+        let seen = observed.is_some_and(|o| o >= self.metadata.generation.unwrap_or(0));
+        let unpausing =
+            status.controller_pause == Some(true) && status.pause_conditions.as_ref().is_none_or(|c| c.is_empty());
+        let restarted = match &self.spec.restart_at {
+            None => true,
+            Some(asked) => status.restarted_at.as_ref().is_some_and(|done| done.0 >= asked.0),
+        };
+        seen && !unpausing && restarted && status.phase.as_deref() == Some("Healthy")
+    }
+
+    fn keep_rollout_fields(&mut self) {
+        let spec = std::mem::take(&mut self.spec);
+        self.spec = crate::api::RolloutSpec {
+            replicas: spec.replicas,
+            template: spec.template,
+            restart_at: spec.restart_at,
+            paused: spec.paused,
+        };
+        if let Some(status) = self.status.as_mut() {
+            // Only whether there are any is read.
+            if let Some(c) = status.pause_conditions.as_mut() {
+                c.truncate(1);
+                c.iter_mut().for_each(|v| *v = serde_json::Value::Null);
+            }
+            status.phase = status.phase.take().filter(|p| p.len() <= 32);
+        }
+    }
+}
+
 /// A workload as the cache keeps it: what [`WorkloadObject::observe`], [`reads_secret_unrefreshed`]
 /// and a consumer selector read, and nothing else. Any tenant can create workloads, with pod
 /// templates, annotations and volume claim templates as large as the apiserver takes; the
@@ -174,6 +231,8 @@ pub fn slim_workload<K: WorkloadObject>(w: &mut K) {
     let meta = w.meta_mut();
     let own = std::mem::take(meta);
     *meta = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        // Where a Rollout records the key it was restarted for.
+        annotations: own_key_id(own.annotations),
         name: own.name,
         namespace: own.namespace,
         uid: own.uid,
@@ -187,12 +246,9 @@ pub fn slim_workload<K: WorkloadObject>(w: &mut K) {
     w.keep_rollout_fields();
     let Some(template) = w.template_mut() else { return };
     if let Some(meta) = template.metadata.as_mut() {
-        let annotations = meta.annotations.take().unwrap_or_default();
-        // Only a value a key id can be: the annotation is the tenant's to write, at any length.
-        let ours: BTreeMap<String, String> =
-            annotations.into_iter().filter(|(k, v)| k == KEY_ID_ANNOTATION && v.len() <= MAX_KEY_ID).collect();
+        let annotations = meta.annotations.take();
         *meta = Default::default();
-        meta.annotations = (!ours.is_empty()).then_some(ours);
+        meta.annotations = own_key_id(annotations);
     }
     let Some(pod) = template.spec.take() else { return };
     // All that is read of the pod: the Secrets it reads unrefreshed, as one container's envFrom.
@@ -217,6 +273,17 @@ pub fn slim_workload<K: WorkloadObject>(w: &mut K) {
         }],
         ..Default::default()
     });
+}
+
+/// Of `annotations`, only `cloudkeys.io/key-id`, and only at a length a key id can have: the
+/// annotation is the tenant's to write, at any length.
+fn own_key_id(annotations: Option<BTreeMap<String, String>>) -> Option<BTreeMap<String, String>> {
+    let ours: BTreeMap<String, String> = annotations
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, v)| k == KEY_ID_ANNOTATION && v.len() <= MAX_KEY_ID)
+        .collect();
+    (!ours.is_empty()).then_some(ours)
 }
 
 /// The longest key id any provider hands out, with room to spare.
@@ -305,9 +372,20 @@ pub fn selector(consumers: &Consumers) -> Result<Option<Selector>, String> {
     Selector::try_from(s.clone()).map(Some).map_err(|e| format!("consumers.selector: {e}"))
 }
 
-/// The merge patch that restarts a workload for `key_id`: a new pod-template annotation.
-pub fn restart_patch(key_id: &str) -> serde_json::Value {
-    serde_json::json!({"spec": {"template": {"metadata": {"annotations": {KEY_ID_ANNOTATION: key_id}}}}})
+/// The merge patch that restarts a workload of `kind` for `key_id` at `now`: a new pod-template
+/// annotation; for an Argo Rollout, `spec.restartAt` (what `kubectl argo rollouts restart`
+/// sets) and the Rollout's own annotation, in one write.
+pub fn restart_patch(kind: WorkloadKind, key_id: &str, now: jiff::Timestamp) -> serde_json::Value {
+    match kind {
+        WorkloadKind::Rollout => serde_json::json!({
+            "metadata": {"annotations": {KEY_ID_ANNOTATION: key_id}},
+            // RFC 3339 in whole seconds, UTC, as Argo writes it.
+            "spec": {"restartAt": super::rotation::whole_seconds(now).to_string()},
+        }),
+        WorkloadKind::Deployment | WorkloadKind::StatefulSet | WorkloadKind::DaemonSet => {
+            serde_json::json!({"spec": {"template": {"metadata": {"annotations": {KEY_ID_ANNOTATION: key_id}}}}})
+        }
+    }
 }
 
 #[cfg(test)]
@@ -514,5 +592,87 @@ mod tests {
         let discover = Consumers { discover: true, ..Default::default() };
         assert!(is_consumer(&discover, None, "creds", &d));
         assert!(!is_consumer(&discover, None, "other", &d));
+    }
+
+    fn rollout(value: serde_json::Value) -> Rollout {
+        serde_json::from_value(value).expect("Rollout")
+    }
+
+    /// A Rollout restarted at 12:00 for K2 (generation 3), as Argo's controller reports it
+    /// once every pod was replaced.
+    fn restarted_rollout() -> serde_json::Value {
+        json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+            "metadata": {"name": "api", "namespace": "n", "generation": 3,
+                "annotations": {KEY_ID_ANNOTATION: "K2", "big": "x".repeat(4096)}},
+            "spec": {"replicas": 2, "restartAt": "2026-01-01T12:00:00Z", "template": {"spec": {"containers": [
+                {"name": "c", "envFrom": [{"secretRef": {"name": "creds"}}]}]}}},
+            "status": {"observedGeneration": "3", "phase": "Healthy", "restartedAt": "2026-01-01T12:00:00Z",
+                "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2, "stableRS": "abc", "currentPodHash": "abc"}})
+    }
+
+    #[test]
+    fn a_rollout_has_rolled_out_when_argo_says_healthy_for_this_generation_and_restart() {
+        let healthy = rollout(restarted_rollout());
+        assert!(healthy.rolled_out());
+        assert_eq!(healthy.observe().key_id.as_deref(), Some("K2"), "the Rollout's own annotation");
+        let judged = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut v = restarted_rollout();
+            edit(&mut v);
+            rollout(v).rolled_out()
+        };
+        assert!(!judged(&|v| v["status"]["observedGeneration"] = json!("2")), "an older generation");
+        assert!(judged(&|v| v["status"]["observedGeneration"] = json!(3)), "a number is read as Argo's string");
+        assert!(!judged(&|v| v["status"]["observedGeneration"] = json!("a1b2c3")), "a hash proves nothing");
+        assert!(!judged(&|v| v["status"]["phase"] = json!("Paused")), "paused");
+        assert!(!judged(&|v| v["status"]["phase"] = json!("Degraded")), "degraded");
+        assert!(!judged(&|v| v["status"]["phase"] = json!("Progressing")), "progressing");
+        assert!(!judged(&|v| v["status"].as_object_mut().map(|s| s.remove("phase")).map_or((), drop)), "no phase");
+        assert!(!judged(&|v| v["status"]["controllerPause"] = json!(true)), "about to unpause");
+        // Paused by the controller with its reasons listed: Argo's phase decides.
+        assert!(judged(&|v| {
+            v["status"]["controllerPause"] = json!(true);
+            v["status"]["pauseConditions"] = json!([{"reason": "CanaryPauseStep"}]);
+        }));
+        assert!(!judged(&|v| v["status"]["restartedAt"] = json!("2026-01-01T11:00:00Z")), "an earlier restart");
+        assert!(!judged(&|v| v["status"].as_object_mut().map(|s| s.remove("restartedAt")).map_or((), drop)));
+        assert!(!judged(&|v| v.as_object_mut().map(|o| o.remove("status")).map_or((), drop)), "no status");
+    }
+
+    #[test]
+    fn a_slimmed_rollout_reads_the_same_and_keeps_its_key_id_and_nothing_big() {
+        let mut r = rollout(restarted_rollout());
+        let before =
+            (r.observe(), reads_secret_unrefreshed(r.template().and_then(|t| t.spec.as_ref()).expect("pod"), "creds"));
+        slim_workload(&mut r);
+        let after =
+            (r.observe(), reads_secret_unrefreshed(r.template().and_then(|t| t.spec.as_ref()).expect("pod"), "creds"));
+        assert_eq!(after, before);
+        let kept = serde_json::to_string(&r).expect("JSON");
+        assert!(!kept.contains("xxxx"), "{kept}");
+        // A Rollout taking its template from a Deployment (workloadRef) is still a consumer by name.
+        let mut by_ref = rollout(
+            json!({"metadata": {"name": "ref", "generation": 1}, "spec": {"workloadRef": {"kind": "Deployment", "name": "d"}}}),
+        );
+        slim_workload(&mut by_ref);
+        let named = Consumers {
+            targets: vec![ConsumerTarget { kind: WorkloadKind::Rollout, name: "ref".into() }],
+            ..Default::default()
+        };
+        assert!(is_consumer(&named, None, "creds", &by_ref));
+        assert!(!is_consumer(&Consumers { discover: true, ..Default::default() }, None, "creds", &by_ref));
+    }
+
+    #[test]
+    fn a_rollout_is_restarted_through_restart_at_and_its_own_annotation() {
+        let now: jiff::Timestamp = "2026-01-01T12:00:00.75Z".parse().expect("ts");
+        let patch = restart_patch(WorkloadKind::Rollout, "K2", now);
+        assert_eq!(
+            patch,
+            json!({"metadata": {"annotations": {KEY_ID_ANNOTATION: "K2"}},
+            "spec": {"restartAt": "2026-01-01T12:00:00Z"}})
+        );
+        let patch = restart_patch(WorkloadKind::Deployment, "K2", now);
+        assert_eq!(patch["spec"]["template"]["metadata"]["annotations"][KEY_ID_ANNOTATION], "K2");
+        assert!(patch["spec"].get("restartAt").is_none());
     }
 }

@@ -155,6 +155,8 @@ mod tests {
                     revoke_after: None,
                     grace_period_seconds: None,
                     expires_at: None,
+                    last_used_at: None,
+                    held_until: None,
                 }],
                 ..Default::default()
             })

@@ -166,6 +166,8 @@ pub struct WorkloadsRead<'a> {
     pub deployments: &'a [Arc<Deployment>],
     pub stateful_sets: &'a [Arc<StatefulSet>],
     pub daemon_sets: &'a [Arc<DaemonSet>],
+    /// Argo Rollouts; none where their CRD is not installed.
+    pub rollouts: &'a [Arc<crate::api::Rollout>],
 }
 
 /// Whether the consumers matter now: only while a replaced key waits for their rollout.
@@ -197,6 +199,7 @@ pub fn observe_consumers(ak: &AccessKey, status: &AccessKeyStatus, read: Workloa
     found.extend(matching(read.deployments, &ns, |w| consumers::is_consumer(spec, selector.as_ref(), secret, w)));
     found.extend(matching(read.stateful_sets, &ns, |w| consumers::is_consumer(spec, selector.as_ref(), secret, w)));
     found.extend(matching(read.daemon_sets, &ns, |w| consumers::is_consumer(spec, selector.as_ref(), secret, w)));
+    found.extend(matching(read.rollouts, &ns, |w| consumers::is_consumer(spec, selector.as_ref(), secret, w)));
     found.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
     found
 }

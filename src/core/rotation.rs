@@ -26,6 +26,7 @@ pub const KEY_ID_ANNOTATION: &str = "cloudkeys.io/key-id";
 
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(600);
 pub const DEFAULT_ROLLOUT_TIMEOUT: Duration = Duration::from_secs(1800);
+pub const DEFAULT_MAX_USAGE_HOLD: Duration = Duration::from_secs(86_400);
 pub const MIN_EVERY: Duration = Duration::from_secs(60);
 
 /// A refused new key is tried again after this long, doubling up to the maximum.
@@ -40,11 +41,17 @@ pub struct RotationSettings {
     pub every: Option<Duration>,
     pub grace_period: Duration,
     pub rollout_timeout: Duration,
+    pub max_usage_hold: Duration,
 }
 
 impl Default for RotationSettings {
     fn default() -> Self {
-        Self { every: None, grace_period: DEFAULT_GRACE_PERIOD, rollout_timeout: DEFAULT_ROLLOUT_TIMEOUT }
+        Self {
+            every: None,
+            grace_period: DEFAULT_GRACE_PERIOD,
+            rollout_timeout: DEFAULT_ROLLOUT_TIMEOUT,
+            max_usage_hold: DEFAULT_MAX_USAGE_HOLD,
+        }
     }
 }
 
@@ -75,6 +82,7 @@ impl RotationSettings {
             every,
             grace_period: parse("gracePeriod", &r.grace_period, DEFAULT_GRACE_PERIOD)?,
             rollout_timeout: parse("rolloutTimeout", &r.rollout_timeout, DEFAULT_ROLLOUT_TIMEOUT)?,
+            max_usage_hold: parse("maxUsageHold", &r.max_usage_hold, DEFAULT_MAX_USAGE_HOLD)?,
         })
     }
 }
@@ -123,12 +131,75 @@ pub fn next_rotation_time(status: &AccessKeyStatus, settings: &RotationSettings)
     }
 }
 
-/// Whether a replaced key may be revoked now: its grace period is over, or it expired anyway,
-/// or it was retired by an operator that knew no grace period.
+/// Whether a replaced key may be revoked now: its grace period (and the hold of a key the
+/// provider reports still used) is over, or it expired anyway, or it was retired by an operator
+/// that knew no grace period.
 pub fn retired_due(r: &RetiredKey, now: jiff::Timestamp) -> bool {
     r.retired_at.is_none()
-        || r.revoke_after.as_ref().is_some_and(|t| t.0 <= now)
+        || revoke_time(r).is_some_and(|t| t <= now)
         || r.expires_at.as_ref().is_some_and(|t| t.0 <= now)
+}
+
+/// When a replaced key in its grace period goes: the end of its grace period, or of its hold.
+pub fn revoke_time(r: &RetiredKey) -> Option<jiff::Timestamp> {
+    let grace_end = r.revoke_after.as_ref()?.0;
+    Some(r.held_until.as_ref().map_or(grace_end, |h| h.0.max(grace_end)))
+}
+
+/// Whether the provider should be asked for a replaced key's last use before it is revoked:
+/// once, when its grace period is over (a held key is not asked again), and only for a key
+/// that had a grace period at all (`0s`, a leaked or dead key, goes at once whatever it shows).
+pub fn usage_check_due(r: &RetiredKey, max_hold: Duration, now: jiff::Timestamp) -> bool {
+    r.held_until.is_none()
+        && r.retired_at.is_some()
+        && r.grace_period_seconds.is_some_and(|g| g > 0)
+        && !max_hold.is_zero()
+        && r.revoke_after.as_ref().is_some_and(|t| t.0 <= now)
+        && r.expires_at.as_ref().is_none_or(|t| t.0 > now)
+}
+
+/// When the grace period of a replaced key started: when its consumers had rolled out to the
+/// new key (or `rolloutTimeout` passed). Its end less its length (an end moved earlier by the
+/// key's expiry gives an earlier start: more use counts as after the switch).
+pub fn switched_at(r: &RetiredKey) -> Option<jiff::Timestamp> {
+    let end = r.revoke_after.as_ref()?.0;
+    let grace = jiff::SignedDuration::from_secs(i64::try_from(r.grace_period_seconds?).ok()?);
+    end.checked_sub(grace).ok()
+}
+
+/// Until when a replaced key whose grace period is over stays live because the provider
+/// reports it used at `last_used`, after its grace period started: something nobody declared
+/// still uses it. `rotation.maxUsageHold` past the end of its grace period at most, and never
+/// past its expiry. `None`: revoke it now.
+pub fn usage_hold(
+    r: &RetiredKey,
+    last_used: Option<jiff::Timestamp>,
+    max_hold: Duration,
+    now: jiff::Timestamp,
+) -> Option<jiff::Timestamp> {
+    if !usage_check_due(r, max_hold, now) {
+        return None;
+    }
+    let used = last_used?;
+    if used <= switched_at(r)? {
+        return None;
+    }
+    let mut until = add(r.revoke_after.as_ref()?.0, max_hold);
+    if let Some(expires) = &r.expires_at {
+        until = until.min(expires.0 - jiff::SignedDuration::from_secs(1));
+    }
+    let until = whole_seconds(until);
+    (until > now).then_some(until)
+}
+
+/// The `RetiredKeyStillUsed` event of a replaced key held by [`usage_hold`].
+pub fn usage_hold_note(r: &RetiredKey, used: jiff::Timestamp, until: jiff::Timestamp, current: &str) -> String {
+    let switched = switched_at(r).map_or_else(|| "the switch".to_string(), |t| t.to_string());
+    format!(
+        "replaced key {} was used at {used}, after the consumers rolled out to key {current} ({switched}): something \
+         not named in spec.consumers still uses it; its revocation is held until {until} (rotation.maxUsageHold)",
+        r.access_key_id
+    )
 }
 
 /// The most keys an AccessKey holds live at once: its current key and one replaced key awaiting
@@ -194,6 +265,8 @@ pub fn retire(
         revoke_after: None,
         grace_period_seconds: Some(grace.as_secs()),
         expires_at,
+        last_used_at: None,
+        held_until: None,
     }
 }
 
@@ -214,9 +287,9 @@ pub fn start_grace(status: &mut AccessKeyStatus, now: jiff::Timestamp) {
 /// The next moment something is due by the clock: a replaced key's revocation, the end of a
 /// rollout wait, the next rotation. `None`: nothing (every other change arrives by watch).
 pub fn next_wakeup(status: &AccessKeyStatus, settings: &RotationSettings) -> Option<jiff::Timestamp> {
-    let revocations = status.retired.iter().filter_map(|r| match (&r.revoke_after, &r.expires_at) {
-        (Some(a), Some(b)) => Some(a.0.min(b.0)),
-        (a, b) => a.as_ref().or(b.as_ref()).map(|t| t.0),
+    let revocations = status.retired.iter().filter_map(|r| match (revoke_time(r), &r.expires_at) {
+        (Some(a), Some(b)) => Some(a.min(b.0)),
+        (a, b) => a.or(b.as_ref().map(|t| t.0)),
     });
     // The schedule waits for the replaced keys to go (see `decide`): no wake-up for it before.
     let rotation = match status.retired.is_empty() {
@@ -238,6 +311,9 @@ pub enum RotatingState {
     RollingOut(usize),
     /// Replaced keys are in their grace period, the first ending then.
     GracePeriod(usize, jiff::Timestamp),
+    /// Replaced keys past their grace period, held because the provider reports them used after
+    /// the switch (reason `GracePeriod` still: they are live on purpose, for a while).
+    UsageHold(usize, jiff::Timestamp),
     /// A new key cannot be had; the current one stays.
     Blocked(String),
     Idle,
@@ -253,7 +329,10 @@ impl RotatingState {
         if status.retired.iter().any(awaits_rollout) {
             return Self::RollingOut(n);
         }
-        let first = status.retired.iter().filter_map(|r| r.revoke_after.as_ref()).map(|t| t.0).min();
+        let first = status.retired.iter().filter_map(revoke_time).min();
+        if let (Some(t), true) = (first, status.retired.iter().any(|r| r.held_until.is_some())) {
+            return Self::UsageHold(n, t);
+        }
         match first {
             Some(t) => Self::GracePeriod(n, t),
             // Keys retired before rotation existed: revoked at once.
@@ -269,6 +348,14 @@ impl RotatingState {
             Self::GracePeriod(n, t) => {
                 ("True", "GracePeriod", format!("{n} replaced key(s) live in their grace period; next revoked at {t}"))
             }
+            Self::UsageHold(n, t) => (
+                "True",
+                "GracePeriod",
+                format!(
+                    "{n} replaced key(s) live; revocation held, as the provider reports a replaced key used after \
+                     the consumers rolled out to the new key (Warning RetiredKeyStillUsed); next revoked at {t}"
+                ),
+            ),
             Self::Blocked(why) => ("False", "Blocked", why.clone()),
             Self::Idle => ("False", "Idle", "no replaced key awaits revocation".to_string()),
         }
@@ -357,12 +444,16 @@ mod tests {
             every: Some("720h".into()),
             grace_period: Some("0s".into()),
             rollout_timeout: Some("5m".into()),
+            ..Default::default()
         }));
         let s = RotationSettings::of(&spec).expect("valid");
         assert_eq!(
-            (s.every, s.grace_period, s.rollout_timeout),
-            (Some(Duration::from_secs(2_592_000)), Duration::ZERO, Duration::from_secs(300))
+            (s.every, s.grace_period, s.rollout_timeout, s.max_usage_hold),
+            (Some(Duration::from_secs(2_592_000)), Duration::ZERO, Duration::from_secs(300), DEFAULT_MAX_USAGE_HOLD)
         );
+        spec.rotation =
+            Some(Box::new(crate::api::Rotation { max_usage_hold: Some("20s".into()), ..Default::default() }));
+        assert_eq!(RotationSettings::of(&spec).map(|s| s.max_usage_hold), Ok(Duration::from_secs(20)));
     }
 
     #[test]
@@ -421,6 +512,65 @@ mod tests {
         assert_eq!(next_wakeup(&status, &settings(Some(60))), Some(t("2026-01-01T00:11:59Z")));
     }
 
+    /// A key whose grace period started at 00:05 (rolled out) and ended at 00:15.
+    fn graced(grace_secs: u64) -> RetiredKey {
+        let mut status = AccessKeyStatus::default();
+        let retired_at = t("2026-01-01T00:00:00Z");
+        status.retired.push(retire(
+            "K1".into(),
+            "r1".into(),
+            issuer(),
+            None,
+            Duration::from_secs(grace_secs),
+            retired_at,
+        ));
+        start_grace(&mut status, t("2026-01-01T00:05:00Z"));
+        status.retired.remove(0)
+    }
+
+    #[test]
+    fn a_replaced_key_used_after_the_switch_is_held_up_to_max_usage_hold_past_its_grace_period() {
+        let r = graced(600);
+        let hour = Duration::from_secs(3600);
+        let grace_end = t("2026-01-01T00:15:00Z");
+        assert!(!usage_check_due(&r, hour, t("2026-01-01T00:14:59Z")), "not asked during the grace period");
+        assert!(usage_check_due(&r, hour, grace_end));
+        // Used before the consumers rolled out, or never: revoked at the end of the grace period.
+        assert_eq!(usage_hold(&r, Some(t("2026-01-01T00:04:00Z")), hour, grace_end), None);
+        assert_eq!(usage_hold(&r, Some(t("2026-01-01T00:05:00Z")), hour, grace_end), None);
+        assert_eq!(usage_hold(&r, None, hour, grace_end), None);
+        // Used after: held until the grace period's end plus maxUsageHold.
+        let used = t("2026-01-01T00:10:00Z");
+        assert_eq!(usage_hold(&r, Some(used), hour, grace_end), Some(t("2026-01-01T01:15:00Z")));
+        // Asked late (the operator was away): the hold still ends where it would have.
+        assert_eq!(usage_hold(&r, Some(used), hour, t("2026-01-01T01:00:00Z")), Some(t("2026-01-01T01:15:00Z")));
+        assert_eq!(usage_hold(&r, Some(used), hour, t("2026-01-01T01:15:00Z")), None, "the hold is over already");
+        // maxUsageHold 0s: never held, never asked.
+        assert!(!usage_check_due(&r, Duration::ZERO, grace_end));
+        assert_eq!(usage_hold(&r, Some(used), Duration::ZERO, grace_end), None);
+        // A grace period of 0s (a leaked key): never held.
+        let leaked = graced(0);
+        assert_eq!(usage_hold(&leaked, Some(t("2026-01-01T00:06:00Z")), hour, grace_end), None);
+
+        // Held: due only once the hold ends; not asked again; the wake-up and the condition follow.
+        let mut held = r.clone();
+        held.held_until = Some(Time(t("2026-01-01T01:15:00Z")));
+        held.last_used_at = Some(Time(used));
+        assert!(!retired_due(&held, t("2026-01-01T01:14:59Z")));
+        assert!(retired_due(&held, t("2026-01-01T01:15:00Z")));
+        assert!(!usage_check_due(&held, hour, t("2026-01-01T01:15:00Z")));
+        let status = AccessKeyStatus { retired: vec![held.clone()], ..Default::default() };
+        assert_eq!(next_wakeup(&status, &settings(None)), Some(t("2026-01-01T01:15:00Z")));
+        assert_eq!(RotatingState::of(&status), RotatingState::UsageHold(1, t("2026-01-01T01:15:00Z")));
+        let note = usage_hold_note(&held, used, t("2026-01-01T01:15:00Z"), "K2");
+        assert!(note.contains("K1") && note.contains("K2") && note.contains("2026-01-01T01:15:00Z"), "{note}");
+
+        // Never past the key's expiry.
+        let mut expiring = r.clone();
+        expiring.expires_at = Some(Time(t("2026-01-01T00:45:00Z")));
+        assert_eq!(usage_hold(&expiring, Some(used), hour, grace_end), Some(t("2026-01-01T00:44:59Z")));
+    }
+
     #[test]
     fn keys_retired_by_an_older_operator_are_revoked_at_once() {
         let old = RetiredKey {
@@ -431,6 +581,8 @@ mod tests {
             revoke_after: None,
             grace_period_seconds: None,
             expires_at: None,
+            last_used_at: None,
+            held_until: None,
         };
         assert!(retired_due(&old, t("2026-01-01T00:00:00Z")));
     }

@@ -80,6 +80,10 @@ impl Provider for Bounded {
         self.within("read-key", self.inner.key_present(key_ref)).await
     }
 
+    async fn last_used(&self, key_ref: &str) -> Result<Option<jiff::Timestamp>, ProviderError> {
+        self.within("read-key-use", self.inner.last_used(key_ref)).await
+    }
+
     fn lifetime(&self, spec: &KeyProvider) -> Option<std::time::Duration> {
         self.inner.lifetime(spec)
     }

@@ -129,6 +129,13 @@ pub trait Provider: Send + Sync {
     /// may cover another scope than the one the key was made in).
     async fn key_present(&self, key_ref: &str) -> Result<Option<bool>, ProviderError>;
 
+    /// When the provider last saw the key `key_ref` names used, asked by id: `None` when no use
+    /// is known (never used, gone, or a provider that does not report use, which is every one
+    /// but Yandex). Asked once per replaced key, when its grace period ends.
+    async fn last_used(&self, _key_ref: &str) -> Result<Option<Timestamp>, ProviderError> {
+        Ok(None)
+    }
+
     /// How long a key made for `spec` lives, if the provider expires it (to know the expiry of a
     /// key adopted after a crash, whose create answer was never seen).
     fn lifetime(&self, _spec: &KeyProvider) -> Option<std::time::Duration> {

@@ -4,7 +4,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::Store;
 
-use crate::api::{AccessKey, ClusterKeyIssuer, KeyIssuer};
+use crate::api::{AccessKey, ClusterKeyIssuer, KeyIssuer, Rollout};
 
 use super::cached_secret::CachedSecret;
 
@@ -28,6 +28,9 @@ pub struct Workloads {
     pub deployments: Store<Deployment>,
     pub stateful_sets: Store<StatefulSet>,
     pub daemon_sets: Store<DaemonSet>,
+    /// Argo Rollouts: filled only once their CRD is installed and readable (see
+    /// `runtime::rollouts`); empty until then.
+    pub rollouts: Store<Rollout>,
 }
 
 impl Default for Workloads {
@@ -36,6 +39,7 @@ impl Default for Workloads {
             deployments: kube::runtime::reflector::store().0,
             stateful_sets: kube::runtime::reflector::store().0,
             daemon_sets: kube::runtime::reflector::store().0,
+            rollouts: kube::runtime::reflector::store().0,
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod command_line;
 pub mod installation;
+pub mod rollouts;
 pub mod run;
 pub mod run_args;
 pub mod unreadable;

@@ -13,7 +13,7 @@ use kube::runtime::{Controller, WatchStreamExt};
 use kube::{Client, Resource};
 
 use super::run_args::RunArgs;
-use crate::api::{AccessKey, ClusterKeyIssuer, Decoded, KeyIssuer};
+use crate::api::{AccessKey, ClusterKeyIssuer, Decoded, KeyIssuer, Rollout};
 use crate::providers::http::HttpConfig;
 
 use std::sync::atomic::Ordering;
@@ -77,7 +77,8 @@ pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
     let (deployments, deployment_writer) = reflector::store::<Deployment>();
     let (stateful_sets, stateful_set_writer) = reflector::store::<StatefulSet>();
     let (daemon_sets, daemon_set_writer) = reflector::store::<DaemonSet>();
-    let workloads = Workloads { deployments, stateful_sets, daemon_sets };
+    let (rollouts, rollout_writer) = reflector::store::<Rollout>();
+    let workloads = Workloads { deployments, stateful_sets, daemon_sets, rollouts };
     let caches = Caches { access_keys: reader.clone(), secrets, credentials, key_issuers, cluster_issuers, workloads };
     let writers = Writers {
         access_keys: writer,
@@ -88,6 +89,7 @@ pub async fn run(client: Client, args: RunArgs) -> Result<(), Error> {
         deployments: deployment_writer,
         stateful_sets: stateful_set_writer,
         daemon_sets: daemon_set_writer,
+        rollouts: rollout_writer,
     };
     // A reconcile may take --provider-timeout plus its apiserver budget before it is stopped.
     let longest_reconcile = args.provider_timeout + access_key::KUBE_TIME_BUDGET;
@@ -228,6 +230,7 @@ struct Writers {
     deployments: reflector::store::Writer<Deployment>,
     stateful_sets: reflector::store::Writer<StatefulSet>,
     daemon_sets: reflector::store::Writer<DaemonSet>,
+    rollouts: reflector::store::Writer<Rollout>,
 }
 
 /// Runs the three controllers until SIGTERM/SIGINT, finishing the reconciles under way.
@@ -356,6 +359,12 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
         }
         credentials.await
     });
+    // Argo Rollouts, where installed and readable: known before the caches count as synced, so
+    // that no reconcile takes a Rollout consumer for absent while its cache is being filled.
+    let rollouts_api = api_for::<Rollout>(&client, ns);
+    let rollouts_now = super::rollouts::availability(&rollouts_api).await;
+    rollouts_now.log();
+    let rollouts_watched = rollouts_now == super::rollouts::Availability::Watchable;
     let caches = ctx.caches.clone();
     let synced_health = health.clone();
     tokio::spawn(async move {
@@ -368,7 +377,11 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
             caches.cluster_issuers.wait_until_ready().await?;
             caches.workloads.deployments.wait_until_ready().await?;
             caches.workloads.stateful_sets.wait_until_ready().await?;
-            caches.workloads.daemon_sets.wait_until_ready().await
+            caches.workloads.daemon_sets.wait_until_ready().await?;
+            if rollouts_watched {
+                caches.workloads.rollouts.wait_until_ready().await?;
+            }
+            Ok::<(), reflector::store::WriterDropped>(())
         };
         let mut all_ready = std::pin::pin!(all_ready);
         loop {
@@ -425,7 +438,22 @@ async fn controllers(client: Client, args: &RunArgs, ctx: Arc<Context>, writers:
         writers.stateful_sets,
         on_workload.clone(),
     );
-    spawn_workload_watch(api_for::<DaemonSet>(&client, ns), "daemonsets", &health, writers.daemon_sets, on_workload);
+    spawn_workload_watch(
+        api_for::<DaemonSet>(&client, ns),
+        "daemonsets",
+        &health,
+        writers.daemon_sets,
+        on_workload.clone(),
+    );
+    let (rollout_writer, rollouts_health) = (writers.rollouts, health.clone());
+    let start_rollouts =
+        move || spawn_workload_watch(rollouts_api, "rollouts", &rollouts_health, rollout_writer, on_workload);
+    if rollouts_watched {
+        start_rollouts();
+    } else {
+        let api = api_for::<Rollout>(&client, ns);
+        tokio::spawn(super::rollouts::when_watchable(api, rollouts_now, start_rollouts));
+    }
 
     // A Secret in the way (`SecretConflict`) is not one the operator manages, so no cached watch
     // sees it go: the names of every Secret deleted (metadata only, nothing kept) tell the

@@ -1119,6 +1119,7 @@ fn lint_is_clean_with_defaults_a_watched_namespace_two_replicas_and_every_option
             "podDisruptionBudget.enabled=true",
             "networkPolicy.enabled=true",
             "rbac.ownerReferencesPermissionEnforcement=true",
+            "rbac.argoRollouts=true",
             "prometheus.rules.enabled=true",
             "prometheus.rules.labels.release=prometheus",
             "prometheus.rules.for.CloudkeysAccessKeyNotReady=30m",
@@ -1741,4 +1742,44 @@ fn the_artifact_hub_metadata_lists_the_charts_crds_with_valid_examples_and_the_c
         };
         parsed.unwrap_or_else(|e| panic!("the example does not parse as its kind: {e}\n{example}"));
     }
+}
+
+/// `rbac.argoRollouts=true` grants list, watch and patch on Argo Rollouts, where the other
+/// namespaced rules go (the ClusterRole, or the watched namespace's Role), and nothing else;
+/// by default (checked exactly by the install test) there is no rule for them.
+#[tokio::test]
+async fn argo_rollouts_rbac_is_granted_only_with_its_value() {
+    let client = own_cluster().await;
+    let rollouts = rule(&["argoproj.io"], &["rollouts"], &[], &["list", "watch", "patch"]);
+    let rendered_rules = |stdout: &str, kind: &str| -> Vec<Rule> {
+        let docs: Vec<serde_norway::Value> = serde_norway::Deserializer::from_str(stdout)
+            .filter_map(|d| serde_norway::Value::deserialize(d).ok())
+            .filter(|v| !v.is_null())
+            .collect();
+        let role = docs
+            .iter()
+            .find(|d| {
+                d["kind"].as_str() == Some(kind)
+                    && d["metadata"]["name"].as_str().is_some_and(|n| n.ends_with("-cloudkeys"))
+            })
+            .unwrap_or_else(|| panic!("a {kind} named <release>-cloudkeys:\n{stdout}"));
+        let parsed: Vec<PolicyRule> = serde_norway::from_value(role["rules"].clone()).expect("rules");
+        rules(Some(parsed))
+    };
+
+    let ns = support::namespace(&client, "helm-rollouts").await;
+    let out = template(&client, &ns, &["rbac.argoRollouts=true"]).await;
+    assert!(out.ok, "helm template failed:\n{}", out.output());
+    let mut want = [namespaced_rules(), cluster_issuer_rules()].concat();
+    want.push(rollouts.clone());
+    assert_eq!(rendered_rules(&out.stdout, "ClusterRole"), sorted(want));
+
+    let ns = support::namespace(&client, "helm-rollouts-ns").await;
+    let watched = support::namespace(&client, "helm-rollouts-ns-watched").await;
+    let out = template(&client, &ns, &["rbac.argoRollouts=true", &format!("watchNamespace={watched}")]).await;
+    assert!(out.ok, "helm template failed:\n{}", out.output());
+    let mut want = namespaced_rules();
+    want.push(rollouts);
+    assert_eq!(rendered_rules(&out.stdout, "Role"), sorted(want));
+    assert_eq!(rendered_rules(&out.stdout, "ClusterRole"), sorted(cluster_issuer_rules()));
 }

@@ -551,6 +551,8 @@ fn legacy_retired(id: &str) -> RetiredKey {
         revoke_after: None,
         grace_period_seconds: None,
         expires_at: None,
+        last_used_at: None,
+        held_until: None,
     }
 }
 

@@ -312,7 +312,7 @@ impl Provider for YandexProvider {
             .into_iter()
             .map(|key| ListedKey {
                 marker: Marker::at_end(&key.description, ' '),
-                last_used_at: key.last_used_at.as_deref().and_then(|t| t.parse().ok()),
+                last_used_at: last_used(&key),
                 access_key_id: key.key_id,
                 key_ref: key.id,
                 active: true,
@@ -333,9 +333,35 @@ impl Provider for YandexProvider {
         }
     }
 
+    /// `lastUsedAt` of the key, read by id.
+    async fn last_used(&self, key_ref: &str) -> Result<Option<jiff::Timestamp>, ProviderError> {
+        const GET: &str = "get-access-key";
+        if !is_resource_id(key_ref) {
+            return Ok(None);
+        }
+        let key: api::AccessKey = match self.get(GET, &self.access_keys_url(&[key_ref])?).await {
+            Ok(r) => r.json(GET)?,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // Judged only on the key asked for (an answer about another key proves nothing).
+        if key.id != key_ref {
+            return Err(ProviderError::retryable(
+                GET,
+                format!("asked for access key {key_ref}, got \"{}\"", brief(&key.id)),
+            ));
+        }
+        Ok(last_used(&key))
+    }
+
     fn template_vars(&self) -> TemplateVars {
         TemplateVars::from([("endpoint", self.endpoint.clone())])
     }
+}
+
+/// `lastUsedAt`, when it is a time (RFC 3339, of a sane length); anything else reads as unknown.
+fn last_used(key: &api::AccessKey) -> Option<jiff::Timestamp> {
+    key.last_used_at.as_deref().filter(|t| t.len() <= 64).and_then(|t| t.parse().ok())
 }
 
 /// What `secretTemplate.data` may use besides the key, from the issuer's settings alone.

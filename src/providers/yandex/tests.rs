@@ -336,3 +336,14 @@ async fn a_key_id_from_the_answer_is_excerpted_in_error_messages() {
     assert!(e.message.chars().count() <= MAX_MESSAGE_CHARS + 100, "message of {} chars", e.message.chars().count());
     assert!(!e.message.contains("hunter2"), "{}", &e.message[..200]);
 }
+
+#[test]
+fn a_last_use_reads_only_as_a_time() {
+    let key = |at: serde_json::Value| -> api::AccessKey {
+        serde_json::from_value(json!({"id": "aje1", "lastUsedAt": at})).expect("AccessKey")
+    };
+    assert_eq!(last_used(&key(json!("2026-12-01T10:00:00Z"))), "2026-12-01T10:00:00Z".parse().ok());
+    assert_eq!(last_used(&key(json!("yesterday"))), None);
+    assert_eq!(last_used(&key(json!(format!("2026-12-01T10:00:00.{}Z", "1".repeat(100))))), None);
+    assert_eq!(last_used(&key(serde_json::Value::Null)), None);
+}

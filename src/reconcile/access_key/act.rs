@@ -88,14 +88,26 @@ pub(super) async fn act(
             let mut kept = Vec::new();
             let mut busy = None;
             let now = jiff::Timestamp::now();
-            for r in std::mem::take(&mut status.retired) {
+            let mut held = Vec::new();
+            for mut r in std::mem::take(&mut status.retired) {
                 if busy.is_some() || !rotation::retired_due(&r, now) {
                     kept.push(r);
                     continue;
                 }
                 crashpoint("before-retired-revoke");
                 let revoked = match c.provider_of(&r.issuer).await {
-                    Ok(p) => revoke_recorded(c, p.as_ref(), &r.key_ref, &r.access_key_id).await,
+                    Ok(p) => match still_used(p.as_ref(), &r, settings.max_usage_hold, now).await {
+                        Ok(Some((used, until))) => {
+                            r.last_used_at = Some(Time(rotation::whole_seconds(used)));
+                            r.held_until = Some(Time(until));
+                            let current = status.access_key_id.as_deref().unwrap_or_default();
+                            held.push(rotation::usage_hold_note(&r, used, until, current));
+                            kept.push(r);
+                            continue;
+                        }
+                        Ok(None) => revoke_recorded(c, p.as_ref(), &r.key_ref, &r.access_key_id).await,
+                        Err(e) => Err(e),
+                    },
                     Err(e) => Err(e),
                 };
                 match revoked {
@@ -126,6 +138,11 @@ pub(super) async fn act(
             }
             status.retired = kept;
             c.write_status(status).await?;
+            for note in held {
+                crate::metrics::global().retired_key_still_used(c.ak.spec.provider.name());
+                tracing::warn!(%note, "replaced key still used");
+                c.ctx.event(c.ak, EventType::Warning, "RetiredKeyStillUsed", note).await;
+            }
             match busy {
                 Some(e) => Err(e),
                 None => Ok(None),
@@ -261,6 +278,23 @@ pub(super) async fn act(
             Ok(Some(Action::requeue(wait)))
         }
     }
+}
+
+/// Whether the provider reports the replaced key `r`, its grace period over, used after its
+/// consumers rolled out to the new key: then its last use, and until when its revocation is
+/// held. Asked once per key (a held key is not asked again), and only of keys with a grace
+/// period; providers without usage data answer no use.
+async fn still_used(
+    provider: &dyn Provider,
+    r: &crate::api::RetiredKey,
+    max_hold: Duration,
+    now: jiff::Timestamp,
+) -> Result<Option<(jiff::Timestamp, jiff::Timestamp)>, Error> {
+    if !rotation::usage_check_due(r, max_hold, now) {
+        return Ok(None);
+    }
+    let used = provider.last_used(&r.key_ref).await?;
+    Ok(rotation::usage_hold(r, used, max_hold, now).and_then(|until| Some((used?, until))))
 }
 
 /// The status as a JSON merge patch that also clears every field the status no longer has.

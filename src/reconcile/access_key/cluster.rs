@@ -127,12 +127,17 @@ impl<'a> Cluster<'a> {
             return Vec::new();
         }
         let workloads = &self.ctx.caches.workloads;
-        let (deployments, stateful_sets, daemon_sets) =
-            (workloads.deployments.state(), workloads.stateful_sets.state(), workloads.daemon_sets.state());
+        let (deployments, stateful_sets, daemon_sets, rollouts) = (
+            workloads.deployments.state(),
+            workloads.stateful_sets.state(),
+            workloads.daemon_sets.state(),
+            workloads.rollouts.state(),
+        );
         let read = observe::WorkloadsRead {
             deployments: &deployments,
             stateful_sets: &stateful_sets,
             daemon_sets: &daemon_sets,
+            rollouts: &rollouts,
         };
         let mut found = observe::observe_consumers(self.ak, status, read);
         let seen = self.workloads_seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -147,7 +152,7 @@ impl<'a> Cluster<'a> {
     /// Restarts one consumer for `key_id` (a pod-template annotation; a workload that has it
     /// already is not changed, so this never rolls anything twice for one key).
     pub(super) async fn restart(&self, target: &ConsumerTarget, key_id: &str) -> Result<(), Error> {
-        let patch = consumers::restart_patch(key_id);
+        let patch = consumers::restart_patch(target.kind, key_id, jiff::Timestamp::now());
         let client = self.ctx.client.clone();
         let name = &target.name;
         let observed = match target.kind {
@@ -161,6 +166,10 @@ impl<'a> Cluster<'a> {
             }
             WorkloadKind::DaemonSet => {
                 let api = Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(client, &self.ns);
+                crate::reconcile::writes::restart_workload(&api, name, &patch).await?.observe()
+            }
+            WorkloadKind::Rollout => {
+                let api = Api::<crate::api::Rollout>::namespaced(client, &self.ns);
                 crate::reconcile::writes::restart_workload(&api, name, &patch).await?.observe()
             }
         };
