@@ -156,8 +156,8 @@ async fn a_key_due_every_minute_is_rotated_only_inside_its_window_with_its_resta
     let (_, restarted) = env.wait_event("ConsumersRestarted", &second).await;
     let restarted = restarted.expect("the event's time");
     assert!(start <= restarted && restarted < end, "restarted at {restarted}, outside the window [{start}, {end})");
-    let template = Api::<Deployment>::namespaced(env.client.clone(), &env.ns).get("api").await.expect("Deployment");
-    let annotations = template.spec.and_then(|s| s.template.metadata).and_then(|m| m.annotations).unwrap_or_default();
+    let deployment = Api::<Deployment>::namespaced(env.client.clone(), &env.ns).get("api").await.expect("Deployment");
+    let annotations = deployment.spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default();
     assert_eq!(annotations.get("cloudkeys.io/key-id"), Some(&second));
     // The next rotation waits for the next window, an hour later.
     let next = env.issued().await.status.and_then(|s| s.next_rotation_time).map(|t| t.0);

@@ -99,7 +99,7 @@ pub struct RotationWindow {
     #[schemars(length(min = 1, max = 128))]
     pub schedule: String,
     /// How long the window stays open once it opened (at least 1m), e.g. `2h`.
-    #[schemars(schema_with = "schema::duration")]
+    #[schemars(schema_with = "schema::window_duration")]
     pub duration: super::duration::ApiDuration,
     /// The IANA time zone the schedule is read in, e.g. `Europe/Zurich` (default `UTC`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
