@@ -85,6 +85,31 @@ pub struct Rotation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::duration")]
     pub max_usage_hold: Option<super::duration::ApiDuration>,
+    /// When scheduled rotations (and the restarts they bring) may begin: only while one of these
+    /// windows is open. Default: the issuer's `rotationDefaults.windows`, else at any time; an
+    /// empty list means at any time, whatever the issuer says. Replacements that cannot wait
+    /// (the Secret deleted or edited, the key revoked at the provider or about to expire with no
+    /// window left, `cloudkeys rotate --now` or `--immediate`) never wait for a window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 20))]
+    pub windows: Option<Vec<RotationWindow>>,
+}
+
+/// A recurring stretch of time in which the key may be rotated.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationWindow {
+    /// When the window opens: a cron expression of five fields (minute hour day-of-month month
+    /// day-of-week), e.g. `0 2 * * 1-5` for 02:00 on weekdays.
+    #[schemars(length(min = 1, max = 128))]
+    pub schedule: String,
+    /// How long the window stays open once it opened (at least 1m), e.g. `2h`.
+    #[schemars(schema_with = "schema::window_duration")]
+    pub duration: super::duration::ApiDuration,
+    /// The IANA time zone the schedule is read in, e.g. `Europe/Zurich` (default `UTC`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub time_zone: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

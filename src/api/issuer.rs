@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::schema;
-use super::IssuerPolicy;
+use super::{IssuerPolicy, RotationWindow};
 
 /// The spec of each issuer CRD and its [`Issuer`] view: kube's derive needs a type per CRD, and
 /// this writes the fields (which must stay the same for both) once.
@@ -43,6 +43,9 @@ macro_rules! issuer_spec {
             /// longer exists; otherwise they are only counted in `status.orphanedKeys`.
             #[serde(default, skip_serializing_if = "std::ops::Not::not")]
             pub revoke_orphans: bool,
+            /// Rotation settings for the AccessKeys that name this issuer and do not set their own.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub rotation_defaults: Option<RotationDefaults>,
         }
 
         impl Issuer for $kind {
@@ -57,6 +60,9 @@ macro_rules! issuer_spec {
             }
             fn revoke_orphans(&self) -> bool {
                 self.spec.revoke_orphans
+            }
+            fn rotation_windows(&self) -> Option<&[RotationWindow]> {
+                self.spec.rotation_defaults.as_ref().and_then(|d| d.windows.as_deref())
             }
         }
     };
@@ -82,6 +88,16 @@ issuer_spec! {
         doc = "A provider account that AccessKeys of every namespace can mint keys from."
     )]
     ClusterKeyIssuerSpec for ClusterKeyIssuer
+}
+
+/// What the AccessKeys of an issuer get when they do not say.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationDefaults {
+    /// The rotation windows of the AccessKeys that set no `rotation.windows` of their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 20))]
+    pub windows: Option<Vec<RotationWindow>>,
 }
 
 /// Requests the operator sends to this issuer's provider account, all its AccessKeys together.
@@ -318,4 +334,6 @@ pub trait Issuer {
     fn policy(&self) -> Option<&IssuerPolicy>;
     /// `spec.revokeOrphans`.
     fn revoke_orphans(&self) -> bool;
+    /// `spec.rotationDefaults.windows`.
+    fn rotation_windows(&self) -> Option<&[RotationWindow]>;
 }

@@ -60,3 +60,12 @@ pub(crate) fn duration(_: &mut SchemaGenerator) -> Schema {
         }],
     })
 }
+
+/// A rotation window's duration: a duration of at least a minute (the operator checks the same).
+pub(crate) fn window_duration(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = duration(generator);
+    if let Some(rules) = schema.get_mut("x-kubernetes-validations").and_then(|r| r.as_array_mut()) {
+        rules.push(serde_json::json!({"rule": "duration(self) >= duration('1m')", "message": "must be at least 1m"}));
+    }
+    schema
+}

@@ -14,7 +14,7 @@ use kube::{Api, Client, ResourceExt};
 use crate::api::{AccessKey, ClusterKeyIssuer, Decoded, IssuerKind, KeyIssuer, KeyProvider};
 use crate::core::decide::{IssueReason, Step};
 use crate::core::observe::{self, IssuerFacts, Snapshot, WorkloadsRead};
-use crate::core::rotation::{self, RotationSettings};
+use crate::core::rotation::{self, DefaultWindows, RotationSettings};
 use crate::core::secret::{DATA_HASH_ANNOTATION, KEY_ID_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL};
 
 use super::output::{self, at};
@@ -175,7 +175,10 @@ pub async fn run(args: &InspectArgs) -> Result<Health, CliError> {
     say!("Next:");
     match &next {
         // One line: a step may quote a tenant's template.
-        Some(step) => say!("  {}", output::one_line(&describe(step, &ak, now))),
+        Some(step) => {
+            let windows = facts.as_ref().and_then(IssuerFacts::default_windows);
+            say!("  {}", output::one_line(&describe(step, &ak, windows, now)))
+        }
         None => say!("  cannot tell without the Secret"),
     }
     if !caveats.is_empty() || next.is_some() {
@@ -230,16 +233,18 @@ fn print_spec(ak: &AccessKey, issuer: Option<&IssuerFacts<'_>>) {
     line("Provider", provider_summary(&ak.spec.provider));
     line("Secret", &ak.spec.secret_name);
     line("Deletion", format!("{:?}", ak.spec.deletion_policy));
-    let rotation = match RotationSettings::of(&ak.spec) {
+    let default_windows = issuer.and_then(IssuerFacts::default_windows);
+    let rotation = match RotationSettings::of(&ak.spec, default_windows) {
         Ok(s) => {
             let every = match s.every {
                 Some(d) => format!("every {}", crate::api::duration::format_duration(d)),
                 None => "not scheduled".to_string(),
             };
             format!(
-                "{every}, grace period {}, rollout timeout {}",
+                "{every}, grace period {}, rollout timeout {}, {}",
                 crate::api::duration::format_duration(s.grace_period),
-                crate::api::duration::format_duration(s.rollout_timeout)
+                crate::api::duration::format_duration(s.rollout_timeout),
+                windows_summary(ak, default_windows.map(|d| d.windows)),
             )
         }
         Err(e) => format!("invalid: {e}"),
@@ -411,8 +416,31 @@ fn print_events(events: &[Event], now: jiff::Timestamp) {
     indent(&t);
 }
 
+/// The rotation windows, in a few words: whose, and when they open.
+fn windows_summary(ak: &AccessKey, issuer_windows: Option<&[crate::api::RotationWindow]>) -> String {
+    let own = ak.spec.rotation.as_ref().and_then(|r| r.windows.as_deref());
+    let (windows, whose) = match (own, issuer_windows) {
+        (Some(w), _) => (w, ""),
+        (None, Some(w)) => (w, " (the issuer's)"),
+        (None, None) => return "rotates at any time".to_string(),
+    };
+    if windows.is_empty() {
+        return "rotates at any time".to_string();
+    }
+    let each: Vec<String> = windows
+        .iter()
+        .map(|w| format!("\"{}\" for {} ({})", w.schedule, w.duration, w.time_zone.as_deref().unwrap_or("UTC")))
+        .collect();
+    format!("rotates in windows{whose}: {}", each.join(", "))
+}
+
 /// What a decision means, in one sentence.
-pub fn describe(step: &Step, ak: &AccessKey, now: jiff::Timestamp) -> String {
+pub fn describe(
+    step: &Step,
+    ak: &AccessKey,
+    default_windows: Option<DefaultWindows<'_>>,
+    now: jiff::Timestamp,
+) -> String {
     let no_status = Default::default();
     let status = ak.status.as_ref().unwrap_or(&no_status);
     let ids = |keys: &[crate::core::decide::OwnedKey]| {
@@ -481,9 +509,14 @@ pub fn describe(step: &Step, ak: &AccessKey, now: jiff::Timestamp) -> String {
         ),
         Step::RecordProviderView { .. } => "record what the provider shows of the key (last use, expiry)".into(),
         Step::UpdateSecretMetadata => "put the Secret's labels and annotations back as the spec wants them".into(),
+        Step::Deferred { reason, until } => format!(
+            "nothing yet: replacing the key is due ({}) but waits for the next rotation window, at {}",
+            reason.describe(),
+            at(*until, now)
+        ),
         Step::Ready => {
-            let settings = RotationSettings::of(&ak.spec).unwrap_or_default();
-            match rotation::next_wakeup(status, &settings) {
+            let settings = RotationSettings::of(&ak.spec, default_windows).unwrap_or_default();
+            match rotation::next_wakeup(status, &settings, now) {
                 Some(t) => format!("nothing: the key is in place; next due {}", at(t, now)),
                 None => "nothing: the key is in place, and nothing is due by the clock".into(),
             }

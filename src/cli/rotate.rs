@@ -1,13 +1,14 @@
-//! `cloudkeys rotate NAME… | -l SELECTOR | --all [-n NS | -A] [--immediate]`: sets
-//! `cloudkeys.io/rotate` to a value not used before (and, with `--immediate`,
-//! `cloudkeys.io/rotate-grace-period: 0s`); the operator does the rest.
+//! `cloudkeys rotate NAME… | -l SELECTOR | --all [-n NS | -A] [--now] [--immediate]`: sets
+//! `cloudkeys.io/rotate` to a value not used before (with `--now`, `cloudkeys.io/rotate-now:
+//! "true"` next to it, so that the rotation does not wait for a rotation window; with
+//! `--immediate`, that and `cloudkeys.io/rotate-grace-period: 0s`); the operator does the rest.
 
 use super::output::{say, warn_user};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
 use crate::api::{AccessKey, Decoded};
-use crate::core::rotation::{RotationSettings, ROTATE_ANNOTATION, ROTATE_GRACE_ANNOTATION};
+use crate::core::rotation::{RotationSettings, ROTATE_ANNOTATION, ROTATE_GRACE_ANNOTATION, ROTATE_NOW_ANNOTATION};
 
 use super::{CliError, ClusterArgs, Health, ScopeArgs};
 
@@ -27,7 +28,11 @@ pub struct RotateArgs {
     /// Rotate every AccessKey of the namespace (or of every namespace with -A).
     #[arg(long)]
     pub all: bool,
-    /// Revoke each replaced key at once instead of after its grace period (a leaked key).
+    /// Rotate now, without waiting for the AccessKey's next rotation window.
+    #[arg(long)]
+    pub now: bool,
+    /// Revoke each replaced key at once instead of after its grace period (a leaked key); does
+    /// not wait for a rotation window either.
     #[arg(long)]
     pub immediate: bool,
     #[command(flatten)]
@@ -51,11 +56,13 @@ pub fn next_request_value(ak: &AccessKey, now: jiff::Timestamp) -> String {
     value
 }
 
-/// The merge patch of one request; without `immediate` an earlier `--immediate`'s grace
-/// annotation goes, so that it cannot make this rotation revoke the old key at once too.
-pub fn request_patch(value: &str, immediate: bool) -> serde_json::Value {
+/// The merge patch of one request; an earlier request's `--immediate` or `--now` annotation that
+/// this one does not ask for goes, so that it cannot apply to this rotation too.
+pub fn request_patch(value: &str, now: bool, immediate: bool) -> serde_json::Value {
     let grace = if immediate { serde_json::json!("0s") } else { serde_json::Value::Null };
-    serde_json::json!({"metadata": {"annotations": {ROTATE_ANNOTATION: value, ROTATE_GRACE_ANNOTATION: grace}}})
+    let at_once = if now || immediate { serde_json::json!("true") } else { serde_json::Value::Null };
+    serde_json::json!({"metadata": {"annotations": {
+        ROTATE_ANNOTATION: value, ROTATE_GRACE_ANNOTATION: grace, ROTATE_NOW_ANNOTATION: at_once}}})
 }
 
 pub async fn run(args: &RotateArgs) -> Result<Health, CliError> {
@@ -90,8 +97,8 @@ pub async fn run(args: &RotateArgs) -> Result<Health, CliError> {
         let name = ak.name_any();
         let value = next_request_value(ak, jiff::Timestamp::now());
         let api: Api<AccessKey> = Api::namespaced(client.clone(), &ns);
-        match api.patch(&name, &params, &Patch::Merge(request_patch(&value, args.immediate))).await {
-            Ok(_) => say!("{}", requested_line(ak, &value, args.immediate)),
+        match api.patch(&name, &params, &Patch::Merge(request_patch(&value, args.now, args.immediate))).await {
+            Ok(_) => say!("{}", requested_line(ak, &value, args.now || args.immediate, args.immediate)),
             Err(e) => {
                 all_done = false;
                 warn_user!("accesskey {ns}/{name}: rotation not requested: {e}");
@@ -102,7 +109,7 @@ pub async fn run(args: &RotateArgs) -> Result<Health, CliError> {
 }
 
 /// What was requested, in one line.
-fn requested_line(ak: &AccessKey, value: &str, immediate: bool) -> String {
+fn requested_line(ak: &AccessKey, value: &str, now: bool, immediate: bool) -> String {
     let has_key = ak.status.as_ref().is_some_and(|s| s.access_key_id.is_some());
     let then = if !has_key {
         "it has no key yet: nothing is replaced, its first key is issued as usual".to_string()
@@ -110,15 +117,19 @@ fn requested_line(ak: &AccessKey, value: &str, immediate: bool) -> String {
         "the replaced key is revoked at once".to_string()
     } else {
         let after = if ak.spec.consumers.is_some() { " after the consumers roll out" } else { " later" };
-        match RotationSettings::of(&ak.spec) {
+        match RotationSettings::of(&ak.spec, None) {
             Ok(s) => {
                 format!("the replaced key is revoked {}{after}", crate::api::duration::format_duration(s.grace_period))
             }
             Err(_) => "the replaced key is revoked after its grace period".to_string(),
         }
     };
+    // Windows an issuer gives by default are not read here: the operator tells of those
+    // (`status.nextRotationTime`, event RotationDeferred).
+    let windows = ak.spec.rotation.as_ref().and_then(|r| r.windows.as_ref()).is_some_and(|w| !w.is_empty());
+    let wait = if windows && has_key && !now { "; it waits for the next rotation window (--now does not)" } else { "" };
     format!(
-        "accesskey {}/{}: rotation requested ({ROTATE_ANNOTATION}={value}); {then}",
+        "accesskey {}/{}: rotation requested ({ROTATE_ANNOTATION}={value}); {then}{wait}",
         ak.namespace().unwrap_or_default(),
         ak.name_any()
     )
@@ -154,22 +165,42 @@ mod tests {
     #[test]
     fn the_line_promises_a_revocation_only_when_there_is_a_key_to_replace() {
         let fresh = access_key(None, None);
-        let line = requested_line(&fresh, "1", false);
+        let line = requested_line(&fresh, "1", false, false);
         assert!(line.contains("no key yet") && !line.contains("revoked"), "{line}");
         let mut issued = access_key(None, None);
         if let Some(s) = issued.status.as_mut() {
             s.access_key_id = Some("K1".into());
         }
-        assert!(requested_line(&issued, "1", false).contains("the replaced key is revoked 10m later"));
-        assert!(requested_line(&issued, "1", true).contains("revoked at once"));
+        assert!(requested_line(&issued, "1", false, false).contains("the replaced key is revoked 10m later"));
+        assert!(requested_line(&issued, "1", true, true).contains("revoked at once"));
+        assert!(!requested_line(&issued, "1", false, false).contains("window"), "no windows of its own");
+        issued.spec.rotation = Some(Box::new(crate::api::Rotation {
+            windows: Some(vec![crate::api::RotationWindow {
+                schedule: "0 2 * * *".into(),
+                duration: "2h".into(),
+                time_zone: None,
+            }]),
+            ..Default::default()
+        }));
+        assert!(
+            requested_line(&issued, "1", false, false).ends_with("waits for the next rotation window (--now does not)")
+        );
+        assert!(!requested_line(&issued, "1", true, false).contains("window"));
     }
 
     #[test]
     fn only_an_immediate_request_keeps_a_zero_grace_period() {
-        let p = request_patch("1", true);
+        let p = request_patch("1", false, true);
         assert_eq!(p["metadata"]["annotations"][ROTATE_GRACE_ANNOTATION], "0s");
-        let p = request_patch("2", false);
+        let p = request_patch("2", false, false);
         assert!(p["metadata"]["annotations"][ROTATE_GRACE_ANNOTATION].is_null());
         assert_eq!(p["metadata"]["annotations"][ROTATE_ANNOTATION], "2");
+    }
+
+    #[test]
+    fn only_now_or_immediate_skips_the_rotation_window_and_a_plain_request_clears_it() {
+        assert_eq!(request_patch("1", true, false)["metadata"]["annotations"][ROTATE_NOW_ANNOTATION], "true");
+        assert_eq!(request_patch("1", false, true)["metadata"]["annotations"][ROTATE_NOW_ANNOTATION], "true");
+        assert!(request_patch("2", false, false)["metadata"]["annotations"][ROTATE_NOW_ANNOTATION].is_null());
     }
 }

@@ -124,10 +124,11 @@ impl KeyStatus {
         self.ready == "True"
     }
 
-    /// The next time the clock replaces the key: renewal before expiry, or `rotation.every`.
+    /// The next time the clock replaces the key: renewal before expiry, or `rotation.every`, in
+    /// the first rotation window it may happen in (`status.nextRotationTime`, which the operator
+    /// computes from both); the renewal time alone from an operator that did not write it.
     pub fn next_rotation(&self) -> Option<jiff::Timestamp> {
-        let times = [&self.renewal_time, &self.next_rotation_time];
-        times.into_iter().flatten().map(|t| t.0).min()
+        self.next_rotation_time.as_ref().or(self.renewal_time.as_ref()).map(|t| t.0)
     }
 }
 
@@ -285,6 +286,15 @@ mod tests {
         let k = KeyStatus::of(&access_key(serde_json::json!({
             "renewalTime": "2026-12-10T00:00:00Z", "nextRotationTime": "2026-12-05T00:00:00Z"})));
         assert_eq!(k.next_rotation().map(|t| t.to_string()), Some("2026-12-05T00:00:00Z".to_string()));
+        let only_renewal = KeyStatus::of(&access_key(serde_json::json!({"renewalTime": "2026-12-10T00:00:00Z"})));
+        assert_eq!(only_renewal.next_rotation().map(|t| t.to_string()), Some("2026-12-10T00:00:00Z".to_string()));
+    }
+
+    #[test]
+    fn a_renewal_deferred_to_a_rotation_window_shows_the_window() {
+        let k = KeyStatus::of(&access_key(serde_json::json!({
+            "renewalTime": "2026-12-05T15:00:00Z", "nextRotationTime": "2026-12-08T01:00:00Z"})));
+        assert_eq!(k.next_rotation().map(|t| t.to_string()), Some("2026-12-08T01:00:00Z".to_string()));
     }
 
     #[test]

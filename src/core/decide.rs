@@ -13,6 +13,7 @@ use super::conditions::Reason;
 use super::consumers::Workload;
 use super::rotation::{self, RotationSettings};
 use super::secret::SecretState;
+use super::windows::Planned;
 
 /// The issuer as the AccessKey sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +44,8 @@ pub struct Observed<'a> {
     pub rotation: &'a RotationSettings,
     /// The `cloudkeys.io/rotate` value not handled yet.
     pub rotate_request: Option<&'a str>,
+    /// That request does not wait for a rotation window (`--now`, `--immediate`).
+    pub rotate_now: bool,
     /// The workloads `spec.consumers` names, as observed now.
     pub consumers: &'a [Workload],
     /// The provider refused a new key for this spec: no new attempt before then.
@@ -103,6 +106,12 @@ pub enum Step {
     /// Labels, annotations or owner reference of the Secret drifted: fix them in place.
     UpdateSecretMetadata,
     Ready,
+    /// Ready, and a replacement for `reason` is due but waits for the rotation window that
+    /// opens at `until` (`status.nextRotationTime` says so already).
+    Deferred {
+        reason: IssueReason,
+        until: jiff::Timestamp,
+    },
     NotReady(Reason, String),
     /// The issuer has not been checked yet: say so in the condition, without a Warning (an
     /// issuer and its AccessKeys applied together is the happy path), and wait for its check.
@@ -202,6 +211,26 @@ pub fn expires_soon(o: &Observed<'_>, _: &InSecret<'_>) -> Option<IssueReason> {
 pub fn scheduled(o: &Observed<'_>, _: &InSecret<'_>) -> Option<IssueReason> {
     let due = rotation::scheduled_rotation(o.status, o.rotation).is_some_and(|t| t <= o.now);
     (due && o.status.retired.is_empty()).then_some(IssueReason::Scheduled)
+}
+
+/// When the rotation windows let the replacement for `reason` begin, if that is not now. Only
+/// the schedule, a renewal ahead of expiry that has a window left before the key must go, and a
+/// plain rotation request wait; what the Secret, the provider or the user forces never does.
+pub fn window_hold(o: &Observed<'_>, reason: IssueReason) -> Option<jiff::Timestamp> {
+    let windows = &o.rotation.windows;
+    if windows.is_empty() {
+        return None;
+    }
+    let until = match reason {
+        IssueReason::Scheduled => rotation::planned_rotation(o.status, o.rotation, o.now)?,
+        IssueReason::ExpiresSoon => match rotation::planned_renewal(o.status, o.rotation, o.now)? {
+            Planned::InWindow(t) => t,
+            Planned::NoWindow(_) => return None,
+        },
+        IssueReason::Requested if !o.rotate_now => windows.plan(o.now, o.now)?,
+        _ => return None,
+    };
+    (!windows.allow(o.now) && until > o.now).then_some(until)
 }
 
 /// The first replacement forced by the Secret waits until the key is this old; each further
@@ -383,7 +412,21 @@ pub fn decide(o: &Observed<'_>) -> Step {
         return make_room(o.status, IssueReason::FirstKey).unwrap_or(Step::Issue { reason: IssueReason::FirstKey });
     };
     let in_secret = InSecret { current, key_id: secret_key_id, data_intact };
-    let reason = TRIGGERS.iter().find_map(|trigger| trigger(o, &in_secret));
+    // A trigger held back by the rotation windows lets the next one speak (an expiry with no
+    // window left goes ahead while a request waits); the earliest window any waits for is kept.
+    let mut deferred: Option<(IssueReason, jiff::Timestamp)> = None;
+    let reason = TRIGGERS.iter().find_map(|trigger| {
+        let reason = trigger(o, &in_secret)?;
+        match window_hold(o, reason) {
+            None => Some(reason),
+            Some(until) => {
+                if deferred.is_none_or(|(_, t)| until < t) {
+                    deferred = Some((reason, until));
+                }
+                None
+            }
+        }
+    });
     // A replacement that cannot go ahead now (held back, refused by the provider or by the
     // policy) must not hold up the one under way: its consumers and grace period go on first.
     let held = reason.and_then(|reason| {
@@ -411,7 +454,12 @@ pub fn decide(o: &Observed<'_>) -> Step {
             }
         }
     }
-    let schedule = rotation::next_rotation_time(o.status, o.rotation);
+    let planned = rotation::next_rotation_time(o.status, o.rotation, o.now);
+    // A request waiting for a window is the next rotation too.
+    let schedule = match (planned, deferred) {
+        (Some(a), Some((_, b))) => Some(a.min(b)),
+        (a, b) => a.or(b.map(|(_, t)| t)),
+    };
     if o.status.next_rotation_time.as_ref().map(|t| t.0) != schedule {
         return Step::UpdateSchedule(schedule);
     }
@@ -421,7 +469,10 @@ pub fn decide(o: &Observed<'_>) -> Step {
     if !metadata_current {
         return Step::UpdateSecretMetadata;
     }
-    Step::Ready
+    match deferred {
+        Some((reason, until)) => Step::Deferred { reason, until },
+        None => Step::Ready,
+    }
 }
 
 /// Bounded keys: a replacement that comes while a replaced key still waits revokes that older

@@ -13,3 +13,4 @@ pub mod observe;
 pub mod policy;
 pub mod rotation;
 pub mod secret;
+pub mod windows;

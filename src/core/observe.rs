@@ -11,6 +11,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::api::{
     validation, AccessKey, AccessKeyStatus, Issuer, IssuerKind, IssuerPolicy, IssuerProvider, IssuerRef, IssuerStatus,
+    RotationWindow,
 };
 use crate::providers;
 
@@ -19,7 +20,7 @@ use super::consumers::{self, Workload, WorkloadObject};
 use super::decide::{decide, IssuerState, Observed, Step};
 use super::issuers::{IssuerId, IssuerUnusable};
 use super::policy::{Answer, Question, Verdict};
-use super::rotation::{self, RotationSettings};
+use super::rotation::{self, DefaultWindows, RotationSettings};
 use super::secret::{self, SecretState};
 
 /// An issuer as an AccessKey's decisions see it: its spec and status, without its credentials.
@@ -37,6 +38,8 @@ pub struct IssuerFacts<'a> {
     pub cluster_scoped: bool,
     /// Why the operator has no provider client for it (credentials, endpoint), when it knows.
     pub provider_error: Option<&'a IssuerUnusable>,
+    /// `spec.rotationDefaults.windows`.
+    pub rotation_windows: Option<&'a [RotationWindow]>,
 }
 
 /// The status of an issuer not checked yet.
@@ -63,7 +66,13 @@ impl<'a> IssuerFacts<'a> {
             policy: issuer.policy(),
             cluster_scoped: meta.namespace.is_none(),
             provider_error: None,
+            rotation_windows: issuer.rotation_windows(),
         }
+    }
+
+    /// The rotation windows it gives AccessKeys that set none.
+    pub fn default_windows(&self) -> Option<DefaultWindows<'a>> {
+        Some(DefaultWindows { issuer: self.display, windows: self.rotation_windows? })
     }
 
     pub fn is_ready(&self) -> bool {
@@ -134,7 +143,7 @@ pub fn spec_problem(ak: &AccessKey, issuer: Option<&IssuerFacts<'_>>) -> Option<
     if let Err(e) = validation::validate_access_key(&ak.spec) {
         return Some(e.to_string());
     }
-    if let Err(e) = RotationSettings::of(&ak.spec) {
+    if let Err(e) = RotationSettings::of(&ak.spec, issuer.and_then(IssuerFacts::default_windows)) {
         return Some(e.to_string());
     }
     // Read in place: this runs on every reconcile, and a copy of the status is not needed.
@@ -311,6 +320,7 @@ pub fn observed<'a>(
         retired_tried: false,
         rotation: rotation_settings,
         rotate_request: rotation::rotate_request(annotations, status),
+        rotate_now: rotation::request_ignores_windows(annotations, status),
         consumers,
         blocked_until: None,
         policy_denial: None,
@@ -345,7 +355,8 @@ pub fn next_step(s: &Snapshot<'_>) -> Step {
     let no_status = AccessKeyStatus::default();
     let status = ak.status.as_ref().unwrap_or(&no_status);
     let hash = spec_hash(ak);
-    let settings = RotationSettings::of(&ak.spec).unwrap_or_default();
+    let settings =
+        RotationSettings::of(&ak.spec, s.issuer.as_ref().and_then(IssuerFacts::default_windows)).unwrap_or_default();
     let secret_state = secret::observe_secret(ak, s.secret);
     let consumers = observe_consumers(ak, status, s.workloads);
     let issuer = s.issuer.as_ref();
@@ -461,6 +472,7 @@ mod tests {
             policy,
             cluster_scoped,
             provider_error: None,
+            rotation_windows: None,
         };
         let ak = access_key(serde_json::json!({}));
         assert_eq!(step(&ak, Some(facts(None, false))), Step::Issue { reason: IssueReason::FirstKey });

@@ -14,13 +14,17 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::duration::{parse_duration, ApiDuration};
 use crate::api::validation::InvalidSpec;
-use crate::api::{AccessKeySpec, AccessKeyStatus, RetiredKey};
+use crate::api::{AccessKeySpec, AccessKeyStatus, RetiredKey, RotationWindow};
 use crate::core::conditions::Activity;
+use crate::core::windows::{self, Planned, Windows};
 
 /// Set to any new value to replace the key once.
 pub const ROTATE_ANNOTATION: &str = "cloudkeys.io/rotate";
 /// The grace period of the rotation `cloudkeys.io/rotate` asks for (`0s`: a leaked key).
 pub const ROTATE_GRACE_ANNOTATION: &str = "cloudkeys.io/rotate-grace-period";
+/// `"true"` next to a new `cloudkeys.io/rotate` value: that rotation does not wait for a
+/// rotation window (`cloudkeys rotate --now`).
+pub const ROTATE_NOW_ANNOTATION: &str = "cloudkeys.io/rotate-now";
 /// On a consumer's pod template: the key it was restarted for.
 pub const KEY_ID_ANNOTATION: &str = "cloudkeys.io/key-id";
 
@@ -42,6 +46,8 @@ pub struct RotationSettings {
     pub grace_period: Duration,
     pub rollout_timeout: Duration,
     pub max_usage_hold: Duration,
+    /// When scheduled rotations may begin (none: at any time).
+    pub windows: Windows,
 }
 
 impl Default for RotationSettings {
@@ -51,14 +57,36 @@ impl Default for RotationSettings {
             grace_period: DEFAULT_GRACE_PERIOD,
             rollout_timeout: DEFAULT_ROLLOUT_TIMEOUT,
             max_usage_hold: DEFAULT_MAX_USAGE_HOLD,
+            windows: Windows::default(),
         }
     }
 }
 
+/// The rotation windows an issuer gives the AccessKeys that set none (`spec.rotationDefaults`),
+/// and the issuer's name, for messages.
+#[derive(Debug, Clone, Copy)]
+pub struct DefaultWindows<'a> {
+    pub issuer: &'a str,
+    pub windows: &'a [RotationWindow],
+}
+
 impl RotationSettings {
-    pub fn of(spec: &AccessKeySpec) -> Result<Self, InvalidSpec> {
+    /// `spec.rotation` with its defaults: the windows the AccessKey sets, else the issuer's.
+    pub fn of(spec: &AccessKeySpec, issuer: Option<DefaultWindows<'_>>) -> Result<Self, InvalidSpec> {
+        let own = spec.rotation.as_ref().and_then(|r| r.windows.as_deref());
+        let windows = match (own, issuer) {
+            (Some(own), _) => Windows::parse(own, "rotation.windows")?,
+            (None, Some(d)) => Windows::parse(d.windows, "rotation.windows").map_err(|e| {
+                let field = e.field.replacen("rotation.windows", "rotationDefaults.windows", 1);
+                InvalidSpec::new(
+                    "rotation.windows",
+                    format!("the default of {}: spec.{field}: {}", d.issuer, e.message),
+                )
+            })?,
+            (None, None) => Windows::default(),
+        };
         let Some(r) = &spec.rotation else {
-            return Ok(Self::default());
+            return Ok(Self { windows, ..Self::default() });
         };
         let parse = |field: &str, value: &Option<ApiDuration>, default: Duration| match value {
             None => Ok(default),
@@ -83,6 +111,7 @@ impl RotationSettings {
             grace_period: parse("gracePeriod", &r.grace_period, DEFAULT_GRACE_PERIOD)?,
             rollout_timeout: parse("rolloutTimeout", &r.rollout_timeout, DEFAULT_ROLLOUT_TIMEOUT)?,
             max_usage_hold: parse("maxUsageHold", &r.max_usage_hold, DEFAULT_MAX_USAGE_HOLD)?,
+            windows,
         })
     }
 }
@@ -91,6 +120,15 @@ impl RotationSettings {
 pub fn rotate_request<'a>(annotations: &'a BTreeMap<String, String>, status: &AccessKeyStatus) -> Option<&'a str> {
     let value = annotations.get(ROTATE_ANNOTATION)?;
     (status.last_rotate_request.as_deref() != Some(value.as_str())).then_some(value.as_str())
+}
+
+/// Whether the rotation `cloudkeys.io/rotate` asks for now goes ahead without waiting for a
+/// rotation window: asked with `cloudkeys.io/rotate-now: "true"`, or for a leaked key (a grace
+/// period of `0s`).
+pub fn request_ignores_windows(annotations: &BTreeMap<String, String>, status: &AccessKeyStatus) -> bool {
+    rotate_request(annotations, status).is_some()
+        && (annotations.get(ROTATE_NOW_ANNOTATION).is_some_and(|v| v == "true")
+            || annotations.get(ROTATE_GRACE_ANNOTATION).is_some_and(|g| parse_duration(g) == Ok(Duration::ZERO)))
 }
 
 /// The grace period the key replaced now gets: the annotation's, when the replacement answers a
@@ -122,10 +160,40 @@ pub fn scheduled_rotation(status: &AccessKeyStatus, settings: &RotationSettings)
     Some(add(status.issued_at.as_ref()?.0, settings.every?))
 }
 
-/// `status.nextRotationTime`: the earlier of the schedule and the renewal ahead of expiry.
-pub fn next_rotation_time(status: &AccessKeyStatus, settings: &RotationSettings) -> Option<jiff::Timestamp> {
-    let renewal = status.renewal_time.as_ref().map(|t| t.0);
-    match (scheduled_rotation(status, settings), renewal) {
+/// When the schedule's rotation may begin, seen at `now`: its due time, or the first window
+/// start after it (see [`Windows::plan`]).
+pub fn planned_rotation(
+    status: &AccessKeyStatus,
+    settings: &RotationSettings,
+    now: jiff::Timestamp,
+) -> Option<jiff::Timestamp> {
+    settings.windows.plan(scheduled_rotation(status, settings)?, now)
+}
+
+fn renewal(status: &AccessKeyStatus) -> Option<jiff::Timestamp> {
+    status.renewal_time.as_ref().map(|t| t.0)
+}
+
+/// When the renewal ahead of expiry takes place, seen at `now`: from `status.renewalTime`, in
+/// the first window that opens while the key has time left, else at `renewalTime` regardless.
+pub fn planned_renewal(status: &AccessKeyStatus, settings: &RotationSettings, now: jiff::Timestamp) -> Option<Planned> {
+    let renewal = status.renewal_time.as_ref()?.0;
+    let deadline = match &status.expires_at {
+        Some(expires) => windows::renewal_deadline(renewal, expires.0),
+        None => renewal,
+    };
+    Some(settings.windows.plan_before(renewal, deadline, now))
+}
+
+/// `status.nextRotationTime`: the earlier of the schedule and the renewal ahead of expiry, each
+/// moved to the first rotation window they may begin in.
+pub fn next_rotation_time(
+    status: &AccessKeyStatus,
+    settings: &RotationSettings,
+    now: jiff::Timestamp,
+) -> Option<jiff::Timestamp> {
+    let renewal = planned_renewal(status, settings, now).map(Planned::at);
+    match (planned_rotation(status, settings, now), renewal) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
@@ -286,17 +354,23 @@ pub fn start_grace(status: &mut AccessKeyStatus, now: jiff::Timestamp) {
 
 /// The next moment something is due by the clock: a replaced key's revocation, the end of a
 /// rollout wait, the next rotation. `None`: nothing (every other change arrives by watch).
-pub fn next_wakeup(status: &AccessKeyStatus, settings: &RotationSettings) -> Option<jiff::Timestamp> {
+pub fn next_wakeup(
+    status: &AccessKeyStatus,
+    settings: &RotationSettings,
+    now: jiff::Timestamp,
+) -> Option<jiff::Timestamp> {
     let revocations = status.retired.iter().filter_map(|r| match (revoke_time(r), &r.expires_at) {
         (Some(a), Some(b)) => Some(a.min(b.0)),
         (a, b) => a.or(b.as_ref().map(|t| t.0)),
     });
     // The schedule waits for the replaced keys to go (see `decide`): no wake-up for it before.
-    let rotation = match status.retired.is_empty() {
-        true => next_rotation_time(status, settings),
-        false => status.renewal_time.as_ref().map(|t| t.0),
+    let (rotation, due) = match status.retired.is_empty() {
+        true => (next_rotation_time(status, settings, now), [scheduled_rotation(status, settings), renewal(status)]),
+        false => (planned_renewal(status, settings, now).map(Planned::at), [None, renewal(status)]),
     };
-    revocations.chain(rollout_deadline(status, settings)).chain(rotation).min()
+    // Due before a window lets it begin: woken then as well, to say it is deferred.
+    let deferred = due.into_iter().flatten().filter(|t| *t > now && !settings.windows.is_empty());
+    revocations.chain(rollout_deadline(status, settings)).chain(rotation).chain(deferred).min()
 }
 
 /// The wait before trying again a new key the provider refused, after `refusals` in a row.
@@ -436,24 +510,24 @@ mod tests {
         let spec: AccessKeySpec = serde_json::from_value(serde_json::json!({
             "issuerRef": {"name": "i"}, "secretName": "s", "local": {}}))
         .expect("spec");
-        assert_eq!(RotationSettings::of(&spec), Ok(RotationSettings::default()));
+        assert_eq!(RotationSettings::of(&spec, None), Ok(RotationSettings::default()));
         let mut spec = spec;
         spec.rotation = Some(Box::new(crate::api::Rotation { every: Some("30s".into()), ..Default::default() }));
-        assert!(RotationSettings::of(&spec).expect_err("too short").to_string().contains("minimum of 1m"));
+        assert!(RotationSettings::of(&spec, None).expect_err("too short").to_string().contains("minimum of 1m"));
         spec.rotation = Some(Box::new(crate::api::Rotation {
             every: Some("720h".into()),
             grace_period: Some("0s".into()),
             rollout_timeout: Some("5m".into()),
             ..Default::default()
         }));
-        let s = RotationSettings::of(&spec).expect("valid");
+        let s = RotationSettings::of(&spec, None).expect("valid");
         assert_eq!(
             (s.every, s.grace_period, s.rollout_timeout, s.max_usage_hold),
             (Some(Duration::from_secs(2_592_000)), Duration::ZERO, Duration::from_secs(300), DEFAULT_MAX_USAGE_HOLD)
         );
         spec.rotation =
             Some(Box::new(crate::api::Rotation { max_usage_hold: Some("20s".into()), ..Default::default() }));
-        assert_eq!(RotationSettings::of(&spec).map(|s| s.max_usage_hold), Ok(Duration::from_secs(20)));
+        assert_eq!(RotationSettings::of(&spec, None).map(|s| s.max_usage_hold), Ok(Duration::from_secs(20)));
     }
 
     #[test]
@@ -475,11 +549,83 @@ mod tests {
     #[test]
     fn next_rotation_is_the_earlier_of_schedule_and_renewal() {
         let mut status = AccessKeyStatus { issued_at: Some(Time(t("2026-01-01T00:00:00Z"))), ..Default::default() };
-        assert_eq!(next_rotation_time(&status, &settings(None)), None);
-        assert_eq!(next_rotation_time(&status, &settings(Some(3600))), Some(t("2026-01-01T01:00:00Z")));
+        let now = t("2026-01-01T00:00:00Z");
+        assert_eq!(next_rotation_time(&status, &settings(None), now), None);
+        assert_eq!(next_rotation_time(&status, &settings(Some(3600)), now), Some(t("2026-01-01T01:00:00Z")));
         status.renewal_time = Some(Time(t("2026-01-01T00:30:00Z")));
-        assert_eq!(next_rotation_time(&status, &settings(Some(3600))), Some(t("2026-01-01T00:30:00Z")));
-        assert_eq!(next_rotation_time(&status, &settings(None)), Some(t("2026-01-01T00:30:00Z")));
+        assert_eq!(next_rotation_time(&status, &settings(Some(3600)), now), Some(t("2026-01-01T00:30:00Z")));
+        assert_eq!(next_rotation_time(&status, &settings(None), now), Some(t("2026-01-01T00:30:00Z")));
+    }
+
+    fn window(schedule: &str) -> RotationWindow {
+        RotationWindow { schedule: schedule.into(), duration: "1h".into(), time_zone: None }
+    }
+
+    #[test]
+    fn an_access_keys_own_windows_win_over_its_issuers_and_an_empty_list_means_any_time() {
+        let mut spec: AccessKeySpec = serde_json::from_value(serde_json::json!({
+            "issuerRef": {"name": "i"}, "secretName": "s", "local": {}}))
+        .expect("spec");
+        let issuers = [window("0 2 * * *")];
+        let defaults = Some(DefaultWindows { issuer: "KeyIssuer team-a/i", windows: &issuers });
+        let from_issuer = RotationSettings::of(&spec, defaults).expect("valid");
+        assert_eq!(from_issuer.windows, Windows::parse(&issuers, "w").expect("valid"));
+        let own = [window("0 14 * * *")];
+        spec.rotation = Some(Box::new(crate::api::Rotation { windows: Some(own.to_vec()), ..Default::default() }));
+        assert_eq!(
+            RotationSettings::of(&spec, defaults).expect("valid").windows,
+            Windows::parse(&own, "w").expect("ok")
+        );
+        spec.rotation = Some(Box::new(crate::api::Rotation { windows: Some(Vec::new()), ..Default::default() }));
+        assert!(RotationSettings::of(&spec, defaults).expect("valid").windows.is_empty());
+        // An issuer's invalid default is the AccessKey's problem too, naming the issuer's field.
+        spec.rotation = None;
+        let broken = [window("0 2 * *")];
+        let e = RotationSettings::of(&spec, Some(DefaultWindows { issuer: "KeyIssuer team-a/i", windows: &broken }))
+            .expect_err("four fields");
+        let text = e.to_string();
+        assert!(
+            text.starts_with(
+                "spec.rotation.windows: the default of KeyIssuer team-a/i: spec.rotationDefaults.windows[0].schedule"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_next_rotation_is_moved_to_the_first_window_and_a_renewal_with_no_window_left_is_not() {
+        let now = t("2026-01-05T12:00:00Z");
+        let mut status = AccessKeyStatus { issued_at: Some(Time(t("2026-01-05T11:00:00Z"))), ..Default::default() };
+        let mut s = settings(Some(3600 * 2));
+        s.windows = Windows::parse(&[window("0 2 * * *")], "rotation.windows").expect("valid");
+        // Due at 13:00, outside the 02:00-03:00 window: tomorrow 02:00.
+        assert_eq!(next_rotation_time(&status, &s, now), Some(t("2026-01-06T02:00:00Z")));
+        // Woken when it is due (to say it is deferred), then at the window.
+        assert_eq!(next_wakeup(&status, &s, now), Some(t("2026-01-05T13:00:00Z")));
+        assert_eq!(next_wakeup(&status, &s, t("2026-01-05T13:00:00Z")), Some(t("2026-01-06T02:00:00Z")));
+        // A renewal at 12:30 of a key expiring at 14:00 has no window before it must go.
+        status.renewal_time = Some(Time(t("2026-01-05T12:30:00Z")));
+        status.expires_at = Some(Time(t("2026-01-05T14:00:00Z")));
+        assert_eq!(planned_renewal(&status, &s, now), Some(Planned::NoWindow(t("2026-01-05T12:30:00Z"))));
+        assert_eq!(next_rotation_time(&status, &s, now), Some(t("2026-01-05T12:30:00Z")));
+        // Expiring in three days, it waits for the window.
+        status.expires_at = Some(Time(t("2026-01-08T12:00:00Z")));
+        assert_eq!(planned_renewal(&status, &s, now), Some(Planned::InWindow(t("2026-01-06T02:00:00Z"))));
+    }
+
+    #[test]
+    fn only_a_request_asked_now_or_for_a_leaked_key_skips_the_windows() {
+        let status = AccessKeyStatus::default();
+        let mut annotations = BTreeMap::from([(ROTATE_ANNOTATION.to_string(), "1".to_string())]);
+        assert!(!request_ignores_windows(&annotations, &status));
+        annotations.insert(ROTATE_NOW_ANNOTATION.into(), "true".into());
+        assert!(request_ignores_windows(&annotations, &status));
+        annotations.remove(ROTATE_NOW_ANNOTATION);
+        annotations.insert(ROTATE_GRACE_ANNOTATION.into(), "0s".into());
+        assert!(request_ignores_windows(&annotations, &status));
+        // Handled already: the annotations left behind apply to nothing.
+        let handled = AccessKeyStatus { last_rotate_request: Some("1".into()), ..Default::default() };
+        assert!(!request_ignores_windows(&annotations, &handled));
     }
 
     #[test]
@@ -505,11 +651,11 @@ mod tests {
         assert!(!retired_due(&status.retired[0], t("2026-01-01T00:14:59Z")));
         assert!(retired_due(&status.retired[0], t("2026-01-01T00:15:00Z")));
         assert_eq!(rollout_deadline(&status, &settings(None)), None);
-        assert_eq!(next_wakeup(&status, &settings(None)), Some(t("2026-01-01T00:11:59Z")));
+        assert_eq!(next_wakeup(&status, &settings(None), rolled_out), Some(t("2026-01-01T00:11:59Z")));
         assert_eq!(RotatingState::of(&status), RotatingState::GracePeriod(2, t("2026-01-01T00:11:59Z")));
         // A schedule already due waits for the replaced keys: no wake-up every second for it.
         status.issued_at = Some(Time(t("2025-12-31T00:00:00Z")));
-        assert_eq!(next_wakeup(&status, &settings(Some(60))), Some(t("2026-01-01T00:11:59Z")));
+        assert_eq!(next_wakeup(&status, &settings(Some(60)), rolled_out), Some(t("2026-01-01T00:11:59Z")));
     }
 
     /// A key whose grace period started at 00:05 (rolled out) and ended at 00:15.
@@ -560,7 +706,7 @@ mod tests {
         assert!(retired_due(&held, t("2026-01-01T01:15:00Z")));
         assert!(!usage_check_due(&held, hour, t("2026-01-01T01:15:00Z")));
         let status = AccessKeyStatus { retired: vec![held.clone()], ..Default::default() };
-        assert_eq!(next_wakeup(&status, &settings(None)), Some(t("2026-01-01T01:15:00Z")));
+        assert_eq!(next_wakeup(&status, &settings(None), t("2026-01-01T01:00:00Z")), Some(t("2026-01-01T01:15:00Z")));
         assert_eq!(RotatingState::of(&status), RotatingState::UsageHold(1, t("2026-01-01T01:15:00Z")));
         let note = usage_hold_note(&held, used, t("2026-01-01T01:15:00Z"), "K2");
         assert!(note.contains("K1") && note.contains("K2") && note.contains("2026-01-01T01:15:00Z"), "{note}");

@@ -343,12 +343,21 @@ impl Context {
         self.memories.read(key, |m| key_id.is_some_and(|id| m.revoked_externally.as_deref() == Some(id)))
     }
 
-    /// The AccessKey `key` has a new key: what a drift check found about the old one is moot.
+    /// The AccessKey `key` has a new key: what a drift check found about the old one is moot,
+    /// and so is a deferral announced for it.
     pub fn replaced(&self, key: &str) {
         self.memories.update(key, |m| {
             m.revoked_externally = None;
             m.provider_view = None;
+            m.deferred_until = None;
         });
+    }
+
+    /// Whether a replacement of `key` deferred to the window opening at `until` is news (it is
+    /// remembered as told from now on): one `RotationDeferred` event per deferral, however
+    /// often the AccessKey is reconciled meanwhile.
+    pub fn deferral_is_news(&self, key: &str, until: jiff::Timestamp) -> bool {
+        self.memories.update(key, |m| m.deferred_until.replace(until) != Some(until))
     }
 
     /// Records that the provider refused a new key for `key` (with spec fingerprint `spec`);

@@ -167,6 +167,11 @@ async fn check<K: IssuerObject>(issuer: &K, ctx: &Context) -> Result<(Reason, St
     if let Err(e) = validation::validate_policy(issuer.policy(), cluster_scoped) {
         return Ok((Reason::InvalidSpec, e.to_string(), Duration::from_secs(3600)));
     }
+    if let Some(windows) = issuer.rotation_windows() {
+        if let Err(e) = crate::core::windows::Windows::parse(windows, "rotationDefaults.windows") {
+            return Ok((Reason::InvalidSpec, e.to_string(), Duration::from_secs(3600)));
+        }
+    }
     if let Err(message) = ctx.registry.guard(issuer.provider(), !cluster_scoped) {
         return Ok((Reason::InvalidSpec, message, Duration::from_secs(3600)));
     }

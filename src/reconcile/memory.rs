@@ -24,6 +24,8 @@ pub struct Memory {
     pub revoked_externally: Option<String>,
     /// The key id and what the last drift check saw of it at the provider.
     pub provider_view: Option<(String, ProviderView)>,
+    /// The window start a `RotationDeferred` event announced last: announced once.
+    pub deferred_until: Option<jiff::Timestamp>,
 }
 
 /// Every object's memory. An object whose memory is back to nothing takes no room.

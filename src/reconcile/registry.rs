@@ -33,6 +33,8 @@ pub struct LoadedIssuer {
     pub policy: Option<IssuerPolicy>,
     /// A ClusterKeyIssuer.
     pub cluster_scoped: bool,
+    /// `spec.rotationDefaults.windows`.
+    pub rotation_windows: Option<Vec<crate::api::RotationWindow>>,
 }
 
 impl LoadedIssuer {
@@ -47,6 +49,7 @@ impl LoadedIssuer {
             policy: self.policy.as_ref(),
             cluster_scoped: self.cluster_scoped,
             provider_error: self.provider.as_ref().err(),
+            rotation_windows: self.rotation_windows.as_deref(),
         }
     }
 }
@@ -94,7 +97,7 @@ impl Registry {
         r: &IssuerRef,
         cluster_resource_namespace: &str,
     ) -> Result<Option<LoadedIssuer>, kube::Error> {
-        let (display, secret_ns, meta, settings, rate_limit, status, policy) = match r.kind {
+        let (display, secret_ns, meta, settings, rate_limit, status, policy, windows) = match r.kind {
             IssuerKind::KeyIssuer => {
                 let Some(i) = caches.key_issuers.get(&ObjectRef::new(&r.name).within(namespace)) else {
                     return Ok(None);
@@ -107,6 +110,7 @@ impl Registry {
                     i.rate_limit(),
                     i.status.clone(),
                     i.spec.policy.clone(),
+                    i.rotation_windows().map(<[_]>::to_vec),
                 )
             }
             IssuerKind::ClusterKeyIssuer => {
@@ -121,6 +125,7 @@ impl Registry {
                     i.rate_limit(),
                     i.status.clone(),
                     i.spec.policy.clone(),
+                    i.rotation_windows().map(<[_]>::to_vec),
                 )
             }
         };
@@ -130,6 +135,7 @@ impl Registry {
             .load_settings(client, caches, display, &secret_ns, &meta, settings, rate_limit, status, namespaced)
             .await?;
         loaded.policy = policy;
+        loaded.rotation_windows = windows;
         loaded.cluster_scoped = r.kind == IssuerKind::ClusterKeyIssuer;
         Ok(Some(loaded))
     }
@@ -201,6 +207,7 @@ impl Registry {
             provider,
             policy: None,
             cluster_scoped: false,
+            rotation_windows: None,
         })
     }
 

@@ -51,6 +51,7 @@ struct Scenario {
     retired_tried: bool,
     rotation: RotationSettings,
     rotate_request: Option<&'static str>,
+    rotate_now: bool,
     consumers: Vec<Workload>,
     blocked_until: Option<jiff::Timestamp>,
     policy_denial: Option<&'static str>,
@@ -71,6 +72,7 @@ impl Scenario {
             retired_tried: false,
             rotation: RotationSettings::default(),
             rotate_request: None,
+            rotate_now: false,
             consumers: Vec::new(),
             blocked_until: None,
             policy_denial: None,
@@ -103,6 +105,7 @@ impl Scenario {
             retired_tried: self.retired_tried,
             rotation: &self.rotation,
             rotate_request: self.rotate_request,
+            rotate_now: self.rotate_now,
             consumers: &self.consumers,
             blocked_until: self.blocked_until,
             policy_denial: self.policy_denial,
@@ -882,4 +885,91 @@ fn spec_changes_do_not_lengthen_the_wait_before_a_deleted_secret_is_replaced() {
         Some(FORCED_REPLACEMENT_WAIT),
         "the first replacement the Secret forces waits as long as it did before"
     );
+}
+
+/// Windows of an hour from 02:00 UTC every day: closed at the scenarios' noon.
+fn nightly() -> crate::core::windows::Windows {
+    let window = crate::api::RotationWindow { schedule: "0 2 * * *".into(), duration: "1h".into(), time_zone: None };
+    crate::core::windows::Windows::parse(&[window], "rotation.windows").expect("valid window")
+}
+
+/// The window after the scenarios' noon.
+fn tonight() -> jiff::Timestamp {
+    "2026-11-24T02:00:00Z".parse().expect("time")
+}
+
+/// A key due by the schedule (every 30m, issued an hour ago) with nightly windows, and
+/// `nextRotationTime` recorded as tonight's window.
+fn due_outside_the_windows() -> Scenario {
+    let mut s = at_rest();
+    s.rotation.every = Some(Duration::from_secs(1800));
+    s.rotation.windows = nightly();
+    s.status.next_rotation_time = Some(Time(tonight()));
+    s
+}
+
+#[test]
+fn a_scheduled_rotation_outside_the_windows_waits_for_the_next_one() {
+    let mut s = due_outside_the_windows();
+    assert_eq!(s.decide(), Step::Deferred { reason: IssueReason::Scheduled, until: tonight() });
+    // Recorded otherwise (before the windows were set): the window start is recorded first.
+    s.status.next_rotation_time = Some(Time(s.now - jiff::SignedDuration::from_secs(1800)));
+    assert_eq!(s.decide(), Step::UpdateSchedule(Some(tonight())));
+    // Once the window is open, it goes.
+    let mut s = due_outside_the_windows();
+    s.now = tonight() + jiff::SignedDuration::from_secs(60);
+    assert_eq!(s.decide(), Step::Issue { reason: IssueReason::Scheduled });
+}
+
+#[test]
+fn replacements_forced_by_the_secret_or_the_provider_ignore_the_windows() {
+    let mut s = due_outside_the_windows();
+    s.secret = SecretState::Absent;
+    assert_eq!(s.decide(), Step::Issue { reason: IssueReason::SecretDeleted });
+    let mut s = due_outside_the_windows();
+    s.secret = SecretState::Ours { key_id: Some("K1".into()), data_intact: false, metadata_current: true };
+    assert_eq!(s.decide(), Step::Issue { reason: IssueReason::SecretModified });
+    let mut s = due_outside_the_windows();
+    s.revoked_at_provider = true;
+    assert_eq!(s.decide(), Step::Issue { reason: IssueReason::RevokedAtProvider });
+}
+
+#[test]
+fn a_rotation_request_waits_for_the_window_unless_asked_now() {
+    let mut s = at_rest();
+    s.rotation.windows = nightly();
+    s.rotate_request = Some("1");
+    // The request is the next rotation: recorded, then waited for.
+    assert_eq!(s.decide(), Step::UpdateSchedule(Some(tonight())));
+    s.status.next_rotation_time = Some(Time(tonight()));
+    assert_eq!(s.decide(), Step::Deferred { reason: IssueReason::Requested, until: tonight() });
+    s.rotate_now = true;
+    assert_eq!(s.decide(), Step::Issue { reason: IssueReason::Requested });
+}
+
+#[test]
+fn an_expiring_key_waits_for_a_window_only_while_one_opens_before_it_must_go() {
+    // Renewal due a minute ago; a window tonight, 14 hours away.
+    let mut s = at_rest();
+    s.rotation.windows = nightly();
+    s.status.renewal_time = Some(Time(s.now - jiff::SignedDuration::from_secs(60)));
+    s.status.expires_at = Some(Time(s.now + jiff::SignedDuration::from_secs(3 * 86_400)));
+    s.status.next_rotation_time = Some(Time(tonight()));
+    assert_eq!(s.decide(), Step::Deferred { reason: IssueReason::ExpiresSoon, until: tonight() });
+    // Expiring in ten minutes: no window before it must be replaced; it goes now, and so does a
+    // request that waited for a window.
+    s.status.expires_at = Some(Time(s.now + jiff::SignedDuration::from_secs(600)));
+    assert_eq!(s.decide(), Step::Issue { reason: IssueReason::ExpiresSoon });
+    s.rotate_request = Some("1");
+    assert_eq!(s.decide(), Step::Issue { reason: IssueReason::ExpiresSoon });
+}
+
+#[test]
+fn without_windows_nothing_is_deferred() {
+    let mut s = at_rest();
+    s.rotation.every = Some(Duration::from_secs(1800));
+    assert_eq!(s.decide(), Step::Issue { reason: IssueReason::Scheduled });
+    let mut s = at_rest();
+    s.rotate_request = Some("1");
+    assert_eq!(s.decide(), Step::Issue { reason: IssueReason::Requested });
 }

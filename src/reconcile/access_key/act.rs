@@ -47,7 +47,8 @@ pub(super) async fn act(
             status.issued_at = Some(pending.started_at.clone());
             status.key_spec_hash = Some(pending.spec_hash.clone().unwrap_or_else(|| hash.to_string()));
             status.secret_name = Some(c.ak.spec.secret_name.clone());
-            status.next_rotation_time = rotation::next_rotation_time(status, settings).map(Time);
+            status.next_rotation_time =
+                rotation::next_rotation_time(status, settings, jiff::Timestamp::now()).map(Time);
             c.write_status(status).await?;
             let id = key.access_key_id.unwrap_or_default();
             let (event, note) = match status.retired.last() {
@@ -158,7 +159,12 @@ pub(super) async fn act(
                 issuer.ok_or_else(|| Error::IssuerNotFound(format!("{} {}", observe::kind_name(r), r.name)))?;
             let unusable = |cause| Error::IssuerUnusable { issuer: issuer.display.clone(), cause };
             let provider = c.at_provider(r, issuer.provider.clone().map_err(unusable)?).await?;
+            let replaced = status.access_key_id.clone();
+            let outside_windows = !settings.windows.allow(jiff::Timestamp::now());
             issue(c, status, provider, hash, reason).await?;
+            if reason == IssueReason::ExpiresSoon && outside_windows && status.access_key_id != replaced {
+                no_rotation_window(c, status, replaced.as_deref()).await;
+            }
             Ok(None)
         }
         Step::RestartConsumers(targets) => {
@@ -203,8 +209,9 @@ pub(super) async fn act(
         Step::WaitBeforeReplacing(reason, wait) => {
             tracing::info!(reason = reason.describe(), wait_s = wait.as_secs(), "replacing the key after a wait");
             // Back sooner if a replaced key is due for revocation (or its rollout for a timeout).
-            let due = rotation::next_wakeup(status, settings)
-                .map(|t| Duration::try_from(t.duration_since(jiff::Timestamp::now())).unwrap_or(Duration::ZERO));
+            let now = jiff::Timestamp::now();
+            let due = rotation::next_wakeup(status, settings, now)
+                .map(|t| Duration::try_from(t.duration_since(now)).unwrap_or(Duration::ZERO));
             let wait = due.map_or(wait, |d| d.min(wait));
             Ok(Some(Action::requeue(wait.max(Duration::from_secs(1)))))
         }
@@ -225,7 +232,8 @@ pub(super) async fn act(
                 let issued = status.issued_at.as_ref().map_or(jiff::Timestamp::now(), |t| t.0);
                 status.expires_at = expires.map(|e| Time(rotation::whole_seconds(e)));
                 status.renewal_time = expires.map(|e| Time(renewal_time(issued, e)));
-                status.next_rotation_time = rotation::next_rotation_time(status, settings).map(Time);
+                status.next_rotation_time =
+                    rotation::next_rotation_time(status, settings, jiff::Timestamp::now()).map(Time);
             }
             c.write_status(status).await?;
             Ok(None)
@@ -241,27 +249,8 @@ pub(super) async fn act(
             c.saw_secret(Some(patched));
             Ok(None)
         }
-        Step::Ready => {
-            let id = status.access_key_id.clone().unwrap_or_default();
-            // Nothing to replace any more: a block of an earlier attempt is over.
-            c.ctx.unblock(&display_name(c.ak));
-            let rotating = RotatingState::of(status);
-            let now = jiff::Timestamp::now();
-            let changed = c.put_condition(status, Reason::Issued, &issued_message(&id, &c.ak.spec.secret_name));
-            if rotation::put_rotating(&mut status.conditions, &rotating, c.ak.meta().generation, now) || changed {
-                c.write_status(status).await?;
-                tracing::info!(key_id = %id, rotating = ?rotating, "ready");
-            }
-            // Only what is due by the clock (a revocation, a rollout's timeout, a rotation) has a
-            // timer; every other change (AccessKey, Secret, issuer, credentials, consumers)
-            // arrives by watch. No timer for the rest also means nothing held per AccessKey in
-            // the scheduler, which at 10,000 keys is megabytes.
-            let requeue = rotation::next_wakeup(status, settings).map(|t| {
-                let secs = t.duration_since(now).as_secs().max(1);
-                Duration::from_secs(u64::try_from(secs).unwrap_or(1)).min(RESYNC)
-            });
-            Ok(Some(requeue.map_or_else(Action::await_change, Action::requeue)))
-        }
+        Step::Ready => ready(c, status, None).await,
+        Step::Deferred { reason, until } => ready(c, status, Some((reason, until))).await,
         Step::AwaitIssuerCheck(message) => {
             // No event: a change of the issuer (its check) brings the AccessKey back at once.
             if c.put_condition(status, Reason::IssuerNotReady, &message) {
@@ -295,6 +284,75 @@ async fn still_used(
     }
     let used = provider.last_used(&r.key_ref).await?;
     Ok(rotation::usage_hold(r, used, max_hold, now).and_then(|until| Some((used?, until))))
+}
+
+/// The key is in place: the conditions say so, and the reconcile comes back when something is
+/// due by the clock. `deferred`: a replacement waits for the rotation window opening then,
+/// which a `RotationDeferred` event announces once.
+async fn ready(
+    c: &Cluster<'_>,
+    status: &mut AccessKeyStatus,
+    deferred: Option<(IssueReason, jiff::Timestamp)>,
+) -> Result<Option<Action>, Error> {
+    let id = status.access_key_id.clone().unwrap_or_default();
+    // Nothing to replace any more: a block of an earlier attempt is over.
+    c.ctx.unblock(&display_name(c.ak));
+    let rotating = RotatingState::of(status);
+    let now = jiff::Timestamp::now();
+    let changed = c.put_condition(status, Reason::Issued, &issued_message(&id, &c.ak.spec.secret_name));
+    if rotation::put_rotating(&mut status.conditions, &rotating, c.ak.meta().generation, now) || changed {
+        c.write_status(status).await?;
+        tracing::info!(key_id = %id, rotating = ?rotating, "ready");
+    }
+    if let Some((reason, until)) = deferred {
+        if c.ctx.deferral_is_news(&display_name(c.ak), until) {
+            let note = deferral_note(&id, reason, until);
+            tracing::info!(%note, "rotation deferred");
+            c.ctx.event(c.ak, EventType::Normal, "RotationDeferred", note).await;
+        }
+    }
+    // Only what is due by the clock (a revocation, a rollout's timeout, a rotation, a window
+    // opening) has a timer; every other change (AccessKey, Secret, issuer, credentials,
+    // consumers) arrives by watch. No timer for the rest also means nothing held per AccessKey
+    // in the scheduler, which at 10,000 keys is megabytes.
+    let wakeup = rotation::next_wakeup(status, &c.settings, now);
+    let wakeup = match (wakeup, deferred) {
+        (Some(a), Some((_, b))) => Some(a.min(b)),
+        (a, b) => a.or(b.map(|(_, t)| t)),
+    };
+    let requeue = wakeup.map(|t| {
+        let secs = t.duration_since(now).as_secs().max(1);
+        Duration::from_secs(u64::try_from(secs).unwrap_or(1)).min(RESYNC)
+    });
+    Ok(Some(requeue.map_or_else(Action::await_change, Action::requeue)))
+}
+
+/// What the `RotationDeferred` event says: what is due, and when it happens.
+fn deferral_note(key_id: &str, reason: IssueReason, until: jiff::Timestamp) -> String {
+    let how = match reason {
+        IssueReason::Requested => " (cloudkeys rotate --now does not wait for a window)",
+        _ => "",
+    };
+    format!(
+        "replacing key {key_id} is due ({}) outside the rotation windows: it is replaced when the next window opens, \
+         at {until}{how}",
+        reason.describe()
+    )
+}
+
+/// The Warning of a key replaced ahead of its expiry outside the rotation windows, none opening
+/// while it had time left.
+async fn no_rotation_window(c: &Cluster<'_>, status: &AccessKeyStatus, replaced: Option<&str>) {
+    let old = status.retired.iter().rev().find(|r| Some(r.access_key_id.as_str()) == replaced);
+    let expires = old.and_then(|r| r.expires_at.as_ref()).map_or_else(|| "soon".to_string(), |t| format!("at {}", t.0));
+    let note = format!(
+        "key {} expires {expires} and no rotation window opens before it must be replaced: replaced by {} outside \
+         the rotation windows",
+        replaced.unwrap_or_default(),
+        status.access_key_id.as_deref().unwrap_or_default(),
+    );
+    tracing::warn!(%note, "no rotation window");
+    c.ctx.event(c.ak, EventType::Warning, "NoRotationWindow", note).await;
 }
 
 /// The status as a JSON merge patch that also clears every field the status no longer has.
@@ -510,7 +568,7 @@ pub(super) async fn issue(
     status.renewal_time = key.expires_at.map(|exp| Time(renewal_time(started, exp)));
     status.key_spec_hash = Some(hash.to_string());
     status.secret_name = Some(ak.spec.secret_name.clone());
-    status.next_rotation_time = rotation::next_rotation_time(status, settings).map(Time);
+    status.next_rotation_time = rotation::next_rotation_time(status, settings, started).map(Time);
     // Ready in the same write: the new key works, whatever the replaced one still waits for.
     c.put_condition(status, Reason::Issued, &issued_message(&key.access_key_id, &ak.spec.secret_name));
     let state = RotatingState::of(status);

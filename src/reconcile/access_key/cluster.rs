@@ -23,7 +23,8 @@ pub(super) struct Cluster<'a> {
     pub(super) secret_seen: std::sync::Mutex<Option<Option<Secret>>>,
     /// Consumers as this reconcile restarted them: newer than the caches.
     pub(super) workloads_seen: std::sync::Mutex<Vec<Workload>>,
-    /// `spec.rotation` with its defaults (an invalid one is reported as the spec's problem).
+    /// `spec.rotation` with its defaults, the issuer's windows among them (an invalid one is
+    /// reported as the spec's problem).
     pub(super) settings: RotationSettings,
     /// The place this reconcile took under `maxKeysPerNamespace` for the key it mints, if any.
     pub(super) admission: std::sync::Mutex<Option<Admission<'a>>>,
@@ -103,7 +104,8 @@ impl<'a> Cluster<'a> {
             deadline: tokio::time::Instant::now() + ctx.limits.provider_timeout,
             secret_seen: std::sync::Mutex::new(None),
             workloads_seen: std::sync::Mutex::new(Vec::new()),
-            settings: RotationSettings::of(&ak.spec).unwrap_or_default(),
+            // The issuer's default windows are added once it is loaded.
+            settings: RotationSettings::of(&ak.spec, None).unwrap_or_default(),
             admission: std::sync::Mutex::new(None),
         }
     }

@@ -171,7 +171,7 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
             None => return Ok(Action::await_change()),
         }
     }
-    let cluster = Cluster::new(ctx, &ak);
+    let mut cluster = Cluster::new(ctx, &ak);
     if pending {
         cluster.saw_secret(cluster.secrets().get_opt(&ak.spec.secret_name).await?);
     }
@@ -182,6 +182,9 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
     let facts = issuer.as_ref().map(LoadedIssuer::facts);
     let other_kind_exists = issuer.is_none() && cluster.other_kind_exists(&issuer_ref);
     let issuer_state = observe::issuer_state(&issuer_ref, &cluster.ns, facts.as_ref(), other_kind_exists);
+    // The issuer's default windows, when the AccessKey sets none (invalid ones: the spec's problem).
+    let default_windows = facts.as_ref().and_then(observe::IssuerFacts::default_windows);
+    cluster.settings = RotationSettings::of(&ak.spec, default_windows).unwrap_or_default();
     let problem = observe::spec_problem(&ak, facts.as_ref());
     let key = display_name(&*ak);
     let mut owned: Option<Vec<OwnedKey>> = None;
