@@ -296,7 +296,11 @@ impl Table {
     /// A duration field (`spec.rotation.every`): at the bound, and past each of its rules.
     fn duration(&mut self, kind: &'static str, base: &Value, field: &str) {
         let path = field.strip_prefix("spec.").expect("a spec field");
-        let set = |v: &str| at(path, json!(v));
+        self.duration_set(kind, base, field, &|v| at(path, json!(v)));
+    }
+
+    /// A duration `field` as the server names it, put into the spec by `set`.
+    fn duration_set(&mut self, kind: &'static str, base: &Value, field: &str, set: &dyn Fn(&str) -> Value) {
         self.spec(kind, &format!("{field}: 876000h"), base, set("876000h"), &[]);
         self.spec(kind, &format!("{field}: 1h30m15s"), base, set("1h30m15s"), &[]);
         self.spec(kind, &format!("{field}: 876001h"), base, set("876001h"), &[(field, "x-kubernetes-validations[0]")]);
@@ -316,6 +320,52 @@ impl Table {
             base,
             set("000001h0000001m000000001s"),
             &[(field, "maxLength")],
+        );
+    }
+
+    /// A list of rotation windows at `field` (`spec.rotation.windows`): its length, and each rule
+    /// of a window's fields, broken in the first window.
+    fn windows(&mut self, kind: &'static str, base: &Value, field: &str) {
+        let path = field.strip_prefix("spec.").expect("a spec field");
+        let window = |patch: Value| merged(&json!({"schedule": "0 2 * * 1-5", "duration": "2h"}), &patch);
+        let set = |w: Value| at(path, json!([w]));
+        let first = |name: &str| format!("{field}[0].{name}");
+        self.spec(
+            kind,
+            &format!("{field}: 20 windows in Europe/Zurich"),
+            base,
+            at(path, json!(vec![window(json!({"timeZone": "Europe/Zurich"})); 20])),
+            &[],
+        );
+        self.spec(
+            kind,
+            &format!("{field}: 21 windows"),
+            base,
+            at(path, json!(vec![window(json!({})); 21])),
+            &[(field, "maxItems")],
+        );
+        for (name, max, fill) in [("schedule", 128, "*"), ("timeZone", 64, "z")] {
+            let long: String = fill.repeat(max + 1);
+            let key = first(name);
+            self.spec(kind, &format!("{key}: {max} × {fill}"), base, set(window(json!({name: &long[..max]}))), &[]);
+            self.spec(kind, &format!("{key}: \"\""), base, set(window(json!({name: ""}))), &[(&key, "minLength")]);
+            self.spec(
+                kind,
+                &format!("{key}: {} × {fill}", max + 1),
+                base,
+                set(window(json!({name: long}))),
+                &[(&key, "maxLength")],
+            );
+        }
+        let duration = first("duration");
+        self.duration_set(kind, base, &duration, &|v| set(window(json!({"duration": v}))));
+        self.spec(kind, &format!("{duration}: 1m"), base, set(window(json!({"duration": "1m"}))), &[]);
+        self.spec(
+            kind,
+            &format!("{duration}: 59s"),
+            base,
+            set(window(json!({"duration": "59s"}))),
+            &[(&duration, "x-kubernetes-validations[1]")],
         );
     }
 
@@ -514,9 +564,15 @@ fn access_key_rows(t: &mut Table) {
         json!({"outscale": {"userName": "bot name"}}),
         &[("spec.outscale.userName", "pattern")],
     );
-    for field in ["spec.rotation.every", "spec.rotation.gracePeriod", "spec.rotation.rolloutTimeout"] {
+    for field in [
+        "spec.rotation.every",
+        "spec.rotation.gracePeriod",
+        "spec.rotation.rolloutTimeout",
+        "spec.rotation.maxUsageHold",
+    ] {
         t.duration(K, &base, field);
     }
+    t.windows(K, &base, "spec.rotation.windows");
 
     t.length(K, &base, "spec.secretName", 253, "s");
     t.spec(K, "secretName: Not_A_Name", &base, json!({"secretName": "Not_A_Name"}), &[("spec.secretName", "pattern")]);
@@ -702,6 +758,7 @@ fn issuer_rows(t: &mut Table, k: &'static str) {
         &[("spec.policy.maxKeysPerNamespace", "minimum")],
     );
     t.duration(k, &base, "spec.policy.outscale.maxExpiresAfter");
+    t.windows(k, &base, "spec.rotationDefaults.windows");
     for field in ["burst", "requestsPerSecond"] {
         t.spec(k, &format!("rateLimit {field}: 10000"), &base, json!({"rateLimit": {field: 10000}}), &[]);
         t.spec(
