@@ -5,25 +5,56 @@
 //! so a field of another shape than expected reads as absent instead of failing the list of
 //! every Rollout of the cluster.
 
+use std::borrow::Cow;
+
 use k8s_openapi::api::core::v1::PodTemplateSpec;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::CustomResource;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::core::NamespaceResourceScope;
+use kube::Resource;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
 pub const ROLLOUT_GROUP: &str = "argoproj.io";
 pub const ROLLOUT_VERSION: &str = "v1alpha1";
 
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[kube(
-    group = "argoproj.io",
-    version = "v1alpha1",
-    kind = "Rollout",
-    plural = "rollouts",
-    namespaced,
-    status = "RolloutStatus",
-    schema = "disabled"
-)]
+/// Written by hand rather than derived: the tenant owns the Rollout and, where the installed CRD
+/// keeps unknown fields, may leave out `spec` or give `status` any shape. The derived type would
+/// then fail the list of every Rollout of the cluster (and the answer to a restart), so a `spec`
+/// or `status` of another shape reads as empty instead.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Rollout {
+    pub metadata: ObjectMeta,
+    #[serde(default, deserialize_with = "lenient_or_default")]
+    pub spec: RolloutSpec,
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub status: Option<RolloutStatus>,
+}
+
+impl Resource for Rollout {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        "Rollout".into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        ROLLOUT_GROUP.into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        ROLLOUT_VERSION.into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "rollouts".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutSpec {
     #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
@@ -64,6 +95,11 @@ fn lenient<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Optio
     Ok(serde_json::from_value(value).ok())
 }
 
+/// `T`, or its default when the value has another shape.
+fn lenient_or_default<'de, D: Deserializer<'de>, T: DeserializeOwned + Default>(d: D) -> Result<T, D::Error> {
+    Ok(lenient(d)?.unwrap_or_default())
+}
+
 /// `observedGeneration` as Argo writes it (a string), or as a number.
 fn generation<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     Ok(match serde_json::Value::deserialize(d)? {
@@ -90,5 +126,28 @@ mod tests {
         let status = r.status.expect("status");
         assert_eq!((status.observed_generation.as_deref(), status.phase), (Some("4"), None));
         assert!(status.restarted_at.is_some());
+    }
+
+    #[test]
+    fn a_rollout_without_a_spec_or_with_a_status_of_another_shape_still_reads() {
+        let list: kube::core::ObjectList<Rollout> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "RolloutList", "metadata": {},
+            "items": [
+                {"metadata": {"name": "no-spec", "namespace": "n"}},
+                {"metadata": {"name": "odd", "namespace": "n"}, "spec": "x", "status": "x"},
+                {"metadata": {"name": "null", "namespace": "n"}, "spec": null, "status": null},
+                {"metadata": {"name": "good", "namespace": "n"}, "spec": {"replicas": 2}, "status": {"phase": "Healthy"}},
+            ],
+        }))
+        .expect("one odd Rollout fails no list");
+        let names: Vec<_> = list.items.iter().map(|r| r.metadata.name.as_deref().unwrap_or_default()).collect();
+        assert_eq!(names, ["no-spec", "odd", "null", "good"]);
+        for r in &list.items[..3] {
+            assert_eq!((&r.spec, &r.status), (&RolloutSpec::default(), &None));
+        }
+        assert_eq!(list.items[3].spec.replicas, Some(2));
+        assert_eq!(list.items[3].status.as_ref().and_then(|s| s.phase.as_deref()), Some("Healthy"));
+        assert_eq!(Rollout::api_version(&()), "argoproj.io/v1alpha1");
+        assert_eq!(Rollout::plural(&()), "rollouts");
     }
 }

@@ -93,6 +93,15 @@ impl Windows {
                     format!("{:?} is not a cron expression of five fields such as \"0 2 * * 1-5\": {e}", w.schedule),
                 )
             })?;
+            if let Some(year) = a_year_without_an_opening(&cron) {
+                return Err(InvalidSpec::new(
+                    at("schedule"),
+                    format!(
+                        "{:?} opens on no day of {year}: a rotation window must open at least once a year",
+                        w.schedule
+                    ),
+                ));
+            }
             let duration = w.duration.get().map_err(|e| InvalidSpec::new(at("duration"), e))?;
             if duration < MIN_DURATION {
                 return Err(InvalidSpec::new(
@@ -162,6 +171,32 @@ impl Windows {
     pub fn allow(&self, now: Timestamp) -> bool {
         self.is_empty() || self.open_at(whole_seconds(now)).is_some()
     }
+}
+
+/// The years whose calendars a schedule is checked against: 28 years hold every combination of
+/// leap year and weekday the Gregorian calendar has until 2100.
+const CHECKED_YEARS: std::ops::Range<i16> = 2001..2029;
+
+/// The first year of [`CHECKED_YEARS`] in which `cron` never fires, if any. croner looks for an
+/// occurrence as far as the year 5000 before it gives up, so a schedule that fires on no day at
+/// all (`0 0 30 2 *`) or once in decades costs tens of milliseconds at every look, and a
+/// decision looks many times: a window that opens every year keeps each search within a year.
+fn a_year_without_an_opening(cron: &Cron) -> Option<i16> {
+    let p = &cron.pattern;
+    let any_time =
+        (0..24).any(|h| p.hour_match(h).unwrap_or(false)) && (0..60).any(|m| p.minute_match(m).unwrap_or(false));
+    let opens_in = |year: i16| {
+        (1..=12i8).any(|month| {
+            let first = jiff::civil::date(year, month, 1);
+            let first_weekday = first.weekday().to_sunday_zero_offset() as u32;
+            p.month_match(month as u32).unwrap_or(false)
+                && (1..=first.days_in_month() as u32).any(|day| {
+                    let weekday = croner::Weekday::from_days_from_sunday(first_weekday + day - 1);
+                    p.day_match(i32::from(year), month as u32, day, weekday).unwrap_or(false)
+                })
+        })
+    };
+    CHECKED_YEARS.clone().find(|&year| !any_time || !opens_in(year))
 }
 
 /// Cron counts whole seconds, and so does status.
@@ -296,6 +331,36 @@ mod tests {
         let w = windows(&[window("0 2 * * *", "1h", None), window("0 14 * * *", "1h", None)]);
         assert_eq!(w.plan(t("2026-12-08T03:00:00Z"), t("2026-12-08T03:00:00Z")), Some(t("2026-12-08T14:00:00Z")));
         assert_eq!(w.plan(t("2026-12-08T15:00:00Z"), t("2026-12-08T15:00:00Z")), Some(t("2026-12-09T02:00:00Z")));
+    }
+
+    #[test]
+    fn a_schedule_that_does_not_open_every_year_is_refused_and_one_that_does_is_planned() {
+        // Days that never come, come only in leap years, or name a weekday croner reads as none.
+        for (schedule, zone, year) in [
+            ("0 0 30 2 *", None, 2001),
+            ("0 0 31 2 +1", None, 2001),
+            ("0 0 31W 2 *", None, 2001),
+            ("0 0 31 4,6,9,11 *", Some("Australia/Lord_Howe"), 2001),
+            ("0 0 29 2 *", None, 2001),
+            ("0 0 29 2 +1", None, 2001),
+        ] {
+            let e =
+                Windows::parse(&[window("0 2 * * *", "1h", None), window(schedule, "1h", zone)], "rotation.windows")
+                    .expect_err(schedule);
+            assert_eq!(e.field, "rotation.windows[1].schedule", "{schedule}");
+            let text = e.to_string();
+            assert!(text.contains(&format!("{schedule:?} opens on no day of {year}")), "{text}");
+            assert!(text.contains("must open at least once a year"), "{text}");
+        }
+        for schedule in ["0 0 * * L", "0 0 * * +"] {
+            let e = Windows::parse(&[window(schedule, "1h", None)], "rotation.windows").expect_err(schedule);
+            assert_eq!(e.field, "rotation.windows[0].schedule", "{schedule}");
+        }
+        // Once a year, on the last day of December, and the last Friday of February or the 29th.
+        let w = windows(&[window("0 0 31 12 *", "1h", None)]);
+        assert_eq!(w.plan(t("2027-01-01T00:00:00Z"), t("2027-01-01T00:00:00Z")), Some(t("2027-12-31T00:00:00Z")));
+        let w = windows(&[window("0 0 29 2 5", "1h", None)]);
+        assert_eq!(w.plan(t("2027-02-27T00:00:00Z"), t("2027-02-27T00:00:00Z")), Some(t("2028-02-04T00:00:00Z")));
     }
 
     #[test]

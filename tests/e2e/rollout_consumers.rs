@@ -77,8 +77,17 @@ async fn a_rollout_consumer_is_restarted_once_through_restart_at_and_waited_for(
     let first = ak.status.and_then(|s| s.access_key_id).expect("accessKeyId");
     assert_eq!(op.logs().matches(NOT_INSTALLED).count(), 1, "said once:\n{}", op.logs());
 
-    // Argo Rollouts installed: taken up at the operator's next start.
+    // Argo Rollouts installed: taken up at the operator's next start. Beside the consumer, a
+    // tenant's Rollouts this CRD lets through without a spec, or with one that is no object:
+    // they fail neither the watch of every Rollout nor the operator's start.
     install_rollout_crd(&client).await;
+    for (name, spec) in [("no-spec", None), ("odd", Some("x"))] {
+        let mut odd = json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "metadata": {"name": name}});
+        if let Some(spec) = spec {
+            odd["spec"] = json!(spec);
+        }
+        support::apply_json(&client, &ns, odd).await;
+    }
     op.restart();
     let rollouts: Api<Rollout> = Api::namespaced(client.clone(), &ns);
     support::apply_json(

@@ -3,8 +3,8 @@
 //! each request's wall-clock time says when a key was really created.
 //!
 //! A scheduled rotation begins only inside a window (its consumer restart too); what cannot wait
-//! (the Secret deleted, `cloudkeys rotate --now`) does not; a window that cannot be read is
-//! `InvalidSpec`, naming the field.
+//! (the Secret deleted, `cloudkeys rotate --now`) does not; a window that cannot be read, or
+//! never opens, is `InvalidSpec`, naming the field.
 
 use crate::{fakes, support};
 
@@ -231,6 +231,15 @@ async fn an_invalid_cron_or_time_zone_is_an_invalid_spec_naming_it() {
     let (_, _, message) = keys::ready_condition(&ak).expect("Ready condition");
     assert!(
         message.contains("spec.rotation.windows[1].timeZone") && message.contains("\"Mars/Olympus_Mons\""),
+        "{message}"
+    );
+
+    // A day that never comes: refused before any search for it.
+    env.apply_key(json!({"rotation": {"windows": [{"schedule": "0 0 30 2 *", "duration": "1h"}]}})).await;
+    let ak = keys::wait_reason(&env.client, &env.ns, "k", "InvalidSpec").await;
+    let (_, _, message) = keys::ready_condition(&ak).expect("Ready condition");
+    assert!(
+        message.contains("spec.rotation.windows[0].schedule") && message.contains("must open at least once a year"),
         "{message}"
     );
 
