@@ -138,12 +138,18 @@ fn not_found_message(r: &IssuerRef, namespace: &str, other_kind_exists: bool) ->
     }
 }
 
-/// Why the spec cannot be acted on with this issuer, if it cannot.
-pub fn spec_problem(ak: &AccessKey, issuer: Option<&IssuerFacts<'_>>) -> Option<String> {
+/// Why the spec cannot be acted on with this issuer, if it cannot. `rotation` is
+/// [`RotationSettings::of`] the spec with this issuer's default windows, which the caller needs
+/// too: parsing the windows is the dearest part of it.
+pub fn spec_problem(
+    ak: &AccessKey,
+    issuer: Option<&IssuerFacts<'_>>,
+    rotation: &Result<RotationSettings, validation::InvalidSpec>,
+) -> Option<String> {
     if let Err(e) = validation::validate_access_key(&ak.spec) {
         return Some(e.to_string());
     }
-    if let Err(e) = RotationSettings::of(&ak.spec, issuer.and_then(IssuerFacts::default_windows)) {
+    if let Err(e) = rotation {
         return Some(e.to_string());
     }
     // Read in place: this runs on every reconcile, and a copy of the status is not needed.
@@ -355,15 +361,16 @@ pub fn next_step(s: &Snapshot<'_>) -> Step {
     let no_status = AccessKeyStatus::default();
     let status = ak.status.as_ref().unwrap_or(&no_status);
     let hash = spec_hash(ak);
-    let settings =
-        RotationSettings::of(&ak.spec, s.issuer.as_ref().and_then(IssuerFacts::default_windows)).unwrap_or_default();
+    let issuer = s.issuer.as_ref();
+    let rotation = RotationSettings::of(&ak.spec, issuer.and_then(IssuerFacts::default_windows));
+    let problem = spec_problem(ak, issuer, &rotation);
+    let settings = rotation.unwrap_or_default();
     let secret_state = secret::observe_secret(ak, s.secret);
     let consumers = observe_consumers(ak, status, s.workloads);
-    let issuer = s.issuer.as_ref();
     let mut o = observed(
         status,
         ak.annotations(),
-        spec_problem(ak, issuer),
+        problem,
         issuer_state(&ak.spec.issuer_ref, &ak.namespace().unwrap_or_default(), issuer, s.other_kind_exists),
         &ak.spec.issuer_ref,
         &hash,

@@ -184,8 +184,9 @@ async fn apply(ak: Arc<AccessKey>, ctx: &Context) -> Result<Action, Error> {
     let issuer_state = observe::issuer_state(&issuer_ref, &cluster.ns, facts.as_ref(), other_kind_exists);
     // The issuer's default windows, when the AccessKey sets none (invalid ones: the spec's problem).
     let default_windows = facts.as_ref().and_then(observe::IssuerFacts::default_windows);
-    cluster.settings = RotationSettings::of(&ak.spec, default_windows).unwrap_or_default();
-    let problem = observe::spec_problem(&ak, facts.as_ref());
+    let rotation = RotationSettings::of(&ak.spec, default_windows);
+    let problem = observe::spec_problem(&ak, facts.as_ref(), &rotation);
+    cluster.settings = rotation.unwrap_or_default();
     let key = display_name(&*ak);
     let mut owned: Option<Vec<OwnedKey>> = None;
     let mut retired_tried = false;
