@@ -185,18 +185,20 @@ fn a_year_without_an_opening(cron: &Cron) -> Option<i16> {
     let p = &cron.pattern;
     let any_time =
         (0..24).any(|h| p.hour_match(h).unwrap_or(false)) && (0..60).any(|m| p.minute_match(m).unwrap_or(false));
+    if !any_time {
+        return Some(CHECKED_YEARS.start);
+    }
     let opens_in = |year: i16| {
-        (1..=12i8).any(|month| {
+        (1..=12i8).filter(|&month| p.month_match(month as u32).unwrap_or(false)).any(|month| {
             let first = jiff::civil::date(year, month, 1);
             let first_weekday = first.weekday().to_sunday_zero_offset() as u32;
-            p.month_match(month as u32).unwrap_or(false)
-                && (1..=first.days_in_month() as u32).any(|day| {
-                    let weekday = croner::Weekday::from_days_from_sunday(first_weekday + day - 1);
-                    p.day_match(i32::from(year), month as u32, day, weekday).unwrap_or(false)
-                })
+            (1..=first.days_in_month() as u32).any(|day| {
+                let weekday = croner::Weekday::from_days_from_sunday(first_weekday + day - 1);
+                p.day_match(i32::from(year), month as u32, day, weekday).unwrap_or(false)
+            })
         })
     };
-    CHECKED_YEARS.clone().find(|&year| !any_time || !opens_in(year))
+    CHECKED_YEARS.clone().find(|&year| !opens_in(year))
 }
 
 /// Cron counts whole seconds, and so does status.

@@ -345,17 +345,7 @@ impl Table {
             &[(field, "maxItems")],
         );
         for (name, max, fill) in [("schedule", 128, "*"), ("timeZone", 64, "z")] {
-            let long: String = fill.repeat(max + 1);
-            let key = first(name);
-            self.spec(kind, &format!("{key}: {max} × {fill}"), base, set(window(json!({name: &long[..max]}))), &[]);
-            self.spec(kind, &format!("{key}: \"\""), base, set(window(json!({name: ""}))), &[(&key, "minLength")]);
-            self.spec(
-                kind,
-                &format!("{key}: {} × {fill}", max + 1),
-                base,
-                set(window(json!({name: long}))),
-                &[(&key, "maxLength")],
-            );
+            self.length_set(kind, base, &first(name), max, fill, &|v| set(window(json!({name: v}))));
         }
         let duration = first("duration");
         self.duration_set(kind, base, &duration, &|v| set(window(json!({"duration": v}))));
@@ -398,17 +388,24 @@ impl Table {
     /// A string of at least 1 and at most `max` characters (`fill` repeated must suit its pattern).
     fn length(&mut self, kind: &'static str, base: &Value, field: &str, max: usize, fill: &str) {
         let path = field.strip_prefix("spec.").expect("a spec field");
+        self.length_set(kind, base, field, max, fill, &|v| at(path, json!(v)));
+    }
+
+    /// A string `field` as the server names it, put into the spec by `set`.
+    fn length_set(
+        &mut self,
+        kind: &'static str,
+        base: &Value,
+        field: &str,
+        max: usize,
+        fill: &str,
+        set: &dyn Fn(&str) -> Value,
+    ) {
         let long: String = fill.repeat(max + 1).chars().take(max + 1).collect();
         let at_max: String = long.chars().take(max).collect();
-        self.spec(kind, &format!("{field}: {max} × {fill}"), base, at(path, json!(at_max)), &[]);
-        self.spec(kind, &format!("{field}: \"\""), base, at(path, json!("")), &[(field, "minLength")]);
-        self.spec(
-            kind,
-            &format!("{field}: {} × {fill}", max + 1),
-            base,
-            at(path, json!(long)),
-            &[(field, "maxLength")],
-        );
+        self.spec(kind, &format!("{field}: {max} × {fill}"), base, set(&at_max), &[]);
+        self.spec(kind, &format!("{field}: \"\""), base, set(""), &[(field, "minLength")]);
+        self.spec(kind, &format!("{field}: {} × {fill}", max + 1), base, set(&long), &[(field, "maxLength")]);
     }
 }
 
