@@ -149,8 +149,8 @@ cmd_start() {
   have_binaries || { log "binaries missing: run 'scripts/control-plane.sh build' (or 'make control-plane')"; exit 1; }
   command -v etcd >/dev/null || { log "etcd missing: run 'scripts/control-plane.sh deps'"; exit 1; }
   mkdir -p "$dir" && dir="$(cd "$dir" && pwd)"
-  local etcd_port etcd_peer api_port token operator_token
-  etcd_port=$(free_port); etcd_peer=$(free_port); api_port=$(free_port)
+  local etcd_port api_port token operator_token
+  api_port=$(free_port)
   token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
   operator_token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
   mkdir -p "$dir/certs" "$dir/etcd"
@@ -170,7 +170,8 @@ rules:
 - level: None
 POLICY
 
-  start_etcd "$dir" "$etcd_port" "$etcd_peer"
+  start_etcd "$dir" || { log "etcd did not start; see $dir/etcd.log"; cmd_stop "$dir"; exit 1; }
+  etcd_port=$ETCD_PORT
 
   # Another process can still take the port between the probe and the bind: a start that lost
   # its port is tried again on another one.

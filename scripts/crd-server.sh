@@ -166,12 +166,13 @@ cmd_start() {
   [ -x "$BINARY" ] || { log "binary missing: run 'scripts/crd-server.sh build' (or 'make crd-server')"; exit 1; }
   command -v etcd >/dev/null || { log "etcd missing: run 'scripts/crd-server.sh deps'"; exit 1; }
   mkdir -p "$dir" && dir="$(cd "$dir" && pwd)"
-  local etcd_port etcd_peer api_port
-  etcd_port=$(free_port); etcd_peer=$(free_port); api_port=$(free_port)
+  local etcd_port api_port
+  api_port=$(free_port)
   mkdir -p "$dir/etcd" "$dir/certs"
   make_pki "$dir"
 
-  start_etcd "$dir" "$etcd_port" "$etcd_peer"
+  start_etcd "$dir" || { log "etcd did not start; see $dir/etcd.log"; cmd_stop "$dir"; exit 1; }
+  etcd_port=$ETCD_PORT
 
   # The kubeconfig points at the server itself: it only needs one for the delegated authn/authz
   # options (system:masters is always allowed; client certificates are checked locally).

@@ -33,14 +33,50 @@ wait_for() { # wait_for SECONDS CMD...
   done
 }
 
-start_etcd() { # start_etcd DIR CLIENT_PORT PEER_PORT: data, log and pid in DIR
-  local dir="$1" client="$2" peer="$3"
-  etcd --data-dir "$dir/etcd" --listen-client-urls "http://127.0.0.1:$client" \
-    --advertise-client-urls "http://127.0.0.1:$client" \
-    --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
-    --initial-cluster "default=http://127.0.0.1:$peer" --log-level warn \
-    >"$dir/etcd.log" 2>&1 &
-  echo $! >"$dir/etcd.pid"
+# Whether the etcd answering on PORT is the one named NAME (its only member).
+etcd_is() { # etcd_is NAME PORT
+  python3 - "$1" "$2" <<'PY'
+import json, sys, urllib.request
+name, port = sys.argv[1], sys.argv[2]
+request = urllib.request.Request(f"http://127.0.0.1:{port}/v3/cluster/member/list", data=b"{}", method="POST")
+try:
+    members = json.load(urllib.request.urlopen(request, timeout=2)).get("members", [])
+except Exception:
+    sys.exit(1)
+sys.exit(0 if [m.get("name") for m in members] == [name] else 1)
+PY
+}
+
+etcd_is_or_gone() { # etcd_is_or_gone NAME PORT PIDFILE
+  etcd_is "$1" "$2" || ! kill -0 "$(cat "$3")" 2>/dev/null
+}
+
+# Another process can take a probed port before etcd binds it. An etcd that lost its port exits,
+# and if the port went to another test server's etcd, that one answers in its place: an apiserver
+# pointed at it would share the other's storage (one test's cleanup deleting another's objects).
+# So the etcd answering must name itself as this one (DIR's name), or it starts again on other
+# ports.
+start_etcd() { # start_etcd DIR: data, log and pid in DIR; sets ETCD_PORT to its client port
+  local dir="$1" name client peer attempt
+  name="$(basename "$dir")"
+  for attempt in 1 2 3; do
+    client=$(free_port); peer=$(free_port)
+    rm -rf "$dir/etcd" && mkdir -p "$dir/etcd"
+    etcd --name "$name" --data-dir "$dir/etcd" --listen-client-urls "http://127.0.0.1:$client" \
+      --advertise-client-urls "http://127.0.0.1:$client" \
+      --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+      --initial-cluster "$name=http://127.0.0.1:$peer" --log-level warn \
+      >>"$dir/etcd.log" 2>&1 &
+    echo $! >"$dir/etcd.pid"
+    if wait_for 60 etcd_is_or_gone "$name" "$client" "$dir/etcd.pid" && etcd_is "$name" "$client" \
+      && kill -0 "$(cat "$dir/etcd.pid")" 2>/dev/null; then
+      ETCD_PORT=$client
+      return 0
+    fi
+    echo "etcd did not start on port $client (attempt $attempt); see $dir/etcd.log" >&2
+    stop_processes "$dir" etcd
+  done
+  return 1
 }
 
 # Tests pass their own PID so that nothing outlives the test binary, however it ends.
