@@ -138,6 +138,8 @@ struct HookRun {
     stderr: String,
     /// The operator's Deployment existed when the hook ran: Helm had not deleted it yet.
     operator_present: bool,
+    /// When the command exited. Helm deletes the release (its RBAC too) only after that.
+    ended: jiff::Timestamp,
 }
 
 /// The name of the hook objects of a release named like its namespace (as every test does).
@@ -170,6 +172,7 @@ async fn run_cloudkeys_as(kubeconfig: &Path, args: &[String]) -> HookRun {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         operator_present: false,
+        ended: jiff::Timestamp::now(),
     }
 }
 
@@ -511,10 +514,23 @@ impl ChartOperator {
     }
 
     /// Stops it and checks the apiserver never refused it anything.
-    fn stop_and_check(mut self) {
+    fn stop_and_check(self) {
+        self.stop_and_check_until(None);
+    }
+
+    /// Stops it and checks the apiserver refused it nothing until `until`. Where Helm deleted the
+    /// release while this process (standing in for the Deployment's pod) still ran, its RBAC went
+    /// first; a refusal logged after that is the uninstall, not a missing rule.
+    fn stop_and_check_until(mut self, until: Option<jiff::Timestamp>) {
         self.kill();
         let logs = self.logs();
         for line in logs.lines() {
+            let logged = serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|l| l["timestamp"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()));
+            if matches!((until, logged), (Some(until), Some(logged)) if logged > until) {
+                continue;
+            }
             let lower = line.to_lowercase();
             assert!(
                 !lower.contains("forbidden") && !lower.contains("code: 403") && !lower.contains("\"code\":403"),
@@ -1071,8 +1087,9 @@ async fn helm_uninstall_refuses_with_access_keys_and_revokes_them_all_with_revok
     assert_eq!(run.code, 0, "{run:?}");
     let (out, hook) = uninstall(&client, &ns).await;
     assert!(out.ok, "helm uninstall failed once the AccessKeys were gone:\n{}\n{hook:?}", out.output());
-    assert_eq!(hook.map(|h| (h.code, h.operator_present)), Some((0, true)));
-    op.stop_and_check();
+    let hook = hook.expect("the pre-delete hook ran again");
+    assert_eq!((hook.code, hook.operator_present), (0, true), "{hook:?}");
+    op.stop_and_check_until(Some(hook.ended));
     wait_gone(&in_ns::<Deployment>(&client, &ns), &name).await;
     wait_gone(&in_ns::<Job>(&client, &ns), &hook_name(&ns)).await;
 
@@ -1094,7 +1111,7 @@ async fn helm_uninstall_refuses_with_access_keys_and_revokes_them_all_with_revok
         assert!(get(&accesskeys, key).await.is_none(), "{key} left after the uninstall");
     }
     assert!(get(&in_ns::<KeyIssuer>(&client, &team), "local").await.is_none(), "the held KeyIssuer is left");
-    op.stop_and_check();
+    op.stop_and_check_until(Some(hook.ended));
     wait_gone(&in_ns::<Deployment>(&client, &ns), &name).await;
     let hook_objects = hook_name(&ns);
     wait_gone(&in_ns::<Job>(&client, &ns), &hook_objects).await;
